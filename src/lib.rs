@@ -1,0 +1,3 @@
+//! ringboot: a network-boot content server.
+
+pub mod proto;

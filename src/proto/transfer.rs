@@ -1,0 +1,836 @@
+//! The server side of one read transfer (RFC 1350, 2347-2349, 7440) as a sans-IO state machine.
+//!
+//! Contract (quinn-proto style):
+//! - Create with [`Transfer::new`] once the request is accepted and negotiated.
+//! - Feed every datagram that arrives on the transfer's socket to [`Transfer::handle_datagram`], and call
+//!   [`Transfer::handle_timeout`] when the instant from [`Transfer::poll_timeout`] has passed.
+//! - After each of those calls (and after `new`), drain [`Transfer::poll_transmit`] until it returns
+//!   `None`, executing each [`Transmit`]: a control datagram written into the caller's buffer (OACK,
+//!   ERROR), or a run of DATA blocks described by index, whose bytes the driver takes from the content
+//!   with [`Transfer::block_range`] and [`data_header`](super::packet::data_header), never copying them.
+//! - [`Transfer::outcome`] is `Some` once the transfer is over; the driver then drops it and logs
+//!   [`Transfer::stats`].
+//!
+//! The machine never reads file bytes and never reads a clock.
+
+use super::block::BlockNum;
+use super::options::Negotiated;
+use super::packet::{emit_error, ErrorCode, Packet};
+use std::time::{Duration, Instant};
+
+/// Clock granularity term of RFC 6298 (`G`).
+const GRANULARITY: Duration = Duration::from_millis(1);
+/// Retransmission timeout before the first round trip is measured (RFC 6298 §2.1 says 1 s).
+const INITIAL_RTO: Duration = Duration::from_secs(1);
+
+/// What a transfer needs to know, fixed at its start.
+#[derive(Clone, Copy, Debug)]
+pub struct TransferConfig {
+    pub negotiated: Negotiated,
+    /// Bytes that will be sent (after netascii conversion, if any).
+    pub content_len: u64,
+    /// Ceiling of the retransmission timer (server `--timeout`); the client's RFC 2349 timeout, when
+    /// smaller, lowers it further.
+    pub max_timeout: Duration,
+    /// Floor of the retransmission timer.
+    pub min_rto: Duration,
+    /// The transfer gives up after `retries` x ceiling of silence from the client.
+    pub retries: u32,
+}
+
+/// One thing to send, from [`Transfer::poll_transmit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transmit {
+    /// A control datagram (OACK or ERROR) of this many bytes is in the caller's buffer.
+    Datagram(usize),
+    /// DATA blocks with absolute indices `first .. first + count` (block 1 is index 1), in order.
+    Blocks { first: u64, count: u32 },
+}
+
+/// How a transfer ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The client acknowledged the last block.
+    Completed,
+    /// The client answered the OACK with an ERROR: the firmware size probe. Normal, not a failure.
+    ProbeEnded(ErrorCode),
+    /// The client sent an ERROR during the transfer.
+    ClientError(ErrorCode),
+    /// The client went silent for the whole retry budget; an ERROR was sent.
+    TimedOut,
+    /// The client sent a packet that has no place in a read transfer; ERROR 4 was sent.
+    ProtocolViolation,
+    /// The server ended it (e.g. the file was modified in place); an ERROR was sent.
+    Aborted(ErrorCode),
+}
+
+impl Outcome {
+    /// Short word for logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::ProbeEnded(_) => "probe",
+            Outcome::ClientError(_) => "client-error",
+            Outcome::TimedOut => "timeout",
+            Outcome::ProtocolViolation => "protocol-violation",
+            Outcome::Aborted(_) => "aborted",
+        }
+    }
+}
+
+/// Counters for the end-of-transfer log line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransferStats {
+    /// DATA blocks handed to the driver, retransmissions included.
+    pub blocks_sent: u64,
+    /// Of those, blocks sent more than once.
+    pub blocks_resent: u64,
+    /// Retransmission timer expiries.
+    pub timeouts: u32,
+    /// Payload bytes the client acknowledged.
+    pub bytes_acked: u64,
+    /// Smoothed round trip, once measured.
+    pub srtt: Option<Duration>,
+}
+
+/// RFC 6298 retransmission timer. Backoff doubles the timeout on each expiry and is cleared as soon as
+/// the client acknowledges new data (as Linux TCP does), so one loss does not slow what follows.
+#[derive(Clone, Copy, Debug)]
+struct RttEstimator {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    base: Duration,
+    backoff: u32,
+    min: Duration,
+    max: Duration,
+}
+
+impl RttEstimator {
+    fn new(min: Duration, max: Duration) -> Self {
+        let min = min.min(max);
+        RttEstimator {
+            srtt: None,
+            rttvar: Duration::ZERO,
+            base: INITIAL_RTO.clamp(min, max),
+            backoff: 0,
+            min,
+            max,
+        }
+    }
+
+    fn rto(&self) -> Duration {
+        (self.base * (1u32 << self.backoff)).min(self.max)
+    }
+
+    fn sample(&mut self, r: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(s) => {
+                let diff = s.abs_diff(r);
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((s * 7 + r) / 8);
+            }
+        }
+        let s = self.srtt.unwrap_or(r);
+        self.base = (s + GRANULARITY.max(self.rttvar * 4)).clamp(self.min, self.max);
+    }
+
+    fn backoff(&mut self) {
+        if self.rto() < self.max {
+            self.backoff += 1;
+        }
+    }
+
+    fn clear_backoff(&mut self) {
+        self.backoff = 0;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// OACK sent, waiting for ACK 0.
+    AwaitOackAck,
+    /// Sending windows of DATA.
+    Sending,
+    /// An ERROR is queued; the outcome is final once it is sent.
+    Closing(Outcome),
+    Done(Outcome),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pending {
+    Nothing,
+    Oack,
+    Window {
+        from: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: &'static str,
+    },
+}
+
+/// The send side of one window, kept to take a round-trip sample when it is acknowledged whole.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    sent_at: Instant,
+    /// First and last index of the window (0 and 0 for the OACK).
+    start: u64,
+    end: u64,
+    /// No block of it had been sent before (Karn's rule: only clean windows give samples).
+    clean: bool,
+}
+
+/// The server side of one read transfer. See the module docs for the calling contract.
+#[derive(Debug)]
+pub struct Transfer {
+    negotiated: Negotiated,
+    blksize: u64,
+    window: u64,
+    content_len: u64,
+    /// Number of DATA blocks: the last is shorter than `blksize`, possibly empty.
+    total_blocks: u64,
+    /// Highest index the client acknowledged (0: nothing yet, or the OACK).
+    acked: u64,
+    /// Highest index ever sent.
+    sent_hi: u64,
+    phase: Phase,
+    pending: Pending,
+    rtt: RttEstimator,
+    deadline: Option<Instant>,
+    last_progress: Instant,
+    silence_budget: Duration,
+    in_flight: Option<InFlight>,
+    stats: TransferStats,
+}
+
+impl Transfer {
+    /// Start a transfer at `now`. The first [`poll_transmit`](Self::poll_transmit) yields the OACK
+    /// when one was negotiated, else the first window of DATA.
+    pub fn new(cfg: TransferConfig, now: Instant) -> Self {
+        let n = cfg.negotiated;
+        let blksize = n.blksize.bytes() as u64;
+        let mut max = cfg.max_timeout.max(Duration::from_millis(1));
+        if let Some(t) = n.timeout {
+            max = max.min(t);
+        }
+        let (phase, pending) = if n.needs_oack() {
+            (Phase::AwaitOackAck, Pending::Oack)
+        } else {
+            (Phase::Sending, Pending::Window { from: 1 })
+        };
+        Transfer {
+            negotiated: n,
+            blksize,
+            // Serial arithmetic on 16-bit block numbers needs fewer than 32768 blocks in flight.
+            window: (n.windowsize.get() as u64).min(0x7fff),
+            content_len: cfg.content_len,
+            total_blocks: cfg.content_len / blksize + 1,
+            acked: 0,
+            sent_hi: 0,
+            phase,
+            pending,
+            rtt: RttEstimator::new(cfg.min_rto, max),
+            deadline: None,
+            last_progress: now,
+            silence_budget: max * cfg.retries,
+            in_flight: None,
+            stats: TransferStats::default(),
+        }
+    }
+
+    /// The negotiated parameters.
+    pub fn negotiated(&self) -> &Negotiated {
+        &self.negotiated
+    }
+
+    /// Number of DATA blocks in the transfer.
+    pub fn total_blocks(&self) -> u64 {
+        self.total_blocks
+    }
+
+    /// Byte range `(offset, len)` of the content carried by block `index` (1-based).
+    #[inline]
+    pub fn block_range(&self, index: u64) -> (u64, usize) {
+        debug_assert!(index >= 1 && index <= self.total_blocks);
+        let offset = (index - 1) * self.blksize;
+        let len = self.blksize.min(self.content_len - offset);
+        (offset, len as usize)
+    }
+
+    /// How the transfer ended, once it has.
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self.phase {
+            Phase::Done(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    pub fn stats(&self) -> TransferStats {
+        TransferStats {
+            bytes_acked: (self.acked * self.blksize).min(self.content_len),
+            srtt: self.rtt.srtt,
+            ..self.stats
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called; `None` once done.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Done(_) => None,
+            _ => self.deadline,
+        }
+    }
+
+    /// Feed one datagram that arrived on this transfer's socket (from the client's address and port).
+    pub fn handle_datagram(&mut self, datagram: &[u8], now: Instant) {
+        if matches!(self.phase, Phase::Done(_) | Phase::Closing(_)) {
+            return;
+        }
+        match Packet::parse(datagram) {
+            Ok(Packet::Ack { block, .. }) => self.handle_ack(block, now),
+            Ok(Packet::Error { code, .. }) => {
+                let outcome = if self.phase == Phase::AwaitOackAck {
+                    Outcome::ProbeEnded(code)
+                } else {
+                    Outcome::ClientError(code)
+                };
+                self.finish(outcome);
+            }
+            Ok(_) => self.close(
+                Outcome::ProtocolViolation,
+                ErrorCode::IllegalOperation,
+                "only ACK or ERROR is expected during a read transfer",
+            ),
+            // Garbage on the transfer port is dropped; the timer covers whatever it displaced.
+            Err(_) => {}
+        }
+    }
+
+    fn handle_ack(&mut self, block: BlockNum, now: Instant) {
+        match self.phase {
+            Phase::AwaitOackAck => {
+                if block != BlockNum::ZERO {
+                    return;
+                }
+                self.take_sample(0, now);
+                self.phase = Phase::Sending;
+                self.progress(now);
+                self.pending = Pending::Window { from: 1 };
+            }
+            Phase::Sending => {
+                let fwd = BlockNum::from_index(self.acked).distance_to(block) as u64;
+                // fwd == 0: a duplicate ACK. Never answer it with data (RFC 1123 §4.2.3.1).
+                // fwd beyond what was sent: stale or bogus, ignore.
+                if fwd == 0 || fwd > self.sent_hi - self.acked {
+                    return;
+                }
+                self.acked += fwd;
+                self.take_sample(self.acked, now);
+                self.progress(now);
+                if self.acked == self.total_blocks {
+                    self.finish(Outcome::Completed);
+                } else {
+                    // A full window acknowledged: the next one. An ACK inside the window: the client
+                    // lost the block after it, so resume from there at once (RFC 7440 §4).
+                    self.pending = Pending::Window {
+                        from: self.acked + 1,
+                    };
+                }
+            }
+            Phase::Closing(_) | Phase::Done(_) => {}
+        }
+    }
+
+    /// Call when the instant from [`poll_timeout`](Self::poll_timeout) has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match (self.phase, self.deadline) {
+            (Phase::AwaitOackAck | Phase::Sending, Some(d)) if now >= d => {}
+            _ => return,
+        }
+        self.stats.timeouts += 1;
+        if now.saturating_duration_since(self.last_progress) >= self.silence_budget {
+            self.close(
+                Outcome::TimedOut,
+                ErrorCode::NotDefined,
+                "timed out waiting for ACK",
+            );
+            return;
+        }
+        self.rtt.backoff();
+        self.in_flight = None;
+        self.pending = match self.phase {
+            Phase::AwaitOackAck => Pending::Oack,
+            _ => Pending::Window {
+                from: self.acked + 1,
+            },
+        };
+    }
+
+    /// End the transfer from the server side with an ERROR to the client (e.g. the file changed).
+    pub fn abort(&mut self, code: ErrorCode, message: &'static str) {
+        if !matches!(self.phase, Phase::Done(_) | Phase::Closing(_)) {
+            self.close(Outcome::Aborted(code), code, message);
+        }
+    }
+
+    /// Next thing to send, writing control datagrams into `buf` (at least 512 bytes).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        match std::mem::replace(&mut self.pending, Pending::Nothing) {
+            Pending::Nothing => None,
+            Pending::Oack => {
+                let len = match self.negotiated.emit_oack(buf) {
+                    Ok(len) => len,
+                    Err(_) => {
+                        self.close(
+                            Outcome::Aborted(ErrorCode::NotDefined),
+                            ErrorCode::NotDefined,
+                            "internal error: OACK too large",
+                        );
+                        return self.poll_transmit(now, buf);
+                    }
+                };
+                let clean = self.stats.timeouts == 0;
+                self.arm(now, 0, 0, clean);
+                Some(Transmit::Datagram(len))
+            }
+            Pending::Window { from } => {
+                let end = (from + self.window - 1).min(self.total_blocks);
+                let count = end + 1 - from;
+                let resent = self.sent_hi.saturating_sub(from - 1).min(count);
+                self.stats.blocks_sent += count;
+                self.stats.blocks_resent += resent;
+                self.sent_hi = self.sent_hi.max(end);
+                self.arm(now, from, end, resent == 0);
+                Some(Transmit::Blocks {
+                    first: from,
+                    count: count as u32,
+                })
+            }
+            Pending::Error { code, message } => {
+                let len = emit_error(buf, code, message);
+                if let Phase::Closing(o) = self.phase {
+                    self.finish(o);
+                }
+                Some(Transmit::Datagram(len))
+            }
+        }
+    }
+
+    fn arm(&mut self, now: Instant, start: u64, end: u64, clean: bool) {
+        self.in_flight = Some(InFlight {
+            sent_at: now,
+            start,
+            end,
+            clean,
+        });
+        self.deadline = Some(now + self.rtt.rto());
+    }
+
+    fn take_sample(&mut self, acked: u64, now: Instant) {
+        if let Some(f) = self.in_flight {
+            // Any ACK inside a window sent once measures a round trip (Karn's rule excludes resends).
+            if f.clean && (f.start..=f.end).contains(&acked) {
+                self.rtt.sample(now.saturating_duration_since(f.sent_at));
+            }
+        }
+    }
+
+    fn progress(&mut self, now: Instant) {
+        self.last_progress = now;
+        self.rtt.clear_backoff();
+        self.in_flight = None;
+    }
+
+    fn close(&mut self, outcome: Outcome, code: ErrorCode, message: &'static str) {
+        self.phase = Phase::Closing(outcome);
+        self.pending = Pending::Error { code, message };
+        self.deadline = None;
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        self.phase = Phase::Done(outcome);
+        self.pending = Pending::Nothing;
+        self.deadline = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::client::{Client, ClientConfig, Event};
+    use crate::proto::options::{negotiate, Limits, RequestOptions};
+    use crate::proto::packet::{data_header, emit_ack, OptionList};
+    use proptest::prelude::*;
+    use std::collections::BinaryHeap;
+
+    fn cfg(opts: &[u8], len: u64) -> TransferConfig {
+        let o = RequestOptions::parse(&OptionList::new_checked(opts).unwrap());
+        TransferConfig {
+            negotiated: negotiate(&o, &Limits::default(), None, len),
+            content_len: len,
+            max_timeout: Duration::from_secs(3),
+            min_rto: Duration::from_millis(2),
+            retries: 6,
+        }
+    }
+
+    fn ack(t: &mut Transfer, b: u16, now: Instant) {
+        let mut buf = [0u8; 4];
+        emit_ack(&mut buf, BlockNum(b));
+        t.handle_datagram(&buf, now);
+    }
+
+    fn drain(t: &mut Transfer, now: Instant) -> Vec<Transmit> {
+        let mut buf = [0u8; 512];
+        std::iter::from_fn(|| t.poll_transmit(now, &mut buf)).collect()
+    }
+
+    #[test]
+    fn lockstep_rfc1350_with_final_empty_block() {
+        let now = Instant::now();
+        let mut t = Transfer::new(cfg(b"", 1024), now);
+        assert_eq!(t.total_blocks(), 3);
+        assert_eq!(
+            drain(&mut t, now),
+            [Transmit::Blocks { first: 1, count: 1 }]
+        );
+        ack(&mut t, 1, now);
+        assert_eq!(
+            drain(&mut t, now),
+            [Transmit::Blocks { first: 2, count: 1 }]
+        );
+        ack(&mut t, 2, now);
+        assert_eq!(
+            drain(&mut t, now),
+            [Transmit::Blocks { first: 3, count: 1 }]
+        );
+        assert_eq!(t.block_range(3), (1024, 0));
+        ack(&mut t, 3, now);
+        assert_eq!(t.outcome(), Some(Outcome::Completed));
+        assert_eq!(t.poll_timeout(), None);
+    }
+
+    #[test]
+    fn duplicate_ack_never_retransmits() {
+        let now = Instant::now();
+        let mut t = Transfer::new(cfg(b"", 5000), now);
+        drain(&mut t, now);
+        ack(&mut t, 1, now);
+        assert_eq!(drain(&mut t, now).len(), 1);
+        ack(&mut t, 1, now);
+        ack(&mut t, 1, now);
+        assert!(drain(&mut t, now).is_empty());
+        assert_eq!(t.stats().blocks_sent, 2);
+    }
+
+    #[test]
+    fn oack_then_windows_and_partial_ack_resumes() {
+        let now = Instant::now();
+        let mut t = Transfer::new(
+            cfg(
+                b"blksize\x001000\x00windowsize\x004\x00tsize\x000\x00",
+                10_000,
+            ),
+            now,
+        );
+        let mut buf = [0u8; 512];
+        let Some(Transmit::Datagram(n)) = t.poll_transmit(now, &mut buf) else {
+            panic!()
+        };
+        assert_eq!(
+            &buf[..n],
+            b"\x00\x06blksize\x001000\x00tsize\x0010000\x00windowsize\x004\x00"
+        );
+        ack(&mut t, 0, now);
+        assert_eq!(
+            drain(&mut t, now),
+            [Transmit::Blocks { first: 1, count: 4 }]
+        );
+        // Block 3 lost: the client ACKs 2, the server resumes at 3 at once.
+        ack(&mut t, 2, now);
+        assert_eq!(
+            drain(&mut t, now),
+            [Transmit::Blocks { first: 3, count: 4 }]
+        );
+        assert_eq!(t.stats().blocks_resent, 2);
+        ack(&mut t, 6, now);
+        assert_eq!(
+            drain(&mut t, now),
+            [Transmit::Blocks { first: 7, count: 4 }]
+        );
+        ack(&mut t, 10, now);
+        assert_eq!(
+            drain(&mut t, now),
+            [Transmit::Blocks {
+                first: 11,
+                count: 1
+            }]
+        );
+        assert_eq!(t.block_range(11), (10_000, 0));
+        ack(&mut t, 11, now);
+        assert_eq!(t.outcome(), Some(Outcome::Completed));
+    }
+
+    #[test]
+    fn timeout_resends_from_after_last_ack_then_gives_up() {
+        let t0 = Instant::now();
+        let mut t = Transfer::new(cfg(b"windowsize\x008\x00", 100_000), t0);
+        drain(&mut t, t0); // OACK
+        ack(&mut t, 0, t0 + Duration::from_millis(1));
+        drain(&mut t, t0);
+        ack(&mut t, 8, t0 + Duration::from_millis(2));
+        drain(&mut t, t0);
+        let d = t.poll_timeout().unwrap();
+        // Retransmit timer adapted to the ~1 ms round trip: a few ms, not seconds.
+        assert!(d - t0 < Duration::from_millis(50), "{:?}", d - t0);
+        t.handle_timeout(d);
+        assert_eq!(drain(&mut t, d), [Transmit::Blocks { first: 9, count: 8 }]);
+        let mut now = d;
+        while let Some(d) = t.poll_timeout() {
+            now = d;
+            t.handle_timeout(now);
+            drain(&mut t, now);
+        }
+        assert_eq!(t.outcome(), Some(Outcome::TimedOut));
+        // Gave up only after retries x ceiling of silence.
+        assert!(now - t0 >= Duration::from_secs(18));
+    }
+
+    #[test]
+    fn probe_and_client_error() {
+        let now = Instant::now();
+        let mut t = Transfer::new(cfg(b"tsize\x000\x00", 10), now);
+        drain(&mut t, now);
+        t.handle_datagram(b"\x00\x05\x00\x00TFTP Aborted\x00", now);
+        assert_eq!(
+            t.outcome(),
+            Some(Outcome::ProbeEnded(ErrorCode::NotDefined))
+        );
+        assert!(drain(&mut t, now).is_empty());
+    }
+
+    #[test]
+    fn abort_sends_error() {
+        let now = Instant::now();
+        let mut t = Transfer::new(cfg(b"", 10_000), now);
+        drain(&mut t, now);
+        t.abort(ErrorCode::NotDefined, "file changed");
+        let mut buf = [0u8; 512];
+        let Some(Transmit::Datagram(n)) = t.poll_transmit(now, &mut buf) else {
+            panic!()
+        };
+        assert_eq!(&buf[..n], b"\x00\x05\x00\x00file changed\x00");
+        assert_eq!(t.outcome(), Some(Outcome::Aborted(ErrorCode::NotDefined)));
+    }
+
+    #[test]
+    fn rollover_past_65535() {
+        // blksize 8: 65536 full blocks + a final empty one.
+        let len = 65536 * 8;
+        let now = Instant::now();
+        let mut t = Transfer::new(cfg(b"blksize\x008\x00windowsize\x0064\x00", len), now);
+        drain(&mut t, now);
+        ack(&mut t, 0, now);
+        let mut last = 0u64;
+        loop {
+            let tx = drain(&mut t, now);
+            let [Transmit::Blocks { first, count }] = tx[..] else {
+                break;
+            };
+            assert_eq!(first, last + 1);
+            last = first + count as u64 - 1;
+            ack(&mut t, BlockNum::from_index(last).0, now);
+        }
+        assert_eq!(last, 65537);
+        assert_eq!(t.outcome(), Some(Outcome::Completed));
+    }
+
+    /// Seeded lossy link: both state machines over virtual time, with loss, duplication and
+    /// reordering in both directions. The client must always end with the exact content.
+    fn simulate(
+        seed: u64,
+        len: u64,
+        opts: &[u8],
+        ccfg: ClientConfig,
+        loss: u32,
+        dup: u32,
+        reorder: u32,
+    ) {
+        let content: Vec<u8> = (0..len).map(|i| (i * 31 + i / 7) as u8).collect();
+        let mut rng = seed | 1;
+        let mut rand = move |m: u32| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % 1000) < m as u64
+        };
+        let t0 = Instant::now();
+        let mut c = cfg(opts, len);
+        c.retries = 40;
+        let mut server = Transfer::new(c, t0);
+        let mut client = Client::new(b"f", ccfg, t0);
+        let mut received = vec![0u8; 0];
+        // (deliver_at, seq, to_server, bytes)
+        let mut queue: BinaryHeap<std::cmp::Reverse<(Instant, u64, bool, Vec<u8>)>> =
+            BinaryHeap::new();
+        let mut seq = 0u64;
+        let mut now = t0;
+        let link = Duration::from_micros(100);
+        let mut buf = vec![0u8; 70_000];
+        // The RRQ itself is not part of the server transfer: the client's request is assumed accepted.
+        let mut rrq = [0u8; 600];
+        assert!(client.poll_transmit(now, &mut rrq).is_some());
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(steps < 5_000_000, "simulation did not converge");
+            let mut send =
+                |to_server: bool, bytes: Vec<u8>, now: Instant, queue: &mut BinaryHeap<_>| {
+                    if rand(loss) {
+                        return;
+                    }
+                    let copies = if rand(dup) { 2 } else { 1 };
+                    for _ in 0..copies {
+                        let extra = if rand(reorder) {
+                            link * 3
+                        } else {
+                            Duration::ZERO
+                        };
+                        seq += 1;
+                        queue.push(std::cmp::Reverse((
+                            now + link + extra,
+                            seq,
+                            to_server,
+                            bytes.clone(),
+                        )));
+                    }
+                };
+            while let Some(tx) = server.poll_transmit(now, &mut buf) {
+                match tx {
+                    Transmit::Datagram(n) => send(false, buf[..n].to_vec(), now, &mut queue),
+                    Transmit::Blocks { first, count } => {
+                        for i in first..first + count as u64 {
+                            let (off, l) = server.block_range(i);
+                            let mut p = data_header(BlockNum::from_index(i)).to_vec();
+                            p.extend_from_slice(&content[off as usize..off as usize + l]);
+                            send(false, p, now, &mut queue);
+                        }
+                    }
+                }
+            }
+            while let Some(n) = client.poll_transmit(now, &mut buf) {
+                // A resent RRQ goes to the request port, where a live transfer's duplicate is ignored.
+                if buf[..2] != [0, 1] {
+                    send(true, buf[..n].to_vec(), now, &mut queue);
+                }
+            }
+            if server.outcome().is_some() && (client.is_over() || queue.is_empty()) {
+                break;
+            }
+            // Advance virtual time to the next event.
+            let next_pkt = queue.peek().map(|r| r.0 .0);
+            let next = [next_pkt, server.poll_timeout(), client.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let Some(next) = next else { break };
+            now = now.max(next);
+            if next_pkt == Some(next) {
+                let std::cmp::Reverse((_, _, to_server, bytes)) = queue.pop().unwrap();
+                if to_server {
+                    server.handle_datagram(&bytes, now);
+                } else {
+                    match client.handle_datagram(&bytes, now) {
+                        Event::Data { offset, data } => {
+                            assert_eq!(offset, received.len() as u64);
+                            received.extend_from_slice(data);
+                        }
+                        Event::Failed(e) => panic!("client failed: {e}"),
+                        _ => {}
+                    }
+                }
+            }
+            server.handle_timeout(now);
+            if let Event::Failed(e) = client.handle_timeout(now) {
+                panic!("client failed: {e}");
+            }
+        }
+        assert!(client.is_finished(), "client did not finish");
+        assert_eq!(received.len() as u64, len);
+        assert!(received == content, "content differs");
+        // The server may time out only when the client's last ACK was lost and the client left.
+        assert!(matches!(
+            server.outcome(),
+            Some(Outcome::Completed) | Some(Outcome::TimedOut)
+        ));
+    }
+
+    fn client_cfg(blksize: Option<u16>, window: Option<u16>) -> ClientConfig {
+        ClientConfig {
+            blksize,
+            windowsize: window,
+            tsize: true,
+            retransmit: Duration::from_millis(50),
+            retries: 100,
+            ..ClientConfig::default()
+        }
+    }
+
+    #[test]
+    fn sim_clean_windowed() {
+        simulate(
+            1,
+            100_000,
+            b"blksize\x001468\x00windowsize\x0016\x00tsize\x000\x00",
+            client_cfg(Some(1468), Some(16)),
+            0,
+            0,
+            0,
+        );
+    }
+
+    #[test]
+    fn sim_rollover_under_loss() {
+        // 70,000 blocks of 8 bytes: past the 65535 wrap, with 5% loss, duplication and reordering.
+        simulate(
+            7,
+            70_000 * 8 + 3,
+            b"blksize\x008\x00windowsize\x0016\x00",
+            client_cfg(Some(8), Some(16)),
+            50,
+            20,
+            20,
+        );
+    }
+
+    #[test]
+    fn sim_heavy_loss_lockstep() {
+        simulate(11, 30_000, b"", client_cfg(None, None), 300, 50, 50);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn sim_lossy_link_delivers_exact_file(
+            seed in any::<u64>(),
+            len in 0u64..40_000,
+            bs_i in 0usize..4,
+            win_i in 0usize..4,
+            loss in 0u32..150,
+            dup in 0u32..100,
+            reorder in 0u32..100,
+        ) {
+            let bs = [None, Some(8u16), Some(512), Some(1468)][bs_i];
+            let win = [None, Some(1u16), Some(4), Some(16)][win_i];
+            let mut opts = Vec::new();
+            if let Some(b) = bs { opts.extend_from_slice(format!("blksize\0{b}\0").as_bytes()); }
+            if let Some(w) = win { opts.extend_from_slice(format!("windowsize\0{w}\0").as_bytes()); }
+            opts.extend_from_slice(b"tsize\x000\x00");
+            simulate(seed, len, &opts, client_cfg(bs, win), loss, dup, reorder);
+        }
+    }
+}
