@@ -5,6 +5,7 @@
 
 pub mod block;
 pub mod client;
+pub mod multicast;
 pub mod options;
 pub mod packet;
 pub mod transfer;

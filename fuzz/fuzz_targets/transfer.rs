@@ -1,0 +1,44 @@
+//! Arbitrary datagrams and timer firings fed to a server transfer: no panic, never a block index
+//! outside the file, and the transfer always ends or keeps a timer armed.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use ringboot::proto::options::{negotiate, Limits, RequestOptions};
+use ringboot::proto::packet::{OptionList, Packet};
+use ringboot::proto::transfer::{Transfer, TransferConfig, Transmit};
+use std::time::{Duration, Instant};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&len_byte, rest)) = data.split_first() else { return };
+    let len = len_byte as u64 * 97;
+    let opts = OptionList::new_checked(b"blksize\x0016\x00windowsize\x004\x00").unwrap();
+    let n = negotiate(&RequestOptions::parse(&opts), &Limits::default(), None, len);
+    let cfg = TransferConfig {
+        negotiated: n,
+        content_len: len,
+        max_timeout: Duration::from_secs(1),
+        min_rto: Duration::from_millis(2),
+        retries: 3,
+    };
+    let mut now = Instant::now();
+    let mut t = Transfer::new(cfg, now);
+    let mut buf = [0u8; 512];
+    for chunk in rest.chunks(5) {
+        if chunk[0] & 1 == 0 {
+            t.handle_datagram(&chunk[1..], now);
+        } else {
+            now += Duration::from_millis(chunk[0] as u64 * 10);
+            t.handle_timeout(now);
+        }
+        while let Some(tx) = t.poll_transmit(now, &mut buf) {
+            match tx {
+                Transmit::Blocks { first, count } => {
+                    assert!(first >= 1 && first + count as u64 - 1 <= t.total_blocks());
+                    let (off, l) = t.block_range(first + count as u64 - 1);
+                    assert!(off + l as u64 <= len);
+                }
+                Transmit::Datagram(n) => assert!(Packet::parse(&buf[..n]).is_ok()),
+            }
+        }
+        assert!(t.outcome().is_some() || t.poll_timeout().is_some());
+    }
+});
