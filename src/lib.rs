@@ -1,3 +1,8 @@
 //! ringboot: a network-boot content server.
+//!
+//! Layout (see README "Architecture"):
+//! - [`proto`]: the sans-IO protocol core (codec, negotiation, transfer and client state machines).
+//! - [`store`]: the memory-mapped file store with a path jail.
 
 pub mod proto;
+pub mod store;

@@ -5,7 +5,9 @@
 
 pub mod block;
 pub mod client;
+pub mod mcclient;
 pub mod multicast;
+pub mod netascii;
 pub mod options;
 pub mod packet;
 pub mod transfer;
