@@ -474,10 +474,9 @@ mod tests {
         for _ in 0..2_000_000 {
             let mut progressed = false;
             for (i, c) in clients.iter_mut().enumerate() {
-                let start = if late_at.is_some() && i >= n / 2 {
-                    t0 + late_at.unwrap()
-                } else {
-                    t0
+                let start = match late_at {
+                    Some(l) if i >= n / 2 => t0 + l,
+                    _ => t0,
                 };
                 if c.is_none() && now >= start {
                     *c = Some(match protocol {

@@ -288,7 +288,7 @@ impl<'a> Packet<'a> {
         match op {
             1 => Ok(Packet::Rrq(parse_request(body)?)),
             2 => Ok(Packet::Wrq(parse_request(body)?)),
-            3 | 4 | 5 if body.len() < 2 => Err(ParseError::TooShort(buf.len())),
+            3..=5 if body.len() < 2 => Err(ParseError::TooShort(buf.len())),
             3 => Ok(Packet::Data {
                 block: BlockNum(u16::from_be_bytes([body[0], body[1]])),
                 data: &body[2..],

@@ -649,6 +649,9 @@ mod tests {
         assert_eq!(t.outcome(), Some(Outcome::Completed));
     }
 
+    /// A datagram on the simulated link: (deliver at, sequence, to the server?, bytes).
+    type InTransit = (Instant, u64, bool, Vec<u8>);
+
     /// Seeded lossy link: both state machines over virtual time, with loss, duplication and
     /// reordering in both directions. The client must always end with the exact content.
     fn simulate(
@@ -675,8 +678,7 @@ mod tests {
         let mut client = Client::new(b"f", ccfg, t0);
         let mut received = vec![0u8; 0];
         // (deliver_at, seq, to_server, bytes)
-        let mut queue: BinaryHeap<std::cmp::Reverse<(Instant, u64, bool, Vec<u8>)>> =
-            BinaryHeap::new();
+        let mut queue: BinaryHeap<std::cmp::Reverse<InTransit>> = BinaryHeap::new();
         let mut seq = 0u64;
         let mut now = t0;
         let link = Duration::from_micros(100);
