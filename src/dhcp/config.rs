@@ -1,0 +1,756 @@
+//! The DHCP responder's configuration: the `[dhcp]` TOML section and the `--dhcp*` flags.
+//!
+//! Contract:
+//! - [`DhcpConfig`] deserializes from the `[dhcp]` table (keys named like the flags: `mode`,
+//!   `interface`, `boot_file`, `range`, ...; boot rules as `[[dhcp.rule]]`, multicast files as
+//!   `[[dhcp.mtftp]]`) and is built from the flags by [`DhcpConfig::from_cli`].
+//! - [`DhcpConfig::validate`] names every mistake a user can make (a range outside its subnet, a
+//!   boot file too long for the header, an option 43 over 255 bytes) before a socket is opened.
+//! - [`DhcpConfig::resolve_interface`] fills the server address, mask and router from the
+//!   interface (`getifaddrs`); it is the only part that touches the system.
+
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// What the responder does (`--dhcp proxy|full|off`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpMode {
+    /// No DHCP at all (the default).
+    #[default]
+    Off,
+    /// proxyDHCP: another server hands out addresses; answer PXE clients with boot data only.
+    Proxy,
+    /// A small DHCP server with an address pool, for isolated labs.
+    Full,
+}
+
+impl FromStr for DhcpMode {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s.to_ascii_lowercase().as_str() {
+            "off" | "none" => Ok(DhcpMode::Off),
+            "proxy" => Ok(DhcpMode::Proxy),
+            "full" => Ok(DhcpMode::Full),
+            _ => Err(ConfigError::Mode(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for DhcpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DhcpMode::Off => "off",
+            DhcpMode::Proxy => "proxy",
+            DhcpMode::Full => "full",
+        })
+    }
+}
+
+/// Client system architecture, DHCP option 93 (RFC 4578 section 2.1, IANA "Processor
+/// Architecture Types"). Unknown values are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientArch(pub u16);
+
+impl ClientArch {
+    pub const BIOS: ClientArch = ClientArch(0);
+    pub const EFI_IA32: ClientArch = ClientArch(6);
+    pub const EFI_X64: ClientArch = ClientArch(7);
+    /// x64 UEFI as some firmware sends it (the old "EFI BC" number).
+    pub const EFI_BC: ClientArch = ClientArch(9);
+    pub const EFI_ARM32: ClientArch = ClientArch(10);
+    pub const EFI_ARM64: ClientArch = ClientArch(11);
+    pub const HTTP_IA32: ClientArch = ClientArch(15);
+    pub const HTTP_X64: ClientArch = ClientArch(16);
+    pub const HTTP_ARM32: ClientArch = ClientArch(18);
+    pub const HTTP_ARM64: ClientArch = ClientArch(19);
+
+    /// The names accepted in `arch = [...]`, each with the option 93 values it matches.
+    pub const NAMES: &'static [(&'static str, &'static [u16])] = &[
+        ("bios", &[0]),
+        ("efi-ia32", &[6]),
+        ("efi-x64", &[7, 9]),
+        ("efi-bc", &[9]),
+        ("efi-arm32", &[10]),
+        ("efi-arm64", &[11]),
+        ("http-ia32", &[15]),
+        ("http-x64", &[16]),
+        ("http-arm32", &[18]),
+        ("http-arm64", &[19]),
+    ];
+
+    /// Whether this is a UEFI HTTP boot client (vendor class `HTTPClient`).
+    pub fn is_http(self) -> bool {
+        matches!(self.0, 15 | 16 | 18 | 19)
+    }
+}
+
+/// One `arch` entry of a rule: a name from [`ClientArch::NAMES`] or a number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchMatch(pub Vec<u16>);
+
+impl ArchMatch {
+    pub fn matches(&self, arch: ClientArch) -> bool {
+        self.0.contains(&arch.0)
+    }
+}
+
+impl FromStr for ArchMatch {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let lower = s.trim().to_ascii_lowercase();
+        if let Some((_, v)) = ClientArch::NAMES.iter().find(|(n, _)| *n == lower) {
+            return Ok(ArchMatch(v.to_vec()));
+        }
+        lower
+            .parse::<u16>()
+            .map(|n| ArchMatch(vec![n]))
+            .map_err(|_| ConfigError::Arch(s.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for ArchMatch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u16),
+            Name(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) => Ok(ArchMatch(vec![n])),
+            Raw::Name(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A hardware address, or its first octets (`52:54:00` matches every QEMU NIC).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MacMatch(pub Vec<u8>);
+
+impl MacMatch {
+    pub fn matches(&self, chaddr: &[u8]) -> bool {
+        chaddr.len() >= self.0.len() && chaddr[..self.0.len()] == self.0[..]
+    }
+}
+
+impl FromStr for MacMatch {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bytes: Result<Vec<u8>, _> = s
+            .split([':', '-'])
+            .map(|p| u8::from_str_radix(p, 16))
+            .collect();
+        match bytes {
+            Ok(b) if !b.is_empty() && b.len() <= 16 => Ok(MacMatch(b)),
+            _ => Err(ConfigError::Mac(s.to_owned())),
+        }
+    }
+}
+
+/// An IPv4 prefix, `10.0.0.0/24`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Cidr {
+    pub fn mask(&self) -> Ipv4Addr {
+        prefix_to_mask(self.prefix)
+    }
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let m = u32::from(self.mask());
+        u32::from(ip) & m == u32::from(self.addr) & m
+    }
+}
+
+/// The netmask of a prefix length (`24` -> `255.255.255.0`); lengths over 32 count as 32.
+pub fn prefix_to_mask(prefix: u8) -> Ipv4Addr {
+    match prefix {
+        0 => Ipv4Addr::UNSPECIFIED,
+        p => Ipv4Addr::from(u32::MAX << (32 - u32::from(p.min(32)))),
+    }
+}
+
+/// Whether `a` and `b` are in the same subnet under `mask`.
+pub fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, mask: Ipv4Addr) -> bool {
+    let m = u32::from(mask);
+    u32::from(a) & m == u32::from(b) & m
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::Subnet(s.to_owned());
+        let (a, p) = s.split_once('/').unwrap_or((s, "32"));
+        let addr: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+        let prefix: u8 = p.trim().parse().map_err(|_| bad())?;
+        if prefix > 32 {
+            return Err(bad());
+        }
+        Ok(Ipv4Cidr { addr, prefix })
+    }
+}
+
+/// The address pool of full mode, `START,END` (both included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolRange {
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+}
+
+/// The largest pool accepted (a /16): the allocator scans it linearly.
+pub const MAX_POOL: u32 = 1 << 16;
+
+impl PoolRange {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (u32::from(self.start)..=u32::from(self.end)).contains(&u32::from(ip))
+    }
+    pub fn len(&self) -> u32 {
+        u32::from(self.end)
+            .saturating_sub(u32::from(self.start))
+            .saturating_add(1)
+    }
+    pub fn is_empty(&self) -> bool {
+        u32::from(self.end) < u32::from(self.start)
+    }
+    pub fn iter(&self) -> impl Iterator<Item = Ipv4Addr> {
+        (u32::from(self.start)..=u32::from(self.end)).map(Ipv4Addr::from)
+    }
+}
+
+impl FromStr for PoolRange {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::Range(s.to_owned());
+        let (a, b) = s.split_once([',', '-']).ok_or_else(bad)?;
+        let start: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+        let end: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
+        let r = PoolRange { start, end };
+        if r.is_empty() || r.len() > MAX_POOL {
+            return Err(bad());
+        }
+        Ok(r)
+    }
+}
+
+macro_rules! deserialize_from_str {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+deserialize_from_str!(MacMatch, Ipv4Cidr, PoolRange);
+
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    Ok(Duration::from_secs(u64::deserialize(d)?))
+}
+
+/// A boot-file rule (`[[dhcp.rule]]`): every criterion given must match; the first matching rule
+/// wins; a rule without criteria matches everyone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootRule {
+    /// Option 93 values or names (`bios`, `efi-x64`, `efi-arm64`, `http-x64`, 7, ...).
+    pub arch: Vec<ArchMatch>,
+    /// A MAC address or its first octets.
+    pub mac: Option<MacMatch>,
+    /// The client's subnet (relay address, current address or the receiving interface's).
+    pub subnet: Option<Ipv4Cidr>,
+    /// Option 77 (user class), e.g. `iPXE`: a rule for chainloaded iPXE.
+    pub user_class: Option<String>,
+    /// The file (or URL for HTTP boot and iPXE) to hand out.
+    pub boot_file: Option<String>,
+    /// What to hand iPXE instead of `boot_file` when this rule matches an iPXE client.
+    pub ipxe_script: Option<String>,
+    /// The TFTP server (siaddr) when it is not this server.
+    pub next_server: Option<Ipv4Addr>,
+}
+
+/// PXE MTFTP parameters advertised for one boot file (`[[dhcp.mtftp]]`, PXE 2.1 table 2-1
+/// sub-options 1 to 5).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtftpConfig {
+    /// The boot file these parameters are for.
+    pub file: String,
+    /// Multicast group (sub-option 1).
+    #[serde(default = "default_mtftp_group")]
+    pub group: Ipv4Addr,
+    /// Client UDP port (sub-option 2).
+    #[serde(default = "default_mtftp_client_port")]
+    pub client_port: u16,
+    /// Server UDP port (sub-option 3).
+    #[serde(default = "default_mtftp_server_port")]
+    pub server_port: u16,
+    /// Seconds a client listens before it opens (sub-option 4).
+    #[serde(default = "default_mtftp_listen")]
+    pub listen_timeout: u8,
+    /// Seconds a client waits before it re-opens (sub-option 5).
+    #[serde(default = "default_mtftp_reopen")]
+    pub reopen_delay: u8,
+}
+
+fn default_mtftp_group() -> Ipv4Addr {
+    Ipv4Addr::new(239, 255, 1, 1)
+}
+fn default_mtftp_client_port() -> u16 {
+    3001
+}
+fn default_mtftp_server_port() -> u16 {
+    1759
+}
+fn default_mtftp_listen() -> u8 {
+    1
+}
+fn default_mtftp_reopen() -> u8 {
+    2
+}
+
+/// The `[dhcp]` section. Every field has a default; [`DhcpConfig::validate`] checks the whole.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DhcpConfig {
+    /// `off` (default), `proxy` or `full`.
+    pub mode: DhcpMode,
+    /// Serve only this interface (`SO_BINDTODEVICE`); defaults of full mode come from it.
+    pub interface: Option<String>,
+    /// Our address (option 54, default siaddr). Default: the receiving interface's address.
+    pub server_ip: Option<Ipv4Addr>,
+    /// The TFTP server handed to clients (siaddr) when it is not this server.
+    pub next_server: Option<Ipv4Addr>,
+    /// The boot file for every architecture unless a rule says otherwise.
+    pub boot_file: Option<String>,
+    /// What a chainloaded iPXE (option 77 `iPXE` or option 175) gets instead of a binary.
+    pub ipxe_script: Option<String>,
+    /// Full mode: hand the boot file to clients that are not PXE clients too.
+    pub boot_non_pxe: bool,
+    /// Boot-file rules, in order (`[[dhcp.rule]]`).
+    #[serde(rename = "rule")]
+    pub rules: Vec<BootRule>,
+    /// Multicast MTFTP advertised per boot file (`[[dhcp.mtftp]]`).
+    pub mtftp: Vec<MtftpConfig>,
+    /// Text of PXE sub-option 10 (menu prompt) sent with a zero timeout.
+    pub pxe_prompt: String,
+    /// Full mode: the pool, `START,END`.
+    pub range: Option<PoolRange>,
+    /// Full mode: subnet mask (default: the interface's).
+    pub netmask: Option<Ipv4Addr>,
+    /// Full mode: default gateway (default: none; `from_cli` uses the interface's address
+    /// when the host routes).
+    pub router: Option<Ipv4Addr>,
+    /// Full mode: DNS servers.
+    pub dns: Vec<Ipv4Addr>,
+    /// Full mode: domain name (option 15).
+    pub domain_name: Option<String>,
+    /// Full mode: lease time, seconds (default 3600).
+    #[serde(deserialize_with = "seconds")]
+    pub lease_time: Duration,
+    /// Full mode: how long a declined address stays out of the pool, seconds (default 600).
+    #[serde(deserialize_with = "seconds")]
+    pub decline_hold: Duration,
+    /// Full mode: where leases are kept (default `$STATE_DIRECTORY/dhcp.leases`, else
+    /// `/var/lib/ringboot/dhcp.leases`).
+    pub lease_file: Option<PathBuf>,
+    /// Full mode: probe for another DHCP server at start and every 10 minutes.
+    pub detect_other_servers: bool,
+}
+
+impl Default for DhcpConfig {
+    fn default() -> Self {
+        DhcpConfig {
+            mode: DhcpMode::Off,
+            interface: None,
+            server_ip: None,
+            next_server: None,
+            boot_file: None,
+            ipxe_script: None,
+            boot_non_pxe: false,
+            rules: Vec::new(),
+            mtftp: Vec::new(),
+            pxe_prompt: "PXE".to_owned(),
+            range: None,
+            netmask: None,
+            router: None,
+            dns: Vec::new(),
+            domain_name: None,
+            lease_time: Duration::from_secs(3600),
+            decline_hold: Duration::from_secs(600),
+            lease_file: None,
+            detect_other_servers: true,
+        }
+    }
+}
+
+/// A configuration mistake, with what to change.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("unknown DHCP mode {0:?}: use proxy, full or off")]
+    Mode(String),
+    #[error("unknown architecture {0:?} in a boot rule: use a number (option 93) or one of bios, efi-ia32, efi-x64, efi-bc, efi-arm32, efi-arm64, http-ia32, http-x64, http-arm32, http-arm64")]
+    Arch(String),
+    #[error("bad MAC {0:?} in a boot rule: write hex octets separated by ':' (a prefix like 52:54:00 is fine)")]
+    Mac(String),
+    #[error("bad subnet {0:?}: write it as ADDRESS/PREFIX, e.g. 10.0.0.0/24")]
+    Subnet(String),
+    #[error("bad DHCP range {0:?}: write START,END with START <= END, at most 65536 addresses")]
+    Range(String),
+    #[error("full DHCP mode needs an address pool: give --dhcp-range START,END (or range = \"START,END\" in [dhcp])")]
+    NoRange,
+    #[error("DHCP range {start}-{end} is not inside the subnet {net}/{mask}: fix the range or the netmask")]
+    RangeOutsideSubnet {
+        start: Ipv4Addr,
+        end: Ipv4Addr,
+        net: Ipv4Addr,
+        mask: Ipv4Addr,
+    },
+    #[error("{mode} DHCP mode needs a boot file: give --boot-file FILE, boot_file in [dhcp], or a [[dhcp.rule]] with boot_file")]
+    NoBootFile { mode: DhcpMode },
+    #[error("boot file name {0:?} is {len} bytes; the DHCP header holds at most 127: use a shorter path", len = .0.len())]
+    BootFileTooLong(String),
+    #[error("PXE vendor options (option 43) for {file:?} would take {len} bytes; at most 255 fit: shorten pxe_prompt")]
+    Option43TooLong { file: String, len: usize },
+    #[error("lease time must be between 60 s and 49 days (got {0} s)")]
+    LeaseTime(u64),
+}
+
+/// Name heuristic: does this file look like an iPXE binary (handing it to iPXE would loop)?
+pub fn looks_like_ipxe_binary(file: &str) -> bool {
+    let f = file.to_ascii_lowercase();
+    let name = f.rsplit(['/', '\\']).next().unwrap_or(&f);
+    name.ends_with(".kpxe")
+        || name.ends_with(".kkpxe")
+        || name.ends_with(".kkkpxe")
+        || (name.contains("ipxe")
+            && (name.ends_with(".efi")
+                || name.ends_with(".pxe")
+                || name.ends_with(".0")
+                || name.ends_with(".lkrn")
+                || name.ends_with(".usb")
+                || !name.contains('.')))
+        || name == "undionly.kpxe"
+}
+
+impl DhcpConfig {
+    /// Parse a whole config file and take its `[dhcp]` table (absent: the defaults).
+    pub fn from_toml_document(text: &str) -> Result<DhcpConfig, toml::de::Error> {
+        // Other sections belong to other parts of ringboot: serde skips them.
+        #[derive(Deserialize)]
+        struct Doc {
+            #[serde(default)]
+            dhcp: DhcpConfig,
+        }
+        Ok(toml::from_str::<Doc>(text)?.dhcp)
+    }
+
+    /// Build the configuration from the command-line flags `--dhcp MODE --dhcp-interface IF
+    /// --boot-file FILE --dhcp-range START,END`. Server address, mask and router default from
+    /// the interface (read with `getifaddrs`); the result is validated.
+    pub fn from_cli(
+        mode: DhcpMode,
+        interface: Option<&str>,
+        boot_file: Option<&str>,
+        range: Option<&str>,
+    ) -> anyhow::Result<DhcpConfig> {
+        let mut cfg = DhcpConfig {
+            mode,
+            interface: interface.map(str::to_owned),
+            boot_file: boot_file.map(str::to_owned),
+            range: range.map(str::parse).transpose()?,
+            ..DhcpConfig::default()
+        };
+        if mode == DhcpMode::Off {
+            return Ok(cfg);
+        }
+        cfg.resolve_interface()?;
+        if mode == DhcpMode::Full && cfg.router.is_none() {
+            // An isolated lab: the server is the only way out, if any.
+            cfg.router = cfg.server_ip;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Fill `server_ip` and `netmask` from the interface when they are not set (full mode needs
+    /// them; proxy mode uses the receiving interface's address per request anyway).
+    pub fn resolve_interface(&mut self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        if self.server_ip.is_some() && (self.netmask.is_some() || self.mode != DhcpMode::Full) {
+            return Ok(());
+        }
+        let ifs = super::sys::interfaces().context("listing network interfaces (getifaddrs)")?;
+        let pick = match (&self.interface, self.range) {
+            (Some(name), _) => ifs.iter().find(|i| &i.name == name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "interface {name:?} has no IPv4 address: give it one (ip addr add ... dev {name}) or name another with --dhcp-interface"
+                )
+            })?,
+            (None, Some(r)) => ifs
+                .iter()
+                .find(|i| same_subnet(i.addr, r.start, i.netmask))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no interface has an address in the subnet of the DHCP range {}-{}: add one or give --dhcp-interface",
+                        r.start,
+                        r.end
+                    )
+                })?,
+            (None, None) => return Ok(()),
+        };
+        self.server_ip.get_or_insert(pick.addr);
+        self.netmask.get_or_insert(pick.netmask);
+        Ok(())
+    }
+
+    /// Check the whole configuration; see [`ConfigError`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.mode == DhcpMode::Off {
+            return Ok(());
+        }
+        let any_file = self.boot_file.is_some()
+            || self.ipxe_script.is_some()
+            || self.rules.iter().any(|r| r.boot_file.is_some());
+        if self.mode == DhcpMode::Proxy && !any_file {
+            return Err(ConfigError::NoBootFile { mode: self.mode });
+        }
+        let files = self.boot_file.iter().chain(self.ipxe_script.iter()).chain(
+            self.rules
+                .iter()
+                .flat_map(|r| r.boot_file.iter().chain(r.ipxe_script.iter())),
+        );
+        for f in files {
+            // URLs (HTTP boot, iPXE scripts) may be longer: they also go in option 67.
+            if f.len() > 127 && !f.contains("://") {
+                return Err(ConfigError::BootFileTooLong(f.clone()));
+            }
+            if f.len() > 255 {
+                return Err(ConfigError::BootFileTooLong(f.clone()));
+            }
+            if let Err(e) = super::wire::pxe_vendor_options(&self.pxe_prompt, self.mtftp_for(f)) {
+                return Err(ConfigError::Option43TooLong {
+                    file: f.clone(),
+                    len: e.len,
+                });
+            }
+        }
+        if self.mode == DhcpMode::Full {
+            let r = self.range.ok_or(ConfigError::NoRange)?;
+            if r.is_empty() || r.len() > MAX_POOL {
+                return Err(ConfigError::Range(format!("{},{}", r.start, r.end)));
+            }
+            if let (Some(ip), Some(mask)) = (self.server_ip, self.netmask) {
+                if !same_subnet(ip, r.start, mask) || !same_subnet(ip, r.end, mask) {
+                    let net = Ipv4Addr::from(u32::from(ip) & u32::from(mask));
+                    return Err(ConfigError::RangeOutsideSubnet {
+                        start: r.start,
+                        end: r.end,
+                        net,
+                        mask,
+                    });
+                }
+            }
+            let lt = self.lease_time.as_secs();
+            if !(60..=49 * 86400).contains(&lt) {
+                return Err(ConfigError::LeaseTime(lt));
+            }
+        }
+        Ok(())
+    }
+
+    /// The MTFTP parameters configured for `file`, if any.
+    pub fn mtftp_for(&self, file: &str) -> Option<&MtftpConfig> {
+        self.mtftp.iter().find(|m| m.file == file)
+    }
+
+    /// The lease file to use: the configured one, or the default location.
+    pub fn lease_path(&self) -> PathBuf {
+        if let Some(p) = &self.lease_file {
+            return p.clone();
+        }
+        match std::env::var_os("STATE_DIRECTORY") {
+            // systemd's StateDirectory= may list several, separated by ':'.
+            Some(d) => {
+                let first = d
+                    .to_string_lossy()
+                    .split(':')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                PathBuf::from(first).join("dhcp.leases")
+            }
+            None => PathBuf::from("/var/lib/ringboot/dhcp.leases"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_section_with_rules_and_mtftp() {
+        let text = r#"
+            [tftp]
+            whatever = 1
+
+            [dhcp]
+            mode = "full"
+            interface = "eth1"
+            boot_file = "pxelinux.0"
+            ipxe_script = "boot.ipxe"
+            range = "10.0.0.100,10.0.0.150"
+            netmask = "255.255.255.0"
+            server_ip = "10.0.0.1"
+            dns = ["10.0.0.1"]
+            lease_time = 7200
+            lease_file = "/tmp/x.leases"
+
+            [[dhcp.rule]]
+            arch = ["efi-x64", 11]
+            boot_file = "grubx64.efi"
+
+            [[dhcp.rule]]
+            mac = "52:54:00"
+            subnet = "10.0.0.0/24"
+            user_class = "iPXE"
+            boot_file = "http://10.0.0.1/menu.ipxe"
+
+            [[dhcp.mtftp]]
+            file = "pxelinux.0"
+        "#;
+        let cfg = DhcpConfig::from_toml_document(text).unwrap();
+        assert_eq!(cfg.mode, DhcpMode::Full);
+        assert_eq!(cfg.lease_time, Duration::from_secs(7200));
+        assert_eq!(cfg.rules.len(), 2);
+        assert_eq!(
+            cfg.rules[0].arch,
+            vec![ArchMatch(vec![7, 9]), ArchMatch(vec![11])]
+        );
+        assert_eq!(cfg.rules[1].mac, Some(MacMatch(vec![0x52, 0x54, 0])));
+        assert_eq!(cfg.mtftp[0].group, Ipv4Addr::new(239, 255, 1, 1));
+        assert_eq!(cfg.mtftp[0].client_port, 3001);
+        assert_eq!(
+            cfg.range,
+            Some(PoolRange {
+                start: Ipv4Addr::new(10, 0, 0, 100),
+                end: Ipv4Addr::new(10, 0, 0, 150)
+            })
+        );
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn no_dhcp_section_is_off() {
+        let cfg = DhcpConfig::from_toml_document("[other]\na = 1\n").unwrap();
+        assert_eq!(cfg.mode, DhcpMode::Off);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = DhcpConfig::from_toml_document("[dhcp]\nmdoe = \"full\"\n").unwrap_err();
+        assert!(e.to_string().contains("mdoe"), "{e}");
+        let e = DhcpConfig::from_toml_document("[dhcp]\n[[dhcp.rule]]\narch = [\"efi-x65\"]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("efi-x65"), "{e}");
+        assert!("10.0.0.9,10.0.0.1".parse::<PoolRange>().is_err());
+        assert!("10.0.0.0/33".parse::<Ipv4Cidr>().is_err());
+        assert_eq!("FULL".parse::<DhcpMode>(), Ok(DhcpMode::Full));
+        assert!("fulll".parse::<DhcpMode>().is_err());
+    }
+
+    #[test]
+    fn validation() {
+        let mut cfg = DhcpConfig {
+            mode: DhcpMode::Full,
+            server_ip: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            netmask: Some(Ipv4Addr::new(255, 255, 255, 0)),
+            ..DhcpConfig::default()
+        };
+        assert_eq!(cfg.validate(), Err(ConfigError::NoRange));
+        cfg.range = Some("10.0.1.10,10.0.1.20".parse().unwrap());
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::RangeOutsideSubnet { .. })
+        ));
+        cfg.range = Some("10.0.0.10,10.0.0.20".parse().unwrap());
+        cfg.validate().unwrap();
+        cfg.mode = DhcpMode::Proxy;
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::NoBootFile { .. })
+        ));
+        cfg.boot_file = Some("x".repeat(128));
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::BootFileTooLong(_))
+        ));
+        cfg.boot_file = Some("pxelinux.0".into());
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn option_43_limit_is_a_config_error() {
+        let mut cfg = DhcpConfig {
+            mode: DhcpMode::Proxy,
+            boot_file: Some("pxelinux.0".into()),
+            pxe_prompt: "p".repeat(230),
+            ..DhcpConfig::default()
+        };
+        cfg.validate().unwrap();
+        cfg.mtftp.push(MtftpConfig {
+            file: "pxelinux.0".into(),
+            group: default_mtftp_group(),
+            client_port: 3001,
+            server_port: 1759,
+            listen_timeout: 1,
+            reopen_delay: 2,
+        });
+        match cfg.validate() {
+            Err(ConfigError::Option43TooLong { len, .. }) => assert!(len > 255, "{len}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ipxe_binary_heuristic() {
+        for f in [
+            "undionly.kpxe",
+            "ipxe.efi",
+            "x86_64/ipxe.efi",
+            "snponly-ipxe.efi",
+            "ipxe.pxe",
+            "IPXE.EFI",
+            "ipxe",
+        ] {
+            assert!(looks_like_ipxe_binary(f), "{f}");
+        }
+        for f in [
+            "pxelinux.0",
+            "grubx64.efi",
+            "boot.ipxe",
+            "http://srv/boot.ipxe",
+            "menu.ipxe",
+        ] {
+            assert!(!looks_like_ipxe_binary(f), "{f}");
+        }
+    }
+
+    #[test]
+    fn masks() {
+        assert_eq!(prefix_to_mask(24), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(prefix_to_mask(0), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(prefix_to_mask(32), Ipv4Addr::BROADCAST);
+        let c: Ipv4Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(c.contains(Ipv4Addr::new(10, 1, 200, 3)));
+        assert!(!c.contains(Ipv4Addr::new(10, 2, 0, 3)));
+    }
+}

@@ -1,0 +1,553 @@
+//! DHCP end to end, in network namespaces (root only).
+//!
+//! Contract:
+//! - Not root: prints "skipped: needs root for network namespaces" and passes. Under `CI=true`
+//!   as root every test must run: a missing tool (`ip`, `busybox`, `dnsmasq`) fails it.
+//! - Each test builds its own namespaces and veth pairs (names carry the PID and a counter,
+//!   addresses are 10.99.X.0/24 inside the namespaces only, nothing routes out) and removes them
+//!   when it ends, even on failure (the guard's Drop).
+//! - The responder under test is the real `ringboot serve --dhcp ...` when the binary has the
+//!   `--dhcp` flags; until then the same `ringboot::dhcp::spawn` runs in-process on a thread
+//!   that entered the server namespace (`setns`), so the namespaces and the clients are the same.
+//! - full mode: busybox `udhcpc` with the PXE vendor class gets an address from the range and
+//!   the boot file; the lease is in the lease file.
+//! - proxy mode beside dnsmasq (the network's plain DHCP server): a raw PXE client gets its
+//!   address from dnsmasq and its boot file from ringboot, then the port-4011 ACK with
+//!   sub-option 71 echoed; a non-PXE client gets no answer from ringboot.
+
+use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
+use ringboot::dhcp::client::{pxe_boot_request, pxe_discover};
+use ringboot::dhcp::config::ClientArch;
+use ringboot::dhcp::wire;
+use ringboot::dhcp::{DhcpConfig, DhcpMode};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether the test can run; prints why not.
+fn preflight(tools: &[&str]) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: needs root for network namespaces");
+        return false;
+    }
+    for t in tools {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            let msg = format!("{t} not found: install busybox dnsmasq-base iproute2");
+            if ci() {
+                panic!("{msg}");
+            }
+            println!("skipped: {msg}");
+            return false;
+        }
+    }
+    true
+}
+
+fn sh(cmd: &str) {
+    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Namespaces and processes of one test, removed on drop.
+struct Lab {
+    id: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+    dir: tempfile::TempDir,
+    shutdown: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        Lab {
+            id,
+            namespaces: vec![],
+            children: vec![],
+            dir: tempfile::tempdir().unwrap(),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            threads: vec![],
+        }
+    }
+
+    fn ns(&mut self, role: &str) -> String {
+        let name = format!("rb{role}{}", self.id);
+        sh(&format!("ip netns add {name}"));
+        sh(&format!("ip -n {name} link set lo up"));
+        self.namespaces.push(name.clone());
+        name
+    }
+
+    /// A veth pair: `a` in `ns_a`, `b` in `ns_b`, both up.
+    fn veth(&self, ns_a: &str, a: &str, ns_b: &str, b: &str) {
+        sh(&format!(
+            "ip -n {ns_a} link add {a} type veth peer name {b} netns {ns_b}"
+        ));
+        sh(&format!("ip -n {ns_a} link set {a} up"));
+        sh(&format!("ip -n {ns_b} link set {b} up"));
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Start the responder in `ns`: the real binary if it has the flags, else in-process.
+    fn start_ringboot(
+        &mut self,
+        ns: &str,
+        mode: &str,
+        iface: &str,
+        range: Option<&str>,
+        addr: Ipv4Addr,
+    ) {
+        let root = self.path("root");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("pxelinux.0"), b"not really pxelinux").unwrap();
+        let state = self.path("state");
+        std::fs::create_dir_all(&state).unwrap();
+        if binary_has_dhcp_flags() {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_ringboot"), "serve"])
+                .arg("--root")
+                .arg(&root)
+                .args(["--listen", &format!("{addr}:6969")])
+                .args(["--dhcp", mode, "--dhcp-interface", iface])
+                .args(["--boot-file", "pxelinux.0"]);
+            if let Some(r) = range {
+                cmd.args(["--dhcp-range", r]);
+            }
+            cmd.env("STATE_DIRECTORY", &state)
+                .stdout(File::create(self.path("ringboot.log")).unwrap())
+                .stderr(File::create(self.path("ringboot.err")).unwrap());
+            // SAFETY: prctl in the child before exec; kills it if this test dies.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            self.children.push(cmd.spawn().unwrap());
+            println!("testing the real binary: ringboot serve --dhcp {mode}");
+        } else {
+            println!("ringboot has no --dhcp flags yet: running ringboot::dhcp::spawn in-process in {ns}");
+            let (mode, iface, range) =
+                (mode.to_owned(), iface.to_owned(), range.map(str::to_owned));
+            let shutdown = self.shutdown.clone();
+            let lease = state.join("dhcp.leases");
+            let h = in_netns(ns, move || {
+                let mode: DhcpMode = mode.parse().unwrap();
+                let mut cfg =
+                    DhcpConfig::from_cli(mode, Some(&iface), Some("pxelinux.0"), range.as_deref())
+                        .expect("config");
+                cfg.lease_file = Some(lease);
+                ringboot::dhcp::spawn(cfg, shutdown).expect("spawn")
+            });
+            self.threads.push(h);
+        }
+        // Give the sockets a moment to bind.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    fn leases(&self) -> String {
+        std::fs::read_to_string(self.path("state").join("dhcp.leases")).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        let mut s = std::fs::read_to_string(self.path("ringboot.log")).unwrap_or_default();
+        s += &std::fs::read_to_string(self.path("ringboot.err")).unwrap_or_default();
+        s
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn binary_has_dhcp_flags() -> bool {
+    Command::new(env!("CARGO_BIN_EXE_ringboot"))
+        .args(["serve", "--help"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--dhcp-range"))
+}
+
+/// Run `f` on a thread that entered network namespace `ns` (threads it starts stay there).
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = File::open(&path).unwrap();
+        // SAFETY: setns on this thread only, with an fd of a network namespace.
+        let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A UDP socket in the calling thread's namespace, bound to `addr`, on `device`.
+fn client_socket(addr: SocketAddrV4, device: &str) -> Socket {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_broadcast(true).unwrap();
+    s.bind_device(Some(device.as_bytes())).unwrap();
+    s.bind(&SockAddr::from(addr)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s
+}
+
+/// Send `msg` to `to` and collect the replies with its xid for `wait`.
+fn exchange(s: &Socket, msg: &Message, to: SocketAddrV4, wait: Duration) -> Vec<Message> {
+    s.send_to(&wire::encode(msg), &SockAddr::from(to)).unwrap();
+    let end = Instant::now() + wait;
+    let mut out = vec![];
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+    while Instant::now() < end {
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            // SAFETY: recv_from initialized the first n bytes.
+            let bytes: Vec<u8> = buf[..n]
+                .iter()
+                .map(|b| unsafe { b.assume_init() })
+                .collect();
+            if let Ok(m) = wire::parse_any(&bytes) {
+                if bytes[0] == 2 && m.xid() == msg.xid() {
+                    out.push(m);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn server_id(m: &Message) -> Option<Ipv4Addr> {
+    match m.opts().get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(s)) => Some(*s),
+        _ => None,
+    }
+}
+
+fn file_of(m: &Message) -> String {
+    m.fname()
+        .map(|f| String::from_utf8_lossy(f).trim_end_matches('\0').to_owned())
+        .unwrap_or_default()
+}
+
+fn vendor(m: &Message) -> Vec<u8> {
+    match m.opts().get(OptionCode::VendorExtensions) {
+        Some(DhcpOption::VendorExtensions(v)) => v.clone(),
+        _ => vec![],
+    }
+}
+
+fn udhcpc(ns: &str, iface: &str, script_dir: &Path, vendor_class: Option<&str>) -> String {
+    let out = script_dir.join(format!("udhcpc-{iface}.env"));
+    let script = script_dir.join(format!("udhcpc-{iface}.sh"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = bound ] && env > '{}'\nexit 0\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    sh(&format!("chmod +x '{}'", script.display()));
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "busybox", "udhcpc", "-i", iface])
+        .args(["-O", "bootfile", "-q", "-n", "-t", "6", "-T", "1", "-s"])
+        .arg(&script);
+    if let Some(v) = vendor_class {
+        cmd.args(["-V", v]);
+    }
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "udhcpc failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::read_to_string(&out).unwrap_or_default()
+}
+
+fn env_var(env: &str, key: &str) -> Option<String> {
+    env.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_owned))
+}
+
+#[test]
+fn full_mode_gives_udhcpc_an_address_and_the_boot_file() {
+    if !preflight(&["ip", "busybox"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let x = 10 + (std::process::id() % 100) as u8;
+    let (s, c) = (lab.ns("s"), lab.ns("c"));
+    let (si, ci) = (format!("rbs{}", lab.id), format!("rbc{}", lab.id));
+    lab.veth(&s, &si, &c, &ci);
+    let server = Ipv4Addr::new(10, 99, x, 1);
+    sh(&format!("ip -n {s} addr add {server}/24 dev {si}"));
+    let range = format!("10.99.{x}.100,10.99.{x}.150");
+    lab.start_ringboot(&s, "full", &si, Some(&range), server);
+
+    let env = udhcpc(
+        &c,
+        &ci,
+        lab.dir.path(),
+        Some("PXEClient:Arch:00000:UNDI:002001"),
+    );
+    let ip: Ipv4Addr = env_var(&env, "ip")
+        .unwrap_or_else(|| panic!("no lease: {env}\n{}", lab.logs()))
+        .parse()
+        .unwrap();
+    assert!(
+        (100..=150).contains(&ip.octets()[3]) && ip.octets()[2] == x,
+        "{ip}"
+    );
+    assert_eq!(
+        env_var(&env, "boot_file").as_deref(),
+        Some("pxelinux.0"),
+        "{env}"
+    );
+    assert_eq!(
+        env_var(&env, "bootfile").as_deref(),
+        Some("pxelinux.0"),
+        "{env}"
+    );
+    assert_eq!(env_var(&env, "siaddr"), Some(server.to_string()), "{env}");
+    assert_eq!(
+        env_var(&env, "subnet").as_deref(),
+        Some("255.255.255.0"),
+        "{env}"
+    );
+    assert!(
+        lab.leases().contains(&ip.to_string()),
+        "lease persisted: {}",
+        lab.leases()
+    );
+
+    // A second machine (non-PXE) gets another address and no boot file.
+    let c2 = lab.ns("d");
+    let c2i = format!("rbd{}", lab.id);
+    let s2i = format!("rbt{}", lab.id);
+    // Put both server-side ends on a bridge so the server sees both clients.
+    sh(&format!("ip -n {s} link add rbbr type bridge"));
+    sh(&format!("ip -n {s} link set rbbr up"));
+    sh(&format!("ip -n {s} addr del {server}/24 dev {si}"));
+    sh(&format!("ip -n {s} link set {si} master rbbr"));
+    sh(&format!("ip -n {s} addr add {server}/24 dev rbbr"));
+    lab.veth(&s, &s2i, &c2, &c2i);
+    sh(&format!("ip -n {s} link set {s2i} master rbbr"));
+    lab_restart_on_bridge(&mut lab, &s, server, &range);
+    let env2 = udhcpc(&c2, &c2i, lab.dir.path(), None);
+    let ip2: Ipv4Addr = env_var(&env2, "ip")
+        .unwrap_or_else(|| panic!("no lease: {env2}\n{}", lab.logs()))
+        .parse()
+        .unwrap();
+    assert_ne!(ip2, ip, "no double allocation across a restart");
+    assert_eq!(env_var(&env2, "boot_file"), None, "{env2}");
+}
+
+/// Stop the responder and start it again on the bridge (a restart: leases come from the file).
+fn lab_restart_on_bridge(lab: &mut Lab, s: &str, server: Ipv4Addr, range: &str) {
+    lab.shutdown.store(true, Ordering::Relaxed);
+    for t in lab.threads.drain(..) {
+        t.join().unwrap();
+    }
+    for mut c in lab.children.drain(..) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    lab.shutdown = Arc::new(AtomicBool::new(false));
+    lab.start_ringboot(s, "full", "rbbr", Some(range), server);
+}
+
+#[test]
+fn proxy_mode_beside_dnsmasq() {
+    if !preflight(&["ip", "dnsmasq"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let x = 110 + (std::process::id() % 100) as u8;
+    let (s, d, c) = (lab.ns("s"), lab.ns("d"), lab.ns("c"));
+    let id = lab.id.clone();
+    // The segment: a bridge in the server namespace, dnsmasq and the client on veths.
+    sh(&format!("ip -n {s} link add rbbr type bridge"));
+    sh(&format!("ip -n {s} link set rbbr up"));
+    let server = Ipv4Addr::new(10, 99, x, 1);
+    sh(&format!("ip -n {s} addr add {server}/24 dev rbbr"));
+    let (sd, dd) = (format!("rbsd{id}"), format!("rbdd{id}"));
+    let (sc, cc) = (format!("rbsc{id}"), format!("rbcc{id}"));
+    lab.veth(&s, &sd, &d, &dd);
+    lab.veth(&s, &sc, &c, &cc);
+    sh(&format!("ip -n {s} link set {sd} master rbbr"));
+    sh(&format!("ip -n {s} link set {sc} master rbbr"));
+    let dhcp = Ipv4Addr::new(10, 99, x, 2);
+    sh(&format!("ip -n {d} addr add {dhcp}/24 dev {dd}"));
+
+    let mut dns = Command::new("ip");
+    dns.args([
+        "netns",
+        "exec",
+        &d,
+        "dnsmasq",
+        "--no-daemon",
+        "--port=0",
+        "--conf-file=/dev/null",
+    ])
+    .arg(format!(
+        "--dhcp-range=10.99.{x}.50,10.99.{x}.60,255.255.255.0,1h"
+    ))
+    .arg(format!("--interface={dd}"))
+    .args([
+        "--bind-interfaces",
+        "--no-ping",
+        "--user=root",
+        "--group=root",
+        "--pid-file=",
+    ])
+    .arg(format!(
+        "--dhcp-leasefile={}",
+        lab.path("dnsmasq.leases").display()
+    ))
+    .stdout(Stdio::null())
+    .stderr(File::create(lab.path("dnsmasq.err")).unwrap());
+    // SAFETY: prctl in the child before exec.
+    unsafe {
+        dns.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    lab.children.push(dns.spawn().unwrap());
+    lab.start_ringboot(&s, "proxy", "rbbr", None, server);
+
+    let mac = [
+        0x52,
+        0x54,
+        0x00,
+        0xab,
+        0xcd,
+        (std::process::id() & 0xff) as u8,
+    ];
+    let cc2 = cc.clone();
+    let (offers, plain) = in_netns(&c, move || {
+        let sock = client_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68), &cc2);
+        let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+        // dnsmasq may take a moment to start: retry the PXE DISCOVER until both answer.
+        let mut offers = vec![];
+        for attempt in 0..5u32 {
+            let d = pxe_discover(mac, ClientArch::EFI_X64, 0x5000 + attempt);
+            offers = exchange(&sock, &d, bcast, Duration::from_secs(2));
+            if offers.len() >= 2 {
+                break;
+            }
+        }
+        let mut plain = pxe_discover(mac, ClientArch::BIOS, 0x6000);
+        plain.opts_mut().remove(OptionCode::ClassIdentifier);
+        plain
+            .opts_mut()
+            .remove(OptionCode::ClientSystemArchitecture);
+        let plain = exchange(&sock, &plain, bcast, Duration::from_secs(2));
+        (offers, plain)
+    });
+    let from = |sid: Ipv4Addr, v: &[Message]| v.iter().find(|m| server_id(m) == Some(sid)).cloned();
+    let dns_offer = from(dhcp, &offers).unwrap_or_else(|| {
+        panic!(
+            "no offer from dnsmasq: {offers:?}\n{}",
+            std::fs::read_to_string(lab.path("dnsmasq.err")).unwrap_or_default()
+        )
+    });
+    let proxy = from(server, &offers)
+        .unwrap_or_else(|| panic!("no proxy offer from ringboot: {offers:?}\n{}", lab.logs()));
+    let addr = dns_offer.yiaddr();
+    assert_eq!(addr.octets()[..3], [10, 99, x]);
+    assert!((50..=60).contains(&addr.octets()[3]));
+    assert_eq!(proxy.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(
+        proxy.yiaddr(),
+        Ipv4Addr::UNSPECIFIED,
+        "a proxy never offers an address"
+    );
+    assert_eq!(proxy.siaddr(), server);
+    assert_eq!(file_of(&proxy), "pxelinux.0");
+    assert!(proxy.opts().get(OptionCode::AddressLeaseTime).is_none());
+    assert!(proxy.opts().get(OptionCode::SubnetMask).is_none());
+    assert!(proxy.opts().get(OptionCode::Router).is_none());
+    assert_eq!(
+        proxy.opts().get(OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+    );
+    assert_eq!(wire::find_sub_option(&vendor(&proxy), 6), Some(&[8u8][..]));
+    // The non-PXE client: dnsmasq answers, ringboot does not.
+    assert!(
+        from(dhcp, &plain).is_some(),
+        "dnsmasq answers a plain client: {plain:?}"
+    );
+    assert!(
+        from(server, &plain).is_none(),
+        "ringboot must not answer a non-PXE client"
+    );
+
+    // The client takes dnsmasq's address and asks ringboot's boot server on port 4011 from 4011.
+    sh(&format!("ip -n {c} addr add {addr}/24 dev {cc}"));
+    let cc3 = cc.clone();
+    let acks = in_netns(&c, move || {
+        let sock = client_socket(SocketAddrV4::new(addr, 4011), &cc3);
+        let r = pxe_boot_request(mac, ClientArch::EFI_X64, 0x7000, addr, Some((0, 0)));
+        exchange(
+            &sock,
+            &r,
+            SocketAddrV4::new(server, 4011),
+            Duration::from_secs(2),
+        )
+    });
+    let ack = acks
+        .first()
+        .unwrap_or_else(|| panic!("no port-4011 ACK\n{}", lab.logs()));
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(file_of(ack), "pxelinux.0");
+    assert_eq!(
+        vendor(ack),
+        [71, 4, 0, 0, 0, 0, 255],
+        "sub-option 71 echoed"
+    );
+}
