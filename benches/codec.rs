@@ -44,12 +44,17 @@ fn codec(c: &mut Criterion) {
 fn transfer(c: &mut Criterion) {
     let mut g = c.benchmark_group("transfer");
     let len: u64 = 64 << 20;
-    let Ok(Packet::Rrq(r)) = Packet::parse(
-        b"\x00\x01f\x00octet\x00blksize\x001468\x00windowsize\x0016\x00",
-    ) else {
+    let Ok(Packet::Rrq(r)) =
+        Packet::parse(b"\x00\x01f\x00octet\x00blksize\x001468\x00windowsize\x0016\x00")
+    else {
         unreachable!()
     };
-    let negotiated = negotiate(&RequestOptions::parse(&r.options), &Limits::default(), None, len);
+    let negotiated = negotiate(
+        &RequestOptions::parse(&r.options),
+        &Limits::default(),
+        None,
+        len,
+    );
     let blocks = len / 1468 + 1;
     g.throughput(Throughput::Bytes(len));
     g.bench_function("64MiB_window16_state_machine", |b| {

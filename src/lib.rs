@@ -3,8 +3,9 @@
 //! Layout (see README "Architecture"):
 //! - [`proto`]: the sans-IO protocol core (codec, negotiation, transfer and client state machines).
 //! - [`store`]: the memory-mapped file store with a path jail.
-//! - [`dhcp`]: the PXE DHCP responder (proxyDHCP, or a small full DHCP server).
+//! - [`server`]: the drivers: per-core io_uring workers and the epoll fallback.
 
 pub mod dhcp;
 pub mod proto;
+pub mod server;
 pub mod store;

@@ -300,6 +300,20 @@ pub struct MtftpConfig {
     pub reopen_delay: u8,
 }
 
+impl MtftpConfig {
+    /// MTFTP parameters for `file` with the default listen and re-open delays.
+    pub fn new(file: &str, group: Ipv4Addr, client_port: u16, server_port: u16) -> Self {
+        MtftpConfig {
+            file: file.to_owned(),
+            group,
+            client_port,
+            server_port,
+            listen_timeout: default_mtftp_listen(),
+            reopen_delay: default_mtftp_reopen(),
+        }
+    }
+}
+
 fn default_mtftp_group() -> Ipv4Addr {
     Ipv4Addr::new(239, 255, 1, 1)
 }

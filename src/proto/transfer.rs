@@ -93,8 +93,9 @@ pub struct TransferStats {
     pub srtt: Option<Duration>,
 }
 
-/// RFC 6298 retransmission timer. Backoff doubles the timeout on each expiry and is cleared as soon as
-/// the client acknowledges new data (as Linux TCP does), so one loss does not slow what follows.
+/// RFC 6298 retransmission timer. Backoff doubles the timeout on each expiry and decays one step each
+/// time the client acknowledges new data, so one loss does not slow what follows, while a client
+/// that keeps falling behind (CPU-starved, say) is not flooded by spurious resends.
 #[derive(Clone, Copy, Debug)]
 struct RttEstimator {
     srtt: Option<Duration>,
@@ -144,8 +145,8 @@ impl RttEstimator {
         }
     }
 
-    fn clear_backoff(&mut self) {
-        self.backoff = 0;
+    fn decay_backoff(&mut self) {
+        self.backoff = self.backoff.saturating_sub(1);
     }
 }
 
@@ -345,6 +346,24 @@ impl Transfer {
         }
     }
 
+    /// The client sent its request again (same bytes, same port): it has seen nothing of our answer.
+    /// Resend the OACK, or block 1 when there is no OACK, unless that was sent less than the
+    /// retransmission floor ago (a client flooding requests gets no more than the timer would send).
+    pub fn handle_duplicate_request(&mut self, now: Instant) {
+        let fresh = self
+            .in_flight
+            .is_some_and(|f| now.saturating_duration_since(f.sent_at) < self.rtt.min);
+        if fresh || self.pending != Pending::Nothing {
+            return;
+        }
+        match self.phase {
+            Phase::AwaitOackAck => self.pending = Pending::Oack,
+            Phase::Sending if self.acked == 0 => self.pending = Pending::Window { from: 1 },
+            _ => return,
+        }
+        self.in_flight = None;
+    }
+
     /// Call when the instant from [`poll_timeout`](Self::poll_timeout) has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         match (self.phase, self.deadline) {
@@ -441,7 +460,7 @@ impl Transfer {
 
     fn progress(&mut self, now: Instant) {
         self.last_progress = now;
-        self.rtt.clear_backoff();
+        self.rtt.decay_backoff();
         self.in_flight = None;
     }
 
@@ -601,6 +620,29 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_request_resends_oack_at_once_but_not_in_a_flood() {
+        let t0 = Instant::now();
+        let mut t = Transfer::new(cfg(b"tsize\x000\x00", 10), t0);
+        assert_eq!(drain(&mut t, t0).len(), 1);
+        t.handle_duplicate_request(t0);
+        assert!(drain(&mut t, t0).is_empty(), "within the floor: nothing");
+        let later = t0 + Duration::from_millis(50);
+        t.handle_duplicate_request(later);
+        assert!(matches!(drain(&mut t, later)[..], [Transmit::Datagram(_)]));
+        ack(&mut t, 0, later);
+        drain(&mut t, later);
+        let later = later + Duration::from_millis(50);
+        t.handle_duplicate_request(later);
+        assert_eq!(
+            drain(&mut t, later),
+            [Transmit::Blocks { first: 1, count: 1 }]
+        );
+        ack(&mut t, 1, later);
+        t.handle_duplicate_request(later + Duration::from_millis(50));
+        assert!(drain(&mut t, later).is_empty());
+    }
+
+    #[test]
     fn probe_and_client_error() {
         let now = Instant::now();
         let mut t = Transfer::new(cfg(b"tsize\x000\x00", 10), now);
@@ -725,9 +767,11 @@ mod tests {
                 }
             }
             while let Some(n) = client.poll_transmit(now, &mut buf) {
-                // A resent RRQ goes to the request port, where a live transfer's duplicate is ignored.
+                // A resent RRQ reaches the request port; the worker hands it to the live transfer.
                 if buf[..2] != [0, 1] {
                     send(true, buf[..n].to_vec(), now, &mut queue);
+                } else {
+                    server.handle_duplicate_request(now);
                 }
             }
             if server.outcome().is_some() && (client.is_over() || queue.is_empty()) {

@@ -1,0 +1,436 @@
+//! The server drivers: per-core workers over io_uring, or over epoll where io_uring is unavailable.
+//!
+//! Contract:
+//! - [`Server::bind`] opens every listening socket (one per worker per listen address, all
+//!   `SO_REUSEPORT`, so the kernel spreads requests over the workers) and picks the backend, so
+//!   that every error a user can fix (a port needing privileges, an address in use, io_uring
+//!   forbidden) surfaces before anything runs. [`Server::start`] spawns the workers and returns once
+//!   each is ready; [`Running::join`] waits for them after [`Shutdown::trigger`].
+//! - A worker owns its sockets and transfers and shares nothing mutable with the others: the
+//!   store is a read-only `Arc`. A request, and the whole transfer it starts, lives on the worker
+//!   whose listening socket received it.
+//! - The request handling, transfer table, timers and send building are one code path
+//!   ([`worker::Core`]); the backends ([`uring`], [`epoll`]) only wait, receive and submit.
+
+mod epoll;
+pub mod mcast;
+mod send;
+mod sys;
+mod uring;
+mod worker;
+
+pub use sys::PortRange;
+
+use crate::proto::options::Limits;
+use crate::store::Store;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tracing::{info, warn};
+use worker::{Core, Listener, Shared};
+
+/// Which I/O backend to use (`--io-backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// io_uring when it works here, else the epoll fallback.
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    /// epoll.
+    Fallback,
+}
+
+/// The backend a server runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Uring,
+    Fallback,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Uring => "uring",
+            Backend::Fallback => "fallback",
+        })
+    }
+}
+
+/// One address to listen on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenAddr {
+    pub addr: SocketAddr,
+    /// Skip it, with a warning, when its address family is unavailable (the default `[::]:69`).
+    pub optional: bool,
+}
+
+/// Everything the server needs besides the store.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: Vec<ListenAddr>,
+    /// Worker threads (at least 1).
+    pub workers: usize,
+    /// Negotiation limits, retransmission ceiling and retries.
+    pub limits: Limits,
+    /// Floor of the retransmission timer.
+    pub min_rto: Duration,
+    /// Ports for transfer sockets; `None`: any ephemeral port.
+    pub port_range: Option<PortRange>,
+    pub backend: BackendChoice,
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot bind {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("no address to listen on")]
+    NoListener,
+    #[error("io_uring is unavailable ({0}); run with --io-backend auto or fallback")]
+    UringUnavailable(io::Error),
+    #[error("cannot set up the shutdown event: {0}")]
+    Shutdown(io::Error),
+    #[error("cannot start worker {worker}: {source}")]
+    Spawn {
+        worker: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("worker {worker} failed: {source}")]
+    Worker {
+        worker: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("worker {0} panicked")]
+    Panicked(usize),
+}
+
+fn bind_reason(addr: &SocketAddr, e: &io::Error) -> String {
+    let base = match e.raw_os_error() {
+        Some(libc::EACCES) => "permission denied".to_owned(),
+        Some(libc::EADDRINUSE) => "address already in use".to_owned(),
+        Some(libc::EADDRNOTAVAIL) => "address not available".to_owned(),
+        Some(libc::EAFNOSUPPORT) => "address family not supported".to_owned(),
+        _ => e.to_string(),
+    };
+    match e.raw_os_error() {
+        Some(libc::EACCES) if addr.port() < 1024 => {
+            let mut alt = *addr;
+            alt.set_port(6900 + addr.port());
+            format!(
+                "{base} (port {} needs root or CAP_NET_BIND_SERVICE; use --listen {alt})",
+                addr.port()
+            )
+        }
+        Some(libc::EADDRINUSE) => format!("{base} (is another TFTP server running?)"),
+        Some(libc::EADDRNOTAVAIL) => format!("{base} (no interface of this host has that address)"),
+        _ => base,
+    }
+}
+
+/// The shutdown flag and the eventfd that wakes every worker to see it.
+pub struct Shutdown {
+    flag: AtomicBool,
+    efd: OwnedFd,
+}
+
+impl Shutdown {
+    pub fn new() -> io::Result<Arc<Shutdown>> {
+        Ok(Arc::new(Shutdown {
+            flag: AtomicBool::new(false),
+            efd: sys::eventfd()?,
+        }))
+    }
+
+    /// Ask every worker to stop (they finish within one loop turn).
+    pub fn trigger(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes to our eventfd.
+        unsafe {
+            libc::write(self.efd.as_raw_fd(), (&one as *const u64).cast(), 8);
+        }
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.efd.as_raw_fd()
+    }
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    shared: Arc<Shared>,
+    /// `sockets[w]`: worker w's listeners, one per listen address.
+    sockets: Vec<Vec<Listener>>,
+    addrs: Vec<SocketAddr>,
+    backend: Backend,
+    forced: bool,
+}
+
+impl Server {
+    /// Bind every listening socket and choose the backend. See the module docs.
+    pub fn bind(cfg: ServerConfig, store: Arc<Store>) -> Result<Server, ServerError> {
+        let workers = cfg.workers.max(1);
+        let mut sockets: Vec<Vec<Listener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut addrs = Vec::new();
+        for la in &cfg.listen {
+            // The first socket fixes the port (the asked one, or the kernel's pick for port 0).
+            let first = match sys::check_address_free(la.addr)
+                .and_then(|()| sys::listener_socket(la.addr))
+            {
+                Ok(s) => s,
+                Err(e)
+                    if la.optional
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+                        ) =>
+                {
+                    warn!(addr = %la.addr, error = %e, "IPv6 unavailable; not listening on {}", la.addr);
+                    continue;
+                }
+                Err(e) => {
+                    return Err(ServerError::Bind {
+                        addr: la.addr,
+                        reason: bind_reason(&la.addr, &e),
+                    })
+                }
+            };
+            let bound = first
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .unwrap_or(la.addr);
+            sockets[0].push(Listener {
+                sock: first,
+                addr: bound,
+            });
+            for w in sockets.iter_mut().skip(1) {
+                let s = sys::listener_socket(bound).map_err(|e| ServerError::Bind {
+                    addr: bound,
+                    reason: bind_reason(&bound, &e),
+                })?;
+                w.push(Listener {
+                    sock: s,
+                    addr: bound,
+                });
+            }
+            addrs.push(bound);
+        }
+        if addrs.is_empty() {
+            return Err(ServerError::NoListener);
+        }
+        let backend = match cfg.backend {
+            BackendChoice::Fallback => {
+                info!("I/O backend: epoll fallback (forced by --io-backend fallback)");
+                Backend::Fallback
+            }
+            BackendChoice::Uring => {
+                uring::probe().map_err(ServerError::UringUnavailable)?;
+                info!("I/O backend: io_uring (forced by --io-backend uring)");
+                Backend::Uring
+            }
+            BackendChoice::Auto => match uring::probe() {
+                Ok(()) => {
+                    info!("I/O backend: io_uring");
+                    Backend::Uring
+                }
+                Err(err) => {
+                    warn!("io_uring unavailable ({err}); using the epoll fallback");
+                    Backend::Fallback
+                }
+            },
+        };
+        Ok(Server {
+            shared: Arc::new(Shared {
+                store,
+                limits: cfg.limits,
+                min_rto: cfg.min_rto,
+                port_range: cfg.port_range,
+                multicast: None,
+            }),
+            sockets,
+            addrs,
+            backend,
+            forced: cfg.backend == BackendChoice::Uring,
+        })
+    }
+
+    /// Hand requests carrying the RFC 2090 `multicast` option to this multicast service. Call
+    /// before [`start`](Self::start).
+    pub fn set_multicast(&mut self, handle: mcast::McHandle) {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.multicast = Some(handle);
+        }
+    }
+
+    /// The bound listen addresses (ports resolved), in `--listen` order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn workers(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Spawn the workers; returns once every one has set up its backend.
+    pub fn start(self, shutdown: Arc<Shutdown>) -> Result<Running, ServerError> {
+        let gso = sys::gso_supported();
+        if !gso {
+            warn!("UDP GSO unavailable; sending one datagram per block");
+        }
+        let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<Backend, io::Error>)>();
+        let mut handles = Vec::new();
+        let n = self.sockets.len();
+        for (w, listeners) in self.sockets.into_iter().enumerate() {
+            let shared = self.shared.clone();
+            let sd = shutdown.clone();
+            let ready = ready_tx.clone();
+            let backend = self.backend;
+            let forced = self.forced;
+            let h = std::thread::Builder::new()
+                .name(format!("ringboot-w{w}"))
+                .spawn(move || worker_main(w, shared, listeners, gso, backend, forced, &sd, ready))
+                .map_err(|source| ServerError::Spawn { worker: w, source })?;
+            handles.push(h);
+        }
+        drop(ready_tx);
+        let mut running = Running {
+            handles,
+            shutdown,
+            backend: self.backend,
+        };
+        let mut failure = None;
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok((_, Ok(b))) => {
+                    if b != running.backend {
+                        running.backend = b;
+                    }
+                }
+                Ok((w, Err(source))) => {
+                    failure.get_or_insert(ServerError::Worker { worker: w, source });
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(f) = failure {
+            running.shutdown.trigger();
+            let _ = running.join();
+            return Err(f);
+        }
+        Ok(running)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn worker_main(
+    w: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<Listener>,
+    gso: bool,
+    backend: Backend,
+    forced: bool,
+    shutdown: &Shutdown,
+    ready: mpsc::Sender<(usize, Result<Backend, io::Error>)>,
+) -> Result<(), ServerError> {
+    let core = Core::new(w, shared, listeners, gso);
+    let ring = match backend {
+        Backend::Fallback => None,
+        Backend::Uring => match uring::new_ring() {
+            Ok(r) => Some(r),
+            Err(e) if !forced => {
+                warn!(
+                    worker = w,
+                    "io_uring unavailable ({e}); this worker uses the epoll fallback"
+                );
+                None
+            }
+            Err(e) => {
+                let _ = ready.send((w, Err(e)));
+                return Ok(());
+            }
+        },
+    };
+    let used = if ring.is_some() {
+        Backend::Uring
+    } else {
+        Backend::Fallback
+    };
+    let _ = ready.send((w, Ok(used)));
+    drop(ready);
+    let r = match ring {
+        Some(ring) => uring::run(core, ring, shutdown),
+        None => epoll::run(core, shutdown),
+    };
+    r.map_err(|source| {
+        tracing::error!(worker = w, error = %source, "worker stopped");
+        ServerError::Worker { worker: w, source }
+    })
+}
+
+/// Running workers.
+pub struct Running {
+    handles: Vec<JoinHandle<Result<(), ServerError>>>,
+    shutdown: Arc<Shutdown>,
+    backend: Backend,
+}
+
+impl Running {
+    /// The backend the workers run (`Fallback` if any worker had to fall back).
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Whether some worker has stopped (only after a shutdown, or on an error).
+    pub fn any_finished(&self) -> bool {
+        self.handles.iter().any(|h| h.is_finished())
+    }
+
+    /// Stop every worker and wait for them; the first error, if any.
+    pub fn join(self) -> Result<(), ServerError> {
+        self.shutdown.trigger();
+        let mut first = Ok(());
+        for (w, h) in self.handles.into_iter().enumerate() {
+            let r = match h.join() {
+                Ok(r) => r,
+                Err(_) => Err(ServerError::Panicked(w)),
+            };
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_errors_name_the_fix() {
+        let a: SocketAddr = "0.0.0.0:69".parse().unwrap();
+        let r = bind_reason(&a, &io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(
+            r,
+            "permission denied (port 69 needs root or CAP_NET_BIND_SERVICE; use --listen 0.0.0.0:6969)"
+        );
+        let r = bind_reason(&a, &io::Error::from_raw_os_error(libc::EADDRINUSE));
+        assert!(r.starts_with("address already in use"));
+    }
+}
