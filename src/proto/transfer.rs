@@ -168,6 +168,10 @@ enum Pending {
     Window {
         from: u64,
     },
+    /// Tail-loss probe: the last block sent, alone.
+    Probe {
+        index: u64,
+    },
     Error {
         code: ErrorCode,
         message: &'static str,
@@ -205,6 +209,8 @@ pub struct Transfer {
     last_progress: Instant,
     silence_budget: Duration,
     in_flight: Option<InFlight>,
+    /// A tail-loss probe went out since the last progress.
+    probed: bool,
     stats: TransferStats,
 }
 
@@ -239,6 +245,7 @@ impl Transfer {
             last_progress: now,
             silence_budget: max * cfg.retries,
             in_flight: None,
+            probed: false,
             stats: TransferStats::default(),
         }
     }
@@ -379,10 +386,24 @@ impl Transfer {
             );
             return;
         }
-        self.rtt.backoff();
         self.in_flight = None;
+        // The probe is one block: it does not back the timer off; a full resend does.
+        if self.phase != Phase::Sending || self.probed || self.sent_hi <= self.acked + 1 {
+            self.rtt.backoff();
+        }
         self.pending = match self.phase {
             Phase::AwaitOackAck => Pending::Oack,
+            // First expiry since progress: probe with the last block of the window only. If the
+            // client lost just that block, it completes the window; if our ACK was lost, the
+            // duplicate makes the client ACK again; if it lost an earlier block, the out-of-order
+            // probe makes it re-ACK the gap (RFC 7440 receivers, EDK2). A spurious expiry (a slow
+            // client) then costs one block instead of a window.
+            _ if !self.probed && self.sent_hi > self.acked + 1 => {
+                self.probed = true;
+                Pending::Probe {
+                    index: self.sent_hi,
+                }
+            }
             _ => Pending::Window {
                 from: self.acked + 1,
             },
@@ -429,6 +450,15 @@ impl Transfer {
                     count: count as u32,
                 })
             }
+            Pending::Probe { index } => {
+                self.stats.blocks_sent += 1;
+                self.stats.blocks_resent += 1;
+                self.arm(now, index, index, false);
+                Some(Transmit::Blocks {
+                    first: index,
+                    count: 1,
+                })
+            }
             Pending::Error { code, message } => {
                 let len = emit_error(buf, code, message);
                 if let Phase::Closing(o) = self.phase {
@@ -460,6 +490,7 @@ impl Transfer {
 
     fn progress(&mut self, now: Instant) {
         self.last_progress = now;
+        self.probed = false;
         self.rtt.decay_backoff();
         self.in_flight = None;
     }
@@ -606,6 +637,16 @@ mod tests {
         let d = t.poll_timeout().unwrap();
         // Retransmit timer adapted to the ~1 ms round trip: a few ms, not seconds.
         assert!(d - t0 < Duration::from_millis(50), "{:?}", d - t0);
+        t.handle_timeout(d);
+        // First expiry: a tail-loss probe (the window's last block); the next: the whole window.
+        assert_eq!(
+            drain(&mut t, d),
+            [Transmit::Blocks {
+                first: 16,
+                count: 1
+            }]
+        );
+        let d = t.poll_timeout().unwrap();
         t.handle_timeout(d);
         assert_eq!(drain(&mut t, d), [Transmit::Blocks { first: 9, count: 8 }]);
         let mut now = d;
@@ -816,12 +857,13 @@ mod tests {
     }
 
     fn client_cfg(blksize: Option<u16>, window: Option<u16>) -> ClientConfig {
+        // As patient as firmware (EDK2: 4 s x 6), in finer steps.
         ClientConfig {
             blksize,
             windowsize: window,
             tsize: true,
-            retransmit: Duration::from_millis(50),
-            retries: 100,
+            retransmit: Duration::from_millis(200),
+            retries: 120,
             ..ClientConfig::default()
         }
     }

@@ -1,0 +1,927 @@
+//! The storm driver: many emulated machines multiplexed on one thread with epoll and a timer heap.
+//!
+//! Each machine owns one nonblocking UDP socket at a time, bound to its own 127.x.y.z address and an
+//! ephemeral port; a new phase (the real RRQ after a firmware's size probe) opens a new socket, as
+//! firmware does. The protocol itself is [`ringboot::proto::client::Client`]; this module only moves
+//! datagrams, injects seeded impairments between the socket and the state machine, checks the bytes
+//! and keeps time. There is no thread per client and no sleep: every wait is an epoll timeout computed
+//! from the earliest timer (client retransmission, delayed delivery, phase start, arrival).
+
+use crate::plan::{Expect, Step};
+use crate::rng::Rng;
+use ringboot::proto::client::{Client, ClientError, Event};
+use ringboot::proto::packet::{emit_error, ErrorCode};
+use sha2::{Digest, Sha256};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Seeded impairments applied between the sockets and the client state machines.
+#[derive(Clone, Debug, Default)]
+pub struct Impair {
+    /// Fraction of received DATA/OACK dropped before the state machine sees them.
+    pub loss: f64,
+    /// Fraction of ACKs dropped instead of sent.
+    pub ack_loss: f64,
+    /// Fraction of received DATA/OACK and of sent ACKs duplicated.
+    pub dup: f64,
+    /// Fraction of received DATA/OACK held back and delivered after the next one.
+    pub reorder: f64,
+    /// Extra delivery delay of every received packet.
+    pub delay: Duration,
+    /// Per-packet processing time of a slow client (iPXE ~2 ms): packets are handled one after another.
+    pub slow: Duration,
+    /// Fraction of machines that vanish in the middle of their last download.
+    pub vanish: f64,
+}
+
+/// Everything the threads share.
+pub struct Shared {
+    pub server: SocketAddr,
+    pub impair: Impair,
+    pub seed: u64,
+    pub t0: Instant,
+    pub deadline: Instant,
+    pub live: Live,
+}
+
+/// Counters the progress display and the throughput sampler read while the storm runs.
+#[derive(Default)]
+pub struct Live {
+    pub started: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub vanished: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Set by the main thread to stop every engine early (Ctrl-C is not handled; this is for errors).
+    pub abort: AtomicBool,
+}
+
+/// One emulated machine to run.
+pub struct MachineSpec {
+    pub index: usize,
+    pub ip: IpAddr,
+    /// Arrival time after `t0`.
+    pub start: Duration,
+    pub steps: Vec<Step>,
+}
+
+/// How a machine ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    /// Short reason (the key in the failure table) and a detail for the first example.
+    Failed {
+        reason: String,
+        detail: String,
+    },
+    /// Left on purpose in the middle of a download (`--vanish`).
+    Vanished,
+}
+
+/// Per-machine counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    /// In-order DATA blocks delivered.
+    pub blocks: u64,
+    /// DATA blocks that arrived again (retransmitted or duplicated).
+    pub duplicates: u64,
+    /// DATA blocks ahead of the expected one (a gap: loss or reordering).
+    pub out_of_order: u64,
+    pub timeouts: u64,
+    pub acks_sent: u64,
+    /// Transfers (phases) started, probes included.
+    pub requests: u64,
+    /// Steps that ended in the expected "file not found".
+    pub misses: u64,
+    pub dropped_in: u64,
+    pub dropped_acks: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    /// Packets from a port other than the transfer's (answered with ERROR 5).
+    pub foreign: u64,
+    /// Packets dropped because a slow client's queue was full.
+    pub overflow: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        self.blocks += o.blocks;
+        self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
+        self.timeouts += o.timeouts;
+        self.acks_sent += o.acks_sent;
+        self.requests += o.requests;
+        self.misses += o.misses;
+        self.dropped_in += o.dropped_in;
+        self.dropped_acks += o.dropped_acks;
+        self.duplicated += o.duplicated;
+        self.reordered += o.reordered;
+        self.foreign += o.foreign;
+        self.overflow += o.overflow;
+    }
+}
+
+/// What one machine did.
+#[derive(Clone, Debug)]
+pub struct MachineResult {
+    pub index: usize,
+    pub outcome: Outcome,
+    /// First packet, relative to `t0` (None: never started).
+    pub started: Option<Duration>,
+    pub ended: Duration,
+    /// First in-order DATA block, relative to `t0`.
+    pub first_data: Option<Duration>,
+    pub bytes: u64,
+    pub counters: Counters,
+}
+
+/// A reordered packet is released after the next one, or after this long without a next one.
+const REORDER_HOLD: Duration = Duration::from_millis(10);
+/// A slow client queues at most this many packets (its socket buffer), then drops.
+const SLOW_QUEUE: usize = 256;
+const MAX_DGRAM: usize = 65536;
+/// Datagrams taken from one socket per `recvmmsg` call.
+const RX_BATCH: usize = 8;
+
+/// Buffers for one `recvmmsg` call (one syscall for a whole window instead of one per block).
+struct RxBatch {
+    bufs: Vec<u8>,
+    names: Vec<libc::sockaddr_storage>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl RxBatch {
+    fn new() -> Self {
+        RxBatch {
+            bufs: vec![0u8; RX_BATCH * MAX_DGRAM],
+            // SAFETY (these three): all-zero is a valid value for these plain C structs.
+            names: (0..RX_BATCH)
+                .map(|_| unsafe { std::mem::zeroed() })
+                .collect(),
+            iovs: (0..RX_BATCH)
+                .map(|_| unsafe { std::mem::zeroed() })
+                .collect(),
+            hdrs: (0..RX_BATCH)
+                .map(|_| unsafe { std::mem::zeroed() })
+                .collect(),
+        }
+    }
+
+    /// Receive up to [`RX_BATCH`] datagrams without blocking; returns how many.
+    fn recv(&mut self, fd: i32) -> std::io::Result<usize> {
+        for k in 0..RX_BATCH {
+            self.iovs[k] = libc::iovec {
+                // SAFETY: in bounds: bufs holds RX_BATCH * MAX_DGRAM bytes.
+                iov_base: unsafe { self.bufs.as_mut_ptr().add(k * MAX_DGRAM) }.cast(),
+                iov_len: MAX_DGRAM,
+            };
+            // SAFETY: all-zero is a valid msghdr; the pointers set below outlive the call.
+            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+            h.msg_name = (&mut self.names[k] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+            h.msg_iov = &mut self.iovs[k];
+            h.msg_iovlen = 1;
+            self.hdrs[k] = libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            };
+        }
+        // SAFETY: every header points into buffers owned by self, sized as declared.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                RX_BATCH as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Datagram `k` of the last call and where it came from.
+    fn get(&self, k: usize) -> (&[u8], Option<SocketAddr>) {
+        let len = (self.hdrs[k].msg_len as usize).min(MAX_DGRAM);
+        let data = &self.bufs[k * MAX_DGRAM..k * MAX_DGRAM + len];
+        (data, sockaddr_to_std(&self.names[k]))
+    }
+}
+
+fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match ss.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in.
+            let a: &libc::sockaddr_in = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::new(ip.into(), u16::from_be(a.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this storage holds a sockaddr_in6.
+            let a: &libc::sockaddr_in6 = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
+            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::new(ip.into(), u16::from_be(a.sin6_port)))
+        }
+        _ => None,
+    }
+}
+
+enum Run {
+    /// Not started yet.
+    Waiting,
+    Running,
+    Done(Outcome),
+}
+
+struct Machine {
+    spec: MachineSpec,
+    rng: Rng,
+    run: Run,
+    step: usize,
+    phase: usize,
+    sock: Option<UdpSocket>,
+    client: Option<Client>,
+    /// The server's transfer address, locked from the first answer.
+    peer: Option<SocketAddr>,
+    next_phase_at: Option<Instant>,
+    /// Received packets waiting for their delivery time (delay / slow client).
+    inbound: VecDeque<(Instant, Vec<u8>)>,
+    pool: Vec<Vec<u8>>,
+    busy_until: Instant,
+    held: Option<(Instant, Vec<u8>)>,
+    wake_at: Option<Instant>,
+    wake_gen: u64,
+    // Per step.
+    tsize: Option<u64>,
+    received: u64,
+    hasher: Option<Sha256>,
+    mismatch: Option<u64>,
+    vanish_at: Option<u64>,
+    // Per machine.
+    will_vanish: bool,
+    vanish_step: usize,
+    started: Option<Instant>,
+    first_data: Option<Instant>,
+    ended: Option<Instant>,
+    bytes: u64,
+    counters: Counters,
+}
+
+impl Machine {
+    fn next_wake(&self) -> Option<Instant> {
+        let mut t = self.next_phase_at;
+        let mut take = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        take(self.client.as_ref().and_then(|c| c.poll_timeout()));
+        take(self.inbound.front().map(|p| p.0));
+        take(self.held.as_ref().map(|h| h.0));
+        t
+    }
+
+    fn recycle(&mut self, b: Vec<u8>) {
+        if self.pool.len() < 8 {
+            self.pool.push(b);
+        }
+    }
+
+    fn copy_of(&mut self, data: &[u8]) -> Vec<u8> {
+        let mut b = self.pool.pop().unwrap_or_default();
+        b.clear();
+        b.extend_from_slice(data);
+        b
+    }
+}
+
+struct Engine {
+    shared: Arc<Shared>,
+    machines: Vec<Machine>,
+    heap: BinaryHeap<Reverse<(Instant, u32, u64)>>,
+    epfd: i32,
+    tx: Vec<u8>,
+    running: usize,
+    bytes_unreported: u64,
+}
+
+/// Run `specs` to the end (or the deadline) on the calling thread.
+pub fn run_thread(shared: Arc<Shared>, mut specs: Vec<MachineSpec>) -> Vec<MachineResult> {
+    specs.sort_by_key(|s| s.start);
+    // SAFETY: plain syscall; the fd is closed at the end of this function.
+    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(
+        epfd >= 0,
+        "epoll_create1: {}",
+        std::io::Error::last_os_error()
+    );
+    let now = Instant::now();
+    let machines = specs
+        .into_iter()
+        .map(|spec| {
+            let mut rng = Rng::derive(shared.seed, spec.index as u64);
+            let will_vanish = rng.chance(shared.impair.vanish);
+            let vanish_step = spec.steps.iter().rposition(|s| !s.miss).unwrap_or(0);
+            Machine {
+                rng,
+                run: Run::Waiting,
+                step: 0,
+                phase: 0,
+                sock: None,
+                client: None,
+                peer: None,
+                next_phase_at: Some(shared.t0 + spec.start),
+                inbound: VecDeque::new(),
+                pool: Vec::new(),
+                busy_until: now,
+                held: None,
+                wake_at: None,
+                wake_gen: 0,
+                tsize: None,
+                received: 0,
+                hasher: None,
+                mismatch: None,
+                vanish_at: None,
+                will_vanish,
+                vanish_step,
+                started: None,
+                first_data: None,
+                ended: None,
+                bytes: 0,
+                counters: Counters::default(),
+                spec,
+            }
+        })
+        .collect::<Vec<_>>();
+    let mut e = Engine {
+        running: machines.len(),
+        shared,
+        machines,
+        heap: BinaryHeap::new(),
+        epfd,
+        tx: vec![0u8; 2048],
+        bytes_unreported: 0,
+    };
+    for i in 0..e.machines.len() {
+        e.rearm(i);
+    }
+    e.run();
+    // SAFETY: our own epoll fd.
+    unsafe { libc::close(epfd) };
+    let t0 = e.shared.t0;
+    let end = Instant::now();
+    e.machines
+        .into_iter()
+        .map(|m| MachineResult {
+            index: m.spec.index,
+            outcome: match m.run {
+                Run::Done(o) => o,
+                _ => Outcome::Failed {
+                    reason: "deadline".into(),
+                    detail: "still running at the deadline".into(),
+                },
+            },
+            started: m.started.map(|s| s - t0),
+            ended: m.ended.unwrap_or(end) - t0,
+            first_data: m.first_data.map(|s| s - t0),
+            bytes: m.bytes,
+            counters: m.counters,
+        })
+        .collect()
+}
+
+fn classify(err: &ClientError) -> (String, String) {
+    match err {
+        ClientError::TimedOut => ("timeout".into(), err.to_string()),
+        ClientError::Server { code, .. } => {
+            (format!("server-error-{}", code.as_u16()), err.to_string())
+        }
+        ClientError::BadOack(_) => ("bad-oack".into(), err.to_string()),
+        ClientError::Protocol(_) => ("protocol".into(), err.to_string()),
+    }
+}
+
+impl Engine {
+    fn run(&mut self) {
+        let mut events: Vec<libc::epoll_event> =
+            vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+        let mut rx = RxBatch::new();
+        while self.running > 0 {
+            let now = Instant::now();
+            if now >= self.shared.deadline || self.shared.live.abort.load(Relaxed) {
+                self.stop_all(now);
+                break;
+            }
+            // Timers due.
+            while let Some(Reverse((t, i, gen))) = self.heap.peek().copied() {
+                if t > now {
+                    break;
+                }
+                self.heap.pop();
+                let i = i as usize;
+                if self.machines[i].wake_gen != gen {
+                    continue;
+                }
+                self.machines[i].wake_at = None;
+                self.service(i, now);
+                self.rearm(i);
+            }
+            self.report_bytes();
+            if self.running == 0 {
+                break;
+            }
+            // Sleep until the next timer, a datagram, or at most 100 ms (to see the deadline).
+            let next = self
+                .heap
+                .peek()
+                .map(|r| r.0 .0)
+                .unwrap_or(now + Duration::from_millis(100));
+            let next = next.min(self.shared.deadline);
+            let wait = next.saturating_duration_since(Instant::now());
+            let ms = wait.as_micros().div_ceil(1000).min(100) as i32;
+            // SAFETY: `events` outlives the call and its length is passed.
+            let n = unsafe {
+                libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as i32, ms)
+            };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                panic!("epoll_wait: {err}");
+            }
+            let now = Instant::now();
+            for ev in &events[..n as usize] {
+                let i = ev.u64 as usize;
+                self.on_readable(i, &mut rx, now);
+                self.rearm(i);
+            }
+        }
+        self.report_bytes();
+    }
+
+    fn report_bytes(&mut self) {
+        if self.bytes_unreported > 0 {
+            self.shared
+                .live
+                .bytes
+                .fetch_add(self.bytes_unreported, Relaxed);
+            self.bytes_unreported = 0;
+        }
+    }
+
+    fn stop_all(&mut self, now: Instant) {
+        for i in 0..self.machines.len() {
+            if !matches!(self.machines[i].run, Run::Done(_)) {
+                let detail = match self.machines[i].run {
+                    Run::Waiting => "not started before the deadline",
+                    _ => "still running at the deadline",
+                };
+                self.finish(
+                    i,
+                    now,
+                    Outcome::Failed {
+                        reason: "deadline".into(),
+                        detail: detail.into(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Make sure a timer entry exists for the machine's earliest wake-up. A later wake-up than the one
+    /// already queued needs no new entry: the queued one fires, finds nothing due and re-arms.
+    fn rearm(&mut self, i: usize) {
+        let m = &mut self.machines[i];
+        if let Some(t) = m.next_wake() {
+            if m.wake_at.is_some_and(|w| w <= t) {
+                return;
+            }
+            m.wake_gen += 1;
+            m.wake_at = Some(t);
+            self.heap.push(Reverse((t, i as u32, m.wake_gen)));
+        }
+    }
+
+    /// Everything due for machine `i` at `now`.
+    fn service(&mut self, i: usize, now: Instant) {
+        if self.machines[i].next_phase_at.is_some_and(|t| t <= now) {
+            self.start_phase(i, now);
+        }
+        if self.machines[i].held.as_ref().is_some_and(|h| h.0 <= now) {
+            let (_, b) = self.machines[i].held.take().unwrap();
+            self.deliver(i, &b, now);
+            self.machines[i].recycle(b);
+        }
+        while self.machines[i].inbound.front().is_some_and(|p| p.0 <= now) {
+            let (_, b) = self.machines[i].inbound.pop_front().unwrap();
+            self.feed(i, &b, now);
+            self.machines[i].recycle(b);
+        }
+        let m = &mut self.machines[i];
+        if let Some(c) = m.client.as_mut() {
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                let ev = c.handle_timeout(now);
+                self.on_event(i, ev, now);
+                self.flush(i, now);
+            }
+        }
+    }
+
+    fn start_phase(&mut self, i: usize, now: Instant) {
+        let m = &mut self.machines[i];
+        m.next_phase_at = None;
+        if matches!(m.run, Run::Done(_)) {
+            return;
+        }
+        if matches!(m.run, Run::Waiting) {
+            m.run = Run::Running;
+            m.started = Some(now);
+            self.shared.live.started.fetch_add(1, Relaxed);
+        }
+        let step = &m.spec.steps[m.step];
+        if m.phase == 0 {
+            m.tsize = None;
+            m.received = 0;
+            m.mismatch = None;
+            m.vanish_at = None;
+            m.hasher = matches!(step.expect, Expect::Sha256(_)).then(Sha256::new);
+        }
+        let cfg = step.phases[m.phase].cfg.clone();
+        let sock = match UdpSocket::bind(SocketAddr::new(m.spec.ip, 0)) {
+            Ok(s) => s,
+            Err(e) => {
+                let detail = format!("cannot bind a UDP socket to {}: {e}", m.spec.ip);
+                return self.finish(
+                    i,
+                    now,
+                    Outcome::Failed {
+                        reason: "socket".into(),
+                        detail,
+                    },
+                );
+            }
+        };
+        let _ = sock.set_nonblocking(true);
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: i as u64,
+        };
+        // SAFETY: valid epoll fd, valid socket fd, valid event pointer.
+        let rc =
+            unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, sock.as_raw_fd(), &mut ev) };
+        if rc != 0 {
+            let detail = format!("epoll_ctl: {}", std::io::Error::last_os_error());
+            return self.finish(
+                i,
+                now,
+                Outcome::Failed {
+                    reason: "socket".into(),
+                    detail,
+                },
+            );
+        }
+        m.sock = Some(sock);
+        m.client = Some(Client::new(&step.filename, cfg, now));
+        m.peer = None;
+        m.busy_until = now;
+        m.counters.requests += 1;
+        self.flush(i, now);
+    }
+
+    fn on_readable(&mut self, i: usize, rx: &mut RxBatch, now: Instant) {
+        // Bounded: a socket that keeps being readable yields after a few batches.
+        for _ in 0..8 {
+            let Some(fd) = self.machines[i].sock.as_ref().map(|s| s.as_raw_fd()) else {
+                return;
+            };
+            let n = match rx.recv(fd) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // WouldBlock: drained. ICMP errors and the like: the retransmission timer deals
+                // with silence.
+                Err(_) => return,
+            };
+            for k in 0..n {
+                let (data, src) = rx.get(k);
+                if let Some(src) = src {
+                    self.on_datagram(i, data, src, now);
+                }
+                if self.machines[i].sock.is_none() {
+                    // The phase ended: what is left belonged to the closed port.
+                    return;
+                }
+            }
+            if n < RX_BATCH {
+                return;
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, i: usize, data: &[u8], src: SocketAddr, now: Instant) {
+        let m = &mut self.machines[i];
+        if m.client.is_none() {
+            return;
+        }
+        match m.peer {
+            None => m.peer = Some(src),
+            Some(p) if p != src => {
+                // RFC 1350: a packet from an unknown TID gets ERROR 5 and changes nothing.
+                m.counters.foreign += 1;
+                let n = emit_error(&mut self.tx, ErrorCode::UnknownTid, "unknown transfer ID");
+                if let Some(s) = m.sock.as_ref() {
+                    let _ = s.send_to(&self.tx[..n], src);
+                }
+                return;
+            }
+            _ => {}
+        }
+        let imp = &self.shared.impair;
+        // DATA (3) and OACK (6) are what a lossy link loses and what the server resends.
+        let impairable = data.len() >= 2 && data[0] == 0 && (data[1] == 3 || data[1] == 6);
+        if impairable && m.rng.chance(imp.loss) {
+            m.counters.dropped_in += 1;
+            return;
+        }
+        let copies = if impairable && m.rng.chance(imp.dup) {
+            m.counters.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let m = &mut self.machines[i];
+            if impairable && m.held.is_none() && m.rng.chance(self.shared.impair.reorder) {
+                m.counters.reordered += 1;
+                let b = m.copy_of(data);
+                m.held = Some((now + REORDER_HOLD, b));
+                continue;
+            }
+            self.deliver(i, data, now);
+            if let Some((_, b)) = self.machines[i].held.take() {
+                self.deliver(i, &b, now);
+                self.machines[i].recycle(b);
+            }
+        }
+    }
+
+    /// Hand a packet to the state machine now, or queue it for a delayed or slow client.
+    fn deliver(&mut self, i: usize, data: &[u8], now: Instant) {
+        let imp = &self.shared.impair;
+        if imp.delay.is_zero() && imp.slow.is_zero() {
+            return self.feed(i, data, now);
+        }
+        let (delay, slow) = (imp.delay, imp.slow);
+        let m = &mut self.machines[i];
+        if m.inbound.len() >= SLOW_QUEUE {
+            m.counters.overflow += 1;
+            return;
+        }
+        let due = (now + delay).max(m.busy_until) + slow;
+        m.busy_until = due;
+        let b = m.copy_of(data);
+        m.inbound.push_back((due, b));
+    }
+
+    /// Feed one datagram to the state machine and act on what it says.
+    fn feed(&mut self, i: usize, data: &[u8], now: Instant) {
+        let Some(c) = self.machines[i].client.as_mut() else {
+            return;
+        };
+        let ev = c.handle_datagram(data, now);
+        self.on_event(i, ev, now);
+        self.flush(i, now);
+    }
+
+    fn on_event(&mut self, i: usize, ev: Event<'_>, now: Instant) {
+        match ev {
+            Event::None => {}
+            Event::Data { offset, data } => {
+                let m = &mut self.machines[i];
+                m.first_data.get_or_insert(now);
+                let step = &m.spec.steps[m.step];
+                if offset != m.received && m.mismatch.is_none() {
+                    m.mismatch = Some(offset);
+                }
+                match &step.expect {
+                    Expect::Bytes(file) => {
+                        let end = offset as usize + data.len();
+                        let same = file.get(offset as usize..end).is_some_and(|f| f == data);
+                        if !same && m.mismatch.is_none() {
+                            m.mismatch = Some(offset);
+                        }
+                    }
+                    Expect::Sha256(_) => {
+                        if let Some(h) = m.hasher.as_mut() {
+                            h.update(data);
+                        }
+                    }
+                    Expect::Unchecked => {}
+                }
+                let len = data.len() as u64;
+                m.received += len;
+                m.bytes += len;
+                self.bytes_unreported += len;
+                if m.will_vanish && m.step == m.vanish_step && m.phase + 1 == step.phases.len() {
+                    let total = match &step.expect {
+                        Expect::Bytes(f) => Some(f.len() as u64),
+                        _ => m.tsize,
+                    }
+                    .unwrap_or(1 << 20)
+                    .max(2);
+                    let at = *m.vanish_at.get_or_insert_with(|| m.rng.range(1, total - 1));
+                    if m.received >= at {
+                        // Gone without a word: no final ACK, no ERROR.
+                        return self.finish(i, now, Outcome::Vanished);
+                    }
+                }
+                if self.machines[i]
+                    .client
+                    .as_ref()
+                    .is_some_and(|c| c.is_finished())
+                {
+                    self.transfer_done(i, now);
+                }
+            }
+            Event::Finished => self.transfer_done(i, now),
+            Event::ProbeDone { tsize } => {
+                self.flush(i, now);
+                let m = &mut self.machines[i];
+                m.tsize = tsize;
+                self.close(i);
+                let m = &mut self.machines[i];
+                let step = &m.spec.steps[m.step];
+                if m.phase + 1 >= step.phases.len() {
+                    // A probe-only step: done.
+                    return self.step_ok(i, now);
+                }
+                m.phase += 1;
+                let (lo, hi) = step.phases[m.phase].gap_ms;
+                let gap = m.rng.range(lo, hi);
+                m.next_phase_at = Some(now + Duration::from_millis(gap));
+            }
+            Event::Failed(err) => {
+                self.flush(i, now);
+                self.close(i);
+                let m = &mut self.machines[i];
+                let miss = m.spec.steps[m.step].miss;
+                if miss
+                    && matches!(
+                        &err,
+                        ClientError::Server {
+                            code: ErrorCode::FileNotFound,
+                            ..
+                        }
+                    )
+                {
+                    m.counters.misses += 1;
+                    return self.step_ok(i, now);
+                }
+                let (reason, detail) = classify(&err);
+                let name = String::from_utf8_lossy(&m.spec.steps[m.step].filename).into_owned();
+                let detail = format!("{name}: {detail}");
+                self.finish(i, now, Outcome::Failed { reason, detail });
+            }
+        }
+    }
+
+    /// The last block arrived: send the final ACK, close, and check what came.
+    fn transfer_done(&mut self, i: usize, now: Instant) {
+        self.flush(i, now);
+        // Firmware closes its port at once after the final ACK, and so do we.
+        let tsize_oack = self.machines[i].client.as_ref().and_then(|c| c.tsize());
+        self.close(i);
+        let m = &mut self.machines[i];
+        let step = &m.spec.steps[m.step];
+        let name = String::from_utf8_lossy(&step.filename).into_owned();
+        let fail = |reason: &str, detail: String| Outcome::Failed {
+            reason: reason.into(),
+            detail: format!("{name}: {detail}"),
+        };
+        let verdict = if step.miss {
+            Some(fail(
+                "unexpected-hit",
+                "expected 'file not found', got the file".into(),
+            ))
+        } else if let Some(t) = m.tsize.or(tsize_oack).filter(|&t| t != m.received) {
+            Some(fail(
+                "length-mismatch",
+                format!("received {} bytes, tsize said {t}", m.received),
+            ))
+        } else {
+            match &step.expect {
+                Expect::Bytes(f) if m.mismatch.is_some() || f.len() as u64 != m.received => {
+                    let detail = match m.mismatch {
+                        Some(off) => format!("content differs from the verify file at byte {off}"),
+                        None => {
+                            format!("received {} bytes, verify file has {}", m.received, f.len())
+                        }
+                    };
+                    Some(fail("verify-mismatch", detail))
+                }
+                Expect::Sha256(d) => {
+                    let got = m.hasher.take().map(|h| h.finalize());
+                    if got.as_ref().map(|g| g.as_slice()) != Some(&d[..]) || m.mismatch.is_some() {
+                        Some(fail(
+                            "sha256-mismatch",
+                            "SHA-256 differs from the manifest".into(),
+                        ))
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            }
+        };
+        match verdict {
+            Some(o) => self.finish(i, now, o),
+            None => self.step_ok(i, now),
+        }
+    }
+
+    fn step_ok(&mut self, i: usize, now: Instant) {
+        let m = &mut self.machines[i];
+        m.step += 1;
+        m.phase = 0;
+        if m.step >= m.spec.steps.len() {
+            return self.finish(i, now, Outcome::Completed);
+        }
+        m.next_phase_at = Some(now);
+    }
+
+    /// Send whatever the state machine has to send, through the outbound impairments.
+    fn flush(&mut self, i: usize, now: Instant) {
+        let server = self.shared.server;
+        let imp = &self.shared.impair;
+        let m = &mut self.machines[i];
+        let (Some(c), Some(sock)) = (m.client.as_mut(), m.sock.as_ref()) else {
+            return;
+        };
+        let dest = m.peer.unwrap_or(server);
+        while let Some(n) = c.poll_transmit(now, &mut self.tx) {
+            let pkt = &self.tx[..n];
+            let is_ack = pkt[1] == 4;
+            if is_ack && m.rng.chance(imp.ack_loss) {
+                m.counters.dropped_acks += 1;
+                continue;
+            }
+            let _ = sock.send_to(pkt, dest);
+            if is_ack && m.rng.chance(imp.dup) {
+                m.counters.duplicated += 1;
+                let _ = sock.send_to(pkt, dest);
+            }
+        }
+    }
+
+    /// Close the current phase's socket (epoll forgets it with the fd) and keep the client's counters.
+    fn close(&mut self, i: usize) {
+        let m = &mut self.machines[i];
+        m.counters_from_client();
+        m.client = None;
+        m.sock = None;
+        m.peer = None;
+        m.inbound.clear();
+        m.held = None;
+    }
+
+    fn finish(&mut self, i: usize, now: Instant, outcome: Outcome) {
+        self.close(i);
+        let m = &mut self.machines[i];
+        if matches!(m.run, Run::Done(_)) {
+            return;
+        }
+        m.next_phase_at = None;
+        let live = &self.shared.live;
+        match &outcome {
+            Outcome::Completed => live.completed.fetch_add(1, Relaxed),
+            Outcome::Failed { .. } => live.failed.fetch_add(1, Relaxed),
+            Outcome::Vanished => live.vanished.fetch_add(1, Relaxed),
+        };
+        m.run = Run::Done(outcome);
+        m.ended = Some(now);
+        self.running -= 1;
+    }
+}
+
+impl Machine {
+    /// Move the state machine's counters into the machine's (once per client).
+    fn counters_from_client(&mut self) {
+        if let Some(c) = self.client.as_mut() {
+            let s = std::mem::take(&mut c.stats);
+            self.counters.blocks += s.data_received;
+            self.counters.duplicates += s.duplicates;
+            self.counters.out_of_order += s.out_of_order;
+            self.counters.acks_sent += s.acks_sent;
+            self.counters.timeouts += s.timeouts as u64;
+        }
+    }
+}

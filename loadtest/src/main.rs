@@ -1,0 +1,501 @@
+//! `ringboot-loadtest`: replay a PXE boot storm against any TFTP server.
+//!
+//! Hundreds to thousands of emulated machines, each with its own loopback address and ports, behave
+//! like BIOS PXE ROMs, EDK2 or iPXE (profiles in [`plan`]), are multiplexed on a few threads
+//! ([`engine`]), check every byte they download, and end in a summary table, JSON, HDR percentile
+//! files and an SVG plot ([`report`]). The protocol is ringboot's own sans-IO
+//! [`ringboot::proto::client::Client`]; nothing here parses or builds TFTP packets by hand.
+//!
+//! Exit status: 0 when every machine completed (or vanished on purpose), 1 when any failed, 2 on a
+//! usage or setup error.
+
+mod engine;
+mod plan;
+mod report;
+mod rng;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use engine::{Impair, Live, MachineSpec, Shared};
+use plan::{Checker, Identity, ProfileKind, Scenario, Step, StepSpec};
+use rng::Rng;
+use std::io::{IsTerminal, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Replay a PXE boot storm against any TFTP server and check every byte.
+#[derive(Parser, Debug)]
+#[command(name = "ringboot-loadtest", version, about, long_about = None)]
+struct Args {
+    /// Server address, ADDR:PORT (the port requests go to).
+    #[arg(long)]
+    server: String,
+    /// Emulated machines.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// File every machine downloads, sent exactly as given (backslashes, case, leading '/').
+    #[arg(long, conflicts_with = "scenario")]
+    file: Option<String>,
+    /// Boot sequence per machine (TOML, see loadtest/scenarios/) instead of --file.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Firmware behaviour for --file.
+    #[arg(long, value_enum, default_value = "uefi")]
+    profile: ProfileKind,
+    /// custom: blksize to request.
+    #[arg(long)]
+    blksize: Option<u16>,
+    /// custom: windowsize to request (RFC 7440).
+    #[arg(long)]
+    windowsize: Option<u16>,
+    /// custom: request tsize.
+    #[arg(long)]
+    tsize: bool,
+    /// custom: client retransmission timeout in seconds.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// custom: resends before giving up.
+    #[arg(long)]
+    retries: Option<u32>,
+    /// custom: RFC 2349 timeout option to request (whole seconds).
+    #[arg(long)]
+    timeout_opt: Option<u8>,
+    /// custom: run a size probe first, ended with this ERROR code (0 like BIOS, 8 like EDK2).
+    #[arg(long)]
+    probe: Option<u8>,
+    /// custom: accept OACKs that grant options not asked for (EDK2 rejects them).
+    #[arg(long)]
+    lenient_oack: bool,
+    /// Directory holding the same files as the server: every download is compared byte for byte.
+    #[arg(long, conflicts_with = "manifest")]
+    verify: Option<PathBuf>,
+    /// sha256sum-style manifest (`<sha256>  <name>`): every download's SHA-256 is compared.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Check only lengths against tsize (no --verify or --manifest at hand).
+    #[arg(long)]
+    no_verify: bool,
+    /// Write the full report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// all-at-once, ramp:SECONDS (evenly spread) or poisson:RATE (machines per second).
+    #[arg(long, default_value = "all-at-once")]
+    arrival: String,
+    /// Fraction of received DATA/OACK packets dropped.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Fraction of ACKs dropped instead of sent.
+    #[arg(long, default_value_t = 0.0)]
+    ack_loss: f64,
+    /// Fraction of received DATA/OACK and sent ACKs duplicated.
+    #[arg(long, default_value_t = 0.0)]
+    dup: f64,
+    /// Fraction of received DATA/OACK delivered after the next packet.
+    #[arg(long, default_value_t = 0.0)]
+    reorder: f64,
+    /// Extra delay of every received packet, in milliseconds.
+    #[arg(long, default_value_t = 0.0)]
+    delay_ms: f64,
+    /// Per-packet processing time of each client in milliseconds (iPXE ~2).
+    #[arg(long, default_value_t = 0.0)]
+    slow_ms: f64,
+    /// Fraction of machines that vanish mid-download (counted as vanished, not failed).
+    #[arg(long, default_value_t = 0.0)]
+    vanish: f64,
+    /// Seed of every random choice (impairments, arrivals, gaps).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Source addresses, one per machine, from this IPv4 range (default 127.1.0.0/16 for a loopback
+    /// server, else the kernel's choice).
+    #[arg(long)]
+    source_ips: Option<String>,
+    /// Engine threads (each multiplexes its share of machines with epoll).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Overall bound in seconds: machines still running then fail with reason 'deadline'.
+    #[arg(long, default_value_t = 600.0)]
+    deadline: f64,
+    /// Write duration.hgrm and ttfb.hgrm (HDR percentile distributions) into this directory.
+    #[arg(long)]
+    hgrm: Option<PathBuf>,
+    /// Write an SVG with throughput over time and the completion-time CDF.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// No progress line and no summary table (JSON and files are still written).
+    #[arg(long)]
+    quiet: bool,
+}
+
+enum Arrival {
+    AllAtOnce,
+    Ramp(f64),
+    Poisson(f64),
+}
+
+fn parse_arrival(s: &str) -> Result<Arrival> {
+    let num = |v: &str, what: &str| -> Result<f64> {
+        let x: f64 = v
+            .parse()
+            .map_err(|_| anyhow!("--arrival {s}: '{v}' is not a number of {what}"))?;
+        if !(x.is_finite() && x > 0.0) {
+            bail!("--arrival {s}: {what} must be positive");
+        }
+        Ok(x)
+    };
+    match s.split_once(':') {
+        None if s == "all-at-once" => Ok(Arrival::AllAtOnce),
+        Some(("ramp", v)) => Ok(Arrival::Ramp(num(v, "seconds")?)),
+        Some(("poisson", v)) => Ok(Arrival::Poisson(num(v, "machines per second")?)),
+        _ => bail!("--arrival must be all-at-once, ramp:SECONDS or poisson:RATE, not '{s}'"),
+    }
+}
+
+/// Arrival offsets for `n` machines.
+fn arrivals(a: &Arrival, n: usize, seed: u64) -> Vec<Duration> {
+    let mut rng = Rng::derive(seed, u64::MAX);
+    let mut t = 0.0;
+    (0..n)
+        .map(|i| {
+            let s = match a {
+                Arrival::AllAtOnce => 0.0,
+                Arrival::Ramp(secs) => secs * i as f64 / n as f64,
+                Arrival::Poisson(rate) => {
+                    let at = t;
+                    t += rng.exp(1.0 / rate);
+                    at
+                }
+            };
+            Duration::from_secs_f64(s)
+        })
+        .collect()
+}
+
+/// The hosts of an IPv4 range `A.B.C.D/LEN` (network and broadcast addresses left out when there
+/// is room).
+fn parse_range(s: &str) -> Result<(u32, u32)> {
+    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
+    let ip: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| anyhow!("--source-ips: '{ip}' is not an IPv4 address"))?;
+    let len: u32 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| anyhow!("--source-ips: bad prefix length in '{s}'"))?;
+    let size = 1u64 << (32 - len);
+    let base = u32::from(ip) & (u64::from(u32::MAX) << (32 - len)) as u32;
+    if size <= 2 {
+        Ok((base, size as u32))
+    } else {
+        Ok((base + 1, (size - 2) as u32))
+    }
+}
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Thousands of sockets need more than the usual 1024 descriptors.
+fn raise_fd_limit(need: u64) {
+    // SAFETY: plain get/setrlimit on our own process.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < need {
+            r.rlim_cur = r.rlim_max.min(need.max(r.rlim_cur));
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+fn check_fraction(name: &str, v: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&v) {
+        bail!("--{name} must be a fraction between 0 and 1, not {v}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("ringboot-loadtest: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Returns whether every machine completed (or vanished on purpose).
+fn run(a: Args) -> Result<bool> {
+    for (n, v) in [
+        ("loss", a.loss),
+        ("ack-loss", a.ack_loss),
+        ("dup", a.dup),
+        ("reorder", a.reorder),
+        ("vanish", a.vanish),
+    ] {
+        check_fraction(n, v)?;
+    }
+    if a.clients == 0 || a.threads == 0 {
+        bail!("--clients and --threads must be at least 1");
+    }
+    if !(a.deadline > 0.0 && a.deadline.is_finite()) || a.delay_ms < 0.0 || a.slow_ms < 0.0 {
+        bail!("--deadline must be positive, --delay-ms and --slow-ms not negative");
+    }
+    if a.verify.is_none() && a.manifest.is_none() && !a.no_verify {
+        bail!("say how downloads are checked: --verify DIR (same files as the server), --manifest FILE (sha256sum lines) or --no-verify");
+    }
+    let server: SocketAddr = a
+        .server
+        .to_socket_addrs()
+        .with_context(|| format!("--server '{}' is not ADDR:PORT", a.server))?
+        .next()
+        .ok_or_else(|| anyhow!("--server '{}' resolves to nothing", a.server))?;
+    let arrival = parse_arrival(&a.arrival)?;
+
+    // The steps one machine takes (templates; placeholders are expanded per machine).
+    let (specs, scenario_name): (Vec<StepSpec>, Option<String>) = match (&a.scenario, &a.file) {
+        (Some(p), _) => {
+            let s = Scenario::load(p)?;
+            let name = s.name.clone().unwrap_or_else(|| p.display().to_string());
+            (s.steps, Some(name))
+        }
+        (None, Some(f)) => (
+            vec![StepSpec {
+                file: f.clone(),
+                profile: a.profile,
+                miss: false,
+                blksize: a.blksize,
+                windowsize: a.windowsize,
+                tsize: a.tsize,
+                timeout: a.timeout,
+                retries: a.retries,
+                timeout_opt: a.timeout_opt,
+                probe: a.probe,
+                strict: a.lenient_oack.then_some(false),
+            }],
+            None,
+        ),
+        (None, None) => bail!("give --file NAME or --scenario FILE"),
+    };
+    let phases: Vec<Arc<[plan::Phase]>> = specs
+        .iter()
+        .map(|s| plan::phases(s.profile, &s.custom()).map(Arc::from))
+        .collect::<Result<_>>()?;
+
+    // Source addresses.
+    let ips: Box<dyn Fn(usize) -> IpAddr> = match (server.ip(), &a.source_ips) {
+        (IpAddr::V6(_), Some(_)) => {
+            bail!("--source-ips is IPv4 only; an IPv6 server is reached from ::1")
+        }
+        (IpAddr::V6(v6), None) => {
+            let src = if v6.is_loopback() {
+                IpAddr::V6(v6)
+            } else {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            };
+            Box::new(move |_| src)
+        }
+        (IpAddr::V4(v4), r) => {
+            let r = match r {
+                Some(r) => Some(r.clone()),
+                None if v4.is_loopback() => Some("127.1.0.0/16".to_string()),
+                None => None,
+            };
+            match r {
+                None => Box::new(|_| IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                Some(r) => {
+                    let (base, n) = parse_range(&r)?;
+                    Box::new(move |i| IpAddr::V4(Ipv4Addr::from(base + (i as u32 % n))))
+                }
+            }
+        }
+    };
+
+    // Expand every machine's plan and map the files to check against (once each).
+    let mut checker = Checker::new(a.verify.clone(), a.manifest.as_deref())?;
+    let offsets = arrivals(&arrival, a.clients, a.seed);
+    let mut per_thread: Vec<Vec<MachineSpec>> = (0..a.threads).map(|_| Vec::new()).collect();
+    for (i, start) in offsets.into_iter().enumerate() {
+        let ip = ips(i);
+        let id = Identity {
+            index: i,
+            ip: match ip {
+                IpAddr::V4(v4) => v4,
+                IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
+            },
+        };
+        let mut steps = Vec::with_capacity(specs.len());
+        for (s, ph) in specs.iter().zip(&phases) {
+            let name = id.expand(&s.file)?;
+            let expect = if s.miss {
+                plan::Expect::Unchecked
+            } else {
+                checker.expect(&name)?
+            };
+            steps.push(Step {
+                filename: name.into_bytes(),
+                phases: ph.clone(),
+                miss: s.miss,
+                expect,
+            });
+        }
+        per_thread[i % a.threads].push(MachineSpec {
+            index: i,
+            ip,
+            start,
+            steps,
+        });
+    }
+    raise_fd_limit(a.clients as u64 * 2 + 256);
+
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let shared = Arc::new(Shared {
+        server,
+        impair: Impair {
+            loss: a.loss,
+            ack_loss: a.ack_loss,
+            dup: a.dup,
+            reorder: a.reorder,
+            delay: Duration::from_secs_f64(a.delay_ms / 1000.0),
+            slow: Duration::from_secs_f64(a.slow_ms / 1000.0),
+            vanish: a.vanish,
+        },
+        seed: a.seed,
+        t0,
+        deadline: t0 + Duration::from_secs_f64(a.deadline),
+        live: Live::default(),
+    });
+    let handles: Vec<_> = per_thread
+        .into_iter()
+        .enumerate()
+        .map(|(k, specs)| {
+            let sh = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("engine-{k}"))
+                .spawn(move || engine::run_thread(sh, specs))
+                .expect("spawn an engine thread")
+        })
+        .collect();
+
+    // Sample throughput every 250 ms (for the plot) and show progress on a terminal.
+    let tty = std::io::stderr().is_terminal() && !a.quiet;
+    let mut samples = vec![(0.0, 0u64)];
+    let live = &shared.live;
+    let tick = Duration::from_millis(250);
+    let mut next = t0 + tick;
+    while handles.iter().any(|h| !h.is_finished()) {
+        let now = Instant::now();
+        if now < next {
+            // Monitoring only: the engines never sleep to pace traffic.
+            std::thread::sleep((next - now).min(Duration::from_millis(20)));
+            continue;
+        }
+        next += tick;
+        let t = now.duration_since(t0).as_secs_f64();
+        let bytes = live.bytes.load(Relaxed);
+        let prev = *samples.last().unwrap();
+        samples.push((t, bytes));
+        if tty {
+            let gbps = if t > prev.0 {
+                (bytes - prev.1) as f64 * 8.0 / (t - prev.0) / 1e9
+            } else {
+                0.0
+            };
+            let mut e = std::io::stderr().lock();
+            let _ = write!(
+                e,
+                "\r\x1b[2K{:6.1}s  started {}/{}  completed {}  failed {}  vanished {}  {:.2} Gbit/s",
+                t,
+                live.started.load(Relaxed),
+                a.clients,
+                live.completed.load(Relaxed),
+                live.failed.load(Relaxed),
+                live.vanished.load(Relaxed),
+                gbps
+            );
+            let _ = e.flush();
+        }
+    }
+    let mut results = Vec::with_capacity(a.clients);
+    for h in handles {
+        results.extend(h.join().map_err(|_| anyhow!("an engine thread panicked"))?);
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    samples.push((elapsed, live.bytes.load(Relaxed)));
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
+    results.sort_by_key(|r| r.index);
+    let rep = report::build(
+        &results,
+        &samples,
+        report::Meta {
+            server: server.to_string(),
+            profile: match &scenario_name {
+                Some(n) => format!("scenario:{n}"),
+                None => a.profile.name().to_string(),
+            },
+            file: a.file.clone(),
+            scenario: scenario_name,
+            threads: a.threads,
+            seed: a.seed,
+            cpu_seconds: cpu_seconds() - cpu0,
+            elapsed,
+        },
+    );
+    if !a.quiet {
+        print!("{}", rep.table());
+    }
+    if let Some(p) = &a.json {
+        rep.write_json(p)?;
+    }
+    if let Some(d) = &a.hgrm {
+        rep.write_hgrm(d)?;
+    }
+    if let Some(p) = &a.plot {
+        rep.write_plot(p)?;
+    }
+    Ok(rep.failed == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrivals_and_ranges() {
+        let r = arrivals(&Arrival::Ramp(10.0), 5, 1);
+        assert_eq!(r[0], Duration::ZERO);
+        assert_eq!(r[4], Duration::from_secs(8));
+        let p = arrivals(&Arrival::Poisson(100.0), 1000, 1);
+        let last = p[999].as_secs_f64();
+        assert!((7.0..13.0).contains(&last), "{last}");
+        assert!(p.windows(2).all(|w| w[0] <= w[1]));
+        assert!(matches!(
+            parse_arrival("all-at-once"),
+            Ok(Arrival::AllAtOnce)
+        ));
+        assert!(parse_arrival("ramp:x").is_err());
+        assert!(parse_arrival("poisson:0").is_err());
+        assert_eq!(
+            parse_range("127.1.0.0/16").unwrap(),
+            (u32::from(Ipv4Addr::new(127, 1, 0, 1)), 65534)
+        );
+        assert_eq!(
+            parse_range("127.0.0.9/32").unwrap(),
+            (u32::from(Ipv4Addr::new(127, 0, 0, 9)), 1)
+        );
+        assert!(parse_range("127.0.0.0/33").is_err());
+    }
+}

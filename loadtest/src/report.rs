@@ -1,0 +1,641 @@
+//! What a person sees at the end: the summary table, `--json`, `--hgrm` and `--plot`.
+
+use crate::engine::{Counters, MachineResult, Outcome};
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Percentiles of one distribution, in milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub min: f64,
+    pub mean: f64,
+    pub count: u64,
+}
+
+fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    if h.is_empty() {
+        return Percentiles::default();
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    Percentiles {
+        p50: ms(h.value_at_quantile(0.50)),
+        p90: ms(h.value_at_quantile(0.90)),
+        p99: ms(h.value_at_quantile(0.99)),
+        max: ms(h.max()),
+        min: ms(h.min()),
+        mean: h.mean() / 1000.0,
+        count: h.len(),
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Blocks {
+    pub in_order: u64,
+    /// Blocks received again: server retransmissions and injected duplicates.
+    pub retransmitted_or_duplicate: u64,
+    pub out_of_order: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Impairments {
+    pub dropped_data: u64,
+    pub dropped_acks: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub slow_queue_overflow: u64,
+}
+
+/// The whole report; also the `--json` document.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub server: String,
+    pub profile: String,
+    pub file: Option<String>,
+    pub scenario: Option<String>,
+    pub clients: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub vanished: u64,
+    pub bytes: u64,
+    pub wall_seconds: f64,
+    pub throughput_bps: f64,
+    pub throughput_gbps: f64,
+    pub throughput_mbytes_per_s: f64,
+    /// Per machine, first packet to last step done (completed machines).
+    pub duration_ms: Percentiles,
+    /// Per machine, first packet to first in-order DATA block.
+    pub ttfb_ms: Percentiles,
+    pub failures: BTreeMap<String, u64>,
+    pub failure_examples: BTreeMap<String, String>,
+    pub requests: u64,
+    pub expected_misses: u64,
+    pub blocks: Blocks,
+    pub client_timeouts: u64,
+    pub acks_sent: u64,
+    pub foreign_tid_packets: u64,
+    pub impairments: Impairments,
+    pub loadtest_cpu_seconds: f64,
+    pub loadtest_cpu_share: f64,
+    pub threads: usize,
+    pub seed: u64,
+    /// `[seconds since start, bits per second]` every 250 ms.
+    pub throughput_samples: Vec<[f64; 2]>,
+    /// Completion times in seconds, sorted (for the CDF).
+    #[serde(skip)]
+    pub completion_s: Vec<f64>,
+    #[serde(skip)]
+    pub duration_hist: Histogram<u64>,
+    #[serde(skip)]
+    pub ttfb_hist: Histogram<u64>,
+}
+
+/// Run description the engine does not know.
+pub struct Meta {
+    pub server: String,
+    pub profile: String,
+    pub file: Option<String>,
+    pub scenario: Option<String>,
+    pub threads: usize,
+    pub seed: u64,
+    pub cpu_seconds: f64,
+    pub elapsed: f64,
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 24 * 3600 * 1_000_000, 3).expect("valid histogram bounds")
+}
+
+/// `samples`: `(seconds since t0, cumulative bytes)` taken every 250 ms.
+pub fn build(results: &[MachineResult], samples: &[(f64, u64)], meta: Meta) -> Report {
+    let mut duration_hist = hist();
+    let mut ttfb_hist = hist();
+    let mut failures = BTreeMap::new();
+    let mut examples = BTreeMap::new();
+    let mut c = Counters::default();
+    let (mut completed, mut failed, mut vanished, mut bytes) = (0, 0, 0, 0);
+    let mut first = f64::MAX;
+    let mut last: f64 = 0.0;
+    let mut completion_s = Vec::new();
+    for r in results {
+        c.add(&r.counters);
+        bytes += r.bytes;
+        if let Some(s) = r.started {
+            first = first.min(s.as_secs_f64());
+            last = last.max(r.ended.as_secs_f64());
+            if let Some(f) = r.first_data {
+                ttfb_hist.saturating_record((f - s).as_micros().max(1) as u64);
+            }
+        }
+        match &r.outcome {
+            Outcome::Completed => {
+                completed += 1;
+                if let Some(s) = r.started {
+                    let d = r.ended - s;
+                    duration_hist.saturating_record(d.as_micros().max(1) as u64);
+                    completion_s.push(d.as_secs_f64());
+                }
+            }
+            Outcome::Vanished => vanished += 1,
+            Outcome::Failed { reason, detail } => {
+                failed += 1;
+                *failures.entry(reason.clone()).or_insert(0) += 1;
+                examples
+                    .entry(reason.clone())
+                    .or_insert_with(|| detail.clone());
+            }
+        }
+    }
+    completion_s.sort_by(f64::total_cmp);
+    let wall = if first <= last {
+        last - first
+    } else {
+        meta.elapsed
+    };
+    let bps = if wall > 0.0 {
+        bytes as f64 * 8.0 / wall
+    } else {
+        0.0
+    };
+    let mut throughput_samples = Vec::new();
+    for w in samples.windows(2) {
+        let dt = w[1].0 - w[0].0;
+        if dt > 0.0 {
+            throughput_samples.push([w[1].0, (w[1].1 - w[0].1) as f64 * 8.0 / dt]);
+        }
+    }
+    Report {
+        server: meta.server,
+        profile: meta.profile,
+        file: meta.file,
+        scenario: meta.scenario,
+        clients: results.len() as u64,
+        completed,
+        failed,
+        vanished,
+        bytes,
+        wall_seconds: wall,
+        throughput_bps: bps,
+        throughput_gbps: bps / 1e9,
+        throughput_mbytes_per_s: bps / 8e6,
+        duration_ms: percentiles(&duration_hist),
+        ttfb_ms: percentiles(&ttfb_hist),
+        failures,
+        failure_examples: examples,
+        requests: c.requests,
+        expected_misses: c.misses,
+        blocks: Blocks {
+            in_order: c.blocks,
+            retransmitted_or_duplicate: c.duplicates,
+            out_of_order: c.out_of_order,
+        },
+        client_timeouts: c.timeouts,
+        acks_sent: c.acks_sent,
+        foreign_tid_packets: c.foreign,
+        impairments: Impairments {
+            dropped_data: c.dropped_in,
+            dropped_acks: c.dropped_acks,
+            duplicated: c.duplicated,
+            reordered: c.reordered,
+            slow_queue_overflow: c.overflow,
+        },
+        loadtest_cpu_seconds: meta.cpu_seconds,
+        loadtest_cpu_share: if meta.elapsed > 0.0 {
+            meta.cpu_seconds / meta.elapsed
+        } else {
+            0.0
+        },
+        threads: meta.threads,
+        seed: meta.seed,
+        throughput_samples,
+        completion_s,
+        duration_hist,
+        ttfb_hist,
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.1} kB", b / 1e3)
+    }
+}
+
+impl Report {
+    /// The summary table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let what = match (&self.scenario, &self.file) {
+            (Some(sc), _) => format!("scenario {sc}"),
+            (None, Some(f)) => format!("{} '{f}'", self.profile),
+            _ => self.profile.clone(),
+        };
+        let _ = writeln!(
+            s,
+            "ringboot-loadtest: {} x {} -> {} (seed {}, {} thread{})",
+            self.clients,
+            what,
+            self.server,
+            self.seed,
+            self.threads,
+            if self.threads == 1 { "" } else { "s" }
+        );
+        let _ = writeln!(
+            s,
+            "  machines     {:>8} completed {:>6} failed {:>6} vanished {:>6}",
+            self.clients, self.completed, self.failed, self.vanished
+        );
+        let _ = writeln!(
+            s,
+            "  transferred  {} in {:.2} s = {:.3} Gbit/s ({:.1} MB/s)",
+            human_bytes(self.bytes),
+            self.wall_seconds,
+            self.throughput_gbps,
+            self.throughput_mbytes_per_s
+        );
+        let _ = writeln!(
+            s,
+            "  {:<22}{:>11}{:>11}{:>11}{:>11}",
+            "", "p50", "p90", "p99", "max"
+        );
+        for (name, p) in [
+            ("duration (ms)", &self.duration_ms),
+            ("first block (ms)", &self.ttfb_ms),
+        ] {
+            let _ = writeln!(
+                s,
+                "  {:<22}{:>11.1}{:>11.1}{:>11.1}{:>11.1}",
+                name, p.p50, p.p90, p.p99, p.max
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  blocks       {} in order, {} retransmitted/duplicate, {} out of order",
+            self.blocks.in_order, self.blocks.retransmitted_or_duplicate, self.blocks.out_of_order
+        );
+        let _ = writeln!(
+            s,
+            "  requests     {} (probes included), {} expected misses; client timeouts {}; ACKs sent {}",
+            self.requests, self.expected_misses, self.client_timeouts, self.acks_sent
+        );
+        let i = &self.impairments;
+        if i.dropped_data + i.dropped_acks + i.duplicated + i.reordered + i.slow_queue_overflow > 0
+            || self.foreign_tid_packets > 0
+        {
+            let _ = writeln!(
+                s,
+                "  impairments  dropped {} DATA/OACK, {} ACKs; duplicated {}; reordered {}; \
+                 slow-queue drops {}; foreign-TID packets {}",
+                i.dropped_data,
+                i.dropped_acks,
+                i.duplicated,
+                i.reordered,
+                i.slow_queue_overflow,
+                self.foreign_tid_packets
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  loadtest CPU {:.2} s ({:.0}% of wall time, {} thread{})",
+            self.loadtest_cpu_seconds,
+            self.loadtest_cpu_share * 100.0,
+            self.threads,
+            if self.threads == 1 { "" } else { "s" }
+        );
+        if !self.failures.is_empty() {
+            let _ = writeln!(s, "  failures:");
+            for (reason, n) in &self.failures {
+                let ex = self
+                    .failure_examples
+                    .get(reason)
+                    .map(String::as_str)
+                    .unwrap_or("");
+                let _ = writeln!(s, "    {reason:<18}{n:>7}  e.g. {ex}");
+            }
+        }
+        s
+    }
+
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// `duration.hgrm` and `ttfb.hgrm` in `dir` (HdrHistogram's classic percentile table, ms).
+    pub fn write_hgrm(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for (name, h) in [("duration", &self.duration_hist), ("ttfb", &self.ttfb_hist)] {
+            let p = dir.join(format!("{name}.hgrm"));
+            std::fs::write(&p, hgrm(h)).with_context(|| format!("cannot write {}", p.display()))?;
+        }
+        Ok(())
+    }
+
+    pub fn write_plot(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, self.svg()).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Two panels: aggregate throughput over time, and the completion-time CDF.
+    pub fn svg(&self) -> String {
+        let (w, h) = (900.0, 720.0);
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+        let title = format!(
+            "{} x {} -> {}: {} completed, {} failed, {:.2} Gbit/s",
+            self.clients,
+            self.profile,
+            self.server,
+            self.completed,
+            self.failed,
+            self.throughput_gbps
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+            w / 2.0,
+            esc(&title)
+        );
+        // Panel 1: throughput.
+        let pts: Vec<(f64, f64)> = self
+            .throughput_samples
+            .iter()
+            .map(|p| (p[0], p[1] / 1e9))
+            .collect();
+        let tmax = pts.last().map_or(1.0, |p| p.0).max(0.25);
+        let ymax = pts.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-3) * 1.1;
+        panel(
+            &mut s,
+            (70.0, 45.0, 800.0, 270.0),
+            (0.0, tmax, 0.0, ymax),
+            "time (s)",
+            "throughput (Gbit/s)",
+            "Aggregate throughput (250 ms samples)",
+            &pts,
+            true,
+        );
+        // Panel 2: completion-time CDF.
+        let n = self.completion_s.len();
+        let mut cdf = Vec::with_capacity(n + 1);
+        if n > 0 {
+            cdf.push((self.completion_s[0], 0.0));
+            for (i, &t) in self.completion_s.iter().enumerate() {
+                cdf.push((t, (i + 1) as f64 / self.clients.max(1) as f64));
+            }
+        }
+        let xmax = self.completion_s.last().copied().unwrap_or(1.0).max(1e-3) * 1.05;
+        panel(
+            &mut s,
+            (70.0, 390.0, 800.0, 270.0),
+            (0.0, xmax, 0.0, 1.0),
+            "completion time (s)",
+            "fraction of machines done",
+            "Completion-time CDF (failed and vanished machines never reach 1.0)",
+            &cdf,
+            false,
+        );
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+fn esc(t: &str) -> String {
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A "nice" tick step (1, 2 or 5 x 10^k) giving about `n` ticks up to `max`.
+fn nice_step(max: f64, n: f64) -> f64 {
+    let raw = (max / n).max(1e-12);
+    let mag = 10f64.powf(raw.log10().floor());
+    let f = raw / mag;
+    let m = if f <= 1.0 + 1e-9 {
+        1.0
+    } else if f <= 2.0 + 1e-9 {
+        2.0
+    } else if f <= 5.0 + 1e-9 {
+        5.0
+    } else {
+        10.0
+    };
+    m * mag
+}
+
+fn fmt_tick(v: f64, step: f64) -> String {
+    if step >= 1.0 {
+        format!("{v:.0}")
+    } else {
+        let d = (-step.log10()).ceil() as usize;
+        format!("{v:.d$}")
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn panel(
+    s: &mut String,
+    (x0, y0, pw, ph): (f64, f64, f64, f64),
+    (xmin, xmax, ymin, ymax): (f64, f64, f64, f64),
+    xlabel: &str,
+    ylabel: &str,
+    title: &str,
+    pts: &[(f64, f64)],
+    fill: bool,
+) {
+    let sx = |x: f64| x0 + (x - xmin) / (xmax - xmin) * pw;
+    let sy = |y: f64| y0 + ph - (y - ymin) / (ymax - ymin) * ph;
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="{}" text-anchor="middle" font-size="13">{}</text>"##,
+        x0 + pw / 2.0,
+        y0 - 8.0,
+        esc(title)
+    );
+    let _ = writeln!(
+        s,
+        r##"<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#333"/>"##
+    );
+    let xs = nice_step(xmax - xmin, 10.0);
+    let mut v = xmin;
+    while v <= xmax + 1e-9 {
+        let x = sx(v);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{}" stroke="#ddd"/>"##,
+            y0 + ph
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
+            y0 + ph + 15.0,
+            fmt_tick(v, xs)
+        );
+        v += xs;
+    }
+    let ys = nice_step(ymax - ymin, 6.0);
+    let mut v = ymin;
+    while v <= ymax + 1e-9 {
+        let y = sy(v);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x0}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/>"##,
+            x0 + pw
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+            x0 - 5.0,
+            y + 4.0,
+            fmt_tick(v, ys)
+        );
+        v += ys;
+    }
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="{}" text-anchor="middle">{}</text>"##,
+        x0 + pw / 2.0,
+        y0 + ph + 32.0,
+        esc(xlabel)
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="{}" text-anchor="middle" transform="rotate(-90 {} {})">{}</text>"##,
+        x0 - 48.0,
+        y0 + ph / 2.0,
+        x0 - 48.0,
+        y0 + ph / 2.0,
+        esc(ylabel)
+    );
+    if pts.is_empty() {
+        let _ = writeln!(
+            s,
+            r##"<text x="{}" y="{}" text-anchor="middle" fill="#888">no data</text>"##,
+            x0 + pw / 2.0,
+            y0 + ph / 2.0
+        );
+        return;
+    }
+    let mut path = String::new();
+    for (k, &(x, y)) in pts.iter().enumerate() {
+        let (px, py) = (sx(x), sy(y));
+        if k == 0 {
+            let _ = write!(path, "M{px:.1},{py:.1}");
+        } else if fill {
+            let _ = write!(path, " L{px:.1},{py:.1}");
+        } else {
+            // A CDF is a staircase.
+            let _ = write!(path, " H{px:.1} V{py:.1}");
+        }
+    }
+    if fill {
+        let (fx, lx) = (sx(pts[0].0), sx(pts[pts.len() - 1].0));
+        let base = sy(ymin);
+        let _ = writeln!(
+            s,
+            r##"<path d="{path} L{lx:.1},{base:.1} L{fx:.1},{base:.1} Z" fill="#4a90d9" fill-opacity="0.25" stroke="none"/>"##
+        );
+    }
+    let _ = writeln!(
+        s,
+        r##"<path d="{path}" fill="none" stroke="#1f5fa8" stroke-width="1.8"/>"##
+    );
+}
+
+/// HdrHistogram's classic `.hgrm` percentile distribution (values recorded in µs, printed in ms).
+pub fn hgrm(h: &Histogram<u64>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
+    if h.is_empty() {
+        let _ = writeln!(
+            s,
+            "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]",
+            0.0, 0.0
+        );
+        let _ = writeln!(s, "#[Max     = {:>12.3}, Total count    = {:>12}]", 0.0, 0);
+        return s;
+    }
+    let mut total = 0u64;
+    for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let q = v.quantile_iterated_to();
+        let ms = h.highest_equivalent(v.value_iterated_to()) as f64 / 1000.0;
+        if q < 1.0 {
+            let _ = writeln!(
+                s,
+                "{:>12.3} {:>2.12} {:>10} {:>14.2}",
+                ms,
+                q,
+                total,
+                1.0 / (1.0 - q)
+            );
+        } else {
+            let _ = writeln!(s, "{:>12.3} {:>2.12} {:>10}", ms, q, total);
+        }
+    }
+    let sub_buckets = (2 * 10u64.pow(h.sigfig() as u32)).next_power_of_two();
+    let _ = writeln!(
+        s,
+        "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]",
+        h.mean() / 1000.0,
+        h.stdev() / 1000.0
+    );
+    let _ = writeln!(
+        s,
+        "#[Max     = {:>12.3}, Total count    = {:>12}]",
+        h.max() as f64 / 1000.0,
+        h.len()
+    );
+    let _ = writeln!(
+        s,
+        "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
+        h.buckets(),
+        sub_buckets
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hgrm_has_the_classic_shape() {
+        let mut h = hist();
+        for v in 1..=1000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        let t = hgrm(&h);
+        assert!(t.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
+        assert!(t.contains("#[Max     ="));
+        let last = t.lines().rfind(|l| !l.starts_with('#')).unwrap();
+        assert!(last.contains("1.000000000000"), "{last}");
+        assert!(last.contains("1000"), "{last}");
+    }
+
+    #[test]
+    fn nice_ticks() {
+        assert_eq!(nice_step(10.0, 10.0), 1.0);
+        assert_eq!(nice_step(7.3, 6.0), 2.0);
+        assert!((nice_step(0.3, 6.0) - 0.05).abs() < 1e-12);
+        assert_eq!(fmt_tick(0.25, 0.05), "0.25");
+    }
+}

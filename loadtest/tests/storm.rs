@@ -1,0 +1,503 @@
+//! End-to-end storms: the real `ringboot-loadtest` binary against real servers on loopback.
+//!
+//! - ringboot: 200 UEFI machines with 2% loss all complete byte-exact (the headline test, with
+//!   a 2 MiB file to keep CI short); a scenario with expected misses completes.
+//! - A corrupted verify file is reported as failed with a non-zero exit status.
+//! - tftpd-hpa: the same storm (it ignores windowsize, so the UEFI clients fall back to lockstep).
+//!
+//! The ringboot binary is looked up next to this test's own target directory (built by
+//! `cargo test --workspace`) or built with `cargo build -p ringboot --bin ringboot`. tftpd-hpa is
+//! taken from the PATH, /usr/sbin or `apt-get download` + `dpkg -x`; without it that test is skipped
+//! with the reason printed.
+
+use ringboot::proto::packet::{Mode, OptionWriter, Packet};
+use serde_json::Value;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A server process we started; stopped (by its PID) when dropped.
+struct Server {
+    child: Child,
+    /// `IP:PORT` it listens on.
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh listening address: a random 127.x.y.z (so that no other server on this machine, even one
+/// bound with SO_REUSEPORT to the same port, shares it) and a port free on it.
+fn fresh_addr() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let r = h.finish();
+    let ip = format!(
+        "127.{}.{}.{}",
+        100 + r % 100,
+        (r >> 8) & 255,
+        1 + (r >> 16) % 254
+    );
+    let s = UdpSocket::bind(format!("{ip}:0")).unwrap();
+    format!("{ip}:{}", s.local_addr().unwrap().port())
+}
+
+/// Deterministic pseudo-random bytes (so a failure reproduces).
+fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+/// A served tree (world-readable so servers that drop privileges can read it).
+fn make_root(files: &[(&str, usize)]) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("lt-root")
+        .tempdir()
+        .unwrap();
+    for (i, (name, len)) in files.iter().enumerate() {
+        let p = dir.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content(*len, i as u64 + 1)).unwrap();
+    }
+    chmod_world_readable(dir.path());
+    dir
+}
+
+fn chmod_world_readable(p: &Path) {
+    let _ = Command::new("chmod").arg("-R").arg("a+rX").arg(p).status();
+}
+
+/// Wait until the server answers an RRQ (with anything: ERROR 1 for a missing file is fine).
+fn wait_ready(addr: &str, child: &mut Child) -> bool {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 600];
+    let n = {
+        let w = OptionWriter::request(&mut buf, false, b"lt-ready-probe", Mode::Octet).unwrap();
+        w.finish()
+    };
+    let rrq = buf[..n].to_vec();
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut rx = [0u8; 2048];
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        let _ = sock.send_to(&rrq, addr);
+        if let Ok((n, _)) = sock.recv_from(&mut rx) {
+            if Packet::parse(&rx[..n]).is_ok() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn target_dirs() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    // <target>/<profile>/deps/storm-xxxx
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(t) = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .and_then(|d| d.parent())
+        {
+            v.push(t.to_path_buf());
+        }
+    }
+    if let Ok(t) = std::env::var("CARGO_TARGET_DIR") {
+        v.push(PathBuf::from(t));
+    }
+    v.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    v
+}
+
+/// The newest ringboot binary around, or one built now.
+fn ringboot_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("RINGBOOT_BIN") {
+        return PathBuf::from(p);
+    }
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+    for t in target_dirs() {
+        for prof in ["debug", "release"] {
+            let p = t.join(prof).join("ringboot");
+            if let Ok(m) = std::fs::metadata(&p).and_then(|m| m.modified()) {
+                found.push((m, p));
+            }
+        }
+    }
+    found.sort();
+    if let Some((_, p)) = found.pop() {
+        return p;
+    }
+    // Not built by this test run: build it in a separate target dir (no lock contention with the
+    // cargo that runs us).
+    let target = target_dirs()[0].join("loadtest-ringboot");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .args(["build", "-p", "ringboot", "--bin", "ringboot"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .expect("run cargo build -p ringboot");
+    assert!(st.success(), "cargo build -p ringboot failed");
+    target.join("debug").join("ringboot")
+}
+
+fn start_ringboot(root: &Path) -> Server {
+    let bin = ringboot_bin();
+    for _ in 0..3 {
+        let addr = fresh_addr();
+        let mut child = Command::new(&bin)
+            .args(["serve", "--root"])
+            .arg(root)
+            .args(["--listen", &addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        if wait_ready(&addr, &mut child) {
+            return Server { child, addr };
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("{} serve did not answer on loopback", bin.display());
+}
+
+/// tftpd-hpa's in.tftpd, found or fetched; Err says why not.
+fn hpa_bin() -> Result<PathBuf, String> {
+    for p in ["/usr/sbin/in.tftpd", "/usr/local/sbin/in.tftpd"] {
+        if Path::new(p).exists() && is_hpa(Path::new(p)) {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    let dir = target_dirs()[0].join("lt-peers");
+    let bin = dir.join("usr/sbin/in.tftpd");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let dl = Command::new("apt-get")
+        .args(["download", "tftpd-hpa"])
+        .current_dir(&dir)
+        .output()
+        .map_err(|e| format!("apt-get: {e}"))?;
+    if !dl.status.success() {
+        return Err(format!(
+            "apt-get download tftpd-hpa failed: {}",
+            String::from_utf8_lossy(&dl.stderr).trim()
+        ));
+    }
+    let deb = std::fs::read_dir(&dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".deb"))
+        .ok_or("no .deb downloaded")?;
+    let x = Command::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&dir)
+        .status()
+        .map_err(|e| format!("dpkg: {e}"))?;
+    if !x.success() || !bin.exists() {
+        return Err("dpkg -x tftpd-hpa did not give usr/sbin/in.tftpd".into());
+    }
+    Ok(bin)
+}
+
+/// atftpd's package also ships an in.tftpd; tell them apart by tftpd-hpa's -V banner.
+fn is_hpa(p: &Path) -> bool {
+    Command::new(p)
+        .arg("-V")
+        .output()
+        .map(|o| {
+            let t = String::from_utf8_lossy(&o.stdout).to_string()
+                + &String::from_utf8_lossy(&o.stderr);
+            t.contains("tftp-hpa")
+        })
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn start_hpa(root: &Path) -> Result<Server, String> {
+    if !is_root() {
+        return Err("tftpd-hpa needs root for --secure (chroot)".into());
+    }
+    let bin = hpa_bin()?;
+    for _ in 0..3 {
+        let addr = fresh_addr();
+        // -T: 20 ms retransmission (default 1 s) so that 2% loss in lockstep stays quick.
+        let mut child = Command::new(&bin)
+            .args(["-L", "-s", "-u", "root", "-T", "20000", "-a"])
+            .arg(&addr)
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", bin.display()))?;
+        if wait_ready(&addr, &mut child) {
+            return Ok(Server { child, addr });
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Err("tftpd-hpa did not answer on loopback".into())
+}
+
+struct Run {
+    out: Output,
+    json: Value,
+}
+
+fn loadtest(addr: &str, args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringboot-loadtest"))
+        .arg("--server")
+        .arg(addr)
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let text = std::fs::read_to_string(&json).unwrap_or_else(|_| {
+        panic!(
+            "no JSON written; stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    Run {
+        out,
+        json: serde_json::from_str(&text).unwrap(),
+    }
+}
+
+fn assert_all_complete(r: &Run, clients: u64, bytes_each: u64) {
+    let j = &r.json;
+    assert_eq!(j["clients"], clients, "{j:#}");
+    assert_eq!(
+        j["completed"], clients,
+        "failures: {:#}",
+        j["failure_examples"]
+    );
+    assert_eq!(j["failed"], 0);
+    assert_eq!(j["bytes"], clients * bytes_each);
+    assert!(r.out.status.success(), "exit status {:?}", r.out.status);
+    for k in ["wall_seconds", "throughput_bps", "loadtest_cpu_seconds"] {
+        assert!(j[k].is_number(), "{k} missing");
+    }
+    for k in ["p50", "p90", "p99", "max"] {
+        assert!(
+            j["duration_ms"][k].as_f64().unwrap() > 0.0,
+            "duration_ms.{k}"
+        );
+    }
+}
+
+const MIB2: usize = 2 << 20;
+
+#[test]
+fn ringboot_200_uefi_clients_with_2_percent_loss_complete_byte_exact() {
+    let root = make_root(&[("images/boot.img", MIB2)]);
+    let srv = start_ringboot(root.path());
+    let rootp = root.path().to_str().unwrap();
+    let r = loadtest(
+        &srv.addr,
+        &[
+            "--clients",
+            "200",
+            "--file",
+            "images/boot.img",
+            "--profile",
+            "uefi",
+            "--loss",
+            "0.02",
+            "--verify",
+            rootp,
+            "--deadline",
+            "40",
+            "--quiet",
+        ],
+    );
+    assert_all_complete(&r, 200, MIB2 as u64);
+    assert!(r.json["impairments"]["dropped_data"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn ringboot_pxelinux_scenario_with_expected_misses() {
+    let root = make_root(&[
+        ("pxelinux.0", 42_000),
+        ("ldlinux.c32", 120_000),
+        ("pxelinux.cfg/default", 300),
+        ("vmlinuz", 300_000),
+        ("initrd.img", 500_000),
+    ]);
+    let srv = start_ringboot(root.path());
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/pxelinux.toml");
+    let r = loadtest(
+        &srv.addr,
+        &[
+            "--clients",
+            "20",
+            "--scenario",
+            scenario.to_str().unwrap(),
+            "--verify",
+            root.path().to_str().unwrap(),
+            "--deadline",
+            "30",
+            "--quiet",
+            "--loss",
+            "0.01",
+        ],
+    );
+    let per_machine = 42_000 + 120_000 + 300 + 300_000 + 500_000;
+    assert_all_complete(&r, 20, per_machine);
+    assert_eq!(r.json["expected_misses"], 20 * 10);
+}
+
+#[test]
+fn corrupted_verify_file_is_reported_failed_with_nonzero_exit() {
+    let root = make_root(&[("boot.img", 300_000)]);
+    let bad = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(root.path().join("boot.img")).unwrap();
+    bytes[123_456] ^= 0x5a;
+    std::fs::write(bad.path().join("boot.img"), &bytes).unwrap();
+    let srv = start_ringboot(root.path());
+    let r = loadtest(
+        &srv.addr,
+        &[
+            "--clients",
+            "5",
+            "--file",
+            "boot.img",
+            "--profile",
+            "ipxe",
+            "--verify",
+            bad.path().to_str().unwrap(),
+            "--deadline",
+            "20",
+            "--quiet",
+        ],
+    );
+    assert_eq!(r.out.status.code(), Some(1));
+    assert_eq!(r.json["completed"], 0);
+    assert_eq!(r.json["failed"], 5);
+    assert_eq!(r.json["failures"]["verify-mismatch"], 5);
+    // A manifest with the wrong digest fails the same way.
+    let manifest = bad.path().join("SHA256SUMS");
+    std::fs::write(&manifest, format!("{}  boot.img\n", "00".repeat(32))).unwrap();
+    let r = loadtest(
+        &srv.addr,
+        &[
+            "--clients",
+            "3",
+            "--file",
+            "boot.img",
+            "--profile",
+            "bios",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--deadline",
+            "20",
+            "--quiet",
+        ],
+    );
+    assert_eq!(r.out.status.code(), Some(1));
+    assert_eq!(r.json["failures"]["sha256-mismatch"], 3);
+}
+
+#[test]
+fn vanishing_clients_are_counted_apart_and_do_not_fail_the_run() {
+    let root = make_root(&[("boot.img", 1 << 20)]);
+    let srv = start_ringboot(root.path());
+    let r = loadtest(
+        &srv.addr,
+        &[
+            "--clients",
+            "30",
+            "--file",
+            "boot.img",
+            "--profile",
+            "uefi",
+            "--vanish",
+            "0.3",
+            "--seed",
+            "7",
+            "--verify",
+            root.path().to_str().unwrap(),
+            "--deadline",
+            "30",
+            "--quiet",
+            "--dup",
+            "0.01",
+            "--reorder",
+            "0.01",
+            "--ack-loss",
+            "0.01",
+        ],
+    );
+    let j = &r.json;
+    let vanished = j["vanished"].as_u64().unwrap();
+    assert!(vanished > 0 && vanished < 30, "{j:#}");
+    assert_eq!(
+        j["completed"].as_u64().unwrap() + vanished,
+        30,
+        "{:#}",
+        j["failure_examples"]
+    );
+    assert!(r.out.status.success());
+}
+
+#[test]
+fn tftpd_hpa_200_uefi_clients_with_2_percent_loss() {
+    let root = make_root(&[("images/boot.img", MIB2)]);
+    let srv = match start_hpa(root.path()) {
+        Ok(s) => s,
+        Err(why) => {
+            println!("SKIPPED tftpd_hpa storm: {why}");
+            return;
+        }
+    };
+    let rootp = root.path().to_str().unwrap();
+    let r = loadtest(
+        &srv.addr,
+        &[
+            "--clients",
+            "200",
+            "--file",
+            "images/boot.img",
+            "--profile",
+            "uefi",
+            "--loss",
+            "0.02",
+            "--verify",
+            rootp,
+            "--deadline",
+            "50",
+            "--quiet",
+        ],
+    );
+    assert_all_complete(&r, 200, MIB2 as u64);
+}
