@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 /// Clock granularity term of RFC 6298 (`G`).
 const GRANULARITY: Duration = Duration::from_millis(1);
+/// Floor of the probe timeout: a probe costs one block, so it may follow a LAN's sub-millisecond
+/// round trip closely.
+const PTO_FLOOR: Duration = Duration::from_micros(250);
 /// Retransmission timeout before the first round trip is measured (RFC 6298 §2.1 says 1 s).
 const INITIAL_RTO: Duration = Duration::from_secs(1);
 
@@ -121,6 +124,14 @@ impl RttEstimator {
 
     fn rto(&self) -> Duration {
         (self.base * (1u32 << self.backoff)).min(self.max)
+    }
+
+    /// Probe timeout: two smoothed round trips, at least [`PTO_FLOOR`], at most the RTO.
+    fn pto(&self) -> Duration {
+        match self.srtt {
+            Some(s) => (s * 2).max(PTO_FLOOR).min(self.rto()),
+            None => self.rto(),
+        }
     }
 
     fn sample(&mut self, r: Duration) {
@@ -388,7 +399,7 @@ impl Transfer {
         }
         self.in_flight = None;
         // The probe is one block: it does not back the timer off; a full resend does.
-        if self.phase != Phase::Sending || self.probed || self.sent_hi <= self.acked + 1 {
+        if self.phase != Phase::Sending || self.probed {
             self.rtt.backoff();
         }
         self.pending = match self.phase {
@@ -398,7 +409,7 @@ impl Transfer {
             // duplicate makes the client ACK again; if it lost an earlier block, the out-of-order
             // probe makes it re-ACK the gap (RFC 7440 receivers, EDK2). A spurious expiry (a slow
             // client) then costs one block instead of a window.
-            _ if !self.probed && self.sent_hi > self.acked + 1 => {
+            _ if !self.probed => {
                 self.probed = true;
                 Pending::Probe {
                     index: self.sent_hi,
@@ -476,7 +487,14 @@ impl Transfer {
             end,
             clean,
         });
-        self.deadline = Some(now + self.rtt.rto());
+        // The first expiry after progress only sends a one-block probe, so it may come early: after
+        // the probe timeout (TCP's PTO, about two round trips) rather than the full RTO.
+        let wait = if self.phase == Phase::Sending && !self.probed {
+            self.rtt.pto()
+        } else {
+            self.rtt.rto()
+        };
+        self.deadline = Some(now + wait);
     }
 
     fn take_sample(&mut self, acked: u64, now: Instant) {
