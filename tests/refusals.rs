@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use ringboot::proto::packet::ErrorCode;
+use ringboot::proto::packet::{ErrorCode, Packet};
 use std::time::{Duration, Instant};
 
 /// Send `pkt` from a fresh socket and expect an ERROR whose code is in `codes`. Anything that
@@ -416,5 +416,94 @@ fn unknown_options_are_not_acknowledged() {
         if let Some(t) = oack_get(&oack, "timeout") {
             assert_eq!(t, "3", "timeout changed in the OACK: {oack:?}");
         }
+    });
+}
+
+/// An administrator copies a new image over the one being served (`cp new.wim boot.wim` truncates
+/// and rewrites the mapped file in place). The server must not crash (no SIGBUS), the writer must
+/// not wait out the kernel's 45 s lease-break time, the running transfer must end with an ERROR
+/// rather than deliver a mix of old and new bytes, new downloads get the new content, and other
+/// transfers go on.
+#[test]
+fn file_overwritten_in_place_while_served() {
+    bounded(TEST_LIMIT, || {
+        let files = TestRoot::new();
+        let old = files.add_random("boot.wim", 8 << 20);
+        let other = files.add_random("other.bin", 1 << 20);
+        let path = files.root().join("boot.wim");
+        let mut srv = Server::start(files, &[]);
+
+        // A plain RFC 1350 transfer, driven by hand: take the first blocks, then pause.
+        let mut c = RawClient::new(srv.addr());
+        let (first, tid) = c.request(&rrq(b"boot.wim", &[])).expect("block 1");
+        let Reply::Data { block: 1, .. } = first else {
+            panic!("expected DATA 1, got {first:?}")
+        };
+        for b in 1..=20u16 {
+            c.send_to(&ack(b), tid);
+            let (r, _) = c.recv_reply(Duration::from_secs(2)).expect("next block");
+            assert!(
+                matches!(r, Reply::Data { block, .. } if block == b + 1),
+                "{r:?}"
+            );
+        }
+
+        // Overwrite in place, as cp does (O_TRUNC, then write).
+        let new = pattern(3 << 20)
+            .iter()
+            .map(|b| b ^ 0x5a)
+            .collect::<Vec<u8>>();
+        let t = Instant::now();
+        std::fs::write(&path, &new).unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the writer waited {:?}: the lease was not released",
+            t.elapsed()
+        );
+
+        // The running transfer ends with an ERROR within a few more exchanges; every DATA it got
+        // before that carries the old bytes.
+        let mut block = 21u16;
+        let mut ended = None;
+        for _ in 0..50 {
+            c.send_to(&ack(block), tid);
+            let Some((raw, _)) = c.recv(Duration::from_secs(2)) else {
+                continue;
+            };
+            match Packet::parse(&raw) {
+                Ok(Packet::Data { block: b, data }) if b.0 == block + 1 => {
+                    let off = block as usize * 512;
+                    assert_eq!(
+                        data,
+                        &old[off..off + data.len()],
+                        "block {b}: mixed content"
+                    );
+                    block = b.0;
+                }
+                // A retransmission of the block we hold (the server's timer ran while we paused).
+                Ok(Packet::Data { block: b, .. }) if b.0 == block => {}
+                Ok(Packet::Error { code, message }) => {
+                    ended = Some((code.as_u16(), String::from_utf8_lossy(message).into_owned()));
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let (code, message) = ended.expect("the running transfer was not ended with an ERROR");
+        assert_eq!(code, 0, "{message}");
+
+        srv.assert_alive();
+        let d = raw_get(&srv, &DownloadSpec::new("boot.wim").blksize(1468));
+        assert_same("boot.wim after the overwrite", &d.data, &new);
+        let d = raw_get(&srv, &DownloadSpec::new("other.bin").blksize(1468));
+        assert_same("other.bin", &d.data, &other);
+        srv.assert_alive();
+        assert!(
+            srv.log_lines()
+                .iter()
+                .any(|l| l.contains("modified in place") || l.contains("changed on the server")),
+            "no log line about the change:\n{}",
+            srv.log_lines().join("\n")
+        );
     });
 }
