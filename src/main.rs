@@ -67,9 +67,9 @@ struct ServeArgs {
     /// DHCP in a `[dhcp]` table); the command line wins over it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Directory to serve; requests cannot leave it.
-    #[arg(long, value_name = "DIR")]
-    root: PathBuf,
+    /// Directory to serve; requests cannot leave it (or the config key `root`).
+    #[arg(long, value_name = "DIR", required_unless_present = "config")]
+    root: Option<PathBuf>,
     /// Address to listen on; repeatable. Default: 0.0.0.0:69 and [::]:69.
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Vec<SocketAddr>,
@@ -456,7 +456,10 @@ fn serve(args: ServeArgs, config_text: Option<String>, matches: clap::ArgMatches
         retries: args.retries,
         allow_fragmentation: args.allow_fragmentation,
     };
-    let root = args.root.clone();
+    let root = args
+        .root
+        .clone()
+        .context("no directory to serve: give --root DIR or the config key `root`")?;
     let store = Store::new(
         &root,
         StoreOptions {
