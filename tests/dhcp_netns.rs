@@ -14,13 +14,17 @@
 //! - proxy mode beside dnsmasq (the network's plain DHCP server): a raw PXE client gets its
 //!   address from dnsmasq and its boot file from ringboot, then the port-4011 ACK with
 //!   sub-option 71 echoed; a non-PXE client gets no answer from ringboot.
+//! - the config path: `ringboot serve --config FILE` with `listen` and a `[dhcp]` table (proxy
+//!   mode, a `[[dhcp.rule]]` for efi-x64 with an iPXE script): BIOS gets `boot_file`, UEFI x64
+//!   the rule's file (on 67 and on 4011), a chainloaded iPXE the script.
 
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
-use ringboot::dhcp::client::{pxe_boot_request, pxe_discover};
+use ringboot::dhcp::client::{as_ipxe, pxe_boot_request, pxe_discover};
 use ringboot::dhcp::config::ClientArch;
 use ringboot::dhcp::wire;
 use ringboot::dhcp::{DhcpConfig, DhcpMode};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::ffi::OsString;
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -134,28 +138,25 @@ impl Lab {
         let state = self.path("state");
         std::fs::create_dir_all(&state).unwrap();
         if binary_has_dhcp_flags() {
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_ringboot"), "serve"])
-                .arg("--root")
-                .arg(&root)
-                .args(["--listen", &format!("{addr}:6969")])
-                .args(["--dhcp", mode, "--dhcp-interface", iface])
-                .args(["--boot-file", "pxelinux.0"]);
+            let mut args: Vec<OsString> = vec!["--root".into(), root.into()];
+            for a in [
+                "--listen",
+                &format!("{addr}:6969"),
+                "--dhcp",
+                mode,
+                "--dhcp-interface",
+                iface,
+                "--boot-file",
+                "pxelinux.0",
+            ] {
+                args.push(a.into());
+            }
             if let Some(r) = range {
-                cmd.args(["--dhcp-range", r]);
+                args.extend(["--dhcp-range".into(), r.into()]);
             }
-            cmd.env("STATE_DIRECTORY", &state)
-                .stdout(File::create(self.path("ringboot.log")).unwrap())
-                .stderr(File::create(self.path("ringboot.err")).unwrap());
-            // SAFETY: prctl in the child before exec; kills it if this test dies.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            self.children.push(cmd.spawn().unwrap());
             println!("testing the real binary: ringboot serve --dhcp {mode}");
+            self.spawn_real(ns, &args);
+            return;
         } else {
             println!("ringboot has no --dhcp flags yet: running ringboot::dhcp::spawn in-process in {ns}");
             let (mode, iface, range) =
@@ -174,6 +175,74 @@ impl Lab {
         }
         // Give the sockets a moment to bind.
         std::thread::sleep(Duration::from_millis(500));
+    }
+
+    /// Start the real binary (`serve` and `args`) in `ns` and wait until it listens (the DHCP
+    /// responder starts before TFTP). A restart right after a kill may find the old process's
+    /// sockets not yet released (io_uring tears its ring down asynchronously) and ringboot
+    /// refuses a port in use: it is tried again for up to 5 s.
+    fn spawn_real(&mut self, ns: &str, args: &[OsString]) {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_ringboot"), "serve"])
+                .args(args)
+                .env("STATE_DIRECTORY", self.path("state"))
+                .stdout(File::create(self.path("ringboot.log")).unwrap())
+                .stderr(File::create(self.path("ringboot.err")).unwrap());
+            // SAFETY: prctl in the child before exec; kills it if this test dies.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let mut child = cmd.spawn().unwrap();
+            let ready = Instant::now() + Duration::from_secs(15);
+            let mut exited = false;
+            while Instant::now() < ready && !self.logs().contains("listening on") {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    exited = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let logs = self.logs();
+            if !exited && logs.contains("listening on") {
+                self.children.push(child);
+                return;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            if !(exited && logs.contains("address already in use") && Instant::now() < end) {
+                panic!("ringboot serve did not start:\n{logs}");
+            }
+            println!("the killed server's port is not free yet; starting again");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Start the responder in `ns` from a config file (`--config`); `--root` stays on the
+    /// command line.
+    fn start_ringboot_config(&mut self, ns: &str, config: &str) {
+        let root = self.path("root");
+        let path = self.path("ringboot.toml");
+        std::fs::write(&path, config).unwrap();
+        if binary_has_dhcp_flags() {
+            println!("testing the real binary: ringboot serve --config (a [dhcp] table)");
+            let args = ["--root".into(), root.into(), "--config".into(), path.into()];
+            self.spawn_real(ns, &args);
+        } else {
+            println!("ringboot has no --config [dhcp] yet: running ringboot::dhcp::spawn in-process in {ns}");
+            let shutdown = self.shutdown.clone();
+            let text = config.to_owned();
+            let h = in_netns(ns, move || {
+                let cfg = DhcpConfig::from_toml_document(&text).expect("config");
+                ringboot::dhcp::spawn(cfg, shutdown).expect("spawn")
+            });
+            self.threads.push(h);
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     fn leases(&self) -> String {
@@ -550,4 +619,109 @@ fn proxy_mode_beside_dnsmasq() {
         [71, 4, 0, 0, 0, 0, 255],
         "sub-option 71 echoed"
     );
+}
+
+#[test]
+fn proxy_mode_from_a_config_file_with_rules_for_efi_x64_and_ipxe() {
+    if !preflight(&["ip"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let x = 60 + (std::process::id() % 50) as u8;
+    let (s, c) = (lab.ns("s"), lab.ns("c"));
+    let (si, ci) = (format!("rbs{}", lab.id), format!("rbc{}", lab.id));
+    lab.veth(&s, &si, &c, &ci);
+    let server = Ipv4Addr::new(10, 99, x, 1);
+    let client = Ipv4Addr::new(10, 99, x, 2);
+    sh(&format!("ip -n {s} addr add {server}/24 dev {si}"));
+    sh(&format!("ip -n {c} addr add {client}/24 dev {ci}"));
+    let root = lab.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(lab.path("state")).unwrap();
+    for f in ["pxelinux.0", "ipxe.efi"] {
+        std::fs::write(root.join(f), f).unwrap();
+    }
+    let script = format!("http://{server}/boot.ipxe");
+    lab.start_ringboot_config(
+        &s,
+        &format!(
+            r#"# Top-level keys are the serve flags; DHCP lives in its own table.
+listen = ["{server}:6969"]
+
+[dhcp]
+mode = "proxy"
+interface = "{si}"
+boot_file = "pxelinux.0"
+
+[[dhcp.rule]]
+arch = ["efi-x64"]
+boot_file = "ipxe.efi"
+ipxe_script = "{script}"
+"#
+        ),
+    );
+    if binary_has_dhcp_flags() {
+        assert!(
+            lab.logs().contains(&format!("listening on {server}:6969")),
+            "listen from the config file: {}",
+            lab.logs()
+        );
+    }
+
+    let mac = [
+        0x52,
+        0x54,
+        0x00,
+        0xcf,
+        0x9e,
+        (std::process::id() & 0xff) as u8,
+    ];
+    let ci2 = ci.clone();
+    let offers = in_netns(&c, move || {
+        let sock = client_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68), &ci2);
+        let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+        let ask = |m: Message| {
+            exchange(&sock, &m, bcast, Duration::from_millis(700))
+                .into_iter()
+                .find(|o| server_id(o) == Some(server))
+        };
+        [
+            ask(pxe_discover(mac, ClientArch::BIOS, 0x8001)),
+            ask(pxe_discover(mac, ClientArch::EFI_X64, 0x8002)),
+            ask(as_ipxe(pxe_discover(mac, ClientArch::EFI_X64, 0x8003))),
+        ]
+    });
+    let [bios, efi, ipxe] =
+        offers.map(|o| o.unwrap_or_else(|| panic!("no proxy offer\n{}", lab.logs())));
+    for o in [&bios, &efi, &ipxe] {
+        assert_eq!(o.opts().msg_type(), Some(MessageType::Offer));
+        assert_eq!(o.yiaddr(), Ipv4Addr::UNSPECIFIED, "proxy: no address");
+        assert_eq!(o.siaddr(), server);
+    }
+    assert_eq!(file_of(&bios), "pxelinux.0", "no rule for BIOS: boot_file");
+    assert_eq!(file_of(&efi), "ipxe.efi", "the efi-x64 rule");
+    assert_eq!(
+        file_of(&ipxe),
+        script,
+        "iPXE gets its script, not ipxe.efi again"
+    );
+
+    // UEFI asks the boot server on 4011 and gets the rule's file too.
+    let ci3 = ci.clone();
+    let acks = in_netns(&c, move || {
+        let sock = client_socket(SocketAddrV4::new(client, 4011), &ci3);
+        let r = pxe_boot_request(mac, ClientArch::EFI_X64, 0x8004, client, Some((0, 0)));
+        exchange(
+            &sock,
+            &r,
+            SocketAddrV4::new(server, 4011),
+            Duration::from_millis(700),
+        )
+    });
+    let ack = acks
+        .first()
+        .unwrap_or_else(|| panic!("no port-4011 ACK\n{}", lab.logs()));
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(file_of(ack), "ipxe.efi");
+    assert_eq!(vendor(ack), [71, 4, 0, 0, 0, 0, 255]);
 }

@@ -7,6 +7,7 @@
 //! and keeps time. There is no thread per client and no sleep: every wait is an epoll timeout computed
 //! from the earliest timer (client retransmission, delayed delivery, phase start, arrival).
 
+use crate::dhcp::{DhcpClient, DhcpPort};
 use crate::plan::{Expect, Step};
 use crate::rng::Rng;
 use ringboot::proto::client::{Client, ClientError, Event};
@@ -48,6 +49,8 @@ pub struct Shared {
     pub t0: Instant,
     pub deadline: Instant,
     pub live: Live,
+    /// `--dhcp`: every machine first gets its address and TFTP server ([`crate::dhcp`]).
+    pub dhcp: Option<crate::dhcp::Setup>,
 }
 
 /// Counters the progress display and the throughput sampler read while the storm runs.
@@ -69,6 +72,8 @@ pub struct MachineSpec {
     /// Arrival time after `t0`.
     pub start: Duration,
     pub steps: Vec<Step>,
+    /// Its DHCP identity when the run has a `--dhcp` phase.
+    pub dhcp: Option<crate::dhcp::Spec>,
 }
 
 /// How a machine ended.
@@ -139,6 +144,8 @@ pub struct MachineResult {
     pub first_data: Option<Duration>,
     pub bytes: u64,
     pub counters: Counters,
+    /// The `--dhcp` phase (None without one).
+    pub dhcp: Option<crate::dhcp::Outcome>,
 }
 
 /// A reordered packet is released after the next one, or after this long without a next one.
@@ -274,6 +281,10 @@ struct Machine {
     ended: Option<Instant>,
     bytes: u64,
     counters: Counters,
+    // The --dhcp phase: running exchange, its outcome, and the TFTP server it named.
+    dhcp: Option<DhcpClient>,
+    dhcp_out: Option<crate::dhcp::Outcome>,
+    server: Option<SocketAddr>,
 }
 
 impl Machine {
@@ -287,6 +298,7 @@ impl Machine {
         take(self.client.as_ref().and_then(|c| c.poll_timeout()));
         take(self.inbound.front().map(|p| p.0));
         take(self.held.as_ref().map(|h| h.0));
+        take(self.dhcp.as_ref().and_then(|d| d.poll_timeout()));
         t
     }
 
@@ -312,7 +324,12 @@ struct Engine {
     tx: Vec<u8>,
     running: usize,
     bytes_unreported: u64,
+    /// The shared DHCP sockets (`--dhcp`), or why they could not be opened.
+    dhcp: Option<Result<DhcpPort, String>>,
 }
+
+/// The epoll token of the DHCP sockets (machines use their slot).
+const DHCP_TOKEN: u64 = u64::MAX;
 
 /// Run `specs` to the end (or the deadline) on the calling thread.
 pub fn run_thread(shared: Arc<Shared>, mut specs: Vec<MachineSpec>) -> Vec<MachineResult> {
@@ -358,6 +375,9 @@ pub fn run_thread(shared: Arc<Shared>, mut specs: Vec<MachineSpec>) -> Vec<Machi
                 ended: None,
                 bytes: 0,
                 counters: Counters::default(),
+                dhcp: None,
+                dhcp_out: None,
+                server: None,
                 spec,
             }
         })
@@ -370,7 +390,9 @@ pub fn run_thread(shared: Arc<Shared>, mut specs: Vec<MachineSpec>) -> Vec<Machi
         epfd,
         tx: vec![0u8; 2048],
         bytes_unreported: 0,
+        dhcp: None,
     };
+    e.open_dhcp();
     for i in 0..e.machines.len() {
         e.rearm(i);
     }
@@ -395,6 +417,7 @@ pub fn run_thread(shared: Arc<Shared>, mut specs: Vec<MachineSpec>) -> Vec<Machi
             first_data: m.first_data.map(|s| s - t0),
             bytes: m.bytes,
             counters: m.counters,
+            dhcp: m.dhcp_out,
         })
         .collect()
 }
@@ -461,6 +484,10 @@ impl Engine {
             }
             let now = Instant::now();
             for ev in &events[..n as usize] {
+                if ev.u64 == DHCP_TOKEN {
+                    self.on_dhcp_readable(now);
+                    continue;
+                }
                 let i = ev.u64 as usize;
                 self.on_readable(i, &mut rx, now);
                 self.rearm(i);
@@ -527,6 +554,12 @@ impl Engine {
             self.feed(i, &b, now);
             self.machines[i].recycle(b);
         }
+        if let Some(d) = self.machines[i].dhcp.as_mut() {
+            if d.poll_timeout().is_some_and(|t| t <= now) {
+                d.handle_timeout(now);
+                self.dhcp_progress(i, now);
+            }
+        }
         let m = &mut self.machines[i];
         if let Some(c) = m.client.as_mut() {
             if c.poll_timeout().is_some_and(|t| t <= now) {
@@ -547,6 +580,9 @@ impl Engine {
             m.run = Run::Running;
             m.started = Some(now);
             self.shared.live.started.fetch_add(1, Relaxed);
+        }
+        if m.spec.dhcp.is_some() && m.dhcp_out.is_none() {
+            return self.start_dhcp(i, now);
         }
         let step = &m.spec.steps[m.step];
         if m.phase == 0 {
@@ -866,7 +902,7 @@ impl Engine {
         let (Some(c), Some(sock)) = (m.client.as_mut(), m.sock.as_ref()) else {
             return;
         };
-        let dest = m.peer.unwrap_or(server);
+        let dest = m.peer.or(m.server).unwrap_or(server);
         while let Some(n) = c.poll_transmit(now, &mut self.tx) {
             let pkt = &self.tx[..n];
             let is_ack = pkt[1] == 4;
@@ -922,6 +958,120 @@ impl Machine {
             self.counters.out_of_order += s.out_of_order;
             self.counters.acks_sent += s.acks_sent;
             self.counters.timeouts += s.timeouts as u64;
+        }
+    }
+}
+
+/// The `--dhcp` phase: machines share this thread's [`DhcpPort`]; each runs its own
+/// [`DhcpClient`] and starts its TFTP steps, to the server the answer named, once it has a lease.
+impl Engine {
+    fn open_dhcp(&mut self) {
+        let Some(setup) = self.shared.dhcp.clone() else {
+            return;
+        };
+        let mut port = match DhcpPort::open(&setup.interface) {
+            Ok(p) => p,
+            Err(e) => {
+                self.dhcp = Some(Err(e.to_string()));
+                return;
+            }
+        };
+        for fd in port.fds() {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: DHCP_TOKEN,
+            };
+            // SAFETY: valid epoll fd, valid socket fd, valid event pointer.
+            unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        }
+        for (i, m) in self.machines.iter().enumerate() {
+            if let Some(spec) = &m.spec.dhcp {
+                port.register(spec, i);
+            }
+        }
+        self.dhcp = Some(Ok(port));
+    }
+
+    fn start_dhcp(&mut self, i: usize, now: Instant) {
+        let (Some(setup), Some(spec)) = (&self.shared.dhcp, self.machines[i].spec.dhcp) else {
+            return;
+        };
+        if let Some(Err(e)) = &self.dhcp {
+            let detail = e.clone();
+            return self.finish(
+                i,
+                now,
+                Outcome::Failed {
+                    reason: "socket".into(),
+                    detail,
+                },
+            );
+        }
+        self.machines[i].dhcp = Some(DhcpClient::new(spec, setup, now));
+        self.dhcp_progress(i, now);
+    }
+
+    /// Send what machine `i`'s exchange has to send; when it ended, start its TFTP steps or fail.
+    fn dhcp_progress(&mut self, i: usize, now: Instant) {
+        let Some(d) = self.machines[i].dhcp.as_mut() else {
+            return;
+        };
+        if let Some(Ok(port)) = &self.dhcp {
+            while let Some(t) = d.poll_transmit() {
+                port.send(&t);
+            }
+        }
+        let Some(result) = d.outcome() else {
+            return;
+        };
+        let setup = self.shared.dhcp.as_ref().expect("a DHCP phase has a setup");
+        let result = match result {
+            Ok(l) => setup.tftp_server(l).map(|s| (l.clone(), s)),
+            Err(f) => Err(f.clone()),
+        };
+        let (retransmits, naks) = (d.retransmits, d.naks);
+        let m = &mut self.machines[i];
+        m.dhcp = None;
+        let mut out = crate::dhcp::Outcome {
+            retransmits,
+            naks,
+            ..Default::default()
+        };
+        match result {
+            Ok((lease, server)) => {
+                out.duration = m.started.map(|s| now - s);
+                out.address = Some(lease.address);
+                out.tftp_server = match server.ip() {
+                    IpAddr::V4(v4) => Some(v4),
+                    IpAddr::V6(_) => None,
+                };
+                m.server = Some(server);
+                m.dhcp_out = Some(out);
+                m.next_phase_at = Some(now);
+            }
+            Err(f) => {
+                m.dhcp_out = Some(out);
+                let (reason, detail) = (f.reason().to_string(), f.to_string());
+                self.finish(i, now, Outcome::Failed { reason, detail });
+            }
+        }
+    }
+
+    fn on_dhcp_readable(&mut self, now: Instant) {
+        let Some(Ok(port)) = self.dhcp.as_mut() else {
+            return;
+        };
+        let mut hit = Vec::new();
+        let machines = &mut self.machines;
+        port.recv(|i, msg| {
+            if let Some(d) = machines.get_mut(i).and_then(|m| m.dhcp.as_mut()) {
+                d.handle_reply(msg, now);
+                hit.push(i);
+            }
+        });
+        for i in hit {
+            self.dhcp_progress(i, now);
+            self.rearm(i);
         }
     }
 }

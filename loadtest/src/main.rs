@@ -9,7 +9,9 @@
 //! Exit status: 0 when every machine completed (or vanished on purpose), 1 when any failed, 2 on a
 //! usage or setup error.
 
+mod dhcp;
 mod engine;
+mod mcast;
 mod plan;
 mod report;
 mod rng;
@@ -31,9 +33,10 @@ use std::time::{Duration, Instant};
 #[derive(Parser, Debug)]
 #[command(name = "ringboot-loadtest", version, about, long_about = None)]
 struct Args {
-    /// Server address, ADDR:PORT (the port requests go to).
-    #[arg(long)]
-    server: String,
+    /// Server address, ADDR:PORT (the port requests go to). With --dhcp: the TFTP port (default
+    /// 69) and the address used when the DHCP answer names no server.
+    #[arg(long, required_unless_present = "dhcp")]
+    server: Option<String>,
     /// Emulated machines.
     #[arg(long, default_value_t = 1)]
     clients: usize,
@@ -128,6 +131,47 @@ struct Args {
     /// No progress line and no summary table (JSON and files are still written).
     #[arg(long)]
     quiet: bool,
+    /// Multicast machines (--multicast rfc2090|pxe and its options; see loadtest/src/mcast.rs).
+    #[command(flatten)]
+    mc: mcast::McArgs,
+    /// Each machine first does DHCP on --dhcp-interface (full: DISCOVER/OFFER/REQUEST/ACK;
+    /// proxy: also the port-4011 boot-server exchange), then its TFTP steps to the server the
+    /// answer names. Needs root (port 68, SO_BINDTODEVICE); run it in a network namespace.
+    #[arg(long, value_enum, requires = "dhcp_interface")]
+    dhcp: Option<dhcp::DhcpMode>,
+    /// Interface the DHCP broadcasts leave by.
+    #[arg(long)]
+    dhcp_interface: Option<String>,
+    /// DHCP retransmission timeout in seconds (DISCOVER, REQUEST, port-4011 REQUEST).
+    #[arg(long, default_value_t = 1.0)]
+    dhcp_timeout: f64,
+    /// Sends of each DHCP message before a machine gives up.
+    #[arg(long, default_value_t = 4)]
+    dhcp_tries: u32,
+}
+
+/// The `--dhcp` settings, checked (the sockets are opened once here so that a missing
+/// privilege or interface is a usage error, not 1000 failed machines).
+fn dhcp_setup(a: &Args, server: SocketAddr) -> Result<Option<dhcp::Setup>> {
+    let Some(mode) = a.dhcp else {
+        return Ok(None);
+    };
+    let interface = a.dhcp_interface.clone().unwrap_or_default();
+    if !(a.dhcp_timeout > 0.0 && a.dhcp_timeout.is_finite()) || a.dhcp_tries == 0 {
+        bail!("--dhcp-timeout must be positive and --dhcp-tries at least 1");
+    }
+    let IpAddr::V4(ip) = server.ip() else {
+        bail!("--dhcp is IPv4 only: give --server an IPv4 address (or none)");
+    };
+    dhcp::DhcpPort::open(&interface).map_err(|e| anyhow!("--dhcp: {e}"))?;
+    Ok(Some(dhcp::Setup {
+        mode,
+        interface,
+        retransmit: Duration::from_secs_f64(a.dhcp_timeout),
+        tries: a.dhcp_tries,
+        tftp_port: server.port(),
+        fallback: Some(ip).filter(|ip| !ip.is_unspecified()),
+    }))
 }
 
 enum Arrival {
@@ -236,6 +280,9 @@ fn main() -> ExitCode {
 
 /// Returns whether every machine completed (or vanished on purpose).
 fn run(a: Args) -> Result<bool> {
+    if let Some(mode) = a.mc.multicast {
+        return mcast::run(&a, mode);
+    }
     for (n, v) in [
         ("loss", a.loss),
         ("ack-loss", a.ack_loss),
@@ -254,12 +301,14 @@ fn run(a: Args) -> Result<bool> {
     if a.verify.is_none() && a.manifest.is_none() && !a.no_verify {
         bail!("say how downloads are checked: --verify DIR (same files as the server), --manifest FILE (sha256sum lines) or --no-verify");
     }
-    let server: SocketAddr = a
-        .server
+    // With --dhcp and no --server: port 69 of whatever server the DHCP answer names.
+    let server_arg = a.server.clone().unwrap_or_else(|| "0.0.0.0:69".into());
+    let server: SocketAddr = server_arg
         .to_socket_addrs()
-        .with_context(|| format!("--server '{}' is not ADDR:PORT", a.server))?
+        .with_context(|| format!("--server '{server_arg}' is not ADDR:PORT"))?
         .next()
-        .ok_or_else(|| anyhow!("--server '{}' resolves to nothing", a.server))?;
+        .ok_or_else(|| anyhow!("--server '{server_arg}' resolves to nothing"))?;
+    let dhcp_setup = dhcp_setup(&a, server)?;
     let arrival = parse_arrival(&a.arrival)?;
 
     // The steps one machine takes (templates; placeholders are expanded per machine).
@@ -349,11 +398,21 @@ fn run(a: Args) -> Result<bool> {
                 expect,
             });
         }
+        let dhcp = dhcp_setup.as_ref().map(|_| {
+            let (arch, ipxe) = dhcp::arch_of(specs[0].profile);
+            dhcp::Spec {
+                mac: id.mac(),
+                arch,
+                ipxe,
+                xid: dhcp::xid(a.seed, i),
+            }
+        });
         per_thread[i % a.threads].push(MachineSpec {
             index: i,
             ip,
             start,
             steps,
+            dhcp,
         });
     }
     raise_fd_limit(a.clients as u64 * 2 + 256);
@@ -375,6 +434,7 @@ fn run(a: Args) -> Result<bool> {
         t0,
         deadline: t0 + Duration::from_secs_f64(a.deadline),
         live: Live::default(),
+        dhcp: dhcp_setup.clone(),
     });
     let handles: Vec<_> = per_thread
         .into_iter()
@@ -441,7 +501,12 @@ fn run(a: Args) -> Result<bool> {
         &results,
         &samples,
         report::Meta {
-            server: server.to_string(),
+            server: match (&a.server, &dhcp_setup) {
+                (None, Some(d)) => {
+                    format!("DHCP-named server:{} (via {})", server.port(), d.interface)
+                }
+                _ => server.to_string(),
+            },
             profile: match &scenario_name {
                 Some(n) => format!("scenario:{n}"),
                 None => a.profile.name().to_string(),

@@ -280,7 +280,7 @@ pub struct Identity {
 }
 
 impl Identity {
-    fn mac(&self) -> [u8; 6] {
+    pub fn mac(&self) -> [u8; 6] {
         let i = self.index as u32;
         [0x52, 0x54, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8]
     }

@@ -44,6 +44,20 @@ pub struct Blocks {
     pub out_of_order: u64,
 }
 
+/// The `--dhcp` phase over all machines.
+#[derive(Clone, Debug, Serialize)]
+pub struct DhcpSummary {
+    /// Machines that got an address and a boot file.
+    pub leased: u64,
+    pub failed: u64,
+    /// Distinct addresses among the leases (equal to `leased` unless a server gave one twice).
+    pub distinct_addresses: u64,
+    /// The TFTP servers the answers named.
+    pub tftp_servers: Vec<String>,
+    pub retransmits: u64,
+    pub naks: u64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Impairments {
     pub dropped_data: u64,
@@ -73,6 +87,11 @@ pub struct Report {
     pub duration_ms: Percentiles,
     /// Per machine, first packet to first in-order DATA block.
     pub ttfb_ms: Percentiles,
+    /// Per machine, first DISCOVER to the last ACK (`--dhcp`; also inside `duration_ms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhcp_ms: Option<Percentiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<DhcpSummary>,
     pub failures: BTreeMap<String, u64>,
     pub failure_examples: BTreeMap<String, String>,
     pub requests: u64,
@@ -95,6 +114,8 @@ pub struct Report {
     pub duration_hist: Histogram<u64>,
     #[serde(skip)]
     pub ttfb_hist: Histogram<u64>,
+    #[serde(skip)]
+    pub dhcp_hist: Option<Histogram<u64>>,
 }
 
 /// Run description the engine does not know.
@@ -154,6 +175,7 @@ pub fn build(results: &[MachineResult], samples: &[(f64, u64)], meta: Meta) -> R
         }
     }
     completion_s.sort_by(f64::total_cmp);
+    let (dhcp_hist, dhcp) = dhcp_summary(results);
     let wall = if first <= last {
         last - first
     } else {
@@ -187,6 +209,8 @@ pub fn build(results: &[MachineResult], samples: &[(f64, u64)], meta: Meta) -> R
         throughput_mbytes_per_s: bps / 8e6,
         duration_ms: percentiles(&duration_hist),
         ttfb_ms: percentiles(&ttfb_hist),
+        dhcp_ms: dhcp_hist.as_ref().map(percentiles),
+        dhcp,
         failures,
         failure_examples: examples,
         requests: c.requests,
@@ -218,7 +242,43 @@ pub fn build(results: &[MachineResult], samples: &[(f64, u64)], meta: Meta) -> R
         completion_s,
         duration_hist,
         ttfb_hist,
+        dhcp_hist,
     }
+}
+
+/// The `--dhcp` histogram and summary (None when no machine had a DHCP phase).
+fn dhcp_summary(results: &[MachineResult]) -> (Option<Histogram<u64>>, Option<DhcpSummary>) {
+    let phases: Vec<_> = results.iter().filter_map(|r| r.dhcp.as_ref()).collect();
+    if phases.is_empty() {
+        return (None, None);
+    }
+    let mut h = hist();
+    let mut addrs = std::collections::BTreeSet::new();
+    let mut servers = std::collections::BTreeSet::new();
+    let mut s = DhcpSummary {
+        leased: 0,
+        failed: 0,
+        distinct_addresses: 0,
+        tftp_servers: vec![],
+        retransmits: 0,
+        naks: 0,
+    };
+    for d in phases {
+        s.retransmits += u64::from(d.retransmits);
+        s.naks += u64::from(d.naks);
+        match (d.duration, d.address) {
+            (Some(t), Some(a)) => {
+                s.leased += 1;
+                h.saturating_record(t.as_micros().max(1) as u64);
+                addrs.insert(a);
+            }
+            _ => s.failed += 1,
+        }
+        servers.extend(d.tftp_server);
+    }
+    s.distinct_addresses = addrs.len() as u64;
+    s.tftp_servers = servers.iter().map(|a| a.to_string()).collect();
+    (Some(h), Some(s))
 }
 
 fn human_bytes(b: u64) -> String {
@@ -272,11 +332,26 @@ impl Report {
         for (name, p) in [
             ("duration (ms)", &self.duration_ms),
             ("first block (ms)", &self.ttfb_ms),
-        ] {
+        ]
+        .into_iter()
+        .chain(self.dhcp_ms.as_ref().map(|p| ("dhcp (ms)", p)))
+        {
             let _ = writeln!(
                 s,
                 "  {:<22}{:>11.1}{:>11.1}{:>11.1}{:>11.1}",
                 name, p.p50, p.p90, p.p99, p.max
+            );
+        }
+        if let Some(d) = &self.dhcp {
+            let _ = writeln!(
+                s,
+                "  dhcp         {} leased ({} distinct addresses), {} failed; {} retransmits, {} NAKs; TFTP from {}",
+                d.leased,
+                d.distinct_addresses,
+                d.failed,
+                d.retransmits,
+                d.naks,
+                if d.tftp_servers.is_empty() { "-".to_string() } else { d.tftp_servers.join(", ") }
             );
         }
         let _ = writeln!(
@@ -336,7 +411,11 @@ impl Report {
     /// `duration.hgrm` and `ttfb.hgrm` in `dir` (HdrHistogram's classic percentile table, ms).
     pub fn write_hgrm(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        for (name, h) in [("duration", &self.duration_hist), ("ttfb", &self.ttfb_hist)] {
+        let dhcp = self.dhcp_hist.as_ref().map(|h| ("dhcp", h));
+        for (name, h) in [("duration", &self.duration_hist), ("ttfb", &self.ttfb_hist)]
+            .into_iter()
+            .chain(dhcp)
+        {
             let p = dir.join(format!("{name}.hgrm"));
             std::fs::write(&p, hgrm(h)).with_context(|| format!("cannot write {}", p.display()))?;
         }

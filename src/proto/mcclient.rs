@@ -3,8 +3,10 @@
 //!
 //! Contract:
 //! - Blocks may arrive in any order, from the group or unicast; each new one is returned as
-//!   [`McEvent::Data`] with its byte offset, to be written there. Block numbers wrap past 65535; a
-//!   block is placed relative to the highest index seen so far.
+//!   [`McEvent::Data`] with its byte offset, to be written there. Block numbers wrap past 65535:
+//!   once the file's length is known (RFC 2090 `tsize`, or the short last block) a file of fewer
+//!   than 65536 blocks places every block exactly, even when the stream starts over; past that, a
+//!   block goes to the candidate nearest after the last one received, wrapping at the end.
 //! - RFC 2090 ([`McClient::rfc2090`]): send the RRQ (with `multicast` and the configured options);
 //!   an OACK names the group and the role. As master (mc=1) ACK the highest contiguous block after
 //!   the OACK and after every block; passive (mc=0) stay silent; once everything is here, ACK the
@@ -98,8 +100,8 @@ pub struct McClient {
     received: u64,
     /// Index of the last block, once seen (the short one).
     last: Option<u64>,
-    /// Highest index seen, to place wrapped block numbers.
-    highest: u64,
+    /// Index of the block received last (the stream's position), to place wrapped numbers.
+    pos: u64,
     master: bool,
     opened: bool,
     group: Option<SocketAddr>,
@@ -145,7 +147,7 @@ impl McClient {
             have: Vec::new(),
             received: 0,
             last: None,
-            highest: 0,
+            pos: 0,
             master: false,
             opened: false,
             group: None,
@@ -296,11 +298,14 @@ impl McClient {
                     self.failed = true;
                     return McEvent::Failed("server did not grant multicast".into());
                 };
-                if let Some(b) = o
-                    .get("blksize")
-                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-                {
+                let num =
+                    |k: &str| -> Option<u64> { std::str::from_utf8(o.get(k)?).ok()?.parse().ok() };
+                if let Some(b) = num("blksize").filter(|&b| b > 0) {
                     self.blksize = b;
+                }
+                if let Some(t) = num("tsize") {
+                    // The same last index the server counts: a short (maybe empty) final block.
+                    self.last = Some(t / self.blksize + 1);
                 }
                 let text = String::from_utf8_lossy(mc);
                 let mut parts = text.split(',');
@@ -343,6 +348,32 @@ impl McClient {
         }
     }
 
+    /// The absolute index of a block number. With the length known and under 65536 blocks the
+    /// number says it exactly (a new master may restart the stream anywhere). Past that, or with
+    /// the length unknown, take the candidate nearest after the last block received, wrapping at
+    /// the end of the file: a stream moves forward, and a restart is most often near the start.
+    fn place(&self, block: BlockNum) -> Option<u64> {
+        let Some(last) = self.last else {
+            return block.to_index_near(self.pos.max(1));
+        };
+        // Index 0 never carries data: number 0 is index 65536, 131072, ...
+        let first = match block.0 {
+            0 => 0x1_0000,
+            n => n as u64,
+        };
+        if first > last {
+            return None;
+        }
+        let after = |c: u64| {
+            if c >= self.pos {
+                c - self.pos
+            } else {
+                c + last - self.pos
+            }
+        };
+        (first..=last).step_by(0x1_0000).min_by_key(|&c| after(c))
+    }
+
     fn handle_data<'a>(
         &mut self,
         block: BlockNum,
@@ -350,7 +381,7 @@ impl McClient {
         unicast: bool,
         now: Instant,
     ) -> McEvent<'a> {
-        let Some(index) = block.to_index_near(self.highest.max(1)) else {
+        let Some(index) = self.place(block) else {
             return McEvent::None;
         };
         if index == 0 || data.len() as u64 > self.blksize {
@@ -363,7 +394,7 @@ impl McClient {
             }
             self.master = true;
         }
-        self.highest = self.highest.max(index);
+        self.pos = index;
         self.tries = 0;
         self.deadline = Some(
             now + match self.protocol {
@@ -649,6 +680,71 @@ mod tests {
             Some(Duration::from_millis(40)),
             None,
         );
+    }
+
+    /// A DATA packet with block number `n` and `len` bytes.
+    fn data(n: u16, len: usize) -> Vec<u8> {
+        let mut p = vec![0, 3];
+        p.extend_from_slice(&n.to_be_bytes());
+        p.resize(4 + len, 0xab);
+        p
+    }
+
+    fn offset(ev: McEvent<'_>) -> Option<u64> {
+        match ev {
+            McEvent::Data { offset, .. } => Some(offset),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn restarted_stream_is_placed_exactly_under_65536_blocks() {
+        // PXE, 61 440 blocks: a late listener hears the second half and the short last block; the
+        // re-opened stream then starts at block 1, which is index 1, not 65 537.
+        let now = Instant::now();
+        let mut c = McClient::pxe(b"f", McClientConfig::default(), now);
+        for n in 30_000..61_440u16 {
+            c.handle_datagram(&data(n, 512), false, now);
+        }
+        let ev = offset(c.handle_datagram(&data(61_440, 100), false, now));
+        assert_eq!(ev, Some(61_439 * 512));
+        assert_eq!(
+            offset(c.handle_datagram(&data(1, 512), false, now)),
+            Some(0)
+        );
+        for n in 2..30_000u16 {
+            c.handle_datagram(&data(n, 512), false, now);
+        }
+        assert!(c.is_finished());
+        assert_eq!(c.duplicates, 0);
+    }
+
+    #[test]
+    fn wrapping_file_restarted_for_a_new_master_is_placed_at_the_start() {
+        // RFC 2090, 150 000 blocks of 8 bytes (tsize in the OACK). This member joined after blocks
+        // 1-16 went out; at the end a new master restarts the stream at block 1 (number 1 could
+        // be 1, 65 537 or 131 073).
+        let now = Instant::now();
+        let cfg = McClientConfig {
+            blksize: Some(8),
+            ..Default::default()
+        };
+        let mut c = McClient::rfc2090(b"f", cfg, now);
+        let tsize = 8 * 149_999 + 3;
+        let oack = format!("\0\x06multicast\0239.255.1.1,1758,0\0blksize\08\0tsize\0{tsize}\0");
+        c.handle_datagram(oack.as_bytes(), true, now);
+        let at = |i: u64| BlockNum::from_index(i).0;
+        for i in 17..150_000u64 {
+            let ev = offset(c.handle_datagram(&data(at(i), 8), false, now));
+            assert_eq!(ev, Some((i - 1) * 8), "block {i}");
+        }
+        let ev = offset(c.handle_datagram(&data(at(150_000), 3), false, now));
+        assert_eq!(ev, Some(149_999 * 8), "the short last block");
+        for i in 1..=16u64 {
+            let ev = offset(c.handle_datagram(&data(at(i), 8), false, now));
+            assert_eq!(ev, Some((i - 1) * 8), "block {i} again");
+        }
+        assert!(c.is_finished());
     }
 
     #[test]

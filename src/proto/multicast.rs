@@ -140,6 +140,8 @@ pub struct Session {
     next_send_at: Instant,
     /// Retransmission deadline while waiting for the master.
     deadline: Option<Instant>,
+    /// The master ACK already answered by an immediate resend (RFC 2090 repeated ACK).
+    fast_resent: Option<u64>,
     tries: u32,
     over: bool,
     stats: SessionStats,
@@ -163,6 +165,7 @@ impl Session {
             pending: Default::default(),
             next_send_at: now,
             deadline: None,
+            fast_resent: None,
             tries: 0,
             over: false,
             stats: SessionStats::default(),
@@ -285,14 +288,7 @@ impl Session {
         match Packet::parse(datagram) {
             Ok(Packet::Ack { block, .. }) => {
                 let is_master = self.master == Some(from);
-                // An ACK names the member's highest contiguous block (atftp: its first gap; PXE
-                // masters: the block just received). A newly named master may be anywhere.
-                let reference = if self.awaiting_master && is_master {
-                    0
-                } else {
-                    self.acked
-                };
-                let Some(index) = block.to_index_near(reference) else {
+                let Some(index) = self.ack_index(block, is_master) else {
                     return;
                 };
                 if index >= self.total_blocks {
@@ -305,6 +301,18 @@ impl Session {
                     // Progress inside the window (PXE masters ACK every block): keep going.
                     self.acked = index;
                     self.tries = 0;
+                } else if index == self.acked
+                    && self.cfg.protocol == Protocol::Rfc2090
+                    && self.next > self.window_end
+                    && self.fast_resent != Some(index)
+                {
+                    // The RFC 2090 master ACKs its first gap after every block: the same ACK
+                    // again once the window is out means it heard a later block but not
+                    // `acked + 1`. Resend from there now rather than after a timeout (once per
+                    // gap: the other repeats are already in flight).
+                    self.fast_resent = Some(index);
+                    self.rewind();
+                    self.deadline = None;
                 }
             }
             Ok(Packet::Error { .. }) => self.member_gone(idx, now, false),
@@ -313,6 +321,37 @@ impl Session {
             }
             _ => {}
         }
+    }
+
+    /// The absolute index an ACK names, or `None` when it names nothing usable.
+    ///
+    /// A passive member ACKs only the last block, to say it is done. The master ACKs its highest
+    /// contiguous block (atftp: its first gap; PXE masters: the block just received), which never
+    /// goes back while it is master, so it is read forward from the last one (a jump from an early
+    /// gap to the end is more than half the number space on big files); a number a little behind
+    /// is a late duplicate. A newly named master may be anywhere: below 65536 blocks its number
+    /// says where; past that (numbers wrap) the last block is taken when it matches (the member is
+    /// done), else the earliest candidate (late joiners and lossy members have early gaps).
+    fn ack_index(&self, block: BlockNum, is_master: bool) -> Option<u64> {
+        /// How far behind the master's last ACK a late duplicate may be.
+        const BEHIND: u64 = 4096;
+        let total = self.total_blocks;
+        if block == BlockNum::from_index(total) && (!is_master || self.awaiting_master) {
+            return Some(total);
+        }
+        if !is_master {
+            return None;
+        }
+        let (from, fwd) = if self.awaiting_master {
+            (0, BlockNum::ZERO.distance_to(block) as u64)
+        } else {
+            let fwd = BlockNum::from_index(self.acked).distance_to(block) as u64;
+            if fwd > 0x1_0000 - BEHIND {
+                return None;
+            }
+            (self.acked, fwd)
+        };
+        Some(from + fwd).filter(|&i| i <= total)
     }
 
     fn member_done(&mut self, idx: usize, now: Instant) {
@@ -403,14 +442,25 @@ impl Session {
                 });
             }
         } else {
-            // Resend from the block after the master's last ACK.
-            self.next = self.acked + 1;
-            self.window_end = (self.acked + self.cfg.window.max(1) as u64).min(self.total_blocks);
-            if self.cfg.protocol == Protocol::PxeMtftp && self.acked == 0 {
-                self.unicast_first = true;
-            }
+            self.rewind();
         }
-        self.deadline = Some(now + self.cfg.timeout * (1 << self.tries.min(4)));
+        // A named master that never answered may be long gone (passive members leave without a
+        // word): every member waits while it is asked, so ask at a steady pace, not backing off.
+        let backoff = if self.awaiting_master {
+            1
+        } else {
+            1 << self.tries.min(4)
+        };
+        self.deadline = Some(now + self.cfg.timeout * backoff);
+    }
+
+    /// Resend a window from the block after the master's last ACK.
+    fn rewind(&mut self) {
+        self.next = self.acked + 1;
+        self.window_end = (self.acked + self.cfg.window.max(1) as u64).min(self.total_blocks);
+        if self.cfg.protocol == Protocol::PxeMtftp && self.acked == 0 {
+            self.unicast_first = true;
+        }
     }
 
     /// Next thing to send; control datagrams are written into `buf` (>= 512 bytes).
@@ -749,6 +799,92 @@ mod tests {
         w.run(end);
         assert!(w.s.is_over());
         assert!(w.sims[0].complete());
+    }
+
+    #[test]
+    fn rfc2090_past_32768_blocks_members_that_finish_together_are_all_done() {
+        // 40 000 blocks: the last block's number is more than half the sequence space away from 0
+        // and from where a new master's stream resumes.
+        let len = 1428 * 40_000 + 3;
+        let mut w = world(Protocol::Rfc2090, len, 5, 0);
+        for i in 0..5 {
+            w.s.join(addr(i), w.now).unwrap();
+        }
+        let end = w.now + Duration::from_secs(120);
+        w.run(end);
+        assert!(w.s.is_over());
+        let st = w.s.stats();
+        assert_eq!((st.members_done, st.members_vanished), (5, 0), "{st:?}");
+        assert!(st.bytes_sent < len + len / 10, "{st:?}");
+    }
+
+    #[test]
+    fn rfc2090_past_65535_blocks_late_joiners_and_loss_complete() {
+        // Block numbers wrap; late joiners become masters with their first gap at the start, and
+        // masters jump from an early gap to the end.
+        let len = 1428 * 70_000;
+        let mut w = world(Protocol::Rfc2090, len, 6, 0);
+        for i in 0..3 {
+            w.sims[i].loss = 20;
+            w.s.join(addr(i as u16), w.now).unwrap();
+        }
+        let half = w.now + Duration::from_millis(1000);
+        w.run(half);
+        assert!(!w.s.is_over());
+        for i in 3..6 {
+            w.s.join(addr(i), w.now).unwrap();
+        }
+        let end = w.now + Duration::from_secs(600);
+        w.run(end);
+        assert!(w.s.is_over());
+        for (i, sim) in w.sims.iter().enumerate() {
+            assert!(sim.complete(), "member {i} incomplete");
+        }
+        let st = w.s.stats();
+        assert_eq!((st.members_done, st.members_vanished), (6, 0), "{st:?}");
+    }
+
+    #[test]
+    fn rfc2090_master_gap_is_resent_without_waiting_for_a_timeout() {
+        // 5% loss everywhere: each gap of the master's shows as a repeated ACK once it hears a
+        // later block, and the window is resent from there at once; timeouts stay rare.
+        let len = 1428 * 3000;
+        let mut w = world(Protocol::Rfc2090, len, 5, 50);
+        for i in 0..5 {
+            w.s.join(addr(i), w.now).unwrap();
+        }
+        let t0 = w.now;
+        let end = w.now + Duration::from_secs(600);
+        w.run(end);
+        assert!(w.s.is_over());
+        assert!(w.sims.iter().all(Sim::complete));
+        let st = w.s.stats();
+        assert_eq!(st.members_done, 5, "{st:?}");
+        // Only losses at the end of a window (nothing later to show the gap) wait for a timeout.
+        assert!(st.timeouts < 50, "{st:?} in {:?}", w.now - t0);
+        assert!(st.bytes_sent < 2 * len, "{st:?}");
+    }
+
+    #[test]
+    fn rfc2090_members_that_left_silently_cost_little_when_named() {
+        // Four of six members are gone before the first master finishes; each is named in turn
+        // and must be given up on quickly, or the others would hear nothing for seconds.
+        let len = 1428 * 1000;
+        let mut w = world(Protocol::Rfc2090, len, 6, 0);
+        for i in 0..6 {
+            w.s.join(addr(i), w.now).unwrap();
+        }
+        for i in 1..5 {
+            w.sims[i].gone = true;
+        }
+        let t0 = w.now;
+        w.run(t0 + Duration::from_secs(60));
+        assert!(w.s.is_over());
+        assert!(w.sims[0].complete() && w.sims[5].complete());
+        let st = w.s.stats();
+        assert_eq!((st.members_done, st.members_vanished), (2, 4), "{st:?}");
+        // 4 x (1 + retries) x timeout = 1 s; with backoff it was over 9 s.
+        assert!(w.now - t0 < Duration::from_millis(1500), "{:?}", w.now - t0);
     }
 
     #[test]

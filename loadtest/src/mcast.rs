@@ -1,0 +1,1164 @@
+//! Multicast client modes (`--multicast rfc2090|pxe`): a classroom of machines fed by one stream,
+//! on the same model as [`crate::engine`] (epoll, a timer heap, no thread per machine, no sleep).
+//!
+//! Contract:
+//! - The protocol is ringboot's sans-IO [`McClient`]; this module moves datagrams, injects the seeded
+//!   impairments, checks bytes and keeps time. `rfc2090`: an RRQ with the `multicast` option to
+//!   `--server`; the OACK names the group. `pxe`: listen on `--mtftp-group` first, then open on
+//!   `--mtftp-port` of the `--server` address (default: `--server` itself).
+//! - Each machine has a unicast socket bound to its own source address (127.1.0.0/16 unless
+//!   `--source-ips`): RRQ or open, ACKs, and what comes back unicast (OACK, PXE's block 1). ACKs go
+//!   to the address the last unicast answer came from (the session's socket).
+//! - Group datagrams: `--group-sockets shared` (default) opens one socket per group per thread,
+//!   bound to GROUP:PORT with SO_REUSEADDR and SO_REUSEPORT and joined on the loopback interface,
+//!   and hands each datagram to every member of that group on the thread. `per-machine` gives every
+//!   machine its own joined socket, as separate hosts would have; Linux then copies each group
+//!   datagram to every socket.
+//! - Impairments per machine, seeded per machine like unicast: `--loss` drops received DATA and
+//!   OACK, `--ack-loss` drops ACKs, `--vanish F` makes machines go silent mid-file,
+//!   `--vanish-master` makes the first machine that is master go silent between 30% and 60% of the
+//!   file, `--join-late F` starts that fraction of machines once any machine has half the file.
+//! - Blocks arrive out of order, so downloads are compared at each block's offset against
+//!   `--verify` (or only completed with `--no-verify`); a running SHA-256 cannot follow them, so
+//!   `--manifest` is refused.
+//! - Output: the unicast report (table, `--json`, `--hgrm`, `--plot`) plus a `multicast` object:
+//!   protocol, groups, group datagrams received by the sockets and handed to machines, master
+//!   turns and opens.
+
+use crate::engine::{Counters, Live, MachineResult, Outcome};
+use crate::plan::{Checker, Expect};
+use crate::report;
+use crate::rng::Rng;
+use crate::Args;
+use anyhow::{anyhow, bail, Context, Result};
+use ringboot::proto::mcclient::{McClient, McClientConfig, McDest, McEvent};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{ErrorKind, IsTerminal, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which multicast protocol the machines speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum McMode {
+    /// RFC 2090: RRQ with the `multicast` option; the OACK names the group and the master.
+    Rfc2090,
+    /// PXE 2.1 MTFTP: listen on the group, open on the MTFTP port, re-open after a silence.
+    Pxe,
+}
+
+impl McMode {
+    fn name(self) -> &'static str {
+        match self {
+            McMode::Rfc2090 => "rfc2090",
+            McMode::Pxe => "pxe",
+        }
+    }
+}
+
+/// How group datagrams reach the machines of one thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupSockets {
+    /// One socket per group per thread, each datagram handed to every member.
+    Shared,
+    /// One socket per machine (the kernel copies every datagram to each).
+    PerMachine,
+}
+
+/// The multicast options (flattened into the command line).
+#[derive(clap::Args, Debug, Clone)]
+pub struct McArgs {
+    /// Multicast machines instead of unicast ones: rfc2090 or pxe (PXE MTFTP).
+    #[arg(long, value_enum, value_name = "PROTOCOL")]
+    pub multicast: Option<McMode>,
+    /// pxe: the file's group and client port (the server's --mtftp FILE@GROUP:PORT).
+    #[arg(long, value_name = "GROUP:PORT")]
+    pub mtftp_group: Option<SocketAddrV4>,
+    /// pxe: the server's MTFTP port; opens go to the --server address on it (default: --server's port).
+    #[arg(long, value_name = "PORT")]
+    pub mtftp_port: Option<u16>,
+    /// pxe: listen this long before the first open, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub mtftp_listen_ms: u64,
+    /// pxe: silence (with blocks missing) before a re-open, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub mtftp_reopen_ms: u64,
+    /// Fraction of machines that start only once some machine has half the file (needs --verify).
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    pub join_late: f64,
+    /// The first machine named master goes silent between 30% and 60% of the file.
+    #[arg(long)]
+    pub vanish_master: bool,
+    /// Group sockets: shared (one per group per thread) or per-machine.
+    #[arg(long, value_enum, default_value = "shared")]
+    pub group_sockets: GroupSockets,
+}
+
+/// Everything the threads share.
+struct Shared {
+    mode: McMode,
+    /// Where RRQs (rfc2090) or opens (pxe) go.
+    open: SocketAddr,
+    pxe_group: Option<SocketAddrV4>,
+    filename: Vec<u8>,
+    cfg: McClientConfig,
+    expect: Option<Arc<memmap2::Mmap>>,
+    /// The file's length, when --verify gives it.
+    len: Option<u64>,
+    loss: f64,
+    ack_loss: f64,
+    vanish: f64,
+    vanish_master: bool,
+    sockets: GroupSockets,
+    seed: u64,
+    t0: Instant,
+    deadline: Instant,
+    live: Live,
+    /// Some machine has half the file: late joiners start.
+    half: AtomicBool,
+    /// `--vanish-master` has been used up.
+    master_gone: AtomicBool,
+}
+
+/// One machine to run.
+struct Spec {
+    index: usize,
+    ip: Ipv4Addr,
+    start: Duration,
+    late: bool,
+}
+
+/// What one thread saw besides its machines' results.
+#[derive(Clone, Debug, Default)]
+struct ThreadStats {
+    group_datagrams: u64,
+    group_deliveries: u64,
+    group_sockets: u64,
+    master_turns: u64,
+    opens: u64,
+    groups: Vec<SocketAddrV4>,
+}
+
+enum State {
+    Waiting,
+    Running,
+    Done(Outcome),
+}
+
+struct Member {
+    spec: Spec,
+    rng: Rng,
+    state: State,
+    client: Option<McClient>,
+    sock: Option<UdpSocket>,
+    /// The session's address, from the last unicast answer.
+    peer: Option<SocketAddr>,
+    group: Option<usize>,
+    received: u64,
+    mismatch: Option<u64>,
+    vanish_at: Option<u64>,
+    master_vanish_at: u64,
+    started: Option<Instant>,
+    first_data: Option<Instant>,
+    ended: Option<Instant>,
+    counters: Counters,
+    wake_at: Option<Instant>,
+    wake_gen: u64,
+}
+
+struct Group {
+    addr: SocketAddrV4,
+    sock: UdpSocket,
+    members: Vec<usize>,
+    /// `per-machine`: the machine this socket belongs to.
+    owner: Option<usize>,
+}
+
+const MAX_DGRAM: usize = 65536;
+/// Datagrams taken from a group socket per `recvmmsg` (a window arrives at once).
+const RX_BATCH: usize = 32;
+/// Epoll tokens at or above this are group sockets.
+const GROUP_TOKEN: u64 = 1 << 40;
+/// How often threads look whether late joiners may start.
+const LATE_POLL: Duration = Duration::from_millis(5);
+
+/// Buffers for one `recvmmsg` call.
+struct RxBatch {
+    bufs: Vec<u8>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl RxBatch {
+    fn new() -> Self {
+        RxBatch {
+            bufs: vec![0u8; RX_BATCH * MAX_DGRAM],
+            // SAFETY (both): all-zero is a valid value for these plain C structs.
+            iovs: (0..RX_BATCH)
+                .map(|_| unsafe { std::mem::zeroed() })
+                .collect(),
+            hdrs: (0..RX_BATCH)
+                .map(|_| unsafe { std::mem::zeroed() })
+                .collect(),
+        }
+    }
+
+    /// Receive up to [`RX_BATCH`] datagrams without blocking (sources are not needed: every
+    /// group datagram comes from the session).
+    fn recv(&mut self, fd: i32) -> std::io::Result<usize> {
+        for k in 0..RX_BATCH {
+            self.iovs[k] = libc::iovec {
+                // SAFETY: in bounds: bufs holds RX_BATCH * MAX_DGRAM bytes.
+                iov_base: unsafe { self.bufs.as_mut_ptr().add(k * MAX_DGRAM) }.cast(),
+                iov_len: MAX_DGRAM,
+            };
+            // SAFETY: all-zero is a valid msghdr; the iovec set below outlives the call.
+            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+            h.msg_iov = &mut self.iovs[k];
+            h.msg_iovlen = 1;
+            self.hdrs[k] = libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            };
+        }
+        // SAFETY: every header points into buffers owned by self, sized as declared.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                RX_BATCH as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    fn get(&self, k: usize) -> &[u8] {
+        let len = (self.hdrs[k].msg_len as usize).min(MAX_DGRAM);
+        &self.bufs[k * MAX_DGRAM..k * MAX_DGRAM + len]
+    }
+}
+
+fn setsockopt_int(fd: i32, level: i32, name: i32, v: i32) -> std::io::Result<()> {
+    // SAFETY: an int option of the size given, on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&v as *const i32).cast(),
+            std::mem::size_of::<i32>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A big receive buffer: a window of blocks arrives in one burst (root may exceed rmem_max).
+fn big_rcvbuf(fd: i32) {
+    let want = 8 << 20;
+    if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want).is_err() {
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, want);
+    }
+}
+
+/// A nonblocking socket bound to `group` with SO_REUSEADDR and SO_REUSEPORT (other machines and
+/// other programs listen on the same port) and joined to it on the loopback interface.
+fn group_socket(group: SocketAddrV4) -> std::io::Result<UdpSocket> {
+    // SAFETY: plain syscall; the fd is owned by the UdpSocket at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let sock = unsafe { UdpSocket::from_raw_fd(fd) };
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    big_rcvbuf(fd);
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: group.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*group.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: a sockaddr_in of the size given.
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    sock.join_multicast_v4(group.ip(), &Ipv4Addr::LOCALHOST)?;
+    Ok(sock)
+}
+
+fn classify(why: &str) -> &'static str {
+    if why.starts_with("timed out") {
+        "timeout"
+    } else if why.starts_with("server error") {
+        "server-error"
+    } else {
+        "protocol"
+    }
+}
+
+fn epoll_add(epfd: i32, fd: i32, token: u64) -> std::io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    // SAFETY: valid epoll fd, valid socket fd, valid event pointer.
+    if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+struct Engine {
+    sh: Arc<Shared>,
+    members: Vec<Member>,
+    groups: Vec<Option<Group>>,
+    heap: BinaryHeap<Reverse<(Instant, u32, u64)>>,
+    epfd: i32,
+    tx: Vec<u8>,
+    running: usize,
+    late_waiting: usize,
+    bytes_unreported: u64,
+    stats: ThreadStats,
+}
+
+fn run_thread(sh: Arc<Shared>, specs: Vec<Spec>) -> (Vec<MachineResult>, ThreadStats) {
+    // SAFETY: plain syscall; closed at the end of this function.
+    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(
+        epfd >= 0,
+        "epoll_create1: {}",
+        std::io::Error::last_os_error()
+    );
+    let members: Vec<Member> = specs
+        .into_iter()
+        .map(|spec| {
+            let mut rng = Rng::derive(sh.seed, spec.index as u64);
+            let len = sh.len.unwrap_or(1 << 20).max(2);
+            let master_vanish_at = rng.range(len * 3 / 10, len * 6 / 10).max(1);
+            Member {
+                rng,
+                state: State::Waiting,
+                client: None,
+                sock: None,
+                peer: None,
+                group: None,
+                received: 0,
+                mismatch: None,
+                vanish_at: None,
+                master_vanish_at,
+                started: None,
+                first_data: None,
+                ended: None,
+                counters: Counters::default(),
+                wake_at: None,
+                wake_gen: 0,
+                spec,
+            }
+        })
+        .collect();
+    let mut e = Engine {
+        running: members.len(),
+        late_waiting: members.iter().filter(|m| m.spec.late).count(),
+        members,
+        sh,
+        groups: Vec::new(),
+        heap: BinaryHeap::new(),
+        epfd,
+        tx: vec![0u8; 2048],
+        bytes_unreported: 0,
+        stats: ThreadStats::default(),
+    };
+    for i in 0..e.members.len() {
+        e.rearm(i);
+    }
+    e.run();
+    // SAFETY: our own epoll fd.
+    unsafe { libc::close(epfd) };
+    let t0 = e.sh.t0;
+    let end = Instant::now();
+    let results = e
+        .members
+        .into_iter()
+        .map(|m| MachineResult {
+            index: m.spec.index,
+            outcome: match m.state {
+                State::Done(o) => o,
+                _ => Outcome::Failed {
+                    reason: "deadline".into(),
+                    detail: "still running at the deadline".into(),
+                },
+            },
+            started: m.started.map(|s| s - t0),
+            ended: m.ended.unwrap_or(end) - t0,
+            first_data: m.first_data.map(|s| s - t0),
+            bytes: m.received,
+            counters: m.counters,
+            dhcp: None,
+        })
+        .collect();
+    (results, e.stats)
+}
+
+impl Engine {
+    fn run(&mut self) {
+        let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut rx = RxBatch::new();
+        let mut ubuf = vec![0u8; MAX_DGRAM];
+        while self.running > 0 {
+            let now = Instant::now();
+            if now >= self.sh.deadline || self.sh.live.abort.load(Relaxed) {
+                self.stop_all(now);
+                break;
+            }
+            if self.late_waiting > 0 && self.sh.half.load(Relaxed) {
+                for i in 0..self.members.len() {
+                    if self.members[i].spec.late && matches!(self.members[i].state, State::Waiting)
+                    {
+                        self.start(i, now);
+                        self.rearm(i);
+                    }
+                }
+            }
+            while let Some(Reverse((t, i, gen))) = self.heap.peek().copied() {
+                if t > now {
+                    break;
+                }
+                self.heap.pop();
+                let i = i as usize;
+                if self.members[i].wake_gen != gen {
+                    continue;
+                }
+                self.members[i].wake_at = None;
+                self.service(i, now);
+                self.rearm(i);
+            }
+            self.report_bytes();
+            if self.running == 0 {
+                break;
+            }
+            let mut next = self
+                .heap
+                .peek()
+                .map(|r| r.0 .0)
+                .unwrap_or(now + Duration::from_millis(100))
+                .min(self.sh.deadline);
+            if self.late_waiting > 0 {
+                next = next.min(now + LATE_POLL);
+            }
+            let wait = next.saturating_duration_since(Instant::now());
+            let ms = wait.as_micros().div_ceil(1000).min(100) as i32;
+            // SAFETY: `events` outlives the call and its length is passed.
+            let n = unsafe {
+                libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as i32, ms)
+            };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                panic!("epoll_wait: {err}");
+            }
+            let now = Instant::now();
+            for ev in &events[..n as usize] {
+                if ev.u64 >= GROUP_TOKEN {
+                    self.on_group(ev.u64 - GROUP_TOKEN, &mut rx, now);
+                } else {
+                    let i = ev.u64 as usize;
+                    self.on_unicast(i, &mut ubuf, now);
+                    self.rearm(i);
+                }
+            }
+        }
+        self.report_bytes();
+    }
+
+    fn report_bytes(&mut self) {
+        if self.bytes_unreported > 0 {
+            self.sh.live.bytes.fetch_add(self.bytes_unreported, Relaxed);
+            self.bytes_unreported = 0;
+        }
+    }
+
+    fn stop_all(&mut self, now: Instant) {
+        for i in 0..self.members.len() {
+            let detail = match self.members[i].state {
+                State::Done(_) => continue,
+                State::Waiting => "not started before the deadline",
+                State::Running => "still running at the deadline",
+            };
+            self.fail(i, now, "deadline", detail.into());
+        }
+    }
+
+    fn next_wake(&self, i: usize) -> Option<Instant> {
+        let m = &self.members[i];
+        match m.state {
+            State::Waiting if !m.spec.late => Some(self.sh.t0 + m.spec.start),
+            State::Running => m.client.as_ref().and_then(|c| c.poll_timeout()),
+            _ => None,
+        }
+    }
+
+    /// Make sure a timer entry exists for the machine's earliest wake-up (a later one than the
+    /// entry already queued needs none: that one fires, finds nothing due and re-arms).
+    fn rearm(&mut self, i: usize) {
+        let Some(t) = self.next_wake(i) else { return };
+        let m = &mut self.members[i];
+        if m.wake_at.is_some_and(|w| w <= t) {
+            return;
+        }
+        m.wake_gen += 1;
+        m.wake_at = Some(t);
+        self.heap.push(Reverse((t, i as u32, m.wake_gen)));
+    }
+
+    fn service(&mut self, i: usize, now: Instant) {
+        let m = &mut self.members[i];
+        match m.state {
+            State::Waiting if !m.spec.late && self.sh.t0 + m.spec.start <= now => {
+                self.start(i, now)
+            }
+            State::Running => {
+                let Some(c) = m.client.as_mut() else { return };
+                if c.poll_timeout().is_some_and(|t| t <= now) {
+                    m.counters.timeouts += 1;
+                    if let McEvent::Failed(why) = c.handle_timeout(now) {
+                        let detail =
+                            format!("{}: {why}", String::from_utf8_lossy(&self.sh.filename));
+                        return self.fail(i, now, classify(&why), detail);
+                    }
+                    self.flush(i);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn start(&mut self, i: usize, now: Instant) {
+        let m = &mut self.members[i];
+        if m.spec.late {
+            self.late_waiting -= 1;
+        }
+        m.state = State::Running;
+        m.started = Some(now);
+        self.sh.live.started.fetch_add(1, Relaxed);
+        let ip = m.spec.ip;
+        let sock = match UdpSocket::bind(SocketAddr::from((ip, 0))) {
+            Ok(s) => s,
+            Err(e) => {
+                return self.fail(i, now, "socket", format!("cannot bind to {ip}: {e}"));
+            }
+        };
+        let _ = sock.set_nonblocking(true);
+        big_rcvbuf(sock.as_raw_fd());
+        if let Err(e) = epoll_add(self.epfd, sock.as_raw_fd(), i as u64) {
+            return self.fail(i, now, "socket", format!("epoll_ctl: {e}"));
+        }
+        let sh = self.sh.clone();
+        let m = &mut self.members[i];
+        m.sock = Some(sock);
+        if m.rng.chance(sh.vanish) {
+            let len = sh.len.unwrap_or(1 << 20).max(2);
+            m.vanish_at = Some(m.rng.range(1, len - 1));
+        }
+        if let Some(g) = sh.pxe_group {
+            // A PXE client listens before it opens.
+            if !self.subscribe(i, g, now) {
+                return;
+            }
+        }
+        let m = &mut self.members[i];
+        m.client = Some(match sh.mode {
+            McMode::Rfc2090 => McClient::rfc2090(&sh.filename, sh.cfg.clone(), now),
+            McMode::Pxe => McClient::pxe(&sh.filename, sh.cfg.clone(), now),
+        });
+        self.flush(i);
+    }
+
+    /// Join machine `i` to `group` (its thread's shared socket, or its own). False: it failed.
+    fn subscribe(&mut self, i: usize, group: SocketAddrV4, now: Instant) -> bool {
+        if let Some(g) = self.members[i].group {
+            if self.groups[g].as_ref().is_some_and(|x| x.addr == group) {
+                return true;
+            }
+            self.unsubscribe(i);
+        }
+        let owner = match self.sh.sockets {
+            GroupSockets::Shared => None,
+            GroupSockets::PerMachine => Some(i),
+        };
+        let found = self.groups.iter().position(|x| {
+            x.as_ref()
+                .is_some_and(|x| x.addr == group && x.owner == owner)
+        });
+        let g = match found {
+            Some(g) => g,
+            None => {
+                let sock = match group_socket(group) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let detail = format!("cannot join {group} on the loopback interface: {e}");
+                        self.fail(i, now, "socket", detail);
+                        return false;
+                    }
+                };
+                let g = self
+                    .groups
+                    .iter()
+                    .position(|x| x.is_none())
+                    .unwrap_or_else(|| {
+                        self.groups.push(None);
+                        self.groups.len() - 1
+                    });
+                if let Err(e) = epoll_add(self.epfd, sock.as_raw_fd(), GROUP_TOKEN + g as u64) {
+                    self.fail(i, now, "socket", format!("epoll_ctl: {e}"));
+                    return false;
+                }
+                self.stats.group_sockets += 1;
+                if !self.stats.groups.contains(&group) {
+                    self.stats.groups.push(group);
+                }
+                self.groups[g] = Some(Group {
+                    addr: group,
+                    sock,
+                    members: Vec::new(),
+                    owner,
+                });
+                g
+            }
+        };
+        if let Some(x) = self.groups[g].as_mut() {
+            x.members.push(i);
+        }
+        self.members[i].group = Some(g);
+        true
+    }
+
+    fn unsubscribe(&mut self, i: usize) {
+        let Some(g) = self.members[i].group.take() else {
+            return;
+        };
+        if let Some(x) = self.groups[g].as_mut() {
+            x.members.retain(|&m| m != i);
+            if x.owner.is_some() {
+                // Closing the fd takes it out of the epoll set.
+                self.groups[g] = None;
+            }
+        }
+    }
+
+    fn on_unicast(&mut self, i: usize, buf: &mut [u8], now: Instant) {
+        loop {
+            let Some(sock) = self.members[i].sock.as_ref() else {
+                return;
+            };
+            let (n, src) = match sock.recv_from(buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // WouldBlock: drained. ICMP errors: the client's timer deals with silence.
+                Err(_) => return,
+            };
+            self.members[i].peer = Some(src);
+            self.deliver(i, &buf[..n], true, now);
+            self.flush(i);
+        }
+    }
+
+    fn on_group(&mut self, g: u64, rx: &mut RxBatch, now: Instant) {
+        let g = g as usize;
+        let mut scratch: Vec<usize> = Vec::new();
+        // Bounded: a busy group yields to the timers after a few batches.
+        for _ in 0..16 {
+            let Some(grp) = self.groups.get(g).and_then(|x| x.as_ref()) else {
+                return;
+            };
+            let n = match rx.recv(grp.sock.as_raw_fd()) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            scratch.clear();
+            scratch.extend_from_slice(&grp.members);
+            self.stats.group_datagrams += n as u64;
+            for k in 0..n {
+                let data = rx.get(k);
+                for &i in &scratch {
+                    if self.members[i].group == Some(g) {
+                        self.stats.group_deliveries += 1;
+                        self.deliver(i, data, false, now);
+                        // An ACK after every block, as clients do: the RFC 2090 master's repeated
+                        // ACK of its first gap is how the server learns of a loss early.
+                        self.flush(i);
+                    }
+                }
+            }
+            for &i in &scratch {
+                self.rearm(i);
+            }
+            if n < RX_BATCH {
+                break;
+            }
+        }
+    }
+
+    /// Hand a datagram to machine `i`'s state machine through the inbound impairments.
+    fn deliver(&mut self, i: usize, data: &[u8], unicast: bool, now: Instant) {
+        let loss = self.sh.loss;
+        let m = &mut self.members[i];
+        let Some(c) = m.client.as_mut() else { return };
+        let impairable = data.len() >= 2 && data[0] == 0 && (data[1] == 3 || data[1] == 6);
+        if impairable && m.rng.chance(loss) {
+            m.counters.dropped_in += 1;
+            return;
+        }
+        match c.handle_datagram(data, unicast, now) {
+            McEvent::None => {}
+            McEvent::JoinGroup(SocketAddr::V4(g)) => {
+                if !self.subscribe(i, g, now) {
+                    return;
+                }
+            }
+            McEvent::JoinGroup(g) => {
+                return self.fail(i, now, "protocol", format!("IPv6 group {g} named"));
+            }
+            McEvent::Data { offset, data } => {
+                if !self.on_data(i, offset, data, now) {
+                    return;
+                }
+            }
+            McEvent::Failed(why) => {
+                let detail = format!("{}: {why}", String::from_utf8_lossy(&self.sh.filename));
+                return self.fail(i, now, classify(&why), detail);
+            }
+        }
+        if self.members[i]
+            .client
+            .as_ref()
+            .is_some_and(|c| c.is_finished())
+        {
+            self.complete(i, now);
+        }
+    }
+
+    /// A new block: check it, count it, and vanish here if this machine is to. False: vanished.
+    fn on_data(&mut self, i: usize, offset: u64, data: &[u8], now: Instant) -> bool {
+        let sh = self.sh.clone();
+        let m = &mut self.members[i];
+        m.first_data.get_or_insert(now);
+        if let Some(f) = &sh.expect {
+            let end = offset as usize + data.len();
+            if f.get(offset as usize..end) != Some(data) && m.mismatch.is_none() {
+                m.mismatch = Some(offset);
+            }
+        }
+        m.received += data.len() as u64;
+        self.bytes_unreported += data.len() as u64;
+        if let Some(len) = sh.len {
+            if m.received * 2 >= len && !sh.half.load(Relaxed) {
+                sh.half.store(true, Relaxed);
+            }
+        }
+        let master = m.client.as_ref().is_some_and(|c| c.is_master());
+        let vanish = m.vanish_at.is_some_and(|v| m.received >= v)
+            || (sh.vanish_master
+                && master
+                && m.received >= m.master_vanish_at
+                && !sh.master_gone.swap(true, Relaxed));
+        if vanish {
+            // Gone without a word: no ACK, no ERROR.
+            self.finish(i, now, Outcome::Vanished);
+            return false;
+        }
+        true
+    }
+
+    /// Every block is here: send the last ACK, close, and check what came.
+    fn complete(&mut self, i: usize, now: Instant) {
+        self.flush(i);
+        let m = &self.members[i];
+        let name = String::from_utf8_lossy(&self.sh.filename).into_owned();
+        let verdict = match (&self.sh.expect, m.mismatch) {
+            (Some(_), Some(off)) => Some((
+                "verify-mismatch",
+                format!("{name}: content differs from the verify file at byte {off}"),
+            )),
+            (Some(f), None) if f.len() as u64 != m.received => Some((
+                "verify-mismatch",
+                format!(
+                    "{name}: received {} bytes, verify file has {}",
+                    m.received,
+                    f.len()
+                ),
+            )),
+            _ => None,
+        };
+        match verdict {
+            Some((reason, detail)) => self.fail(i, now, reason, detail),
+            None => self.finish(i, now, Outcome::Completed),
+        }
+    }
+
+    /// Send what the state machine has to send, through the outbound impairments.
+    fn flush(&mut self, i: usize) {
+        let (open, ack_loss) = (self.sh.open, self.sh.ack_loss);
+        let m = &mut self.members[i];
+        let (Some(c), Some(sock)) = (m.client.as_mut(), m.sock.as_ref()) else {
+            return;
+        };
+        loop {
+            let dest = c.destination();
+            let Some(n) = c.poll_transmit(&mut self.tx) else {
+                break;
+            };
+            let to = match dest {
+                McDest::RequestPort => open,
+                McDest::Session => match m.peer {
+                    Some(p) => p,
+                    None => continue,
+                },
+            };
+            let pkt = &self.tx[..n];
+            if pkt[1] == 4 {
+                if m.rng.chance(ack_loss) {
+                    m.counters.dropped_acks += 1;
+                    continue;
+                }
+                m.counters.acks_sent += 1;
+            }
+            let _ = sock.send_to(pkt, to);
+        }
+    }
+
+    fn fail(&mut self, i: usize, now: Instant, reason: &str, detail: String) {
+        self.finish(
+            i,
+            now,
+            Outcome::Failed {
+                reason: reason.into(),
+                detail,
+            },
+        );
+    }
+
+    fn finish(&mut self, i: usize, now: Instant, outcome: Outcome) {
+        self.unsubscribe(i);
+        let m = &mut self.members[i];
+        if let Some(c) = m.client.take() {
+            m.counters.blocks += c.blocks_received();
+            m.counters.duplicates += c.duplicates;
+            m.counters.requests += c.opens as u64;
+            self.stats.opens += c.opens as u64;
+            self.stats.master_turns += c.master_turns as u64;
+        }
+        m.sock = None;
+        if matches!(m.state, State::Done(_)) {
+            return;
+        }
+        let live = &self.sh.live;
+        match &outcome {
+            Outcome::Completed => live.completed.fetch_add(1, Relaxed),
+            Outcome::Failed { .. } => live.failed.fetch_add(1, Relaxed),
+            Outcome::Vanished => live.vanished.fetch_add(1, Relaxed),
+        };
+        if m.spec.late && matches!(m.state, State::Waiting) {
+            self.late_waiting -= 1;
+        }
+        m.state = State::Done(outcome);
+        m.ended = Some(now);
+        self.running -= 1;
+    }
+}
+
+/// `--multicast`: run the machines and report. Returns whether every machine completed (or
+/// vanished on purpose).
+pub fn run(a: &Args, mode: McMode) -> Result<bool> {
+    let mc = &a.mc;
+    for (n, v) in [
+        ("loss", a.loss),
+        ("ack-loss", a.ack_loss),
+        ("vanish", a.vanish),
+        ("join-late", mc.join_late),
+    ] {
+        crate::check_fraction(n, v)?;
+    }
+    if a.dup > 0.0 || a.reorder > 0.0 || a.delay_ms > 0.0 || a.slow_ms > 0.0 {
+        bail!("--dup, --reorder, --delay-ms and --slow-ms are unicast only; --multicast takes --loss, --ack-loss, --vanish, --vanish-master and --join-late");
+    }
+    if a.scenario.is_some() || a.dhcp.is_some() {
+        bail!("--multicast runs one --file per machine, without --scenario or --dhcp");
+    }
+    if a.clients == 0 || a.threads == 0 {
+        bail!("--clients and --threads must be at least 1");
+    }
+    if !(a.deadline > 0.0 && a.deadline.is_finite()) {
+        bail!("--deadline must be positive");
+    }
+    let file = a
+        .file
+        .clone()
+        .ok_or_else(|| anyhow!("--multicast needs --file NAME"))?;
+    if a.manifest.is_some() {
+        bail!("--multicast checks with --verify DIR or not at all (--no-verify): blocks arrive out of order, so a --manifest SHA-256 cannot follow them");
+    }
+    if a.verify.is_none() && !a.no_verify {
+        bail!(
+            "say how downloads are checked: --verify DIR (same files as the server) or --no-verify"
+        );
+    }
+    let server_arg = a
+        .server
+        .clone()
+        .ok_or_else(|| anyhow!("--multicast needs --server ADDR:PORT"))?;
+    let server: SocketAddr = server_arg
+        .to_socket_addrs()
+        .with_context(|| format!("--server '{server_arg}' is not ADDR:PORT"))?
+        .find(|s| s.is_ipv4())
+        .ok_or_else(|| anyhow!("--server '{server_arg}': multicast is IPv4 only"))?;
+    let (open, pxe_group) = match mode {
+        McMode::Rfc2090 => (server, None),
+        McMode::Pxe => {
+            let g = mc
+                .mtftp_group
+                .ok_or_else(|| anyhow!("--multicast pxe needs --mtftp-group GROUP:PORT (the server's --mtftp FILE@GROUP:PORT)"))?;
+            if !g.ip().is_multicast() {
+                bail!("--mtftp-group {g}: not a multicast address");
+            }
+            if a.blksize.is_some() {
+                bail!("PXE MTFTP negotiates no options (512-byte blocks): drop --blksize");
+            }
+            let port = mc.mtftp_port.unwrap_or(server.port());
+            (SocketAddr::new(server.ip(), port), Some(g))
+        }
+    };
+    let expect = match Checker::new(a.verify.clone(), None)?.expect(&file)? {
+        Expect::Bytes(f) => Some(f),
+        _ => None,
+    };
+    let len = expect.as_ref().map(|f| f.len() as u64);
+    if mc.join_late > 0.0 && len.is_none() {
+        bail!("--join-late needs --verify DIR (to know when half the file has gone by)");
+    }
+    let late = (mc.join_late * a.clients as f64).round() as usize;
+    if late >= a.clients && late > 0 {
+        bail!(
+            "--join-late {}: at least one machine must start on time",
+            mc.join_late
+        );
+    }
+    let range = a
+        .source_ips
+        .clone()
+        .unwrap_or_else(|| "127.1.0.0/16".into());
+    let (base, n_ips) = crate::parse_range(&range)?;
+    let offsets = crate::arrivals(&crate::parse_arrival(&a.arrival)?, a.clients, a.seed);
+    let mut per_thread: Vec<Vec<Spec>> = (0..a.threads).map(|_| Vec::new()).collect();
+    for (i, start) in offsets.into_iter().enumerate() {
+        per_thread[i % a.threads].push(Spec {
+            index: i,
+            ip: Ipv4Addr::from(base + (i as u32 % n_ips)),
+            start,
+            late: i >= a.clients - late,
+        });
+    }
+    let defaults = McClientConfig::default();
+    let cfg = McClientConfig {
+        blksize: a.blksize,
+        tsize: true,
+        timeout: a
+            .timeout
+            .map(Duration::from_secs_f64)
+            .unwrap_or(defaults.timeout),
+        retries: a.retries.unwrap_or(defaults.retries),
+        listen_timeout: Duration::from_millis(mc.mtftp_listen_ms),
+        reopen_delay: Duration::from_millis(mc.mtftp_reopen_ms),
+    };
+    // Group sockets per thread, unicast sockets per machine.
+    crate::raise_fd_limit(a.clients as u64 * 2 + 256);
+
+    let cpu0 = crate::cpu_seconds();
+    let t0 = Instant::now();
+    let sh = Arc::new(Shared {
+        mode,
+        open,
+        pxe_group,
+        filename: file.clone().into_bytes(),
+        cfg,
+        expect,
+        len,
+        loss: a.loss,
+        ack_loss: a.ack_loss,
+        vanish: a.vanish,
+        vanish_master: mc.vanish_master,
+        sockets: mc.group_sockets,
+        seed: a.seed,
+        t0,
+        deadline: t0 + Duration::from_secs_f64(a.deadline),
+        live: Live::default(),
+        half: AtomicBool::new(false),
+        master_gone: AtomicBool::new(false),
+    });
+    let handles: Vec<_> = per_thread
+        .into_iter()
+        .enumerate()
+        .map(|(k, specs)| {
+            let sh = sh.clone();
+            std::thread::Builder::new()
+                .name(format!("mcast-{k}"))
+                .spawn(move || run_thread(sh, specs))
+                .expect("spawn an engine thread")
+        })
+        .collect();
+
+    // Throughput every 250 ms (for the plot) and progress on a terminal.
+    let tty = std::io::stderr().is_terminal() && !a.quiet;
+    let mut samples = vec![(0.0, 0u64)];
+    let live = &sh.live;
+    let tick = Duration::from_millis(250);
+    let mut next = t0 + tick;
+    while handles.iter().any(|h| !h.is_finished()) {
+        let now = Instant::now();
+        if now < next {
+            // Monitoring only: the engines never sleep to pace traffic.
+            std::thread::sleep((next - now).min(Duration::from_millis(20)));
+            continue;
+        }
+        next += tick;
+        let t = now.duration_since(t0).as_secs_f64();
+        samples.push((t, live.bytes.load(Relaxed)));
+        if tty {
+            let mut e = std::io::stderr().lock();
+            let _ = write!(
+                e,
+                "\r\x1b[2K{:6.1}s  started {}/{}  completed {}  failed {}  vanished {}  {} MB",
+                t,
+                live.started.load(Relaxed),
+                a.clients,
+                live.completed.load(Relaxed),
+                live.failed.load(Relaxed),
+                live.vanished.load(Relaxed),
+                live.bytes.load(Relaxed) / 1_000_000
+            );
+            let _ = e.flush();
+        }
+    }
+    let mut results = Vec::with_capacity(a.clients);
+    let mut stats = ThreadStats::default();
+    for h in handles {
+        let (r, s) = h.join().map_err(|_| anyhow!("an engine thread panicked"))?;
+        results.extend(r);
+        stats.group_datagrams += s.group_datagrams;
+        stats.group_deliveries += s.group_deliveries;
+        stats.group_sockets += s.group_sockets;
+        stats.master_turns += s.master_turns;
+        stats.opens += s.opens;
+        for g in s.groups {
+            if !stats.groups.contains(&g) {
+                stats.groups.push(g);
+            }
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    samples.push((elapsed, live.bytes.load(Relaxed)));
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
+    results.sort_by_key(|r| r.index);
+    let rep = report::build(
+        &results,
+        &samples,
+        report::Meta {
+            server: open.to_string(),
+            profile: format!("multicast-{}", mode.name()),
+            file: Some(file),
+            scenario: None,
+            threads: a.threads,
+            seed: a.seed,
+            cpu_seconds: crate::cpu_seconds() - cpu0,
+            elapsed,
+        },
+    );
+    let groups: Vec<String> = stats.groups.iter().map(|g| g.to_string()).collect();
+    let sockets = match mc.group_sockets {
+        GroupSockets::Shared => "shared",
+        GroupSockets::PerMachine => "per-machine",
+    };
+    if !a.quiet {
+        print!("{}", rep.table());
+        println!(
+            "  multicast    {} group {}: {} group datagrams received on {} {} socket{}, {} handed to machines; {} master turns, {} opens, {} late",
+            mode.name(),
+            if groups.is_empty() { "-".to_string() } else { groups.join(" ") },
+            stats.group_datagrams,
+            stats.group_sockets,
+            sockets,
+            if stats.group_sockets == 1 { "" } else { "s" },
+            stats.group_deliveries,
+            stats.master_turns,
+            stats.opens,
+            late
+        );
+    }
+    if let Some(p) = &a.json {
+        let mut v = serde_json::to_value(&rep)?;
+        v["multicast"] = serde_json::json!({
+            "protocol": mode.name(),
+            "groups": groups,
+            "group_sockets": sockets,
+            "group_sockets_opened": stats.group_sockets,
+            "group_datagrams": stats.group_datagrams,
+            "group_deliveries": stats.group_deliveries,
+            "master_turns": stats.master_turns,
+            "opens": stats.opens,
+            "late_joiners": late,
+            "vanish_master": mc.vanish_master,
+        });
+        let text = serde_json::to_string_pretty(&v)?;
+        std::fs::write(p, text + "\n").with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if let Some(d) = &a.hgrm {
+        rep.write_hgrm(d)?;
+    }
+    if let Some(p) = &a.plot {
+        rep.write_plot(p)?;
+    }
+    Ok(rep.failed == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_reasons() {
+        assert_eq!(classify("timed out"), "timeout");
+        assert_eq!(classify("server error 1: File not found"), "server-error");
+        assert_eq!(classify("OACK without a multicast group"), "protocol");
+    }
+}

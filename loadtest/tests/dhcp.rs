@@ -1,0 +1,459 @@
+//! The `--dhcp` phase end to end, in network namespaces (root only).
+//!
+//! - full mode: the real `ringboot serve --dhcp full` in a server namespace, the real
+//!   `ringboot-loadtest --dhcp full` with 100 machines in a client namespace on a veth pair: all
+//!   complete byte-exact, 100 distinct addresses are leased (in the JSON and in the lease file),
+//!   and the TFTP server is the one the DHCP answer named.
+//! - proxy mode: dnsmasq hands out the addresses, ringboot `--dhcp proxy` the boot file (port 67
+//!   proxy OFFER, then the port-4011 ACK); 30 machines complete.
+//!
+//! Not root: prints "skipped: needs root for network namespaces" and passes. Under `CI=true` as
+//! root it must run: a missing `ip` or `dnsmasq` fails it. Namespaces and veths carry the PID and a
+//! counter, live only inside the namespaces (nothing routes out) and are deleted by the guard's
+//! Drop, as is every process started here (by its PID).
+//!
+//! The ringboot binary: `RINGBOOT_BIN`, else the newest one in this test's target directory that
+//! has the `--dhcp` flags, else one built now (`cargo build -p ringboot --bin ringboot`).
+
+use serde_json::Value;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether the test can run; prints why not.
+fn preflight(tools: &[&str]) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: needs root for network namespaces");
+        return false;
+    }
+    for t in tools {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            let msg = format!("{t} not found: install iproute2 dnsmasq-base");
+            if ci() {
+                panic!("{msg}");
+            }
+            println!("skipped: {msg}");
+            return false;
+        }
+    }
+    true
+}
+
+fn sh(cmd: &str) {
+    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Deterministic pseudo-random bytes.
+fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+fn has_dhcp_flags(bin: &Path) -> bool {
+    Command::new(bin)
+        .args(["serve", "--help"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--dhcp-range"))
+}
+
+/// The ringboot binary; see the module docs.
+fn ringboot_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("RINGBOOT_BIN") {
+        return PathBuf::from(p);
+    }
+    // <target>/<profile>/deps/dhcp-xxxx
+    let target = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.parent()?.to_path_buf()))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = ["debug", "release"]
+        .iter()
+        .map(|p| target.join(p).join("ringboot"))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    found.sort();
+    if let Some((_, p)) = found.pop().filter(|(_, p)| has_dhcp_flags(p)) {
+        return p;
+    }
+    let own = target.join("loadtest-ringboot");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .args(["build", "-p", "ringboot", "--bin", "ringboot"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .env("CARGO_TARGET_DIR", &own)
+        .status()
+        .expect("run cargo build -p ringboot");
+    assert!(st.success(), "cargo build -p ringboot failed");
+    own.join("debug").join("ringboot")
+}
+
+/// Namespaces and processes of one test, removed on drop.
+struct Lab {
+    id: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        Lab {
+            id,
+            namespaces: vec![],
+            children: vec![],
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn ns(&mut self, role: &str) -> String {
+        let name = format!("rbl{role}{}", self.id);
+        sh(&format!("ip netns add {name}"));
+        self.namespaces.push(name.clone());
+        sh(&format!("ip -n {name} link set lo up"));
+        name
+    }
+
+    /// A veth pair `a` (in `ns_a`) - `b` (in `ns_b`), both up.
+    fn veth(&self, ns_a: &str, a: &str, ns_b: &str, b: &str) {
+        sh(&format!(
+            "ip -n {ns_a} link add {a} type veth peer name {b} netns {ns_b}"
+        ));
+        sh(&format!("ip -n {ns_a} link set {a} up"));
+        sh(&format!("ip -n {ns_b} link set {b} up"));
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Start `args` inside `ns`, output to `<log>.log`; killed with this test.
+    fn spawn(&mut self, ns: &str, log: &str, args: &[&str]) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns])
+            .args(args)
+            .stdout(File::create(self.path(&format!("{log}.log"))).unwrap())
+            .stderr(File::create(self.path(&format!("{log}.err"))).unwrap());
+        // SAFETY: prctl in the child before exec: it dies with this test.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        self.children.push(cmd.spawn().unwrap());
+    }
+
+    fn log(&self, name: &str) -> String {
+        let mut s = std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default();
+        s += &std::fs::read_to_string(self.path(&format!("{name}.err"))).unwrap_or_default();
+        s
+    }
+
+    /// Wait until `name`'s log says `what`.
+    fn wait_log(&mut self, name: &str, what: &str) {
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end {
+            if self.log(name).contains(what) {
+                return;
+            }
+            if self
+                .children
+                .iter_mut()
+                .any(|c| matches!(c.try_wait(), Ok(Some(_))))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{name} never logged {what:?}:\n{}", self.log(name));
+    }
+
+    /// ringboot in `ns` serving `root` on `addr:6969` with `dhcp` flags.
+    fn ringboot(&mut self, ns: &str, addr: &str, root: &Path, dhcp: &[&str]) {
+        let bin = ringboot_bin();
+        let listen = format!("{addr}:6969");
+        let mut args = vec![
+            bin.to_str().unwrap(),
+            "serve",
+            "--root",
+            root.to_str().unwrap(),
+            "--listen",
+            &listen,
+        ];
+        args.extend_from_slice(dhcp);
+        self.spawn(ns, "ringboot", &args);
+        self.wait_log("ringboot", "listening on");
+    }
+
+    /// The load tester in `ns`; returns its output and JSON report.
+    fn loadtest(&self, ns: &str, args: &[&str]) -> (Output, Value) {
+        let json = self.path("report.json");
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_ringboot-loadtest")])
+            .args(args)
+            .arg("--json")
+            .arg(&json)
+            .args(["--deadline", "40"])
+            .output()
+            .unwrap();
+        let rep = std::fs::read_to_string(&json)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        (out, rep)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn served_root(lab: &Lab) -> PathBuf {
+    let root = lab.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("pxelinux.0"), content(64 * 1024, 4)).unwrap();
+    root
+}
+
+fn explain(out: &Output, lab: &Lab) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}\nringboot:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        lab.log("ringboot")
+    )
+}
+
+#[test]
+fn full_mode_storm_of_100_machines_completes() {
+    if !preflight(&["ip"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let x = 10 + std::process::id() % 200;
+    let (s, c) = (lab.ns("s"), lab.ns("c"));
+    let (si, ci) = (format!("rbls{}", lab.id), format!("rblc{}", lab.id));
+    lab.veth(&s, &si, &c, &ci);
+    let server = format!("10.99.{x}.1");
+    sh(&format!("ip -n {s} addr add {server}/24 dev {si}"));
+    // The machines' TFTP traffic leaves from the client namespace's one address.
+    sh(&format!("ip -n {c} addr add 10.99.{x}.2/24 dev {ci}"));
+    let root = served_root(&lab);
+    let leases = lab.path("dhcp.leases");
+    let range = format!("10.99.{x}.100,10.99.{x}.250");
+    lab.ringboot(
+        &s,
+        &server,
+        &root,
+        &[
+            "--dhcp",
+            "full",
+            "--dhcp-interface",
+            &si,
+            "--boot-file",
+            "pxelinux.0",
+            "--dhcp-range",
+            &range,
+            "--dhcp-lease-file",
+            leases.to_str().unwrap(),
+        ],
+    );
+
+    let t = Instant::now();
+    let tftp = format!("{server}:6969");
+    let (out, rep) = lab.loadtest(
+        &c,
+        &[
+            "--dhcp",
+            "full",
+            "--dhcp-interface",
+            &ci,
+            "--server",
+            &tftp,
+            "--clients",
+            "100",
+            "--file",
+            "pxelinux.0",
+            "--verify",
+            root.to_str().unwrap(),
+        ],
+    );
+    println!(
+        "{}({:.1} s)",
+        String::from_utf8_lossy(&out.stdout),
+        t.elapsed().as_secs_f64()
+    );
+    assert!(out.status.success(), "{}", explain(&out, &lab));
+    assert_eq!(rep["completed"], 100, "{}", explain(&out, &lab));
+    assert_eq!(rep["dhcp"]["leased"], 100);
+    assert_eq!(rep["dhcp"]["distinct_addresses"], 100);
+    assert_eq!(rep["dhcp"]["tftp_servers"], serde_json::json!([server]));
+    assert_eq!(rep["dhcp_ms"]["count"], 100);
+    assert!(rep["dhcp_ms"]["p99"].as_f64().unwrap() <= rep["duration_ms"]["max"].as_f64().unwrap());
+
+    // The lease file: 100 bound leases, 100 distinct addresses in the range, one per machine MAC.
+    let text = std::fs::read_to_string(&leases).unwrap();
+    let bound: Vec<(&str, &str)> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(3) == Some(&"bound")).then(|| (f[0], f[1]))
+        })
+        .collect();
+    let addrs: std::collections::BTreeSet<&str> = bound.iter().map(|b| b.0).collect();
+    let macs: std::collections::BTreeSet<&str> = bound.iter().map(|b| b.1).collect();
+    assert_eq!(
+        (bound.len(), addrs.len(), macs.len()),
+        (100, 100, 100),
+        "{text}"
+    );
+    for a in &addrs {
+        let last: u32 = a.rsplit('.').next().unwrap().parse().unwrap();
+        assert!(
+            a.starts_with(&format!("10.99.{x}.")) && (100..=250).contains(&last),
+            "{a}"
+        );
+    }
+    assert!(
+        macs.contains("hw-01525400000063"),
+        "machine 99's MAC: {text}"
+    );
+}
+
+#[test]
+fn proxy_mode_beside_dnsmasq_goes_through_port_4011() {
+    if !preflight(&["ip", "dnsmasq"]) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let x = 10 + std::process::id() % 200;
+    let id = lab.id.clone();
+    let (s, d, c) = (lab.ns("s"), lab.ns("d"), lab.ns("c"));
+    // One segment: a bridge in the server namespace; dnsmasq and the machines on veths.
+    sh(&format!("ip -n {s} link add rblbr type bridge"));
+    sh(&format!("ip -n {s} link set rblbr up"));
+    let server = format!("10.99.{x}.1");
+    sh(&format!("ip -n {s} addr add {server}/24 dev rblbr"));
+    let (sd, dd, sc, cc) = (
+        format!("rblsd{id}"),
+        format!("rbldd{id}"),
+        format!("rblsc{id}"),
+        format!("rblcc{id}"),
+    );
+    lab.veth(&s, &sd, &d, &dd);
+    lab.veth(&s, &sc, &c, &cc);
+    sh(&format!("ip -n {s} link set {sd} master rblbr"));
+    sh(&format!("ip -n {s} link set {sc} master rblbr"));
+    sh(&format!("ip -n {d} addr add 10.99.{x}.2/24 dev {dd}"));
+    sh(&format!("ip -n {c} addr add 10.99.{x}.3/24 dev {cc}"));
+    let dns_range = format!("--dhcp-range=10.99.{x}.50,10.99.{x}.200,255.255.255.0,1h");
+    let dns_if = format!("--interface={dd}");
+    let dns_leases = format!("--dhcp-leasefile={}", lab.path("dnsmasq.leases").display());
+    lab.spawn(
+        &d,
+        "dnsmasq",
+        &[
+            "dnsmasq",
+            "--no-daemon",
+            "--port=0",
+            "--conf-file=/dev/null",
+            &dns_range,
+            &dns_if,
+            "--bind-interfaces",
+            "--no-ping",
+            "--user=root",
+            "--group=root",
+            "--pid-file=",
+            &dns_leases,
+            "--log-dhcp",
+            "--log-facility=-",
+        ],
+    );
+    lab.wait_log("dnsmasq", "DHCP, IP range");
+    let root = served_root(&lab);
+    lab.ringboot(
+        &s,
+        &server,
+        &root,
+        &[
+            "--dhcp",
+            "proxy",
+            "--dhcp-interface",
+            "rblbr",
+            "--boot-file",
+            "pxelinux.0",
+        ],
+    );
+    let tftp = format!("{server}:6969");
+    let (out, rep) = lab.loadtest(
+        &c,
+        &[
+            "--dhcp",
+            "proxy",
+            "--dhcp-interface",
+            &cc,
+            "--server",
+            &tftp,
+            "--clients",
+            "30",
+            "--file",
+            "pxelinux.0",
+            "--profile",
+            "bios",
+            "--verify",
+            root.to_str().unwrap(),
+        ],
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    let why = format!("{}\ndnsmasq:\n{}", explain(&out, &lab), lab.log("dnsmasq"));
+    assert!(out.status.success(), "{why}");
+    assert_eq!(rep["completed"], 30, "{why}");
+    assert_eq!(rep["dhcp"]["leased"], 30, "{why}");
+    assert_eq!(rep["dhcp"]["distinct_addresses"], 30, "{why}");
+    assert_eq!(rep["dhcp"]["tftp_servers"], serde_json::json!([server]));
+    // The addresses are dnsmasq's.
+    let dns = std::fs::read_to_string(lab.path("dnsmasq.leases")).unwrap_or_default();
+    assert_eq!(dns.lines().count(), 30, "{dns}");
+}

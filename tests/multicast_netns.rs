@@ -1,0 +1,473 @@
+//! Multicast end to end (PXE MTFTP and RFC 2090), in a network namespace that holds only `lo`.
+//!
+//! Contract:
+//! - Not root: prints "skipped: needs root for network namespaces" and passes. Under `CI=true` as
+//!   root every test must run: a missing `ip` or `atftp` fails it.
+//! - Multicast never leaves the machine: each test creates its own namespace (`rbmc<pid><n>`) with
+//!   `lo` up, multicast on, and `224.0.0.0/4` routed to `lo`, and its test thread enters it
+//!   (`setns`) before it starts anything, so the server, the load tester and atftp all run there.
+//!   The namespace is deleted when the test ends, even on failure (the guard's Drop).
+//! - The server is the real `ringboot serve` (uncapped `--multicast-rate 0` and a 50 ms session
+//!   timeout, so CI stays quick); the machines are `ringboot-loadtest --multicast` (its binary is
+//!   the one next to this test's target directory when it is newer than the sources, else built
+//!   into `<target>/mc-loadtest`); interop is atftp, one at a time (it binds the group port
+//!   without SO_REUSEADDR).
+//! - Byte counts come from the server's `multicast session finished` log lines: the file goes out
+//!   about once per session, not once per client.
+//! - Tests run one at a time (a lock): on 2 cores, two storms at once would time each other out.
+
+mod common;
+
+use common::*;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+const MIB: usize = 1 << 20;
+const LIMIT: Duration = Duration::from_secs(120);
+static SERIAL: Mutex<()> = Mutex::new(());
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+fn sh(cmd: &str) {
+    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The namespace of one test; deleted on drop.
+struct Netns {
+    name: String,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Create a namespace with only a multicast-enabled `lo` and move the calling thread into it.
+/// `None` (with the reason printed) when the test cannot run here.
+fn enter_netns() -> Option<Netns> {
+    if !on_path("ip") {
+        let msg = "ip not found: install iproute2";
+        assert!(!under_ci(), "{msg}");
+        println!("skipped: {msg}");
+        return None;
+    }
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let name = format!(
+        "rbmc{}{}",
+        std::process::id() % 100_000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    sh(&format!("ip netns add {name}"));
+    let ns = Netns {
+        name,
+        _serial: serial,
+    };
+    let n = &ns.name;
+    sh(&format!("ip -n {n} link set lo up multicast on"));
+    sh(&format!("ip -n {n} route add 224.0.0.0/4 dev lo"));
+    let f = std::fs::File::open(format!("/var/run/netns/{n}")).unwrap();
+    // SAFETY: setns on this thread only, with an fd of a network namespace.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {n}: {}", std::io::Error::last_os_error());
+    Some(ns)
+}
+
+/// Run `body` bounded, inside a fresh namespace (or skip).
+fn in_netns<F: FnOnce() + Send + 'static>(body: F) {
+    if !is_root() {
+        println!("skipped: needs root for network namespaces");
+        return;
+    }
+    // Built (if need be) before entering the namespace: cargo may want the network.
+    let _ = loadtest_bin();
+    bounded(LIMIT, move || {
+        let Some(_ns) = enter_netns() else { return };
+        body();
+    });
+}
+
+/// Newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> SystemTime {
+    let mut t = SystemTime::UNIX_EPOCH;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            let m = if p.is_dir() {
+                newest(&p)
+            } else {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH)
+            };
+            t = t.max(m);
+        }
+    }
+    t
+}
+
+/// `ringboot-loadtest`, from this test's target directory when it is up to date, else built.
+fn loadtest_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("RINGBOOT_LOADTEST_BIN") {
+            return PathBuf::from(p);
+        }
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let sources = newest(&repo.join("src")).max(newest(&repo.join("loadtest/src")));
+        // <target>/<profile>/deps/multicast_netns-<hash>
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+        let here = profile_dir.join("ringboot-loadtest");
+        let fresh = |p: &Path| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= sources)
+        };
+        if fresh(&here) {
+            return here;
+        }
+        let release = profile_dir.ends_with("release");
+        let target = profile_dir.parent().unwrap().join("mc-loadtest");
+        let built = target
+            .join(if release { "release" } else { "debug" })
+            .join("ringboot-loadtest");
+        if fresh(&built) {
+            return built;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "ringboot-loadtest"])
+            .current_dir(repo)
+            // A target directory of its own: no wait on the lock of the cargo running us.
+            .env("CARGO_TARGET_DIR", &target);
+        if release {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("run cargo build -p ringboot-loadtest");
+        assert!(st.success(), "cargo build -p ringboot-loadtest failed");
+        built
+    })
+}
+
+/// A number from JSON text: the first `"key": N` (the load tester's top-level fields come first).
+fn json_num(text: &str, key: &str) -> f64 {
+    let pat = format!("\"{key}\":");
+    let i = text
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        + pat.len();
+    let v: String = text[i..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | 'e' | 'E' | '+'))
+        .collect();
+    v.parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in {text}"))
+}
+
+/// Start ringboot with both multicast protocols on, uncapped.
+fn serve(files: TestRoot, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--multicast-groups",
+        "239.255.42.0/24",
+        "--multicast-port",
+        "1758",
+        "--mtftp-port",
+        "1759",
+        "--multicast-rate",
+        "0",
+        "--multicast-timeout",
+        "50",
+    ];
+    args.extend_from_slice(extra);
+    Server::start(files, &args)
+}
+
+struct Storm {
+    json: String,
+    ok: bool,
+    out: String,
+}
+
+impl Storm {
+    fn num(&self, key: &str) -> u64 {
+        json_num(&self.json, key) as u64
+    }
+
+    fn assert_outcome(&self, completed: u64, vanished: u64) {
+        let what = format!("{}\n{}", self.out, self.json);
+        assert_eq!(self.num("failed"), 0, "{what}");
+        assert_eq!(self.num("completed"), completed, "{what}");
+        assert_eq!(self.num("vanished"), vanished, "{what}");
+        assert!(self.ok, "non-zero exit: {what}");
+    }
+}
+
+/// Run the load tester against `srv` with `args`; downloads are checked against the served tree.
+fn storm(srv: &Server, args: &[&str]) -> Storm {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let mut cmd = Command::new(loadtest_bin());
+    cmd.arg("--server")
+        .arg(srv.addr().to_string())
+        .arg("--verify")
+        .arg(srv.files.root())
+        .args(["--deadline", "60", "--quiet", "--json"])
+        .arg(&json)
+        .args(args);
+    let run = run_with_timeout(cmd, None, Duration::from_secs(90));
+    let out = run.output();
+    let json = std::fs::read_to_string(&json)
+        .unwrap_or_else(|_| panic!("the load tester wrote no JSON: {out}"));
+    println!("{out}");
+    Storm {
+        json,
+        ok: run.status.success(),
+        out,
+    }
+}
+
+/// One `multicast session finished` line.
+#[derive(Debug, Default)]
+struct SessionLog {
+    members: u64,
+    done: u64,
+    vanished: u64,
+    bytes_sent: u64,
+    file_bytes: u64,
+}
+
+fn field(line: &str, key: &str) -> u64 {
+    let pat = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|t| t.strip_prefix(&pat))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+}
+
+/// The finished sessions of `file`, waiting up to 20 s for at least `at_least` of them.
+fn sessions(srv: &Server, file: &str, at_least: usize) -> Vec<SessionLog> {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found: Vec<SessionLog> = srv
+            .log_lines()
+            .iter()
+            .filter(|l| {
+                l.contains("multicast session finished") && l.contains(&format!("file={file} "))
+            })
+            .map(|l| SessionLog {
+                members: field(l, "members"),
+                done: field(l, "done"),
+                vanished: field(l, "vanished"),
+                bytes_sent: field(l, "bytes_sent"),
+                file_bytes: field(l, "file_bytes"),
+            })
+            .collect();
+        if found.len() >= at_least || Instant::now() > end {
+            println!("{file}: {found:?}");
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const RFC: [&str; 4] = ["--multicast", "rfc2090", "--blksize", "1428"];
+const PXE: [&str; 8] = [
+    "--multicast",
+    "pxe",
+    "--mtftp-group",
+    "239.255.1.1:3001",
+    "--mtftp-port",
+    "1759",
+    "--mtftp-listen-ms",
+    "200",
+];
+const PXE_FILE: &str = "pxe.bin@239.255.1.1:3001";
+
+fn with(base: &[&'static str], more: &[&'static str]) -> Vec<&'static str> {
+    base.iter().chain(more).copied().collect()
+}
+
+#[test]
+fn rfc2090_twenty_clients_get_64_mib_byte_exact_and_it_goes_out_about_once() {
+    in_netns(|| {
+        let files = TestRoot::new();
+        files.add_random("big.bin", 64 * MIB);
+        let srv = serve(files, &[]);
+        let r = storm(&srv, &with(&RFC, &["--clients", "20", "--file", "big.bin"]));
+        r.assert_outcome(20, 0);
+        assert_eq!(r.num("bytes"), 20 * 64 * MIB as u64);
+        let s = sessions(&srv, "big.bin", 1);
+        assert_eq!(s.len(), 1, "one session for all: {s:?}");
+        assert_eq!((s[0].members, s[0].done), (20, 20));
+        assert_eq!(s[0].file_bytes, 64 * MIB as u64);
+        assert!(s[0].bytes_sent * 2 < s[0].file_bytes * 3, "{s:?}");
+    });
+}
+
+#[test]
+fn pxe_mtftp_twenty_clients_get_30_mib_byte_exact_and_it_goes_out_about_once() {
+    in_netns(|| {
+        let files = TestRoot::new();
+        files.add_random("pxe.bin", 30 * MIB);
+        let srv = serve(files, &["--mtftp", PXE_FILE]);
+        let r = storm(&srv, &with(&PXE, &["--clients", "20", "--file", "pxe.bin"]));
+        r.assert_outcome(20, 0);
+        assert_eq!(r.num("bytes"), 20 * 30 * MIB as u64);
+        let s = sessions(&srv, "pxe.bin", 1);
+        let sent: u64 = s.iter().map(|s| s.bytes_sent).sum();
+        assert!(sent * 2 < 30 * MIB as u64 * 3, "{s:?}");
+    });
+}
+
+#[test]
+fn rfc2090_clients_joining_at_half_complete() {
+    in_netns(|| {
+        let files = TestRoot::new();
+        files.add_random("big.bin", 64 * MIB);
+        let srv = serve(files, &[]);
+        let args = ["--clients", "20", "--file", "big.bin", "--join-late", "0.5"];
+        let r = storm(&srv, &with(&RFC, &args));
+        r.assert_outcome(20, 0);
+        let s = sessions(&srv, "big.bin", 1);
+        assert_eq!(s.iter().map(|s| s.done).sum::<u64>(), 20, "{s:?}");
+    });
+}
+
+#[test]
+fn pxe_mtftp_clients_joining_at_half_complete() {
+    in_netns(|| {
+        let files = TestRoot::new();
+        files.add_random("pxe.bin", 30 * MIB);
+        let srv = serve(files, &["--mtftp", PXE_FILE]);
+        let args = ["--clients", "20", "--file", "pxe.bin", "--join-late", "0.5"];
+        let r = storm(&srv, &with(&PXE, &args));
+        r.assert_outcome(20, 0);
+        // The late half re-opens for the first half of the file: a second, shorter session.
+        let s = sessions(&srv, "pxe.bin", 2);
+        let sent: u64 = s.iter().map(|s| s.bytes_sent).sum();
+        assert!(sent < 2 * 30 * MIB as u64, "{s:?}");
+    });
+}
+
+#[test]
+fn master_vanishing_mid_stream_does_not_stall_either_protocol() {
+    in_netns(|| {
+        let files = TestRoot::new();
+        files.add_random("big.bin", 16 * MIB);
+        files.add_random("pxe.bin", 8 * MIB);
+        let srv = serve(files, &["--mtftp", PXE_FILE]);
+        for (proto, file, base) in [("rfc2090", "big.bin", &RFC[..]), ("pxe", "pxe.bin", &PXE)] {
+            let args = ["--clients", "20", "--file", file, "--vanish-master"];
+            let r = storm(&srv, &with(base, &args));
+            r.assert_outcome(19, 1);
+            let wall = json_num(&r.json, "wall_seconds");
+            assert!(
+                wall < 15.0,
+                "{proto}: took {wall} s after the master vanished"
+            );
+            let s = sessions(&srv, file, 1);
+            assert_eq!(
+                s.iter().map(|s| s.vanished).sum::<u64>(),
+                1,
+                "{proto}: {s:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn five_percent_loss_every_client_completes() {
+    in_netns(|| {
+        let files = TestRoot::new();
+        files.add_random("big.bin", 8 * MIB);
+        files.add_random("pxe.bin", 2 * MIB);
+        let srv = serve(files, &["--mtftp", PXE_FILE]);
+        let lossy = ["--clients", "20", "--loss", "0.05", "--seed", "5"];
+        let r = storm(&srv, &with(&with(&RFC, &lossy), &["--file", "big.bin"]));
+        r.assert_outcome(20, 0);
+        assert!(json_num(&r.json, "dropped_data") > 0.0);
+        // PXE recovers by re-opening after a silence: short timers keep it quick.
+        let pxe_timers = [
+            "--timeout",
+            "0.3",
+            "--retries",
+            "20",
+            "--mtftp-reopen-ms",
+            "200",
+        ];
+        let more: Vec<&str> = lossy
+            .iter()
+            .chain(&pxe_timers)
+            .chain(&["--file", "pxe.bin"])
+            .copied()
+            .collect();
+        let r = storm(&srv, &with(&PXE, &more));
+        r.assert_outcome(20, 0);
+        assert!(json_num(&r.json, "dropped_data") > 0.0);
+    });
+}
+
+#[test]
+fn atftp_downloads_through_both_protocols() {
+    if is_root() && !Client::Atftp.available() {
+        return;
+    }
+    in_netns(|| {
+        let files = TestRoot::new();
+        let big = files.add_random("big.bin", 3 * MIB + 123);
+        let pxe = files.add_random("pxe.bin", 2 * MIB + 45);
+        let out_rfc = files.out("rfc.bin");
+        let out_pxe = files.out("pxe.bin");
+        let srv = serve(files, &["--mtftp", PXE_FILE]);
+        let port = srv.port().to_string();
+        let mut cmd = Command::new("atftp");
+        cmd.args(["--get", "-r", "big.bin", "-l"])
+            .arg(&out_rfc)
+            .args(["--option", "multicast", "--option", "blksize 1428"])
+            .args(["127.0.0.1", &port])
+            .stdin(Stdio::null());
+        let run = run_with_timeout(cmd, None, Duration::from_secs(30));
+        assert!(run.status.success(), "atftp RFC 2090: {}", run.output());
+        assert_file_same("atftp RFC 2090", &out_rfc, &big);
+        let mut cmd = Command::new("atftp");
+        cmd.args(["--mget", "-r", "pxe.bin", "-l"])
+            .arg(&out_pxe)
+            .args([
+                "--mtftp",
+                "client-port 3001",
+                "--mtftp",
+                "mcast-ip 239.255.1.1",
+            ])
+            .args(["--mtftp", "listen-delay 1", "--mtftp", "timeout-delay 1"])
+            .args(["127.0.0.1", "1759"]);
+        let run = run_with_timeout(cmd, None, Duration::from_secs(30));
+        assert!(run.status.success(), "atftp PXE MTFTP: {}", run.output());
+        assert_file_same("atftp PXE MTFTP", &out_pxe, &pxe);
+        let s = sessions(&srv, "big.bin", 1);
+        assert_eq!(s.iter().map(|s| s.done).sum::<u64>(), 1, "{s:?}");
+        assert_eq!(sessions(&srv, "pxe.bin", 1).len(), 1);
+    });
+}
