@@ -152,12 +152,14 @@ pub struct MachineResult {
 const REORDER_HOLD: Duration = Duration::from_millis(10);
 /// A slow client queues at most this many packets (its socket buffer), then drops.
 const SLOW_QUEUE: usize = 256;
-const MAX_DGRAM: usize = 65536;
+pub(crate) const MAX_DGRAM: usize = 65536;
 /// Datagrams taken from one socket per `recvmmsg` call.
 const RX_BATCH: usize = 8;
 
 /// Buffers for one `recvmmsg` call (one syscall for a whole window instead of one per block).
-struct RxBatch {
+/// Shared by the unicast engine and the multicast mode.
+pub(crate) struct RxBatch {
+    batch: usize,
     bufs: Vec<u8>,
     names: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
@@ -165,27 +167,23 @@ struct RxBatch {
 }
 
 impl RxBatch {
-    fn new() -> Self {
+    /// Room for `batch` datagrams per call.
+    pub(crate) fn new(batch: usize) -> Self {
         RxBatch {
-            bufs: vec![0u8; RX_BATCH * MAX_DGRAM],
+            batch,
+            bufs: vec![0u8; batch * MAX_DGRAM],
             // SAFETY (these three): all-zero is a valid value for these plain C structs.
-            names: (0..RX_BATCH)
-                .map(|_| unsafe { std::mem::zeroed() })
-                .collect(),
-            iovs: (0..RX_BATCH)
-                .map(|_| unsafe { std::mem::zeroed() })
-                .collect(),
-            hdrs: (0..RX_BATCH)
-                .map(|_| unsafe { std::mem::zeroed() })
-                .collect(),
+            names: (0..batch).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            iovs: (0..batch).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            hdrs: (0..batch).map(|_| unsafe { std::mem::zeroed() }).collect(),
         }
     }
 
-    /// Receive up to [`RX_BATCH`] datagrams without blocking; returns how many.
-    fn recv(&mut self, fd: i32) -> std::io::Result<usize> {
-        for k in 0..RX_BATCH {
+    /// Receive up to `batch` datagrams without blocking; returns how many.
+    pub(crate) fn recv(&mut self, fd: i32) -> std::io::Result<usize> {
+        for k in 0..self.batch {
             self.iovs[k] = libc::iovec {
-                // SAFETY: in bounds: bufs holds RX_BATCH * MAX_DGRAM bytes.
+                // SAFETY: in bounds: bufs holds batch * MAX_DGRAM bytes.
                 iov_base: unsafe { self.bufs.as_mut_ptr().add(k * MAX_DGRAM) }.cast(),
                 iov_len: MAX_DGRAM,
             };
@@ -205,7 +203,7 @@ impl RxBatch {
             libc::recvmmsg(
                 fd,
                 self.hdrs.as_mut_ptr(),
-                RX_BATCH as u32,
+                self.batch as u32,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
@@ -217,7 +215,7 @@ impl RxBatch {
     }
 
     /// Datagram `k` of the last call and where it came from.
-    fn get(&self, k: usize) -> (&[u8], Option<SocketAddr>) {
+    pub(crate) fn get(&self, k: usize) -> (&[u8], Option<SocketAddr>) {
         let len = (self.hdrs[k].msg_len as usize).min(MAX_DGRAM);
         let data = &self.bufs[k * MAX_DGRAM..k * MAX_DGRAM + len];
         (data, sockaddr_to_std(&self.names[k]))
@@ -437,7 +435,7 @@ impl Engine {
     fn run(&mut self) {
         let mut events: Vec<libc::epoll_event> =
             vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
-        let mut rx = RxBatch::new();
+        let mut rx = RxBatch::new(RX_BATCH);
         while self.running > 0 {
             let now = Instant::now();
             if now >= self.shared.deadline || self.shared.live.abort.load(Relaxed) {

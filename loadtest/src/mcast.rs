@@ -25,7 +25,7 @@
 //!   protocol, groups, group datagrams received by the sockets and handed to machines, master
 //!   turns and opens.
 
-use crate::engine::{Counters, Live, MachineResult, Outcome};
+use crate::engine::{Counters, Live, MachineResult, Outcome, RxBatch, MAX_DGRAM};
 use crate::plan::{Checker, Expect};
 use crate::report;
 use crate::rng::Rng;
@@ -177,74 +177,12 @@ struct Group {
     owner: Option<usize>,
 }
 
-const MAX_DGRAM: usize = 65536;
 /// Datagrams taken from a group socket per `recvmmsg` (a window arrives at once).
 const RX_BATCH: usize = 32;
 /// Epoll tokens at or above this are group sockets.
 const GROUP_TOKEN: u64 = 1 << 40;
 /// How often threads look whether late joiners may start.
 const LATE_POLL: Duration = Duration::from_millis(5);
-
-/// Buffers for one `recvmmsg` call.
-struct RxBatch {
-    bufs: Vec<u8>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-}
-
-impl RxBatch {
-    fn new() -> Self {
-        RxBatch {
-            bufs: vec![0u8; RX_BATCH * MAX_DGRAM],
-            // SAFETY (both): all-zero is a valid value for these plain C structs.
-            iovs: (0..RX_BATCH)
-                .map(|_| unsafe { std::mem::zeroed() })
-                .collect(),
-            hdrs: (0..RX_BATCH)
-                .map(|_| unsafe { std::mem::zeroed() })
-                .collect(),
-        }
-    }
-
-    /// Receive up to [`RX_BATCH`] datagrams without blocking (sources are not needed: every
-    /// group datagram comes from the session).
-    fn recv(&mut self, fd: i32) -> std::io::Result<usize> {
-        for k in 0..RX_BATCH {
-            self.iovs[k] = libc::iovec {
-                // SAFETY: in bounds: bufs holds RX_BATCH * MAX_DGRAM bytes.
-                iov_base: unsafe { self.bufs.as_mut_ptr().add(k * MAX_DGRAM) }.cast(),
-                iov_len: MAX_DGRAM,
-            };
-            // SAFETY: all-zero is a valid msghdr; the iovec set below outlives the call.
-            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-            h.msg_iov = &mut self.iovs[k];
-            h.msg_iovlen = 1;
-            self.hdrs[k] = libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            };
-        }
-        // SAFETY: every header points into buffers owned by self, sized as declared.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                RX_BATCH as u32,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-
-    fn get(&self, k: usize) -> &[u8] {
-        let len = (self.hdrs[k].msg_len as usize).min(MAX_DGRAM);
-        &self.bufs[k * MAX_DGRAM..k * MAX_DGRAM + len]
-    }
-}
 
 fn setsockopt_int(fd: i32, level: i32, name: i32, v: i32) -> std::io::Result<()> {
     // SAFETY: an int option of the size given, on a socket we own.
@@ -429,7 +367,7 @@ fn run_thread(sh: Arc<Shared>, specs: Vec<Spec>) -> (Vec<MachineResult>, ThreadS
 impl Engine {
     fn run(&mut self) {
         let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
-        let mut rx = RxBatch::new();
+        let mut rx = RxBatch::new(RX_BATCH);
         let mut ubuf = vec![0u8; MAX_DGRAM];
         while self.running > 0 {
             let now = Instant::now();
@@ -708,7 +646,7 @@ impl Engine {
             scratch.extend_from_slice(&grp.members);
             self.stats.group_datagrams += n as u64;
             for k in 0..n {
-                let data = rx.get(k);
+                let (data, _) = rx.get(k);
                 for &i in &scratch {
                     if self.members[i].group == Some(g) {
                         self.stats.group_deliveries += 1;
