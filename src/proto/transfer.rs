@@ -126,10 +126,15 @@ impl RttEstimator {
         (self.base * (1u32 << self.backoff)).min(self.max)
     }
 
-    /// Probe timeout: two smoothed round trips, at least [`PTO_FLOOR`], at most the RTO.
+    /// Probe timeout: two smoothed round trips, or the round trip plus four deviations when the
+    /// path is jittery (a busy client or server: probing inside the jitter only draws duplicate
+    /// ACKs), at least [`PTO_FLOOR`], at most the RTO.
     fn pto(&self) -> Duration {
         match self.srtt {
-            Some(s) => (s * 2).max(PTO_FLOOR).min(self.rto()),
+            Some(s) => (s * 2)
+                .max(s + self.rttvar * 4)
+                .max(PTO_FLOOR)
+                .min(self.rto()),
             None => self.rto(),
         }
     }
