@@ -448,54 +448,14 @@ fn run(a: Args) -> Result<bool> {
         })
         .collect();
 
-    // Sample throughput every 250 ms (for the plot) and show progress on a terminal.
-    let tty = std::io::stderr().is_terminal() && !a.quiet;
-    let mut samples = vec![(0.0, 0u64)];
+    let mut samples = watch(&handles, &shared.live, t0, a.clients, a.quiet);
     let live = &shared.live;
-    let tick = Duration::from_millis(250);
-    let mut next = t0 + tick;
-    while handles.iter().any(|h| !h.is_finished()) {
-        let now = Instant::now();
-        if now < next {
-            // Monitoring only: the engines never sleep to pace traffic.
-            std::thread::sleep((next - now).min(Duration::from_millis(20)));
-            continue;
-        }
-        next += tick;
-        let t = now.duration_since(t0).as_secs_f64();
-        let bytes = live.bytes.load(Relaxed);
-        let prev = *samples.last().unwrap();
-        samples.push((t, bytes));
-        if tty {
-            let gbps = if t > prev.0 {
-                (bytes - prev.1) as f64 * 8.0 / (t - prev.0) / 1e9
-            } else {
-                0.0
-            };
-            let mut e = std::io::stderr().lock();
-            let _ = write!(
-                e,
-                "\r\x1b[2K{:6.1}s  started {}/{}  completed {}  failed {}  vanished {}  {:.2} Gbit/s",
-                t,
-                live.started.load(Relaxed),
-                a.clients,
-                live.completed.load(Relaxed),
-                live.failed.load(Relaxed),
-                live.vanished.load(Relaxed),
-                gbps
-            );
-            let _ = e.flush();
-        }
-    }
     let mut results = Vec::with_capacity(a.clients);
     for h in handles {
         results.extend(h.join().map_err(|_| anyhow!("an engine thread panicked"))?);
     }
     let elapsed = t0.elapsed().as_secs_f64();
     samples.push((elapsed, live.bytes.load(Relaxed)));
-    if tty {
-        eprint!("\r\x1b[2K");
-    }
     results.sort_by_key(|r| r.index);
     let rep = report::build(
         &results,
@@ -532,6 +492,58 @@ fn run(a: Args) -> Result<bool> {
         rep.write_plot(p)?;
     }
     Ok(rep.failed == 0)
+}
+
+/// Wait for the engine threads, sampling the bytes received every 250 ms (for the plot) and showing
+/// progress on a terminal. Returns the samples; the caller adds the final one after joining.
+pub(crate) fn watch<T>(
+    handles: &[std::thread::JoinHandle<T>],
+    live: &Live,
+    t0: Instant,
+    clients: usize,
+    quiet: bool,
+) -> Vec<(f64, u64)> {
+    let tty = std::io::stderr().is_terminal() && !quiet;
+    let mut samples = vec![(0.0, 0u64)];
+    let tick = Duration::from_millis(250);
+    let mut next = t0 + tick;
+    while handles.iter().any(|h| !h.is_finished()) {
+        let now = Instant::now();
+        if now < next {
+            // Monitoring only: the engines never sleep to pace traffic.
+            std::thread::sleep((next - now).min(Duration::from_millis(20)));
+            continue;
+        }
+        next += tick;
+        let t = now.duration_since(t0).as_secs_f64();
+        let bytes = live.bytes.load(Relaxed);
+        let prev = *samples.last().expect("starts with one sample");
+        samples.push((t, bytes));
+        if tty {
+            let gbps = if t > prev.0 {
+                (bytes - prev.1) as f64 * 8.0 / (t - prev.0) / 1e9
+            } else {
+                0.0
+            };
+            let mut e = std::io::stderr().lock();
+            let _ = write!(
+                e,
+                "\r\x1b[2K{:6.1}s  started {}/{}  completed {}  failed {}  vanished {}  {:.2} Gbit/s",
+                t,
+                live.started.load(Relaxed),
+                clients,
+                live.completed.load(Relaxed),
+                live.failed.load(Relaxed),
+                live.vanished.load(Relaxed),
+                gbps
+            );
+            let _ = e.flush();
+        }
+    }
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
+    samples
 }
 
 #[cfg(test)]

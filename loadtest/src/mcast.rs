@@ -34,7 +34,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ringboot::proto::mcclient::{McClient, McClientConfig, McDest, McEvent};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{ErrorKind, IsTerminal, Write};
+use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -974,38 +974,8 @@ pub fn run(a: &Args, mode: McMode) -> Result<bool> {
         })
         .collect();
 
-    // Throughput every 250 ms (for the plot) and progress on a terminal.
-    let tty = std::io::stderr().is_terminal() && !a.quiet;
-    let mut samples = vec![(0.0, 0u64)];
+    let mut samples = crate::watch(&handles, &sh.live, t0, a.clients, a.quiet);
     let live = &sh.live;
-    let tick = Duration::from_millis(250);
-    let mut next = t0 + tick;
-    while handles.iter().any(|h| !h.is_finished()) {
-        let now = Instant::now();
-        if now < next {
-            // Monitoring only: the engines never sleep to pace traffic.
-            std::thread::sleep((next - now).min(Duration::from_millis(20)));
-            continue;
-        }
-        next += tick;
-        let t = now.duration_since(t0).as_secs_f64();
-        samples.push((t, live.bytes.load(Relaxed)));
-        if tty {
-            let mut e = std::io::stderr().lock();
-            let _ = write!(
-                e,
-                "\r\x1b[2K{:6.1}s  started {}/{}  completed {}  failed {}  vanished {}  {} MB",
-                t,
-                live.started.load(Relaxed),
-                a.clients,
-                live.completed.load(Relaxed),
-                live.failed.load(Relaxed),
-                live.vanished.load(Relaxed),
-                live.bytes.load(Relaxed) / 1_000_000
-            );
-            let _ = e.flush();
-        }
-    }
     let mut results = Vec::with_capacity(a.clients);
     let mut stats = ThreadStats::default();
     for h in handles {
@@ -1024,9 +994,6 @@ pub fn run(a: &Args, mode: McMode) -> Result<bool> {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     samples.push((elapsed, live.bytes.load(Relaxed)));
-    if tty {
-        eprint!("\r\x1b[2K");
-    }
     results.sort_by_key(|r| r.index);
     let rep = report::build(
         &results,
