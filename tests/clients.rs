@@ -280,10 +280,12 @@ fn raw_windowsizes_edk2_acks() {
                 );
                 let blocks = src.len() as u64 / 1468 + 1;
                 assert_eq!(d.blocks, blocks, "{what}");
-                // ACK 0, one per window, the last; retransmissions on a loaded box may add a few.
+                // ACK 0, one per window, the last. Probes by timer on a loaded box (a stalled
+                // client thread) draw a re-ACK each: allow an eighth more, far below the w-fold
+                // excess of a server that stalls after every block.
                 let windows = blocks.div_ceil(w as u64) + 1;
                 assert!(
-                    d.acks_sent <= windows + 4,
+                    d.acks_sent <= windows + 4 + windows / 8,
                     "{what}: sent {} ACKs for {windows} windows: server stalled between windows",
                     d.acks_sent
                 );

@@ -111,8 +111,12 @@ fn duplicate_acks_do_not_double_data() {
             let d = raw_get(&srv, &spec);
             let what = format!("{:?}", spec.options);
             assert_same(&what, &d.data, &src);
-            // A few retransmissions by timeout on a loaded machine are fine; one per ACK is not.
-            let slack = 3 + d.blocks / 50;
+            // The bug this guards against draws one extra DATA for every duplicate ACK: about
+            // `blocks` duplicates. Retransmissions by timer are legitimate and, on a loaded CI
+            // machine (this test runs beside the 50-client storm), a lockstep client stalled past
+            // the probe timeout draws a few percent of them; the server logs them as `timeouts`.
+            // A quarter of the blocks separates the two cleanly.
+            let slack = 3 + d.blocks / 4;
             assert!(
                 d.data_packets <= d.blocks + slack,
                 "{what}: {} DATA packets for {} blocks ({} duplicates): the server answers \
