@@ -62,7 +62,7 @@ pub fn bounded<F: FnOnce() + Send + 'static>(limit: Duration, body: F) {
 
 /// Make a child die with us: SIGKILL when the thread that spawned it exits (the test thread, or
 /// the whole test process if it is killed).
-fn die_with_parent(cmd: &mut Command) {
+pub fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {

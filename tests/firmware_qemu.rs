@@ -1,0 +1,403 @@
+//! Real firmware against the real binary: QEMU (software emulation) network-boots from ringboot.
+//!
+//! Contract:
+//! - Not root, or no `qemu-system-x86_64` / firmware images: prints "skipped: <why>" and passes.
+//!   Under `CI=true` as root every test must run (`.ci/run` installs qemu-system-x86, ipxe-qemu,
+//!   ovmf, ipxe and dnsmasq-base): anything missing fails it.
+//! - Each test builds its own namespace (`rbfw<pid><n>`): a bridge `br0` (10.77.0.1/24, no route
+//!   out) with a tap device `tap0` for the guest. The test thread enters it (`setns`), so ringboot,
+//!   dnsmasq and QEMU all run there; the namespace goes when the test ends (the guard's Drop), the
+//!   children die with the test thread.
+//! - What boots:
+//!   * **BIOS**: SeaBIOS runs the iPXE option ROM of an emulated e1000 (Debian's ipxe-qemu, the
+//!     PXE ROM QEMU ships). ringboot is the whole boot service: `--dhcp full`.
+//!   * **UEFI**: OVMF with its own virtio-net driver (`romfile=` empty), so the PXE client is
+//!     EDK2's PxeBcDxe/Mtftp4 (tsize probe, blksize, windowsize). Addresses come from dnsmasq;
+//!     ringboot is a **proxyDHCP** beside it. EDK2 downloads `ipxe.efi` (Debian's ipxe) and starts
+//!     it; that iPXE asks again (user class iPXE) and gets the script: a firmware chain as in a
+//!     real UEFI classroom.
+//! - The proof is end to end: the script `boot.ipxe` chains `big.ipxe`, a 96 MiB iPXE script
+//!   (past the 65535-block rollover at iPXE's blksize 1432) made of random comment padding and
+//!   6000-odd checkpoints, each `iseq ${c} <previous token> || goto bad` then `set c <token>`. A
+//!   lost, repeated or misplaced region breaks the chain; only a whole, ordered file reaches the
+//!   last line, which asks for `ok-<platform>-<last token>.txt`. The test waits for that request
+//!   in ringboot's log (a missing file: refused with ERROR 1, which is fine) and checks that each
+//!   download finished `completed`.
+//! - Bounded: 300 s per test; the guest is killed when the marker shows. On failure the
+//!   guest's console and the server's log are printed.
+
+mod common;
+
+use common::*;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(300);
+const MARKER_WAIT: Duration = Duration::from_secs(270);
+const BIG: usize = 96 << 20;
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+const QEMU: &str = "qemu-system-x86_64";
+const IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
+const BIOS_NIC_ROM: &str = "/usr/lib/ipxe/qemu/pxe-e1000.rom";
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+fn sh(cmd: &str) {
+    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Why this machine cannot run `needs` (programs and files), if it cannot.
+fn missing(programs: &[&str], files: &[&str]) -> Option<String> {
+    if !is_root() {
+        return Some("needs root for network namespaces and tap devices".into());
+    }
+    let mut gone: Vec<String> = programs
+        .iter()
+        .filter(|p| !on_path(p))
+        .map(|p| p.to_string())
+        .collect();
+    gone.extend(
+        files
+            .iter()
+            .filter(|f| !Path::new(f).is_file())
+            .map(|f| f.to_string()),
+    );
+    (!gone.is_empty()).then(|| {
+        format!(
+            "missing {} (apt-get install qemu-system-x86 ipxe-qemu ovmf ipxe dnsmasq-base)",
+            gone.join(", ")
+        )
+    })
+}
+
+/// Skip (printing why) or, under CI, fail.
+fn runnable(programs: &[&str], files: &[&str]) -> bool {
+    match missing(programs, files) {
+        None => true,
+        Some(why) => {
+            assert!(!under_ci() || !is_root(), "firmware test cannot run: {why}");
+            println!("skipped: {why}");
+            false
+        }
+    }
+}
+
+/// One test's segment: namespace, bridge `br0` = 10.77.0.1/24, tap `tap0` on it.
+struct Lab {
+    name: String,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+impl Lab {
+    /// Build the segment and move the calling thread into it.
+    fn enter() -> Lab {
+        let name = format!(
+            "rbfw{}{}",
+            std::process::id() % 100_000,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&format!("ip netns add {name}"));
+        let lab = Lab { name };
+        let n = &lab.name;
+        for cmd in [
+            "link set lo up",
+            "link add br0 type bridge",
+            "addr add 10.77.0.1/24 dev br0",
+            "link set br0 up",
+            "tuntap add dev tap0 mode tap",
+            "link set tap0 master br0",
+            "link set tap0 up",
+        ] {
+            sh(&format!("ip -n {n} {cmd}"));
+        }
+        let f = std::fs::File::open(format!("/var/run/netns/{n}")).unwrap();
+        // SAFETY: setns on this thread only, with an fd of a network namespace.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {n}: {}", std::io::Error::last_os_error());
+        lab
+    }
+}
+
+/// A child process killed (by PID) on drop.
+struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(what: &'static str, mut cmd: Command, log: &Path) -> Proc {
+    let out = std::fs::File::create(log).unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    die_with_parent(&mut cmd);
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    Proc { child }
+}
+
+/// The boot files: `ipxe.efi`, `boot.ipxe` (the script iPXE gets) and the checkpoint chain
+/// `big.ipxe`. Returns the marker file name for `platform` ("pcbios" or "efi").
+fn boot_files(files: &TestRoot, platform: &str) -> String {
+    let efi = std::fs::read(IPXE_EFI).unwrap();
+    files.add("ipxe.efi", efi);
+    files.add(
+        "boot.ipxe",
+        b"#!ipxe\necho ringboot firmware test on ${platform}\n\
+          chain tftp://${next-server}/big.ipxe || goto failed\n\
+          :failed\nchain tftp://${next-server}/failed-${platform}.txt\n"
+            .to_vec(),
+    );
+    let (script, last) = checkpoint_script(BIG, 0x5eed_0000 ^ platform.len() as u64);
+    files.add("big.ipxe", script);
+    format!("ok-{platform}-{last}.txt")
+}
+
+/// An iPXE script of about `size` bytes: a checkpoint every 16 KiB, random comment padding
+/// between, and a last line naming the last token. Returns the script and that token.
+fn checkpoint_script(size: usize, seed: u64) -> (Vec<u8>, String) {
+    let mut state = seed | 1;
+    let mut next = move || {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = b"#!ipxe\nset c start\n".to_vec();
+    let mut prev = "start".to_string();
+    while out.len() + 20_000 < size {
+        let next_check = out.len() + 16 * 1024;
+        while out.len() + 82 < next_check {
+            let n = (next_check - 82 - out.len()).min(200);
+            out.push(b'#');
+            for _ in 0..n {
+                out.push(HEX[(next() & 15) as usize]);
+            }
+            out.push(b'\n');
+        }
+        let token = format!("{:08x}", next() as u32);
+        out.extend_from_slice(
+            format!("iseq ${{c}} {prev} || goto bad\nset c {token}\n").as_bytes(),
+        );
+        prev = token;
+    }
+    out.extend_from_slice(
+        format!(
+            "iseq ${{c}} {prev} || goto bad\n\
+             chain tftp://${{next-server}}/ok-${{platform}}-{prev}.txt\n\
+             :bad\nchain tftp://${{next-server}}/bad-${{platform}}-${{c}}.txt\n"
+        )
+        .as_bytes(),
+    );
+    (out, prev)
+}
+
+/// Wait for the marker request; then check every download the guest made finished completed.
+fn expect_boot(srv: &Server, marker: &str, console: &Path, downloads: &[&str]) {
+    // The marker, or a failure branch of the scripts (stop waiting at once).
+    let deadline = std::time::Instant::now() + MARKER_WAIT;
+    let seen = loop {
+        let lines = srv.log_lines();
+        if lines.iter().any(|l| l.contains(marker)) {
+            break true;
+        }
+        if lines
+            .iter()
+            .any(|l| l.contains("file=bad-") || l.contains("file=failed-"))
+            || std::time::Instant::now() >= deadline
+        {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let console_text = || {
+        let raw = std::fs::read(console).unwrap_or_default();
+        strip_ansi(&String::from_utf8_lossy(&raw))
+    };
+    assert!(
+        seen,
+        "no request for {marker} within {MARKER_WAIT:?}\n--- guest console (tail) ---\n{}\n\
+         --- server log ---\n{}",
+        tail(&console_text(), 60),
+        srv.log_lines().join("\n")
+    );
+    let lines = srv.log_lines();
+    for file in downloads {
+        let done = lines
+            .iter()
+            .find(|l| l.contains("transfer finished") && l.contains(&format!("file=\"{file}\"")));
+        let Some(done) = done else {
+            panic!("no finished transfer of {file}\n{}", lines.join("\n"));
+        };
+        assert!(
+            done.contains("outcome=\"completed\""),
+            "{file}: {done}\n{}",
+            lines.join("\n")
+        );
+        eprintln!("{done}");
+    }
+    // (`failed-` may follow the marker: the marker file does not exist, so its `chain` fails
+    // and boot.ipxe's fallback runs. `bad-` would mean a broken checkpoint chain.)
+    assert!(
+        !lines.iter().any(|l| l.contains("file=bad-")),
+        "the guest's checkpoint chain broke\n{}",
+        lines.join("\n")
+    );
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn qemu_base(console: &Path) -> Command {
+    let mut cmd = Command::new(QEMU);
+    cmd.args([
+        "-accel", "tcg", "-m", "512", "-display", "none", "-monitor", "none",
+    ])
+    .args(["-no-reboot", "-serial"])
+    .arg(format!("file:{}", console.display()))
+    .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"]);
+    cmd
+}
+
+/// BIOS: SeaBIOS + the iPXE PXE ROM of an e1000; ringboot is the DHCP server and TFTP server.
+#[test]
+fn bios_ipxe_rom_boots_through_full_dhcp_and_a_96_mib_script() {
+    if !runnable(&[QEMU, "ip"], &[BIOS_NIC_ROM, IPXE_EFI]) {
+        return;
+    }
+    bounded(LIMIT, || {
+        let _lab = Lab::enter();
+        let files = TestRoot::new();
+        let marker = boot_files(&files, "pcbios");
+        let config = files.base().join("ringboot.toml");
+        let leases = files.base().join("dhcp.leases");
+        std::fs::write(
+            &config,
+            format!(
+                "[dhcp]\nmode = \"full\"\ninterface = \"br0\"\nrange = \"10.77.0.100,10.77.0.150\"\n\
+                 lease_file = \"{}\"\nboot_file = \"ipxe.efi\"\nipxe_script = \"boot.ipxe\"\n",
+                leases.display()
+            ),
+        )
+        .unwrap();
+        let config = config.to_str().unwrap().to_string();
+        let srv = Server::start(files, &["--listen", "10.77.0.1:69", "--config", &config]);
+        let console = srv.files.base().join("console.log");
+        let mut qemu = qemu_base(&console);
+        qemu.args(["-boot", "n", "-device"])
+            .arg(format!(
+                "e1000,netdev=n0,mac=52:54:00:7b:00:01,romfile={BIOS_NIC_ROM}"
+            ))
+            .arg("-nographic");
+        let qlog = srv.files.base().join("qemu.log");
+        let guest = spawn("qemu (BIOS)", qemu, &qlog);
+        expect_boot(&srv, &marker, &console, &["boot.ipxe", "big.ipxe"]);
+        drop(guest);
+    });
+}
+
+/// UEFI: OVMF's own PXE client beside dnsmasq (addresses), ringboot as proxyDHCP; EDK2 loads
+/// ipxe.efi, which gets the script.
+#[test]
+fn uefi_edk2_pxe_boots_ipxe_efi_through_proxy_dhcp_beside_dnsmasq() {
+    if !runnable(&[QEMU, "ip", "dnsmasq"], &[OVMF_CODE, OVMF_VARS, IPXE_EFI]) {
+        return;
+    }
+    bounded(LIMIT, || {
+        let _lab = Lab::enter();
+        let files = TestRoot::new();
+        let marker = boot_files(&files, "efi");
+        let base: PathBuf = files.base().to_path_buf();
+        let mut dnsmasq = Command::new("dnsmasq");
+        dnsmasq
+            .args([
+                "--no-daemon",
+                "--port=0",
+                "--interface=br0",
+                "--bind-interfaces",
+            ])
+            .arg("--dhcp-range=10.77.0.50,10.77.0.90,255.255.255.0,1h")
+            .arg(format!(
+                "--dhcp-leasefile={}",
+                base.join("dnsmasq.leases").display()
+            ))
+            .arg(format!("--pid-file={}", base.join("dnsmasq.pid").display()))
+            .arg("--conf-file=/dev/null")
+            .arg("--log-dhcp");
+        let dhcpd = spawn("dnsmasq", dnsmasq, &base.join("dnsmasq.log"));
+        let config = base.join("ringboot.toml");
+        std::fs::write(
+            &config,
+            "[dhcp]\nmode = \"proxy\"\ninterface = \"br0\"\nboot_file = \"ipxe.efi\"\n\
+             ipxe_script = \"boot.ipxe\"\n",
+        )
+        .unwrap();
+        let config = config.to_str().unwrap().to_string();
+        let srv = Server::start(files, &["--listen", "10.77.0.1:69", "--config", &config]);
+        let vars = base.join("OVMF_VARS.fd");
+        std::fs::copy(OVMF_VARS, &vars).unwrap();
+        let console = base.join("console.log");
+        let mut qemu = qemu_base(&console);
+        qemu.arg("-drive")
+            .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+            .args([
+                "-device",
+                "virtio-net-pci,netdev=n0,mac=52:54:00:7b:00:02,romfile=",
+            ]);
+        let guest = spawn("qemu (UEFI)", qemu, &base.join("qemu.log"));
+        expect_boot(
+            &srv,
+            &marker,
+            &console,
+            &["ipxe.efi", "boot.ipxe", "big.ipxe"],
+        );
+        let console_text = strip_ansi(&String::from_utf8_lossy(
+            &std::fs::read(&console).unwrap_or_default(),
+        ));
+        assert!(
+            console_text.contains("NBP file downloaded successfully"),
+            "EDK2 did not report the NBP download:\n{}",
+            tail(&console_text, 40)
+        );
+        drop(guest);
+        drop(dhcpd);
+    });
+}
