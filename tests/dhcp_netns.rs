@@ -18,7 +18,11 @@
 //!   mode, a `[[dhcp.rule]]` for efi-x64 with an iPXE script): BIOS gets `boot_file`, UEFI x64
 //!   the rule's file (on 67 and on 4011), a chainloaded iPXE the script.
 
+#[path = "common/netns.rs"]
+mod netns;
+
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
+use netns::{preflight, sh, unique_id};
 use ringboot::dhcp::client::{as_ipxe, pxe_boot_request, pxe_discover};
 use ringboot::dhcp::config::ClientArch;
 use ringboot::dhcp::wire;
@@ -31,49 +35,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// Whether the test can run; prints why not.
-fn preflight(tools: &[&str]) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("skipped: needs root for network namespaces");
-        return false;
-    }
-    for t in tools {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            let msg = format!("{t} not found: install busybox dnsmasq-base iproute2");
-            if ci() {
-                panic!("{msg}");
-            }
-            println!("skipped: {msg}");
-            return false;
-        }
-    }
-    true
-}
-
-fn sh(cmd: &str) {
-    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Namespaces and processes of one test, removed on drop.
 struct Lab {
@@ -87,11 +51,7 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        let id = format!(
-            "{}{}",
-            std::process::id() % 100_000,
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = unique_id();
         Lab {
             id,
             namespaces: vec![],
@@ -384,7 +344,7 @@ fn env_var(env: &str, key: &str) -> Option<String> {
 
 #[test]
 fn full_mode_gives_udhcpc_an_address_and_the_boot_file() {
-    if !preflight(&["ip", "busybox"]) {
+    if !preflight(&["ip", "busybox"], "busybox dnsmasq-base iproute2") {
         return;
     }
     let mut lab = Lab::new();
@@ -471,7 +431,7 @@ fn lab_restart_on_bridge(lab: &mut Lab, s: &str, server: Ipv4Addr, range: &str) 
 
 #[test]
 fn proxy_mode_beside_dnsmasq() {
-    if !preflight(&["ip", "dnsmasq"]) {
+    if !preflight(&["ip", "dnsmasq"], "busybox dnsmasq-base iproute2") {
         return;
     }
     let mut lab = Lab::new();
@@ -623,7 +583,7 @@ fn proxy_mode_beside_dnsmasq() {
 
 #[test]
 fn proxy_mode_from_a_config_file_with_rules_for_efi_x64_and_ipxe() {
-    if !preflight(&["ip"]) {
+    if !preflight(&["ip"], "busybox dnsmasq-base iproute2") {
         return;
     }
     let mut lab = Lab::new();

@@ -4,7 +4,7 @@
 //! - Not root, or no `qemu-system-x86_64` / firmware images: prints "skipped: <why>" and passes.
 //!   Under `CI=true` as root every test must run (`.ci/run` installs qemu-system-x86, ipxe-qemu,
 //!   ovmf, ipxe and dnsmasq-base): anything missing fails it.
-//! - Each test builds its own namespace (`rbfw<pid><n>`): a bridge `br0` (10.77.0.1/24, no route
+//! - Each test builds its own namespace (`rbfw<pid><n>`, `common::netns`): a bridge `br0` (10.77.0.1/24, no route
 //!   out) with a tap device `tap0` for the guest. The test thread enters it (`setns`), so ringboot,
 //!   dnsmasq and QEMU all run there; the namespace goes when the test ends (the guard's Drop), the
 //!   children die with the test thread.
@@ -28,42 +28,21 @@
 
 mod common;
 
+use common::netns::{is_root, on_path, Netns};
 use common::*;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(300);
 const MARKER_WAIT: Duration = Duration::from_secs(270);
 const BIG: usize = 96 << 20;
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 const QEMU: &str = "qemu-system-x86_64";
 const IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
 const BIOS_NIC_ROM: &str = "/usr/lib/ipxe/qemu/pxe-e1000.rom";
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-}
-
-fn sh(cmd: &str) {
-    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Why this machine cannot run `needs` (programs and files), if it cannot.
 fn missing(programs: &[&str], files: &[&str]) -> Option<String> {
@@ -101,47 +80,20 @@ fn runnable(programs: &[&str], files: &[&str]) -> bool {
     }
 }
 
-/// One test's segment: namespace, bridge `br0` = 10.77.0.1/24, tap `tap0` on it.
-struct Lab {
-    name: String,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-impl Lab {
-    /// Build the segment and move the calling thread into it.
-    fn enter() -> Lab {
-        let name = format!(
-            "rbfw{}{}",
-            std::process::id() % 100_000,
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        sh(&format!("ip netns add {name}"));
-        let lab = Lab { name };
-        let n = &lab.name;
-        for cmd in [
-            "link set lo up",
-            "link add br0 type bridge",
-            "addr add 10.77.0.1/24 dev br0",
-            "link set br0 up",
-            "tuntap add dev tap0 mode tap",
-            "link set tap0 master br0",
-            "link set tap0 up",
-        ] {
-            sh(&format!("ip -n {n} {cmd}"));
-        }
-        let f = std::fs::File::open(format!("/var/run/netns/{n}")).unwrap();
-        // SAFETY: setns on this thread only, with an fd of a network namespace.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {n}: {}", std::io::Error::last_os_error());
-        lab
-    }
+/// One test's segment: namespace, bridge `br0` = 10.77.0.1/24, tap `tap0` on it; the calling
+/// thread moves into it.
+fn enter_lab() -> Netns {
+    let ns = Netns::new("fw");
+    ns.ip(&[
+        "link add br0 type bridge",
+        "addr add 10.77.0.1/24 dev br0",
+        "link set br0 up",
+        "tuntap add dev tap0 mode tap",
+        "link set tap0 master br0",
+        "link set tap0 up",
+    ]);
+    ns.enter();
+    ns
 }
 
 /// A child process killed (by PID) on drop.
@@ -302,7 +254,7 @@ fn bios_ipxe_rom_boots_through_full_dhcp_and_a_96_mib_script() {
         return;
     }
     bounded(LIMIT, || {
-        let _lab = Lab::enter();
+        let _lab = enter_lab();
         let files = TestRoot::new();
         let marker = boot_files(&files, "pcbios");
         let config = files.base().join("ringboot.toml");
@@ -340,7 +292,7 @@ fn uefi_edk2_pxe_boots_ipxe_efi_through_proxy_dhcp_beside_dnsmasq() {
         return;
     }
     bounded(LIMIT, || {
-        let _lab = Lab::enter();
+        let _lab = enter_lab();
         let files = TestRoot::new();
         let marker = boot_files(&files, "efi");
         let base: PathBuf = files.base().to_path_buf();

@@ -18,50 +18,21 @@
 
 mod common;
 
+use common::netns::{self, is_root, on_path};
 use common::*;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 const MIB: usize = 1 << 20;
 const LIMIT: Duration = Duration::from_secs(120);
 static SERIAL: Mutex<()> = Mutex::new(());
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-}
-
-fn sh(cmd: &str) {
-    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The namespace of one test; deleted on drop.
+/// The namespace of one test (deleted on drop), held with the serial lock.
 struct Netns {
-    name: String,
+    _ns: netns::Netns,
     _serial: MutexGuard<'static, ()>,
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
 }
 
 /// Create a namespace with only a multicast-enabled `lo` and move the calling thread into it.
@@ -74,23 +45,13 @@ fn enter_netns() -> Option<Netns> {
         return None;
     }
     let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let name = format!(
-        "rbmc{}{}",
-        std::process::id() % 100_000,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    sh(&format!("ip netns add {name}"));
+    let ns = netns::Netns::new("mc");
+    ns.ip(&["link set lo multicast on", "route add 224.0.0.0/4 dev lo"]);
+    ns.enter();
     let ns = Netns {
-        name,
+        _ns: ns,
         _serial: serial,
     };
-    let n = &ns.name;
-    sh(&format!("ip -n {n} link set lo up multicast on"));
-    sh(&format!("ip -n {n} route add 224.0.0.0/4 dev lo"));
-    let f = std::fs::File::open(format!("/var/run/netns/{n}")).unwrap();
-    // SAFETY: setns on this thread only, with an fd of a network namespace.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {n}: {}", std::io::Error::last_os_error());
     Some(ns)
 }
 

@@ -15,53 +15,16 @@
 //! The ringboot binary: `RINGBOOT_BIN`, else the newest one in this test's target directory that
 //! has the `--dhcp` flags, else one built now (`cargo build -p ringboot --bin ringboot`).
 
+#[path = "../../tests/common/netns.rs"]
+mod netns;
+
+use netns::{preflight, sh, unique_id};
 use serde_json::Value;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// Whether the test can run; prints why not.
-fn preflight(tools: &[&str]) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("skipped: needs root for network namespaces");
-        return false;
-    }
-    for t in tools {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            let msg = format!("{t} not found: install iproute2 dnsmasq-base");
-            if ci() {
-                panic!("{msg}");
-            }
-            println!("skipped: {msg}");
-            return false;
-        }
-    }
-    true
-}
-
-fn sh(cmd: &str) {
-    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Deterministic pseudo-random bytes.
 fn content(len: usize, seed: u64) -> Vec<u8> {
@@ -124,11 +87,7 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        let id = format!(
-            "{}{}",
-            std::process::id() % 100_000,
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = unique_id();
         Lab {
             id,
             namespaces: vec![],
@@ -267,7 +226,7 @@ fn explain(out: &Output, lab: &Lab) -> String {
 
 #[test]
 fn full_mode_storm_of_100_machines_completes() {
-    if !preflight(&["ip"]) {
+    if !preflight(&["ip"], "iproute2 dnsmasq-base") {
         return;
     }
     let mut lab = Lab::new();
@@ -364,7 +323,7 @@ fn full_mode_storm_of_100_machines_completes() {
 
 #[test]
 fn proxy_mode_beside_dnsmasq_goes_through_port_4011() {
-    if !preflight(&["ip", "dnsmasq"]) {
+    if !preflight(&["ip", "dnsmasq"], "iproute2 dnsmasq-base") {
         return;
     }
     let mut lab = Lab::new();

@@ -16,6 +16,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use ringboot::proto::packet::{emit_ack, emit_error, ErrorCode, Mode, OptionWriter, Packet};
 use ringboot::proto::BlockNum;
 use sha2::{Digest, Sha256};
@@ -84,10 +86,7 @@ pub fn backend() -> String {
 
 /// True when running under CI (`CI` set to anything but empty, `0` or `false`).
 pub fn under_ci() -> bool {
-    match std::env::var("CI") {
-        Ok(v) => !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false")),
-        Err(_) => false,
-    }
+    netns::ci()
 }
 
 // ---------------------------------------------------------------------------------------------

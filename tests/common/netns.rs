@@ -1,0 +1,118 @@
+//! Network-namespace plumbing shared by the namespace tests of both crates (`tests/` includes it
+//! through `common`, `loadtest/tests/dhcp.rs` by `#[path]`). Only std and libc.
+//!
+//! Contract:
+//! - [`preflight`]: false with "skipped: <why>" printed when not root or a tool is missing; under
+//!   `CI=true` as root a missing tool panics instead (CI installs them all).
+//! - [`Netns::new`] creates a namespace with `lo` up and deletes it on drop, also when the test
+//!   panics. Names carry the PID and a counter ([`unique_id`]), so parallel tests and parallel
+//!   test binaries never collide.
+//! - [`Netns::enter`] moves the calling thread (only) into the namespace: processes it spawns
+//!   afterwards start there.
+
+#![allow(dead_code)]
+
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// True under CI (`CI` set to anything but empty, `0` or `false`).
+pub fn ci() -> bool {
+    match std::env::var("CI") {
+        Ok(v) => !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false")),
+        Err(_) => false,
+    }
+}
+
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+/// Whether a namespace test can run here; prints why not. `install` names the packages.
+pub fn preflight(tools: &[&str], install: &str) -> bool {
+    if !is_root() {
+        println!("skipped: needs root for network namespaces");
+        return false;
+    }
+    let gone: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+    if gone.is_empty() {
+        return true;
+    }
+    let msg = format!("{} not found: apt-get install {install}", gone.join(", "));
+    assert!(!ci(), "{msg}");
+    println!("skipped: {msg}");
+    false
+}
+
+/// Run a shell command; panic with its stderr if it fails.
+pub fn sh(cmd: &str) {
+    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// PID (last five digits) and a per-process counter: unique among concurrent tests.
+pub fn unique_id() -> String {
+    format!(
+        "{}{}",
+        std::process::id() % 100_000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A namespace with `lo` up, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// `rb<role><unique id>` (interface-name limits do not apply to namespace names).
+    pub fn new(role: &str) -> Netns {
+        let ns = Netns {
+            name: format!("rb{role}{}", unique_id()),
+        };
+        sh(&format!("ip netns add {}", ns.name));
+        sh(&format!("ip -n {} link set lo up", ns.name));
+        ns
+    }
+
+    /// `ip -n <name> <args>` for each line of `cmds`.
+    pub fn ip(&self, cmds: &[&str]) {
+        for c in cmds {
+            sh(&format!("ip -n {} {c}", self.name));
+        }
+    }
+
+    /// Move the calling thread into this namespace.
+    pub fn enter(&self) {
+        let f = std::fs::File::open(format!("/var/run/netns/{}", self.name)).unwrap();
+        // SAFETY: setns on this thread only, with an fd of a network namespace.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "setns {}: {}",
+            self.name,
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
