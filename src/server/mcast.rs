@@ -594,6 +594,12 @@ impl Service {
                 }
                 McTransmit::Blocks { dest, first, count } => {
                     let to = SockAddr::from(dest_addr(dest, r.group));
+                    // Held across the synchronous sends: a lease break waits for them.
+                    if !r.content.begin_send() {
+                        warn!(file = %r.content.display_path(), "file changed on the server while multicast; session ended");
+                        r.failed = true;
+                        break;
+                    }
                     let bytes = r.content.bytes();
                     for i in first..first + count as u64 {
                         let (off, len) = r.session.block_range(i);
@@ -611,6 +617,7 @@ impl Service {
                             break;
                         }
                     }
+                    r.content.end_send();
                 }
             }
         }

@@ -648,7 +648,12 @@ impl Core {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        conn.in_flight = conn.in_flight.saturating_sub(1);
+        let was = conn.in_flight;
+        conn.in_flight = was.saturating_sub(1);
+        if was == 1 {
+            // The window's last completion: the kernel holds none of the file's bytes any more.
+            conn.content.end_send();
+        }
         if res < 0 {
             let e = -res;
             let replace = match conn.send_failure {
@@ -726,20 +731,23 @@ impl Core {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        if conn.content.is_revoked() {
+        let Some(fd) = conn.sock.as_ref().map(|s| s.as_raw_fd()) else {
+            return;
+        };
+        // From here until the kernel has copied the bytes, a lease break waits for this send
+        // (Content::begin_send): a file rewritten in place never leaks new bytes into it.
+        if !conn.content.begin_send() {
             conn.reason = Some(FILE_CHANGED);
             conn.transfer.abort(ErrorCode::NotDefined, FILE_CHANGED);
             return;
         }
-        let Some(fd) = conn.sock.as_ref().map(|s| s.as_raw_fd()) else {
-            return;
-        };
         let gso = gso_worker && conn.gso;
         let c: &mut Conn = conn;
         if c.tx
             .build(&c.transfer, c.content.bytes(), first, count, gso)
             .is_none()
         {
+            c.content.end_send();
             c.reason = Some("block outside the file");
             c.transfer.abort(
                 ErrorCode::NotDefined,
@@ -747,7 +755,11 @@ impl Core {
             );
             return;
         }
-        match drv.send(id, fd, c.tx.msgs()) {
+        let status = drv.send(id, fd, c.tx.msgs());
+        if !matches!(status, SendStatus::InFlight(n) if n > 0) {
+            c.content.end_send();
+        }
+        match status {
             SendStatus::Done(None) => {}
             SendStatus::Done(Some((call, errno))) => self.on_send_failure(id, call, errno),
             SendStatus::InFlight(n) => {

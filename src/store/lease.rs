@@ -242,9 +242,12 @@ fn watch(sfd: RawFd, pipe: RawFd) {
     }
 }
 
+/// How long a lease break waits for sends in progress before it lets the writer go on.
+const SEND_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A lease on `fd` (or, for -1, on any descriptor) is being broken.
 fn handle_break(fd: RawFd) {
-    let broken: Vec<(Arc<Content>, Weak<Cache>)> = {
+    let broken: Vec<(RawFd, Arc<Content>, Weak<Cache>)> = {
         let mut reg = registry();
         let fds: Vec<RawFd> = if fd < 0 {
             reg.keys().copied().collect()
@@ -268,15 +271,20 @@ fn handle_break(fd: RawFd) {
             // If the Content is being dropped its descriptor is about to close, which releases the
             // lease anyway.
             if let Some(content) = entry.content.upgrade() {
-                // SAFETY: as above; the Arc keeps the descriptor open.
-                unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
-                out.push((content, entry.cache));
+                out.push((fd, content, entry.cache));
             }
         }
         out
     };
-    for (content, cache) in broken {
-        content.revoke();
+    for (fd, content, cache) in broken {
+        // Revoke first and let the sends already handed to the kernel finish, then release the
+        // lease: the writer cannot truncate or write before that, so no client ever gets a block
+        // of new bytes in an old transfer.
+        if !content.revoke_and_drain(SEND_DRAIN_LIMIT) {
+            tracing::debug!(file = %content.display_path(), "sends still running after the drain limit");
+        }
+        // SAFETY: `fd` is open: the Arc keeps its Content, which owns the descriptor.
+        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
         tracing::warn!(
             file = %content.display_path(),
             "modified in place while being served; running transfers of it are ended"

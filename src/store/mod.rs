@@ -25,7 +25,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use memmap2::{Advice, Mmap, MmapOptions};
@@ -187,6 +187,8 @@ enum Data {
 pub struct Content {
     data: Data,
     revoked: AtomicBool,
+    /// Sends handed to the kernel and not yet completed (see [`Content::begin_send`]).
+    senders: AtomicU32,
     display: String,
     key: Key,
     version: Version,
@@ -225,8 +227,41 @@ impl Content {
         &self.display
     }
 
+    /// A send of these bytes starts: false (and nothing to end) once the content is revoked.
+    /// Pair each `true` with [`Content::end_send`] when the kernel has copied the bytes (the
+    /// send call returned, or its io_uring completion arrived). With [`Content::revoke`] this
+    /// is a Dekker handshake (both sides SeqCst): either the sender sees the revocation, or the
+    /// revoker sees the send and waits for it before the writer may touch the file.
+    pub fn begin_send(&self) -> bool {
+        self.senders.fetch_add(1, Ordering::SeqCst);
+        if self.revoked.load(Ordering::SeqCst) {
+            self.senders.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// The send started by a successful [`Content::begin_send`] is over.
+    pub fn end_send(&self) {
+        self.senders.fetch_sub(1, Ordering::SeqCst);
+    }
+
     fn revoke(&self) {
-        self.revoked.store(true, Ordering::Release);
+        self.revoked.store(true, Ordering::SeqCst);
+    }
+
+    /// Revoke, then wait until every send that began before is over (at most `limit`): only then
+    /// may an in-place writer change the bytes. True when drained in time.
+    fn revoke_and_drain(&self, limit: std::time::Duration) -> bool {
+        self.revoke();
+        let deadline = std::time::Instant::now() + limit;
+        while self.senders.load(Ordering::SeqCst) != 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        true
     }
 
     fn heap_len(&self) -> usize {
@@ -240,6 +275,7 @@ impl Content {
         Content {
             data: Data::Heap(bytes.into_boxed_slice()),
             revoked: AtomicBool::new(false),
+            senders: AtomicU32::new(0),
             display,
             key,
             version,
@@ -546,6 +582,7 @@ fn map_file(file: File, key: Key, name: String, leased: bool) -> Result<Arc<Cont
     Ok(Arc::new(Content {
         data,
         revoked: AtomicBool::new(false),
+        senders: AtomicU32::new(0),
         display: name,
         key,
         version,
@@ -667,6 +704,30 @@ mod tests {
             &s.lookup(b"\\img\\\\big", Mode::Octet).unwrap()
         ));
         assert!(!a.is_revoked() && !b.is_revoked());
+    }
+
+    /// The lease-break handshake: a revocation waits for sends already begun, and no send
+    /// begins after it.
+    #[test]
+    fn revocation_waits_for_sends_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), vec![1u8; 4096]).unwrap();
+        let s = Store::new(dir.path(), opts(16, true)).unwrap();
+        let c = s.lookup(b"f", Mode::Octet).unwrap();
+        assert!(c.begin_send());
+        assert!(c.begin_send());
+        assert!(!c.revoke_and_drain(std::time::Duration::from_millis(5)));
+        assert!(c.is_revoked());
+        assert!(!c.begin_send(), "no send begins after the revocation");
+        c.end_send();
+        let c2 = c.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            c2.end_send();
+        });
+        assert!(c.revoke_and_drain(std::time::Duration::from_secs(5)));
+        t.join().unwrap();
+        assert_eq!(c.senders.load(Ordering::SeqCst), 0);
     }
 
     #[test]
