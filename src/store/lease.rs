@@ -3,9 +3,10 @@
 //! A mapped file's descriptor takes `F_SETLEASE F_RDLCK` with `F_SETSIG` = [`lease_signal`].
 //! When anyone opens the file for writing or truncates it, the kernel holds that writer back and
 //! sends the signal with `si_fd` naming our descriptor. One watcher thread (started by the first
-//! store that uses leases) receives it, marks the `Content` revoked, drops it from its store's
-//! cache and releases the lease, so the writer goes on at once instead of waiting
-//! `lease-break-time` (45 s).
+//! store that uses leases) receives it, marks the `Content` revoked, waits until the sends of it
+//! already handed to the kernel are over (`Content::begin_send`, at most 1 s), releases the lease
+//! and drops the content from its store's cache: no transfer ever gets new bytes, and the writer
+//! goes on within microseconds instead of waiting `lease-break-time` (45 s).
 //!
 //! Delivery: [`block_lease_signal`] blocks the signal in `main` before any thread exists, so every
 //! thread inherits the mask and the watcher's `signalfd` gets it. Where some thread did not block
