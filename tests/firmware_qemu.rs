@@ -29,7 +29,7 @@
 
 mod common;
 
-use common::netns::{is_root, on_path, Netns};
+use common::netns::{preflight, Netns};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,34 +45,21 @@ const BIOS_NIC_ROM: &str = "/usr/lib/ipxe/qemu/pxe-e1000.rom";
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
-/// Why this machine cannot run `needs` (programs and files), if it cannot.
-fn missing(programs: &[&str], files: &[&str]) -> Option<String> {
-    if !is_root() {
-        return Some("needs root for network namespaces and tap devices".into());
-    }
-    let mut gone: Vec<String> = programs
-        .iter()
-        .filter(|p| !on_path(p))
-        .map(|p| p.to_string())
-        .collect();
-    gone.extend(
-        files
-            .iter()
-            .filter(|f| !Path::new(f).is_file())
-            .map(|f| f.to_string()),
-    );
-    (!gone.is_empty()).then(|| {
-        format!(
-            "missing {} (apt-get install qemu-system-x86 ipxe-qemu ovmf ipxe dnsmasq-base)",
-            gone.join(", ")
-        )
-    })
-}
+const PACKAGES: &str = "qemu-system-x86 ipxe-qemu ovmf ipxe dnsmasq-base iproute2";
 
-/// Skip (printing why) or, under CI, fail.
+/// Skip (printing why) or, under CI as root, fail when a program or firmware file is missing.
 fn runnable(programs: &[&str], files: &[&str]) -> bool {
-    if let Some(why) = missing(programs, files) {
-        assert!(!under_ci() || !is_root(), "firmware test cannot run: {why}");
+    if !preflight(programs, PACKAGES) {
+        return false;
+    }
+    let gone: Vec<&str> = files
+        .iter()
+        .copied()
+        .filter(|f| !Path::new(f).is_file())
+        .collect();
+    if !gone.is_empty() {
+        let why = format!("missing {} (apt-get install {PACKAGES})", gone.join(", "));
+        assert!(!under_ci(), "firmware test cannot run: {why}");
         println!("skipped: {why}");
         return false;
     }
