@@ -7,5 +7,6 @@
 
 pub mod dhcp;
 pub mod proto;
+pub mod ratelog;
 pub mod server;
 pub mod store;

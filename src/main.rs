@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::info;
+use tracing_appender::non_blocking::{ErrorCounter, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -328,7 +329,13 @@ fn dhcp_config(args: &ServeArgs, text: Option<&str>, m: &clap::ArgMatches) -> Re
     Ok(cfg)
 }
 
-fn init_logging(verbose: u8, format: LogFormat) -> Result<()> {
+/// Lines the log writer may hold before it drops (and counts) new ones.
+const LOG_BUFFER_LINES: usize = 16_384;
+
+/// Logging through a bounded, non-blocking buffer: workers never wait for stderr. When stderr is a
+/// pipe nobody reads, lines beyond [`LOG_BUFFER_LINES`] are dropped and counted (see
+/// [`report_dropped_log_lines`]) instead of stalling downloads. The guard flushes at exit.
+fn init_logging(verbose: u8, format: LogFormat) -> Result<(WorkerGuard, ErrorCounter)> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(s) if !s.trim().is_empty() => {
             EnvFilter::try_new(&s).with_context(|| format!("bad RUST_LOG {s:?}"))?
@@ -339,14 +346,33 @@ fn init_logging(verbose: u8, format: LogFormat) -> Result<()> {
             _ => "trace",
         }),
     };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("ringboot-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let r = match format {
         LogFormat::Text => b.try_init(),
         LogFormat::Json => b.json().try_init(),
     };
-    r.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+    r.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))?;
+    Ok((guard, dropped))
+}
+
+/// Log how many lines the bounded log buffer dropped since the last report (called periodically).
+fn report_dropped_log_lines(counter: &ErrorCounter, reported: &mut usize) {
+    let n = counter.dropped_lines();
+    if n > *reported {
+        tracing::warn!(
+            dropped = n - *reported,
+            "log output is not keeping up; lines were dropped"
+        );
+        *reported = n;
+    }
 }
 
 /// The signals that end the server, blocked in every thread and read from a signalfd.
@@ -420,7 +446,8 @@ fn wait_signal(fd: &OwnedFd, ms: i32) -> Option<&'static str> {
 }
 
 fn serve(args: ServeArgs, config_text: Option<String>, matches: clap::ArgMatches) -> Result<()> {
-    init_logging(args.verbose, args.log_format)?;
+    let (_log_guard, log_dropped) = init_logging(args.verbose, args.log_format)?;
+    let mut log_dropped_reported = 0;
     let dhcp = dhcp_config(&args, config_text.as_deref(), &matches)?;
     let listen = if args.listen.is_empty() {
         vec![
@@ -539,6 +566,7 @@ fn serve(args: ServeArgs, config_text: Option<String>, matches: clap::ArgMatches
         if running.any_finished() {
             break;
         }
+        report_dropped_log_lines(&log_dropped, &mut log_dropped_reported);
     }
     dhcp_stop.store(true, Ordering::SeqCst);
     running.join()?;
