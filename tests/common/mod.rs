@@ -204,9 +204,14 @@ impl TestRoot {
 // The server under test
 // ---------------------------------------------------------------------------------------------
 
-/// Path of the binary under test.
+/// Path of the binary under test: `RINGBOOT_TEST_BIN` when set (to show that a regression test
+/// fails on an older build), else the one cargo built.
 pub fn ringboot_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_ringboot")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| match std::env::var("RINGBOOT_TEST_BIN") {
+        Ok(p) if !p.is_empty() => p,
+        _ => env!("CARGO_BIN_EXE_ringboot").to_owned(),
+    })
 }
 
 /// A free UDP port on 127.0.0.1 (bound and released; the server start retries on a race).
