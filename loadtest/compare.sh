@@ -11,7 +11,8 @@
 # The third-party servers are not installed as services: `apt-get download` + `dpkg -x` into a
 # private folder ($COMPARE_DIR/peers), run in the foreground as root, each started and stopped by its
 # PID. dnsmasq's TFTP port is fixed at 69, so it gets its own random 127.x.y.z. Needs root.
-# Environment: COMPARE_DIR (default /tmp/ringboot-compare), RINGBOOT_BIN, LOADTEST_BIN,
+# Server `ringboot-base` runs RINGBOOT_BASE_BIN (an earlier build) for before/after tables in one run.
+# Environment: COMPARE_DIR (default /tmp/ringboot-compare), RINGBOOT_BIN, RINGBOOT_BASE_BIN, LOADTEST_BIN,
 # RINGBOOT_ARGS (extra `ringboot serve` arguments), CARGO_TARGET_DIR.
 set -euo pipefail
 
@@ -118,6 +119,12 @@ start_server() {
             # shellcheck disable=SC2086
             "$RINGBOOT" serve --root "$ROOT" --listen "$ADDR" ${RINGBOOT_ARGS:-} >"$OUT/$name.log" 2>&1 &
             ;;
+        ringboot-base)
+            # An earlier build (RINGBOOT_BASE_BIN), for before/after figures taken in one run.
+            [[ -x ${RINGBOOT_BASE_BIN:-} ]] || { log "ringboot-base needs RINGBOOT_BASE_BIN"; return 1; }
+            # shellcheck disable=SC2086
+            "$RINGBOOT_BASE_BIN" serve --root "$ROOT" --listen "$ADDR" ${RINGBOOT_ARGS:-} >"$OUT/$name.log" 2>&1 &
+            ;;
         tftpd-hpa)
             "$PEERS/hpa/usr/sbin/in.tftpd" -L -s -u root -a "$ADDR" "$ROOT" >"$OUT/$name.log" 2>&1 &
             ;;
@@ -210,7 +217,7 @@ ROWS=()
 for name in $SERVERS; do
     log "== $name: $CLIENTS x $SIZE_MIB MiB, profile $PROFILE"
     if ! start_server "$name"; then
-        ROWS+=("$(printf '%-10s %s' "$name" "did not start (see $OUT/$name.log)")")
+        ROWS+=("$(printf '%-13s %s' "$name" "did not start (see $OUT/$name.log)")")
         stop_server
         continue
     fi
@@ -236,10 +243,10 @@ for name in $SERVERS; do
     cg_leave
     j=$OUT/$name.json
     if [[ ! -f $j ]]; then
-        ROWS+=("$(printf '%-10s %s' "$name" "loadtest exited $rc without a report")")
+        ROWS+=("$(printf '%-13s %s' "$name" "loadtest exited $rc without a report")")
         continue
     fi
-    ROWS+=("$(printf '%-10s %8.3f %8.1f %9.2f %9.2f %6s/%-6s %9.2f %9.1f %9.1f %8.0f%%' "$name" \
+    ROWS+=("$(printf '%-13s %8.3f %8.1f %9.2f %9.2f %6s/%-6s %9.2f %9.1f %9.1f %8.0f%%' "$name" \
         "$(json_get "$j" throughput_gbps)" "$(json_get "$j" throughput_mbytes_per_s)" \
         "$(awk -v v="$(json_get "$j" p50 duration_ms)" 'BEGIN{print v/1000}')" \
         "$(awk -v v="$(json_get "$j" p99 duration_ms)" 'BEGIN{print v/1000}')" \
@@ -251,7 +258,7 @@ done
 
 echo
 echo "Boot storm: $CLIENTS x $SIZE_MIB MiB, profile $PROFILE, loadtest threads $THREADS ${PASS[*]+${PASS[*]}}"
-printf '%-10s %8s %8s %9s %9s %13s %9s %9s %9s %9s\n' server Gbit/s MB/s "p50 s" "p99 s" "done/failed" \
+printf '%-13s %8s %8s %9s %9s %13s %9s %9s %9s %9s\n' server Gbit/s MB/s "p50 s" "p99 s" "done/failed" \
     "srv CPU s" "RSS MiB" "tree MiB" "lt CPU"
 for r in "${ROWS[@]}"; do echo "$r"; done
 if [[ -n $CGBASE ]]; then how="cgroup cpu.stat of the server and all its children"; else how="utime+stime incl. reaped children"; fi
