@@ -476,6 +476,7 @@ mod tests {
                     timeout: Duration::from_millis(20),
                     retries: 3,
                     tsize_in_oack: true,
+                    max_members: 256,
                 },
                 now,
             )
