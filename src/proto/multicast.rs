@@ -286,7 +286,9 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(cfg: SessionConfig, now: Instant) -> Self {
+    /// A session with `cfg`; a `timeout` over one hour is taken as one hour.
+    pub fn new(mut cfg: SessionConfig, now: Instant) -> Self {
+        cfg.timeout = cfg.timeout.min(Duration::from_secs(3600));
         let blksize = cfg.blksize.max(8) as u64;
         Session {
             blksize,

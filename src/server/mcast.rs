@@ -1327,4 +1327,104 @@ mod tests {
         let mut a = Admission::new(None, 256, 4);
         assert_eq!(a.admit(client(1, 1), 1, 1468), Err(Refusal::Disabled));
     }
+
+    #[test]
+    fn a_request_handed_over_that_the_service_cannot_place_gets_an_error_and_its_place_back() {
+        // The session socket cannot be bound (the request's local address is not ours): the
+        // client was promised an answer by the hand-over, so it gets an ERROR, and the group
+        // and its membership go back.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), vec![7u8; 5000]).unwrap();
+        let store = Store::new(dir.path(), crate::store::StoreOptions::default()).unwrap();
+        let content = store.lookup(b"f", Mode::Octet).unwrap();
+        let cfg = McConfig {
+            mtftp: vec![],
+            mtftp_port: 0,
+            groups: pool("239.255.42.0/30"),
+            multicast_port: 1758,
+            ttl: 1,
+            interface: None,
+            loopback: true,
+            rate: 0,
+            window: 16,
+            timeout: Duration::from_millis(200),
+            retries: 5,
+            listen: vec![],
+            max_members: 256,
+            max_per_source: 4,
+        };
+        let (tx, rx) = channel::bounded(4);
+        let admission = Arc::new(Mutex::new(Admission::new(cfg.groups, 256, 4)));
+        let wake = Arc::new(sys::eventfd().unwrap());
+        let handle = McHandle {
+            tx,
+            wake: wake.clone(),
+            admission: admission.clone(),
+        };
+        let client_sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = client_sock.local_addr().unwrap();
+        let join = McJoin {
+            client,
+            local: "192.0.2.1".parse().unwrap(),
+            content,
+            blksize: BlockSize::new(1428).unwrap(),
+            tsize: false,
+        };
+        assert!(handle.submit(join));
+        assert_eq!(lock(&admission).groups_in_use(), 1);
+        let mut svc = Service {
+            cfg,
+            store,
+            rx,
+            wake,
+            listeners: vec![],
+            ctrl: UdpSocket::bind("127.0.0.1:0").unwrap(),
+            admission: admission.clone(),
+            sessions: HashMap::new(),
+            next_token: 0,
+            buf: vec![0u8; 2048],
+            logs: Logs::default(),
+        };
+        let h = svc.rx.try_recv().unwrap();
+        svc.join_rfc2090(-1, h);
+        client_sock
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let (n, _) = client_sock.recv_from(&mut buf).expect("an ERROR");
+        let Ok(Packet::Error { message, .. }) = Packet::parse(&buf[..n]) else {
+            panic!("not an ERROR: {:?}", &buf[..n])
+        };
+        assert!(message.starts_with(b"cannot open a multicast session"));
+        let a = lock(&admission);
+        assert_eq!(a.groups_in_use(), 0);
+        assert!(a.memberships.is_empty() && a.per_source.is_empty());
+        assert!(svc.sessions.is_empty());
+    }
+
+    #[test]
+    fn a_full_channel_takes_nothing_and_says_so() {
+        let (tx, _rx) = channel::bounded(0);
+        let admission = Arc::new(Mutex::new(Admission::new(pool("239.255.42.0/30"), 256, 4)));
+        let handle = McHandle {
+            tx,
+            wake: Arc::new(sys::eventfd().unwrap()),
+            admission: admission.clone(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let store = Store::new(dir.path(), crate::store::StoreOptions::default()).unwrap();
+        let join = McJoin {
+            client: client(1, 1000),
+            local: Ipv4Addr::LOCALHOST.into(),
+            content: store.lookup(b"f", Mode::Octet).unwrap(),
+            blksize: BlockSize::new(1468).unwrap(),
+            tsize: false,
+        };
+        assert_eq!(
+            handle.try_submit(join, Instant::now()),
+            Err(Refusal::Saturated)
+        );
+        assert_eq!(lock(&admission).groups_in_use(), 0);
+    }
 }
