@@ -22,20 +22,22 @@
 //!   A passive member that ACKs the last block is done. The session is over when no member is left.
 //!   At most `max_members` members: a join past that is refused ([`JoinError::Full`]) and the
 //!   driver serves the client some other way (unicast, or an ERROR).
-//! - PXE MTFTP: an open (RRQ on the MTFTP port) starts a session and the stream to the group; block 1
-//!   also goes unicast to the opener (that is how a PXE client knows it is master). Until some
-//!   opener acknowledges a block the master is not established: a later open is answered at once
-//!   the same way (block 1 unicast) and the first of these openers (at most [`MAX_CANDIDATES`], the
-//!   oldest dropped) to ACK becomes the master; the others hear the stream from the group like any
-//!   listener. So an opener that never ACKs (a spoofed source, a client that died) cannot hold the
-//!   file against a real client. Openers within `timeout / 4` of the newest one are not
+//! - PXE MTFTP: an open (RRQ on the MTFTP port) starts a session: block 1 goes unicast to the
+//!   opener (that is how a PXE client knows it is master), and when the opener acknowledges it
+//!   the stream to the group starts, from block 1. Until some opener acknowledges, nothing goes
+//!   to the group (listeners hear silence and open in turn) and the master is not established: a
+//!   later open is answered at once the same way (block 1 unicast), and the first of these
+//!   openers (at most [`MAX_CANDIDATES`], the oldest dropped) to ACK becomes the master; the
+//!   others hear the stream from the group like any listener. So an opener that never ACKs (a
+//!   spoofed source, a client that died) can hold the file against a real client only for the
+//!   moment its block 1 is in flight. Openers within `timeout / 4` of the newest one are not
 //!   answered (a classroom opening together gets one master); this also paces how fast a flood
-//!   of opens can replace candidates. Nobody acknowledging: the first window is resent only
-//!   [`UNCONFIRMED_RETRIES`] times (no backoff), then the session ends. A re-open by an opener
-//!   repeats its unicast block 1 at most once per `timeout`. Once a master has acknowledged, opens
-//!   are not answered ([`JoinError::Busy`]): those clients hear the stream, fall back to
-//!   listening and re-open after it ends (PXE spec; iPXE falls back to plain TFTP after 3 opens
-//!   without an answer). The session ends with its master.
+//!   of opens can replace candidates. Nobody acknowledging: block 1 is resent to the openers
+//!   [`UNCONFIRMED_RETRIES`] times, `timeout` apart (each new opener restarts that count), then
+//!   the session ends. A re-open by an opener repeats its block 1 at most once per `timeout`.
+//!   Once a master has acknowledged, opens are not answered ([`JoinError::Busy`]): those clients
+//!   hear the stream, fall back to listening and re-open after it ends (PXE spec; iPXE falls
+//!   back to plain TFTP after 3 opens without an answer). The session ends with its master.
 //! - Bounded: members (RFC 2090: `max_members`; PXE: [`MAX_CANDIDATES`]), control packets queued
 //!   (one per member at most), events queued ([`EVENT_CAP`], the excess dropped and counted in
 //!   [`SessionStats::events_dropped`]; a driver that drains after every call never loses one).
@@ -443,7 +445,6 @@ impl Session {
                 reason: LeaveReason::Superseded,
             });
         }
-        let first = self.members.is_empty();
         self.members.push(Member {
             addr,
             served: true,
@@ -452,9 +453,9 @@ impl Session {
         self.stats.members_joined += 1;
         self.event(SessionEvent::Joined(addr));
         self.master = Some(addr);
-        if first {
-            self.start_from(0, now);
-        }
+        // Each new opener gets the whole (short) unconfirmed budget to acknowledge.
+        self.tries = 0;
+        self.deadline = Some(now + self.cfg.timeout);
         self.pending.push_back(Pending::FirstBlock { to: addr });
         Ok(Joined::New)
     }
@@ -507,7 +508,9 @@ impl Session {
                 };
                 self.stats.acks += 1;
                 if pxe && !self.confirmed {
+                    // The stream to the group starts now, from block 1.
                     idx = self.confirm(from);
+                    self.start_from(0, now);
                 }
                 if index >= self.total_blocks {
                     self.member_done(idx, now);
@@ -720,10 +723,9 @@ impl Session {
             self.deadline = Some(now + self.cfg.timeout);
             return;
         }
-        self.rewind();
         if unconfirmed {
-            // Every opener may have lost its unicast block 1: once more each, at a steady pace.
-            self.rto = self.cfg.timeout;
+            // Every opener may have lost its unicast block 1 (or its ACK): once more each, at a
+            // steady pace; still nothing to the group.
             for i in 0..self.members.len() {
                 let to = self.members[i].addr;
                 self.members[i].first_sent = Some(now);
@@ -731,9 +733,11 @@ impl Session {
                     self.pending.push_back(Pending::FirstBlock { to });
                 }
             }
-        } else {
-            self.rto = self.cfg.timeout * (1 << self.tries.min(MAX_BACKOFF_SHIFT));
+            self.deadline = Some(now + self.cfg.timeout);
+            return;
         }
+        self.rewind();
+        self.rto = self.cfg.timeout * (1 << self.tries.min(MAX_BACKOFF_SHIFT));
         // Until the resent window is out; poll_transmit re-arms it (with `rto`) after its last
         // block.
         self.deadline = Some(now + self.rto);
@@ -743,7 +747,7 @@ impl Session {
     fn rewind(&mut self) {
         self.next = self.acked + 1;
         self.window_end = (self.acked + self.cfg.window.max(1) as u64).min(self.total_blocks);
-        if self.cfg.protocol == Protocol::PxeMtftp && self.acked == 0 && self.confirmed {
+        if self.cfg.protocol == Protocol::PxeMtftp && self.acked == 0 {
             // The master's ACK of block 1 (or block 1 itself) was lost: its copy again.
             if let Some(to) = self.master {
                 if !self.pending.contains(&Pending::FirstBlock { to }) {
@@ -1426,7 +1430,7 @@ mod tests {
     }
 
     #[test]
-    fn pxe_session_nobody_acknowledges_ends_after_a_few_steady_resends() {
+    fn pxe_session_nobody_acknowledges_sends_nothing_to_the_group_and_ends_soon() {
         let t0 = Instant::now();
         let mut c = cfg(Protocol::PxeMtftp, 512 * 100);
         c.retries = 5;
@@ -1438,14 +1442,12 @@ mod tests {
         let mut buf = [0u8; 600];
         while !s.is_over() {
             while let Some(tx) = s.poll_transmit(now, &mut buf) {
-                if matches!(
-                    tx,
+                match tx {
                     McTransmit::Blocks {
                         dest: Dest::Member(_),
                         ..
-                    }
-                ) {
-                    unicast += 1;
+                    } => unicast += 1,
+                    other => panic!("{other:?} while no opener acknowledged"),
                 }
             }
             let Some(at) = s.poll_timeout() else { break };
