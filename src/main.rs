@@ -151,6 +151,14 @@ struct ServeArgs {
     /// Deliver our multicast to clients on this host too (IP_MULTICAST_LOOP).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
     multicast_loop: bool,
+    /// Members of one RFC 2090 session at most; later requests are served by unicast.
+    #[arg(long, value_name = "N", default_value_t = mcast::DEFAULT_MAX_MEMBERS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    multicast_max_members: u32,
+    /// RFC 2090 sessions one client address may be a member of at once; past that, unicast.
+    #[arg(long, value_name = "N", default_value_t = mcast::DEFAULT_MAX_PER_SOURCE as u32,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    multicast_max_per_source: u32,
 
     /// DHCP responder: proxy (beside an existing DHCP server), full (isolated lab) or off.
     /// Config file: `[dhcp] mode`.
@@ -512,6 +520,8 @@ fn serve(args: ServeArgs, config_text: Option<String>, matches: clap::ArgMatches
         window: args.multicast_window,
         timeout: Duration::from_millis(args.multicast_timeout.max(1)),
         retries: 5,
+        max_members: args.multicast_max_members as usize,
+        max_per_source: args.multicast_max_per_source as usize,
         listen: listen
             .iter()
             .filter_map(|l| match l.addr.ip() {

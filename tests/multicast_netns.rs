@@ -15,14 +15,21 @@
 //! - Byte counts come from the server's `multicast session finished` log lines: the file goes out
 //!   about once per session, not once per client.
 //! - Tests run one at a time (a lock): on 2 cores, two storms at once would time each other out.
+//! - Hostile peers (issue 8, defect 5) are sockets on 127.0.0.1 in the namespace that send their
+//!   requests over and over and never acknowledge anything, as spoofed sources behave; the
+//!   clients they must not shut out are the load tester's machines (127.1.0.0/16) and a raw
+//!   unicast client. Server timeouts in those tests are long (1 s) so that what the hostile peers
+//!   hold on the old code they hold for the whole test: each test fails there, not by chance.
 
 mod common;
 
 use common::netns::{self, is_root, on_path};
 use common::*;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 const MIB: usize = 1 << 20;
@@ -188,6 +195,11 @@ impl Storm {
 
 /// Run the load tester against `srv` with `args`; downloads are checked against the served tree.
 fn storm(srv: &Server, args: &[&str]) -> Storm {
+    storm_within(srv, args, 60)
+}
+
+/// [`storm`] with machines still running after `deadline_s` seconds failing.
+fn storm_within(srv: &Server, args: &[&str], deadline_s: u32) -> Storm {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("out.json");
     let mut cmd = Command::new(loadtest_bin());
@@ -195,7 +207,7 @@ fn storm(srv: &Server, args: &[&str]) -> Storm {
         .arg(srv.addr().to_string())
         .arg("--verify")
         .arg(srv.files.root())
-        .args(["--deadline", "60", "--quiet", "--json"])
+        .args(["--deadline", &deadline_s.to_string(), "--quiet", "--json"])
         .arg(&json)
         .args(args);
     let run = run_with_timeout(cmd, None, Duration::from_secs(90));
@@ -430,5 +442,230 @@ fn atftp_downloads_through_both_protocols() {
         let s = sessions(&srv, "big.bin", 1);
         assert_eq!(s.iter().map(|s| s.done).sum::<u64>(), 1, "{s:?}");
         assert_eq!(sessions(&srv, "pxe.bin", 1).len(), 1);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile segments (issue 8, defect 5): pool exhaustion, silence, spoofed opens, join floods
+// ---------------------------------------------------------------------------------------------
+
+/// Start ringboot with the RFC 2090 group pool `groups`, uncapped, plus `extra`.
+fn serve_pool(files: TestRoot, groups: &str, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--multicast-groups",
+        groups,
+        "--multicast-port",
+        "1758",
+        "--mtftp-port",
+        "1759",
+        "--multicast-rate",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    Server::start(files, &args)
+}
+
+/// Sockets on 127.0.0.1, one per request, each sending its request to `to` every `period` and
+/// never acknowledging anything (what a spoofed source looks like to the server). Stopped on drop.
+struct Hostile {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Hostile {
+    fn start(to: SocketAddr, requests: Vec<Vec<u8>>, period: Duration) -> Hostile {
+        // Bound here, on the thread that entered the namespace.
+        let socks: Vec<UdpSocket> = requests
+            .iter()
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut sent = 0u64;
+            // Bounded: at most 10 minutes whatever happens to the test.
+            let end = Instant::now() + Duration::from_secs(600);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < end {
+                for (s, r) in socks.iter().zip(&requests) {
+                    let _ = s.send_to(r, to);
+                    sent += 1;
+                }
+                std::thread::sleep(period);
+            }
+            sent
+        });
+        Hostile {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn mc_rrq(file: &str, blksize: u16) -> Vec<u8> {
+    rrq(
+        file.as_bytes(),
+        &[
+            ("multicast", b""),
+            ("blksize", blksize.to_string().as_bytes()),
+        ],
+    )
+}
+
+/// Log lines that are `message` itself (not the summary of suppressed ones).
+fn lines_with(srv: &Server, message: &str) -> usize {
+    srv.log_lines()
+        .iter()
+        .filter(|l| l.contains(message) && !l.contains("lines suppressed"))
+        .count()
+}
+
+#[test]
+fn rfc2090_odd_blksizes_share_one_group_and_the_next_client_gets_its_file() {
+    // Defect 5: requests with blksizes 600..603 held a /30 pool (one session each) and the next
+    // RFC 2090 client got no reply at all. Now they share the file's 512-byte session.
+    in_netns(|| {
+        let files = TestRoot::new();
+        files.add_random("big.bin", 8 * MIB);
+        let srv = serve_pool(files, "239.255.42.0/30", &["--multicast-timeout", "1000"]);
+        let odd = (600..604).map(|b| mc_rrq("big.bin", b)).collect();
+        let _hostile = Hostile::start(srv.addr(), odd, Duration::from_millis(10));
+        assert!(srv.wait_for_log("multicast session started", Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(300));
+        let r = storm_within(
+            &srv,
+            &with(&RFC, &["--clients", "1", "--file", "big.bin"]),
+            30,
+        );
+        r.assert_outcome(1, 0);
+        // By multicast: its 1428-byte session served it.
+        let s = sessions(&srv, "big.bin", 1);
+        assert!(s.iter().any(|s| s.done == 1), "{s:?}");
+    });
+}
+
+#[test]
+fn rfc2090_pool_exhausted_the_request_is_served_by_unicast() {
+    // Defect 5: with every group in use the request was dropped after the worker handed it over.
+    // Now admission says no before the hand-over and the worker serves plain unicast TFTP: the
+    // OACK has no `multicast` option (RFC 2090 lets a server ignore it).
+    in_netns(|| {
+        let files = TestRoot::new();
+        files.add_random("held.bin", MIB);
+        let want = Arc::new(files.add_random("want.bin", 3 * MIB + 7));
+        let srv = serve_pool(files, "239.255.42.9/32", &["--multicast-timeout", "1000"]);
+        let _hostile = Hostile::start(
+            srv.addr(),
+            vec![mc_rrq("held.bin", 1468)],
+            Duration::from_millis(10),
+        );
+        assert!(srv.wait_for_log("multicast session started", Duration::from_secs(10)));
+        let spec = DownloadSpec::new("want.bin")
+            .option("multicast", "")
+            .blksize(1428)
+            .tsize()
+            .verify(want.clone());
+        let d = RawClient::new(srv.addr())
+            .download(&spec)
+            .unwrap_or_else(|e| panic!("no answer or no file: {e:?}"));
+        let oack = d.oack.expect("an OACK");
+        assert_eq!(oack_get(&oack, "multicast"), None, "{oack:?}");
+        assert_eq!(oack_get(&oack, "blksize"), Some("1428"), "{oack:?}");
+        assert_eq!(d.len, want.len() as u64);
+        assert!(srv.wait_for_log("RFC 2090 request served by unicast", Duration::from_secs(5)));
+        // A real RFC 2090 client takes the unicast answer too.
+        if on_path("atftp") {
+            let out = srv.files.out("want-atftp.bin");
+            let mut cmd = Command::new("atftp");
+            cmd.args(["--get", "-r", "want.bin", "-l"])
+                .arg(&out)
+                .args(["--option", "multicast", "--option", "blksize 1428"])
+                .args(["127.0.0.1", &srv.port().to_string()])
+                .stdin(Stdio::null());
+            let run = run_with_timeout(cmd, None, Duration::from_secs(30));
+            assert!(run.status.success(), "atftp: {}", run.output());
+            assert_file_same("atftp served by unicast", &out, &want);
+        }
+    });
+}
+
+#[test]
+fn rfc2090_join_flood_from_one_address_is_capped() {
+    // One address joining from many ports: it holds --multicast-max-per-source (4) memberships;
+    // the other requests are answered by unicast, and the joins make one log line, not fifty.
+    in_netns(|| {
+        let files = TestRoot::new();
+        files.add_random("big.bin", MIB);
+        let srv = serve(files, &[]);
+        let socks: Vec<UdpSocket> = (0..50)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let req = mc_rrq("big.bin", 1428);
+        for s in &socks {
+            s.send_to(&req, srv.addr()).unwrap();
+        }
+        let (mut multicast, mut answered) = (0, 0);
+        let mut buf = vec![0u8; 70_000];
+        for s in &socks {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                answered += 1;
+                if let Reply::Oack(o) = Reply::parse(&buf[..n]) {
+                    if oack_get(&o, "multicast").is_some() {
+                        multicast += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(answered, 50, "every request gets an answer");
+        assert!((1..=4).contains(&multicast), "{multicast} multicast OACKs");
+        let joined = lines_with(&srv, "multicast member joined");
+        assert!(joined <= 2, "{joined} join lines");
+    });
+}
+
+#[test]
+fn pxe_spoofed_open_does_not_keep_a_real_client_from_its_file() {
+    // Defect 5: a PXE MTFTP open from a source that never ACKs held the file's session while a
+    // real client's open went unanswered. Now the real opener is answered at once (block 1
+    // unicast), acknowledges, becomes master and gets the file.
+    in_netns(|| {
+        let files = TestRoot::new();
+        files.add_random("pxe.bin", 4 * MIB);
+        let srv = serve_pool(
+            files,
+            "239.255.42.0/24",
+            &["--mtftp", PXE_FILE, "--multicast-timeout", "1000"],
+        );
+        let mtftp: SocketAddr = "127.0.0.1:1759".parse().unwrap();
+        let _spoofer = Hostile::start(mtftp, vec![rrq(b"pxe.bin", &[])], Duration::from_millis(10));
+        assert!(srv.wait_for_log("multicast session started", Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(300));
+        let args = [
+            "--clients",
+            "1",
+            "--file",
+            "pxe.bin",
+            "--timeout",
+            "0.5",
+            "--retries",
+            "40",
+            "--mtftp-reopen-ms",
+            "300",
+        ];
+        let r = storm_within(&srv, &with(&PXE, &args), 20);
+        r.assert_outcome(1, 0);
+        assert!(srv
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("multicast master changed") && l.contains("master=127.1.")));
     });
 }

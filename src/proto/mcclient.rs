@@ -10,7 +10,10 @@
 //! - RFC 2090 ([`McClient::rfc2090`]): send the RRQ (with `multicast` and the configured options);
 //!   an OACK names the group and the role. As master (mc=1) ACK the highest contiguous block after
 //!   the OACK and after every block; passive (mc=0) stay silent; once everything is here, ACK the
-//!   last block (RFC 2090 §"passive clients") and finish.
+//!   last block (RFC 2090 §"passive clients") and finish. A server may ignore the option (RFC
+//!   2090): an OACK without `multicast`, or DATA straight to our socket, makes this an ordinary
+//!   lockstep unicast download ([`McClient::is_unicast`]): ACK the OACK with 0 and every block,
+//!   to the address the answer came from.
 //! - PXE MTFTP ([`McClient::pxe`]): listen for `listen_timeout` first; if the stream does not
 //!   complete the file, open (RRQ to the MTFTP server port); a unicast block 1 makes us master: ACK
 //!   every block received. After a silence of `reopen_delay` with gaps left, open again.
@@ -103,6 +106,8 @@ pub struct McClient {
     /// Index of the block received last (the stream's position), to place wrapped numbers.
     pos: u64,
     master: bool,
+    /// RFC 2090: the server ignored the option; plain unicast TFTP.
+    unicast: bool,
     opened: bool,
     group: Option<SocketAddr>,
     pending: Out,
@@ -149,6 +154,7 @@ impl McClient {
             last: None,
             pos: 0,
             master: false,
+            unicast: false,
             opened: false,
             group: None,
             pending: Out::Nothing,
@@ -172,6 +178,11 @@ impl McClient {
 
     pub fn is_master(&self) -> bool {
         self.master
+    }
+
+    /// RFC 2090: the server answered without multicast; the file comes by plain unicast TFTP.
+    pub fn is_unicast(&self) -> bool {
+        self.unicast
     }
 
     /// Blocks received so far.
@@ -263,7 +274,7 @@ impl McClient {
         match self.protocol {
             McProtocol::Rfc2090 => {
                 // Master: ACK again. Before any answer: resend the RRQ. Passive: wait on.
-                if !self.opened || self.group.is_none() {
+                if !self.opened || (self.group.is_none() && !self.unicast) {
                     self.pending = Out::Request;
                 } else if self.master {
                     self.pending = Out::Ack(self.contiguous());
@@ -294,18 +305,36 @@ impl McClient {
         }
         match Packet::parse(datagram) {
             Ok(Packet::Oack(o)) if self.protocol == McProtocol::Rfc2090 && unicast => {
-                let Some(mc) = o.get("multicast") else {
-                    self.failed = true;
-                    return McEvent::Failed("server did not grant multicast".into());
-                };
                 let num =
                     |k: &str| -> Option<u64> { std::str::from_utf8(o.get(k)?).ok()?.parse().ok() };
-                if let Some(b) = num("blksize").filter(|&b| b > 0) {
-                    self.blksize = b;
+                if self.received == 0 {
+                    if let Some(b) = num("blksize").filter(|&b| b > 0 && b <= 65464) {
+                        self.blksize = b;
+                    }
+                    if let Some(t) = num("tsize") {
+                        // The same last index the server counts: a short (maybe empty) final block.
+                        self.last = Some(t / self.blksize + 1);
+                    }
                 }
-                if let Some(t) = num("tsize") {
-                    // The same last index the server counts: a short (maybe empty) final block.
-                    self.last = Some(t / self.blksize + 1);
+                let Some(mc) = o.get("multicast") else {
+                    if self.group.is_some() {
+                        // A session already named us: a stray OACK changes nothing.
+                        return McEvent::None;
+                    }
+                    // The server ignored the option (RFC 2090): plain unicast, ACK 0 first.
+                    if !self.unicast {
+                        self.unicast = true;
+                        self.master = true;
+                        self.master_turns += 1;
+                    }
+                    self.tries = 0;
+                    self.deadline = Some(now + self.cfg.timeout);
+                    self.pending = Out::Ack(self.contiguous());
+                    return McEvent::None;
+                };
+                if self.unicast {
+                    // Unicast already: a multicast OACK now is not ours to follow.
+                    return McEvent::None;
                 }
                 let text = String::from_utf8_lossy(mc);
                 let mut parts = text.split(',');
@@ -386,6 +415,13 @@ impl McClient {
         };
         if index == 0 || data.len() as u64 > self.blksize {
             return McEvent::None;
+        }
+        if self.protocol == McProtocol::Rfc2090 && unicast && self.group.is_none() && !self.unicast
+        {
+            // DATA straight to us before any OACK: the server ignored every option.
+            self.unicast = true;
+            self.master = true;
+            self.master_turns += 1;
         }
         if self.protocol == McProtocol::PxeMtftp && unicast && index == 1 && self.opened {
             // The server answered our open with block 1: we are master.
@@ -476,6 +512,7 @@ mod tests {
                     timeout: Duration::from_millis(20),
                     retries: 3,
                     tsize_in_oack: true,
+                    max_members: 256,
                 },
                 now,
             )
@@ -801,5 +838,52 @@ mod tests {
         assert!(c.is_finished());
         c.poll_transmit(&mut buf);
         assert_eq!(&buf[..4], b"\x00\x04\x00\x03");
+    }
+
+    #[test]
+    fn rfc2090_server_ignoring_the_option_means_a_plain_unicast_download() {
+        // RFC 2090 lets a server ignore `multicast`: the OACK has none (ringboot when its pool is
+        // full or a cap is reached). The client downloads by unicast, ACKing every block.
+        let now = Instant::now();
+        let cfg = McClientConfig {
+            blksize: Some(8),
+            ..Default::default()
+        };
+        let mut c = McClient::rfc2090(b"f", cfg, now);
+        let mut buf = [0u8; 600];
+        c.poll_transmit(&mut buf).unwrap();
+        let ev = c.handle_datagram(b"\x00\x06blksize\x008\x00tsize\x0010\x00", true, now);
+        assert_eq!(ev, McEvent::None);
+        assert!(c.is_unicast() && c.is_master());
+        assert_eq!(c.destination(), McDest::Session);
+        assert_eq!(c.poll_transmit(&mut buf), Some(4));
+        assert_eq!(&buf[..4], b"\x00\x04\x00\x00", "ACK of the OACK");
+        // Silence: ACK again, never a new RRQ (the transfer is running).
+        c.handle_timeout(now + Duration::from_secs(3));
+        assert_eq!(c.destination(), McDest::Session);
+        assert_eq!(c.poll_transmit(&mut buf), Some(4));
+        assert_eq!(&buf[..4], b"\x00\x04\x00\x00");
+        let ev = c.handle_datagram(b"\x00\x03\x00\x01abcdefgh", true, now);
+        assert_eq!(
+            ev,
+            McEvent::Data {
+                offset: 0,
+                data: &b"abcdefgh"[..]
+            }
+        );
+        c.poll_transmit(&mut buf);
+        assert_eq!(&buf[..4], b"\x00\x04\x00\x01");
+        c.handle_datagram(b"\x00\x03\x00\x02xy", true, now);
+        assert!(c.is_finished());
+        c.poll_transmit(&mut buf);
+        assert_eq!(&buf[..4], b"\x00\x04\x00\x02");
+        // DATA without any OACK (a server that ignores every option) works the same way.
+        let mut c = McClient::rfc2090(b"f", McClientConfig::default(), now);
+        c.poll_transmit(&mut buf);
+        let ev = c.handle_datagram(b"\x00\x03\x00\x01short", true, now);
+        assert!(matches!(ev, McEvent::Data { offset: 0, .. }));
+        assert!(c.is_unicast() && c.is_finished());
+        c.poll_transmit(&mut buf);
+        assert_eq!(&buf[..4], b"\x00\x04\x00\x01");
     }
 }

@@ -5,31 +5,84 @@
 //! - The driver creates one [`Session`] per (file, group), calls [`Session::join`] for every request
 //!   that belongs to it, feeds every datagram from a member to [`Session::handle_datagram`], calls
 //!   [`Session::handle_timeout`] at [`Session::poll_timeout`], and after each call drains
-//!   [`Session::poll_transmit`], sending each [`McTransmit`] to its [`Dest`]: the group, or one member.
-//!   Every packet must leave from the same socket (address and port): RFC 2090 clients (atftp) drop
-//!   data whose source differs from the OACK's.
+//!   [`Session::poll_transmit`], sending each [`McTransmit`] to its [`Dest`]: the group, or one member,
+//!   and [`Session::poll_event`] (who joined, left, became master). Every packet must leave from
+//!   the same socket (address and port): RFC 2090 clients (atftp) drop data whose source differs
+//!   from the OACK's.
 //! - Blocks go to the group in windows of `window` blocks between master ACKs, paced to `rate`
 //!   bytes per second (multicast has no per-client flow control). The window ends when the master
 //!   acknowledges its last block; a timeout resends from the block after the master's last ACK.
+//!   The wait for the master's ACK backs off: `timeout`, then 2x, 4x, at most 8x, and falls back
+//!   to `timeout` when the master makes progress; after `retries` resends without an ACK the
+//!   master counts as vanished.
 //! - RFC 2090: each joiner gets an OACK `multicast=addr,port,mc`; the first becomes master (mc=1), the
 //!   others are passive (mc=0). When the master is done (ACKs the last block) or vanishes (silent for
-//!   the retry budget), the next member is named master with a new OACK and ACKs its first gap; the
-//!   session resumes from there. A passive member that ACKs the last block is done. The session is
-//!   over when no member is left.
-//! - PXE MTFTP: an open (RRQ on the MTFTP port) starts a session with the opener as master; block 1
-//!   also goes unicast to it (that is how a PXE client knows it is master), and every block to the
-//!   group. Opens while a session runs are not answered: those clients hear the stream, fall back to
-//!   listening and re-open after it ends (PXE spec). The session ends with its master.
+//!   the retry budget; a newly named master is asked at a steady pace, without backoff), the next
+//!   member is named master with a new OACK and ACKs its first gap; the session resumes from there.
+//!   A passive member that ACKs the last block is done. The session is over when no member is left.
+//!   At most `max_members` members: a join past that is refused ([`JoinError::Full`]) and the
+//!   driver serves the client some other way (unicast, or an ERROR).
+//! - PXE MTFTP: an open (RRQ on the MTFTP port) starts a session: block 1 goes unicast to the
+//!   opener (that is how a PXE client knows it is master), and when the opener acknowledges it
+//!   the stream to the group starts, from block 1. Until some opener acknowledges, nothing goes
+//!   to the group (listeners hear silence and open in turn) and the master is not established: a
+//!   later open is answered at once the same way (block 1 unicast), and the first of these
+//!   openers (at most [`MAX_CANDIDATES`], the oldest dropped) to ACK becomes the master; the
+//!   others hear the stream from the group like any listener. So an opener that never ACKs (a
+//!   spoofed source, a client that died) can hold the file against a real client only for the
+//!   moment its block 1 is in flight. Openers within `timeout / 4` of the newest one are not
+//!   answered (a classroom opening together gets one master); this also paces how fast a flood
+//!   of opens can replace candidates. Nobody acknowledging: block 1 is resent to the openers
+//!   [`UNCONFIRMED_RETRIES`] times, `timeout` apart (each new opener restarts that count), then
+//!   the session ends. A re-open by an opener repeats its block 1 at most once per `timeout`.
+//!   Once a master has acknowledged, opens are not answered ([`JoinError::Busy`]): those clients
+//!   hear the stream, fall back to listening and re-open after it ends (PXE spec; iPXE falls
+//!   back to plain TFTP after 3 opens without an answer). The session ends with its master.
+//! - Bounded: members (RFC 2090: `max_members`; PXE: [`MAX_CANDIDATES`]), control packets queued
+//!   (one per member at most), events queued ([`EVENT_CAP`], the excess dropped and counted in
+//!   [`SessionStats::events_dropped`]; a driver that drains after every call never loses one).
 //! - Block numbers wrap past 65535 to 0 (iPXE accepts it), so large files are served, not refused.
 //! - The session never reads file bytes: DATA is described by block index, like unicast transfers.
 
 use super::block::BlockNum;
 use super::packet::{OptionWriter, Packet};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Burst credit of the pacer: blocks may go out up to this much ahead of the average rate.
 const BURST: Duration = Duration::from_millis(1);
+
+/// Block sizes RFC 2090 sessions are grouped by (`--multicast-groups`): a request joins the
+/// session of its file and of the largest of these not above the block size granted to it, so a
+/// flood of odd block sizes cannot take a group each. See [`blksize_bucket`].
+pub const BLKSIZE_BUCKETS: [u16; 6] = [512, 1024, 1428, 1456, 1468, 8192];
+
+/// Default of [`SessionConfig::max_members`].
+pub const DEFAULT_MAX_MEMBERS: usize = 256;
+
+/// PXE MTFTP: openers that may claim the master role at once, before one of them acknowledges.
+pub const MAX_CANDIDATES: usize = 4;
+
+/// PXE MTFTP: resends of the first window while no opener has acknowledged anything.
+pub const UNCONFIRMED_RETRIES: u32 = 2;
+
+/// Largest backoff of the window-resend timer, as a power of two of `timeout` (8x).
+const MAX_BACKOFF_SHIFT: u32 = 3;
+
+/// Events queued for [`Session::poll_event`] at most.
+pub const EVENT_CAP: usize = 64;
+
+/// The block size an RFC 2090 session uses for a request granted `granted` bytes per block: the
+/// largest of [`BLKSIZE_BUCKETS`] not above it. `None` below 512: such a client is served by
+/// unicast (it would otherwise need a session of its own).
+pub fn blksize_bucket(granted: u16) -> Option<u16> {
+    BLKSIZE_BUCKETS
+        .iter()
+        .rev()
+        .copied()
+        .find(|&b| b <= granted)
+}
 
 /// Which multicast protocol a session speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,12 +106,34 @@ pub struct SessionConfig {
     pub window: u16,
     /// Pacing: payload bytes per second (0: unpaced).
     pub rate: u64,
-    /// Retransmission timeout for a window not acknowledged by the master.
+    /// Retransmission timeout for a window not acknowledged by the master (the first wait; it
+    /// backs off up to 8x while the master stays silent).
     pub timeout: Duration,
     /// Resends of a window before the master counts as vanished.
     pub retries: u32,
     /// RFC 2090 OACK extras echoed to joiners that asked for them.
     pub tsize_in_oack: bool,
+    /// RFC 2090: members at most (at least 1).
+    pub max_members: usize,
+}
+
+impl SessionConfig {
+    /// A configuration with the service's defaults for everything but what is named: window 16,
+    /// unpaced, 200 ms timeout, 5 retries, no tsize, [`DEFAULT_MAX_MEMBERS`].
+    pub fn new(protocol: Protocol, blksize: u16, content_len: u64, group: SocketAddr) -> Self {
+        SessionConfig {
+            protocol,
+            blksize,
+            content_len,
+            group,
+            window: 16,
+            rate: 0,
+            timeout: Duration::from_millis(200),
+            retries: 5,
+            tsize_in_oack: false,
+            max_members: DEFAULT_MAX_MEMBERS,
+        }
+    }
 }
 
 /// Where a transmit goes.
@@ -77,6 +152,34 @@ pub enum McTransmit {
     Blocks { dest: Dest, first: u64, count: u32 },
 }
 
+/// Why a member left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// It has every block (ACKed the last one).
+    Done,
+    /// Silent past the retry budget while master (or the session ended around it).
+    Vanished,
+    /// It sent an ERROR.
+    Aborted,
+    /// PXE MTFTP: another opener acknowledged first, or a newer opener took its place among the
+    /// candidates. It hears the stream from the group like any listener.
+    Superseded,
+}
+
+/// What happened to the members, for the driver's bookkeeping and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// A new member (RFC 2090 joiner, or PXE opener).
+    Joined(SocketAddr),
+    /// This member is master now (RFC 2090: named; PXE: acknowledged first).
+    Master(SocketAddr),
+    /// A member left the session.
+    Left {
+        addr: SocketAddr,
+        reason: LeaveReason,
+    },
+}
+
 /// Session counters, for logs and for checking that the file went out about once.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SessionStats {
@@ -91,21 +194,49 @@ pub struct SessionStats {
     /// Of the blocks sent, those sent again.
     pub blocks_resent: u64,
     pub timeouts: u32,
+    /// Joins refused because the session was full.
+    pub joins_refused: u32,
+    /// Events not queued because the driver did not drain [`Session::poll_event`].
+    pub events_dropped: u32,
+    /// ACKs taken from members (a session whose members never acknowledged served nobody).
+    pub acks: u64,
+}
+
+/// How [`Session::join`] took a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Joined {
+    /// A new member.
+    New,
+    /// Already a member (a resent request): answered again, nothing else changes.
+    Again,
 }
 
 /// Why [`Session::join`] refused a member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JoinError {
-    /// PXE MTFTP: a session is running; the client will listen and re-open after it.
+    /// PXE MTFTP: a master is established (or another opener was answered less than
+    /// `timeout / 4` ago); the client will listen and re-open after it.
     Busy,
     /// The session is over; start a new one.
     Over,
+    /// RFC 2090: `max_members` reached.
+    Full,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pending {
     /// RFC 2090 OACK to a member, naming it master or not.
     Oack { to: SocketAddr, master: bool },
+    /// PXE MTFTP: block 1 unicast to an opener.
+    FirstBlock { to: SocketAddr },
+}
+
+impl Pending {
+    fn to(&self) -> SocketAddr {
+        match *self {
+            Pending::Oack { to, .. } | Pending::FirstBlock { to } => to,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -113,6 +244,8 @@ struct Member {
     addr: SocketAddr,
     /// Has been master already (a master that leaves is not named again before the others).
     served: bool,
+    /// PXE MTFTP: when block 1 last went to it unicast.
+    first_sent: Option<Instant>,
 }
 
 /// A multicast session. See the module docs for the calling contract.
@@ -121,8 +254,14 @@ pub struct Session {
     cfg: SessionConfig,
     blksize: u64,
     total_blocks: u64,
+    /// RFC 2090: the members; PXE MTFTP: the openers that may be master (the candidates until
+    /// one acknowledges, then the master alone).
     members: Vec<Member>,
     master: Option<SocketAddr>,
+    /// PXE MTFTP: some opener has acknowledged; it is the master and opens are refused.
+    confirmed: bool,
+    /// PXE MTFTP: when the newest opener was taken.
+    newest_open: Option<Instant>,
     /// Highest contiguous index the current master acknowledged.
     acked: u64,
     /// Next index to send in the current window, and the window's last index.
@@ -130,16 +269,17 @@ pub struct Session {
     window_end: u64,
     /// Highest index ever sent (for resend accounting).
     sent_hi: u64,
-    /// Block 1 still owes its unicast copy to a new PXE master.
-    unicast_first: bool,
     /// Awaiting the master's first ACK after naming it (RFC 2090) — no data until then.
     awaiting_master: bool,
     /// Control packets queued (OACKs to several joiners may wait).
-    pending: std::collections::VecDeque<Pending>,
+    pending: VecDeque<Pending>,
+    events: VecDeque<SessionEvent>,
     /// Pacing: the earliest instant the next block may go.
     next_send_at: Instant,
     /// Retransmission deadline while waiting for the master.
     deadline: Option<Instant>,
+    /// The current wait for the master's ACK of a window (backs off on timeouts).
+    rto: Duration,
     /// The master ACK already answered by an immediate resend (RFC 2090 repeated ACK).
     fast_resent: Option<u64>,
     tries: u32,
@@ -148,21 +288,26 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(cfg: SessionConfig, now: Instant) -> Self {
+    /// A session with `cfg`; a `timeout` over one hour is taken as one hour.
+    pub fn new(mut cfg: SessionConfig, now: Instant) -> Self {
+        cfg.timeout = cfg.timeout.min(Duration::from_secs(3600));
         let blksize = cfg.blksize.max(8) as u64;
         Session {
             blksize,
             total_blocks: cfg.content_len / blksize + 1,
+            rto: cfg.timeout,
             cfg,
             members: Vec::new(),
             master: None,
+            confirmed: false,
+            newest_open: None,
             acked: 0,
             next: 1,
             window_end: 0,
             sent_hi: 0,
-            unicast_first: false,
             awaiting_master: false,
-            pending: Default::default(),
+            pending: VecDeque::new(),
+            events: VecDeque::new(),
             next_send_at: now,
             deadline: None,
             fast_resent: None,
@@ -184,7 +329,7 @@ impl Session {
         self.total_blocks
     }
 
-    /// Current master, if any.
+    /// Current master, if any (PXE MTFTP before an opener acknowledged: the latest opener).
     pub fn master(&self) -> Option<SocketAddr> {
         self.master
     }
@@ -194,49 +339,66 @@ impl Session {
         self.members.len()
     }
 
+    /// The members still in the session (for a driver that ends it early, to tell them).
+    pub fn member_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.members.iter().map(|m| m.addr)
+    }
+
     /// True once every member is done or gone.
     pub fn is_over(&self) -> bool {
         self.over
     }
 
-    /// Byte range `(offset, len)` of block `index`.
+    /// Byte range `(offset, len)` of block `index` (`1..=total_blocks()`).
     pub fn block_range(&self, index: u64) -> (u64, usize) {
-        let offset = (index - 1) * self.blksize;
+        let offset = (index.max(1) - 1) * self.blksize;
         (
             offset,
-            self.blksize.min(self.cfg.content_len - offset) as usize,
+            self.blksize
+                .min(self.cfg.content_len.saturating_sub(offset)) as usize,
         )
     }
 
+    /// The next event (members joining, leaving, a new master). Drain after every call.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    fn event(&mut self, e: SessionEvent) {
+        if self.events.len() < EVENT_CAP {
+            self.events.push_back(e);
+        } else {
+            self.stats.events_dropped += 1;
+        }
+    }
+
     /// Add a member (an RRQ with the multicast option, or a PXE MTFTP open).
-    pub fn join(&mut self, addr: SocketAddr, now: Instant) -> Result<(), JoinError> {
+    pub fn join(&mut self, addr: SocketAddr, now: Instant) -> Result<Joined, JoinError> {
         if self.over {
             return Err(JoinError::Over);
         }
         match self.cfg.protocol {
-            Protocol::PxeMtftp => {
-                if self.master.is_some() {
-                    return Err(JoinError::Busy);
-                }
-                self.members.push(Member { addr, served: true });
-                self.stats.members_joined += 1;
-                self.master = Some(addr);
-                self.start_from(0, now);
-                self.unicast_first = true;
-                Ok(())
-            }
+            Protocol::PxeMtftp => self.open(addr, now),
             Protocol::Rfc2090 => {
                 if let Some(m) = self.members.iter().find(|m| m.addr == addr) {
-                    // A resent RRQ: answer again with the same role.
+                    // A resent RRQ: answer again with the same role (once: one OACK queued).
                     let master = self.master == Some(m.addr);
-                    self.pending.push_back(Pending::Oack { to: addr, master });
-                    return Ok(());
+                    if !self.pending.iter().any(|p| p.to() == addr) {
+                        self.pending.push_back(Pending::Oack { to: addr, master });
+                    }
+                    return Ok(Joined::Again);
+                }
+                if self.members.len() >= self.cfg.max_members.max(1) {
+                    self.stats.joins_refused += 1;
+                    return Err(JoinError::Full);
                 }
                 self.members.push(Member {
                     addr,
                     served: false,
+                    first_sent: None,
                 });
                 self.stats.members_joined += 1;
+                self.event(SessionEvent::Joined(addr));
                 if self.master.is_none() {
                     self.name_master(addr, now);
                 } else {
@@ -245,9 +407,57 @@ impl Session {
                         master: false,
                     });
                 }
-                Ok(())
+                Ok(Joined::New)
             }
         }
+    }
+
+    /// PXE MTFTP open. See the module docs.
+    fn open(&mut self, addr: SocketAddr, now: Instant) -> Result<Joined, JoinError> {
+        if self.confirmed {
+            return Err(JoinError::Busy);
+        }
+        if let Some(i) = self.members.iter().position(|m| m.addr == addr) {
+            // A re-open by a candidate: its block 1 may be lost. Once per timeout at most.
+            let due = self.members[i]
+                .first_sent
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.timeout);
+            if due && !self.pending.contains(&Pending::FirstBlock { to: addr }) {
+                self.members[i].first_sent = Some(now);
+                self.pending.push_back(Pending::FirstBlock { to: addr });
+            }
+            return Ok(Joined::Again);
+        }
+        // The newest opener gets `timeout / 4` to acknowledge its block 1 before another may try:
+        // openers arriving together (a classroom powered on at once) get one master, not several.
+        if self
+            .newest_open
+            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.timeout / 4)
+        {
+            return Err(JoinError::Busy);
+        }
+        self.newest_open = Some(now);
+        if self.members.len() >= MAX_CANDIDATES {
+            let old = self.members.remove(0);
+            self.pending.retain(|p| p.to() != old.addr);
+            self.event(SessionEvent::Left {
+                addr: old.addr,
+                reason: LeaveReason::Superseded,
+            });
+        }
+        self.members.push(Member {
+            addr,
+            served: true,
+            first_sent: Some(now),
+        });
+        self.stats.members_joined += 1;
+        self.event(SessionEvent::Joined(addr));
+        self.master = Some(addr);
+        // Each new opener gets the whole (short) unconfirmed budget to acknowledge.
+        self.tries = 0;
+        self.deadline = Some(now + self.cfg.timeout);
+        self.pending.push_back(Pending::FirstBlock { to: addr });
+        Ok(Joined::New)
     }
 
     fn name_master(&mut self, addr: SocketAddr, now: Instant) {
@@ -255,9 +465,11 @@ impl Session {
         if let Some(m) = self.members.iter_mut().find(|m| m.addr == addr) {
             m.served = true;
         }
+        self.event(SessionEvent::Master(addr));
         self.awaiting_master = true;
         self.window_end = 0;
         self.tries = 0;
+        self.pending.retain(|p| p.to() != addr);
         self.pending.push_back(Pending::Oack {
             to: addr,
             master: true,
@@ -272,6 +484,7 @@ impl Session {
         self.window_end = (acked + self.cfg.window.max(1) as u64).min(self.total_blocks);
         self.awaiting_master = false;
         self.tries = 0;
+        self.rto = self.cfg.timeout;
         // No deadline while the window goes out (paced); poll_transmit arms it after the last block.
         let _ = now;
         self.deadline = None;
@@ -282,15 +495,23 @@ impl Session {
         if self.over {
             return;
         }
-        let Some(idx) = self.members.iter().position(|m| m.addr == from) else {
+        let Some(mut idx) = self.members.iter().position(|m| m.addr == from) else {
             return;
         };
         match Packet::parse(datagram) {
             Ok(Packet::Ack { block, .. }) => {
-                let is_master = self.master == Some(from);
+                let pxe = self.cfg.protocol == Protocol::PxeMtftp;
+                // PXE: until an opener acknowledges, any of them may claim the master role.
+                let is_master = self.master == Some(from) || (pxe && !self.confirmed);
                 let Some(index) = self.ack_index(block, is_master) else {
                     return;
                 };
+                self.stats.acks += 1;
+                if pxe && !self.confirmed {
+                    // The stream to the group starts now, from block 1.
+                    idx = self.confirm(from);
+                    self.start_from(0, now);
+                }
                 if index >= self.total_blocks {
                     self.member_done(idx, now);
                 } else if !is_master {
@@ -301,6 +522,7 @@ impl Session {
                     // Progress inside the window (PXE masters ACK every block): keep going.
                     self.acked = index;
                     self.tries = 0;
+                    self.rto = self.cfg.timeout;
                 } else if index == self.acked
                     && self.cfg.protocol == Protocol::Rfc2090
                     && self.next > self.window_end
@@ -315,12 +537,38 @@ impl Session {
                     self.deadline = None;
                 }
             }
-            Ok(Packet::Error { .. }) => self.member_gone(idx, now, false),
+            Ok(Packet::Error { .. }) => self.member_gone(idx, now, LeaveReason::Aborted),
             Ok(Packet::Rrq(_)) => {
                 // A member asking again: handled by join() through the driver.
             }
             _ => {}
         }
+    }
+
+    /// PXE MTFTP: the opener `from` acknowledged first: it is the master; the other openers are
+    /// listeners from now on. Returns its index in `members`.
+    fn confirm(&mut self, from: SocketAddr) -> usize {
+        self.confirmed = true;
+        let others: Vec<SocketAddr> = self
+            .members
+            .iter()
+            .map(|m| m.addr)
+            .filter(|&a| a != from)
+            .collect();
+        for addr in others {
+            self.event(SessionEvent::Left {
+                addr,
+                reason: LeaveReason::Superseded,
+            });
+        }
+        self.members.retain(|m| m.addr == from);
+        self.pending.retain(|p| p.to() == from);
+        if self.master != Some(from) {
+            self.stats.master_changes += 1;
+        }
+        self.master = Some(from);
+        self.event(SessionEvent::Master(from));
+        0
     }
 
     /// The absolute index an ACK names, or `None` when it names nothing usable.
@@ -356,16 +604,19 @@ impl Session {
 
     fn member_done(&mut self, idx: usize, now: Instant) {
         self.stats.members_done += 1;
-        self.member_gone(idx, now, true);
+        self.member_gone(idx, now, LeaveReason::Done);
     }
 
-    fn member_gone(&mut self, idx: usize, now: Instant, done: bool) {
+    fn member_gone(&mut self, idx: usize, now: Instant, reason: LeaveReason) {
         let m = self.members.remove(idx);
-        if !done {
+        if reason != LeaveReason::Done {
             self.stats.members_vanished += 1;
         }
-        self.pending
-            .retain(|Pending::Oack { to, .. }| *to != m.addr);
+        self.pending.retain(|p| p.to() != m.addr);
+        self.event(SessionEvent::Left {
+            addr: m.addr,
+            reason,
+        });
         if self.master == Some(m.addr) {
             self.master = None;
             self.next_master(now);
@@ -374,7 +625,13 @@ impl Session {
 
     fn next_master(&mut self, now: Instant) {
         match self.cfg.protocol {
-            Protocol::PxeMtftp => self.finish(),
+            Protocol::PxeMtftp => {
+                // Before anyone acknowledged, another opener may still claim the role.
+                match self.members.last() {
+                    Some(m) if !self.confirmed => self.master = Some(m.addr),
+                    _ => self.finish(),
+                }
+            }
             Protocol::Rfc2090 => {
                 // Prefer members never named; else anyone left.
                 let pick = self
@@ -394,11 +651,19 @@ impl Session {
         }
     }
 
+    /// The session is over; members still in it are reported as vanished.
     fn finish(&mut self) {
         self.over = true;
         self.master = None;
         self.deadline = None;
         self.pending.clear();
+        for m in std::mem::take(&mut self.members) {
+            self.stats.members_vanished += 1;
+            self.event(SessionEvent::Left {
+                addr: m.addr,
+                reason: LeaveReason::Vanished,
+            });
+        }
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout): a retransmission deadline, or the
@@ -422,13 +687,22 @@ impl Session {
         }
         self.stats.timeouts += 1;
         self.tries += 1;
-        if self.tries > self.cfg.retries {
-            // The master vanished.
-            if let Some(idx) = self
+        let unconfirmed = self.cfg.protocol == Protocol::PxeMtftp && !self.confirmed;
+        let budget = if unconfirmed {
+            self.cfg.retries.min(UNCONFIRMED_RETRIES)
+        } else {
+            self.cfg.retries
+        };
+        if self.tries > budget {
+            if unconfirmed {
+                // No opener ever acknowledged: they all go (spoofed, or gone); the session ends.
+                self.finish();
+            } else if let Some(idx) = self
                 .master
                 .and_then(|a| self.members.iter().position(|m| m.addr == a))
             {
-                self.member_gone(idx, now, false);
+                // The master vanished.
+                self.member_gone(idx, now, LeaveReason::Vanished);
             } else {
                 self.finish();
             }
@@ -436,22 +710,37 @@ impl Session {
         }
         if self.awaiting_master {
             if let Some(m) = self.master {
-                self.pending.push_back(Pending::Oack {
-                    to: m,
-                    master: true,
-                });
+                if !self.pending.iter().any(|p| p.to() == m) {
+                    self.pending.push_back(Pending::Oack {
+                        to: m,
+                        master: true,
+                    });
+                }
             }
-        } else {
-            self.rewind();
+            // A named master that never answered may be long gone (passive members leave
+            // without a word): every member waits while it is asked, so ask at a steady pace,
+            // not backing off.
+            self.deadline = Some(now + self.cfg.timeout);
+            return;
         }
-        // A named master that never answered may be long gone (passive members leave without a
-        // word): every member waits while it is asked, so ask at a steady pace, not backing off.
-        let backoff = if self.awaiting_master {
-            1
-        } else {
-            1 << self.tries.min(4)
-        };
-        self.deadline = Some(now + self.cfg.timeout * backoff);
+        if unconfirmed {
+            // Every opener may have lost its unicast block 1 (or its ACK): once more each, at a
+            // steady pace; still nothing to the group.
+            for i in 0..self.members.len() {
+                let to = self.members[i].addr;
+                self.members[i].first_sent = Some(now);
+                if !self.pending.contains(&Pending::FirstBlock { to }) {
+                    self.pending.push_back(Pending::FirstBlock { to });
+                }
+            }
+            self.deadline = Some(now + self.cfg.timeout);
+            return;
+        }
+        self.rewind();
+        self.rto = self.cfg.timeout * (1 << self.tries.min(MAX_BACKOFF_SHIFT));
+        // Until the resent window is out; poll_transmit re-arms it (with `rto`) after its last
+        // block.
+        self.deadline = Some(now + self.rto);
     }
 
     /// Resend a window from the block after the master's last ACK.
@@ -459,7 +748,12 @@ impl Session {
         self.next = self.acked + 1;
         self.window_end = (self.acked + self.cfg.window.max(1) as u64).min(self.total_blocks);
         if self.cfg.protocol == Protocol::PxeMtftp && self.acked == 0 {
-            self.unicast_first = true;
+            // The master's ACK of block 1 (or block 1 itself) was lost: its copy again.
+            if let Some(to) = self.master {
+                if !self.pending.contains(&Pending::FirstBlock { to }) {
+                    self.pending.push_back(Pending::FirstBlock { to });
+                }
+            }
         }
     }
 
@@ -469,24 +763,23 @@ impl Session {
             return None;
         }
         if let Some(p) = self.pending.pop_front() {
-            let Pending::Oack { to, master } = p;
-            let len = self.write_oack(buf, master);
-            return Some(McTransmit::Datagram {
-                dest: Dest::Member(to),
-                len,
+            return Some(match p {
+                Pending::Oack { to, master } => {
+                    let len = self.write_oack(buf, master);
+                    McTransmit::Datagram {
+                        dest: Dest::Member(to),
+                        len,
+                    }
+                }
+                Pending::FirstBlock { to } => McTransmit::Blocks {
+                    dest: Dest::Member(to),
+                    first: 1,
+                    count: 1,
+                },
             });
         }
         if self.awaiting_master || self.master.is_none() || self.next > self.window_end {
             return None;
-        }
-        if self.unicast_first && self.next == 1 {
-            self.unicast_first = false;
-            let m = self.master?;
-            return Some(McTransmit::Blocks {
-                dest: Dest::Member(m),
-                first: 1,
-                count: 1,
-            });
         }
         if now < self.next_send_at {
             return None;
@@ -513,8 +806,9 @@ impl Session {
         let (last_off, last_len) = self.block_range(first + count - 1);
         self.stats.bytes_sent += last_off + last_len as u64 - off;
         if self.next > self.window_end {
-            // The window is out: now the master has `timeout` to acknowledge it.
-            self.deadline = Some(now + self.cfg.timeout);
+            // The window is out: now the master has the current (backed-off) wait to
+            // acknowledge it.
+            self.deadline = Some(now + self.rto);
         }
         Some(McTransmit::Blocks {
             dest: Dest::Group,
@@ -582,6 +876,7 @@ mod tests {
             timeout: Duration::from_millis(50),
             retries: 4,
             tsize_in_oack: true,
+            max_members: DEFAULT_MAX_MEMBERS,
         }
     }
 
@@ -610,6 +905,7 @@ mod tests {
         now: Instant,
         rng: u64,
         acks: Vec<(usize, u64)>,
+        events: Vec<SessionEvent>,
     }
 
     impl World {
@@ -638,6 +934,9 @@ mod tests {
         fn run(&mut self, until: Instant) {
             let mut buf = [0u8; 600];
             while !self.s.is_over() && self.now < until {
+                while let Some(e) = self.s.poll_event() {
+                    self.events.push(e);
+                }
                 while let Some(tx) = self.s.poll_transmit(self.now, &mut buf) {
                     match tx {
                         McTransmit::Datagram {
@@ -692,6 +991,24 @@ mod tests {
                 }
                 self.s.handle_timeout(self.now);
             }
+            while let Some(e) = self.s.poll_event() {
+                self.events.push(e);
+            }
+        }
+
+        /// Members that left, by reason.
+        fn left(&self, reason: LeaveReason) -> usize {
+            self.events
+                .iter()
+                .filter(|e| matches!(e, SessionEvent::Left { reason: r, .. } if *r == reason))
+                .count()
+        }
+
+        fn joined(&self) -> usize {
+            self.events
+                .iter()
+                .filter(|e| matches!(e, SessionEvent::Joined(_)))
+                .count()
         }
     }
 
@@ -712,6 +1029,7 @@ mod tests {
             now,
             rng: 0x9e3779b97f4a7c15,
             acks: vec![],
+            events: vec![],
         }
     }
 
@@ -732,6 +1050,9 @@ mod tests {
             st.bytes_sent >= len && st.bytes_sent < len + len / 10,
             "{st:?}"
         );
+        // Every member that joined is reported leaving: the driver's accounting balances.
+        assert_eq!((w.joined(), w.left(LeaveReason::Done)), (20, 20));
+        assert_eq!(st.events_dropped, 0);
     }
 
     #[test]
@@ -759,6 +1080,11 @@ mod tests {
         let st = w.s.stats();
         assert_eq!(st.members_done, 9);
         assert_eq!(st.members_vanished, 1);
+        assert_eq!(w.joined(), 10);
+        assert_eq!(
+            (w.left(LeaveReason::Done), w.left(LeaveReason::Vanished)),
+            (9, 1)
+        );
         assert!(st.master_changes >= 9);
         // Late joiners and 5% loss cost resends, but far less than once per member.
         assert!(st.bytes_sent < 3 * len, "{st:?}");
@@ -769,6 +1095,7 @@ mod tests {
         let len = 512 * 300 + 5;
         let mut w = world(Protocol::PxeMtftp, len, 3, 0);
         w.s.join(addr(0), w.now).unwrap();
+        // Openers arriving together: the first is answered, the others listen.
         assert_eq!(w.s.join(addr(1), w.now), Err(JoinError::Busy));
         let mut buf = [0u8; 600];
         assert_eq!(
@@ -787,6 +1114,12 @@ mod tests {
         // Listeners (not members) heard the whole stream too.
         assert!(w.sims.iter().all(Sim::complete));
         assert!(w.s.stats().bytes_sent < len + 2048);
+        // Once the master has acknowledged, opens are refused: the client listens, re-opens.
+        let mut s = Session::new(cfg(Protocol::PxeMtftp, len), w.now);
+        s.join(addr(0), w.now).unwrap();
+        s.handle_datagram(addr(0), &ack(1), w.now);
+        let later = w.now + Duration::from_secs(1);
+        assert_eq!(s.join(addr(1), later), Err(JoinError::Busy));
     }
 
     #[test]
@@ -899,5 +1232,290 @@ mod tests {
         let took = w.now - t0;
         assert!(took >= Duration::from_millis(95), "{took:?}");
         assert!(took < Duration::from_millis(200), "{took:?}");
+    }
+
+    fn ack(n: u64) -> [u8; 4] {
+        let mut b = [0u8; 4];
+        emit_ack(&mut b, BlockNum::from_index(n));
+        b
+    }
+
+    /// Drain every transmit at `now`; the blocks sent to the group.
+    fn drain(s: &mut Session, now: Instant) -> u64 {
+        let mut buf = [0u8; 600];
+        let mut blocks = 0;
+        while let Some(tx) = s.poll_transmit(now, &mut buf) {
+            if let McTransmit::Blocks {
+                dest: Dest::Group,
+                count,
+                ..
+            } = tx
+            {
+                blocks += count as u64;
+            }
+        }
+        blocks
+    }
+
+    #[test]
+    fn blksize_buckets_take_the_largest_standard_size_not_above_the_grant() {
+        assert_eq!(blksize_bucket(511), None);
+        assert_eq!(blksize_bucket(8), None);
+        for b in 512..=1023 {
+            assert_eq!(blksize_bucket(b), Some(512), "{b}");
+        }
+        assert_eq!(blksize_bucket(1024), Some(1024));
+        assert_eq!(blksize_bucket(1432), Some(1428), "iPXE asks 1432");
+        assert_eq!(blksize_bucket(1456), Some(1456));
+        assert_eq!(blksize_bucket(1467), Some(1456));
+        assert_eq!(blksize_bucket(1468), Some(1468));
+        assert_eq!(blksize_bucket(8191), Some(1468));
+        assert_eq!(blksize_bucket(65464), Some(8192));
+        // Every possible grant lands in one of a few buckets, never above the grant.
+        let mut seen = std::collections::BTreeSet::new();
+        for b in 8..=65464u16 {
+            if let Some(k) = blksize_bucket(b) {
+                assert!(k <= b);
+                seen.insert(k);
+            }
+        }
+        assert_eq!(seen.len(), BLKSIZE_BUCKETS.len());
+    }
+
+    #[test]
+    fn rfc2090_member_cap_refuses_past_max_members_and_answers_a_resent_request() {
+        let now = Instant::now();
+        let mut c = cfg(Protocol::Rfc2090, 1428 * 10);
+        c.max_members = 3;
+        let mut s = Session::new(c, now);
+        for i in 0..3 {
+            assert_eq!(s.join(addr(i), now), Ok(Joined::New));
+        }
+        assert_eq!(s.join(addr(3), now), Err(JoinError::Full));
+        assert_eq!(s.members(), 3);
+        assert_eq!(s.stats().joins_refused, 1);
+        // Drain the three OACKs; a member asking again gets one more, in its role.
+        drain(&mut s, now);
+        assert_eq!(s.join(addr(1), now), Ok(Joined::Again));
+        assert_eq!(s.join(addr(1), now), Ok(Joined::Again));
+        let mut buf = [0u8; 600];
+        let Some(McTransmit::Datagram { dest, len }) = s.poll_transmit(now, &mut buf) else {
+            panic!("no OACK for the resent request")
+        };
+        assert_eq!(dest, Dest::Member(addr(1)));
+        let Ok(Packet::Oack(o)) = Packet::parse(&buf[..len]) else {
+            panic!()
+        };
+        assert!(o.get("multicast").unwrap().ends_with(b",0"));
+        assert_eq!(
+            s.poll_transmit(now, &mut buf),
+            None,
+            "one OACK per resend burst"
+        );
+        let ev: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert_eq!(
+            ev,
+            [
+                SessionEvent::Joined(addr(0)),
+                SessionEvent::Master(addr(0)),
+                SessionEvent::Joined(addr(1)),
+                SessionEvent::Joined(addr(2)),
+            ]
+        );
+    }
+
+    #[test]
+    fn window_resend_timer_backs_off_while_the_master_is_silent() {
+        // The master acknowledged the OACK, got a window, and went quiet: each resend waits twice
+        // as long as the one before (up to 8x), then the master counts as vanished.
+        let t0 = Instant::now();
+        let mut c = cfg(Protocol::Rfc2090, 1428 * 100);
+        c.rate = 0;
+        c.retries = 5;
+        let t = c.timeout;
+        let mut s = Session::new(c, t0);
+        s.join(addr(0), t0).unwrap();
+        drain(&mut s, t0);
+        s.handle_datagram(addr(0), &ack(0), t0);
+        assert_eq!(drain(&mut s, t0), 8);
+        let mut waits = Vec::new();
+        let mut sent_at = t0;
+        while !s.is_over() {
+            let at = s
+                .poll_timeout()
+                .expect("a deadline while the master is silent");
+            waits.push(at - sent_at);
+            s.handle_timeout(at);
+            if !s.is_over() {
+                assert_eq!(drain(&mut s, at), 8, "the window again");
+            }
+            sent_at = at;
+            assert!(waits.len() <= 10, "{waits:?}");
+        }
+        assert_eq!(waits, [t, 2 * t, 4 * t, 8 * t, 8 * t, 8 * t]);
+        assert_eq!(s.stats().members_vanished, 1);
+    }
+
+    #[test]
+    fn backoff_falls_back_to_the_first_wait_once_the_master_makes_progress() {
+        let t0 = Instant::now();
+        let mut c = cfg(Protocol::Rfc2090, 1428 * 100);
+        c.rate = 0;
+        let t = c.timeout;
+        let mut s = Session::new(c, t0);
+        s.join(addr(0), t0).unwrap();
+        drain(&mut s, t0);
+        s.handle_datagram(addr(0), &ack(0), t0);
+        drain(&mut s, t0);
+        // Two silent waits: T then 2T.
+        let a = s.poll_timeout().unwrap();
+        assert_eq!(a - t0, t);
+        s.handle_timeout(a);
+        drain(&mut s, a);
+        let b = s.poll_timeout().unwrap();
+        assert_eq!(b - a, 2 * t);
+        s.handle_timeout(b);
+        drain(&mut s, b);
+        // The master acknowledges the window: the next window's wait is T again.
+        s.handle_datagram(addr(0), &ack(8), b);
+        assert_eq!(drain(&mut s, b), 8);
+        assert_eq!(s.poll_timeout().unwrap() - b, t);
+    }
+
+    #[test]
+    fn pxe_opener_that_never_acknowledges_is_superseded_by_a_later_one() {
+        // A spoofed open (its source never ACKs), then a real client opens: the real client is
+        // answered at once (block 1 unicast), acknowledges, becomes master and gets the file.
+        let len = 512 * 60 + 5;
+        let mut w = world(Protocol::PxeMtftp, len, 3, 0);
+        let t0 = w.now;
+        w.sims[0].gone = true;
+        w.s.join(addr(0), t0).unwrap();
+        let mut buf = [0u8; 600];
+        assert_eq!(
+            w.s.poll_transmit(t0, &mut buf),
+            Some(McTransmit::Blocks {
+                dest: Dest::Member(addr(0)),
+                first: 1,
+                count: 1
+            })
+        );
+        // Well within the spoofed opener's first wait (50 ms here, 200 ms by default).
+        let t1 = t0 + w.s.config().timeout / 2;
+        w.now = t1;
+        assert_eq!(w.s.join(addr(1), t1), Ok(Joined::New));
+        assert_eq!(
+            w.s.poll_transmit(t1, &mut buf),
+            Some(McTransmit::Blocks {
+                dest: Dest::Member(addr(1)),
+                first: 1,
+                count: 1
+            })
+        );
+        w.sims[1].have[0] = true;
+        w.sims[1].master = true;
+        let gap = w.sims[1].first_gap();
+        w.acks.push((1, gap));
+        w.run(t1 + Duration::from_secs(30));
+        assert!(w.s.is_over());
+        assert!(w.sims[1].complete() && w.sims[2].complete());
+        assert!(w.events.contains(&SessionEvent::Left {
+            addr: addr(0),
+            reason: LeaveReason::Superseded
+        }));
+        assert!(w.events.contains(&SessionEvent::Master(addr(1))));
+        assert_eq!(w.left(LeaveReason::Done), 1);
+        // Bytes sent: about once, though the stream started for the spoofed opener.
+        assert!(w.s.stats().bytes_sent < len + 8 * 1024, "{:?}", w.s.stats());
+    }
+
+    #[test]
+    fn pxe_session_nobody_acknowledges_sends_nothing_to_the_group_and_ends_soon() {
+        let t0 = Instant::now();
+        let mut c = cfg(Protocol::PxeMtftp, 512 * 100);
+        c.retries = 5;
+        let t = c.timeout;
+        let mut s = Session::new(c, t0);
+        s.join(addr(0), t0).unwrap();
+        let mut now = t0;
+        let mut unicast = 0;
+        let mut buf = [0u8; 600];
+        while !s.is_over() {
+            while let Some(tx) = s.poll_transmit(now, &mut buf) {
+                match tx {
+                    McTransmit::Blocks {
+                        dest: Dest::Member(_),
+                        ..
+                    } => unicast += 1,
+                    other => panic!("{other:?} while no opener acknowledged"),
+                }
+            }
+            let Some(at) = s.poll_timeout() else { break };
+            now = now.max(at);
+            s.handle_timeout(now);
+        }
+        assert!(s.is_over());
+        let st = s.stats();
+        assert_eq!(st.timeouts, 1 + UNCONFIRMED_RETRIES, "{st:?}");
+        assert_eq!(st.members_vanished, 1);
+        assert_eq!(unicast, 1 + UNCONFIRMED_RETRIES as usize);
+        // Steady, short: the file is free for the next opener after about three waits.
+        assert!(now - t0 < t * (2 + UNCONFIRMED_RETRIES), "{:?}", now - t0);
+    }
+
+    #[test]
+    fn pxe_reopen_by_an_opener_repeats_block_one_at_most_once_per_timeout() {
+        let t0 = Instant::now();
+        let c = cfg(Protocol::PxeMtftp, 512 * 100);
+        let t = c.timeout;
+        let mut s = Session::new(c, t0);
+        s.join(addr(0), t0).unwrap();
+        drain(&mut s, t0);
+        let mut unicast = 0;
+        let mut buf = [0u8; 600];
+        for i in 0..100u32 {
+            let now = t0 + t * i / 100;
+            assert_eq!(s.join(addr(0), now), Ok(Joined::Again));
+            while let Some(tx) = s.poll_transmit(now, &mut buf) {
+                if matches!(
+                    tx,
+                    McTransmit::Blocks {
+                        dest: Dest::Member(_),
+                        ..
+                    }
+                ) {
+                    unicast += 1;
+                }
+            }
+        }
+        assert_eq!(unicast, 0, "block 1 went out less than a timeout ago");
+        assert_eq!(s.join(addr(0), t0 + t), Ok(Joined::Again));
+        assert_eq!(
+            s.poll_transmit(t0 + t, &mut buf),
+            Some(McTransmit::Blocks {
+                dest: Dest::Member(addr(0)),
+                first: 1,
+                count: 1
+            })
+        );
+    }
+
+    #[test]
+    fn pxe_candidates_are_bounded() {
+        let t0 = Instant::now();
+        let c = cfg(Protocol::PxeMtftp, 512 * 100);
+        let t = c.timeout;
+        let mut s = Session::new(c, t0);
+        for i in 0..50u16 {
+            let now = t0 + t / 4 * i as u32;
+            if s.is_over() {
+                break;
+            }
+            assert_eq!(s.join(addr(i), now), Ok(Joined::New), "opener {i}");
+            assert!(s.members() <= MAX_CANDIDATES);
+            drain(&mut s, now);
+            s.handle_timeout(now);
+            while s.poll_event().is_some() {}
+        }
     }
 }

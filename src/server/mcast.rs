@@ -3,38 +3,75 @@
 //!
 //! Contract:
 //! - [`spawn`] binds the PXE MTFTP server port (`--mtftp-port`, on each IPv4 listen address) and
-//!   starts the thread. Unicast workers hand RFC 2090 requests over with [`McHandle::submit`]
-//!   (a bounded crossbeam channel plus an eventfd wake-up); nothing on the unicast hot path waits.
-//! - One session per (file, block size) for RFC 2090 and per configured file for PXE MTFTP, joined by
-//!   every client that asks for that file while it runs. RFC 2090 sessions draw their group from the
-//!   `--multicast-groups` pool and give it back when they end.
+//!   starts the thread. Unicast workers offer RFC 2090 requests with [`McHandle::submit`].
+//! - **Every RFC 2090 request gets an answer.** `submit` decides admission synchronously, on the
+//!   worker's thread, under one short lock shared with the service (no I/O under it): the block
+//!   size bucket, a session of that file and bucket with room (`--multicast-max-members`), the
+//!   client address under its cap (`--multicast-max-per-source` memberships at once), and, for a
+//!   new session, a free group of `--multicast-groups`. An admitted request holds a reservation
+//!   (a membership counted against every cap, and the session's group) that the service honours,
+//!   and is handed over through a bounded channel plus an eventfd wake-up. When anything says no
+//!   (RFC 2090 off, a block size under 512, pool full, session full, source over its cap, channel
+//!   full, service gone) `submit` returns false, takes nothing, and the worker serves the request
+//!   as ordinary unicast TFTP: its OACK has no `multicast` option, which RFC 2090 allows. A request
+//!   already handed over that the service then cannot place (no socket) gets an ERROR from the
+//!   service, and its reservation is given back. Nothing on the unicast hot path waits.
+//! - One RFC 2090 session per (file, block size bucket): the bucket is the largest of
+//!   [`BLKSIZE_BUCKETS`] not above the block size the worker granted (so at most six per file, and
+//!   a flood of odd block sizes shares one), announced in the OACK (never more than asked). PXE
+//!   MTFTP: one session per configured file at a time (see [`crate::proto::multicast`] for how a
+//!   spoofed opener is superseded by a real one).
+//! - A group goes back to the pool when its session's last member is gone and no reservation
+//!   names it; freed groups are reused oldest first, so a late packet of an old session rarely
+//!   meets a new one (each session also has its own source port, which clients check).
 //! - Each session has its own socket: OACKs, the unicast block 1 of PXE MTFTP and every multicast
 //!   block leave from it, so clients see one source address and port (atftp checks both), and members'
-//!   ACKs come back to it. TTL, outgoing interface and loopback are set on it.
+//!   ACKs come back to it. TTL, outgoing interface and loopback are set on it. A session ended by
+//!   the server (file changed) sends its remaining members an ERROR.
+//! - Bounded: groups in use (the pool, at most 4096), memberships (groups x max members), the
+//!   per-source table (one entry per address holding a membership), the hand-over channel (1024),
+//!   datagrams read per socket per wake-up (256). Every line a remote peer can cause once per
+//!   datagram (refusals, joins, opens, send and receive failures, sessions that served nobody)
+//!   goes through a [`LogLimit`]: one line, then a count of the ones suppressed.
 //! - Multicast is paced by the session (no per-client flow control exists); this thread only sleeps
 //!   until the earliest session deadline, sends what the sessions produce, and logs each session's
 //!   life: start, members, master changes, and at the end the blocks and bytes it sent, which show
 //!   the file went out about once per session rather than once per client.
 
 use super::sys;
-use crate::proto::multicast::{Dest, McTransmit, Protocol, Session, SessionConfig};
+use crate::proto::multicast::{
+    blksize_bucket, Dest, JoinError, Joined, LeaveReason, McTransmit, Protocol, Session,
+    SessionConfig, SessionEvent, BLKSIZE_BUCKETS,
+};
 use crate::proto::options::BlockSize;
 use crate::proto::packet::{data_header, emit_error, ErrorCode, Mode, Packet};
 use crate::proto::BlockNum;
+use crate::ratelog::LogLimit;
 use crate::store::{Content, Store};
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use socket2::{Domain, SockAddr, Socket, Type};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::mem::zeroed;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::Shutdown;
+
+/// Groups of the pool used at most (a /20).
+const MAX_GROUPS: u32 = 4096;
+/// Requests waiting for the service at most.
+const CHANNEL_CAP: usize = 1024;
+/// Datagrams read from one socket per wake-up (level-triggered: the rest wait for the next turn).
+const RECV_BATCH: usize = 256;
+/// Default of `--multicast-max-members`.
+pub const DEFAULT_MAX_MEMBERS: usize = crate::proto::multicast::DEFAULT_MAX_MEMBERS;
+/// Default of `--multicast-max-per-source`.
+pub const DEFAULT_MAX_PER_SOURCE: usize = 4;
 
 /// A file served by PXE MTFTP (`--mtftp FILE@GROUP:CLIENTPORT`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,6 +166,11 @@ pub struct McConfig {
     pub retries: u32,
     /// IPv4 addresses to bind the MTFTP port on.
     pub listen: Vec<Ipv4Addr>,
+    /// RFC 2090: members of one session at most (`--multicast-max-members`).
+    pub max_members: usize,
+    /// RFC 2090: sessions one client address may be a member of at once
+    /// (`--multicast-max-per-source`).
+    pub max_per_source: usize,
 }
 
 impl McConfig {
@@ -144,30 +186,309 @@ pub struct McJoin {
     /// The address the request was sent to (the session answers from it).
     pub local: IpAddr,
     pub content: Arc<Content>,
-    /// Negotiated block size (never more than the client asked).
+    /// Negotiated block size (never more than the client asked); the session uses its bucket.
     pub blksize: BlockSize,
     pub tsize: bool,
+}
+
+/// Why [`McHandle::submit`] did not hand a request over (the worker then serves it by unicast).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// RFC 2090 is not enabled (`--multicast-groups` unset; PXE MTFTP only).
+    Disabled,
+    /// The block size granted is under the smallest bucket (512).
+    BlockSize,
+    /// Every group of the pool is in use.
+    PoolFull,
+    /// The file's session has `--multicast-max-members` members.
+    SessionFull,
+    /// The client's address is in `--multicast-max-per-source` sessions already.
+    SourceCap,
+    /// The hand-over channel is full or the service is gone.
+    Saturated,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 6] = [
+        Refusal::Disabled,
+        Refusal::BlockSize,
+        Refusal::PoolFull,
+        Refusal::SessionFull,
+        Refusal::SourceCap,
+        Refusal::Saturated,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Disabled => "RFC 2090 multicast is not enabled",
+            Refusal::BlockSize => "block size under 512",
+            Refusal::PoolFull => "no free multicast group in the pool",
+            Refusal::SessionFull => "the file's multicast session is full",
+            Refusal::SourceCap => "client address at its multicast session limit",
+            Refusal::Saturated => "multicast service saturated",
+        }
+    }
+}
+
+/// A reservation made by [`Admission::admit`], honoured by the service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ticket {
+    slot: u32,
+    /// Generation of the slot's entry (a slot is reused by later sessions).
+    gen: u64,
+    /// The session's block size.
+    bucket: u16,
+    /// A new membership counted against the caps (false: the client is already a member; a
+    /// resent request, answered again by the session).
+    counted: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// The file (its `Content` address; some `Arc` of it is alive while the entry is: a request in
+    /// the channel, or the running session).
+    content: usize,
+    bucket: u16,
+    gen: u64,
+    /// Memberships counted: reserved or joined, not yet gone.
+    refs: u32,
+}
+
+/// RFC 2090 admission: groups, sessions and memberships, shared by the workers (deciding) and the
+/// service (giving back). Sans-IO; every table is bounded (see the module docs).
+#[derive(Debug)]
+struct Admission {
+    pool: Option<GroupPool>,
+    slots: Vec<Option<Entry>>,
+    /// Free slots, least recently freed first.
+    free: VecDeque<u32>,
+    by_key: HashMap<(usize, u16), u32>,
+    memberships: HashSet<(SocketAddr, u32)>,
+    per_source: HashMap<IpAddr, u32>,
+    max_members: u32,
+    max_per_source: u32,
+    next_gen: u64,
+    /// One limiter per refusal reason (indexed like [`Refusal::ALL`]).
+    logs: [LogLimit; 6],
+}
+
+impl Admission {
+    fn new(pool: Option<GroupPool>, max_members: usize, max_per_source: usize) -> Self {
+        let n = pool.map_or(0, |p| p.len.min(MAX_GROUPS));
+        Admission {
+            pool,
+            slots: (0..n).map(|_| None).collect(),
+            free: (0..n).collect(),
+            by_key: HashMap::new(),
+            memberships: HashSet::new(),
+            per_source: HashMap::new(),
+            max_members: max_members.clamp(1, u32::MAX as usize) as u32,
+            max_per_source: max_per_source.clamp(1, u32::MAX as usize) as u32,
+            next_gen: 0,
+            logs: Default::default(),
+        }
+    }
+
+    /// Reserve a place for `client` in the session of (`content`, bucket of `granted`).
+    fn admit(
+        &mut self,
+        client: SocketAddr,
+        content: usize,
+        granted: u16,
+    ) -> Result<Ticket, Refusal> {
+        if self.pool.is_none() {
+            return Err(Refusal::Disabled);
+        }
+        let bucket = blksize_bucket(granted).ok_or(Refusal::BlockSize)?;
+        let source_full = self
+            .per_source
+            .get(&client.ip())
+            .is_some_and(|&n| n >= self.max_per_source);
+        let slot = match self.by_key.get(&(content, bucket)) {
+            Some(&slot) => {
+                let e = self.slots[slot as usize].as_ref().expect("keyed slot");
+                if self.memberships.contains(&(client, slot)) {
+                    return Ok(Ticket {
+                        slot,
+                        gen: e.gen,
+                        bucket,
+                        counted: false,
+                    });
+                }
+                if e.refs >= self.max_members {
+                    return Err(Refusal::SessionFull);
+                }
+                if source_full {
+                    return Err(Refusal::SourceCap);
+                }
+                slot
+            }
+            None => {
+                if source_full {
+                    return Err(Refusal::SourceCap);
+                }
+                let slot = self.free.pop_front().ok_or(Refusal::PoolFull)?;
+                self.next_gen += 1;
+                self.slots[slot as usize] = Some(Entry {
+                    content,
+                    bucket,
+                    gen: self.next_gen,
+                    refs: 0,
+                });
+                self.by_key.insert((content, bucket), slot);
+                slot
+            }
+        };
+        let e = self.slots[slot as usize].as_mut().expect("slot in use");
+        e.refs += 1;
+        self.memberships.insert((client, slot));
+        *self.per_source.entry(client.ip()).or_insert(0) += 1;
+        Ok(Ticket {
+            slot,
+            gen: e.gen,
+            bucket,
+            counted: true,
+        })
+    }
+
+    fn entry(&mut self, slot: u32, gen: u64) -> Option<&mut Entry> {
+        self.slots
+            .get_mut(slot as usize)?
+            .as_mut()
+            .filter(|e| e.gen == gen)
+    }
+
+    /// True while the reservation's session exists (some membership is counted).
+    fn is_live(&mut self, slot: u32, gen: u64) -> bool {
+        self.entry(slot, gen).is_some()
+    }
+
+    /// `client`'s membership of the session in `slot` is over (or its reservation unused). Frees
+    /// the group with the last one. Idempotent.
+    fn release(&mut self, slot: u32, gen: u64, client: SocketAddr) {
+        if self.entry(slot, gen).is_none() || !self.memberships.remove(&(client, slot)) {
+            return;
+        }
+        if let Some(n) = self.per_source.get_mut(&client.ip()) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&client.ip());
+            }
+        }
+        let e = self.entry(slot, gen).expect("checked");
+        e.refs -= 1;
+        if e.refs == 0 {
+            let key = (e.content, e.bucket);
+            self.slots[slot as usize] = None;
+            self.by_key.remove(&key);
+            self.free.push_back(slot);
+        }
+    }
+
+    /// A resent request whose membership had ended meanwhile joined the session again: count it
+    /// (no cap: it held this place a moment ago). False when the session is gone.
+    fn adopt(&mut self, slot: u32, gen: u64, client: SocketAddr) -> bool {
+        if self.entry(slot, gen).is_none() {
+            return false;
+        }
+        if !self.memberships.insert((client, slot)) {
+            return true;
+        }
+        self.entry(slot, gen).expect("checked").refs += 1;
+        *self.per_source.entry(client.ip()).or_insert(0) += 1;
+        true
+    }
+
+    fn group(&self, slot: u32) -> Option<Ipv4Addr> {
+        self.pool.map(|p| p.nth(slot))
+    }
+
+    /// Groups in use.
+    fn groups_in_use(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    fn log_refusal(&mut self, r: Refusal, j: &McJoin, now: Instant) {
+        let i = Refusal::ALL.iter().position(|&x| x == r).expect("listed");
+        let Some(suppressed) = self.logs[i].allow(now) else {
+            return;
+        };
+        let (client, file, reason) = (j.client, j.content.display_path(), r.as_str());
+        match r {
+            Refusal::PoolFull | Refusal::Saturated => {
+                warn!(%client, file, reason, suppressed, "RFC 2090 request served by unicast")
+            }
+            _ => info!(%client, file, reason, suppressed, "RFC 2090 request served by unicast"),
+        }
+    }
+
+    fn flush_logs(&mut self, now: Instant) {
+        for (i, l) in self.logs.iter_mut().enumerate() {
+            if let Some(n) = l.flush(now) {
+                info!(
+                    reason = Refusal::ALL[i].as_str(),
+                    suppressed = n,
+                    "RFC 2090 requests served by unicast (lines suppressed)"
+                );
+            }
+        }
+    }
+}
+
+fn lock(m: &Mutex<Admission>) -> MutexGuard<'_, Admission> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A request on its way to the service, with its reservation.
+struct Handoff {
+    join: McJoin,
+    ticket: Ticket,
 }
 
 /// Where workers send RFC 2090 requests.
 #[derive(Clone)]
 pub struct McHandle {
-    tx: Sender<McJoin>,
+    tx: Sender<Handoff>,
     wake: Arc<OwnedFd>,
+    admission: Arc<Mutex<Admission>>,
 }
 
 impl McHandle {
-    /// Hand a request over; `false` when the service is saturated (the worker then serves it by
-    /// unicast).
+    /// Offer an RFC 2090 request. True: it is admitted and handed over; the service answers it
+    /// (OACK, or an ERROR if it then cannot place it). False: nothing was taken and the caller
+    /// serves it as plain unicast TFTP (why is logged here, rate-limited). See the module docs.
     pub fn submit(&self, j: McJoin) -> bool {
-        match self.tx.try_send(j) {
+        self.try_submit(j, Instant::now()).is_ok()
+    }
+
+    /// [`submit`](Self::submit), saying why not.
+    pub fn try_submit(&self, j: McJoin, now: Instant) -> Result<(), Refusal> {
+        let id = Arc::as_ptr(&j.content) as usize;
+        let ticket = {
+            let mut a = lock(&self.admission);
+            match a.admit(j.client, id, j.blksize.get()) {
+                Ok(t) => t,
+                Err(r) => {
+                    a.log_refusal(r, &j, now);
+                    return Err(r);
+                }
+            }
+        };
+        match self.tx.try_send(Handoff { join: j, ticket }) {
             Ok(()) => {
                 let one: u64 = 1;
                 // SAFETY: 8 bytes to our eventfd.
                 unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
-                true
+                Ok(())
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => {
+                let mut a = lock(&self.admission);
+                if h.ticket.counted {
+                    a.release(h.ticket.slot, h.ticket.gen, h.join.client);
+                }
+                a.log_refusal(Refusal::Saturated, &h.join, now);
+                Err(Refusal::Saturated)
+            }
         }
     }
 }
@@ -178,18 +499,20 @@ struct Running {
     content: Arc<Content>,
     /// Destination of `Dest::Group`.
     group: SocketAddr,
-    /// Pool slot (RFC 2090) to give back.
-    slot: Option<u32>,
     key: Key,
     started: Instant,
     /// Ended by a send error (file truncated).
     failed: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Key {
     Mtftp(usize),
-    Rfc2090 { content: usize, blksize: u16 },
+    /// The admission slot and its generation.
+    Rfc2090 {
+        slot: u32,
+        gen: u64,
+    },
 }
 
 const TOKEN_SHUTDOWN: u64 = u64::MAX;
@@ -220,17 +543,33 @@ pub fn spawn(
             listeners.push(s);
         }
     }
-    let (tx, rx) = channel::bounded(1024);
+    // ERRORs for requests the service cannot place leave from here.
+    let ctrl = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+    ctrl.set_nonblocking(true)?;
+    let (tx, rx) = channel::bounded(CHANNEL_CAP);
     let wake = Arc::new(sys::eventfd()?);
+    let admission = Arc::new(Mutex::new(Admission::new(
+        cfg.groups,
+        cfg.max_members,
+        cfg.max_per_source,
+    )));
     let handle = McHandle {
         tx,
         wake: wake.clone(),
+        admission: admission.clone(),
     };
     for f in &cfg.mtftp {
         info!(file = %f.file, group = %f.group, client_port = f.client_port, port = cfg.mtftp_port, "PXE MTFTP enabled");
     }
     if let Some(g) = cfg.groups {
-        info!(groups = %format!("{}/{}", g.nth(0), 32 - g.len.trailing_zeros()), port = cfg.multicast_port, "RFC 2090 multicast enabled");
+        info!(
+            groups = %format!("{}/{}", g.nth(0), 32 - g.len.trailing_zeros()),
+            port = cfg.multicast_port,
+            max_members = cfg.max_members,
+            max_per_source = cfg.max_per_source,
+            blksizes = ?BLKSIZE_BUCKETS,
+            "RFC 2090 multicast enabled"
+        );
     }
     let thread = std::thread::Builder::new()
         .name("ringboot-mcast".into())
@@ -241,10 +580,12 @@ pub fn spawn(
                 rx,
                 wake,
                 listeners,
+                ctrl,
+                admission,
                 sessions: HashMap::new(),
                 next_token: 0,
-                slots_used: Vec::new(),
                 buf: vec![0u8; 2048],
+                logs: Logs::default(),
             };
             if let Err(e) = svc.run(&shutdown) {
                 warn!(error = %e, "multicast service stopped");
@@ -253,16 +594,70 @@ pub fn spawn(
     Ok((handle, thread))
 }
 
+/// The service's rate-limited log lines (one limiter each).
+#[derive(Default)]
+struct Logs {
+    open_refused: LogLimit,
+    non_rrq: LogLimit,
+    no_mtftp: LogLimit,
+    busy: LogLimit,
+    opened: LogLimit,
+    joined: LogLimit,
+    master: LogLimit,
+    left: LogLimit,
+    started: LogLimit,
+    idle_finished: LogLimit,
+    not_placed: LogLimit,
+    send_failed: LogLimit,
+    recv_failed: LogLimit,
+}
+
+impl Logs {
+    fn flush(&mut self, now: Instant) {
+        let all: [(&mut LogLimit, &str); 13] = [
+            (&mut self.open_refused, "MTFTP open refused"),
+            (&mut self.non_rrq, "non-RRQ on the MTFTP port dropped"),
+            (
+                &mut self.no_mtftp,
+                "MTFTP open for a file without MTFTP settings refused",
+            ),
+            (
+                &mut self.busy,
+                "MTFTP open while a master is established: the client listens",
+            ),
+            (&mut self.opened, "MTFTP open answered"),
+            (&mut self.joined, "multicast member joined"),
+            (&mut self.master, "multicast master changed"),
+            (&mut self.left, "multicast member vanished"),
+            (&mut self.started, "multicast session started"),
+            (
+                &mut self.idle_finished,
+                "multicast session finished without serving anyone",
+            ),
+            (&mut self.not_placed, "multicast request not placed"),
+            (&mut self.send_failed, "multicast send failed"),
+            (&mut self.recv_failed, "multicast receive failed"),
+        ];
+        for (l, what) in all {
+            if let Some(n) = l.flush(now) {
+                info!(what, suppressed = n, "multicast log lines suppressed");
+            }
+        }
+    }
+}
+
 struct Service {
     cfg: McConfig,
     store: Arc<Store>,
-    rx: Receiver<McJoin>,
+    rx: Receiver<Handoff>,
     wake: Arc<OwnedFd>,
     listeners: Vec<UdpSocket>,
+    ctrl: UdpSocket,
+    admission: Arc<Mutex<Admission>>,
     sessions: HashMap<u64, Running>,
     next_token: u64,
-    slots_used: Vec<u32>,
     buf: Vec<u8>,
+    logs: Logs,
 }
 
 fn epoll_add(ep: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
@@ -293,6 +688,7 @@ impl Service {
         }
         // SAFETY: zeroed epoll_event is valid.
         let mut events: [libc::epoll_event; 64] = unsafe { zeroed() };
+        let mut tokens: Vec<u64> = Vec::new();
         while !shutdown.is_triggered() {
             let now = Instant::now();
             let wait_ms = self
@@ -325,8 +721,8 @@ impl Service {
                         unsafe {
                             libc::read(self.wake.as_raw_fd(), (&mut v as *mut u64).cast(), 8)
                         };
-                        while let Ok(j) = self.rx.try_recv() {
-                            self.join_rfc2090(ep, j);
+                        while let Ok(h) = self.rx.try_recv() {
+                            self.join_rfc2090(ep, h);
                         }
                     }
                     t if t >= TOKEN_MTFTP => self.mtftp_readable(ep, (t - TOKEN_MTFTP) as usize),
@@ -334,10 +730,13 @@ impl Service {
                 }
             }
             let now = Instant::now();
-            let tokens: Vec<u64> = self.sessions.keys().copied().collect();
-            for t in tokens {
+            tokens.clear();
+            tokens.extend(self.sessions.keys().copied());
+            for &t in &tokens {
                 self.drive(t, now);
             }
+            self.logs.flush(now);
+            lock(&self.admission).flush_logs(now);
         }
         drop(ep_owned);
         Ok(())
@@ -377,33 +776,45 @@ impl Service {
             timeout: self.cfg.timeout,
             retries: self.cfg.retries,
             tsize_in_oack: tsize,
+            max_members: self.cfg.max_members,
         }
     }
 
-    fn add_session(&mut self, ep: RawFd, r: Running) -> Option<u64> {
+    fn add_session(&mut self, ep: RawFd, r: Running) -> io::Result<u64> {
         let token = self.next_token;
         self.next_token += 1;
-        if let Err(e) = epoll_add(ep, r.sock.as_raw_fd(), token) {
-            warn!(error = %e, "cannot watch a multicast session socket");
-            return None;
+        epoll_add(ep, r.sock.as_raw_fd(), token)?;
+        if let Some(suppressed) = self.logs.started.allow(r.started) {
+            info!(
+                protocol = ?r.session.config().protocol,
+                file = %r.content.display_path(),
+                group = %r.group,
+                blksize = r.session.config().blksize,
+                suppressed,
+                "multicast session started"
+            );
         }
-        info!(
-            protocol = ?r.session.config().protocol,
-            file = %r.content.display_path(),
-            group = %r.group,
-            blksize = r.session.config().blksize,
-            "multicast session started"
-        );
         self.sessions.insert(token, r);
-        Some(token)
+        Ok(token)
     }
 
-    fn join_rfc2090(&mut self, ep: RawFd, j: McJoin) {
-        let key = Key::Rfc2090 {
-            content: Arc::as_ptr(&j.content) as usize,
-            blksize: j.blksize.get(),
-        };
+    /// Answer a request the service cannot place with an ERROR (it was promised an answer).
+    fn not_placed(&mut self, client: SocketAddr, file: &str, message: &str, now: Instant) {
+        let mut out = [0u8; 128];
+        let len = emit_error(&mut out, ErrorCode::NotDefined, message);
+        let _ = self.ctrl.send_to(&out[..len], client);
+        if let Some(suppressed) = self.logs.not_placed.allow(now) {
+            warn!(%client, file, reason = message, suppressed, "multicast request not placed; ERROR sent");
+        }
+    }
+
+    fn join_rfc2090(&mut self, ep: RawFd, h: Handoff) {
+        let Handoff { join: j, ticket: t } = h;
         let now = Instant::now();
+        let key = Key::Rfc2090 {
+            slot: t.slot,
+            gen: t.gen,
+        };
         let existing = self
             .sessions
             .iter()
@@ -412,64 +823,132 @@ impl Service {
         let token = match existing {
             Some(t) => t,
             None => {
-                let Some(pool) = self.cfg.groups else { return };
-                let Some(slot) = (0..pool.len.min(4096)).find(|s| !self.slots_used.contains(s))
-                else {
-                    warn!(client = %j.client, "no free multicast group in the pool; request dropped");
-                    return;
-                };
-                let group = SocketAddr::from((pool.nth(slot), self.cfg.multicast_port));
-                let sock = match self.session_socket(j.local) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        warn!(error = %e, "cannot open a multicast session socket");
-                        return;
+                let group = {
+                    let mut a = lock(&self.admission);
+                    if a.is_live(t.slot, t.gen) {
+                        a.group(t.slot)
+                    } else {
+                        None
                     }
                 };
-                let cfg = self.session_config(
-                    Protocol::Rfc2090,
-                    j.blksize.get(),
-                    j.content.len(),
-                    group,
-                    j.tsize,
-                );
-                self.slots_used.push(slot);
-                let r = Running {
-                    session: Session::new(cfg, now),
-                    sock,
-                    content: j.content.clone(),
-                    group,
-                    slot: Some(slot),
-                    key,
-                    started: now,
-                    failed: false,
+                let Some(group) = group else {
+                    // A resent request whose session ended meanwhile.
+                    let file = j.content.display_path().to_owned();
+                    self.not_placed(j.client, &file, "multicast session ended; ask again", now);
+                    return;
                 };
-                match self.add_session(ep, r) {
-                    Some(t) => t,
-                    None => {
-                        self.slots_used.retain(|s| *s != slot);
+                let group = SocketAddr::from((group, self.cfg.multicast_port));
+                let started = self.session_socket(j.local).and_then(|sock| {
+                    let cfg = self.session_config(
+                        Protocol::Rfc2090,
+                        t.bucket,
+                        j.content.len(),
+                        group,
+                        j.tsize,
+                    );
+                    let r = Running {
+                        session: Session::new(cfg, now),
+                        sock,
+                        content: j.content.clone(),
+                        group,
+                        key,
+                        started: now,
+                        failed: false,
+                    };
+                    self.add_session(ep, r)
+                });
+                match started {
+                    Ok(token) => token,
+                    Err(e) => {
+                        if t.counted {
+                            lock(&self.admission).release(t.slot, t.gen, j.client);
+                        }
+                        let file = j.content.display_path().to_owned();
+                        let msg = format!("cannot open a multicast session socket: {e}");
+                        self.not_placed(j.client, &file, &msg, now);
                         return;
                     }
                 }
             }
         };
-        if let Some(r) = self.sessions.get_mut(&token) {
-            if r.session.join(j.client, now).is_ok() {
-                info!(client = %j.client, file = %r.content.display_path(), group = %r.group, members = r.session.members(), "multicast member joined");
+        let Some(r) = self.sessions.get_mut(&token) else {
+            return;
+        };
+        match r.session.join(j.client, now) {
+            Ok(Joined::New) => {
+                if !t.counted {
+                    lock(&self.admission).adopt(t.slot, t.gen, j.client);
+                }
+            }
+            Ok(Joined::Again) => {}
+            Err(e) => {
+                // Only if the session and the admission disagree (they share the caps).
+                if t.counted {
+                    lock(&self.admission).release(t.slot, t.gen, j.client);
+                }
+                let file = r.content.display_path().to_owned();
+                let msg = match e {
+                    JoinError::Full => "multicast session full",
+                    JoinError::Busy | JoinError::Over => "multicast session ended; ask again",
+                };
+                self.not_placed(j.client, &file, msg, now);
+                return;
+            }
+        }
+        self.settle(token, now);
+    }
+
+    /// Drain a session's events: give back the memberships that ended, log (rate-limited).
+    fn settle(&mut self, token: u64, now: Instant) {
+        let Some(r) = self.sessions.get_mut(&token) else {
+            return;
+        };
+        let file = r.content.display_path();
+        let pxe = r.session.config().protocol == Protocol::PxeMtftp;
+        while let Some(ev) = r.session.poll_event() {
+            match ev {
+                SessionEvent::Joined(client) if pxe => {
+                    if let Some(suppressed) = self.logs.opened.allow(now) {
+                        info!(%client, file, group = %r.group, suppressed, "MTFTP open answered: block 1 unicast, the client may be master");
+                    }
+                }
+                SessionEvent::Joined(client) => {
+                    if let Some(suppressed) = self.logs.joined.allow(now) {
+                        info!(%client, file, group = %r.group, members = r.session.members(), suppressed, "multicast member joined");
+                    }
+                }
+                SessionEvent::Master(master) => {
+                    if let Some(suppressed) = self.logs.master.allow(now) {
+                        info!(file, group = %r.group, %master, suppressed, "multicast master changed");
+                    }
+                }
+                SessionEvent::Left { addr, reason } => {
+                    if let Key::Rfc2090 { slot, gen } = r.key {
+                        lock(&self.admission).release(slot, gen, addr);
+                    }
+                    if matches!(reason, LeaveReason::Vanished | LeaveReason::Aborted) {
+                        if let Some(suppressed) = self.logs.left.allow(now) {
+                            info!(file, group = %r.group, client = %addr, ?reason, suppressed, "multicast member vanished (silent past the retry budget, or sent an ERROR)");
+                        }
+                    }
+                }
             }
         }
     }
 
     fn mtftp_readable(&mut self, ep: RawFd, i: usize) {
-        loop {
+        for _ in 0..RECV_BATCH {
             let (n, from) = match self.listeners[i].recv_from(&mut self.buf) {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    debug!(error = %e, "MTFTP receive failed");
+                    if let Some(suppressed) = self.logs.recv_failed.allow(Instant::now()) {
+                        debug!(error = %e, suppressed, "MTFTP receive failed");
+                    }
                     return;
                 }
             };
+            let now = Instant::now();
             let local = self.listeners[i]
                 .local_addr()
                 .map(|a| a.ip())
@@ -477,15 +956,18 @@ impl Service {
             let req = match Packet::parse(&self.buf[..n]) {
                 Ok(Packet::Rrq(r)) if r.mode == Mode::Octet || r.mode == Mode::Netascii => r,
                 _ => {
-                    debug!(client = %from, "non-RRQ on the MTFTP port dropped");
+                    if let Some(suppressed) = self.logs.non_rrq.allow(now) {
+                        debug!(client = %from, suppressed, "non-RRQ on the MTFTP port dropped");
+                    }
                     continue;
                 }
             };
-            let name = String::from_utf8_lossy(req.filename).into_owned();
             let content = match self.store.lookup(req.filename, Mode::Octet) {
                 Ok(c) => c,
                 Err(e) => {
-                    info!(client = %from, file = %name, reason = %e, "MTFTP open refused");
+                    if let Some(suppressed) = self.logs.open_refused.allow(now) {
+                        info!(client = %from, file = %req.filename.escape_ascii(), reason = %e, suppressed, "MTFTP open refused");
+                    }
                     let mut out = [0u8; 256];
                     let len = emit_error(&mut out, e.error_code(), &e.to_string());
                     let _ = self.listeners[i].send_to(&out[..len], from);
@@ -499,13 +981,14 @@ impl Service {
                     .is_ok_and(|c| Arc::ptr_eq(&c, &content))
             });
             let Some(which) = which else {
-                info!(client = %from, file = %name, "MTFTP open for a file without MTFTP settings refused");
+                if let Some(suppressed) = self.logs.no_mtftp.allow(now) {
+                    info!(client = %from, file = %req.filename.escape_ascii(), suppressed, "MTFTP open for a file without MTFTP settings refused");
+                }
                 let mut out = [0u8; 128];
                 let len = emit_error(&mut out, ErrorCode::FileNotFound, "no MTFTP for this file");
                 let _ = self.listeners[i].send_to(&out[..len], from);
                 continue;
             };
-            let now = Instant::now();
             let key = Key::Mtftp(which);
             let existing = self
                 .sessions
@@ -517,59 +1000,67 @@ impl Service {
                 None => {
                     let f = &self.cfg.mtftp[which];
                     let group = SocketAddr::from((f.group, f.client_port));
-                    let sock = match self.session_socket(local) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            warn!(error = %e, "cannot open a multicast session socket");
-                            continue;
-                        }
-                    };
                     let cfg =
                         self.session_config(Protocol::PxeMtftp, 512, content.len(), group, false);
-                    let r = Running {
-                        session: Session::new(cfg, now),
-                        sock,
-                        content,
-                        group,
-                        slot: None,
-                        key,
-                        started: now,
-                        failed: false,
-                    };
-                    match self.add_session(ep, r) {
-                        Some(t) => t,
-                        None => continue,
+                    let started = self.session_socket(local).and_then(|sock| {
+                        let r = Running {
+                            session: Session::new(cfg, now),
+                            sock,
+                            content,
+                            group,
+                            key,
+                            started: now,
+                            failed: false,
+                        };
+                        self.add_session(ep, r)
+                    });
+                    match started {
+                        Ok(t) => t,
+                        Err(e) => {
+                            // The client re-opens (and iPXE falls back to TFTP after 3 opens).
+                            let mut out = [0u8; 128];
+                            let len = emit_error(
+                                &mut out,
+                                ErrorCode::NotDefined,
+                                "cannot open a multicast session",
+                            );
+                            let _ = self.listeners[i].send_to(&out[..len], from);
+                            if let Some(suppressed) = self.logs.not_placed.allow(now) {
+                                warn!(client = %from, error = %e, suppressed, "cannot open a multicast session socket; ERROR sent");
+                            }
+                            continue;
+                        }
                     }
                 }
             };
             if let Some(r) = self.sessions.get_mut(&token) {
-                match r.session.join(from, now) {
-                    Ok(()) => {
-                        info!(client = %from, file = %r.content.display_path(), group = %r.group, "MTFTP open: client is master")
-                    }
-                    Err(e) => {
-                        debug!(client = %from, file = %r.content.display_path(), reason = ?e, "MTFTP open while a session runs: the client listens")
+                if let Err(e) = r.session.join(from, now) {
+                    if let Some(suppressed) = self.logs.busy.allow(now) {
+                        debug!(client = %from, file = %r.content.display_path(), reason = ?e, suppressed, "MTFTP open while a master is established: the client listens and re-opens");
                     }
                 }
             }
+            self.settle(token, now);
         }
     }
 
     fn session_readable(&mut self, token: u64) {
-        let Some(r) = self.sessions.get_mut(&token) else {
-            return;
-        };
-        loop {
+        for _ in 0..RECV_BATCH {
+            let Some(r) = self.sessions.get_mut(&token) else {
+                return;
+            };
+            let now = Instant::now();
             match r.sock.recv_from(&mut self.buf) {
                 Ok((n, from)) => {
-                    let before = (r.session.master(), r.session.stats());
-                    r.session
-                        .handle_datagram(from, &self.buf[..n], Instant::now());
-                    log_changes(r, before);
+                    r.session.handle_datagram(from, &self.buf[..n], now);
+                    self.settle(token, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    debug!(error = %e, "multicast session receive failed");
+                    // ICMP errors from a member that went away, mostly.
+                    if let Some(suppressed) = self.logs.recv_failed.allow(now) {
+                        debug!(error = %e, suppressed, "multicast session receive failed");
+                    }
                     return;
                 }
             }
@@ -580,16 +1071,16 @@ impl Service {
         let Some(r) = self.sessions.get_mut(&token) else {
             return;
         };
-        let before = (r.session.master(), r.session.stats());
         r.session.handle_timeout(now);
-        log_changes(r, before);
         let mut ctrl = [0u8; 512];
         while let Some(tx) = r.session.poll_transmit(now, &mut ctrl) {
             match tx {
                 McTransmit::Datagram { dest, len } => {
                     let to = dest_addr(dest, r.group);
                     if let Err(e) = r.sock.send_to(&ctrl[..len], to) {
-                        debug!(error = %e, to = %to, "multicast control send failed");
+                        if let Some(suppressed) = self.logs.send_failed.allow(now) {
+                            debug!(error = %e, to = %to, suppressed, "multicast control send failed");
+                        }
                     }
                 }
                 McTransmit::Blocks { dest, first, count } => {
@@ -613,7 +1104,9 @@ impl Service {
                                 break;
                             }
                             // Lost like any datagram: the master's ACKs bring it back.
-                            debug!(error = %e, "multicast block send failed");
+                            if let Some(suppressed) = self.logs.send_failed.allow(now) {
+                                debug!(error = %e, suppressed, "multicast block send failed");
+                            }
                             break;
                         }
                     }
@@ -621,9 +1114,40 @@ impl Service {
                 }
             }
         }
-        if r.session.is_over() || r.failed || r.content.is_revoked() {
-            let r = self.sessions.remove(&token).expect("present");
-            let st = r.session.stats();
+        self.settle(token, now);
+        let Some(r) = self.sessions.get(&token) else {
+            return;
+        };
+        if !(r.session.is_over() || r.failed || r.content.is_revoked()) {
+            return;
+        }
+        let r = self.sessions.remove(&token).expect("present");
+        // Ended by the server with members left: tell them, and give their places back.
+        if r.session.members() > 0 {
+            let mut out = [0u8; 128];
+            let len = emit_error(
+                &mut out,
+                ErrorCode::NotDefined,
+                "file changed on the server",
+            );
+            for client in r.session.member_addrs() {
+                let _ = r.sock.send_to(&out[..len], client);
+                if let Key::Rfc2090 { slot, gen } = r.key {
+                    lock(&self.admission).release(slot, gen, client);
+                }
+            }
+        }
+        let st = r.session.stats();
+        let groups_in_use = lock(&self.admission).groups_in_use();
+        // A session that served nobody (all its members vanished: spoofed or gone) is what a
+        // flood makes; those lines are rate-limited. The others are one per real session.
+        let served = st.members_done > 0 || st.acks > 0;
+        let suppressed = if served {
+            Some(0)
+        } else {
+            self.logs.idle_finished.allow(now)
+        };
+        if let Some(suppressed) = suppressed {
             info!(
                 protocol = ?r.session.config().protocol,
                 file = %r.content.display_path(),
@@ -638,11 +1162,10 @@ impl Service {
                 resent = st.blocks_resent,
                 timeouts = st.timeouts,
                 duration_ms = r.started.elapsed().as_millis() as u64,
+                groups_in_use,
+                suppressed,
                 "multicast session finished"
             );
-            if let Some(slot) = r.slot {
-                self.slots_used.retain(|s| *s != slot);
-            }
         }
     }
 }
@@ -651,18 +1174,6 @@ fn dest_addr(dest: Dest, group: SocketAddr) -> SocketAddr {
     match dest {
         Dest::Group => group,
         Dest::Member(a) => a,
-    }
-}
-
-fn log_changes(r: &Running, before: (Option<SocketAddr>, crate::proto::multicast::SessionStats)) {
-    let st = r.session.stats();
-    if st.members_vanished > before.1.members_vanished {
-        info!(file = %r.content.display_path(), group = %r.group, "multicast member vanished (silent past the retry budget)");
-    }
-    if r.session.master() != before.0 {
-        if let Some(m) = r.session.master() {
-            info!(file = %r.content.display_path(), group = %r.group, master = %m, "multicast master changed");
-        }
     }
 }
 
@@ -710,5 +1221,210 @@ mod tests {
         assert_eq!(p.nth(0), Ipv4Addr::new(239, 255, 7, 0));
         assert_eq!(p.nth(257), Ipv4Addr::new(239, 255, 7, 1));
         assert!("10.0.0.0/8".parse::<GroupPool>().is_err());
+    }
+
+    fn client(host: u8, port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, host], port))
+    }
+
+    fn pool(s: &str) -> Option<GroupPool> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn admission_puts_odd_block_sizes_of_a_file_in_one_session() {
+        // The reported attack: blksizes 600..603 took a /30 pool, one group each.
+        let mut a = Admission::new(pool("239.255.42.0/30"), 256, 4);
+        let t: Vec<Ticket> = (0..4)
+            .map(|i| a.admit(client(1 + i as u8, 1000), 7, 600 + i).unwrap())
+            .collect();
+        assert!(t
+            .iter()
+            .all(|x| x.slot == t[0].slot && x.bucket == 512 && x.counted));
+        assert_eq!(a.groups_in_use(), 1);
+        // The next RFC 2090 client (another bucket, another file) finds a group.
+        let b = a.admit(client(9, 1000), 7, 1428).unwrap();
+        assert_ne!(b.slot, t[0].slot);
+        assert_eq!(b.bucket, 1428);
+        assert!(a.admit(client(9, 1001), 8, 1468).is_ok());
+        assert_eq!(a.groups_in_use(), 3);
+        assert_eq!(a.admit(client(9, 1002), 7, 100), Err(Refusal::BlockSize));
+    }
+
+    #[test]
+    fn admission_refuses_when_the_pool_is_full_and_frees_the_group_with_its_last_member() {
+        let mut a = Admission::new(pool("239.255.42.7/32"), 256, 4);
+        let x = a.admit(client(1, 1000), 1, 512).unwrap();
+        let y = a.admit(client(2, 1000), 1, 512).unwrap();
+        assert_eq!(x.slot, y.slot);
+        assert_eq!(a.admit(client(3, 1000), 2, 512), Err(Refusal::PoolFull));
+        a.release(x.slot, x.gen, client(1, 1000));
+        assert_eq!(a.admit(client(3, 1000), 2, 512), Err(Refusal::PoolFull));
+        a.release(y.slot, y.gen, client(2, 1000));
+        assert!(!a.is_live(x.slot, x.gen));
+        let z = a.admit(client(3, 1000), 2, 512).unwrap();
+        assert_eq!(z.slot, x.slot);
+        assert_ne!(z.gen, x.gen, "a new session on the same group");
+        // A late release for the old generation changes nothing.
+        a.release(x.slot, x.gen, client(3, 1000));
+        assert!(a.is_live(z.slot, z.gen));
+        assert_eq!(a.group(z.slot), Some(Ipv4Addr::new(239, 255, 42, 7)));
+    }
+
+    #[test]
+    fn admission_caps_members_per_session_and_sessions_per_source() {
+        let mut a = Admission::new(pool("239.255.42.0/24"), 3, 2);
+        for i in 0..3 {
+            a.admit(client(1 + i, 1000), 1, 1468).unwrap();
+        }
+        assert_eq!(a.admit(client(9, 1000), 1, 1468), Err(Refusal::SessionFull));
+        // One address, many ports: two memberships, then unicast.
+        assert!(a.admit(client(20, 1), 2, 512).is_ok());
+        assert!(a.admit(client(20, 2), 2, 512).is_ok());
+        assert_eq!(a.admit(client(20, 3), 2, 512), Err(Refusal::SourceCap));
+        assert_eq!(a.admit(client(20, 4), 3, 512), Err(Refusal::SourceCap));
+        assert!(a.admit(client(21, 1), 2, 512).is_ok());
+        assert_eq!(a.per_source.len(), 5);
+    }
+
+    #[test]
+    fn admission_a_resent_request_is_not_counted_twice_and_release_is_idempotent() {
+        let mut a = Admission::new(pool("239.255.42.0/24"), 256, 1);
+        let c = client(1, 1000);
+        let t = a.admit(c, 1, 1428).unwrap();
+        let again = a.admit(c, 1, 1428).unwrap();
+        assert_eq!(
+            (again.slot, again.gen, again.counted),
+            (t.slot, t.gen, false)
+        );
+        assert_eq!(a.slots[t.slot as usize].as_ref().unwrap().refs, 1);
+        a.release(t.slot, t.gen, c);
+        a.release(t.slot, t.gen, c);
+        assert_eq!(a.groups_in_use(), 0);
+        assert!(a.per_source.is_empty() && a.memberships.is_empty() && a.by_key.is_empty());
+        // Adopting into a session that is gone fails; into a live one counts once.
+        assert!(!a.adopt(t.slot, t.gen, c));
+        let u = a.admit(client(2, 1), 1, 1428).unwrap();
+        assert!(a.adopt(u.slot, u.gen, c));
+        assert!(a.adopt(u.slot, u.gen, c));
+        assert_eq!(a.slots[u.slot as usize].as_ref().unwrap().refs, 2);
+    }
+
+    #[test]
+    fn admission_reuses_freed_groups_oldest_first() {
+        let mut a = Admission::new(pool("239.255.42.0/30"), 256, 8);
+        let t: Vec<Ticket> = (0..4)
+            .map(|f| a.admit(client(1, 1000 + f as u16), f, 512).unwrap())
+            .collect();
+        a.release(t[2].slot, t[2].gen, client(1, 1002));
+        a.release(t[0].slot, t[0].gen, client(1, 1000));
+        assert_eq!(a.admit(client(2, 1), 10, 512).unwrap().slot, t[2].slot);
+        assert_eq!(a.admit(client(2, 2), 11, 512).unwrap().slot, t[0].slot);
+    }
+
+    #[test]
+    fn admission_is_off_without_a_pool() {
+        let mut a = Admission::new(None, 256, 4);
+        assert_eq!(a.admit(client(1, 1), 1, 1468), Err(Refusal::Disabled));
+    }
+
+    #[test]
+    fn a_request_handed_over_that_the_service_cannot_place_gets_an_error_and_its_place_back() {
+        // The session socket cannot be bound (the request's local address is not ours): the
+        // client was promised an answer by the hand-over, so it gets an ERROR, and the group
+        // and its membership go back.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), vec![7u8; 5000]).unwrap();
+        let store = Store::new(dir.path(), crate::store::StoreOptions::default()).unwrap();
+        let content = store.lookup(b"f", Mode::Octet).unwrap();
+        let cfg = McConfig {
+            mtftp: vec![],
+            mtftp_port: 0,
+            groups: pool("239.255.42.0/30"),
+            multicast_port: 1758,
+            ttl: 1,
+            interface: None,
+            loopback: true,
+            rate: 0,
+            window: 16,
+            timeout: Duration::from_millis(200),
+            retries: 5,
+            listen: vec![],
+            max_members: 256,
+            max_per_source: 4,
+        };
+        let (tx, rx) = channel::bounded(4);
+        let admission = Arc::new(Mutex::new(Admission::new(cfg.groups, 256, 4)));
+        let wake = Arc::new(sys::eventfd().unwrap());
+        let handle = McHandle {
+            tx,
+            wake: wake.clone(),
+            admission: admission.clone(),
+        };
+        let client_sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = client_sock.local_addr().unwrap();
+        let join = McJoin {
+            client,
+            local: "192.0.2.1".parse().unwrap(),
+            content,
+            blksize: BlockSize::new(1428).unwrap(),
+            tsize: false,
+        };
+        assert!(handle.submit(join));
+        assert_eq!(lock(&admission).groups_in_use(), 1);
+        let mut svc = Service {
+            cfg,
+            store,
+            rx,
+            wake,
+            listeners: vec![],
+            ctrl: UdpSocket::bind("127.0.0.1:0").unwrap(),
+            admission: admission.clone(),
+            sessions: HashMap::new(),
+            next_token: 0,
+            buf: vec![0u8; 2048],
+            logs: Logs::default(),
+        };
+        let h = svc.rx.try_recv().unwrap();
+        svc.join_rfc2090(-1, h);
+        client_sock
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let (n, _) = client_sock.recv_from(&mut buf).expect("an ERROR");
+        let Ok(Packet::Error { message, .. }) = Packet::parse(&buf[..n]) else {
+            panic!("not an ERROR: {:?}", &buf[..n])
+        };
+        assert!(message.starts_with(b"cannot open a multicast session"));
+        let a = lock(&admission);
+        assert_eq!(a.groups_in_use(), 0);
+        assert!(a.memberships.is_empty() && a.per_source.is_empty());
+        assert!(svc.sessions.is_empty());
+    }
+
+    #[test]
+    fn a_full_channel_takes_nothing_and_says_so() {
+        let (tx, _rx) = channel::bounded(0);
+        let admission = Arc::new(Mutex::new(Admission::new(pool("239.255.42.0/30"), 256, 4)));
+        let handle = McHandle {
+            tx,
+            wake: Arc::new(sys::eventfd().unwrap()),
+            admission: admission.clone(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let store = Store::new(dir.path(), crate::store::StoreOptions::default()).unwrap();
+        let join = McJoin {
+            client: client(1, 1000),
+            local: Ipv4Addr::LOCALHOST.into(),
+            content: store.lookup(b"f", Mode::Octet).unwrap(),
+            blksize: BlockSize::new(1468).unwrap(),
+            tsize: false,
+        };
+        assert_eq!(
+            handle.try_submit(join, Instant::now()),
+            Err(Refusal::Saturated)
+        );
+        assert_eq!(lock(&admission).groups_in_use(), 0);
     }
 }

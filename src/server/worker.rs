@@ -456,11 +456,12 @@ impl Core {
                     blksize: negotiated.blksize,
                     tsize: opts.tsize,
                 };
+                // Admission is decided here, synchronously: handed over, the service answers
+                // (OACK or ERROR); refused (pool, caps, saturation; logged there, rate-limited),
+                // this worker serves it as plain unicast, its OACK without `multicast`.
                 if mc.submit(join) {
-                    debug!(client = %peer, file = content.display_path(), "request handed to the multicast service");
                     return;
                 }
-                warn!(client = %peer, file = content.display_path(), "multicast service saturated; serving by unicast");
             }
         }
         let sock = match sys::transfer_socket(
