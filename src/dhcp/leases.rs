@@ -609,7 +609,7 @@ pub struct LeaseStore {
     spare: Option<OwnedFd>,
     /// `RENAME_EXCHANGE` works here (cleared when the filesystem refuses it).
     exchange: bool,
-    /// Saves that had to open a new file (the slow path).
+    /// Files opened for saves (see [`LeaseStore::files_opened`]).
     opened: u64,
     text: String,
 }
@@ -703,7 +703,9 @@ impl LeaseStore {
         &self.path
     }
 
-    /// Saves that had to open a new file (the first one, and any after a spare was lost).
+    /// Files opened for saves so far: 2 after [`LeaseStore::load`] (the lease file and its
+    /// spare) and no more where names can be exchanged; one more per save where they cannot
+    /// (the next spare), and whenever a spare was lost.
     pub fn files_opened(&self) -> u64 {
         self.opened
     }
@@ -825,6 +827,7 @@ impl LeaseStore {
         self.live = Some(file);
         // A spare for the next save, opened after this one is durable (best effort: without it
         // the next save opens its file itself).
+        self.opened += 1;
         self.spare = open_at(dir, &self.tmp, libc::O_CREAT | libc::O_TRUNC).ok();
         Ok(())
     }
@@ -1010,7 +1013,7 @@ mod tests {
         let path = dir.path().join("dhcp.leases");
         let mut store = LeaseStore::new(&path);
         let mut st = store.load().unwrap();
-        assert_eq!(store.files_opened(), 1);
+        assert_eq!(store.files_opened(), 2);
         for n in 0..50u8 {
             st.bind(ip(n), &key(n), 100, 3700 + u64::from(n));
             store.commit(&mut st).unwrap();
@@ -1020,7 +1023,7 @@ mod tests {
         if store.exchange {
             assert_eq!(
                 store.files_opened(),
-                1,
+                2,
                 "no file opened after the first save"
             );
         }
