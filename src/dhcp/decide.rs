@@ -1655,6 +1655,41 @@ mod tests {
     }
 
     #[test]
+    fn excluded_addresses_are_counted_like_a_scan() {
+        let cfg = DhcpConfig {
+            router: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            dns: vec![
+                Ipv4Addr::new(10, 0, 0, 53),
+                Ipv4Addr::new(10, 0, 0, 53),
+                Ipv4Addr::new(10, 0, 1, 0),
+                Ipv4Addr::new(10, 0, 0, 1),
+            ],
+            ..DhcpConfig::default()
+        };
+        for prefix in [16u8, 23, 24, 30, 31, 32] {
+            let ex = Excluded {
+                server: Ipv4Addr::new(10, 0, 0, 9),
+                cfg: &cfg,
+                mask: u32::from(crate::dhcp::config::prefix_to_mask(prefix)),
+            };
+            let base = u32::from(Ipv4Addr::new(10, 0, 0, 0));
+            for (a, b) in [
+                (0, 0),
+                (0, 255),
+                (1, 254),
+                (250, 260),
+                (0, 600),
+                (9, 9),
+                (53, 54),
+            ] {
+                let (a, b) = (base + a, base + b);
+                let scan = (a..=b).filter(|x| ex.contains(Ipv4Addr::from(*x))).count() as u64;
+                assert_eq!(ex.count(a, b), scan, "/{prefix} {a}..={b}");
+            }
+        }
+    }
+
+    #[test]
     fn full_offer_and_ack_carry_lease_and_pxe_options() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = full_cfg(dir.path());

@@ -139,7 +139,8 @@ impl ClientKey {
             return Some(ClientKey::NOBODY);
         }
         let (prefix, hex) = s.split_at_checked(3)?;
-        if hex.is_empty() || hex.len() % 2 != 0 || hex.len() > 2 * 1024 {
+        // An older version wrote ids of any length a datagram can carry.
+        if hex.is_empty() || hex.len() % 2 != 0 || hex.len() > 2 * super::wire::MAX_LEN {
             return None;
         }
         let mut bytes = Vec::with_capacity(hex.len() / 2);

@@ -410,6 +410,47 @@ fn file_of(m: &Message) -> String {
         .unwrap_or_default()
 }
 
+/// Send `out` on the socket of its port.
+fn send_on(s67: &Socket, s4011: Option<&Socket>, logs: &mut Logs, out: &Outgoing, now: Instant) {
+    let sock = match out.port {
+        ServerPort::Dhcp => s67,
+        ServerPort::BootServer => s4011.unwrap_or(s67),
+    };
+    if let Err(e) = sys::send(sock, &out.bytes, out.dest, out.ifindex, out.src) {
+        if let Some(n) = logs.allow(Kind::SendFailed, now) {
+            tracing::warn!(to = %out.dest, suppressed = n, "sending a DHCP reply failed: {e}");
+        }
+    }
+}
+
+/// Group commit: when `state` changed, `save` it once; then `send` the replies in `pending` in
+/// order, except those confirming a lease that is still not on disk (the save failed, or the
+/// record changed again), which go to `dropped`. `pending` is left empty with its capacity.
+/// Returns the save's outcome, `None` when nothing needed saving.
+fn group_commit<E>(
+    state: &mut LeaseState,
+    pending: &mut Vec<Outgoing>,
+    save: impl FnOnce(&LeaseState) -> Result<(), E>,
+    mut send: impl FnMut(&Outgoing),
+    mut dropped: impl FnMut(),
+) -> Option<Result<(), E>> {
+    let saved = state.is_dirty().then(|| {
+        let v = state.version();
+        let r = save(state);
+        if r.is_ok() {
+            state.mark_saved(v);
+        }
+        r
+    });
+    for out in pending.drain(..) {
+        match out.lease {
+            Some(ip) if !state.is_durable(ip) => dropped(),
+            _ => send(&out),
+        }
+    }
+    saved
+}
+
 /// Log a decision's note through its rate limit.
 fn log_note(logs: &mut Logs, note: Note, req: &Message, now: Instant) {
     match note {
@@ -660,56 +701,48 @@ impl Driver {
     }
 
     fn send(&mut self, out: &Outgoing, now: Instant) {
-        let sock = match out.port {
-            ServerPort::Dhcp => &self.s67,
-            ServerPort::BootServer => self.s4011.as_ref().unwrap_or(&self.s67),
-        };
-        if let Err(e) = sys::send(sock, &out.bytes, out.dest, out.ifindex, out.src) {
-            if let Some(n) = self.logs.allow(Kind::SendFailed, now) {
-                tracing::warn!(to = %out.dest, suppressed = n, "sending a DHCP reply failed: {e}");
-            }
-        }
+        send_on(&self.s67, self.s4011.as_ref(), &mut self.logs, out, now);
     }
 
-    /// Group commit: save the table once if it changed, then send the replies that waited for
-    /// it; a reply whose lease is still not on disk is dropped (see the module contract).
+    /// Group commit (see [`group_commit`]), with the store, the sockets and the logs.
     fn commit(&mut self, now: Instant) {
-        if self.state.is_dirty() {
-            let v = self.state.version();
-            match &mut self.store {
-                None => self.state.mark_saved(v),
-                Some(store) => match store.save(&self.state) {
-                    Ok(()) => {
-                        self.state.mark_saved(v);
-                        if std::mem::take(&mut self.save_failing) {
-                            tracing::info!("the lease file is written again; ACKs go out again");
-                        }
-                    }
-                    Err(e) => {
-                        self.save_failing = true;
-                        if let Some(n) = self.logs.allow(Kind::SaveFailed, now) {
-                            let hint = if e.is_out_of_descriptors() {
-                                " (out of file descriptors: raise LimitNOFILE or lower the TFTP load)"
-                            } else {
-                                ""
-                            };
-                            tracing::error!(
-                                suppressed = n,
-                                "cannot save the DHCP leases: {e}{hint}; ACKs are held back until a save works (offers and other replies go on)"
-                            );
-                        }
-                    }
-                },
+        let Driver {
+            state,
+            pending,
+            store,
+            s67,
+            s4011,
+            logs,
+            drops,
+            ..
+        } = self;
+        let saved = group_commit(
+            state,
+            pending,
+            |st| store.as_mut().map_or(Ok(()), |s| s.save(st)),
+            |out| send_on(s67, s4011.as_ref(), logs, out, now),
+            || drops.count(Drop::AckNotSaved, now),
+        );
+        match saved {
+            Some(Ok(())) if std::mem::take(&mut self.save_failing) => {
+                tracing::info!("the lease file is written again; ACKs go out again");
             }
-        }
-        let mut pending = std::mem::take(&mut self.pending);
-        for out in pending.drain(..) {
-            match out.lease {
-                Some(ip) if !self.state.is_durable(ip) => self.drops.count(Drop::AckNotSaved, now),
-                _ => self.send(&out, now),
+            Some(Err(e)) => {
+                self.save_failing = true;
+                if let Some(n) = self.logs.allow(Kind::SaveFailed, now) {
+                    let hint = if e.is_out_of_descriptors() {
+                        " (out of file descriptors: raise LimitNOFILE or lower the TFTP load)"
+                    } else {
+                        ""
+                    };
+                    tracing::error!(
+                        suppressed = n,
+                        "cannot save the DHCP leases: {e}{hint}; ACKs are held back until a save works (offers and other replies go on)"
+                    );
+                }
             }
+            Some(Ok(())) | None => {}
         }
-        self.pending = pending;
     }
 
     /// A BOOTREPLY seen on 67 or 68: warn if another server answers on our segment.
@@ -805,6 +838,79 @@ fn rand_xid() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn out(tag: u8, lease: Option<Ipv4Addr>) -> Outgoing {
+        Outgoing {
+            bytes: vec![tag],
+            dest: SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
+            ifindex: 0,
+            src: Ipv4Addr::UNSPECIFIED,
+            port: ServerPort::Dhcp,
+            lease,
+        }
+    }
+
+    #[test]
+    fn group_commit_sends_an_ack_only_once_its_lease_is_saved() {
+        let key = |n: u8| crate::dhcp::leases::ClientKey::new(None, 1, &[2, 0, 0, 0, 0, n]);
+        let ip = |n: u8| Ipv4Addr::new(10, 0, 0, n);
+        let mut st = LeaseState::new();
+        // Three bindings decided in one turn, their ACKs waiting, and an OFFER that went out.
+        let mut pending = Vec::with_capacity(MAX_PENDING);
+        for n in 1..=3 {
+            st.bind(ip(n), &key(n), 0, 3600);
+            pending.push(out(n, Some(ip(n))));
+        }
+        pending.push(out(9, None));
+        let (mut saves, mut sent, mut dropped) = (0, vec![], 0);
+        // The save fails: no ACK leaves, the rest does, and the table stays dirty.
+        let r = group_commit(
+            &mut st,
+            &mut pending,
+            |_| {
+                saves += 1;
+                Err("disk full")
+            },
+            |o| sent.push(o.bytes[0]),
+            || dropped += 1,
+        );
+        assert_eq!(r, Some(Err("disk full")));
+        assert_eq!((saves, dropped), (1, 3));
+        assert_eq!(sent, [9]);
+        assert!(st.is_dirty() && pending.is_empty());
+        // The clients ask again; this time the one save of the turn works and all ACKs leave.
+        for n in 1..=3 {
+            pending.push(out(n, Some(ip(n))));
+        }
+        sent.clear();
+        let r = group_commit(
+            &mut st,
+            &mut pending,
+            |s: &LeaseState| {
+                saves += 1;
+                assert_eq!(s.len(), 3);
+                Ok::<(), &str>(())
+            },
+            |o| sent.push(o.bytes[0]),
+            || dropped += 1,
+        );
+        assert_eq!(r, Some(Ok(())));
+        assert_eq!((saves, dropped), (2, 3), "one save for three ACKs");
+        assert_eq!(sent, [1, 2, 3]);
+        assert!(!st.is_dirty());
+        assert!(pending.capacity() >= MAX_PENDING);
+        // Nothing changed: nothing to save, a cached reply leaves at once.
+        pending.push(out(1, Some(ip(1))));
+        let r = group_commit(
+            &mut st,
+            &mut pending,
+            |_| -> Result<(), ()> { panic!("no save needed") },
+            |o| sent.push(o.bytes[0]),
+            || dropped += 1,
+        );
+        assert_eq!(r, None);
+        assert_eq!(sent.last(), Some(&1));
+    }
 
     #[test]
     fn other_servers_table_is_bounded_and_reports_each_once_per_interval() {
