@@ -64,9 +64,11 @@ pub const DROP_SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 /// Consecutive poll failures after which the thread gives up.
 const POLL_FAILURES: u32 = 10;
 
-/// Start the responder on its own thread. `Off` returns a thread that ends at once. Errors name
-/// what to fix: a port in use, missing privileges, an interface without address, a bad config,
-/// an unreadable lease file.
+/// Start the responder on its own thread. `Off` returns a thread that ends at once (a caller
+/// that treats the end of a service thread as fatal starts none for `Off`). Otherwise the thread
+/// ends only after `shutdown`, or after logging at ERROR why it stopped (see the module
+/// contract). Errors name what to fix: a port in use, missing privileges, an interface without
+/// address, a bad config, an unreadable lease file.
 pub fn spawn(cfg: DhcpConfig, shutdown: Arc<AtomicBool>) -> anyhow::Result<JoinHandle<()>> {
     let mut cfg = cfg;
     if cfg.mode == DhcpMode::Off {
