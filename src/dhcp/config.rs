@@ -377,6 +377,11 @@ pub struct DhcpConfig {
     pub lease_file: Option<PathBuf>,
     /// Full mode: probe for another DHCP server at start and every 10 minutes.
     pub detect_other_servers: bool,
+    /// Requests per second taken from one hardware address (default 20).
+    pub client_rate: u32,
+    /// Requests per second taken per segment (the local link or one relay), for new clients and
+    /// for clients the lease table knows, each (default 1000).
+    pub segment_rate: u32,
 }
 
 impl Default for DhcpConfig {
@@ -401,6 +406,8 @@ impl Default for DhcpConfig {
             decline_hold: Duration::from_secs(600),
             lease_file: None,
             detect_other_servers: true,
+            client_rate: super::limit::DEFAULT_CLIENT_RATE,
+            segment_rate: super::limit::DEFAULT_SEGMENT_RATE,
         }
     }
 }
@@ -435,6 +442,8 @@ pub enum ConfigError {
     Option43TooLong { file: String, len: usize },
     #[error("lease time must be between 60 s and 49 days (got {0} s)")]
     LeaseTime(u64),
+    #[error("{key} must be at least 1 request per second (got {value})")]
+    Rate { key: &'static str, value: u32 },
 }
 
 /// Name heuristic: does this file look like an iPXE binary (handing it to iPXE would loop)?
@@ -554,6 +563,14 @@ impl DhcpConfig {
                     file: f.clone(),
                     len: e.len,
                 });
+            }
+        }
+        for (key, value) in [
+            ("client_rate", self.client_rate),
+            ("segment_rate", self.segment_rate),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Rate { key, value });
             }
         }
         if self.mode == DhcpMode::Full {

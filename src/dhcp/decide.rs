@@ -13,13 +13,29 @@
 //!   the requested one if free, then the lowest free), REQUEST -> ACK or NAK, DECLINE and RELEASE
 //!   update the table, INFORM -> ACK without a lease. PXE clients get the PXE options in the same
 //!   reply; other clients get a boot file only with `boot_non_pxe` or a rule that names them.
+//! - Offers under pressure: while at least half the pool stays free after an offer, the offer
+//!   holds its address for [`OFFER_HOLD`]; below that it is *soft* and its hold shrinks with
+//!   the free addresses down to [`OFFER_HOLD_MIN`]. When no address is free, the oldest soft
+//!   offer is offered again to the new client, and any REQUEST may take a soft offer (the first
+//!   one wins; RFC 2131 section 4.3.1 lets a server not reserve an offered address). A DISCOVER
+//!   flood from random MACs therefore cannot keep a real client from an address.
+//! - A renewal in the first quarter of a lease (a duplicate REQUEST, iPXE asking again right
+//!   after the firmware) is answered with the lease's remaining time and changes nothing, so it
+//!   needs no save.
+//! - A DECLINE is taken only from the client that holds the offer or lease of the address it
+//!   names (same client key, option 50 = that address); others are ignored with a [`Note`].
+//! - [`decide_noted`] also returns a [`Note`] for what deserves a log line (full pool, iPXE loop,
+//!   DECLINE): a peer can cause one per datagram, so the driver logs them through rate limits.
+//!   This module itself logs only at DEBUG (and an option 43 over 255 bytes, which
+//!   [`DhcpConfig::validate`] refuses before any request arrives).
 //! - Boot file selection ([`select_boot`]): the first matching `[[dhcp.rule]]`, then
 //!   `boot_file`; a chainloaded iPXE gets `ipxe_script` and never the iPXE binary again.
 
+use super::config::PoolRange;
 use super::config::{
     looks_like_ipxe_binary, same_subnet, BootRule, DhcpConfig, DhcpMode, MtftpConfig,
 };
-use super::leases::{ClientKey, LeaseState};
+use super::leases::{ClientKey, LeaseKind, LeaseState};
 use super::wire::{self, pxe_tag, ClientInfo, VendorOptions};
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -69,8 +85,33 @@ impl Reply {
     }
 }
 
-/// How long an OFFER holds an address for its client.
+/// How long an OFFER holds an address for its client while the pool has room.
 pub const OFFER_HOLD: Duration = Duration::from_secs(60);
+/// The shortest hold of a soft offer (the pool nearly full).
+pub const OFFER_HOLD_MIN: Duration = Duration::from_secs(10);
+
+/// Something a request caused that deserves a log line (WARN unless said otherwise). A peer can
+/// cause one per datagram, so the driver logs them through rate limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Note<'a> {
+    /// Full mode: no address to offer (every one bound, declined or firmly offered).
+    PoolFull { range: PoolRange },
+    /// iPXE asked again and would get the iPXE binary `file` (a boot loop): not answered.
+    IpxeLoop { file: &'a str },
+    /// A DECLINE from the address's holder: `ip` is out of the pool for `hold`.
+    Declined { ip: Ipv4Addr, hold: Duration },
+    /// A DECLINE for `ip` from a client that holds neither an offer nor a lease of it: ignored.
+    ForeignDecline { ip: Option<Ipv4Addr> },
+    /// The pool was full: the soft offer of `ip` was given to this client instead (DEBUG).
+    Reclaimed { ip: Ipv4Addr },
+}
+
+/// What [`decide_noted`] decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision<'a> {
+    pub reply: Option<Reply>,
+    pub note: Option<Note<'a>>,
+}
 
 /// Decide the reply to `req`; see the module contract.
 pub fn decide(
@@ -79,14 +120,27 @@ pub fn decide(
     state: &mut LeaseState,
     cfg: &DhcpConfig,
 ) -> Option<Reply> {
-    if req.opcode() != Opcode::BootRequest {
-        return None;
-    }
-    match cfg.mode {
-        DhcpMode::Off => None,
-        DhcpMode::Proxy => proxy(req, ctx, cfg),
-        DhcpMode::Full => full(req, ctx, state, cfg),
-    }
+    decide_noted(req, ctx, state, cfg).reply
+}
+
+/// [`decide`], with the [`Note`] the driver logs.
+pub fn decide_noted<'a>(
+    req: &Message,
+    ctx: &Context,
+    state: &mut LeaseState,
+    cfg: &'a DhcpConfig,
+) -> Decision<'a> {
+    let mut note = None;
+    let reply = if req.opcode() != Opcode::BootRequest {
+        None
+    } else {
+        match cfg.mode {
+            DhcpMode::Off => None,
+            DhcpMode::Proxy => proxy(req, ctx, cfg, &mut note),
+            DhcpMode::Full => full(req, ctx, state, cfg, &mut note),
+        }
+    };
+    Decision { reply, note }
 }
 
 /// The boot file chosen for a client.
@@ -130,14 +184,23 @@ fn rule_matches(r: &BootRule, info: &ClientInfo, chaddr: &[u8], client_net: Ipv4
     true
 }
 
-/// Choose the boot file for a client; `None` means "no boot data for it". `client_net` is an
-/// address in the client's subnet (relay, current, offered or the receiving interface's).
+/// Why a client gets no boot data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoBoot<'a> {
+    /// No rule and no `boot_file` for it.
+    NoFile,
+    /// iPXE would get the iPXE binary `file` again (a boot loop) and no script is configured.
+    IpxeLoop { file: &'a str },
+}
+
+/// Choose the boot file for a client. `client_net` is an address in the client's subnet (relay,
+/// current, offered or the receiving interface's).
 pub fn select_boot<'a>(
     cfg: &'a DhcpConfig,
     info: &ClientInfo,
     chaddr: &[u8],
     client_net: Ipv4Addr,
-) -> Option<BootChoice<'a>> {
+) -> Result<BootChoice<'a>, NoBoot<'a>> {
     let rule = cfg
         .rules
         .iter()
@@ -157,20 +220,13 @@ pub fn select_boot<'a>(
         match (script, file) {
             (Some(s), _) => s,
             (None, Some(f)) if !looks_like_ipxe_binary(f) => f,
-            (None, Some(f)) => {
-                tracing::warn!(
-                    client = %mac_str(chaddr),
-                    file = f,
-                    "iPXE asked again and would get the iPXE binary {f:?} (a boot loop): not answering; set ipxe_script (or a [[dhcp.rule]] with user_class = \"iPXE\")"
-                );
-                return None;
-            }
-            (None, None) => return None,
+            (None, Some(f)) => return Err(NoBoot::IpxeLoop { file: f }),
+            (None, None) => return Err(NoBoot::NoFile),
         }
     } else {
-        file?
+        file.ok_or(NoBoot::NoFile)?
     };
-    Some(BootChoice {
+    Ok(BootChoice {
         file: chosen,
         next_server,
         mtftp: cfg.mtftp_for(chosen),
@@ -279,7 +335,30 @@ fn put_pxe(
     }
 }
 
-fn proxy(req: &Message, ctx: &Context, cfg: &DhcpConfig) -> Option<Reply> {
+/// [`select_boot`], keeping the iPXE loop as the decision's note.
+fn boot_for<'a>(
+    cfg: &'a DhcpConfig,
+    info: &ClientInfo,
+    chaddr: &[u8],
+    client_net: Ipv4Addr,
+    note: &mut Option<Note<'a>>,
+) -> Option<BootChoice<'a>> {
+    match select_boot(cfg, info, chaddr, client_net) {
+        Ok(b) => Some(b),
+        Err(NoBoot::IpxeLoop { file }) => {
+            *note = Some(Note::IpxeLoop { file });
+            None
+        }
+        Err(NoBoot::NoFile) => None,
+    }
+}
+
+fn proxy<'a>(
+    req: &Message,
+    ctx: &Context,
+    cfg: &'a DhcpConfig,
+    note: &mut Option<Note<'a>>,
+) -> Option<Reply> {
     let info = ClientInfo::of(req);
     if !info.pxe {
         return None;
@@ -294,7 +373,7 @@ fn proxy(req: &Message, ctx: &Context, cfg: &DhcpConfig) -> Option<Reply> {
     };
     match (ctx.port, ty) {
         (ServerPort::Dhcp, MessageType::Discover) => {
-            let boot = select_boot(cfg, &info, req.chaddr(), client_net)?;
+            let boot = boot_for(cfg, &info, req.chaddr(), client_net, note)?;
             let mut m = reply_to(req, MessageType::Offer, ctx.server_ip);
             m.set_flags(req.flags().set_broadcast());
             if !put_pxe(&mut m, req, &info, &boot, cfg, ctx.server_ip, false) {
@@ -308,19 +387,20 @@ fn proxy(req: &Message, ctx: &Context, cfg: &DhcpConfig) -> Option<Reply> {
             Some(Reply { message: m, dest })
         }
         (ServerPort::BootServer, MessageType::Request | MessageType::Inform) => {
-            boot_server_ack(req, ctx, cfg, &info, client_net)
+            boot_server_ack(req, ctx, cfg, &info, client_net, note)
         }
         _ => None,
     }
 }
 
 /// Port 4011: ACK with the boot file; sub-option 71 echoed when the client sent it.
-fn boot_server_ack(
+fn boot_server_ack<'a>(
     req: &Message,
     ctx: &Context,
-    cfg: &DhcpConfig,
+    cfg: &'a DhcpConfig,
     info: &ClientInfo,
     client_net: Ipv4Addr,
+    note: &mut Option<Note<'a>>,
 ) -> Option<Reply> {
     if let Some(item) = info.boot_item {
         if u16::from_be_bytes([item[2], item[3]]) & 0x8000 != 0 {
@@ -328,7 +408,7 @@ fn boot_server_ack(
             return None;
         }
     }
-    let boot = select_boot(cfg, info, req.chaddr(), client_net)?;
+    let boot = boot_for(cfg, info, req.chaddr(), client_net, note)?;
     let mut m = reply_to(req, MessageType::Ack, ctx.server_ip);
     m.set_yiaddr(req.ciaddr());
     m.set_siaddr(boot.next_server.unwrap_or(ctx.server_ip));
@@ -357,7 +437,8 @@ fn boot_server_ack(
     Some(Reply { message: m, dest })
 }
 
-fn client_key(req: &Message) -> ClientKey {
+/// The key a request's lease is held under (option 61, else htype and chaddr).
+pub fn client_key(req: &Message) -> ClientKey {
     let id = match req.opts().get(OptionCode::ClientIdentifier) {
         Some(DhcpOption::ClientIdentifier(v)) => Some(v.as_slice()),
         _ => None,
@@ -379,43 +460,182 @@ fn server_id(req: &Message) -> Option<Ipv4Addr> {
     }
 }
 
-/// Addresses of the pool never handed out: the server's and the router's.
-fn excluded(ip: Ipv4Addr, server: Ipv4Addr, cfg: &DhcpConfig, mask: Ipv4Addr) -> bool {
-    ip == server || Some(ip) == cfg.router || cfg.dns.contains(&ip) || {
-        // The network and broadcast addresses of the pool's subnet.
-        let mask = u32::from(mask);
-        let host = u32::from(ip) & !mask;
-        mask != u32::MAX && (host == 0 || host == !mask)
+/// The addresses of the pool never handed out: the server's, the router's, the DNS servers',
+/// and the network and broadcast addresses of the pool's subnet.
+struct Excluded<'a> {
+    server: Ipv4Addr,
+    cfg: &'a DhcpConfig,
+    mask: u32,
+}
+
+/// Numbers `x` in `a..=b` with `x % s == r` (`s` >= 1, `r` < `s`).
+fn count_congruent(a: u64, b: u64, s: u64, r: u64) -> u64 {
+    let upto = |n: i128| (n - r as i128).div_euclid(s as i128);
+    (upto(b as i128) - upto(a as i128 - 1)) as u64
+}
+
+impl Excluded<'_> {
+    fn net_or_broadcast(&self, ip: Ipv4Addr) -> bool {
+        let host = u32::from(ip) & !self.mask;
+        self.mask != u32::MAX && (host == 0 || host == !self.mask)
+    }
+
+    fn contains(&self, ip: Ipv4Addr) -> bool {
+        ip == self.server
+            || Some(ip) == self.cfg.router
+            || self.cfg.dns.contains(&ip)
+            || self.net_or_broadcast(ip)
+    }
+
+    fn named(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        std::iter::once(self.server)
+            .chain(self.cfg.router)
+            .chain(self.cfg.dns.iter().copied())
+    }
+
+    /// How many excluded addresses lie in `a..=b`.
+    fn count(&self, a: u32, b: u32) -> u64 {
+        if a > b {
+            return 0;
+        }
+        let mut n = 0;
+        if self.mask != u32::MAX {
+            let s = u64::from(!self.mask) + 1;
+            n += count_congruent(a.into(), b.into(), s, 0);
+            n += count_congruent(a.into(), b.into(), s, s - 1);
+        }
+        for (i, ip) in self.named().enumerate() {
+            let x = u32::from(ip);
+            if (a..=b).contains(&x)
+                && !self.net_or_broadcast(ip)
+                && !self.named().take(i).any(|e| e == ip)
+            {
+                n += 1;
+            }
+        }
+        n
     }
 }
 
+/// The pool as one client sees it at `now`: one pass over the records in the range.
+#[derive(Debug, Default)]
+struct PoolView {
+    /// Addresses of the pool that may be handed out at all.
+    usable: u64,
+    /// Usable addresses free for this client (no record, its own, or a record that lapsed).
+    free: u64,
+    /// The lowest usable address without any record.
+    first_unused: Option<Ipv4Addr>,
+    /// The lowest usable address whose record lapsed (or is the client's own).
+    first_lapsed: Option<Ipv4Addr>,
+    /// The oldest soft offer held for another client.
+    oldest_soft: Option<Ipv4Addr>,
+}
+
+fn view_pool(
+    state: &LeaseState,
+    range: PoolRange,
+    ex: &Excluded,
+    client: &ClientKey,
+    now: u64,
+) -> PoolView {
+    let mut v = PoolView {
+        usable: u64::from(range.len()) - ex.count(range.start.into(), range.end.into()),
+        ..PoolView::default()
+    };
+    let mut soft_seq = u64::MAX;
+    let end = u64::from(u32::from(range.end));
+    let mut next = u64::from(u32::from(range.start));
+    let gap = |v: &mut PoolView, from: u64, to: u64| {
+        // The unused addresses from..=to (to < 2^32).
+        if from > to {
+            return;
+        }
+        let (a, b) = (from as u32, to as u32);
+        v.free += u64::from(b - a) + 1 - ex.count(a, b);
+        if v.first_unused.is_none() {
+            v.first_unused = (a..=b).map(Ipv4Addr::from).find(|ip| !ex.contains(*ip));
+        }
+    };
+    for l in state.in_range(range) {
+        // Records come lowest address first, all inside the range.
+        let n = u64::from(u32::from(l.ip));
+        if n > next {
+            gap(&mut v, next, n - 1);
+        }
+        next = n + 1;
+        if ex.contains(l.ip) {
+            continue;
+        }
+        if state.is_free_for(l.ip, client, now) {
+            v.free += 1;
+            v.first_lapsed.get_or_insert(l.ip);
+        } else if l.kind == LeaseKind::Offered && l.soft && l.offer_seq() < soft_seq {
+            soft_seq = l.offer_seq();
+            v.oldest_soft = Some(l.ip);
+        }
+    }
+    gap(&mut v, next, end);
+    v
+}
+
+/// How long an offer holds its address when `free_after` usable addresses stay free, and
+/// whether it is soft (see the module contract).
+fn offer_hold(usable: u64, free_after: u64) -> (Duration, bool) {
+    let half = (usable / 2).max(1);
+    if free_after >= half {
+        return (OFFER_HOLD, false);
+    }
+    let span = (OFFER_HOLD - OFFER_HOLD_MIN).as_secs();
+    let hold = OFFER_HOLD_MIN.as_secs() + span * free_after / half;
+    (Duration::from_secs(hold), true)
+}
+
 /// The address to offer `client`: its previous one, the requested one if free, else the lowest
-/// address nobody ever had, else the lowest free one.
+/// address nobody ever had, else the lowest free one; with its hold and softness. When none is
+/// free, the oldest soft offer of another client (`reclaimed`).
+struct Pick {
+    ip: Ipv4Addr,
+    hold: Duration,
+    soft: bool,
+    reclaimed: bool,
+}
+
 fn pick_address(
     state: &LeaseState,
-    cfg: &DhcpConfig,
-    server: Ipv4Addr,
-    mask: Ipv4Addr,
+    range: PoolRange,
+    ex: &Excluded,
     client: &ClientKey,
     requested: Option<Ipv4Addr>,
     now: u64,
-) -> Option<Ipv4Addr> {
-    let range = cfg.range?;
-    let usable = |ip: Ipv4Addr| {
-        range.contains(ip) && !excluded(ip, server, cfg, mask) && state.is_free_for(ip, client, now)
-    };
-    if let Some(l) = state.of_client(client) {
-        if usable(l.ip) {
-            return Some(l.ip);
+) -> Option<Pick> {
+    let usable =
+        |ip: Ipv4Addr| range.contains(ip) && !ex.contains(ip) && state.is_free_for(ip, client, now);
+    let v = view_pool(state, range, ex, client, now);
+    let chosen = state
+        .of_client(client)
+        .map(|l| l.ip)
+        .filter(|ip| usable(*ip))
+        .or(requested.filter(|ip| usable(*ip)))
+        .or(v.first_unused)
+        .or(v.first_lapsed);
+    match chosen {
+        Some(ip) => {
+            let (hold, soft) = offer_hold(v.usable, v.free.saturating_sub(1));
+            Some(Pick {
+                ip,
+                hold,
+                soft,
+                reclaimed: false,
+            })
         }
+        None => v.oldest_soft.map(|ip| Pick {
+            ip,
+            hold: OFFER_HOLD_MIN,
+            soft: true,
+            reclaimed: true,
+        }),
     }
-    if let Some(ip) = requested.filter(|ip| usable(*ip)) {
-        return Some(ip);
-    }
-    range
-        .iter()
-        .find(|ip| state.is_unused(*ip) && usable(*ip))
-        .or_else(|| range.iter().find(|ip| usable(*ip)))
 }
 
 /// Options 1, 3, 6, 15 (and 51/58/59 when `lease` is given).
@@ -470,22 +690,44 @@ fn nak(req: &Message, server: Ipv4Addr, why: &str) -> Reply {
 }
 
 /// Boot data for a full-mode reply: PXE clients, HTTP clients, and others only if configured.
-fn put_boot(
+fn put_boot<'a>(
     m: &mut Message,
     req: &Message,
     info: &ClientInfo,
-    cfg: &DhcpConfig,
+    cfg: &'a DhcpConfig,
     server: Ipv4Addr,
     client_net: Ipv4Addr,
+    note: &mut Option<Note<'a>>,
 ) {
-    if let Some(boot) = select_boot(cfg, info, req.chaddr(), client_net) {
+    if let Some(boot) = boot_for(cfg, info, req.chaddr(), client_net, note) {
         if info.pxe || info.http || info.ipxe || cfg.boot_non_pxe || boot.by_rule {
             put_pxe(m, req, info, &boot, cfg, server, true);
         }
     }
 }
 
-fn full(req: &Message, ctx: &Context, state: &mut LeaseState, cfg: &DhcpConfig) -> Option<Reply> {
+/// A renewal this early in the lease is answered with the remaining time, without a change.
+fn cached_renewal(
+    state: &LeaseState,
+    ip: Ipv4Addr,
+    client: &ClientKey,
+    cfg: &DhcpConfig,
+    now: u64,
+) -> Option<Duration> {
+    let l = state.get(ip)?;
+    let remaining = l.expires.saturating_sub(now);
+    let lease = cfg.lease_time.as_secs();
+    (l.kind == LeaseKind::Bound && &l.client == client && remaining > lease / 4 * 3)
+        .then(|| Duration::from_secs(remaining.min(lease)))
+}
+
+fn full<'a>(
+    req: &Message,
+    ctx: &Context,
+    state: &mut LeaseState,
+    cfg: &'a DhcpConfig,
+    note: &mut Option<Note<'a>>,
+) -> Option<Reply> {
     if ctx.port != ServerPort::Dhcp {
         return None;
     }
@@ -501,6 +743,11 @@ fn full(req: &Message, ctx: &Context, state: &mut LeaseState, cfg: &DhcpConfig) 
     if !same_subnet(segment, range.start, mask) {
         return None;
     }
+    let ex = Excluded {
+        server,
+        cfg,
+        mask: u32::from(mask),
+    };
     let now = unix(ctx.now);
     let client = client_key(req);
     let info = ClientInfo::of(req);
@@ -508,16 +755,20 @@ fn full(req: &Message, ctx: &Context, state: &mut LeaseState, cfg: &DhcpConfig) 
     let lease_until = now + cfg.lease_time.as_secs();
     match ty {
         MessageType::Discover => {
-            let Some(ip) = pick_address(state, cfg, server, mask, &client, requested_ip(req), now)
+            let Some(pick) = pick_address(state, range, &ex, &client, requested_ip(req), now)
             else {
-                tracing::warn!(client = %mac_str(req.chaddr()), "DHCP pool {}-{} is full: no address to offer", range.start, range.end);
+                *note = Some(Note::PoolFull { range });
                 return None;
             };
-            state.offer(ip, &client, now + OFFER_HOLD.as_secs());
+            if pick.reclaimed {
+                *note = Some(Note::Reclaimed { ip: pick.ip });
+            }
+            let ip = pick.ip;
+            state.offer(ip, &client, now, now + pick.hold.as_secs(), pick.soft);
             let mut m = reply_to(req, MessageType::Offer, server);
             m.set_yiaddr(ip);
             put_config(&mut m, cfg, mask, Some(cfg.lease_time));
-            put_boot(&mut m, req, &info, cfg, server, ip);
+            put_boot(&mut m, req, &info, cfg, server, ip, note);
             Some(Reply {
                 message: m,
                 dest: destination(req),
@@ -540,20 +791,26 @@ fn full(req: &Message, ctx: &Context, state: &mut LeaseState, cfg: &DhcpConfig) 
             if !same_subnet(ip, range.start, mask) {
                 return Some(nak(req, server, "wrong network"));
             }
-            if !range.contains(ip) || excluded(ip, server, cfg, mask) {
+            if !range.contains(ip) || ex.contains(ip) {
                 return Some(nak(req, server, "address not in the pool"));
             }
-            if !state.is_free_for(ip, &client, now) {
-                return Some(nak(req, server, "address in use by another client"));
-            }
-            state.bind(ip, &client, lease_until);
+            let lease = match cached_renewal(state, ip, &client, cfg, now) {
+                Some(remaining) => remaining,
+                None => {
+                    if !state.may_bind(ip, &client, now) {
+                        return Some(nak(req, server, "address in use by another client"));
+                    }
+                    state.bind(ip, &client, now, lease_until);
+                    cfg.lease_time
+                }
+            };
             let mut m = reply_to(req, MessageType::Ack, server);
             m.set_yiaddr(ip);
             if renewing {
                 m.set_ciaddr(req.ciaddr());
             }
-            put_config(&mut m, cfg, mask, Some(cfg.lease_time));
-            put_boot(&mut m, req, &info, cfg, server, ip);
+            put_config(&mut m, cfg, mask, Some(lease));
+            put_boot(&mut m, req, &info, cfg, server, ip, note);
             Some(Reply {
                 message: m,
                 dest: destination(req),
@@ -561,12 +818,23 @@ fn full(req: &Message, ctx: &Context, state: &mut LeaseState, cfg: &DhcpConfig) 
         }
         MessageType::Decline => {
             if server_id(req) != Some(server) {
-                return None;
+                return None; // for another server
             }
-            let ip = requested_ip(req)?;
-            if range.contains(ip) {
-                tracing::warn!(client = %mac_str(req.chaddr()), "DHCPDECLINE {ip}: someone else uses it; out of the pool for {} s", cfg.decline_hold.as_secs());
-                state.decline(ip, now + cfg.decline_hold.as_secs());
+            let ip = requested_ip(req);
+            let holder = ip.and_then(|ip| state.get(ip)).is_some_and(|l| {
+                l.client == client
+                    && matches!(l.kind, LeaseKind::Bound | LeaseKind::Offered)
+                    && l.holds(now)
+            });
+            match ip {
+                Some(ip) if holder => {
+                    state.decline(ip, now + cfg.decline_hold.as_secs());
+                    *note = Some(Note::Declined {
+                        ip,
+                        hold: cfg.decline_hold,
+                    });
+                }
+                _ => *note = Some(Note::ForeignDecline { ip }),
             }
             None
         }
@@ -580,7 +848,7 @@ fn full(req: &Message, ctx: &Context, state: &mut LeaseState, cfg: &DhcpConfig) 
             let mut m = reply_to(req, MessageType::Ack, server);
             m.set_ciaddr(req.ciaddr());
             put_config(&mut m, cfg, mask, None);
-            put_boot(&mut m, req, &info, cfg, server, req.ciaddr());
+            put_boot(&mut m, req, &info, cfg, server, req.ciaddr(), note);
             let dest = if !req.giaddr().is_unspecified() {
                 Destination::Unicast(req.giaddr(), 67)
             } else if !req.ciaddr().is_unspecified() {
@@ -1107,6 +1375,320 @@ mod tests {
         Some(ack.yiaddr())
     }
 
+    /// A DHCPDECLINE of `ip` from `m` to us (option 61 when `id` is given).
+    fn decline(m: [u8; 6], id: Option<&[u8]>, ip: Ipv4Addr) -> Vec<u8> {
+        let (ip, sid) = (ip.octets(), SERVER.octets());
+        let mut opts: Vec<(u8, &[u8])> = vec![(53, &[4]), (50, &ip), (54, &sid)];
+        if let Some(id) = id {
+            opts.push((61, id));
+        }
+        raw(m, 9, 0, [0; 4], [0; 4], &opts)
+    }
+
+    fn noted<'a>(
+        bytes: &[u8],
+        c: &Context,
+        st: &mut LeaseState,
+        cfg: &'a DhcpConfig,
+    ) -> Decision<'a> {
+        decide_noted(&parse_request(bytes).unwrap(), c, st, cfg)
+    }
+
+    #[test]
+    fn decline_is_taken_only_from_the_holder_of_the_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = full_cfg(dir.path());
+        let c = ctx67();
+        let mut st = LeaseState::new();
+        let a = dora(mac(1), &mut st, &cfg, &c).unwrap();
+        st.take_dirty();
+        let other = Ipv4Addr::new(10, 0, 0, 101);
+        // Another MAC, the holder's MAC with a client id that is not the holder's, the holder
+        // for an address it does not hold: all ignored with a note, nothing changes.
+        for (who, id, ip) in [
+            (mac(2), None, a),
+            (mac(1), Some(&[1u8, 2, 3][..]), a),
+            (mac(1), None, other),
+        ] {
+            let d = noted(&decline(who, id, ip), &c, &mut st, &cfg);
+            assert_eq!(d.reply, None);
+            assert_eq!(d.note, Some(Note::ForeignDecline { ip: Some(ip) }));
+            assert!(!st.is_dirty(), "a forged DECLINE changes nothing");
+            let l = st.get(a).unwrap();
+            assert_eq!(l.kind, LeaseKind::Bound);
+            assert_eq!(l.client, ClientKey::new(None, 1, &mac(1)));
+        }
+        // Without option 50.
+        let no50 = raw(
+            mac(2),
+            9,
+            0,
+            [0; 4],
+            [0; 4],
+            &[(53, &[4]), (54, &SERVER.octets())],
+        );
+        assert_eq!(
+            noted(&no50, &c, &mut st, &cfg).note,
+            Some(Note::ForeignDecline { ip: None })
+        );
+        // For another server: silently not ours.
+        let elsewhere = raw(
+            mac(1),
+            9,
+            0,
+            [0; 4],
+            [0; 4],
+            &[(53, &[4]), (50, &a.octets()), (54, &[10, 0, 0, 2])],
+        );
+        assert_eq!(
+            noted(&elsewhere, &c, &mut st, &cfg),
+            Decision {
+                reply: None,
+                note: None
+            }
+        );
+        // The holder's DECLINE takes the address out of the pool.
+        let d = noted(&decline(mac(1), None, a), &c, &mut st, &cfg);
+        assert_eq!(
+            d.note,
+            Some(Note::Declined {
+                ip: a,
+                hold: cfg.decline_hold
+            })
+        );
+        assert!(st.take_dirty());
+        assert_eq!(st.get(a).unwrap().kind, LeaseKind::Declined);
+        // The holder of an offer may decline it too; with option 61 the key is the id.
+        let id = [1, 0x52, 0x54, 0, 0, 0, 7];
+        let mut d7 = client::pxe_discover(mac(7), ClientArch::BIOS, 7);
+        d7.opts_mut()
+            .insert(DhcpOption::ClientIdentifier(id.to_vec()));
+        let o7 = decide(&d7, &c, &mut st, &cfg).unwrap().message.yiaddr();
+        let d = noted(&decline(mac(7), None, o7), &c, &mut st, &cfg);
+        assert_eq!(
+            d.note,
+            Some(Note::ForeignDecline { ip: Some(o7) }),
+            "hw key is not the holder's id"
+        );
+        let d = noted(&decline(mac(7), Some(&id), o7), &c, &mut st, &cfg);
+        assert_eq!(
+            d.note,
+            Some(Note::Declined {
+                ip: o7,
+                hold: cfg.decline_hold
+            })
+        );
+    }
+
+    fn flood_mac(n: u32) -> [u8; 6] {
+        let b = n.to_be_bytes();
+        [0x02, 0xff, b[0], b[1], b[2], b[3]]
+    }
+
+    #[test]
+    fn a_discover_flood_cannot_keep_a_real_client_from_an_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DhcpConfig {
+            range: Some("10.0.0.100,10.0.0.110".parse().unwrap()),
+            ..full_cfg(dir.path())
+        };
+        let c = ctx67();
+        let now = unix(c.now);
+        let mut st = LeaseState::new();
+        // The reproduction: 15 DISCOVERs from fresh MACs on an 11-address pool.
+        let mut holds = vec![];
+        for n in 0..15 {
+            let d = decide_noted(
+                &client::pxe_discover(flood_mac(n), ClientArch::BIOS, n),
+                &c,
+                &mut st,
+                &cfg,
+            );
+            let ip = d
+                .reply
+                .expect("every DISCOVER gets an offer")
+                .message
+                .yiaddr();
+            let l = st.get(ip).unwrap();
+            assert_eq!(l.client, ClientKey::new(None, 1, &flood_mac(n)));
+            holds.push((l.expires - now, l.soft));
+            assert_eq!(d.note.is_some(), n >= 11, "offer {n}: {:?}", d.note);
+        }
+        // While half the pool is free offers hold 60 s; then they are soft and shrink to 10 s.
+        assert_eq!(holds[..6], [(60, false); 6]);
+        assert_eq!(
+            holds[6..11],
+            [(50, true), (40, true), (30, true), (20, true), (10, true)]
+        );
+        assert!(holds[11..].iter().all(|h| *h == (10, true)));
+        // A real client: DISCOVER, then 50 more flood DISCOVERs before its REQUEST arrives.
+        let real = mac(200);
+        let offer = decide(
+            &client::pxe_discover(real, ClientArch::BIOS, 1),
+            &c,
+            &mut st,
+            &cfg,
+        )
+        .expect("an offer during the flood")
+        .message;
+        for n in 15..65 {
+            assert!(decide(
+                &client::pxe_discover(flood_mac(n), ClientArch::BIOS, n),
+                &c,
+                &mut st,
+                &cfg
+            )
+            .is_some());
+        }
+        let r = client::pxe_request(&offer, real, ClientArch::BIOS, 1);
+        let ack = decide(&r, &c, &mut st, &cfg).expect("an answer").message;
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(ack.yiaddr(), offer.yiaddr());
+        assert_eq!(st.get(ack.yiaddr()).unwrap().kind, LeaseKind::Bound);
+        // A firm offer is never given to someone else while it holds.
+        for n in 0..6 {
+            let ip = Ipv4Addr::new(10, 0, 0, 100 + n as u8);
+            assert_eq!(
+                st.get(ip).unwrap().client,
+                ClientKey::new(None, 1, &flood_mac(n))
+            );
+        }
+        // A bound lease is never taken by a REQUEST, soft or not.
+        let mut steal = client::pxe_request(&offer, flood_mac(999), ClientArch::BIOS, 2);
+        steal.set_chaddr(&flood_mac(999));
+        let nak = decide(&steal, &c, &mut st, &cfg).unwrap().message;
+        assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
+        // After the holds, the flood's offers are gone: the pool is free again.
+        let later = Context {
+            now: c.now + OFFER_HOLD,
+            ..c
+        };
+        assert!(dora(mac(201), &mut st, &cfg, &later).is_some());
+    }
+
+    #[test]
+    fn pool_full_of_leases_is_a_note_not_an_offer() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = full_cfg(dir.path());
+        let c = ctx67();
+        let mut st = LeaseState::new();
+        for n in 1..=3 {
+            assert!(dora(mac(n), &mut st, &cfg, &c).is_some());
+        }
+        let d = noted(&plain_discover(mac(9)), &c, &mut st, &cfg);
+        assert_eq!(d.reply, None);
+        assert_eq!(
+            d.note,
+            Some(Note::PoolFull {
+                range: cfg.range.unwrap()
+            })
+        );
+    }
+
+    #[test]
+    fn an_early_renewal_is_answered_from_the_saved_lease_without_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = full_cfg(dir.path());
+        let c = ctx67();
+        let mut st = LeaseState::new();
+        let a = dora(mac(1), &mut st, &cfg, &c).unwrap();
+        assert!(st.take_dirty());
+        assert!(st.is_durable(a));
+        let renew = raw(mac(1), 11, 0, a.octets(), [0; 4], &[(53, &[3])]);
+        // Ten minutes in (3000 s of 3600 left): the remaining time, nothing to save.
+        let t = Context {
+            now: c.now + Duration::from_secs(600),
+            ..c
+        };
+        let (out, _) = run(&renew, &t, &mut st, &cfg).unwrap();
+        assert_eq!(opt(&out, 53).unwrap(), [5]);
+        assert_eq!(opt(&out, 51).unwrap(), 3000u32.to_be_bytes());
+        assert_eq!(opt(&out, 58).unwrap(), 1500u32.to_be_bytes());
+        assert!(!st.is_dirty());
+        assert!(st.is_durable(a));
+        // At T1 the lease is extended, which must be saved before the ACK leaves.
+        let t1 = Context {
+            now: c.now + Duration::from_secs(1800),
+            ..c
+        };
+        let (out, _) = run(&renew, &t1, &mut st, &cfg).unwrap();
+        assert_eq!(opt(&out, 51).unwrap(), 3600u32.to_be_bytes());
+        assert!(st.is_dirty());
+        assert!(!st.is_durable(a));
+    }
+
+    #[test]
+    fn a_one_kilobyte_client_id_is_kept_as_a_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = full_cfg(dir.path());
+        let c = ctx67();
+        let mut st = LeaseState::new();
+        let id: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let mut d = client::pxe_discover(mac(1), ClientArch::BIOS, 1);
+        d.opts_mut()
+            .insert(DhcpOption::ClientIdentifier(id.clone()));
+        // Through the wire: RFC 3396 splits the option; the checked parser joins it again.
+        let d = parse_request(&wire::encode(&d)).expect("a long option 61 parses");
+        let offer = decide(&d, &c, &mut st, &cfg).unwrap().message;
+        let mut r = client::pxe_request(&offer, mac(1), ClientArch::BIOS, 1);
+        r.opts_mut()
+            .insert(DhcpOption::ClientIdentifier(id.clone()));
+        let ack = decide(&r, &c, &mut st, &cfg).unwrap().message;
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        let l = st.get(ack.yiaddr()).unwrap();
+        assert_eq!(l.client.kind(), crate::dhcp::leases::KeyKind::IdHash);
+        assert_eq!(l.client, ClientKey::new(Some(&id), 1, &mac(1)));
+        assert!(
+            st.to_text().lines().all(|line| line.len() < 120),
+            "{}",
+            st.to_text()
+        );
+    }
+
+    #[test]
+    fn the_ipxe_loop_is_a_note() {
+        let mut cfg = proxy_cfg();
+        cfg.boot_file = Some("ipxe.efi".into());
+        let d = noted(&ipxe_discover(7), &ctx67(), &mut LeaseState::new(), &cfg);
+        assert_eq!(d.reply, None);
+        assert_eq!(d.note, Some(Note::IpxeLoop { file: "ipxe.efi" }));
+    }
+
+    #[test]
+    fn excluded_addresses_are_counted_like_a_scan() {
+        let cfg = DhcpConfig {
+            router: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            dns: vec![
+                Ipv4Addr::new(10, 0, 0, 53),
+                Ipv4Addr::new(10, 0, 0, 53),
+                Ipv4Addr::new(10, 0, 1, 0),
+                Ipv4Addr::new(10, 0, 0, 1),
+            ],
+            ..DhcpConfig::default()
+        };
+        for prefix in [16u8, 23, 24, 30, 31, 32] {
+            let ex = Excluded {
+                server: Ipv4Addr::new(10, 0, 0, 9),
+                cfg: &cfg,
+                mask: u32::from(crate::dhcp::config::prefix_to_mask(prefix)),
+            };
+            let base = u32::from(Ipv4Addr::new(10, 0, 0, 0));
+            for (a, b) in [
+                (0, 0),
+                (0, 255),
+                (1, 254),
+                (250, 260),
+                (0, 600),
+                (9, 9),
+                (53, 54),
+            ] {
+                let (a, b) = (base + a, base + b);
+                let scan = (a..=b).filter(|x| ex.contains(Ipv4Addr::from(*x))).count() as u64;
+                assert_eq!(ex.count(a, b), scan, "/{prefix} {a}..={b}");
+            }
+        }
+    }
+
     #[test]
     fn full_offer_and_ack_carry_lease_and_pxe_options() {
         let dir = tempfile::tempdir().unwrap();
@@ -1147,7 +1729,7 @@ mod tests {
     fn full_pool_no_double_allocation_and_persistence() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = full_cfg(dir.path());
-        let store = LeaseStore::new(cfg.lease_path());
+        let mut store = LeaseStore::new(cfg.lease_path());
         let c = ctx67();
         let mut st = store.load().unwrap();
         let a = dora(mac(1), &mut st, &cfg, &c).unwrap();
@@ -1209,20 +1791,19 @@ mod tests {
             .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 0, 2)));
         assert!(decide(&r2, &c, &mut st, &cfg).is_none());
         assert!(st.get(o2.yiaddr()).is_none());
-        // DECLINE: the address stays out of the pool for decline_hold.
-        let dec = raw(
-            mac(2),
-            9,
-            0,
-            [0; 4],
-            [0; 4],
-            &[
-                (53, &[4]),
-                (50, &o2.yiaddr().octets()),
-                (54, &SERVER.octets()),
-            ],
+        // DECLINE from the holder: the address stays out of the pool for decline_hold.
+        assert_eq!(dora(mac(2), &mut st, &cfg, &c), Some(o2.yiaddr()));
+        st.take_dirty();
+        let dec = decline(mac(2), None, o2.yiaddr());
+        let d = decide_noted(&parse_request(&dec).unwrap(), &c, &mut st, &cfg);
+        assert!(d.reply.is_none());
+        assert_eq!(
+            d.note,
+            Some(Note::Declined {
+                ip: o2.yiaddr(),
+                hold: cfg.decline_hold
+            })
         );
-        assert!(run(&dec, &c, &mut st, &cfg).is_none());
         assert!(st.take_dirty());
         let o3 = decide(&d2, &c, &mut st, &cfg).unwrap().message;
         assert_ne!(o3.yiaddr(), o2.yiaddr());

@@ -2,45 +2,182 @@
 //!
 //! Contract:
 //! - [`LeaseState`] is the in-memory table: one record per address, at most one live record per
-//!   client. It has no clock: every call takes `now` in Unix seconds. Changes that must survive a
-//!   restart (bind, renew, release, decline) set the dirty flag; offers do not (a client must
-//!   REQUEST before it may use an address, and that REQUEST is checked against the table).
-//! - [`LeaseStore::save`] writes the whole table to a temporary file, fsyncs it, renames it over
-//!   the lease file and fsyncs the directory. The driver calls it whenever the state is dirty and
-//!   BEFORE it sends the ACK, so a crash never leaves an address promised that the file does not
-//!   hold. A few hundred leases make a few kilobytes: rewriting is the simplest correct thing.
-//! - [`LeaseStore::load`] reads it back at start; a missing file is an empty table.
+//!   client, indexed by address and by client. It has no clock: every call takes `now` in Unix
+//!   seconds. It is bounded by the pool: records exist only for addresses the decision put in it
+//!   (offered, bound, released or declined inside the range) or that the lease file held.
+//! - Every change that must survive a restart (bind, renew, release, decline, an offer that
+//!   replaces a persisted record) bumps the table's version; offers do not (a client must REQUEST
+//!   before it may use an address, and that REQUEST is checked against the table). The driver
+//!   saves the table and then calls [`LeaseState::mark_saved`]; [`LeaseState::is_durable`] says
+//!   whether a bound record is on disk as it is now. An ACK that confirms a lease leaves only when
+//!   its record is durable, so a crash never leaves an address promised that the file does not
+//!   hold.
+//! - [`ClientKey`] is fixed-size (no allocation per request): option 61 when sent, else the
+//!   hardware type and address. A client identifier of up to [`MAX_ID_VERBATIM`] bytes is kept
+//!   as it is; a longer one (RFC 3396 lets it reach about 1 KB) is kept as its 128-bit FNV-1a
+//!   hash (`ih-` in the file), so a lease-file line is at most about 100 bytes. The hash is not
+//!   collision-resistant against a chosen identifier; that gives an attacker nothing that
+//!   sending the victim's own identifier (DHCP has no authentication) does not.
+//! - [`LeaseStore::save`] writes the whole table (a few kilobytes per hundred leases) and needs no
+//!   new descriptor in the steady state: the store opens the state directory once and keeps two
+//!   files open, the lease file and its spare `<name>.tmp`. A save writes the spare, fsyncs it,
+//!   swaps the two names atomically (`renameat2(RENAME_EXCHANGE)`) and fsyncs the directory; the
+//!   spare then holds the previous generation. Where the filesystem cannot exchange names, the
+//!   spare is renamed over the lease file and a new spare is opened after the save (a descriptor
+//!   that is not needed for the ACK in flight). A spare that someone renamed or replaced is
+//!   noticed (device and inode checked) and a fresh temporary file is written instead.
+//! - [`LeaseStore::load`] reads the file back at start (a missing file is an empty table) and
+//!   saves once, which checks that the directory is writable and opens the descriptors.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use super::config::PoolRange;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::fmt::{self, Write as _};
 use std::fs;
-use std::io::{self, Write as _};
+use std::io;
 use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+/// Client identifiers (option 61) up to this many bytes are kept verbatim; longer ones hashed.
+pub const MAX_ID_VERBATIM: usize = 32;
+
+/// What a [`ClientKey`] is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KeyKind {
+    /// No client (a declined address).
+    Nobody,
+    /// Hardware type and address (`hw-`).
+    Hw,
+    /// Option 61 as sent (`id-`).
+    Id,
+    /// FNV-1a 128 of an option 61 longer than [`MAX_ID_VERBATIM`] (`ih-`).
+    IdHash,
+}
+
 /// Who holds a lease: option 61 (client identifier) when sent, else the hardware address.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ClientKey(pub String);
+/// Fixed-size and `Copy`; see the module contract.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientKey {
+    kind: KeyKind,
+    len: u8,
+    bytes: [u8; MAX_ID_VERBATIM],
+}
+
+/// FNV-1a, 128 bits (stable across builds and restarts).
+fn fnv1a_128(data: &[u8]) -> [u8; 16] {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    let mut h = OFFSET;
+    for b in data {
+        h ^= u128::from(*b);
+        h = h.wrapping_mul(PRIME);
+    }
+    h.to_be_bytes()
+}
 
 impl ClientKey {
-    /// `id-<hex>` from option 61, else `hw-<hex>` of htype and chaddr.
+    /// The key of a declined address.
+    pub const NOBODY: ClientKey = ClientKey {
+        kind: KeyKind::Nobody,
+        len: 0,
+        bytes: [0; MAX_ID_VERBATIM],
+    };
+
+    fn from_parts(kind: KeyKind, data: &[u8]) -> ClientKey {
+        let mut k = ClientKey {
+            kind,
+            len: 0,
+            bytes: [0; MAX_ID_VERBATIM],
+        };
+        let n = data.len().min(MAX_ID_VERBATIM);
+        k.bytes[..n].copy_from_slice(&data[..n]);
+        k.len = n as u8;
+        k
+    }
+
+    /// The key of option 61 `client_id` when given and not empty, else of `htype` and `chaddr`.
     pub fn new(client_id: Option<&[u8]>, htype: u8, chaddr: &[u8]) -> ClientKey {
-        let mut s = String::with_capacity(3 + 2 * (chaddr.len() + 1));
         match client_id {
-            Some(id) if !id.is_empty() => {
-                s.push_str("id-");
-                id.iter().for_each(|b| {
-                    let _ = write!(s, "{b:02x}");
-                });
-            }
+            Some(id) if !id.is_empty() => ClientKey::from_id(id),
             _ => {
-                let _ = write!(s, "hw-{htype:02x}");
-                chaddr.iter().for_each(|b| {
-                    let _ = write!(s, "{b:02x}");
-                });
+                let mut hw = [0u8; MAX_ID_VERBATIM];
+                let n = chaddr.len().min(MAX_ID_VERBATIM - 1);
+                hw[0] = htype;
+                hw[1..=n].copy_from_slice(&chaddr[..n]);
+                ClientKey::from_parts(KeyKind::Hw, &hw[..=n])
             }
         }
-        ClientKey(s)
+    }
+
+    fn from_id(id: &[u8]) -> ClientKey {
+        if id.len() <= MAX_ID_VERBATIM {
+            ClientKey::from_parts(KeyKind::Id, id)
+        } else {
+            ClientKey::from_parts(KeyKind::IdHash, &fnv1a_128(id))
+        }
+    }
+
+    pub fn kind(&self) -> KeyKind {
+        self.kind
+    }
+
+    /// The stored bytes (hardware type + address, the identifier, or its hash).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    pub fn is_nobody(&self) -> bool {
+        self.kind == KeyKind::Nobody
+    }
+
+    /// Parse the file form (`hw-<hex>`, `id-<hex>`, `ih-<hex>`, `-`). An `id-` longer than
+    /// [`MAX_ID_VERBATIM`] bytes (written by an older version) becomes its `ih-` form.
+    pub fn parse(s: &str) -> Option<ClientKey> {
+        if s == "-" {
+            return Some(ClientKey::NOBODY);
+        }
+        let (prefix, hex) = s.split_at_checked(3)?;
+        // An older version wrote ids of any length a datagram can carry.
+        if hex.is_empty() || hex.len() % 2 != 0 || hex.len() > 2 * super::wire::MAX_LEN {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(hex.len() / 2);
+        for pair in hex.as_bytes().chunks(2) {
+            let p = std::str::from_utf8(pair).ok()?;
+            bytes.push(u8::from_str_radix(p, 16).ok()?);
+        }
+        match prefix {
+            "hw-" if bytes.len() <= MAX_ID_VERBATIM => {
+                Some(ClientKey::from_parts(KeyKind::Hw, &bytes))
+            }
+            "id-" => Some(ClientKey::from_id(&bytes)),
+            "ih-" if bytes.len() == 16 => Some(ClientKey::from_parts(KeyKind::IdHash, &bytes)),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let prefix = match self.kind {
+            KeyKind::Nobody => return f.write_str("-"),
+            KeyKind::Hw => "hw-",
+            KeyKind::Id => "id-",
+            KeyKind::IdHash => "ih-",
+        };
+        f.write_str(prefix)?;
+        for b in self.bytes() {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -81,14 +218,29 @@ impl LeaseKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     pub ip: Ipv4Addr,
-    /// Empty for a declined address.
+    /// [`ClientKey::NOBODY`] for a declined address.
     pub client: ClientKey,
     /// Unix seconds.
     pub expires: u64,
     pub kind: LeaseKind,
+    /// Unix seconds when offered or bound (0 for records read from the file).
+    pub since: u64,
+    /// An offer made while the pool was nearly full: another client may be offered the same
+    /// address when none is free, and the first REQUEST for it wins (RFC 2131 section 4.3.1: the
+    /// server need not reserve an offered address).
+    pub soft: bool,
+    /// The table's version when this record last changed in a way the file must show.
+    changed: u64,
+    /// Order of offers (not persisted): the oldest soft offer is reclaimed first.
+    seq: u64,
 }
 
 impl Lease {
+    /// Offers made before this one have a lower number (0 for other records).
+    pub fn offer_seq(&self) -> u64 {
+        self.seq
+    }
+
     /// Whether this record keeps the address from anyone but its client at `now`.
     pub fn holds(&self, now: u64) -> bool {
         match self.kind {
@@ -99,11 +251,26 @@ impl Lease {
 }
 
 /// The lease table; see the module contract.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct LeaseState {
     by_ip: BTreeMap<Ipv4Addr, Lease>,
-    dirty: bool,
+    /// (client, address) of every record that has a client.
+    by_client: BTreeSet<(ClientKey, Ipv4Addr)>,
+    /// Bumped by every change the file must show.
+    version: u64,
+    /// The version the last successful save wrote.
+    saved: u64,
+    /// Offers made so far (numbers [`Lease::offer_seq`]).
+    offers: u64,
 }
+
+impl PartialEq for LeaseState {
+    fn eq(&self, other: &Self) -> bool {
+        self.by_ip == other.by_ip
+    }
+}
+
+impl Eq for LeaseState {}
 
 impl LeaseState {
     pub fn new() -> LeaseState {
@@ -118,6 +285,11 @@ impl LeaseState {
         self.by_ip.values()
     }
 
+    /// The records inside `range`, lowest address first.
+    pub fn in_range(&self, range: PoolRange) -> impl Iterator<Item = &Lease> {
+        self.by_ip.range(range.start..=range.end).map(|(_, l)| l)
+    }
+
     pub fn len(&self) -> usize {
         self.by_ip.len()
     }
@@ -126,16 +298,27 @@ impl LeaseState {
         self.by_ip.is_empty()
     }
 
+    fn client_ips<'a>(&'a self, client: &ClientKey) -> impl Iterator<Item = Ipv4Addr> + 'a {
+        let lo = (*client, Ipv4Addr::UNSPECIFIED);
+        let hi = (*client, Ipv4Addr::BROADCAST);
+        self.by_client.range(lo..=hi).map(|(_, ip)| *ip)
+    }
+
+    /// Whether `client` has any record (an offer, a lease, a released address).
+    pub fn knows(&self, client: &ClientKey) -> bool {
+        !client.is_nobody() && self.client_ips(client).next().is_some()
+    }
+
     /// The client's record (a bound one first, then offered, then released).
     pub fn of_client(&self, client: &ClientKey) -> Option<&Lease> {
-        let mut best: Option<&Lease> = None;
         let rank = |k: LeaseKind| match k {
             LeaseKind::Bound => 0,
             LeaseKind::Offered => 1,
             LeaseKind::Released => 2,
             LeaseKind::Declined => 3,
         };
-        for l in self.by_ip.values().filter(|l| &l.client == client) {
+        let mut best: Option<&Lease> = None;
+        for l in self.client_ips(client).filter_map(|ip| self.by_ip.get(&ip)) {
             if !matches!(best, Some(b) if rank(l.kind) >= rank(b.kind)) {
                 best = Some(l);
             }
@@ -153,128 +336,197 @@ impl LeaseState {
         }
     }
 
+    /// Whether a REQUEST from `client` may bind `ip` at `now`: [`LeaseState::is_free_for`], or
+    /// a soft offer to another client (first REQUEST wins).
+    pub fn may_bind(&self, ip: Ipv4Addr, client: &ClientKey, now: u64) -> bool {
+        self.is_free_for(ip, client, now)
+            || self
+                .by_ip
+                .get(&ip)
+                .is_some_and(|l| l.kind == LeaseKind::Offered && l.soft)
+    }
+
     /// Whether `ip` has no record at all (never handed out, or forgotten).
     pub fn is_unused(&self, ip: Ipv4Addr) -> bool {
         !self.by_ip.contains_key(&ip)
     }
 
+    /// Whether the bound record of `ip` is on disk as it is now (see the module contract).
+    pub fn is_durable(&self, ip: Ipv4Addr) -> bool {
+        self.by_ip
+            .get(&ip)
+            .is_some_and(|l| l.kind == LeaseKind::Bound && l.changed <= self.saved)
+    }
+
+    /// The table's version: bumped by every change the file must show.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A save of the table at `version` succeeded.
+    pub fn mark_saved(&mut self, version: u64) {
+        self.saved = self.saved.max(version.min(self.version));
+    }
+
+    /// Whether a change must be written before the next lease-confirming reply goes out.
+    pub fn is_dirty(&self) -> bool {
+        self.version > self.saved
+    }
+
+    /// [`LeaseState::is_dirty`], then count the table as saved (for tests and callers that
+    /// write it themselves).
+    pub fn take_dirty(&mut self) -> bool {
+        let d = self.is_dirty();
+        self.saved = self.version;
+        d
+    }
+
+    fn bump(&mut self) -> u64 {
+        self.version += 1;
+        self.version
+    }
+
+    fn remove(&mut self, ip: Ipv4Addr) -> Option<Lease> {
+        let old = self.by_ip.remove(&ip)?;
+        if !old.client.is_nobody() {
+            self.by_client.remove(&(old.client, ip));
+        }
+        Some(old)
+    }
+
+    /// Insert `l`, replacing the address's record; `persisted` bumps the version.
+    fn put(&mut self, mut l: Lease, persisted: bool) {
+        let old_persisted = self
+            .remove(l.ip)
+            .is_some_and(|o| o.kind != LeaseKind::Offered);
+        if persisted || old_persisted {
+            l.changed = self.bump();
+        }
+        if !l.client.is_nobody() {
+            self.by_client.insert((l.client, l.ip));
+        }
+        self.by_ip.insert(l.ip, l);
+    }
+
+    /// Remove `client`'s records other than at `except` (declined ones have no client).
     fn drop_client_records(&mut self, client: &ClientKey, except: Ipv4Addr) {
-        let mut persisted_gone = false;
-        self.by_ip.retain(|ip, l| {
-            let keep = *ip == except || &l.client != client || l.kind == LeaseKind::Declined;
-            if !keep && l.kind != LeaseKind::Offered {
-                persisted_gone = true;
+        let ips: Vec<Ipv4Addr> = self.client_ips(client).filter(|ip| *ip != except).collect();
+        for ip in ips {
+            if let Some(old) = self.remove(ip) {
+                if old.kind != LeaseKind::Offered {
+                    self.bump();
+                }
             }
-            keep
-        });
-        if persisted_gone {
-            self.dirty = true;
         }
     }
 
-    /// Hold `ip` for `client` until `until` (an OFFER). Not persisted.
-    pub fn offer(&mut self, ip: Ipv4Addr, client: &ClientKey, until: u64) {
-        // A bound or released record of this client at this address stays what it is.
+    /// Hold `ip` for `client` from `now` until `until` (an OFFER; `soft`: see [`Lease::soft`]).
+    /// The client's other offers go. Not persisted.
+    pub fn offer(&mut self, ip: Ipv4Addr, client: &ClientKey, now: u64, until: u64, soft: bool) {
+        // A bound record of this client at this address stays what it is.
         if let Some(l) = self.by_ip.get(&ip) {
             if &l.client == client && l.kind == LeaseKind::Bound {
                 return;
             }
         }
-        self.by_ip
-            .retain(|a, l| !(*a != ip && &l.client == client && l.kind == LeaseKind::Offered));
-        let was_persisted = self
-            .by_ip
-            .get(&ip)
-            .is_some_and(|l| l.kind != LeaseKind::Offered);
-        self.by_ip.insert(
-            ip,
+        let other_offers: Vec<Ipv4Addr> = self
+            .client_ips(client)
+            .filter(|a| *a != ip && self.by_ip[a].kind == LeaseKind::Offered)
+            .collect();
+        for a in other_offers {
+            self.remove(a);
+        }
+        self.offers += 1;
+        self.put(
             Lease {
                 ip,
-                client: client.clone(),
+                client: *client,
                 expires: until,
                 kind: LeaseKind::Offered,
+                since: now,
+                soft,
+                changed: 0,
+                seq: self.offers,
             },
+            false,
         );
-        if was_persisted {
-            self.dirty = true;
-        }
     }
 
     /// Forget an offer the client turned down (it chose another server).
     pub fn withdraw_offer(&mut self, client: &ClientKey) {
-        self.by_ip
-            .retain(|_, l| !(&l.client == client && l.kind == LeaseKind::Offered));
+        let offers: Vec<Ipv4Addr> = self
+            .client_ips(client)
+            .filter(|a| self.by_ip[a].kind == LeaseKind::Offered)
+            .collect();
+        for a in offers {
+            self.remove(a);
+        }
     }
 
-    /// Bind `ip` to `client` until `until` (an ACK); the client's other records go.
-    pub fn bind(&mut self, ip: Ipv4Addr, client: &ClientKey, until: u64) {
+    /// Bind `ip` to `client` from `now` until `until` (an ACK); the client's other records go.
+    pub fn bind(&mut self, ip: Ipv4Addr, client: &ClientKey, now: u64, until: u64) {
         self.drop_client_records(client, ip);
-        self.by_ip.insert(
-            ip,
+        self.put(
             Lease {
                 ip,
-                client: client.clone(),
+                client: *client,
                 expires: until,
                 kind: LeaseKind::Bound,
+                since: now,
+                soft: false,
+                changed: 0,
+                seq: 0,
             },
+            true,
         );
-        self.dirty = true;
     }
 
     /// The client gives `ip` back (RELEASE). Returns whether it held it.
     pub fn release(&mut self, ip: Ipv4Addr, client: &ClientKey, now: u64) -> bool {
+        let v = self.version + 1;
         match self.by_ip.get_mut(&ip) {
             Some(l) if &l.client == client && l.kind != LeaseKind::Declined => {
                 l.kind = LeaseKind::Released;
                 l.expires = now;
-                self.dirty = true;
+                l.changed = v;
+                self.version = v;
                 true
             }
             _ => false,
         }
     }
 
-    /// `ip` is in use by someone else (DECLINE): keep it out of the pool until `until`.
+    /// `ip` is in use by someone else (DECLINE): keep it out of the pool until `until`. The
+    /// caller checks that the DECLINE comes from the address's holder.
     pub fn decline(&mut self, ip: Ipv4Addr, until: u64) {
-        self.by_ip.insert(
-            ip,
+        self.put(
             Lease {
                 ip,
-                client: ClientKey(String::new()),
+                client: ClientKey::NOBODY,
                 expires: until,
                 kind: LeaseKind::Declined,
+                since: 0,
+                soft: false,
+                changed: 0,
+                seq: 0,
             },
+            true,
         );
-        self.dirty = true;
-    }
-
-    /// Whether a change must be written before the next reply goes out; clears the flag.
-    pub fn take_dirty(&mut self) -> bool {
-        std::mem::take(&mut self.dirty)
-    }
-
-    pub fn is_dirty(&self) -> bool {
-        self.dirty
-    }
-
-    /// Set the dirty flag again (a save failed: try again next time).
-    pub fn mark_dirty(&mut self) {
-        self.dirty = true;
     }
 
     /// The persisted form: a header line, then `ip client expires kind` per record.
     pub fn to_text(&self) -> String {
-        let mut s =
-            String::from("# ringboot DHCP leases v1: address client expires(unix s) state\n");
-        for l in self.by_ip.values().filter(|l| l.kind != LeaseKind::Offered) {
-            let client = if l.client.0.is_empty() {
-                "-"
-            } else {
-                &l.client.0
-            };
-            let _ = writeln!(s, "{} {} {} {}", l.ip, client, l.expires, l.kind.as_str());
-        }
+        let mut s = String::new();
+        self.write_text(&mut s);
         s
+    }
+
+    /// [`LeaseState::to_text`] into a reused buffer.
+    pub fn write_text(&self, s: &mut String) {
+        s.push_str("# ringboot DHCP leases v1: address client expires(unix s) state\n");
+        for l in self.by_ip.values().filter(|l| l.kind != LeaseKind::Offered) {
+            let _ = writeln!(s, "{} {} {} {}", l.ip, l.client, l.expires, l.kind.as_str());
+        }
     }
 
     /// Parse [`LeaseState::to_text`]'s form. Offers in a file are ignored.
@@ -287,10 +539,12 @@ impl LeaseState {
             }
             let bad = || LeaseFileError::Line {
                 line: i + 1,
-                text: line.to_owned(),
+                text: line.chars().take(200).collect(),
             };
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let &[ip, client, expires, kind] = &f[..] else {
+            let mut f = line.split_whitespace();
+            let (Some(ip), Some(client), Some(expires), Some(kind), None) =
+                (f.next(), f.next(), f.next(), f.next(), f.next())
+            else {
                 return Err(bad());
             };
             let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
@@ -299,21 +553,23 @@ impl LeaseState {
             if kind == LeaseKind::Offered {
                 continue;
             }
-            let client = ClientKey(if client == "-" {
-                String::new()
-            } else {
-                client.to_owned()
-            });
-            st.by_ip.insert(
-                ip,
+            let client = ClientKey::parse(client).ok_or_else(bad)?;
+            st.put(
                 Lease {
                     ip,
                     client,
                     expires,
                     kind,
+                    since: 0,
+                    soft: false,
+                    changed: 0,
+                    seq: 0,
                 },
+                false,
             );
         }
+        st.version = 0;
+        st.saved = 0;
         Ok(st)
     }
 }
@@ -331,19 +587,128 @@ pub enum LeaseFileError {
     },
 }
 
-/// The lease file on disk.
-#[derive(Clone, Debug)]
+impl LeaseFileError {
+    /// The process (EMFILE) or the system (ENFILE) is out of file descriptors.
+    pub fn is_out_of_descriptors(&self) -> bool {
+        matches!(self, LeaseFileError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)))
+    }
+}
+
+/// The lease file on disk and the descriptors kept for saving it; see the module contract.
+#[derive(Debug)]
 pub struct LeaseStore {
     path: PathBuf,
+    dir_path: PathBuf,
+    name: CString,
+    tmp: CString,
+    /// The state directory, opened once.
+    dir: Option<OwnedFd>,
+    /// The inode named `name` (the lease file).
+    live: Option<OwnedFd>,
+    /// An inode named `tmp`, written by the next save.
+    spare: Option<OwnedFd>,
+    /// `RENAME_EXCHANGE` works here (cleared when the filesystem refuses it).
+    exchange: bool,
+    /// Files opened for saves (see [`LeaseStore::files_opened`]).
+    opened: u64,
+    text: String,
+}
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn file_id(fd: RawFd) -> io::Result<(u64, u64)> {
+    // SAFETY: fstat fills a zeroed stat for a descriptor we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+fn name_id(dir: RawFd, name: &CString) -> io::Result<(u64, u64)> {
+    // SAFETY: fstatat with a live directory descriptor, a NUL-terminated name and a zeroed stat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+fn open_at(dir: RawFd, name: &CString, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let flags = flags | libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    // SAFETY: openat with a live directory descriptor and a NUL-terminated name.
+    let fd = cvt(unsafe { libc::openat(dir, name.as_ptr(), flags, 0o644 as libc::c_uint) })?;
+    // SAFETY: fd was just returned by openat and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Replace the whole content of `fd` with `data` and fsync it.
+fn write_whole(fd: RawFd, data: &[u8]) -> io::Result<()> {
+    let mut off = 0usize;
+    while off < data.len() {
+        // SAFETY: pwrite from a live slice to a descriptor we own.
+        let n = unsafe {
+            libc::pwrite(
+                fd,
+                data[off..].as_ptr() as *const libc::c_void,
+                data.len() - off,
+                off as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        off += n as usize;
+    }
+    // SAFETY: plain syscalls on a descriptor we own.
+    cvt(unsafe { libc::ftruncate(fd, data.len() as libc::off_t) })?;
+    cvt(unsafe { libc::fsync(fd) })?;
+    Ok(())
 }
 
 impl LeaseStore {
     pub fn new(path: impl Into<PathBuf>) -> LeaseStore {
-        LeaseStore { path: path.into() }
+        let path: PathBuf = path.into();
+        let dir_path = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let file = path.file_name().unwrap_or_default().as_bytes().to_vec();
+        let mut tmp = file.clone();
+        tmp.extend_from_slice(b".tmp");
+        LeaseStore {
+            name: CString::new(file).unwrap_or_default(),
+            tmp: CString::new(tmp).unwrap_or_default(),
+            path,
+            dir_path,
+            dir: None,
+            live: None,
+            spare: None,
+            exchange: true,
+            opened: 0,
+            text: String::new(),
+        }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Files opened for saves so far: 2 after [`LeaseStore::load`] (the lease file and its
+    /// spare) and no more where names can be exchanged; one more per save where they cannot
+    /// (the next spare), and whenever a spare was lost.
+    pub fn files_opened(&self) -> u64 {
+        self.opened
     }
 
     fn io(&self, source: io::Error) -> LeaseFileError {
@@ -353,37 +718,118 @@ impl LeaseStore {
         }
     }
 
-    /// Read the table; a missing file is an empty table. Creates the directory if needed and
-    /// checks it is writable by saving once.
-    pub fn load(&self) -> Result<LeaseState, LeaseFileError> {
-        let st = match fs::read_to_string(&self.path) {
+    /// Read the table; a missing file is an empty table. Creates the directory if needed,
+    /// checks it is writable by saving once, and keeps the descriptors for later saves.
+    pub fn load(&mut self) -> Result<LeaseState, LeaseFileError> {
+        let mut st = match fs::read_to_string(&self.path) {
             Ok(text) => LeaseState::from_text(&text)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => LeaseState::default(),
             Err(e) => return Err(self.io(e)),
         };
         self.save(&st)?;
+        let v = st.version();
+        st.mark_saved(v);
         Ok(st)
     }
 
-    /// Write temp, fsync, rename, fsync the directory.
-    pub fn save(&self, st: &LeaseState) -> Result<(), LeaseFileError> {
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
+    /// Save `st` when it is dirty and mark it saved. See [`LeaseStore::save`].
+    pub fn commit(&mut self, st: &mut LeaseState) -> Result<(), LeaseFileError> {
+        if st.is_dirty() {
+            let v = st.version();
+            self.save(st)?;
+            st.mark_saved(v);
+        }
+        Ok(())
+    }
+
+    /// Write the whole table durably (see the module contract). On error nothing on disk
+    /// changed that the lease file shows.
+    pub fn save(&mut self, st: &LeaseState) -> Result<(), LeaseFileError> {
+        let mut text = std::mem::take(&mut self.text);
+        text.clear();
+        st.write_text(&mut text);
+        let r = self.write(text.as_bytes());
+        self.text = text;
+        r.map_err(|e| self.io(e))
+    }
+
+    fn dir_fd(&mut self) -> io::Result<RawFd> {
+        if let Some(d) = &self.dir {
+            return Ok(d.as_raw_fd());
+        }
+        fs::create_dir_all(&self.dir_path)?;
+        let p = CString::new(self.dir_path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: open with a NUL-terminated path.
+        let fd = cvt(unsafe {
+            libc::open(
+                p.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: fd was just returned by open and is owned by nobody else.
+        let d = unsafe { OwnedFd::from_raw_fd(fd) };
+        let raw = d.as_raw_fd();
+        self.dir = Some(d);
+        Ok(raw)
+    }
+
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        let dir = self.dir_fd()?;
+        // The held spare, if it is still the file named `tmp`.
+        let spare = self
+            .spare
+            .take()
+            .filter(|f| matches!((file_id(f.as_raw_fd()), name_id(dir, &self.tmp)), (Ok(a), Ok(b)) if a == b));
+        let file = match spare {
+            Some(f) => f,
+            None => {
+                self.opened += 1;
+                open_at(dir, &self.tmp, libc::O_CREAT | libc::O_TRUNC)?
+            }
         };
-        fs::create_dir_all(&dir).map_err(|e| self.io(e))?;
-        let mut tmp_name = self.path.file_name().unwrap_or_default().to_os_string();
-        tmp_name.push(".tmp");
-        let tmp = dir.join(tmp_name);
-        let mut f = fs::File::create(&tmp).map_err(|e| self.io(e))?;
-        f.write_all(st.to_text().as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| self.io(e))?;
-        drop(f);
-        fs::rename(&tmp, &self.path).map_err(|e| self.io(e))?;
-        fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| self.io(e))?;
+        write_whole(file.as_raw_fd(), data)?;
+        if self.exchange && self.live.is_some() {
+            // SAFETY: renameat2 with a live directory descriptor and NUL-terminated names.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_renameat2,
+                    dir,
+                    self.tmp.as_ptr(),
+                    dir,
+                    self.name.as_ptr(),
+                    libc::RENAME_EXCHANGE,
+                )
+            };
+            if rc == 0 {
+                // SAFETY: fsync of the directory descriptor we own.
+                cvt(unsafe { libc::fsync(dir) })?;
+                // The old lease file is the spare now, named `tmp`.
+                self.spare = self.live.take();
+                self.live = Some(file);
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                // The filesystem cannot exchange names: rename from now on.
+                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => self.exchange = false,
+                // No lease file (removed behind our back): rename.
+                Some(libc::ENOENT) => {}
+                _ => {
+                    self.spare = Some(file);
+                    return Err(e);
+                }
+            }
+        }
+        // SAFETY: renameat with a live directory descriptor and NUL-terminated names.
+        cvt(unsafe { libc::renameat(dir, self.tmp.as_ptr(), dir, self.name.as_ptr()) })?;
+        // SAFETY: fsync of the directory descriptor we own.
+        cvt(unsafe { libc::fsync(dir) })?;
+        self.live = Some(file);
+        // A spare for the next save, opened after this one is durable (best effort: without it
+        // the next save opens its file itself).
+        self.opened += 1;
+        self.spare = open_at(dir, &self.tmp, libc::O_CREAT | libc::O_TRUNC).ok();
         Ok(())
     }
 }
@@ -401,24 +847,97 @@ mod tests {
 
     #[test]
     fn keys() {
-        assert_eq!(key(1).0, "hw-01525400000001");
-        assert_eq!(ClientKey::new(Some(&[1, 2]), 1, &[9]).0, "id-0102");
-        assert_eq!(ClientKey::new(Some(&[]), 1, &[9]).0, "hw-0109");
+        assert_eq!(key(1).to_string(), "hw-01525400000001");
+        assert_eq!(
+            ClientKey::new(Some(&[1, 2]), 1, &[9]).to_string(),
+            "id-0102"
+        );
+        assert_eq!(ClientKey::new(Some(&[]), 1, &[9]).to_string(), "hw-0109");
+        for k in [
+            key(1),
+            ClientKey::new(Some(&[1, 2]), 1, &[9]),
+            ClientKey::NOBODY,
+        ] {
+            assert_eq!(ClientKey::parse(&k.to_string()), Some(k));
+        }
+        for bad in ["", "hw-", "hw-0", "xx-01", "hw-zz", "ih-0102"] {
+            assert_eq!(ClientKey::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn long_client_ids_are_bounded_and_stable() {
+        let id32 = [7u8; MAX_ID_VERBATIM];
+        let k = ClientKey::new(Some(&id32), 1, &[9]);
+        assert_eq!(k.kind(), KeyKind::Id);
+        assert_eq!(k.bytes(), &id32);
+        let long: Vec<u8> = (0..1024u32).map(|i| i as u8).collect();
+        let h = ClientKey::new(Some(&long), 1, &[9]);
+        assert_eq!(h.kind(), KeyKind::IdHash);
+        assert_eq!(h.bytes().len(), 16);
+        assert_eq!(h, ClientKey::new(Some(&long), 1, &[1, 2, 3]), "stable");
+        let mut other = long.clone();
+        other[1000] ^= 1;
+        assert_ne!(h, ClientKey::new(Some(&other), 1, &[9]));
+        // Stable across versions: a fixed value.
+        assert_eq!(
+            ClientKey::new(Some(&[0xab; 40]), 1, &[]).to_string(),
+            format!("ih-{}", {
+                let mut s = String::new();
+                for b in fnv1a_128(&[0xab; 40]) {
+                    let _ = write!(s, "{b:02x}");
+                }
+                s
+            })
+        );
+        assert_eq!(
+            fnv1a_128(b""),
+            0x6c62_272e_07bb_0142_62b8_2175_6295_c58du128.to_be_bytes()
+        );
+        assert_eq!(
+            fnv1a_128(b"a"),
+            0xd228_cb69_6f1a_8caf_7891_2b70_4e4a_8964u128.to_be_bytes(),
+            "the published FNV-1a 128 test vector"
+        );
+        // A line of a 1 KB id is short; an old file's long `id-` is read as its hash.
+        let mut st = LeaseState::new();
+        st.bind(ip(10), &h, 0, 3700);
+        let text = st.to_text();
+        assert!(text.lines().all(|l| l.len() < 120), "{text}");
+        let mut old_hex = String::from("id-");
+        for b in &long {
+            let _ = write!(old_hex, "{b:02x}");
+        }
+        let back = LeaseState::from_text(&format!("10.0.0.10 {old_hex} 3700 bound\n")).unwrap();
+        assert_eq!(back.get(ip(10)).unwrap().client, h);
+        assert!(back.knows(&h));
     }
 
     #[test]
     fn offer_bind_release_decline() {
         let mut st = LeaseState::new();
-        st.offer(ip(10), &key(1), 160);
+        st.offer(ip(10), &key(1), 100, 160, false);
         assert!(!st.take_dirty(), "offers are not persisted");
+        assert!(st.knows(&key(1)));
         assert!(!st.is_free_for(ip(10), &key(2), 100));
+        assert!(
+            !st.may_bind(ip(10), &key(2), 100),
+            "a firm offer is reserved"
+        );
         assert!(st.is_free_for(ip(10), &key(1), 100));
         assert!(st.is_free_for(ip(10), &key(2), 160), "offer expired");
-        st.bind(ip(10), &key(1), 3700);
-        assert!(st.take_dirty());
+        st.bind(ip(10), &key(1), 100, 3700);
+        assert!(st.is_dirty());
+        assert!(!st.is_durable(ip(10)));
+        let v = st.version();
+        st.mark_saved(v);
+        assert!(st.is_durable(ip(10)));
+        assert!(!st.is_dirty());
         assert_eq!(st.of_client(&key(1)).unwrap().kind, LeaseKind::Bound);
         assert!(!st.is_free_for(ip(10), &key(2), 200));
+        assert!(!st.may_bind(ip(10), &key(2), 200));
         assert!(st.release(ip(10), &key(1), 300));
+        assert!(st.is_dirty());
         assert!(!st.release(ip(10), &key(2), 300));
         assert!(st.is_free_for(ip(10), &key(2), 301));
         assert_eq!(
@@ -430,24 +949,44 @@ mod tests {
         assert!(!st.is_free_for(ip(11), &key(1), 999));
         assert!(st.is_free_for(ip(11), &key(1), 1000));
         // Binding elsewhere drops the old record.
-        st.bind(ip(12), &key(1), 5000);
+        st.bind(ip(12), &key(1), 400, 5000);
         assert!(st.get(ip(10)).is_none());
+        assert_eq!(st.of_client(&key(1)).unwrap().ip, ip(12));
+        // An offer to another client replaces the declined record only when asked to.
+        st.offer(ip(13), &key(2), 400, 410, true);
+        st.offer(ip(14), &key(2), 400, 410, true);
+        assert!(st.get(ip(13)).is_none(), "one offer per client");
+        assert!(
+            st.may_bind(ip(14), &key(3), 405),
+            "a soft offer: first REQUEST wins"
+        );
+        st.withdraw_offer(&key(2));
+        assert!(!st.knows(&key(2)));
+        assert!(st.get(ip(14)).is_none());
     }
 
     #[test]
     fn text_round_trip_and_errors() {
         let mut st = LeaseState::new();
-        st.bind(ip(10), &key(1), 3700);
+        st.bind(ip(10), &key(1), 100, 3700);
         st.decline(ip(11), 1000);
-        st.offer(ip(12), &key(3), 100);
+        st.offer(ip(12), &key(3), 50, 100, false);
         let text = st.to_text();
         assert!(!text.contains("offered"));
         let back = LeaseState::from_text(&text).unwrap();
-        assert_eq!(back.get(ip(10)), st.get(ip(10)));
-        assert_eq!(back.get(ip(11)), st.get(ip(11)));
+        for n in [10, 11] {
+            let (a, b) = (back.get(ip(n)).unwrap(), st.get(ip(n)).unwrap());
+            assert_eq!((a.client, a.expires, a.kind), (b.client, b.expires, b.kind));
+        }
         assert!(back.get(ip(12)).is_none());
+        assert!(back.is_durable(ip(10)), "what the file holds is durable");
+        assert!(!back.is_dirty());
         assert!(matches!(
             LeaseState::from_text("10.0.0.1 x\n"),
+            Err(LeaseFileError::Line { line: 1, .. })
+        ));
+        assert!(matches!(
+            LeaseState::from_text("10.0.0.1 hw-zz 5 bound\n"),
             Err(LeaseFileError::Line { line: 1, .. })
         ));
     }
@@ -455,13 +994,54 @@ mod tests {
     #[test]
     fn store_save_load() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LeaseStore::new(dir.path().join("sub/dhcp.leases"));
+        let mut store = LeaseStore::new(dir.path().join("sub/dhcp.leases"));
         let mut st = store.load().unwrap();
         assert!(st.is_empty());
-        st.bind(ip(10), &key(1), 3700);
-        store.save(&st).unwrap();
-        let back = store.load().unwrap();
+        st.bind(ip(10), &key(1), 100, 3700);
+        store.commit(&mut st).unwrap();
+        assert!(st.is_durable(ip(10)));
+        let back = LeaseStore::new(dir.path().join("sub/dhcp.leases"))
+            .load()
+            .unwrap();
         assert_eq!(back.get(ip(10)).unwrap().client, key(1));
-        assert!(!dir.path().join("sub/dhcp.leases.tmp").exists());
+    }
+
+    /// After the first save, a save opens nothing: it writes the held spare and exchanges the
+    /// names (on filesystems that can; tmpfs and ext4 can).
+    #[test]
+    fn saves_reuse_held_descriptors_and_notice_a_replaced_spare() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dhcp.leases");
+        let mut store = LeaseStore::new(&path);
+        let mut st = store.load().unwrap();
+        assert_eq!(store.files_opened(), 2);
+        for n in 0..50u8 {
+            st.bind(ip(n), &key(n), 100, 3700 + u64::from(n));
+            store.commit(&mut st).unwrap();
+            let on_disk = fs::read_to_string(&path).unwrap();
+            assert_eq!(on_disk, st.to_text(), "save {n}");
+        }
+        if store.exchange {
+            assert_eq!(
+                store.files_opened(),
+                2,
+                "no file opened after the first save"
+            );
+        }
+        // Someone replaces the spare: the next save writes a fresh temporary file instead of
+        // renaming the stranger's file over the leases.
+        let tmp = dir.path().join("dhcp.leases.tmp");
+        fs::remove_file(&tmp).unwrap();
+        fs::write(&tmp, "not ours\n").unwrap();
+        st.bind(ip(60), &key(60), 100, 9999);
+        store.commit(&mut st).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), st.to_text());
+        // The lease file removed behind our back: the next save writes it again.
+        fs::remove_file(&path).unwrap();
+        st.bind(ip(61), &key(61), 100, 9999);
+        store.commit(&mut st).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), st.to_text());
+        let back = LeaseStore::new(&path).load().unwrap();
+        assert_eq!(back.len(), st.len());
     }
 }

@@ -1,4 +1,4 @@
-//! The DHCP driver: sockets, the lease file and the clock around [`decide`].
+//! The DHCP driver: sockets, the lease file and the clock around [`decide_noted`].
 //!
 //! Contract:
 //! - One thread. UDP sockets on `0.0.0.0:67` (always), `0.0.0.0:4011` (proxy mode) and
@@ -7,24 +7,43 @@
 //! - A broadcast reply leaves by the interface the request came in on (`IP_PKTINFO` with
 //!   `ipi_ifindex` on `sendmsg`); a unicast reply goes to the address and port the decision names
 //!   (for port 4011, the port the request came from).
-//! - When the decision changed the lease table, the table is written (temp, fsync, rename, fsync
-//!   directory) before the reply is sent; if that fails the reply is not sent.
-//! - Bad datagrams and floods are dropped and counted; a summary is logged at most every 10 s.
+//! - Every parsed request passes [`Admission`] first (per-client and per-segment token buckets,
+//!   bounded tables; `client_rate` and `segment_rate` in `[dhcp]`).
+//! - Group commit: each turn drains up to [`BATCH`] datagrams per socket. A reply that confirms
+//!   a lease whose record is not yet on disk (a bind or an extended renewal) waits; every other
+//!   reply (offers, NAKs, proxy replies, INFORM, a cached renewal of a saved lease) leaves at once.
+//!   At the end of the turn (or when [`MAX_PENDING`] replies wait) the table is saved once, with
+//!   one file fsync and one directory fsync, and then the waiting ACKs leave. If the save fails
+//!   (a full disk, no descriptor left) they are dropped, the client retries, the failure is
+//!   logged at most once a second and the save is tried again next turn; everything that needs no
+//!   save keeps being answered. A crash therefore never leaves an ACKed lease off the disk.
+//! - Logs: every line a peer can cause once per datagram goes through a
+//!   [`LogLimit`](crate::ratelog::LogLimit): dropped datagrams (one summary every 10 s with a
+//!   count per reason), a full pool, the iPXE loop, DECLINEs, replies from other DHCP servers,
+//!   failed saves and sends. DEBUG shows every reply (a diagnostic switch, not rate-limited).
 //! - Full mode probes for other DHCP servers at start and every 10 minutes and warns about any
-//!   BOOTREPLY from a server id that is not ours.
-//! - The thread ends within half a second of `shutdown` being set.
+//!   BOOTREPLY from a server id that is not ours; the server ids already reported are kept in a
+//!   table of [`OTHER_SERVERS`] entries (the oldest goes first), so forged replies from random
+//!   ids cost a bounded table and a rate-limited line.
+//! - Nothing is allocated per datagram beyond dhcproto's decode and the encoded reply: the
+//!   receive buffer, the poll set and the queue of waiting replies are reused.
+//! - The thread ends within half a second of `shutdown` being set (after a last save). It never
+//!   ends silently: a loop error (the sockets cannot be polled any more) is logged at ERROR
+//!   before the thread returns, and a panic is logged at ERROR and carried on to `join`.
 
 use super::config::{same_subnet, DhcpConfig, DhcpMode};
-use super::decide::{decide, mac_str, Context, Destination, ServerPort};
+use super::decide::{client_key, decide_noted, mac_str, Context, Destination, Note, ServerPort};
 use super::leases::{LeaseState, LeaseStore};
+use super::limit::{Admission, Refused};
 use super::sys::{self, IfAddr, RecvInfo};
 use super::wire::{self, Malformed};
+use crate::ratelog::LogLimit;
 use anyhow::Context as _;
-use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
+use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use socket2::Socket;
-use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -32,14 +51,24 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// How often full mode looks for another DHCP server.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(600);
-/// Requests accepted per second from one hardware address before the rest are dropped.
-pub const PER_CLIENT_RATE: u32 = 20;
-/// Requests accepted per second in all.
-pub const TOTAL_RATE: u32 = 2000;
+/// Requests accepted per second from one hardware address by default.
+pub const PER_CLIENT_RATE: u32 = super::limit::DEFAULT_CLIENT_RATE;
+/// Datagrams read from one socket per turn.
+pub const BATCH: usize = 64;
+/// Lease-confirming replies that may wait for one save.
+pub const MAX_PENDING: usize = 64;
+/// Other servers' ids remembered (so each is reported once per [`PROBE_INTERVAL`]).
+pub const OTHER_SERVERS: usize = 16;
+/// The drop summary's interval.
+pub const DROP_SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+/// Consecutive poll failures after which the thread gives up.
+const POLL_FAILURES: u32 = 10;
 
-/// Start the responder on its own thread. `Off` returns a thread that ends at once. Errors name
-/// what to fix: a port in use, missing privileges, an interface without address, a bad config,
-/// an unreadable lease file.
+/// Start the responder on its own thread. `Off` returns a thread that ends at once (a caller
+/// that treats the end of a service thread as fatal starts none for `Off`). Otherwise the thread
+/// ends only after `shutdown`, or after logging at ERROR why it stopped (see the module
+/// contract). Errors name what to fix: a port in use, missing privileges, an interface without
+/// address, a bad config, an unreadable lease file.
 pub fn spawn(cfg: DhcpConfig, shutdown: Arc<AtomicBool>) -> anyhow::Result<JoinHandle<()>> {
     let mut cfg = cfg;
     if cfg.mode == DhcpMode::Off {
@@ -73,7 +102,7 @@ pub fn spawn(cfg: DhcpConfig, shutdown: Arc<AtomicBool>) -> anyhow::Result<JoinH
         None
     };
     let (store, state) = if cfg.mode == DhcpMode::Full {
-        let store = LeaseStore::new(cfg.lease_path());
+        let mut store = LeaseStore::new(cfg.lease_path());
         let state = store.load()?;
         tracing::info!(file = %store.path().display(), leases = state.len(), "DHCP leases loaded");
         (Some(store), state)
@@ -87,7 +116,12 @@ pub fn spawn(cfg: DhcpConfig, shutdown: Arc<AtomicBool>) -> anyhow::Result<JoinH
         "DHCP responder listening on UDP 67{}",
         if s4011.is_some() { " and 4011" } else { "" }
     );
+    let now = Instant::now();
     let mut driver = Driver {
+        admission: Admission::new(cfg.client_rate, cfg.segment_rate, now),
+        pollfds: [sys::pollin(&s67); 3],
+        which: [Which::S67; 3],
+        npoll: 0,
         cfg,
         s67,
         s4011,
@@ -95,106 +129,250 @@ pub fn spawn(cfg: DhcpConfig, shutdown: Arc<AtomicBool>) -> anyhow::Result<JoinH
         store,
         state,
         ifs: sys::interfaces().unwrap_or_default(),
-        ifs_at: Instant::now(),
-        drops: Drops::default(),
-        limiter: Limiter::new(),
+        ifs_at: now,
+        drops: Drops::new(),
+        logs: Logs::new(),
+        pending: Vec::with_capacity(MAX_PENDING),
+        save_failing: false,
         probe_xid: None,
-        next_probe: Instant::now(),
-        warned: HashMap::new(),
+        next_probe: now,
+        others: OtherServers::default(),
     };
+    driver.npoll = 1;
+    if let Some(s) = &driver.s4011 {
+        driver.pollfds[driver.npoll] = sys::pollin(s);
+        driver.which[driver.npoll] = Which::S4011;
+        driver.npoll += 1;
+    }
+    if let Some(s) = &driver.s68 {
+        driver.pollfds[driver.npoll] = sys::pollin(s);
+        driver.which[driver.npoll] = Which::S68;
+        driver.npoll += 1;
+    }
     let handle = std::thread::Builder::new()
         .name("dhcp".into())
-        .spawn(move || driver.run(&shutdown))
+        .spawn(move || {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| driver.run(&shutdown))) {
+                Ok(Ok(())) => tracing::info!("DHCP responder stopped"),
+                Ok(Err(e)) => tracing::error!(
+                    "DHCP responder stopped: {e}; DHCP clients get no answer until ringboot is restarted"
+                ),
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "(no message)".into());
+                    tracing::error!(
+                        "DHCP responder panicked: {msg}; DHCP clients get no answer until ringboot is restarted (please report this)"
+                    );
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        })
         .context("starting the DHCP thread")?;
     Ok(handle)
 }
 
-/// Dropped datagrams by reason, logged as one line at most every 10 s.
-#[derive(Default)]
+/// Why the DHCP loop gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error("polling the DHCP sockets failed {POLL_FAILURES} times in a row: {0}")]
+    Poll(#[source] io::Error),
+    #[error("a DHCP socket is no longer valid (poll reported POLLNVAL)")]
+    SocketInvalid,
+}
+
+/// Why a datagram (or a reply) was dropped: one counter each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drop {
+    Malformed(Malformed),
+    TooLong,
+    Refused(Refused),
+    NoLocalAddress,
+    /// An ACK not sent because its lease could not be saved.
+    AckNotSaved,
+}
+
+const DROP_NAMES: [&str; 15] = [
+    "truncated",
+    "too_long",
+    "not_bootrequest",
+    "bad_hlen",
+    "bad_cookie",
+    "option_overflow",
+    "bad_option_length",
+    "no_message_type",
+    "undecodable",
+    "flood_client",
+    "flood_segment",
+    "flood_unknown_relays",
+    "no_local_address",
+    "ack_not_saved",
+    "oversized",
+];
+
+impl Drop {
+    fn index(self) -> usize {
+        match self {
+            Drop::Malformed(m) => match m {
+                Malformed::Truncated => 0,
+                Malformed::TooLong => 1,
+                Malformed::NotRequest => 2,
+                Malformed::BadHlen => 3,
+                Malformed::BadCookie => 4,
+                Malformed::OptionOverflow => 5,
+                Malformed::BadOptionLength(_) => 6,
+                Malformed::NoMessageType => 7,
+                Malformed::Decode => 8,
+            },
+            Drop::Refused(Refused::Client) => 9,
+            Drop::Refused(Refused::Segment) => 10,
+            Drop::Refused(Refused::UnknownRelays) => 11,
+            Drop::NoLocalAddress => 12,
+            Drop::AckNotSaved => 13,
+            Drop::TooLong => 14,
+        }
+    }
+}
+
+/// Dropped datagrams by reason: one summary line at most every [`DROP_SUMMARY_INTERVAL`].
 struct Drops {
-    counts: HashMap<&'static str, u64>,
+    counts: [u64; DROP_NAMES.len()],
     total: u64,
-    last_log: Option<Instant>,
+    limit: LogLimit,
 }
 
 impl Drops {
-    fn count(&mut self, why: &'static str) {
-        *self.counts.entry(why).or_default() += 1;
-        self.total += 1;
-    }
-    fn maybe_log(&mut self, now: Instant) {
-        if self.counts.is_empty()
-            || self
-                .last_log
-                .is_some_and(|t| now - t < Duration::from_secs(10))
-        {
-            return;
+    fn new() -> Drops {
+        Drops {
+            counts: [0; DROP_NAMES.len()],
+            total: 0,
+            limit: LogLimit::new(DROP_SUMMARY_INTERVAL),
         }
-        let mut parts: Vec<String> = self
-            .counts
+    }
+
+    fn count(&mut self, why: Drop, now: Instant) {
+        self.counts[why.index()] += 1;
+        self.total += 1;
+        if self.limit.allow(now).is_some() {
+            self.log();
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        if self.limit.flush(now).is_some() {
+            self.log();
+        }
+    }
+
+    fn log(&mut self) {
+        let parts: Vec<String> = DROP_NAMES
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            .zip(&self.counts)
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k}={n}"))
             .collect();
-        parts.sort();
         tracing::warn!(
             total = self.total,
             "dropped DHCP datagrams: {}",
             parts.join(" ")
         );
-        self.counts.clear();
-        self.last_log = Some(now);
+        self.counts = [0; DROP_NAMES.len()];
     }
 }
 
-fn malformed_name(m: Malformed) -> &'static str {
-    match m {
-        Malformed::Truncated => "truncated",
-        Malformed::TooLong => "too_long",
-        Malformed::NotRequest => "not_bootrequest",
-        Malformed::BadHlen => "bad_hlen",
-        Malformed::BadCookie => "bad_cookie",
-        Malformed::OptionOverflow => "option_overflow",
-        Malformed::BadOptionLength(_) => "bad_option_length",
-        Malformed::NoMessageType => "no_message_type",
-        Malformed::Decode => "undecodable",
+/// The kinds of rate-limited lines (one [`LogLimit`] each).
+#[derive(Clone, Copy)]
+enum Kind {
+    PoolFull,
+    IpxeLoop,
+    Declined,
+    ForeignDecline,
+    OtherServer,
+    SaveFailed,
+    SendFailed,
+    RecvFailed,
+    PollFailed,
+}
+
+const KINDS: usize = 9;
+
+/// What a kind's summary line says after its count.
+const KIND_SUMMARY: [&str; KINDS] = [
+    "more DISCOVERs found the DHCP pool full",
+    "more iPXE requests were not answered (boot loop)",
+    "more DHCPDECLINEs took addresses out of the pool",
+    "more DHCPDECLINEs from clients that hold no such address were ignored",
+    "more replies from other DHCP servers were seen",
+    "more lease-file saves failed",
+    "more DHCP replies could not be sent",
+    "more DHCP receive errors",
+    "more DHCP poll errors",
+];
+
+struct Logs([LogLimit; KINDS]);
+
+impl Logs {
+    fn new() -> Logs {
+        Logs(std::array::from_fn(|_| LogLimit::default()))
+    }
+
+    /// `Some(suppressed)` when a line of `kind` may be logged now.
+    fn allow(&mut self, kind: Kind, now: Instant) -> Option<u64> {
+        self.0[kind as usize].allow(now)
+    }
+
+    fn tick(&mut self, now: Instant) {
+        for (l, what) in self.0.iter_mut().zip(KIND_SUMMARY) {
+            if let Some(n) = l.flush(now) {
+                tracing::warn!("{n} {what} in the last interval");
+            }
+        }
     }
 }
 
-/// Per-client and total request rates, in one-second windows.
-struct Limiter {
-    window: Instant,
-    total: u32,
-    per_client: HashMap<Vec<u8>, u32>,
+/// Server ids of other DHCP servers already reported, bounded (see the module contract).
+#[derive(Default)]
+struct OtherServers {
+    seen: [Option<(Ipv4Addr, Instant)>; OTHER_SERVERS],
 }
 
-impl Limiter {
-    fn new() -> Limiter {
-        Limiter {
-            window: Instant::now(),
-            total: 0,
-            per_client: HashMap::new(),
+impl OtherServers {
+    /// Whether `sid` should be reported now: unknown, or reported `again` ago or longer. It is
+    /// recorded either way; a full table forgets its oldest entry.
+    fn report(&mut self, sid: Ipv4Addr, now: Instant, again: Duration) -> bool {
+        if let Some(e) = self.seen.iter_mut().flatten().find(|(s, _)| *s == sid) {
+            if now.saturating_duration_since(e.1) < again {
+                return false;
+            }
+            e.1 = now;
+            return true;
         }
+        let slot = self
+            .seen
+            .iter_mut()
+            .min_by_key(|e| e.map(|(_, t)| Some(t)))
+            .expect("OTHER_SERVERS > 0");
+        *slot = Some((sid, now));
+        true
     }
-    fn admit(&mut self, now: Instant, chaddr: &[u8]) -> Result<(), &'static str> {
-        if now - self.window >= Duration::from_secs(1) {
-            self.window = now;
-            self.total = 0;
-            self.per_client.clear();
-        }
-        self.total += 1;
-        if self.total > TOTAL_RATE {
-            return Err("flood_total");
-        }
-        if self.per_client.len() >= 4096 && !self.per_client.contains_key(chaddr) {
-            return Err("flood_clients");
-        }
-        let n = self.per_client.entry(chaddr.to_vec()).or_default();
-        *n += 1;
-        if *n > PER_CLIENT_RATE {
-            return Err("flood_client");
-        }
-        Ok(())
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.seen.iter().flatten().count()
     }
+}
+
+/// A reply ready to send.
+struct Outgoing {
+    bytes: Vec<u8>,
+    dest: SocketAddrV4,
+    ifindex: u32,
+    src: Ipv4Addr,
+    port: ServerPort,
+    /// The lease this reply confirms, when it must be on disk first.
+    lease: Option<Ipv4Addr>,
 }
 
 struct Driver {
@@ -202,93 +380,220 @@ struct Driver {
     s67: Socket,
     s4011: Option<Socket>,
     s68: Option<Socket>,
+    pollfds: [libc::pollfd; 3],
+    which: [Which; 3],
+    npoll: usize,
     store: Option<LeaseStore>,
     state: LeaseState,
     ifs: Vec<IfAddr>,
     ifs_at: Instant,
+    admission: Admission,
     drops: Drops,
-    limiter: Limiter,
+    logs: Logs,
+    /// Replies waiting for the next save (group commit).
+    pending: Vec<Outgoing>,
+    save_failing: bool,
     probe_xid: Option<(u32, Instant)>,
     next_probe: Instant,
-    warned: HashMap<Ipv4Addr, Instant>,
+    others: OtherServers,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Which {
     S67,
     S4011,
     S68,
 }
 
+/// The boot file of a reply, for the DEBUG line.
+fn file_of(m: &Message) -> String {
+    m.fname()
+        .map(|f| String::from_utf8_lossy(f).trim_end_matches('\0').to_owned())
+        .unwrap_or_default()
+}
+
+/// Send `out` on the socket of its port.
+fn send_on(s67: &Socket, s4011: Option<&Socket>, logs: &mut Logs, out: &Outgoing, now: Instant) {
+    let sock = match out.port {
+        ServerPort::Dhcp => s67,
+        ServerPort::BootServer => s4011.unwrap_or(s67),
+    };
+    if let Err(e) = sys::send(sock, &out.bytes, out.dest, out.ifindex, out.src) {
+        if let Some(n) = logs.allow(Kind::SendFailed, now) {
+            tracing::warn!(to = %out.dest, suppressed = n, "sending a DHCP reply failed: {e}");
+        }
+    }
+}
+
+/// Group commit: when `state` changed, `save` it once; then `send` the replies in `pending` in
+/// order, except those confirming a lease that is still not on disk (the save failed, or the
+/// record changed again), which go to `dropped`. `pending` is left empty with its capacity.
+/// Returns the save's outcome, `None` when nothing needed saving.
+fn group_commit<E>(
+    state: &mut LeaseState,
+    pending: &mut Vec<Outgoing>,
+    save: impl FnOnce(&LeaseState) -> Result<(), E>,
+    mut send: impl FnMut(&Outgoing),
+    mut dropped: impl FnMut(),
+) -> Option<Result<(), E>> {
+    let saved = state.is_dirty().then(|| {
+        let v = state.version();
+        let r = save(state);
+        if r.is_ok() {
+            state.mark_saved(v);
+        }
+        r
+    });
+    for out in pending.drain(..) {
+        match out.lease {
+            Some(ip) if !state.is_durable(ip) => dropped(),
+            _ => send(&out),
+        }
+    }
+    saved
+}
+
+/// Log a decision's note through its rate limit.
+fn log_note(logs: &mut Logs, note: Note, req: &Message, now: Instant) {
+    match note {
+        Note::PoolFull { range } => {
+            if let Some(n) = logs.allow(Kind::PoolFull, now) {
+                tracing::warn!(
+                    client = %mac_str(req.chaddr()),
+                    suppressed = n,
+                    "DHCP pool {}-{} is full: no address to offer",
+                    range.start,
+                    range.end
+                );
+            }
+        }
+        Note::IpxeLoop { file } => {
+            if let Some(n) = logs.allow(Kind::IpxeLoop, now) {
+                tracing::warn!(
+                    client = %mac_str(req.chaddr()),
+                    file,
+                    suppressed = n,
+                    "iPXE asked again and would get the iPXE binary {file:?} (a boot loop): not answering; set ipxe_script (or a [[dhcp.rule]] with user_class = \"iPXE\")"
+                );
+            }
+        }
+        Note::Declined { ip, hold } => {
+            if let Some(n) = logs.allow(Kind::Declined, now) {
+                tracing::warn!(
+                    client = %mac_str(req.chaddr()),
+                    suppressed = n,
+                    "DHCPDECLINE {ip} from its holder: someone else uses it; out of the pool for {} s",
+                    hold.as_secs()
+                );
+            }
+        }
+        Note::ForeignDecline { ip } => {
+            if let Some(n) = logs.allow(Kind::ForeignDecline, now) {
+                let ip = ip.map_or_else(|| "no address".to_owned(), |i| i.to_string());
+                tracing::warn!(
+                    client = %mac_str(req.chaddr()),
+                    suppressed = n,
+                    "ignored a DHCPDECLINE for {ip}: this client holds no offer or lease of it (a forged DECLINE would take the address from its holder)"
+                );
+            }
+        }
+        Note::Reclaimed { ip } => {
+            tracing::debug!(client = %mac_str(req.chaddr()), "DHCP pool full: offering {ip}, softly offered before, again");
+        }
+    }
+}
+
 impl Driver {
-    fn run(&mut self, shutdown: &AtomicBool) {
+    fn sock(&self, w: Which) -> &Socket {
+        match w {
+            Which::S67 => &self.s67,
+            Which::S4011 => self.s4011.as_ref().unwrap_or(&self.s67),
+            Which::S68 => self.s68.as_ref().unwrap_or(&self.s67),
+        }
+    }
+
+    fn run(&mut self, shutdown: &AtomicBool) -> Result<(), LoopError> {
         let mut buf = vec![0u8; 2048];
+        let mut poll_failures = 0u32;
         while !shutdown.load(Ordering::Relaxed) {
             let now = Instant::now();
             if self.s68.is_some() && now >= self.next_probe {
                 self.probe();
                 self.next_probe = now + PROBE_INTERVAL;
             }
-            self.drops.maybe_log(now);
-            let mut socks: Vec<(&Socket, Which)> = vec![(&self.s67, Which::S67)];
-            if let Some(s) = &self.s4011 {
-                socks.push((s, Which::S4011));
+            self.drops.tick(now);
+            self.logs.tick(now);
+            if self.state.is_dirty() {
+                // A save that failed last turn is tried again.
+                self.commit(now);
             }
-            if let Some(s) = &self.s68 {
-                socks.push((s, Which::S68));
-            }
-            let refs: Vec<&Socket> = socks.iter().map(|(s, _)| *s).collect();
-            let ready = match sys::poll_readable(&refs, 250) {
-                Ok(r) => r,
+            let npoll = self.npoll;
+            match sys::poll(&mut self.pollfds[..npoll], 250) {
+                Ok(_) => poll_failures = 0,
                 Err(e) => {
-                    tracing::error!("DHCP poll failed: {e}");
-                    std::thread::sleep(Duration::from_millis(250));
+                    poll_failures += 1;
+                    if poll_failures >= POLL_FAILURES {
+                        return Err(LoopError::Poll(e));
+                    }
+                    if let Some(n) = self.logs.allow(Kind::PollFailed, now) {
+                        tracing::error!(suppressed = n, "DHCP poll failed: {e}");
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
                     continue;
                 }
-            };
-            let which: Vec<Which> = socks
-                .iter()
-                .zip(ready)
-                .filter(|(_, r)| *r)
-                .map(|((_, w), _)| *w)
-                .collect();
-            for w in which {
-                // Drain a bounded batch so one socket cannot starve the others.
-                for _ in 0..64 {
-                    let sock = match w {
-                        Which::S67 => &self.s67,
-                        Which::S4011 => self.s4011.as_ref().unwrap_or(&self.s67),
-                        Which::S68 => self.s68.as_ref().unwrap_or(&self.s67),
-                    };
-                    match sys::recv(sock, &mut buf) {
+            }
+            for i in 0..npoll {
+                let revents = self.pollfds[i].revents;
+                if revents & libc::POLLNVAL != 0 {
+                    return Err(LoopError::SocketInvalid);
+                }
+                if revents & (libc::POLLIN | libc::POLLERR) == 0 {
+                    continue;
+                }
+                let w = self.which[i];
+                // A bounded batch so one socket cannot starve the others.
+                for _ in 0..BATCH {
+                    let r = sys::recv(self.sock(w), &mut buf);
+                    match r {
                         Ok(info) => {
-                            let len = info.len.min(buf.len());
                             if info.len > buf.len() {
-                                self.drops.count("too_long");
+                                self.drops.count(Drop::TooLong, Instant::now());
                                 continue;
                             }
-                            let data = buf[..len].to_vec();
+                            let data = &buf[..info.len];
                             match w {
-                                Which::S68 => self.observe(&data, &info),
-                                Which::S67 => self.handle(&data, &info, ServerPort::Dhcp),
-                                Which::S4011 => self.handle(&data, &info, ServerPort::BootServer),
+                                Which::S68 => self.observe(data, &info),
+                                Which::S67 => self.handle(data, &info, ServerPort::Dhcp),
+                                Which::S4011 => self.handle(data, &info, ServerPort::BootServer),
+                            }
+                            if self.pending.len() >= MAX_PENDING {
+                                self.commit(Instant::now());
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => {
-                            tracing::debug!("DHCP recv: {e}");
+                            if let Some(n) = self.logs.allow(Kind::RecvFailed, Instant::now()) {
+                                tracing::warn!(suppressed = n, "DHCP receive failed: {e}");
+                            }
                             break;
                         }
                     }
                 }
             }
+            self.commit(Instant::now());
         }
-        tracing::info!("DHCP responder stopped");
+        self.commit(Instant::now());
+        Ok(())
     }
 
-    fn iface(&mut self, ifindex: u32) -> Option<IfAddr> {
-        let find = |ifs: &[IfAddr]| ifs.iter().find(|i| i.index == ifindex).cloned();
+    /// The address and netmask of interface `ifindex`.
+    fn iface(&mut self, ifindex: u32) -> Option<(Ipv4Addr, Ipv4Addr)> {
+        let find = |ifs: &[IfAddr]| {
+            ifs.iter()
+                .find(|i| i.index == ifindex)
+                .map(|i| (i.addr, i.netmask))
+        };
         if let Some(i) = find(&self.ifs) {
             return Some(i);
         }
@@ -300,6 +605,15 @@ impl Driver {
     }
 
     fn handle(&mut self, data: &[u8], info: &RecvInfo, port: ServerPort) {
+        let now = Instant::now();
+        // The client's own rate first, from the fixed header: a flood from one MAC costs no
+        // decoding.
+        if let Some((htype, chaddr, _)) = wire::peek_request(data) {
+            if let Err(why) = self.admission.admit_client(now, htype, chaddr) {
+                self.drops.count(Drop::Refused(why), now);
+                return;
+            }
+        }
         let req = match wire::parse_request(data) {
             Ok(r) => r,
             Err(Malformed::NotRequest) if data.first() == Some(&2) => {
@@ -308,7 +622,7 @@ impl Driver {
                 return;
             }
             Err(m) => {
-                self.drops.count(malformed_name(m));
+                self.drops.count(Drop::Malformed(m), now);
                 return;
             }
         };
@@ -317,24 +631,25 @@ impl Driver {
                 return; // our own probe
             }
         }
-        if let Err(why) = self.limiter.admit(Instant::now(), req.chaddr()) {
-            self.drops.count(why);
+        let known = self.store.is_some() && self.state.knows(&client_key(&req));
+        if let Err(why) = self.admission.admit_segment(now, req.giaddr(), known) {
+            self.drops.count(Drop::Refused(why), now);
             return;
         }
         let iface = self.iface(info.ifindex);
         let server_ip = self
             .cfg
             .server_ip
-            .or(iface.as_ref().map(|i| i.addr))
+            .or(iface.map(|i| i.0))
             .unwrap_or(info.local);
         if server_ip.is_unspecified() {
-            self.drops.count("no_local_address");
+            self.drops.count(Drop::NoLocalAddress, now);
             return;
         }
         let netmask = self
             .cfg
             .netmask
-            .or(iface.as_ref().map(|i| i.netmask))
+            .or(iface.map(|i| i.1))
             .unwrap_or(Ipv4Addr::new(255, 255, 255, 0));
         let ctx = Context {
             server_ip,
@@ -343,59 +658,92 @@ impl Driver {
             source: info.source,
             now: SystemTime::now(),
         };
-        let ty = req.opts().msg_type();
-        let Some(reply) = decide(&req, &ctx, &mut self.state, &self.cfg) else {
-            tracing::trace!(client = %mac_str(req.chaddr()), ?ty, "DHCP request not answered");
-            // A DECLINE or RELEASE changes the table without a reply.
-            self.persist();
+        let decision = decide_noted(&req, &ctx, &mut self.state, &self.cfg);
+        if let Some(note) = decision.note {
+            log_note(&mut self.logs, note, &req, now);
+        }
+        let Some(reply) = decision.reply else {
+            tracing::trace!(client = %mac_str(req.chaddr()), ty = ?req.opts().msg_type(), "DHCP request not answered");
             return;
         };
-        if !self.persist() {
-            return;
-        }
-        let bytes = reply.encode();
+        let ty = reply.message.opts().msg_type();
+        let yiaddr = reply.message.yiaddr();
+        let confirms_lease = self.store.is_some()
+            && ty == Some(MessageType::Ack)
+            && !yiaddr.is_unspecified()
+            && port == ServerPort::Dhcp;
+        let wait = confirms_lease && !self.state.is_durable(yiaddr);
         let (dest, ifindex) = match reply.dest {
             Destination::Broadcast => (SocketAddrV4::new(Ipv4Addr::BROADCAST, 68), info.ifindex),
             Destination::Unicast(ip, p) => (SocketAddrV4::new(ip, p), 0),
         };
-        let sock = match port {
-            ServerPort::Dhcp => &self.s67,
-            ServerPort::BootServer => self.s4011.as_ref().unwrap_or(&self.s67),
+        tracing::debug!(
+            client = %mac_str(req.chaddr()),
+            request = ?req.opts().msg_type(),
+            reply = ?ty,
+            yiaddr = %yiaddr,
+            file = %file_of(&reply.message),
+            to = %dest,
+            after_save = wait,
+            "DHCP reply"
+        );
+        let out = Outgoing {
+            bytes: reply.encode(),
+            dest,
+            ifindex,
+            src: server_ip,
+            port,
+            lease: wait.then_some(yiaddr),
         };
-        let file = reply
-            .message
-            .fname()
-            .map(|f| String::from_utf8_lossy(f).trim_end_matches('\0').to_owned())
-            .unwrap_or_default();
-        match sys::send(sock, &bytes, dest, ifindex, server_ip) {
-            Ok(_) => tracing::debug!(
-                client = %mac_str(req.chaddr()),
-                request = ?ty,
-                reply = ?reply.message.opts().msg_type(),
-                yiaddr = %reply.message.yiaddr(),
-                file = %file,
-                to = %dest,
-                "DHCP reply sent"
-            ),
-            Err(e) => tracing::warn!(to = %dest, "sending DHCP reply failed: {e}"),
+        if wait {
+            self.pending.push(out);
+        } else {
+            self.send(&out, now);
         }
     }
 
-    /// Write the lease table if it changed; false (and nothing may be sent) if that failed.
-    fn persist(&mut self) -> bool {
-        if !self.state.take_dirty() {
-            return true;
-        }
-        let Some(store) = &self.store else {
-            return true;
-        };
-        match store.save(&self.state) {
-            Ok(()) => true,
-            Err(e) => {
-                self.state.mark_dirty();
-                tracing::error!("not answering: {e}");
-                false
+    fn send(&mut self, out: &Outgoing, now: Instant) {
+        send_on(&self.s67, self.s4011.as_ref(), &mut self.logs, out, now);
+    }
+
+    /// Group commit (see [`group_commit`]), with the store, the sockets and the logs.
+    fn commit(&mut self, now: Instant) {
+        let Driver {
+            state,
+            pending,
+            store,
+            s67,
+            s4011,
+            logs,
+            drops,
+            ..
+        } = self;
+        let saved = group_commit(
+            state,
+            pending,
+            |st| store.as_mut().map_or(Ok(()), |s| s.save(st)),
+            |out| send_on(s67, s4011.as_ref(), logs, out, now),
+            || drops.count(Drop::AckNotSaved, now),
+        );
+        match saved {
+            Some(Ok(())) if std::mem::take(&mut self.save_failing) => {
+                tracing::info!("the lease file is written again; ACKs go out again");
             }
+            Some(Err(e)) => {
+                self.save_failing = true;
+                if let Some(n) = self.logs.allow(Kind::SaveFailed, now) {
+                    let hint = if e.is_out_of_descriptors() {
+                        " (out of file descriptors: raise LimitNOFILE or lower the TFTP load)"
+                    } else {
+                        ""
+                    };
+                    tracing::error!(
+                        suppressed = n,
+                        "cannot save the DHCP leases: {e}{hint}; ACKs are held back until a save works (offers and other replies go on)"
+                    );
+                }
+            }
+            Some(Ok(())) | None => {}
         }
     }
 
@@ -420,22 +768,22 @@ impl Driver {
             return;
         }
         let now = Instant::now();
-        if self
-            .warned
-            .get(&sid)
-            .is_some_and(|t| now - *t < PROBE_INTERVAL)
-        {
+        if !self.others.report(sid, now, PROBE_INTERVAL) {
             return;
         }
-        self.warned.insert(sid, now);
+        let Some(n) = self.logs.allow(Kind::OtherServer, now) else {
+            return;
+        };
         let iface = self
-            .iface(info.ifindex)
-            .map(|i| i.name)
-            .unwrap_or_else(|| "?".into());
+            .ifs
+            .iter()
+            .find(|i| i.index == info.ifindex)
+            .map_or("?", |i| i.name.as_str());
         tracing::warn!(
             other_server = %sid,
             interface = %iface,
             offered = %msg.yiaddr(),
+            suppressed = n,
             "another DHCP server answers on this segment: two servers handing out addresses will break clients. Stop it, or run ringboot with --dhcp proxy beside it"
         );
     }
@@ -487,4 +835,145 @@ fn rand_xid() -> u32 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
     t ^ std::process::id().rotate_left(16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(tag: u8, lease: Option<Ipv4Addr>) -> Outgoing {
+        Outgoing {
+            bytes: vec![tag],
+            dest: SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
+            ifindex: 0,
+            src: Ipv4Addr::UNSPECIFIED,
+            port: ServerPort::Dhcp,
+            lease,
+        }
+    }
+
+    #[test]
+    fn group_commit_sends_an_ack_only_once_its_lease_is_saved() {
+        let key = |n: u8| crate::dhcp::leases::ClientKey::new(None, 1, &[2, 0, 0, 0, 0, n]);
+        let ip = |n: u8| Ipv4Addr::new(10, 0, 0, n);
+        let mut st = LeaseState::new();
+        // Three bindings decided in one turn, their ACKs waiting, and an OFFER that went out.
+        let mut pending = Vec::with_capacity(MAX_PENDING);
+        for n in 1..=3 {
+            st.bind(ip(n), &key(n), 0, 3600);
+            pending.push(out(n, Some(ip(n))));
+        }
+        pending.push(out(9, None));
+        let (mut saves, mut sent, mut dropped) = (0, vec![], 0);
+        // The save fails: no ACK leaves, the rest does, and the table stays dirty.
+        let r = group_commit(
+            &mut st,
+            &mut pending,
+            |_| {
+                saves += 1;
+                Err("disk full")
+            },
+            |o| sent.push(o.bytes[0]),
+            || dropped += 1,
+        );
+        assert_eq!(r, Some(Err("disk full")));
+        assert_eq!((saves, dropped), (1, 3));
+        assert_eq!(sent, [9]);
+        assert!(st.is_dirty() && pending.is_empty());
+        // The clients ask again; this time the one save of the turn works and all ACKs leave.
+        for n in 1..=3 {
+            pending.push(out(n, Some(ip(n))));
+        }
+        sent.clear();
+        let r = group_commit(
+            &mut st,
+            &mut pending,
+            |s: &LeaseState| {
+                saves += 1;
+                assert_eq!(s.len(), 3);
+                Ok::<(), &str>(())
+            },
+            |o| sent.push(o.bytes[0]),
+            || dropped += 1,
+        );
+        assert_eq!(r, Some(Ok(())));
+        assert_eq!((saves, dropped), (2, 3), "one save for three ACKs");
+        assert_eq!(sent, [1, 2, 3]);
+        assert!(!st.is_dirty());
+        assert!(pending.capacity() >= MAX_PENDING);
+        // Nothing changed: nothing to save, a cached reply leaves at once.
+        pending.push(out(1, Some(ip(1))));
+        let r = group_commit(
+            &mut st,
+            &mut pending,
+            |_| -> Result<(), ()> { panic!("no save needed") },
+            |o| sent.push(o.bytes[0]),
+            || dropped += 1,
+        );
+        assert_eq!(r, None);
+        assert_eq!(sent.last(), Some(&1));
+    }
+
+    #[test]
+    fn other_servers_table_is_bounded_and_reports_each_once_per_interval() {
+        let t0 = Instant::now();
+        let mut o = OtherServers::default();
+        let real = Ipv4Addr::new(10, 0, 0, 2);
+        assert!(o.report(real, t0, PROBE_INTERVAL));
+        assert!(!o.report(real, t0 + Duration::from_secs(5), PROBE_INTERVAL));
+        // 2,000 forged server ids: the table never grows past its size.
+        for n in 0..2000u32 {
+            assert!(o.report(
+                Ipv4Addr::from(0x0a64_0000 + n),
+                t0 + Duration::from_millis(u64::from(n)),
+                PROBE_INTERVAL
+            ));
+            assert!(o.len() <= OTHER_SERVERS);
+        }
+        assert!(o.report(real, t0 + PROBE_INTERVAL, PROBE_INTERVAL));
+    }
+
+    #[test]
+    fn two_thousand_drops_make_one_summary_per_interval_with_every_count() {
+        let t0 = Instant::now();
+        let mut d = Drops::new();
+        for n in 0..2000u64 {
+            let why = if n % 2 == 0 {
+                Drop::Refused(Refused::Client)
+            } else {
+                Drop::Malformed(Malformed::BadCookie)
+            };
+            d.count(why, t0 + Duration::from_millis(n));
+        }
+        // The first drop was logged at once; the rest wait for the interval.
+        assert_eq!(d.counts.iter().sum::<u64>(), 1999);
+        assert_eq!(d.counts[Drop::Refused(Refused::Client).index()], 999);
+        d.tick(t0 + Duration::from_secs(5));
+        assert_eq!(d.counts.iter().sum::<u64>(), 1999, "not yet");
+        d.tick(t0 + DROP_SUMMARY_INTERVAL);
+        assert_eq!(d.counts.iter().sum::<u64>(), 0, "summarized");
+        assert_eq!(d.total, 2000);
+        let names: std::collections::HashSet<usize> = [
+            Drop::TooLong,
+            Drop::NoLocalAddress,
+            Drop::AckNotSaved,
+            Drop::Refused(Refused::Client),
+            Drop::Refused(Refused::Segment),
+            Drop::Refused(Refused::UnknownRelays),
+            Drop::Malformed(Malformed::Truncated),
+            Drop::Malformed(Malformed::TooLong),
+            Drop::Malformed(Malformed::NotRequest),
+            Drop::Malformed(Malformed::BadHlen),
+            Drop::Malformed(Malformed::BadCookie),
+            Drop::Malformed(Malformed::OptionOverflow),
+            Drop::Malformed(Malformed::BadOptionLength(0)),
+            Drop::Malformed(Malformed::NoMessageType),
+            Drop::Malformed(Malformed::Decode),
+        ]
+        .iter()
+        .map(|d| d.index())
+        .collect();
+        assert_eq!(names.len(), 15, "one counter per reason");
+        assert!(names.iter().all(|i| !DROP_NAMES[*i].is_empty()));
+    }
 }

@@ -246,29 +246,31 @@ pub fn send(
     Ok(n as usize)
 }
 
-/// Wait until one of `socks` is readable or `timeout_ms` passes; returns which are readable.
-pub fn poll_readable(socks: &[&Socket], timeout_ms: i32) -> io::Result<Vec<bool>> {
-    let mut fds: Vec<libc::pollfd> = socks
-        .iter()
-        .map(|s| libc::pollfd {
-            fd: s.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
+/// Wait until one of `fds` has an event or `timeout_ms` passes; `revents` is filled in. An
+/// interrupted wait (EINTR) counts as a timeout: every `revents` is 0. Allocates nothing.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    for f in fds.iter_mut() {
+        f.revents = 0;
+    }
     // SAFETY: fds is a live array of pollfd of the length given.
     let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
     if rc < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(vec![false; socks.len()]);
+            return Ok(0);
         }
         return Err(e);
     }
-    Ok(fds
-        .iter()
-        .map(|f| f.revents & (libc::POLLIN | libc::POLLERR) != 0)
-        .collect())
+    Ok(rc as usize)
+}
+
+/// A `pollfd` waiting for input on `sock`.
+pub fn pollin(sock: &Socket) -> libc::pollfd {
+    libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }
 }
 
 #[cfg(test)]
@@ -313,7 +315,9 @@ mod tests {
             Ipv4Addr::LOCALHOST,
         )
         .unwrap();
-        poll_readable(&[&a], 1000).unwrap();
+        let mut fds = [pollin(&a)];
+        assert_eq!(poll(&mut fds, 1000).unwrap(), 1);
+        assert_ne!(fds[0].revents & libc::POLLIN, 0);
         let mut buf = [0u8; 64];
         let info = recv(&a, &mut buf).unwrap();
         assert_eq!(&buf[..info.len], b"hello");

@@ -55,6 +55,18 @@ pub fn parse_request(bytes: &[u8]) -> Result<Message, Malformed> {
     Ok(msg)
 }
 
+/// The hardware type, hardware address and relay address of what looks like a BOOTREQUEST, read
+/// from the fixed header only (for admission before the options are decoded). `None` when the
+/// datagram is too short, not a request or has `hlen` over 16; [`parse_request`] still checks
+/// everything else.
+pub fn peek_request(bytes: &[u8]) -> Option<(u8, &[u8], std::net::Ipv4Addr)> {
+    if bytes.len() < HEADER_LEN + MAGIC.len() || bytes[0] != 1 || bytes[2] > 16 {
+        return None;
+    }
+    let giaddr = std::net::Ipv4Addr::new(bytes[24], bytes[25], bytes[26], bytes[27]);
+    Some((bytes[1], &bytes[28..28 + usize::from(bytes[2])], giaddr))
+}
+
 /// Like [`parse_request`] but also accepts BOOTREPLY (for watching other servers' answers).
 pub fn parse_any(bytes: &[u8]) -> Result<Message, Malformed> {
     if bytes.len() < HEADER_LEN + MAGIC.len() {
@@ -328,6 +340,26 @@ mod tests {
         b[2] = 6;
         b[236..240].copy_from_slice(&MAGIC);
         b
+    }
+
+    #[test]
+    fn peek_reads_only_the_fixed_header() {
+        let mut b = header(1);
+        b[24..28].copy_from_slice(&[10, 5, 0, 1]);
+        b[28..34].copy_from_slice(&[0x52, 0x54, 0, 1, 2, 3]);
+        let (htype, chaddr, giaddr) = peek_request(&b).unwrap();
+        assert_eq!(htype, 1);
+        assert_eq!(chaddr, &[0x52, 0x54, 0, 1, 2, 3]);
+        assert_eq!(giaddr, Ipv4Addr::new(10, 5, 0, 1));
+        b[2] = 16;
+        assert_eq!(peek_request(&b).unwrap().1.len(), 16);
+        b[2] = 17;
+        assert_eq!(peek_request(&b), None);
+        assert_eq!(peek_request(&header(2)), None);
+        assert_eq!(peek_request(&header(1)[..239]), None);
+        for n in 0..260 {
+            let _ = peek_request(&vec![1u8; n]);
+        }
     }
 
     #[test]
