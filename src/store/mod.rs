@@ -134,6 +134,8 @@ impl RateLog {
 }
 
 static CHANGED_LOG: RateLog = RateLog::new();
+static REFUSED_LOG: RateLog = RateLog::new();
+static MAPPED_LOG: RateLog = RateLog::new();
 
 /// Kind of a non-regular file, for refusals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -782,8 +784,12 @@ impl Store {
     pub fn lookup(&self, filename: &[u8], mode: Mode) -> Result<Arc<Content>, LookupError> {
         let result = self.lookup_inner(filename, mode);
         if let Err(e) = &result {
-            let name = filename.escape_ascii();
-            tracing::debug!(filename = %name, mode = mode.as_str(), error = %e, "lookup refused");
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                if let Some(n) = REFUSED_LOG.allow() {
+                    let name = filename.escape_ascii();
+                    tracing::debug!(filename = %name, mode = mode.as_str(), error = %e, suppressed = n, "lookup refused");
+                }
+            }
         }
         result
     }
@@ -939,13 +945,18 @@ impl Store {
                     Data::Map(map)
                 };
                 let leased = state != lease::LeaseState::None;
-                tracing::debug!(
-                    file = %name,
-                    size = version.size,
-                    lease = ?state,
-                    watched = wd.is_some(),
-                    "mapped"
-                );
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    if let Some(n) = MAPPED_LOG.allow() {
+                        tracing::debug!(
+                            file = %name,
+                            size = version.size,
+                            lease = ?state,
+                            watched = wd.is_some(),
+                            suppressed = n,
+                            "mapped"
+                        );
+                    }
+                }
                 let mut c = Content::new(data, key, version, name);
                 c.suspect = AtomicBool::new(state == lease::LeaseState::WriterOpen);
                 c.wd = wd;
