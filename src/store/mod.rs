@@ -24,38 +24,41 @@
 //! for its transfer. Eviction (at most [`MAX_ENTRIES`] entries and [`HEAP_BUDGET`] heap bytes,
 //! least recently used first, never an entry a transfer holds) closes the descriptors it held.
 //!
-//! File changes, by deployment (strongest first). In every case a transfer during which the served
-//! bytes really changed ends with an ERROR to the client and is never logged as completed, and an
-//! open for writing that writes nothing (`touch` aside, see 3 and 4) ends no transfer:
+//! File changes, by deployment (strongest first). The aim in every case: a transfer during which
+//! the served bytes really changed ends with an ERROR to the client and is never logged as
+//! completed, and an open for writing that writes nothing ends no transfer. Where it falls short
+//! is said below.
 //! 1. Read lease and inotify (the server owns the files or has `CAP_LEASE`, a local filesystem,
-//!    `fs.leases-enable = 1`): an open for writing, a `touch`, a backup agent opening `r+` end no
-//!    transfer (`touch -m`, which sets the mtime alone, is reported by the kernel as a
-//!    modification and counts as a change). A `write`/`truncate` revokes the content (inotify `IN_MODIFY`): once the writer's
-//!    call has returned, no further block of the file is sent to anyone (while a writer holds the
-//!    file, each send reads the pending inotify events first). A block sent during the write
-//!    itself may carry new bytes; its transfer then ends with an ERROR: the last window is sent
-//!    only after reading the pending events and, while a writer holds the file, comparing
-//!    (size, mtime, ctime).
-//! 2. inotify without a lease (not the owner, no `CAP_LEASE`; reported at WARN once per file and
-//!    at start): as 1, except that the revocation waits for the watcher thread to read the event
-//!    (typically microseconds after the write): blocks sent in between may carry new bytes, and the
-//!    transfer then ends with an ERROR, since the pending events are read before the last window
-//!    is sent. A write still running at that very moment can go unnoticed.
-//! 3. Lease without inotify: an open for writing marks the content suspect; while the writer
-//!    holds it, every send compares (size, mtime, ctime) with the last known version, so a write
-//!    (or a `touch`) ends the transfers; the lease is retried every second and taken back once the
-//!    writer has closed the file unchanged.
-//! 4. Neither (inotify refused, a filesystem without leases): (size, mtime, ctime) is compared at
-//!    each lookup and before the last window of every transfer; a change that moves it ends the
-//!    transfer with an ERROR before its last block, though earlier blocks may carry new bytes. A
-//!    `touch` counts as a change. The path is stat'ed (no descriptor is kept): a file replaced by
-//!    rename keeps its old bytes, and later changes of that old inode are not seen.
+//!    `fs.leases-enable = 1`): an open for writing, `touch`, a backup agent or scanner opening the
+//!    file `r+` end no transfer (`touch -m`, which sets the mtime alone, is reported by the kernel
+//!    as a modification and counts as a change). A `write` or `truncate` revokes the content
+//!    (inotify `IN_MODIFY`): every transfer of it ends with an ERROR, and no window begun after
+//!    the writer's call returned is sent (while a writer holds the file, each send reads the
+//!    pending events first). A window already in flight during the write may carry new bytes;
+//!    its transfer then ends with an ERROR at its next window. Before the window that holds the
+//!    last block, the pending events are read and, while a writer holds the file, (size, mtime,
+//!    ctime) is compared. Not covered: a write that lands in the microseconds between that check
+//!    and the kernel copying the last window.
+//! 2. inotify without a lease (not the owner and no `CAP_LEASE`: a WARN at start and once per
+//!    file): as 1, except that the revocation waits for the watcher thread to read the event
+//!    (typically microseconds after the write), so blocks sent in between may carry new bytes;
+//!    the transfer still ends with an ERROR, since the pending events are read before its last
+//!    window. Not covered: a write still in progress (its event not queued yet) at that moment.
+//! 3. Lease without inotify (inotify refused): an open for writing marks the content suspect;
+//!    while the writer holds the file, every send compares (size, mtime, ctime) with the last
+//!    known version, so a write, and also a `touch`, ends the transfers; the lease is retried every
+//!    second and taken back once the writer has closed the file.
+//! 4. Neither (or the watcher thread stopped): (size, mtime, ctime) is compared at each lookup and
+//!    before the last window of every transfer, through the kept descriptor or else the path;
+//!    a change that moves it ends the transfer with an ERROR before its last block, though earlier
+//!    blocks may carry new bytes. A `touch` counts as a change. A file replaced by rename keeps
+//!    its old bytes; later changes of that old inode are then not seen.
 //!
-//! Not seen by inotify in any case: writes through another process's shared writable map, and
-//! changes made by other hosts on a network filesystem; those show only in (size, mtime, ctime)
-//! (within the filesystem's timestamp granularity and attribute caching). Small files (heap
-//! snapshots) never mix: a change is noticed at the next lookup; if the bytes really differ the old
-//! snapshot is revoked (its transfers end with an ERROR), a `touch` keeps it.
+//! inotify does not see writes through another process's shared writable map, nor changes made
+//! by other hosts on a network filesystem: those show only in (size, mtime, ctime), within the
+//! filesystem's timestamp granularity and attribute caching. Small files (heap snapshots) never
+//! mix: a change is noticed at the next lookup; if the bytes really differ the old snapshot is
+//! revoked (its transfers end with an ERROR), after a `touch` it is kept.
 //!
 //! Refusals are logged at `debug` (the driver logs them at `info` with the peer); change reports go
 //! through [`LogLimit`].
@@ -287,7 +290,7 @@ pub struct Content {
     wd: Option<i32>,
     /// The watch ended (the inode was deleted or its filesystem unmounted).
     watch_lost: AtomicBool,
-    /// A map with neither lease nor watch: the jail to stat its path with.
+    /// A map without a lease descriptor: the jail to stat its path with when no watch stands.
     jail: Option<Arc<jail::Jail>>,
 }
 
@@ -960,7 +963,9 @@ impl Store {
                 let mut c = Content::new(data, key, version, name);
                 c.suspect = AtomicBool::new(state == lease::LeaseState::WriterOpen);
                 c.wd = wd;
-                c.jail = (!leased && wd.is_none()).then(|| jail.clone());
+                // Without a descriptor, the (size, mtime, ctime) fallback stats the path (used when
+                // there is no watch, or the watch or the watcher is gone).
+                c.jail = (!leased).then(|| jail.clone());
                 // The descriptor stays only to hold the lease; otherwise it closes here.
                 c.lease_fd = leased.then_some(file);
                 Ok(Arc::new(c))
