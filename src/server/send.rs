@@ -14,13 +14,14 @@
 //!   until the next `build` (and while the `TxBufs` and the content are alive), so an asynchronous
 //!   backend may hand them to the kernel and wait for the completions.
 //! - [`TxBufs::build_content`] is what the worker calls: octet content is laid out in place as
-//!   above; netascii content is converted, one window at a time, into a buffer of the transfer
-//!   (`window x blksize` bytes, allocated at its first window) by [`TextWindow`], which reads the
+//!   above; netascii content is converted, one build at a time, into a buffer of the transfer
+//!   (`capacity x blksize` bytes, allocated at its first window) by [`TextWindow`], which reads the
 //!   source with `pread` (`Content::read_source`: a truncated file reads short, it never faults) in
 //!   4 KiB steps from a stack buffer. The offset of block N of the converted stream is not
-//!   `(N - 1) x blksize`, so the window keeps the encoder's position at the start of each block it
-//!   encoded (at most `window + 1` positions): a resend of the window, of part of it or of its last
-//!   block (never further back, see `Transfer`) is encoded again from there. When the encoder
+//!   `(N - 1) x blksize`, so [`TextWindow`] keeps the encoder's position at the start of each block
+//!   of the last build and at every `capacity`-th block of the last window: a resend of the window,
+//!   of part of it or of its last block (never further back, see `Transfer`) is encoded again from
+//!   the closest one. When the encoder
 //!   reaches the end it reports the short last block to the transfer (`Transfer::set_last_block`).
 //!   Before the window that holds a transfer's last block is sent, `Content::verify_unchanged` is
 //!   asked: a file changed meanwhile ends the transfer with an ERROR instead of completing it.
@@ -156,10 +157,11 @@ impl TxBufs {
     ) -> Result<usize, &'static str> {
         let n = if content.is_netascii() {
             let blksize = transfer.negotiated().blksize.bytes();
+            let window = transfer.negotiated().windowsize.get() as usize;
             let cap = self.capacity();
             let mut text = match self.text.take() {
                 Some(t) if t.blksize == blksize => t,
-                _ => Box::new(TextWindow::new(cap, blksize)),
+                _ => Box::new(TextWindow::new(cap, blksize, window)),
             };
             let count = (count as usize).min(cap) as u32;
             let built = text.encode(content, first, count).and_then(|w| {
@@ -257,10 +259,18 @@ impl TxBufs {
     }
 }
 
-/// A netascii transfer's converted window and the encoder's positions. See the module docs.
+/// A netascii transfer's converted blocks and the encoder's positions. See the module docs.
+///
+/// Positions are kept two ways: for each block of the last builds (`starts`, at most one build's
+/// capacity + 1), and every `stride` blocks (absolute indices 1, 1 + stride, ...) in a ring that
+/// covers the last window (`ring`, `window / stride + 2` entries). Any block from the start of the
+/// last window on is reached from the closest kept position before it by converting at most
+/// `stride - 1` blocks again (discarded). So a window larger than one build (the sender may cap a
+/// build below the window) can still be resent from its start. Memory: the buffer of one build,
+/// plus 16 bytes per block of a build and about 32 bytes per `stride` blocks of the window.
 pub(crate) struct TextWindow {
     blksize: usize,
-    /// The converted blocks of the last window, `blksize` bytes apart.
+    /// The converted blocks of the last build, `blksize` bytes apart.
     buf: Box<[u8]>,
     /// Their lengths.
     lens: Box<[u32]>,
@@ -268,20 +278,65 @@ pub(crate) struct TextWindow {
     starts: Box<[EncodePos]>,
     base: u64,
     known: usize,
+    /// `(index, position at the start of block index)` for indices `1 + k * stride`; index 0 is
+    /// an empty slot.
+    ring: Box<[(u64, EncodePos)]>,
+    stride: u64,
 }
 
 impl TextWindow {
-    fn new(capacity: usize, blksize: usize) -> TextWindow {
-        let mut starts = vec![EncodePos::START; capacity + 1].into_boxed_slice();
-        starts[0] = EncodePos::START;
-        TextWindow {
+    /// For builds of at most `capacity` blocks of `blksize` bytes, in windows of `window` blocks.
+    fn new(capacity: usize, blksize: usize, window: usize) -> TextWindow {
+        let capacity = capacity.max(1);
+        let stride = capacity as u64;
+        let mut t = TextWindow {
             blksize,
             buf: vec![0u8; capacity * blksize].into_boxed_slice(),
             lens: vec![0u32; capacity].into_boxed_slice(),
-            starts,
+            starts: vec![EncodePos::START; capacity + 1].into_boxed_slice(),
             base: 1,
             known: 1,
+            ring: vec![(0, EncodePos::START); window.max(1).div_ceil(capacity) + 2]
+                .into_boxed_slice(),
+            stride,
+        };
+        t.checkpoint(1, EncodePos::START);
+        t
+    }
+
+    /// Remembers `pos` as the start of block `index` if it falls on a stride.
+    fn checkpoint(&mut self, index: u64, pos: EncodePos) {
+        let k = index.wrapping_sub(1);
+        if index >= 1 && k % self.stride == 0 {
+            let slot = (k / self.stride) as usize % self.ring.len();
+            self.ring[slot] = (index, pos);
         }
+    }
+
+    /// The encoder's position at the start of block `first`: kept, or reached by converting
+    /// forward from the closest kept position before it.
+    fn position(&mut self, src: &mut Source<'_>, first: u64) -> Result<EncodePos, &'static str> {
+        let kept_end = self.base + self.known as u64;
+        if first >= self.base && first < kept_end {
+            return Ok(self.starts[(first - self.base) as usize]);
+        }
+        let mut best = (first >= kept_end - 1).then(|| (kept_end - 1, self.starts[self.known - 1]));
+        for &(i, p) in self.ring.iter() {
+            if i != 0 && i <= first && best.is_none_or(|(b, _)| i > b) {
+                best = Some((i, p));
+            }
+        }
+        // None: before anything kept; no transfer resends that far back.
+        let (mut index, mut pos) = best.ok_or(OUTSIDE)?;
+        let bs = self.blksize;
+        while index < first {
+            if src.block(&mut pos, &mut self.buf[..bs])? < bs {
+                return Err(OUTSIDE); // the file ends before `first`
+            }
+            index += 1;
+            self.checkpoint(index, pos);
+        }
+        Ok(pos)
     }
 
     /// Converts blocks `first .. first + count` (at most the capacity) into the buffer.
@@ -294,23 +349,7 @@ impl TextWindow {
         let bs = self.blksize;
         let count = (count as usize).min(self.lens.len());
         let mut src = Source::new(content);
-        let kept_end = self.base + self.known as u64;
-        let mut pos = if first >= self.base && first < kept_end {
-            self.starts[(first - self.base) as usize]
-        } else if first >= kept_end && count > 0 {
-            // Blocks never encoded (a window polled but superseded before it was sent): encode
-            // and drop them to reach `first`.
-            let mut pos = self.starts[self.known - 1];
-            for _ in (kept_end - 1)..first {
-                if src.block(&mut pos, &mut self.buf[..bs])? < bs {
-                    return Err(OUTSIDE);
-                }
-            }
-            pos
-        } else {
-            // Before the kept positions: no transfer resends that far back.
-            return Err(OUTSIDE);
-        };
+        let mut pos = self.position(&mut src, first)?;
         // Keep the positions before `first` while the new ones fit after them.
         let off = match first.checked_sub(self.base) {
             Some(d) if (d as usize) < self.known && d as usize + count < self.starts.len() => {
@@ -328,6 +367,7 @@ impl TextWindow {
             self.lens[i] = n as u32;
             self.starts[off + i + 1] = pos;
             self.known = off + i + 2;
+            self.checkpoint(first + i as u64 + 1, pos);
             if n < bs {
                 let last = first + i as u64;
                 let len = (last - 1) * bs as u64 + n as u64;
@@ -651,19 +691,83 @@ mod tests {
         }
     }
 
+    /// Builds smaller than the window (the sender may cap them): a window of 16 goes out in
+    /// builds of 3, and resends from the window's start still carry the right bytes.
+    #[test]
+    fn netascii_windows_larger_than_a_build() {
+        let src: Vec<u8> = (0..3000u32)
+            .map(|i| match i % 11 {
+                0 => b'\n',
+                5 => b'\r',
+                _ => b'a' + (i % 26) as u8,
+            })
+            .collect();
+        let mut want = Vec::new();
+        crate::proto::netascii::to_netascii(&src, &mut want);
+        let (_dir, c) = netascii(&src);
+        let blksize = 8usize;
+        let mut t = text_transfer(blksize as u32, 16);
+        let mut tx = TxBufs::new(3);
+        let block_of = |tx: &mut TxBufs| -> Vec<Vec<u8>> {
+            datagrams(tx, blksize)
+                .into_iter()
+                .map(|d| d[4..].to_vec())
+                .collect()
+        };
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let mut next = 1u64;
+        let mut round = 0;
+        while next <= t.total_blocks() {
+            round += 1;
+            let start = next;
+            // One window of 16 in builds of 3.
+            let mut sent = Vec::new();
+            while next < start + 16 && next <= t.total_blocks() {
+                let count = (start + 16 - next).min(3) as u32;
+                tx.build_content(&mut t, &c, next, count, false).unwrap();
+                let b = block_of(&mut tx);
+                next += b.len() as u64;
+                sent.extend(b);
+            }
+            if round % 2 == 0 {
+                // Resend the whole window from its start (a timeout), and its middle.
+                for from in [start, start + 7] {
+                    let mut again = Vec::new();
+                    let mut i = from;
+                    while i < next {
+                        let count = (next - i).min(3) as u32;
+                        tx.build_content(&mut t, &c, i, count, false).unwrap();
+                        let b = block_of(&mut tx);
+                        i += b.len() as u64;
+                        again.extend(b);
+                    }
+                    assert_eq!(
+                        again[..],
+                        sent[(from - start) as usize..],
+                        "resend from {from}"
+                    );
+                }
+            }
+            got.extend(sent);
+        }
+        assert_eq!(got.concat(), want);
+        assert_eq!(got.len() as u64, t.total_blocks());
+    }
+
     #[test]
     fn netascii_resend_before_the_kept_window_is_refused() {
         let (_dir, c) = netascii(&vec![b'x'; 1000]);
         let mut t = text_transfer(8, 4);
         let mut tx = TxBufs::new(4);
-        for first in [1u64, 5, 9, 13] {
+        for first in [1u64, 5, 9, 13, 17, 21, 25] {
             tx.build_content(&mut t, &c, first, 4, true).unwrap();
         }
         // Within the kept positions: fine; before them: an internal error, not wrong bytes.
-        tx.build_content(&mut t, &c, 13, 4, true).unwrap();
+        tx.build_content(&mut t, &c, 25, 4, true).unwrap();
+        tx.build_content(&mut t, &c, 22, 4, true).unwrap();
         assert_eq!(tx.build_content(&mut t, &c, 2, 4, true), Err(OUTSIDE));
         // A window never built (superseded) is skipped over by encoding forward.
-        tx.build_content(&mut t, &c, 25, 4, false).unwrap();
+        tx.build_content(&mut t, &c, 37, 4, false).unwrap();
         let d = datagrams(&mut tx, 8);
         assert_eq!(&d[0][4..], b"xxxxxxxx");
     }
