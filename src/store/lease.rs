@@ -354,6 +354,10 @@ fn watch_loop(signals: Option<(RawFd, RawFd)>) {
             }
         }
         for fd in fds {
+            #[cfg(test)]
+            if fd == STOP_FOR_TEST {
+                return;
+            }
             handle_break(fd);
         }
         if RETRY.load(Ordering::SeqCst) {
@@ -612,6 +616,24 @@ pub(crate) fn is_registered(fd: RawFd) -> bool {
     registry().contains_key(&fd)
 }
 
+/// Written to the handler's pipe by a test: the watcher loop returns, as on a fatal error.
+#[cfg(test)]
+const STOP_FOR_TEST: c_int = -2;
+
+#[cfg(test)]
+pub(crate) fn stop_watcher_for_test() {
+    let w = PIPE_WRITE.load(Ordering::Relaxed);
+    assert!(w >= 0, "the watcher has no pipe");
+    // SAFETY: writes 4 bytes from a local to our own pipe.
+    unsafe {
+        libc::write(
+            w,
+            &STOP_FOR_TEST as *const c_int as *const libc::c_void,
+            std::mem::size_of::<c_int>(),
+        )
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -638,6 +660,82 @@ mod tests {
         // Neither registered nor leased: nothing happens, nothing panics.
         handle_break(-1);
         handle_break(i32::MAX - 1);
+    }
+
+    /// The watcher thread stopping is never silent: an ERROR, every lease released, and from then
+    /// on leases and watches count as unavailable, so the (size, mtime, ctime) check takes over.
+    /// Run in a child process (the state is process-wide).
+    #[test]
+    fn a_stopped_watcher_is_reported_and_the_stat_check_takes_over() {
+        const CHILD: &str = "RINGBOOT_WATCHER_STOP_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            return stopped_watcher_child();
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::lease::tests::a_stopped_watcher_is_reported_and_the_stat_check_takes_over",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "child failed:\n{text}");
+        assert!(
+            text.contains("ERROR") && text.contains("the file watcher thread stopped"),
+            "no ERROR line:\n{text}"
+        );
+    }
+
+    fn stopped_watcher_child() {
+        use crate::proto::packet::Mode;
+        use crate::store::{Store, StoreOptions};
+        use std::io::Write;
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init();
+        block_lease_signal();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        std::fs::write(&p, vec![b'a'; 4096]).unwrap();
+        let opts = StoreOptions {
+            small_file_limit: 16,
+            ..StoreOptions::default()
+        };
+        let s = Store::new(dir.path(), opts.clone()).unwrap();
+        let c = s.lookup(b"img", Mode::Octet).unwrap();
+        let leased = c.lease_fd();
+        stop_watcher_for_test();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while watcher_alive() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watcher did not stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if let Some(fd) = leased {
+            // SAFETY: `fd` is owned by `c`, alive here.
+            assert_eq!(unsafe { libc::fcntl(fd, libc::F_GETLEASE) }, libc::F_UNLCK);
+        }
+        assert!(!c.lease_proves_unchanged() && !c.watched());
+        assert!(c.verify_unchanged());
+        // A change is now seen by (size, mtime, ctime).
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"b")
+            .unwrap();
+        assert!(!c.verify_unchanged());
+        // New contents take neither lease nor watch.
+        let s2 = Store::new(dir.path(), opts).unwrap();
+        let c2 = s2.lookup(b"img", Mode::Octet).unwrap();
+        assert!(c2.lease_fd().is_none() && !c2.watched());
     }
 
     #[test]
