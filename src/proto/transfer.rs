@@ -26,11 +26,15 @@ const PTO_FLOOR: Duration = Duration::from_micros(250);
 /// Retransmission timeout before the first round trip is measured (RFC 6298 §2.1 says 1 s).
 const INITIAL_RTO: Duration = Duration::from_secs(1);
 
+/// `content_len` of a transfer whose length is learned only when the driver reaches the end of the
+/// content (netascii, converted block by block as it is sent): see [`Transfer::set_last_block`].
+pub const LENGTH_UNKNOWN: u64 = u64::MAX;
+
 /// What a transfer needs to know, fixed at its start.
 #[derive(Clone, Copy, Debug)]
 pub struct TransferConfig {
     pub negotiated: Negotiated,
-    /// Bytes that will be sent (after netascii conversion, if any).
+    /// Bytes that will be sent, or [`LENGTH_UNKNOWN`].
     pub content_len: u64,
     /// Ceiling of the retransmission timer (server `--timeout`); the client's RFC 2349 timeout, when
     /// smaller, lowers it further.
@@ -251,7 +255,10 @@ impl Transfer {
             // Serial arithmetic on 16-bit block numbers needs fewer than 32768 blocks in flight.
             window: (n.windowsize.get() as u64).min(0x7fff),
             content_len: cfg.content_len,
-            total_blocks: cfg.content_len / blksize + 1,
+            total_blocks: match cfg.content_len {
+                LENGTH_UNKNOWN => u64::MAX,
+                len => len / blksize + 1,
+            },
             acked: 0,
             sent_hi: 0,
             phase,
@@ -274,6 +281,34 @@ impl Transfer {
     /// Number of DATA blocks in the transfer.
     pub fn total_blocks(&self) -> u64 {
         self.total_blocks
+    }
+
+    /// For a transfer created with [`LENGTH_UNKNOWN`]: the driver, producing the blocks of the last
+    /// [`Transmit::Blocks`], found that block `index` is the last one (shorter than blksize,
+    /// possibly empty) and that the content is `len` bytes (`index == len / blksize + 1`). Call it
+    /// before sending that run, and send only its blocks up to `index`: the ones after it are not
+    /// counted as sent. From then on the transfer is one of known length. Ignored when the length is
+    /// already known, when `len` does not match `index`, or when `index` was already acknowledged.
+    pub fn set_last_block(&mut self, index: u64, len: u64) {
+        if self.content_len != LENGTH_UNKNOWN
+            || len == LENGTH_UNKNOWN
+            || len / self.blksize + 1 != index
+            || index <= self.acked
+        {
+            return;
+        }
+        self.total_blocks = index;
+        self.content_len = len;
+        if self.sent_hi > index {
+            let cut = self.sent_hi - index;
+            self.stats.blocks_sent = self.stats.blocks_sent.saturating_sub(cut);
+            self.stats.blocks_resent = self.stats.blocks_resent.min(self.stats.blocks_sent);
+            self.sent_hi = index;
+        }
+        if let Some(f) = &mut self.in_flight {
+            f.start = f.start.min(index);
+            f.end = f.end.min(index);
+        }
     }
 
     /// Byte range `(offset, len)` of the content carried by block `index` (1-based).
@@ -752,6 +787,100 @@ mod tests {
             ack(&mut t, BlockNum::from_index(last).0, now);
         }
         assert_eq!(last, 65537);
+        assert_eq!(t.outcome(), Some(Outcome::Completed));
+    }
+
+    /// Drives a transfer of unknown length the way the worker does for netascii: each run of blocks
+    /// is "encoded" from a content of `len` bytes, and the first short block found is reported
+    /// with `set_last_block`. Returns the indices of the blocks sent, in order.
+    fn run_unknown_length(len: u64, opts: &[u8]) -> (Transfer, Vec<u64>) {
+        let now = Instant::now();
+        let mut c = cfg(opts, 0);
+        c.content_len = LENGTH_UNKNOWN;
+        let mut t = Transfer::new(c, now);
+        let blksize = t.negotiated().blksize.bytes() as u64;
+        let mut sent = Vec::new();
+        let mut buf = [0u8; 512];
+        for _ in 0..1_000_000 {
+            let Some(tx) = t.poll_transmit(now, &mut buf) else {
+                break;
+            };
+            match tx {
+                Transmit::Datagram(_) => ack(&mut t, 0, now),
+                Transmit::Blocks { first, count } => {
+                    let mut last = first + count as u64 - 1;
+                    for i in first..=last {
+                        let block_len = len.saturating_sub((i - 1) * blksize).min(blksize);
+                        if block_len < blksize {
+                            t.set_last_block(i, len);
+                            last = i;
+                            break;
+                        }
+                    }
+                    sent.extend(first..=last);
+                    ack(&mut t, BlockNum::from_index(last).0, now);
+                }
+            }
+        }
+        (t, sent)
+    }
+
+    #[test]
+    fn unknown_length_learns_its_last_block() {
+        // 20 bytes in blocks of 8, window 4: blocks 1-3 go out, the run's 4th is never sent.
+        let (t, sent) = run_unknown_length(20, b"blksize\x008\x00windowsize\x004\x00");
+        assert_eq!(sent, [1, 2, 3]);
+        assert_eq!(t.outcome(), Some(Outcome::Completed));
+        assert_eq!(t.total_blocks(), 3);
+        assert_eq!(t.stats().blocks_sent, 3);
+        assert_eq!(t.stats().blocks_resent, 0);
+        assert_eq!(t.stats().bytes_acked, 20);
+        // An exact multiple of blksize ends with an empty block, found in the next run.
+        let (t, sent) = run_unknown_length(16, b"blksize\x008\x00windowsize\x002\x00");
+        assert_eq!(sent, [1, 2, 3]);
+        assert_eq!(t.outcome(), Some(Outcome::Completed));
+        assert_eq!(t.stats().bytes_acked, 16);
+        // The empty file: one empty block, lockstep, no OACK.
+        let (t, sent) = run_unknown_length(0, b"");
+        assert_eq!(sent, [1]);
+        assert_eq!(t.outcome(), Some(Outcome::Completed));
+        assert_eq!(t.stats().bytes_acked, 0);
+    }
+
+    #[test]
+    fn unknown_length_rolls_over_past_65535() {
+        let len = 65536 * 8 + 3;
+        let (t, sent) = run_unknown_length(len, b"blksize\x008\x00windowsize\x0064\x00");
+        assert_eq!(sent.len(), 65537);
+        assert_eq!(sent.last(), Some(&65537));
+        assert_eq!(t.outcome(), Some(Outcome::Completed));
+        assert_eq!(t.stats().bytes_acked, len);
+    }
+
+    #[test]
+    fn last_block_is_resent_alone_after_a_timeout() {
+        let t0 = Instant::now();
+        let mut c = cfg(b"blksize\x008\x00windowsize\x008\x00", 0);
+        c.content_len = LENGTH_UNKNOWN;
+        let mut t = Transfer::new(c, t0);
+        drain(&mut t, t0); // OACK
+        ack(&mut t, 0, t0);
+        assert_eq!(drain(&mut t, t0), [Transmit::Blocks { first: 1, count: 8 }]);
+        // The encoder ends at block 5 (36 bytes); a wrong length is ignored.
+        t.set_last_block(5, 100);
+        assert_eq!(t.total_blocks(), LENGTH_UNKNOWN);
+        t.set_last_block(5, 36);
+        assert_eq!(t.total_blocks(), 5);
+        assert_eq!(t.stats().blocks_sent, 5);
+        // Once known, the length is fixed.
+        t.set_last_block(4, 30);
+        assert_eq!(t.total_blocks(), 5);
+        ack(&mut t, 3, t0);
+        assert_eq!(drain(&mut t, t0), [Transmit::Blocks { first: 4, count: 2 }]);
+        let d = t.poll_timeout().unwrap();
+        t.handle_timeout(d);
+        assert_eq!(drain(&mut t, d), [Transmit::Blocks { first: 5, count: 1 }]);
+        ack(&mut t, 5, d);
         assert_eq!(t.outcome(), Some(Outcome::Completed));
     }
 

@@ -24,7 +24,7 @@ use super::send::TxBufs;
 use super::sys::{self, PktInfo, PortRange, TransferSocketError};
 use crate::proto::options::{blksize_for_mtu, negotiate, IpVersion, Limits, RequestOptions};
 use crate::proto::packet::{emit_error, ErrorCode, Mode, Packet, Request};
-use crate::proto::transfer::{Outcome, Transfer, TransferConfig, Transmit};
+use crate::proto::transfer::{Outcome, Transfer, TransferConfig, Transmit, LENGTH_UNKNOWN};
 use crate::store::Store;
 use socket2::Socket;
 use std::cmp::Reverse;
@@ -441,12 +441,16 @@ impl Core {
             IpVersion::V6
         };
         let limits = self.shared.limits;
-        let negotiated = negotiate(
+        let mut negotiated = negotiate(
             &opts,
             &limits,
             mtu.map(|m| blksize_for_mtu(m, ipv)),
             content.len(),
         );
+        // netascii is converted as it is sent: its length is unknown, so no tsize (as tftpd-hpa).
+        if content.transfer_len().is_none() {
+            negotiated.tsize = None;
+        }
         if opts.multicast && req.mode == Mode::Octet && peer.is_ipv4() {
             if let Some(mc) = &self.shared.multicast {
                 let join = super::mcast::McJoin {
@@ -486,7 +490,7 @@ impl Core {
         let transfer = Transfer::new(
             TransferConfig {
                 negotiated,
-                content_len: content.len(),
+                content_len: content.transfer_len().unwrap_or(LENGTH_UNKNOWN),
                 max_timeout: limits.timeout,
                 min_rto: self.shared.min_rto,
                 retries: limits.retries,
@@ -744,16 +748,14 @@ impl Core {
         }
         let gso = gso_worker && conn.gso;
         let c: &mut Conn = conn;
-        if c.tx
-            .build(&c.transfer, c.content.bytes(), first, count, gso)
-            .is_none()
+        // Octet: laid out from the content; netascii: converted into the transfer's window buffer.
+        // Before the last block goes out, the content is checked unchanged (send.rs).
+        if let Err(why) =
+            c.tx.build_content(&mut c.transfer, &c.content, first, count, gso)
         {
             c.content.end_send();
-            c.reason = Some("block outside the file");
-            c.transfer.abort(
-                ErrorCode::NotDefined,
-                "internal error: block outside the file",
-            );
+            c.reason = Some(why);
+            c.transfer.abort(ErrorCode::NotDefined, why);
             return;
         }
         let status = drv.send(id, fd, c.tx.msgs());

@@ -6,7 +6,14 @@
 //!   kernels without `openat2`: canonicalise the path, require it to lie below the canonical root,
 //!   and open that symlink-free path one component at a time from `root_fd` with `O_NOFOLLOW`, so a
 //!   symlink swapped in meanwhile makes the open fail instead of escaping.
-//! - Case-insensitive resolution reads only directories opened through the same jail.
+//! - A file is opened with `O_PATH` first ([`Jail::open_path`]): that open has no side effects
+//!   (no device driver `open`, no FIFO rendezvous, no tty), so the caller can `fstat` it and refuse
+//!   anything but a regular file before [`Jail::reopen_read`] opens it for reading. The reopen goes
+//!   through `/proc/self/fd/N`, which names the very inode already checked; where `/proc` is not
+//!   mounted it opens the path again and requires the same (device, inode), else `ESTALE`.
+//! - Case-insensitive resolution reads only directories opened through the same jail, through the
+//!   shared [`DirIndexCache`] (`dirindex.rs`): a miss in a large directory costs a hash lookup, not
+//!   a directory scan, until the directory changes.
 //!
 //! Errors are plain `io::Error`s with the kernel's errno; `super` turns them into `LookupError`s.
 
@@ -18,8 +25,13 @@ use std::path::{Component, Path, PathBuf};
 
 use libc::c_int;
 
-/// Flags for a file to serve. `O_NONBLOCK` so that opening a FIFO cannot hang a worker.
-const FILE_FLAGS: c_int = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
+use super::dirindex::{DirIndex, DirIndexCache, DirKey};
+
+/// Flags for the first open of a file: a handle to check, nothing opened for I/O.
+const PATH_FLAGS: c_int = libc::O_PATH | libc::O_CLOEXEC;
+/// Flags for a regular file to read. `O_NONBLOCK` and `O_NOCTTY` in case the path fallback of
+/// [`Jail::reopen_read`] meets something else swapped in (it is then refused by identity).
+const READ_FLAGS: c_int = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
 /// Flags for a directory to list.
 const DIR_FLAGS: c_int = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_DIRECTORY;
 /// Flags for the directories walked through by the component-by-component fallback.
@@ -34,6 +46,10 @@ pub(crate) struct Jail {
     root_fd: OwnedFd,
     /// Whether `openat2` works here (probed once).
     openat2: bool,
+    /// Whether `/proc/self/fd` reopens work here (probed once).
+    proc_fd: bool,
+    /// Lowercase indexes of the directories the case-insensitive fallback read.
+    index: DirIndexCache,
 }
 
 impl Jail {
@@ -62,11 +78,28 @@ impl Jail {
                 false
             }
         };
+        let proc_fd = match reopen_proc(&root_fd, libc::O_RDONLY | libc::O_DIRECTORY) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(
+                    error = %e,
+                    "/proc/self/fd unavailable; files are reopened by path and identity"
+                );
+                false
+            }
+        };
         Ok(Jail {
             root: root.to_path_buf(),
             root_fd,
             openat2,
+            proc_fd,
+            index: DirIndexCache::default(),
         })
+    }
+
+    /// Whether `/proc/self/fd/N` names an open descriptor's file here.
+    pub(crate) fn has_proc_fd(&self) -> bool {
+        self.proc_fd
     }
 
     #[cfg(test)]
@@ -74,9 +107,30 @@ impl Jail {
         self.openat2 = false;
     }
 
-    /// Opens `rel` (components joined with `/`, none `..`) read-only for serving.
-    pub(crate) fn open_file(&self, rel: &str) -> io::Result<OwnedFd> {
-        self.open_beneath(rel, FILE_FLAGS)
+    /// Opens `rel` (components joined with `/`, none `..`) as an `O_PATH` handle: enough to
+    /// `fstat` it, nothing opened for I/O.
+    pub(crate) fn open_path(&self, rel: &str) -> io::Result<OwnedFd> {
+        self.open_beneath(rel, PATH_FLAGS)
+    }
+
+    /// Opens for reading the file that `handle` (from [`Jail::open_path`] of `rel`, already
+    /// checked to be the regular file `(dev, ino)`) names. Fails with `ESTALE` when only the path
+    /// fallback is available and `rel` now names another file.
+    pub(crate) fn reopen_read(
+        &self,
+        handle: &OwnedFd,
+        rel: &str,
+        id: (u64, u64),
+    ) -> io::Result<OwnedFd> {
+        if self.proc_fd {
+            return reopen_proc(handle, READ_FLAGS);
+        }
+        let fd = self.open_beneath(rel, READ_FLAGS)?;
+        let st = fstat(fd.as_raw_fd())?;
+        if (st.st_dev, st.st_ino) != id {
+            return Err(io::Error::from_raw_os_error(libc::ESTALE));
+        }
+        Ok(fd)
     }
 
     /// Opens directory `rel` (`""` is the root) for listing.
@@ -148,13 +202,7 @@ impl Jail {
         }
         *budget -= 1;
         let dir = self.open_dir(&prefix.join("/")).ok()?;
-        let names = list_dir(dir).ok()?;
-        let lower = want.to_lowercase();
-        let mut candidates: Vec<String> = names
-            .into_iter()
-            .filter(|n| n == want || n.to_lowercase() == lower)
-            .collect();
-        candidates.sort_by(|a, b| (a != want).cmp(&(b != want)).then_with(|| a.cmp(b)));
+        let candidates = self.dir_index(dir).ok()?.candidates(want);
         for name in candidates {
             prefix.push(name);
             if let Some(found) = self.ci_search(tail, prefix, budget) {
@@ -164,10 +212,90 @@ impl Jail {
         }
         None
     }
+
+    /// The lowercase index of the open directory `dir`: the cached one while the directory's
+    /// mtime is unchanged, else a fresh one read from it.
+    fn dir_index(&self, dir: OwnedFd) -> io::Result<std::sync::Arc<DirIndex>> {
+        let st = fstat(dir.as_raw_fd())?;
+        let key = DirKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        };
+        let mtime_ns = i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec);
+        if let Some(i) = self.index.get(key, mtime_ns) {
+            return Ok(i);
+        }
+        let index = std::sync::Arc::new(DirIndex::build(list_dir(dir)?));
+        self.index
+            .insert(key, mtime_ns, index.clone(), std::time::SystemTime::now());
+        Ok(index)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn indexed_dirs(&self) -> usize {
+        self.index.len()
+    }
 }
 
 fn cstring(s: &OsStr) -> io::Result<CString> {
     CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+pub(crate) fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: stat is plain data, filled by the kernel; `fd` is open for the call.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st)
+    }
+}
+
+/// `/proc/self/fd/N` of an open descriptor, NUL-terminated, without allocating.
+pub(crate) struct ProcFdPath([u8; 32]);
+
+impl ProcFdPath {
+    pub(crate) fn new(fd: RawFd) -> ProcFdPath {
+        let mut b = [0u8; 32];
+        let prefix = b"/proc/self/fd/";
+        b[..prefix.len()].copy_from_slice(prefix);
+        let mut digits = [0u8; 12];
+        let mut n = fd.max(0) as u32;
+        let mut k = digits.len();
+        loop {
+            k -= 1;
+            digits[k] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let d = &digits[k..];
+        b[prefix.len()..prefix.len() + d.len()].copy_from_slice(d);
+        ProcFdPath(b)
+    }
+
+    pub(crate) fn as_cstr(&self) -> &CStr {
+        CStr::from_bytes_until_nul(&self.0).unwrap_or(c"/proc/self/fd/-")
+    }
+}
+
+/// Opens the file that descriptor `fd` names, afresh, with `flags` (permissions are checked again).
+fn reopen_proc(fd: &OwnedFd, flags: c_int) -> io::Result<OwnedFd> {
+    let p = ProcFdPath::new(fd.as_raw_fd());
+    loop {
+        // SAFETY: the path is NUL-terminated; the result is checked.
+        let r = unsafe { libc::open(p.as_cstr().as_ptr(), flags) };
+        if r >= 0 {
+            // SAFETY: a fresh descriptor that nobody else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(r) });
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
 }
 
 fn openat2(dir: RawFd, path: &CStr, flags: c_int) -> io::Result<OwnedFd> {
@@ -256,7 +384,17 @@ mod tests {
         let a = Jail::new(&root).unwrap();
         let mut b = Jail::new(&root).unwrap();
         b.force_fallback();
-        vec![a, b]
+        let mut c = Jail::new(&root).unwrap();
+        c.force_fallback();
+        c.proc_fd = false;
+        vec![a, b, c]
+    }
+
+    /// Opens through the jail as the store does: `O_PATH`, then a reopen for reading.
+    fn open(j: &Jail, rel: &str) -> io::Result<OwnedFd> {
+        let h = j.open_path(rel)?;
+        let st = fstat(h.as_raw_fd())?;
+        j.reopen_read(&h, rel, (st.st_dev, st.st_ino))
     }
 
     fn read(fd: OwnedFd) -> String {
@@ -292,15 +430,15 @@ mod tests {
         std::os::unix::fs::symlink("/", root.join("slash")).unwrap();
         std::os::unix::fs::symlink("/proc/self/root", root.join("magic")).unwrap();
         for j in jails(&root) {
-            assert_eq!(read(j.open_file("images/a.efi").unwrap()), "A");
-            assert_eq!(read(j.open_file("rel-in").unwrap()), "A");
-            assert_eq!(read(j.open_file("abs-in").unwrap()), "A");
-            assert_eq!(read(j.open_file("dirlink/a.efi").unwrap()), "A");
-            assert_eq!(errno(j.open_file("rel-out")), libc::EXDEV);
-            assert_eq!(errno(j.open_file("abs-out")), libc::EXDEV);
-            assert!(j.open_file("slash/etc/passwd").is_err());
-            assert!(j.open_file("magic/etc/passwd").is_err());
-            assert_eq!(errno(j.open_file("missing")), libc::ENOENT);
+            assert_eq!(read(open(&j, "images/a.efi").unwrap()), "A");
+            assert_eq!(read(open(&j, "rel-in").unwrap()), "A");
+            assert_eq!(read(open(&j, "abs-in").unwrap()), "A");
+            assert_eq!(read(open(&j, "dirlink/a.efi").unwrap()), "A");
+            assert_eq!(errno(j.open_path("rel-out")), libc::EXDEV);
+            assert_eq!(errno(j.open_path("abs-out")), libc::EXDEV);
+            assert!(j.open_path("slash/etc/passwd").is_err());
+            assert!(j.open_path("magic/etc/passwd").is_err());
+            assert_eq!(errno(j.open_path("missing")), libc::ENOENT);
         }
     }
 
@@ -340,5 +478,91 @@ mod tests {
             );
             assert_eq!(j.resolve_case_insensitive(&v("nothing/here")), None);
         }
+    }
+
+    #[test]
+    fn proc_fd_path_is_formatted() {
+        assert_eq!(ProcFdPath::new(0).as_cstr(), c"/proc/self/fd/0");
+        assert_eq!(ProcFdPath::new(1234567).as_cstr(), c"/proc/self/fd/1234567");
+        assert_eq!(
+            ProcFdPath::new(i32::MAX).as_cstr(),
+            c"/proc/self/fd/2147483647"
+        );
+    }
+
+    /// The path fallback of `reopen_read` refuses a path that now names another file.
+    #[test]
+    fn reopen_by_path_checks_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), "old").unwrap();
+        let mut j = Jail::new(&fs::canonicalize(dir.path()).unwrap()).unwrap();
+        j.proc_fd = false;
+        let h = j.open_path("f").unwrap();
+        let st = fstat(h.as_raw_fd()).unwrap();
+        fs::write(dir.path().join("g"), "new").unwrap();
+        fs::rename(dir.path().join("g"), dir.path().join("f")).unwrap();
+        let e = j.reopen_read(&h, "f", (st.st_dev, st.st_ino)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ESTALE));
+    }
+
+    /// The directory index notices a new name (the directory's mtime changes) and keeps the
+    /// exact-name-first rule.
+    #[test]
+    fn directory_index_notices_new_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(dir.path()).unwrap();
+        fs::create_dir(root.join("d")).unwrap();
+        for i in 0..100 {
+            fs::write(root.join(format!("d/F{i}")), "x").unwrap();
+        }
+        // Make the directory look settled (older than the racy window) so its index is kept.
+        let settle = |p: &Path, secs: i64| {
+            let c = cstring(p.as_os_str()).unwrap();
+            let t = libc::timespec {
+                tv_sec: secs,
+                tv_nsec: 0,
+            };
+            // SAFETY: valid path and two timespecs.
+            assert_eq!(
+                unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), 0) },
+                0
+            );
+        };
+        settle(&root.join("d"), 1_000_000_000);
+        let v = |s: &str| s.split('/').map(str::to_owned).collect::<Vec<_>>();
+        let j = Jail::new(&root).unwrap();
+        assert_eq!(
+            j.resolve_case_insensitive(&v("D/f7")).as_deref(),
+            Some("d/F7")
+        );
+        assert!(j.indexed_dirs() >= 1, "the large directory is indexed");
+        assert_eq!(j.resolve_case_insensitive(&v("d/new")), None);
+        // A new file changes the directory's mtime: the next miss sees it.
+        fs::write(root.join("d/NEW"), "x").unwrap();
+        settle(&root.join("d"), 1_000_000_100);
+        assert_eq!(
+            j.resolve_case_insensitive(&v("d/new")).as_deref(),
+            Some("d/NEW")
+        );
+        // Exact name first, then byte order.
+        fs::write(root.join("d/new"), "x").unwrap();
+        fs::write(root.join("d/New"), "x").unwrap();
+        settle(&root.join("d"), 1_000_000_200);
+        assert_eq!(
+            j.resolve_case_insensitive(&v("d/new")).as_deref(),
+            Some("d/new")
+        );
+        assert_eq!(
+            j.resolve_case_insensitive(&v("d/nEw")).as_deref(),
+            Some("d/NEW")
+        );
+        // Without a settled mtime nothing stale is ever used: a fresh directory is read each time.
+        fs::create_dir(root.join("fresh")).unwrap();
+        assert_eq!(j.resolve_case_insensitive(&v("fresh/a")), None);
+        fs::write(root.join("fresh/A"), "x").unwrap();
+        assert_eq!(
+            j.resolve_case_insensitive(&v("fresh/a")).as_deref(),
+            Some("fresh/A")
+        );
     }
 }
