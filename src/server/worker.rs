@@ -907,6 +907,7 @@ fn log_end(conn: &Conn, now: Instant) {
             line!(warn, "protocol-violation", 4u16, "transfer failed")
         }
         Some(Outcome::Aborted(c)) => line!(warn, "aborted", c.as_u16(), "transfer failed"),
+        Some(Outcome::Unanswered) => line!(debug, "unanswered", 0u16, "transfer dropped"),
         // Superseded before any data was sent: the end of a size probe whose ERROR came late.
         None if s.blocks_sent == 0 => line!(debug, "superseded", 0u16, "transfer dropped"),
         None => line!(info, "superseded", 0u16, "transfer dropped"),
