@@ -561,6 +561,13 @@ fn wait_signal(fd: &OwnedFd, ms: i32) -> Option<&'static str> {
 /// rather than failing with `EMFILE` everywhere.
 fn admission(args: &ServeArgs, nofile: u64, workers: usize, listen: usize) -> AdmissionConfig {
     let budget = srv::descriptor_budget(nofile, workers, listen);
+    if budget < 64 {
+        warn!(
+            nofile,
+            budget,
+            "the descriptor limit {nofile} leaves room for only {budget} transfers with {workers} workers; raise it (LimitNOFILE= / ulimit -n) or use fewer --workers"
+        );
+    }
     let mut a = AdmissionConfig::for_descriptors(budget);
     if let Some(m) = args.max_transfers {
         let m = m as usize;

@@ -131,6 +131,9 @@ pub(crate) fn run(mut core: Core, shutdown: &Shutdown) -> io::Result<()> {
         if shutdown.is_triggered() {
             break;
         }
+        if let Some(e) = core.take_injected_error() {
+            return Err(e);
+        }
         let now = Instant::now();
         core.run_timers(now, &mut drv);
         let timeout_ms = match core.next_deadline() {
@@ -156,9 +159,6 @@ pub(crate) fn run(mut core: Core, shutdown: &Shutdown) -> io::Result<()> {
             if e.raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            return Err(e);
-        }
-        if let Some(e) = core.take_injected_error() {
             return Err(e);
         }
         let ready = &events[..n as usize];

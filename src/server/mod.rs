@@ -106,10 +106,12 @@ pub enum Fault {
     WorkerError,
 }
 
-/// Descriptors a server needs besides its transfer sockets: standard streams, signal and
-/// shutdown descriptors, and per worker its listeners, ring or epoll descriptor.
+/// Descriptors a server needs besides its admitted transfer sockets: standard streams, signal
+/// and shutdown descriptors, and per worker its listeners, its ring or epoll descriptor, and the
+/// sockets of transfers dropped to make room that still wait to close
+/// ([`worker::MAX_LINGERING`]).
 pub fn fixed_descriptors(workers: usize, listen_addrs: usize) -> u64 {
-    32 + (workers * (listen_addrs + 3)) as u64
+    32 + (workers * (listen_addrs + 3 + worker::MAX_LINGERING)) as u64
 }
 
 /// Descriptors transfer sockets may use under a limit of `nofile`: half of what the fixed ones
@@ -327,6 +329,7 @@ impl Server {
                 port_range: cfg.port_range,
                 multicast: None,
                 admission: admit::Admission::new(cfg.admission),
+                workers,
                 fault: cfg.fault,
             }),
             sockets,
@@ -525,10 +528,10 @@ mod tests {
     #[test]
     fn descriptor_budget_leaves_a_reserve() {
         // systemd's default soft limit, 2 workers, one listen address.
-        assert_eq!(fixed_descriptors(2, 1), 40);
-        assert_eq!(descriptor_budget(1024, 2, 1), 492);
+        assert_eq!(fixed_descriptors(2, 1), 72);
+        assert_eq!(descriptor_budget(1024, 2, 1), 476);
         let d = AdmissionConfig::for_descriptors(descriptor_budget(1024, 2, 1));
-        assert_eq!(d.max_transfers, 492);
+        assert_eq!(d.max_transfers, 476);
         // What the transfers may take leaves at least as much to the rest.
         for nofile in [64u64, 256, 1024, 4096, 65536, 1 << 20] {
             for w in [1usize, 2, 16, 64] {

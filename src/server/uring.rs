@@ -363,6 +363,9 @@ pub(crate) fn run(mut core: Core, ring: IoUring, shutdown: &Shutdown) -> io::Res
     let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(cap);
     let mut listen_errors = LogLimit::default();
     loop {
+        if let Some(e) = core.take_injected_error() {
+            return Err(e);
+        }
         let now = Instant::now();
         core.run_timers(now, &mut drv);
         bufs.publish();
@@ -390,9 +393,6 @@ pub(crate) fn run(mut core: Core, ring: IoUring, shutdown: &Shutdown) -> io::Res
                 Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
                 _ => return Err(e),
             },
-        }
-        if let Some(e) = core.take_injected_error() {
-            return Err(e);
         }
         if shutdown.is_triggered() {
             break;

@@ -21,12 +21,13 @@
 //!   of a linked send only when it issues it) and its receive ended (the driver says so at once, or
 //!   later through [`Core::on_recv_ended`]). Until then the slot keeps the socket, the content and
 //!   the send buffers; then they go together, with the transfer's admission [`Ticket`].
-//! - New transfers pass [`Admission`] first (caps shared by all workers: total, per client
-//!   address, new transfers per second per address). When the total is reached, the worker may
-//!   drop its oldest transfer whose client never answered (its address unverified, perhaps
-//!   spoofed) and hand its ticket to the new request, so a flood of spoofed requests cannot lock
-//!   out real clients; at most [`MAX_LINGERING`] dropped transfers may wait for their socket to
-//!   close, so the descriptor count stays bounded.
+//! - New transfers pass admission first: the worker's share of `--max-transfers`, then the
+//!   per-client-address caps shared by all workers ([`Admission`]: transfers at once, new
+//!   transfers per second). When its share is full, the worker may drop its oldest transfer
+//!   whose client never answered (its address unverified, perhaps spoofed) and hand its ticket to
+//!   the new request, so a flood of spoofed requests cannot lock out real clients; at most
+//!   [`MAX_LINGERING`] dropped transfers may wait for their socket to close, so the descriptor
+//!   count stays bounded.
 //! - Memory per transfer is bounded: the send buffers hold at most one build of
 //!   [`MAX_TX_BLOCKS`](super::send::MAX_TX_BLOCKS) blocks (a larger window goes out in several
 //!   builds), the request is kept for duplicate detection (at most one receive buffer), and the
@@ -66,6 +67,8 @@ pub(crate) struct Shared {
     pub multicast: Option<super::mcast::McHandle>,
     /// Caps on transfers, shared by every worker.
     pub admission: Arc<Admission>,
+    /// Number of workers (each holds its share of `--max-transfers`).
+    pub workers: usize,
     /// A fault to inject (tests of the failure handling only).
     pub fault: Option<super::Fault>,
 }
@@ -110,7 +113,7 @@ const EVICTED: &str =
     "dropped for a new request: server at its transfer cap, client never answered";
 /// Transfers dropped to make room ([`Core`] eviction) that may wait at once for their socket to
 /// close; beyond this, a request over the cap is refused instead.
-pub(crate) const MAX_LINGERING: usize = 64;
+pub(crate) const MAX_LINGERING: usize = 16;
 const READ_ONLY: &str = "ringboot is a read-only server";
 /// How long an interface MTU stays cached.
 const MTU_CACHE_TTL: Duration = Duration::from_secs(60);
@@ -246,7 +249,7 @@ impl WorkerLogs {
                 info!(
                     worker,
                     suppressed = n,
-                    "{n} more {what} (one line a second per kind)"
+                    "{n} more {what} since the last line of that kind"
                 );
             }
             pending |= l.pending() > 0;
@@ -303,6 +306,9 @@ pub(crate) struct Core {
     gso: bool,
     port_rng: PortRng,
     logs: WorkerLogs,
+    /// This worker's share of `--max-transfers`, and the tickets its slots hold.
+    share: usize,
+    admitted: usize,
     /// Transfers whose client has not answered yet, oldest first (lazily cleaned: entries that
     /// are gone or answered are skipped; compacted when it grows past twice the slots).
     unverified: VecDeque<SlotId>,
@@ -322,8 +328,11 @@ impl Core {
         listeners: Vec<Listener>,
         gso: bool,
     ) -> Self {
+        let share = shared.admission.config().share(worker, shared.workers);
         Core {
             worker,
+            share,
+            admitted: 0,
             shared,
             listeners,
             slots: Vec::new(),
@@ -718,8 +727,16 @@ impl Core {
         drv: &mut impl Driver,
     ) -> Option<Ticket> {
         let adm = self.shared.admission.clone();
-        let refusal = match adm.admit(peer.ip(), now) {
-            Ok(t) => return Some(t),
+        let first = if self.admitted < self.share {
+            adm.admit(peer.ip(), now)
+        } else {
+            Err(Refusal::Busy)
+        };
+        let refusal = match first {
+            Ok(t) => {
+                self.admitted += 1;
+                return Some(t);
+            }
             Err(Refusal::Busy) => match self.evict_unverified(now, drv) {
                 Some(victim) => {
                     let t = self.conn_mut(victim).and_then(|c| c.ticket.take())?;
@@ -838,6 +855,9 @@ impl Core {
                 if let Some(conn) = slot.conn.take() {
                     slot.gen = slot.gen.wrapping_add(1);
                     self.free.push(id.idx);
+                    if conn.ticket.is_some() {
+                        self.admitted -= 1;
+                    }
                     if conn.lingering {
                         self.lingering -= 1;
                         if conn.reason == Some(EVICTED) {
@@ -1344,6 +1364,7 @@ mod tests {
             port_range: None,
             multicast: None,
             admission: Admission::new(adm),
+            workers: 1,
             fault: None,
         });
         let sock = sys::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -1522,6 +1543,7 @@ mod tests {
             port_range: None,
             multicast: None,
             admission: Admission::new(AdmissionConfig::for_descriptors(100)),
+            workers: 1,
             fault: None,
         });
         let sock = sys::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
