@@ -215,6 +215,12 @@ impl Admission {
         Ok(tat + self.interval)
     }
 
+    /// Whether `ip` is within its own limits at `now` (nothing is counted).
+    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        let mut st = self.lock();
+        self.check_client(&mut st, key(ip), now).map(|_| ())
+    }
+
     /// Admit one new transfer from `ip` at `now`. See the module docs.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Ticket, Refusal> {
         let k = key(ip);

@@ -690,7 +690,9 @@ impl Core {
         });
         let id = self.insert(conn);
         if let Err(e) = drv.watch(id, sock.as_raw_fd()) {
-            warn!(client = %peer, error = %e, "cannot watch a transfer socket; request dropped");
+            if let Some(n) = self.logs.allow(|l| &mut l.no_socket, now) {
+                warn!(client = %peer, error = %e, suppressed = n, "cannot watch a transfer socket; request dropped");
+            }
             self.free_slot(id);
             return;
         }
@@ -737,24 +739,21 @@ impl Core {
                 self.admitted += 1;
                 return Some(t);
             }
-            Err(Refusal::Busy) => match self.evict_unverified(now, drv) {
-                Some(victim) => {
-                    let t = self.conn_mut(victim).and_then(|c| c.ticket.take())?;
-                    match adm.reassign(t, peer.ip(), now) {
-                        Ok(t) => {
-                            self.evicted_lingering += 1;
-                            return Some(t);
-                        }
+            // The share is full: make room only for a request within its own address's limits.
+            Err(Refusal::Busy) => match adm.check(peer.ip(), now) {
+                Err(r) => r,
+                Ok(()) => match self.evict_unverified(now, drv) {
+                    Some(t) => match adm.reassign(t, peer.ip(), now) {
+                        Ok(t) => return Some(t),
                         Err((t, r)) => {
-                            if let Some(c) = self.conn_mut(victim) {
-                                c.ticket = Some(t);
-                            }
-                            self.maybe_free(victim);
+                            // The victim is gone already; its place is given back.
+                            drop(t);
+                            self.admitted -= 1;
                             r
                         }
-                    }
-                }
-                None => Refusal::Busy,
+                    },
+                    None => Refusal::Busy,
+                },
             },
             Err(r) => r,
         };
@@ -793,9 +792,10 @@ impl Core {
     }
 
     /// Drop this worker's oldest transfer whose client never answered, to make room for a new
-    /// request; its slot keeps the socket until the driver is done with it. `None` when there is
-    /// none, or when too many dropped transfers are still waiting for their socket to close.
-    fn evict_unverified(&mut self, now: Instant, drv: &mut impl Driver) -> Option<SlotId> {
+    /// request, and return its ticket (still counted in `admitted`); its slot keeps the socket
+    /// until the driver is done with it. `None` when there is none, or when too many dropped
+    /// transfers are still waiting for their socket to close.
+    fn evict_unverified(&mut self, now: Instant, drv: &mut impl Driver) -> Option<Ticket> {
         if self.evicted_lingering >= MAX_LINGERING {
             return None;
         }
@@ -803,12 +803,15 @@ impl Core {
             let Some(conn) = self.conn_mut(id) else {
                 continue;
             };
-            if conn.closed || conn.transfer.is_verified() || conn.ticket.is_none() {
+            if conn.closed || conn.transfer.is_verified() {
                 continue;
             }
+            let Some(ticket) = conn.ticket.take() else {
+                continue;
+            };
             conn.reason = Some(EVICTED);
             self.close(id, now, drv);
-            return Some(id);
+            return Some(ticket);
         }
         None
     }
@@ -879,7 +882,11 @@ impl Core {
             self.free_slot(id);
         } else if conn.closed && !conn.lingering {
             conn.lingering = true;
+            let evicted = conn.reason == Some(EVICTED);
             self.lingering += 1;
+            if evicted {
+                self.evicted_lingering += 1;
+            }
         }
     }
 
@@ -1481,48 +1488,73 @@ mod tests {
     }
 
     /// At the transfer cap, a new request takes the place of the oldest transfer whose client
-    /// never answered; that transfer's socket still waits for its receive to end.
+    /// never answered; with an asynchronous driver that transfer's socket still waits for its
+    /// receive to end. Either way the new client gets its OACK and the count stays right.
     #[test]
     fn over_the_cap_an_unanswered_transfer_makes_room() {
-        let mut r = rig(AdmissionConfig {
-            max_transfers: 1,
-            max_per_client: 1,
-            client_rate: 0,
-        });
-        let mut drv = FakeDriver::new(true);
-        // Three client addresses (each within its own per-client cap of 1).
-        let (a, b) = (client_at("127.0.0.2"), client_at("127.0.0.3"));
-        let now = Instant::now();
-        request(&mut r, &a, &mut drv, now);
-        let (ida, fda) = drv.watched[0];
-        let sock_a = identity(fda).unwrap();
-        request(&mut r, &b, &mut drv, now);
-        assert_eq!(drv.watched.len(), 2, "b admitted");
-        assert!(!r.core.is_live(ida), "a dropped");
-        assert_eq!(
-            identity(fda),
-            Some(sock_a),
-            "a's socket waits for its receive"
-        );
-        let mut buf = [0u8; 1500];
-        let (_, from) = b.recv_from(&mut buf).unwrap();
-        assert_eq!(&buf[..2], &[0, 6]);
-        // b answered: it cannot be dropped for a third client, which is refused.
-        let (idb, _) = drv.watched[1];
-        r.core
-            .on_transfer_datagram(idb, b"\x00\x04\x00\x00", false, now, &mut drv);
-        let third = client_at("127.0.0.4");
-        request(&mut r, &third, &mut drv, now);
-        assert_eq!(drv.watched.len(), 2);
-        let (n, _) = third.recv_from(&mut buf).unwrap();
-        assert_eq!(&buf[..4], &[0, 5, 0, 0]);
-        assert!(std::str::from_utf8(&buf[4..n])
-            .unwrap()
-            .contains("server busy"));
-        r.core.on_recv_ended(ida);
-        assert_ne!(identity(fda), Some(sock_a));
-        assert_eq!(r.core.shared.admission.total(), 1);
-        let _ = from;
+        for asynchronous in [true, false] {
+            let mut r = rig(AdmissionConfig {
+                max_transfers: 1,
+                max_per_client: 1,
+                client_rate: 0,
+            });
+            let mut drv = FakeDriver::new(asynchronous);
+            // Three client addresses (each within its own per-client cap of 1).
+            let (a, b) = (client_at("127.0.0.2"), client_at("127.0.0.3"));
+            let now = Instant::now();
+            request(&mut r, &a, &mut drv, now);
+            let (ida, fda) = drv.watched[0];
+            let sock_a = identity(fda).unwrap();
+            request(&mut r, &b, &mut drv, now);
+            assert_eq!(drv.watched.len(), 2, "b admitted");
+            assert!(!r.core.is_live(ida), "a dropped");
+            if asynchronous {
+                assert_eq!(
+                    identity(fda),
+                    Some(sock_a),
+                    "a's socket waits for its receive"
+                );
+            }
+            let mut buf = [0u8; 1500];
+            b.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..2], &[0, 6]);
+            // b answered: it cannot be dropped for a third client, which is refused.
+            let (idb, _) = drv.watched[1];
+            r.core
+                .on_transfer_datagram(idb, b"\x00\x04\x00\x00", false, now, &mut drv);
+            let third = client_at("127.0.0.4");
+            request(&mut r, &third, &mut drv, now);
+            assert_eq!(drv.watched.len(), 2);
+            let (n, _) = third.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..4], &[0, 5, 0, 0]);
+            assert!(std::str::from_utf8(&buf[4..n])
+                .unwrap()
+                .contains("server busy"));
+            r.core.on_recv_ended(ida);
+            assert_ne!(identity(fda), Some(sock_a));
+            assert_eq!(r.core.shared.admission.total(), 1);
+            assert_eq!((r.core.admitted, r.core.evicted_lingering), (1, 0));
+            // b ends: its place comes back, and a new client gets it.
+            r.core
+                .on_transfer_datagram(idb, b"\x00\x05\x00\x00stop\x00", false, now, &mut drv);
+            r.core.on_recv_ended(idb);
+            if asynchronous {
+                let calls: Vec<usize> = drv
+                    .sends
+                    .iter()
+                    .filter(|(id, _)| *id == idb)
+                    .map(|(_, n)| *n)
+                    .collect();
+                for n in calls {
+                    for call in 0..n {
+                        r.core.on_send_complete(idb, call, 1000, now, &mut drv);
+                    }
+                }
+            }
+            assert_eq!(r.core.admitted, 0);
+            request(&mut r, &third, &mut drv, now);
+            assert_eq!(drv.watched.len(), 3);
+        }
     }
 
     /// A window larger than the send buffers goes out in several builds.
