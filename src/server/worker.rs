@@ -31,8 +31,9 @@
 //! - Memory per transfer is bounded: the send buffers hold at most one build of
 //!   [`MAX_TX_BLOCKS`](super::send::MAX_TX_BLOCKS) blocks (a larger window goes out in several
 //!   builds), the request is kept for duplicate detection (at most one receive buffer), and the
-//!   rest is fixed-size: about 14 KiB in all, so `--max-transfers` x 14 KiB bounds the workers' heap
-//!   (about 56 MiB at the default 4,096; file bytes are never copied).
+//!   rest is fixed-size: [`transfer_memory_bound`] (15,056 bytes on x86-64 Linux) in all, so
+//!   `--max-transfers` x 15 KiB bounds the workers' heap for transfers (59 MiB at the default
+//!   4,096; file bytes are never copied). The server logs both figures at start.
 //! - Every log line a remote peer can cause once per datagram goes through a [`LogLimit`]: one
 //!   line, then a count of the suppressed ones (flushed from the timer).
 //! - No allocation per datagram: receive buffers belong to the backend, send buffers to the
@@ -212,7 +213,7 @@ impl WorkerLogs {
         r
     }
 
-    /// Report the counts of floods that stopped. Returns when to come back, if ever.
+    /// Report the counts of floods that stopped (and come back in a second while some remain).
     fn flush(&mut self, worker: usize, now: Instant) {
         if self.flush_at.is_none_or(|t| t > now) {
             return;
