@@ -1,7 +1,12 @@
 //! The `ringboot` binary: command line, logging, signals; the work is in the library.
 //!
 //! `ringboot serve --root DIR` binds the listeners, logs `listening on ADDR[, ADDR...] (backend=...,
-//! workers=N)` once every worker is ready, and runs until SIGINT or SIGTERM.
+//! workers=N)` once every worker is ready, and runs until SIGINT or SIGTERM (exit code 0).
+//!
+//! At start the soft descriptor limit is raised to the hard one, and the transfer caps are sized
+//! to it (see `ringboot::server::descriptor_budget`). A worker or service thread (DHCP,
+//! multicast) that fails, panics or ends on its own stops the process: one ERROR line naming it
+//! and why, then exit code 1 (a supervisor restarts it); nothing stops silently.
 
 use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
@@ -9,7 +14,10 @@ use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, 
 use ringboot::dhcp::{config::MtftpConfig, DhcpConfig, DhcpMode};
 use ringboot::proto::options::{BlockSize, Limits, WindowSize};
 use ringboot::server::mcast::{self, GroupPool, McConfig, MtftpFile};
-use ringboot::server::{BackendChoice, ListenAddr, PortRange, Server, ServerConfig, Shutdown};
+use ringboot::server::{
+    self as srv, AdmissionConfig, BackendChoice, Fault, ListenAddr, PortRange, Server,
+    ServerConfig, Shutdown,
+};
 use ringboot::store::{self, Store, StoreOptions};
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -18,9 +26,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
-use tracing::info;
+use tracing::{error, info, warn};
 use tracing_appender::non_blocking::{ErrorCounter, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
@@ -62,6 +71,19 @@ enum LogFormat {
     Json,
 }
 
+/// Faults for the tests of the failure handling (hidden `--fault`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum FaultArg {
+    /// A worker panics on its first request.
+    WorkerPanic,
+    /// A worker's loop fails on its first request.
+    WorkerError,
+    /// A service thread ends on its own shortly after start.
+    ServiceExit,
+    /// A service thread panics shortly after start.
+    ServicePanic,
+}
+
 #[derive(Args)]
 struct ServeArgs {
     /// TOML file with any of these options as keys (`max_blksize = 1468`, `listen = [...]`,
@@ -101,9 +123,24 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 6,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     retries: u32,
-    /// Local ports for transfer sockets. Default: any ephemeral port.
+    /// Local ports for transfer sockets, chosen at random in the range. Default: any ephemeral
+    /// port (the kernel's random choice).
     #[arg(long, value_name = "LOW:HIGH")]
     port_range: Option<PortRange>,
+    /// Transfers at once, all clients together; over it a request gets ERROR 0. Default: sized
+    /// to the descriptor limit (half of what is left after the fixed descriptors), at most 4096.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    max_transfers: Option<u64>,
+    /// Transfers at once from one client address (an IPv6 /64 counts as one); also the burst of
+    /// --client-rate. Default: an eighth of --max-transfers, between 1 and 64.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    max_transfers_per_client: Option<u64>,
+    /// New transfers per second from one client address (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    client_rate: u32,
+    /// Test only: inject a fault to check that it stops the server with a clear error.
+    #[arg(long, value_enum, hide = true)]
+    fault: Option<FaultArg>,
     /// Allow blocks larger than the interface MTU (IP fragmentation).
     #[arg(long)]
     allow_fragmentation: bool,
@@ -383,6 +420,80 @@ fn report_dropped_log_lines(counter: &ErrorCounter, reported: &mut usize) {
     }
 }
 
+/// Where the latest panic of each thread happened, for the line that reports it.
+static PANICS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// Threads whose end the main loop watches and reports itself (workers, services).
+fn watched(thread: &str) -> bool {
+    thread.starts_with("ringboot-w")
+        || thread == "ringboot-mcast"
+        || thread == "dhcp"
+        || thread == "ringboot-fault"
+}
+
+/// Panics go to the log: a watched thread's panic is reported (with its place) by the line
+/// that stops the server; any other thread's panic is logged here at ERROR.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_owned();
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        if watched(&thread) {
+            let mut p = PANICS.lock().unwrap_or_else(|e| e.into_inner());
+            p.retain(|(t, _)| *t != thread);
+            if p.len() < 64 {
+                p.push((thread, place));
+            }
+        } else {
+            error!(
+                thread,
+                place,
+                "panic: {}",
+                srv::panic_message(info.payload())
+            );
+        }
+    }));
+}
+
+fn panic_place(thread: &str) -> String {
+    let p = PANICS.lock().unwrap_or_else(|e| e.into_inner());
+    p.iter()
+        .find(|(t, _)| t == thread)
+        .map(|(_, place)| format!(" at {place}"))
+        .unwrap_or_default()
+}
+
+/// A service thread (DHCP responder, multicast service) whose end is watched.
+struct Service {
+    name: &'static str,
+    thread: &'static str,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Service {
+    /// Why it ended, if it has (joining it).
+    fn ended(&mut self) -> Option<String> {
+        if !self.handle.as_ref().is_some_and(|h| h.is_finished()) {
+            return None;
+        }
+        let h = self.handle.take()?;
+        Some(match h.join() {
+            Ok(()) => format!("the {} stopped unexpectedly", self.name),
+            Err(p) => format!(
+                "the {} panicked{}: {}",
+                self.name,
+                panic_place(self.thread),
+                srv::panic_message(&*p)
+            ),
+        })
+    }
+}
+
 /// The signals that end the server, blocked in every thread and read from a signalfd.
 fn stop_signals() -> libc::sigset_t {
     // SAFETY: sigemptyset initialises the set.
@@ -453,9 +564,67 @@ fn wait_signal(fd: &OwnedFd, ms: i32) -> Option<&'static str> {
     })
 }
 
-fn serve(args: ServeArgs, config_text: Option<String>, matches: clap::ArgMatches) -> Result<()> {
+/// The transfer caps: the flags, or defaults sized to the descriptor limit; flags above what the
+/// descriptors allow are lowered (with a warning), so an overload is refused with an ERROR
+/// rather than failing with `EMFILE` everywhere.
+fn admission(args: &ServeArgs, nofile: u64, workers: usize, listen: usize) -> AdmissionConfig {
+    let budget = srv::descriptor_budget(nofile, workers, listen);
+    if budget < 64 {
+        warn!(
+            nofile,
+            budget,
+            "the descriptor limit {nofile} leaves room for only {budget} transfers with {workers} workers; raise it (LimitNOFILE= / ulimit -n) or use fewer --workers"
+        );
+    }
+    let mut a = AdmissionConfig::for_descriptors(budget);
+    if let Some(m) = args.max_transfers {
+        let m = m as usize;
+        if m as u64 > budget {
+            warn!(
+                max_transfers = m,
+                budget,
+                nofile,
+                "--max-transfers {m} is more than the descriptor limit {nofile} allows; using {budget} (raise LimitNOFILE / ulimit -n to allow more)"
+            );
+            a.max_transfers = (budget as usize).max(1);
+        } else {
+            a.max_transfers = m;
+        }
+        a.max_per_client = (a.max_transfers / 8).clamp(1, 64);
+    }
+    if let Some(p) = args.max_transfers_per_client {
+        a.max_per_client = (p as usize).min(a.max_transfers);
+    }
+    a.client_rate = args.client_rate;
+    a
+}
+
+fn serve(
+    args: ServeArgs,
+    config_text: Option<String>,
+    matches: clap::ArgMatches,
+) -> Result<ExitCode> {
     let (_log_guard, log_dropped) = init_logging(args.verbose, args.log_format)?;
+    install_panic_hook();
     let mut log_dropped_reported = 0;
+    let nofile = match srv::raise_descriptor_limit() {
+        Ok((before, after)) => {
+            if after > before {
+                info!(
+                    before,
+                    after, "descriptor limit raised from {before} to {after}"
+                );
+            } else {
+                info!(limit = after, "descriptor limit {after}");
+            }
+            after
+        }
+        Err(e) => {
+            let now = srv::descriptor_limit().unwrap_or(1024);
+            warn!(limit = now, error = %e, "cannot raise the descriptor limit; it stays {now}");
+            now
+        }
+    };
     let dhcp = dhcp_config(&args, config_text.as_deref(), &matches)?;
     let listen = if args.listen.is_empty() {
         vec![
@@ -530,6 +699,21 @@ fn serve(args: ServeArgs, config_text: Option<String>, matches: clap::ArgMatches
             })
             .collect(),
     };
+    let admission = admission(&args, nofile, workers, listen.len());
+    info!(
+        max_transfers = admission.max_transfers,
+        max_per_client = admission.max_per_client,
+        client_rate = admission.client_rate,
+        "transfer caps: {} at once, {} per client address, {} new per second per address",
+        admission.max_transfers,
+        admission.max_per_client,
+        admission.client_rate
+    );
+    let fault = match args.fault {
+        Some(FaultArg::WorkerPanic) => Some(Fault::WorkerPanic),
+        Some(FaultArg::WorkerError) => Some(Fault::WorkerError),
+        _ => None,
+    };
     let mut server = Server::bind(
         ServerConfig {
             listen,
@@ -538,6 +722,8 @@ fn serve(args: ServeArgs, config_text: Option<String>, matches: clap::ArgMatches
             min_rto: Duration::from_millis(args.min_rto),
             port_range: args.port_range,
             backend,
+            admission,
+            fault,
         },
         store.clone(),
     )?;
@@ -545,46 +731,88 @@ fn serve(args: ServeArgs, config_text: Option<String>, matches: clap::ArgMatches
     let n = server.workers();
     let sigfd = signalfd()?;
     let shutdown = Shutdown::new().context("cannot create the shutdown eventfd")?;
-    let mut threads = Vec::new();
+    let mut services = Vec::new();
     if mc.enabled() {
         let (handle, thread) = mcast::spawn(mc, store, shutdown.clone())
             .context("cannot start the multicast service")?;
         server.set_multicast(handle);
-        threads.push(thread);
+        services.push(Service {
+            name: "multicast service",
+            thread: "ringboot-mcast",
+            handle: Some(thread),
+        });
     }
     let dhcp_stop = Arc::new(AtomicBool::new(false));
     if dhcp.mode != DhcpMode::Off {
         let mode = dhcp.mode;
-        threads.push(
-            ringboot::dhcp::spawn(dhcp, dhcp_stop.clone())
-                .context("cannot start the DHCP responder")?,
-        );
+        services.push(Service {
+            name: "DHCP responder",
+            thread: "dhcp",
+            handle: Some(
+                ringboot::dhcp::spawn(dhcp, dhcp_stop.clone())
+                    .context("cannot start the DHCP responder")?,
+            ),
+        });
         info!(mode = %mode, "DHCP responder started");
     }
-    let running = server.start(shutdown)?;
+    if let Some(f @ (FaultArg::ServiceExit | FaultArg::ServicePanic)) = args.fault {
+        let t = std::thread::Builder::new()
+            .name("ringboot-fault".into())
+            .spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                if f == FaultArg::ServicePanic {
+                    panic!("injected fault (--fault service-panic)");
+                }
+            })?;
+        services.push(Service {
+            name: "test service (--fault)",
+            thread: "ringboot-fault",
+            handle: Some(t),
+        });
+    }
+    let mut running = server.start(shutdown)?;
     info!(
         "listening on {} (backend={}, workers={})",
         addrs.join(", "),
         running.backend(),
         n
     );
+    let mut failure = None;
     loop {
-        if let Some(sig) = wait_signal(&sigfd, 500) {
+        if let Some(sig) = wait_signal(&sigfd, 200) {
             info!("received {sig}; shutting down");
             break;
         }
-        if running.any_finished() {
+        if let Some(e) = running.poll_failure() {
+            let place = match &e {
+                srv::ServerError::Panicked(w, _) => panic_place(&format!("ringboot-w{w}")),
+                _ => String::new(),
+            };
+            failure = Some(format!("{e}{place}"));
+            break;
+        }
+        if let Some(why) = services.iter_mut().find_map(Service::ended) {
+            failure = Some(why);
             break;
         }
         report_dropped_log_lines(&log_dropped, &mut log_dropped_reported);
     }
-    dhcp_stop.store(true, Ordering::SeqCst);
-    running.join()?;
-    for t in threads {
-        let _ = t.join();
+    if let Some(why) = &failure {
+        error!("{why}; stopping ringboot (exit code 1)");
     }
+    dhcp_stop.store(true, Ordering::SeqCst);
+    let joined = running.join();
+    for s in &mut services {
+        if let Some(h) = s.handle.take() {
+            let _ = h.join();
+        }
+    }
+    if failure.is_some() {
+        return Ok(ExitCode::FAILURE);
+    }
+    joined?;
     info!("stopped");
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -596,7 +824,7 @@ fn main() -> ExitCode {
     }
     let r = parse_cli().and_then(|(args, text, matches)| serve(args, text, matches));
     match r {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("ringboot: {e:#}");
             ExitCode::FAILURE

@@ -12,6 +12,18 @@
 //!   [`Transfer::stats`].
 //!
 //! The machine never reads file bytes and never reads a clock.
+//!
+//! Reflection bound (a request whose source address may be spoofed): until the client has
+//! acknowledged something (ACK 0 of the OACK, or ACK 1 without one) it has not proven that it
+//! receives at its address, so the first response (the OACK, or block 1 when there is no OACK) is
+//! sent at most `1 + PRE_ACK_RESENDS` times in all, with the timer backing off (1 s, 2 s, ...,
+//! capped by the timeout ceiling), whether the resends come from the timer or from repeated
+//! requests ([`Transfer::handle_duplicate_request`]). Then the transfer ends quietly as
+//! [`Outcome::Unanswered`], with no ERROR: the address never answered, so nothing more goes to it.
+//! The first response is at most 516 bytes of UDP payload (block 1 of a plain RFC 1350 transfer;
+//! an OACK is smaller), so one request draws at most 3 x 516 = 1,548 bytes of payload (1,632 bytes
+//! of IPv4 packets) toward an address that never answers, over about `1 + 2 + min(4, ceiling)`
+//! seconds.
 
 use super::block::BlockNum;
 use super::options::Negotiated;
@@ -25,6 +37,9 @@ const GRANULARITY: Duration = Duration::from_millis(1);
 const PTO_FLOOR: Duration = Duration::from_micros(250);
 /// Retransmission timeout before the first round trip is measured (RFC 6298 §2.1 says 1 s).
 const INITIAL_RTO: Duration = Duration::from_secs(1);
+/// Resends of the first response (OACK or block 1) before the client's first ACK; after them the
+/// transfer is dropped without an ERROR (see the module docs).
+pub const PRE_ACK_RESENDS: u32 = 2;
 
 /// `content_len` of a transfer whose length is learned only when the driver reaches the end of the
 /// content (netascii, converted block by block as it is sent): see [`Transfer::set_last_block`].
@@ -69,6 +84,9 @@ pub enum Outcome {
     ProtocolViolation,
     /// The server ended it (e.g. the file was modified in place); an ERROR was sent.
     Aborted(ErrorCode),
+    /// The client never acknowledged the first response within the pre-ACK resend budget: it is
+    /// gone, or its address was spoofed. Dropped without an ERROR (see the module docs).
+    Unanswered,
 }
 
 impl Outcome {
@@ -81,6 +99,7 @@ impl Outcome {
             Outcome::TimedOut => "timeout",
             Outcome::ProtocolViolation => "protocol-violation",
             Outcome::Aborted(_) => "aborted",
+            Outcome::Unanswered => "unanswered",
         }
     }
 }
@@ -231,6 +250,10 @@ pub struct Transfer {
     in_flight: Option<InFlight>,
     /// A tail-loss probe went out since the last progress.
     probed: bool,
+    /// The client acknowledged something: it receives at its address (not a spoofed source).
+    verified: bool,
+    /// Resends of the first response so far, while not `verified` (at most [`PRE_ACK_RESENDS`]).
+    first_resends: u32,
     stats: TransferStats,
 }
 
@@ -269,6 +292,8 @@ impl Transfer {
             silence_budget: max * cfg.retries,
             in_flight: None,
             probed: false,
+            verified: false,
+            first_resends: 0,
             stats: TransferStats::default(),
         }
     }
@@ -376,6 +401,7 @@ impl Transfer {
                     return;
                 }
                 self.take_sample(0, now);
+                self.verified = true;
                 self.phase = Phase::Sending;
                 self.progress(now);
                 self.pending = Pending::Window { from: 1 };
@@ -388,6 +414,7 @@ impl Transfer {
                     return;
                 }
                 self.acked += fwd;
+                self.verified = true;
                 self.take_sample(self.acked, now);
                 self.progress(now);
                 if self.acked == self.total_blocks {
@@ -405,21 +432,41 @@ impl Transfer {
     }
 
     /// The client sent its request again (same bytes, same port): it has seen nothing of our answer.
-    /// Resend the OACK, or block 1 when there is no OACK, unless that was sent less than the
-    /// retransmission floor ago (a client flooding requests gets no more than the timer would send).
+    /// Resend the OACK, or block 1 when there is no OACK, as an early timer expiry: only before the
+    /// client's first ACK, only while the pre-ACK resend budget lasts ([`PRE_ACK_RESENDS`], shared
+    /// with the timer), and only once half the current (backed-off) timeout has passed since the
+    /// last send. A client (or a spoofer) repeating its request draws no more than the timer sends.
     pub fn handle_duplicate_request(&mut self, now: Instant) {
-        let fresh = self
-            .in_flight
-            .is_some_and(|f| now.saturating_duration_since(f.sent_at) < self.rtt.min);
-        if fresh || self.pending != Pending::Nothing {
+        if self.verified
+            || self.pending != Pending::Nothing
+            || self.first_resends >= PRE_ACK_RESENDS
+            || !matches!(self.phase, Phase::AwaitOackAck | Phase::Sending)
+        {
             return;
         }
-        match self.phase {
-            Phase::AwaitOackAck => self.pending = Pending::Oack,
-            Phase::Sending if self.acked == 0 => self.pending = Pending::Window { from: 1 },
-            _ => return,
+        let since = self
+            .in_flight
+            .map_or(Duration::MAX, |f| now.saturating_duration_since(f.sent_at));
+        if since < self.rtt.rto() / 2 {
+            return;
         }
+        self.resend_first();
+    }
+
+    /// One resend of the first response, counted against the pre-ACK budget, with backoff.
+    fn resend_first(&mut self) {
+        self.first_resends += 1;
         self.in_flight = None;
+        self.rtt.backoff();
+        self.pending = match self.phase {
+            Phase::AwaitOackAck => Pending::Oack,
+            _ => Pending::Window { from: 1 },
+        };
+    }
+
+    /// The client has acknowledged something (it receives at its address).
+    pub fn is_verified(&self) -> bool {
+        self.verified
     }
 
     /// Call when the instant from [`poll_timeout`](Self::poll_timeout) has passed.
@@ -429,6 +476,15 @@ impl Transfer {
             _ => return,
         }
         self.stats.timeouts += 1;
+        if !self.verified {
+            // Nobody has answered from this address: a few resends, then a quiet drop.
+            if self.first_resends >= PRE_ACK_RESENDS {
+                self.finish(Outcome::Unanswered);
+            } else {
+                self.resend_first();
+            }
+            return;
+        }
         if now.saturating_duration_since(self.last_progress) >= self.silence_budget {
             self.close(
                 Outcome::TimedOut,
@@ -719,26 +775,89 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_request_resends_oack_at_once_but_not_in_a_flood() {
+    fn duplicate_request_resends_oack_within_the_pre_ack_budget_only() {
         let t0 = Instant::now();
         let mut t = Transfer::new(cfg(b"tsize\x000\x00", 10), t0);
         assert_eq!(drain(&mut t, t0).len(), 1);
         t.handle_duplicate_request(t0);
-        assert!(drain(&mut t, t0).is_empty(), "within the floor: nothing");
-        let later = t0 + Duration::from_millis(50);
+        assert!(drain(&mut t, t0).is_empty(), "just sent: nothing");
+        // Half the timeout (1 s) later, a repeated request is an early timer expiry.
+        let later = t0 + Duration::from_millis(500);
         t.handle_duplicate_request(later);
         assert!(matches!(drain(&mut t, later)[..], [Transmit::Datagram(_)]));
-        ack(&mut t, 0, later);
-        drain(&mut t, later);
-        let later = later + Duration::from_millis(50);
+        // The timer backed off (2 s): a repeat 0.5 s later is too early.
+        let later = later + Duration::from_millis(500);
         t.handle_duplicate_request(later);
-        assert_eq!(
-            drain(&mut t, later),
-            [Transmit::Blocks { first: 1, count: 1 }]
-        );
-        ack(&mut t, 1, later);
-        t.handle_duplicate_request(later + Duration::from_millis(50));
         assert!(drain(&mut t, later).is_empty());
+        let later = later + Duration::from_millis(600);
+        t.handle_duplicate_request(later);
+        assert!(matches!(drain(&mut t, later)[..], [Transmit::Datagram(_)]));
+        // Budget spent: repeats draw nothing, and the timer drops the transfer quietly.
+        for i in 0..100 {
+            t.handle_duplicate_request(later + Duration::from_secs(i));
+            assert!(drain(&mut t, later + Duration::from_secs(i)).is_empty());
+        }
+        let d = t.poll_timeout().unwrap();
+        t.handle_timeout(d);
+        assert!(
+            drain(&mut t, d).is_empty(),
+            "no ERROR to an unverified address"
+        );
+        assert_eq!(t.outcome(), Some(Outcome::Unanswered));
+    }
+
+    #[test]
+    fn duplicate_request_after_the_first_ack_draws_nothing() {
+        let t0 = Instant::now();
+        let mut t = Transfer::new(cfg(b"tsize\x000\x00", 10), t0);
+        drain(&mut t, t0);
+        ack(&mut t, 0, t0);
+        assert_eq!(drain(&mut t, t0), [Transmit::Blocks { first: 1, count: 1 }]);
+        assert!(t.is_verified());
+        t.handle_duplicate_request(t0 + Duration::from_secs(5));
+        assert!(drain(&mut t, t0).is_empty());
+    }
+
+    /// A client that never answers: the first response goes out 1 + PRE_ACK_RESENDS times with
+    /// backoff, then the transfer ends without an ERROR, with or without an OACK, whatever the
+    /// timeout and retry settings.
+    #[test]
+    fn unanswered_first_response_is_bounded_and_quiet() {
+        for (opts, timeout) in [
+            (&b""[..], 3u64),
+            (b"blksize\x001468\x00windowsize\x0064\x00tsize\x000\x00", 3),
+            (b"", 1),
+            (b"timeout\x00255\x00", 255),
+        ] {
+            let t0 = Instant::now();
+            let mut c = cfg(opts, 1 << 20);
+            c.max_timeout = Duration::from_secs(timeout);
+            c.retries = 1000;
+            let mut t = Transfer::new(c, t0);
+            let mut sends = drain(&mut t, t0).len();
+            let mut last = t0;
+            let mut gaps = Vec::new();
+            while let Some(d) = t.poll_timeout() {
+                t.handle_timeout(d);
+                let tx = drain(&mut t, d);
+                for x in &tx {
+                    match x {
+                        Transmit::Datagram(_) => {}
+                        Transmit::Blocks { first, count } => assert_eq!((*first, *count), (1, 1)),
+                    }
+                }
+                if !tx.is_empty() {
+                    gaps.push(d - last);
+                    last = d;
+                }
+                sends += tx.len();
+            }
+            assert_eq!(sends, 1 + PRE_ACK_RESENDS as usize, "{opts:?}");
+            assert_eq!(t.outcome(), Some(Outcome::Unanswered));
+            // Backoff: each wait at least as long as the one before.
+            assert!(gaps.windows(2).all(|w| w[1] >= w[0]), "{gaps:?}");
+            assert!(last - t0 <= Duration::from_secs(1 + 2 + 4));
+        }
     }
 
     #[test]
@@ -960,14 +1079,18 @@ mod tests {
                 }
             }
             while let Some(n) = client.poll_transmit(now, &mut buf) {
-                // A resent RRQ reaches the request port; the worker hands it to the live transfer.
+                // A resent RRQ reaches the request port; the worker hands it to the live transfer,
+                // or starts a new one when the old one was dropped unanswered.
                 if buf[..2] != [0, 1] {
                     send(true, buf[..n].to_vec(), now, &mut queue);
+                } else if server.outcome() == Some(Outcome::Unanswered) {
+                    server = Transfer::new(c, now);
                 } else {
                     server.handle_duplicate_request(now);
                 }
             }
-            if server.outcome().is_some() && (client.is_over() || queue.is_empty()) {
+            let dropped = server.outcome() == Some(Outcome::Unanswered);
+            if server.outcome().is_some() && (client.is_over() || (queue.is_empty() && !dropped)) {
                 break;
             }
             // Advance virtual time to the next event.

@@ -11,7 +11,7 @@
 use super::sys::{self, CmsgBuf, PKTINFO_CMSG_SPACE};
 use super::worker::{Core, Driver, SendStatus, SlotId};
 use super::Shutdown;
-use socket2::Socket;
+use crate::ratelog::LogLimit;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 /// Datagrams read from one socket per wake-up before moving on to the others.
 pub(crate) const READ_BUDGET: usize = 64;
 /// Receive buffer: larger than any request a client sends; bigger datagrams are reported truncated.
-const RX_BUF: usize = 4096;
+pub(crate) const RX_BUF: usize = 4096;
 
 const KIND_LISTEN: u64 = 1;
 const KIND_XFER: u64 = 2;
@@ -60,9 +60,9 @@ impl Driver for EpollDriver {
         self.ctl(libc::EPOLL_CTL_ADD, fd, tag(KIND_XFER, id.gen, id.idx))
     }
 
-    fn unwatch(&mut self, _id: SlotId, sock: Socket) {
-        let _ = self.ctl(libc::EPOLL_CTL_DEL, sock.as_raw_fd(), 0);
-        drop(sock);
+    fn unwatch(&mut self, _id: SlotId, fd: RawFd) -> bool {
+        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0);
+        true
     }
 
     fn send(&mut self, _id: SlotId, fd: RawFd, msgs: &mut [libc::mmsghdr]) -> SendStatus {
@@ -126,9 +126,13 @@ pub(crate) fn run(mut core: Core, shutdown: &Shutdown) -> io::Result<()> {
     };
     // SAFETY: all-zero is a valid epoll_event.
     let mut events: Vec<libc::epoll_event> = vec![unsafe { zeroed() }; 256];
+    let mut listen_errors = LogLimit::default();
     loop {
         if shutdown.is_triggered() {
             break;
+        }
+        if let Some(e) = core.take_injected_error() {
+            return Err(e);
         }
         let now = Instant::now();
         core.run_timers(now, &mut drv);
@@ -168,7 +172,13 @@ pub(crate) fn run(mut core: Core, shutdown: &Shutdown) -> io::Result<()> {
         for ev in ready {
             let (kind, _, idx) = untag(ev.u64);
             if kind == KIND_LISTEN {
-                read_listener(&mut core, &mut drv, &mut rx, idx as usize);
+                read_listener(
+                    &mut core,
+                    &mut drv,
+                    &mut rx,
+                    idx as usize,
+                    &mut listen_errors,
+                );
             }
         }
     }
@@ -206,7 +216,13 @@ fn read_transfer(core: &mut Core, drv: &mut EpollDriver, rx: &mut Rx, id: SlotId
     }
 }
 
-fn read_listener(core: &mut Core, drv: &mut EpollDriver, rx: &mut Rx, li: usize) {
+fn read_listener(
+    core: &mut Core,
+    drv: &mut EpollDriver,
+    rx: &mut Rx,
+    li: usize,
+    errors: &mut LogLimit,
+) {
     let Some(fd) = core.listeners().get(li).map(|l| l.sock.as_raw_fd()) else {
         return;
     };
@@ -231,7 +247,9 @@ fn read_listener(core: &mut Core, drv: &mut EpollDriver, rx: &mut Rx, li: usize)
             match sys::errno() {
                 libc::EAGAIN | libc::EINTR => return,
                 e => {
-                    warn!(worker = core.worker(), error = %io::Error::from_raw_os_error(e), "receive error on a listening socket");
+                    if let Some(n) = errors.allow(Instant::now()) {
+                        warn!(worker = core.worker(), suppressed = n, error = %io::Error::from_raw_os_error(e), "receive error on a listening socket (one line a second)");
+                    }
                     return;
                 }
             }

@@ -11,7 +11,14 @@
 //!   whose listening socket received it.
 //! - The request handling, transfer table, timers and send building are one code path
 //!   ([`worker::Core`]); the backends ([`uring`], [`epoll`]) only wait, receive and submit.
+//! - Transfers are capped for the whole server ([`admit`]): in all, per client address, and in new
+//!   transfers per second per address. The defaults follow the descriptor limit
+//!   ([`descriptor_budget`]): each transfer holds one socket, and half of the descriptors left
+//!   after the fixed ones are kept for the file store, the multicast service, DHCP and logging.
+//! - A worker that fails or panics is reported by [`Running::poll_failure`] (the binary then stops
+//!   with an error): nothing stops silently.
 
+pub mod admit;
 mod epoll;
 pub mod mcast;
 mod send;
@@ -19,6 +26,7 @@ mod sys;
 mod uring;
 mod worker;
 
+pub use admit::AdmissionConfig;
 pub use sys::PortRange;
 
 use crate::proto::options::Limits;
@@ -82,6 +90,47 @@ pub struct ServerConfig {
     /// Ports for transfer sockets; `None`: any ephemeral port.
     pub port_range: Option<PortRange>,
     pub backend: BackendChoice,
+    /// Caps on transfers (see [`admit`]).
+    pub admission: AdmissionConfig,
+    /// A fault to inject, for tests of the failure handling (`--fault`, hidden).
+    pub fault: Option<Fault>,
+}
+
+/// Faults a test can inject into a running server (hidden `--fault` flag), to check that a
+/// failing component stops the process with a clear message instead of vanishing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// A worker panics on its first request.
+    WorkerPanic,
+    /// A worker's loop returns an error on its first request.
+    WorkerError,
+}
+
+/// Descriptors a server needs besides its admitted transfer sockets: standard streams, signal
+/// and shutdown descriptors, and per worker its listeners, its ring or epoll descriptor, and the
+/// sockets of transfers dropped to make room that still wait to close
+/// ([`worker::MAX_LINGERING`]).
+pub fn fixed_descriptors(workers: usize, listen_addrs: usize) -> u64 {
+    32 + (workers * (listen_addrs + 3 + worker::MAX_LINGERING)) as u64
+}
+
+/// Descriptors transfer sockets may use under a limit of `nofile`: half of what the fixed ones
+/// leave. The other half is the reserve for everything whose descriptors the network can make
+/// grow too, each bounded by its own cap: the file store (open or leased files), the multicast
+/// service (a socket per session), the DHCP responder (its lease file) and logging; plus the
+/// transfers dropped to make room that are still waiting for their socket to close.
+pub fn descriptor_budget(nofile: u64, workers: usize, listen_addrs: usize) -> u64 {
+    nofile.saturating_sub(fixed_descriptors(workers, listen_addrs)) / 2
+}
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard limit. Returns the soft limit before and after.
+pub fn raise_descriptor_limit() -> io::Result<(u64, u64)> {
+    sys::raise_nofile_limit()
+}
+
+/// The current soft `RLIMIT_NOFILE`.
+pub fn descriptor_limit() -> io::Result<u64> {
+    sys::nofile_limit().map(|(soft, _)| soft)
 }
 
 /// Why the server could not start or stopped.
@@ -107,8 +156,21 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
-    #[error("worker {0} panicked")]
-    Panicked(usize),
+    #[error("worker {0} panicked: {1}")]
+    Panicked(usize, String),
+    #[error("worker {0} stopped unexpectedly")]
+    Stopped(usize),
+}
+
+/// The message of a panic payload.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
+    }
 }
 
 fn bind_reason(addr: &SocketAddr, e: &io::Error) -> String {
@@ -251,6 +313,14 @@ impl Server {
                 }
             },
         };
+        let per = worker::transfer_memory_bound();
+        info!(
+            per_transfer_bytes = per,
+            "memory of transfers: at most {} KiB each, {} MiB for {} transfers",
+            per.div_ceil(1024),
+            (per * cfg.admission.max_transfers).div_ceil(1 << 20),
+            cfg.admission.max_transfers
+        );
         Ok(Server {
             shared: Arc::new(Shared {
                 store,
@@ -258,6 +328,9 @@ impl Server {
                 min_rto: cfg.min_rto,
                 port_range: cfg.port_range,
                 multicast: None,
+                admission: admit::Admission::new(cfg.admission),
+                workers,
+                fault: cfg.fault,
             }),
             sockets,
             addrs,
@@ -310,7 +383,7 @@ impl Server {
         }
         drop(ready_tx);
         let mut running = Running {
-            handles,
+            handles: handles.into_iter().map(Some).collect(),
             shutdown,
             backend: self.backend,
         };
@@ -377,15 +450,13 @@ fn worker_main(
         Some(ring) => uring::run(core, ring, shutdown),
         None => epoll::run(core, shutdown),
     };
-    r.map_err(|source| {
-        tracing::error!(worker = w, error = %source, "worker stopped");
-        ServerError::Worker { worker: w, source }
-    })
+    r.map_err(|source| ServerError::Worker { worker: w, source })
 }
 
 /// Running workers.
 pub struct Running {
-    handles: Vec<JoinHandle<Result<(), ServerError>>>,
+    /// `None` once joined by [`poll_failure`](Self::poll_failure).
+    handles: Vec<Option<JoinHandle<Result<(), ServerError>>>>,
     shutdown: Arc<Shutdown>,
     backend: Backend,
 }
@@ -398,7 +469,26 @@ impl Running {
 
     /// Whether some worker has stopped (only after a shutdown, or on an error).
     pub fn any_finished(&self) -> bool {
-        self.handles.iter().any(|h| h.is_finished())
+        self.handles
+            .iter()
+            .any(|h| h.as_ref().is_none_or(|h| h.is_finished()))
+    }
+
+    /// The failure of a worker that has stopped although no shutdown was asked: its error, its
+    /// panic, or [`ServerError::Stopped`]. `None` while every worker runs.
+    pub fn poll_failure(&mut self) -> Option<ServerError> {
+        for (w, slot) in self.handles.iter_mut().enumerate() {
+            if !slot.as_ref().is_some_and(|h| h.is_finished()) {
+                continue;
+            }
+            let h = slot.take()?;
+            return Some(match h.join() {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => ServerError::Stopped(w),
+                Err(p) => ServerError::Panicked(w, panic_message(&*p)),
+            });
+        }
+        None
     }
 
     /// Stop every worker and wait for them; the first error, if any.
@@ -406,9 +496,10 @@ impl Running {
         self.shutdown.trigger();
         let mut first = Ok(());
         for (w, h) in self.handles.into_iter().enumerate() {
+            let Some(h) = h else { continue };
             let r = match h.join() {
                 Ok(r) => r,
-                Err(_) => Err(ServerError::Panicked(w)),
+                Err(p) => Err(ServerError::Panicked(w, panic_message(&*p))),
             };
             if first.is_ok() {
                 first = r;
@@ -432,5 +523,22 @@ mod tests {
         );
         let r = bind_reason(&a, &io::Error::from_raw_os_error(libc::EADDRINUSE));
         assert!(r.starts_with("address already in use"));
+    }
+
+    #[test]
+    fn descriptor_budget_leaves_a_reserve() {
+        // systemd's default soft limit, 2 workers, one listen address.
+        assert_eq!(fixed_descriptors(2, 1), 72);
+        assert_eq!(descriptor_budget(1024, 2, 1), 476);
+        let d = AdmissionConfig::for_descriptors(descriptor_budget(1024, 2, 1));
+        assert_eq!(d.max_transfers, 476);
+        // What the transfers may take leaves at least as much to the rest.
+        for nofile in [64u64, 256, 1024, 4096, 65536, 1 << 20] {
+            for w in [1usize, 2, 16, 64] {
+                let b = descriptor_budget(nofile, w, 2);
+                assert!(2 * b + fixed_descriptors(w, 2) <= nofile.max(fixed_descriptors(w, 2)));
+            }
+        }
+        assert_eq!(descriptor_budget(10, 4, 2), 0);
     }
 }

@@ -3,8 +3,10 @@
 //! Contract:
 //! - [`TxBufs`] is a transfer's preallocated send state: one 4-byte header per block of a window, two
 //!   iovecs per block (header, then the slice of the content), one `mmsghdr` and one `UDP_SEGMENT`
-//!   control buffer per call. It is sized once, when the transfer starts; building a window never
-//!   allocates.
+//!   control buffer per call. It is sized once, when the transfer starts, for at most
+//!   [`MAX_TX_BLOCKS`] blocks whatever the window (a larger window goes out in several builds, one
+//!   after the other); building a window never allocates. So a transfer's send state is at most
+//!   [`TxBufs::heap_bytes`]`(MAX_TX_BLOCKS)` (about 10 KiB), whatever `--max-window` allows.
 //! - [`TxBufs::build`] lays out the blocks `first .. first + count` as calls of
 //!   [`blocks_per_call`] consecutive blocks. With GSO, a call of several blocks carries
 //!   `UDP_SEGMENT = 4 + blksize` and the kernel cuts it into datagrams; only the last datagram of a
@@ -32,7 +34,7 @@ use crate::proto::packet::data_header;
 use crate::proto::transfer::Transfer;
 use crate::proto::BlockNum;
 use crate::store::Content;
-use std::mem::zeroed;
+use std::mem::{size_of, zeroed};
 
 /// The file changed while being sent (ERROR message and log reason).
 pub(crate) const FILE_CHANGED: &str = "file changed on the server while being sent";
@@ -47,6 +49,10 @@ const SOURCE_CHUNK: usize = 4096;
 pub(crate) const MAX_GSO_SEGMENTS: usize = 64;
 /// Most bytes in one GSO send (UDP payload is at most 65507 bytes over IPv4; keep a margin).
 pub(crate) const MAX_GSO_BYTES: usize = 65000;
+
+/// Most blocks one [`TxBufs`] holds: one default window (`--max-window` 64), i.e. one or two GSO
+/// calls. A larger window is sent in builds of this many blocks.
+pub(crate) const MAX_TX_BLOCKS: usize = 64;
 
 /// Blocks sent per `sendmsg` call: 1 without GSO or when only one datagram fits.
 pub(crate) fn blocks_per_call(blksize: usize, gso: bool) -> usize {
@@ -98,9 +104,9 @@ pub(crate) struct TxBufs {
 }
 
 impl TxBufs {
-    /// Buffers for windows of up to `window` blocks.
+    /// Buffers for windows of up to `window` blocks (at most [`MAX_TX_BLOCKS`]).
     pub(crate) fn new(window: usize) -> Self {
-        let window = window.max(1);
+        let window = window.clamp(1, MAX_TX_BLOCKS);
         // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is valid.
         let zero_iov: libc::iovec = unsafe { zeroed() };
         TxBufs {
@@ -118,9 +124,19 @@ impl TxBufs {
         }
     }
 
-    /// Most blocks one window may hold.
+    /// Most blocks one build may hold.
     pub(crate) fn capacity(&self) -> usize {
         self.headers.len()
+    }
+
+    /// Heap bytes of the buffers for `blocks` blocks (the bound on a transfer's send state).
+    pub(crate) const fn heap_bytes(blocks: usize) -> usize {
+        blocks
+            * (4 + 2 * size_of::<libc::iovec>()
+                + size_of::<libc::mmsghdr>()
+                + size_of::<CmsgBuf<GSO_CMSG_SPACE>>()
+                + size_of::<Call>())
+            + 1024
     }
 
     /// Lay out blocks `first .. first + count` of `transfer` over `content` as `sendmsg` calls
@@ -808,5 +824,13 @@ mod tests {
         // A count above capacity is cut.
         let mut small = TxBufs::new(2);
         assert_eq!(small.build(&t, &[0u8; 1000], 1, 50, false), Some(2));
+    }
+
+    #[test]
+    fn send_state_is_bounded_whatever_the_window() {
+        assert_eq!(TxBufs::new(32767).capacity(), MAX_TX_BLOCKS);
+        assert_eq!(TxBufs::new(0).capacity(), 1);
+        let bound = TxBufs::heap_bytes(MAX_TX_BLOCKS);
+        assert!(bound <= 12 * 1024, "{bound} bytes");
     }
 }

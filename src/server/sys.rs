@@ -261,12 +261,82 @@ impl PortRange {
         (self.high - self.low) as u32 + 1
     }
 
-    /// Every port of the range exactly once, starting at position `cursor` (modulo the length).
-    pub(crate) fn candidates(&self, cursor: u32) -> impl Iterator<Item = u16> {
-        let len = self.size();
-        let low = self.low as u32;
-        let start = cursor % len;
-        (0..len).map(move |i| (low + (start + i) % len) as u16)
+    /// Every port of the range exactly once, in the order `start, start + stride, ...` (modulo
+    /// the length), for a `stride` coprime to the length (any other stride is made so).
+    pub(crate) fn candidates(&self, start: u32, stride: u32) -> impl Iterator<Item = u16> {
+        let len = self.size() as u64;
+        let low = self.low as u64;
+        let start = start as u64 % len;
+        let mut stride = (stride as u64 % len).max(1);
+        while gcd(stride, len) != 1 {
+            stride += 1;
+        }
+        (0..len).map(move |i| (low + (start + i * stride) % len) as u16)
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// Unpredictable numbers for transfer port choice: bytes from the kernel's CSPRNG (`getrandom`),
+/// drawn 256 at a time (one system call per 64 transfers). A port chosen this way cannot be
+/// predicted from the ports other transfers got, which a seeded non-cryptographic generator
+/// (xorshift, PCG) would allow after a few observations: an attacker learning the next port
+/// could send blind ACKs for a spoofed victim's transfer. Only if `getrandom` fails (a kernel
+/// older than 3.17) does it fall back to a splitmix64 sequence seeded from the clock and the
+/// thread, which still makes the choice non-sequential.
+pub(crate) struct PortRng {
+    buf: [u8; 256],
+    pos: usize,
+    fallback: u64,
+}
+
+impl Default for PortRng {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PortRng {
+    pub(crate) fn new() -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let local = 0u8;
+        PortRng {
+            buf: [0; 256],
+            pos: 256,
+            fallback: t ^ (&local as *const u8 as u64).rotate_left(32),
+        }
+    }
+
+    /// A uniformly distributed `u32`.
+    pub(crate) fn next_u32(&mut self) -> u32 {
+        if self.pos + 4 > self.buf.len() {
+            // SAFETY: writes at most buf.len() bytes into our buffer.
+            let n = unsafe { libc::getrandom(self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
+            if n != self.buf.len() as isize {
+                // splitmix64
+                self.fallback = self.fallback.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = self.fallback;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                return (z ^ (z >> 31)) as u32;
+            }
+            self.pos = 0;
+        }
+        let v = u32::from_ne_bytes([
+            self.buf[self.pos],
+            self.buf[self.pos + 1],
+            self.buf[self.pos + 2],
+            self.buf[self.pos + 3],
+        ]);
+        self.pos += 4;
+        v
     }
 }
 
@@ -297,14 +367,15 @@ pub(crate) enum TransferSocketError {
     Io(#[from] io::Error),
 }
 
-/// The per-transfer socket (RFC 1350 TID): bound to `local` (port 0, or a free port of `range`
-/// starting at `*cursor`, which advances), connected to `peer`.
+/// The per-transfer socket (RFC 1350 TID): bound to `local` (port 0: the kernel's random choice,
+/// or a free port of `range` chosen at random with `rng`: a random start and a random stride
+/// through the range, so successive transfers get unrelated ports), connected to `peer`.
 pub(crate) fn transfer_socket(
     local: IpAddr,
     ifindex: u32,
     peer: SocketAddr,
     range: Option<PortRange>,
-    cursor: &mut u32,
+    rng: &mut PortRng,
     allow_fragmentation: bool,
 ) -> Result<Socket, TransferSocketError> {
     let bind_at = |port: u16| -> SocketAddr {
@@ -347,9 +418,8 @@ pub(crate) fn transfer_socket(
         None => s.bind(&SockAddr::from(bind_at(0)))?,
         Some(r) => {
             let mut bound = false;
-            let start = *cursor;
-            for port in r.candidates(start) {
-                *cursor = cursor.wrapping_add(1);
+            let (start, stride) = (rng.next_u32(), rng.next_u32());
+            for port in r.candidates(start, stride) {
                 match s.bind(&SockAddr::from(bind_at(port))) {
                     Ok(()) => {
                         bound = true;
@@ -400,6 +470,41 @@ pub(crate) fn send_from(
     } else {
         Ok(())
     }
+}
+
+/// The soft and hard `RLIMIT_NOFILE`.
+pub(crate) fn nofile_limit() -> io::Result<(u64, u64)> {
+    // SAFETY: getrlimit writes one rlimit.
+    let mut r: libc::rlimit = unsafe { zeroed() };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((r.rlim_cur, r.rlim_max))
+}
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard one (to `fs.nr_open` when the hard one is
+/// unlimited). Returns the soft limit before and after.
+pub(crate) fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+    let (soft, hard) = nofile_limit()?;
+    let mut want = hard;
+    if hard == libc::RLIM_INFINITY {
+        want = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20);
+    }
+    if want <= soft {
+        return Ok((soft, soft));
+    }
+    let r = libc::rlimit {
+        rlim_cur: want as libc::rlim_t,
+        rlim_max: hard as libc::rlim_t,
+    };
+    // SAFETY: setrlimit reads one rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((soft, want))
 }
 
 /// `send()` on a connected socket. Returns the errno on failure.
@@ -566,10 +671,24 @@ mod tests {
     fn port_range_candidates_cover_once() {
         let r = PortRange::new(7000, 7003).unwrap();
         assert_eq!(r.size(), 4);
-        let v: Vec<u16> = r.candidates(6).collect();
+        let v: Vec<u16> = r.candidates(6, 1).collect();
         assert_eq!(v, vec![7002, 7003, 7000, 7001]);
+        // A stride sharing a factor with the length is made coprime: still every port once.
+        let v: Vec<u16> = r.candidates(1, 2).collect();
+        assert_eq!(v, vec![7001, 7000, 7003, 7002]);
         let one = PortRange::new(65535, 65535).unwrap();
-        assert_eq!(one.candidates(u32::MAX).collect::<Vec<_>>(), vec![65535]);
+        assert_eq!(
+            one.candidates(u32::MAX, u32::MAX).collect::<Vec<_>>(),
+            vec![65535]
+        );
+        let mut rng = PortRng::new();
+        let big = PortRange::new(1000, 60999).unwrap();
+        for _ in 0..20 {
+            let mut v: Vec<u16> = big.candidates(rng.next_u32(), rng.next_u32()).collect();
+            v.sort_unstable();
+            v.dedup();
+            assert_eq!(v.len(), 60000);
+        }
         assert!(PortRange::new(0, 10).is_none());
         assert!(PortRange::new(10, 9).is_none());
         assert_eq!("1:65535".parse::<PortRange>().unwrap().size(), 65535);
@@ -583,7 +702,7 @@ mod tests {
         let port = hold.local_addr().unwrap().port();
         let range = PortRange::new(port, port).unwrap();
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let mut cursor = 0;
+        let mut cursor = PortRng::new();
         let err = transfer_socket(
             "127.0.0.1".parse().unwrap(),
             0,
@@ -607,6 +726,21 @@ mod tests {
         let local = s.local_addr().unwrap().as_socket().unwrap();
         assert_eq!(local.port(), port);
         assert_eq!(s.peer_addr().unwrap().as_socket(), Some(peer));
+    }
+
+    #[test]
+    fn port_rng_is_not_sequential() {
+        let mut rng = PortRng::new();
+        let v: Vec<u32> = (0..200).map(|_| rng.next_u32()).collect();
+        let mut d = v.clone();
+        d.sort_unstable();
+        d.dedup();
+        assert!(d.len() > 190, "200 draws, {} distinct", d.len());
+        let ones = v
+            .windows(2)
+            .filter(|w| w[1] == w[0].wrapping_add(1))
+            .count();
+        assert!(ones < 3);
     }
 
     #[test]

@@ -8,9 +8,15 @@
 //! - Windows go out as `SendMsg` SQEs built by the shared [`Core`] (one per GSO call, linked so they
 //!   leave in order). The `mmsghdr`s stay valid until their completions because the core keeps a
 //!   transfer's memory while any of its sends is in flight, and queues a newer window meanwhile.
-//! - A closed transfer's multishot receive is cancelled with `AsyncCancel`; its socket is closed
-//!   only after the SQEs that name it have been submitted (so a reused descriptor number never gets
-//!   a stale SQE). Completions of stale generations are dropped (their buffers still recycled).
+//! - A closed transfer's multishot receive is cancelled with `AsyncCancel`. The core closes the
+//!   socket only once every operation naming its descriptor has completed: each send's completion
+//!   (with `DEFER_TASKRUN`, a linked send looks its descriptor up only when the kernel issues it,
+//!   which may be after the `io_uring_enter` that submitted it) and the receive's final completion
+//!   (no `F_MORE`), reported through [`Core::on_recv_ended`]. So a descriptor number is never
+//!   reused while an SQE that names it can still be issued. (Registered files would move the same
+//!   problem to the registered slot, and need a register call per transfer: owning the socket
+//!   until the last completion is simpler and covers both backends.) Completions of stale
+//!   generations are dropped (their buffers still recycled).
 //! - One `io_uring_enter` per loop: push everything produced by a batch of completions, publish the
 //!   returned buffers, then submit and wait for at least one completion or the earliest timer
 //!   deadline (`IORING_ENTER_EXT_ARG` timeout). Transfer completions of a batch are handled before
@@ -19,9 +25,9 @@
 use super::sys::{self, PKTINFO_CMSG_SPACE};
 use super::worker::{Core, Driver, SendStatus, SlotId};
 use super::Shutdown;
+use crate::ratelog::LogLimit;
 use io_uring::types::{self, BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
-use socket2::Socket;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, RawFd};
@@ -165,8 +171,6 @@ fn recv_template(namelen: u32, controllen: usize) -> Box<libc::msghdr> {
 
 struct UringDriver {
     ring: IoUring,
-    /// Sockets of closed transfers, closed after the next submit.
-    to_close: Vec<Socket>,
     xfer_msg: Box<libc::msghdr>,
 }
 
@@ -195,14 +199,15 @@ impl Driver for UringDriver {
         self.push(&e)
     }
 
-    fn unwatch(&mut self, id: SlotId, sock: Socket) {
+    fn unwatch(&mut self, id: SlotId, _fd: RawFd) -> bool {
         let e = opcode::AsyncCancel::new(ud(KIND_RECV, 0, id))
             .build()
             .user_data(ud(KIND_CANCEL, 0, id));
         if let Err(err) = self.push(&e) {
+            // The receive stays armed until the ring goes; the slot (and socket) wait for it.
             debug!(error = %err, "cannot queue a cancel");
         }
-        self.to_close.push(sock);
+        false
     }
 
     fn send(&mut self, id: SlotId, fd: RawFd, msgs: &mut [libc::mmsghdr]) -> SendStatus {
@@ -344,7 +349,6 @@ pub(crate) fn run(mut core: Core, ring: IoUring, shutdown: &Shutdown) -> io::Res
     let listen_msg = recv_template(NAME_LEN, PKTINFO_CMSG_SPACE);
     let mut drv = UringDriver {
         ring,
-        to_close: Vec::new(),
         xfer_msg: recv_template(0, 0),
     };
     let nl = core.listeners().len();
@@ -357,9 +361,11 @@ pub(crate) fn run(mut core: Core, ring: IoUring, shutdown: &Shutdown) -> io::Res
     drv.push(&wake)?;
     let cap = drv.ring.completion().capacity();
     let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(cap);
-    let mut listen_errors = 0u64;
-    let mut last_listen_warn: Option<Instant> = None;
+    let mut listen_errors = LogLimit::default();
     loop {
+        if let Some(e) = core.take_injected_error() {
+            return Err(e);
+        }
         let now = Instant::now();
         core.run_timers(now, &mut drv);
         bufs.publish();
@@ -388,8 +394,6 @@ pub(crate) fn run(mut core: Core, ring: IoUring, shutdown: &Shutdown) -> io::Res
                 _ => return Err(e),
             },
         }
-        // Every SQE naming these descriptors has been submitted.
-        drv.to_close.clear();
         if shutdown.is_triggered() {
             break;
         }
@@ -427,9 +431,12 @@ pub(crate) fn run(mut core: Core, ring: IoUring, shutdown: &Shutdown) -> io::Res
                             e => core.on_transfer_error(id, e, now, &mut drv),
                         }
                     }
-                    if !cqueue::more(flags) && res != -libc::ECANCELED {
-                        if let Some(fd) = core.fd_of(id) {
-                            drv.watch(id, fd)?;
+                    if !cqueue::more(flags) {
+                        // The multishot ended: re-arm it on a live transfer; otherwise no
+                        // receive names the socket any more and the core may close it.
+                        match core.fd_of(id) {
+                            Some(fd) if res != -libc::ECANCELED => drv.watch(id, fd)?,
+                            _ => core.on_recv_ended(id),
                         }
                     }
                 }
@@ -466,11 +473,8 @@ pub(crate) fn run(mut core: Core, ring: IoUring, shutdown: &Shutdown) -> io::Res
                 }
                 bufs.recycle(bid);
             } else if res < 0 && res != -libc::ENOBUFS && res != -libc::ECANCELED {
-                listen_errors += 1;
-                if last_listen_warn.is_none_or_elapsed(now) {
-                    last_listen_warn = Some(now);
-                    warn!(worker = core.worker(), count = listen_errors, error = %io::Error::from_raw_os_error(-res), "receive error on a listening socket");
-                    listen_errors = 0;
+                if let Some(n) = listen_errors.allow(now) {
+                    warn!(worker = core.worker(), suppressed = n, error = %io::Error::from_raw_os_error(-res), "receive error on a listening socket (one line a second)");
                 }
             }
             if !cqueue::more(flags) {
@@ -484,7 +488,6 @@ pub(crate) fn run(mut core: Core, ring: IoUring, shutdown: &Shutdown) -> io::Res
     let deadline = Instant::now() + Duration::from_millis(500);
     loop {
         let _ = drv.ring.submit();
-        drv.to_close.clear();
         if !core.sends_in_flight() || Instant::now() >= deadline {
             break;
         }
@@ -534,16 +537,6 @@ pub(crate) fn run(mut core: Core, ring: IoUring, shutdown: &Shutdown) -> io::Res
     drop(drv);
     drop(bufs);
     Ok(())
-}
-
-trait Elapsed {
-    fn is_none_or_elapsed(&self, now: Instant) -> bool;
-}
-
-impl Elapsed for Option<Instant> {
-    fn is_none_or_elapsed(&self, now: Instant) -> bool {
-        !matches!(self, Some(t) if now.saturating_duration_since(*t) < Duration::from_secs(1))
-    }
 }
 
 fn arm_listener(

@@ -305,6 +305,12 @@ impl Server {
     /// Start `ringboot serve --root <root> --listen 127.0.0.1:<free port> --io-backend <backend>`
     /// plus `extra`, and wait for `listening on`.
     pub fn start(files: TestRoot, extra: &[&str]) -> Server {
+        Self::start_with(files, extra, &|_| {})
+    }
+
+    /// [`start`](Self::start), with `prepare` applied to the command first (a `pre_exec` that
+    /// lowers `RLIMIT_NOFILE`, say).
+    pub fn start_with(files: TestRoot, extra: &[&str], prepare: &dyn Fn(&mut Command)) -> Server {
         let mut last_log = Vec::new();
         for _attempt in 0..5 {
             let port = free_udp_port();
@@ -326,6 +332,7 @@ impl Server {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
             die_with_parent(&mut cmd);
+            prepare(&mut cmd);
             let mut child = cmd
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", ringboot_bin()));
@@ -423,6 +430,29 @@ impl Server {
             }
             st = cv.wait_timeout(st, deadline - now).unwrap().0;
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait up to `limit` for the server to exit on its own; its status, or `None`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                // Let the output threads collect the last lines.
+                let (m, cv) = &*self.log;
+                let mut g = m.lock().unwrap();
+                while g.closed < 2 && Instant::now() < deadline {
+                    g = cv.wait_timeout(g, Duration::from_millis(50)).unwrap().0;
+                }
+                return Some(st);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Panic unless the server process is still running.
