@@ -388,7 +388,7 @@ fn files_beyond_the_descriptor_limit_are_served() {
         let root = files.root();
         let mut srv = Spawned::start(
             files,
-            &["--small-file-limit", "1024"],
+            &["--small-file-limit", "1024", "--client-rate", "0"],
             Setup {
                 nofile: Some(LIMIT),
                 user: None,
