@@ -159,7 +159,8 @@ impl Lab {
         panic!("{name} never logged {what:?}:\n{}", self.log(name));
     }
 
-    /// ringboot in `ns` serving `root` on `addr:6969` with `dhcp` flags.
+    /// ringboot in `ns` serving `root` on `addr:6969` with `dhcp` flags. The emulated machines
+    /// share the client namespace's one address, so the per-address caps are lifted.
     fn ringboot(&mut self, ns: &str, addr: &str, root: &Path, dhcp: &[&str]) {
         let bin = ringboot_bin();
         let listen = format!("{addr}:6969");
@@ -170,6 +171,10 @@ impl Lab {
             root.to_str().unwrap(),
             "--listen",
             &listen,
+            "--max-transfers-per-client",
+            "1000",
+            "--client-rate",
+            "0",
         ];
         args.extend_from_slice(dhcp);
         self.spawn(ns, "ringboot", &args);
