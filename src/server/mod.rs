@@ -15,7 +15,7 @@
 mod epoll;
 pub mod mcast;
 mod send;
-mod sys;
+pub(crate) mod sys;
 mod uring;
 mod worker;
 

@@ -14,7 +14,7 @@
 
 mod jail;
 mod lease;
-mod path;
+pub(crate) mod path;
 
 pub use lease::block_lease_signal;
 
