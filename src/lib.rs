@@ -6,6 +6,8 @@
 //! - [`server`]: the drivers: per-core io_uring workers and the epoll fallback.
 
 pub mod dhcp;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod proto;
 pub mod ratelog;
 pub mod server;

@@ -409,11 +409,14 @@ fn init_logging(verbose: u8, format: LogFormat) -> Result<(WorkerGuard, ErrorCou
 }
 
 /// Log how many lines the bounded log buffer dropped since the last report (called periodically).
+/// The report goes through the same buffer, so while it is full the report itself is dropped:
+/// `total` (since start) keeps the count that the first report to get through must give.
 fn report_dropped_log_lines(counter: &ErrorCounter, reported: &mut usize) {
     let n = counter.dropped_lines();
     if n > *reported {
         tracing::warn!(
             dropped = n - *reported,
+            total = n,
             "log output is not keeping up; lines were dropped"
         );
         *reported = n;

@@ -8,7 +8,9 @@ use ringboot::proto::transfer::{Transfer, TransferConfig, Transmit};
 use std::time::{Duration, Instant};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&len_byte, rest)) = data.split_first() else { return };
+    let Some((&len_byte, rest)) = data.split_first() else {
+        return;
+    };
     let len = len_byte as u64 * 97;
     let opts = OptionList::new_checked(b"blksize\x0016\x00windowsize\x004\x00").unwrap();
     let n = negotiate(&RequestOptions::parse(&opts), &Limits::default(), None, len);

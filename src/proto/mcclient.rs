@@ -26,6 +26,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Which multicast protocol the client speaks.
+/// Most blocks a client tracks (its received-block bitmap is at most this many bits, 32 MiB): a
+/// server-announced size or block number beyond it is refused or ignored, never allocated.
+pub const MAX_BLOCKS: u64 = 1 << 28;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum McProtocol {
     Rfc2090,
@@ -307,13 +311,25 @@ impl McClient {
             Ok(Packet::Oack(o)) if self.protocol == McProtocol::Rfc2090 && unicast => {
                 let num =
                     |k: &str| -> Option<u64> { std::str::from_utf8(o.get(k)?).ok()?.parse().ok() };
+                // The block size is fixed once a block has arrived (offsets depend on it); the
+                // size is taken whenever it is still unknown (a late OACK after overheard blocks).
                 if self.received == 0 {
-                    if let Some(b) = num("blksize").filter(|&b| b > 0 && b <= 65464) {
+                    // RFC 2348's range; anything else is the server's error, not a size to use.
+                    if let Some(b) = num("blksize").filter(|&b| (8..=65464).contains(&b)) {
                         self.blksize = b;
                     }
+                }
+                if self.last.is_none() {
                     if let Some(t) = num("tsize") {
                         // The same last index the server counts: a short (maybe empty) final block.
-                        self.last = Some(t / self.blksize + 1);
+                        let last = t / self.blksize + 1;
+                        if last > MAX_BLOCKS {
+                            self.failed = true;
+                            return McEvent::Failed(format!(
+                                "tsize {t} is more than this client tracks ({MAX_BLOCKS} blocks)"
+                            ));
+                        }
+                        self.last = Some(last);
                     }
                 }
                 let Some(mc) = o.get("multicast") else {
@@ -393,14 +409,20 @@ impl McClient {
         if first > last {
             return None;
         }
-        let after = |c: u64| {
-            if c >= self.pos {
-                c - self.pos
-            } else {
-                c + last - self.pos
-            }
-        };
-        (first..=last).step_by(0x1_0000).min_by_key(|&c| after(c))
+        // Candidates are first, first + 65536, ... up to last. The nearest at or after the
+        // position wins; past the last candidate the stream wrapped: the first one. Computed, not
+        // searched: `last` comes from the server and may be huge.
+        if self.pos <= first {
+            return Some(first);
+        }
+        let steps = (self.pos - first).div_ceil(0x1_0000);
+        match steps
+            .checked_mul(0x1_0000)
+            .and_then(|d| first.checked_add(d))
+        {
+            Some(c) if c <= last => Some(c),
+            _ => Some(first),
+        }
     }
 
     fn handle_data<'a>(
@@ -413,7 +435,7 @@ impl McClient {
         let Some(index) = self.place(block) else {
             return McEvent::None;
         };
-        if index == 0 || data.len() as u64 > self.blksize {
+        if index == 0 || index > MAX_BLOCKS || data.len() as u64 > self.blksize {
             return McEvent::None;
         }
         if self.protocol == McProtocol::Rfc2090 && unicast && self.group.is_none() && !self.unicast

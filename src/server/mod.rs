@@ -22,7 +22,7 @@ pub mod admit;
 mod epoll;
 pub mod mcast;
 mod send;
-mod sys;
+pub(crate) mod sys;
 mod uring;
 mod worker;
 

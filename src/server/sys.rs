@@ -173,7 +173,8 @@ pub(crate) fn parse_sockaddr(raw: &[u8]) -> Option<SocketAddr> {
         }
         libc::AF_INET6 => {
             let port = u16::from_be_bytes(raw.get(2..4)?.try_into().ok()?);
-            let flow = u32::from_be_bytes(raw.get(4..8)?.try_into().ok()?);
+            // Kept as the kernel stored it, like std and socket2 (so it round trips).
+            let flow = u32::from_ne_bytes(raw.get(4..8)?.try_into().ok()?);
             let ip: [u8; 16] = raw.get(8..24)?.try_into().ok()?;
             let scope = u32::from_ne_bytes(raw.get(24..28)?.try_into().ok()?);
             Some(SocketAddr::V6(SocketAddrV6::new(

@@ -66,7 +66,7 @@
 mod dirindex;
 mod jail;
 mod lease;
-mod path;
+pub(crate) mod path;
 mod watch;
 
 pub use lease::block_lease_signal;
