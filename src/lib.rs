@@ -4,8 +4,10 @@
 //! - [`proto`]: the sans-IO protocol core (codec, negotiation, transfer and client state machines).
 //! - [`store`]: the memory-mapped file store with a path jail.
 //! - [`server`]: the drivers: per-core io_uring workers and the epoll fallback.
+//! - [`metrics`]: the metrics registry, the status model and page, and their HTTP machine.
 
 pub mod dhcp;
+pub mod metrics;
 pub mod proto;
 pub mod ratelog;
 pub mod server;
