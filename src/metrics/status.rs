@@ -244,11 +244,18 @@ impl Drop for TransferBatch<'_> {
                 (Some(p), Some(at)) if now > at => {
                     per_second(r.bytes.saturating_sub(p.bytes), now - at)
                 }
-                _ => per_second(r.bytes, now.saturating_duration_since(r.started)),
+                _ => per_second(r.bytes, since_start(now, r.started)),
             };
         }
         slot.at = Some(now);
     }
+}
+
+/// The time a row without a previous batch has been running, for its first rate: at least one
+/// [`PUBLISH_INTERVAL`], so that a transfer that started a moment ago (a first window out, no
+/// time passed) does not show an absurd rate.
+fn since_start(now: Instant, started: Instant) -> Duration {
+    now.saturating_duration_since(started).max(PUBLISH_INTERVAL)
 }
 
 /// One multicast session, as the multicast service publishes it.
@@ -401,7 +408,7 @@ impl Drop for McBatch<'_> {
                 (Some(p), Some(at)) if now > at => {
                     per_second(r.bytes_sent.saturating_sub(p.bytes_sent), now - at)
                 }
-                _ => per_second(r.bytes_sent, now.saturating_duration_since(r.started)),
+                _ => per_second(r.bytes_sent, since_start(now, r.started)),
             };
         }
         slot.at = Some(now);
@@ -580,10 +587,12 @@ impl Status {
         };
 
         let mut listed: Vec<(Instant, usize, TransferRow)> = Vec::new();
+        let mut published = 0u64;
         let boards: Vec<Arc<TransferBoard>> = lock(&self.transfers).clone();
         for (w, b) in boards.iter().enumerate() {
             let slot = lock(&b.0);
             if fresh(slot.at) {
+                published += slot.count;
                 listed.extend(slot.rows.iter().map(|r| (r.started, w, *r)));
             }
         }
@@ -592,7 +601,7 @@ impl Status {
         let active = totals.active();
         let transfers = TransfersJson {
             active,
-            unlisted: active.saturating_sub(listed.len() as u64),
+            unlisted: published.saturating_sub(listed.len() as u64),
             listed: listed
                 .iter()
                 .map(|(_, _, r)| TransferJson {
@@ -767,7 +776,8 @@ pub struct TransfersJson {
     pub active: u64,
     /// Oldest first, at most [`TRANSFERS_LISTED`].
     pub listed: Vec<TransferJson>,
-    /// Running but not listed.
+    /// Published by the workers but not listed (over the bounds). Transfers that started since
+    /// their worker's last batch are in `active` but in neither.
     pub unlisted: u64,
 }
 
@@ -1111,8 +1121,17 @@ mod tests {
             b.push(&view(1, b"b", 100_000, t_new));
             b
         });
-        // Rate since its own start (0.5 s), not a difference with the old transfer's bytes.
-        assert_eq!(json(&s, t1)["transfers"]["listed"][0]["rate"], 200_000);
+        // Its rate counts from its own start, not from the old transfer's bytes; a first rate
+        // is over at least one publishing interval (here 0.5 s ran: 100,000 B over 1 s).
+        assert_eq!(json(&s, t1)["transfers"]["listed"][0]["rate"], 100_000);
+        // Started this very instant with a first window out: no absurd rate.
+        let t2 = t1 + Duration::from_secs(1);
+        drop({
+            let mut b = p.begin(t2);
+            b.push(&view(2, b"c", 65_536, t2));
+            b
+        });
+        assert_eq!(json(&s, t2)["transfers"]["listed"][0]["rate"], 65_536);
     }
 
     #[test]
