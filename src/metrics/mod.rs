@@ -210,6 +210,43 @@ mod tests {
         assert!(text.ends_with("\r\n\r\n"), "HEAD has no body");
     }
 
+    /// The machines here hold no socket, file, thread, libc or clock (what `.ci/check-sans-io`
+    /// asks of src/proto), outside their tests.
+    #[test]
+    fn sans_io() {
+        for (file, text) in [
+            ("http.rs", include_str!("http.rs")),
+            ("registry.rs", include_str!("registry.rs")),
+            ("status.rs", include_str!("status.rs")),
+            ("mod.rs", include_str!("mod.rs")),
+        ] {
+            let code: String = text
+                .split("#[cfg(test)]")
+                .next()
+                .unwrap()
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect();
+            for bad in [
+                "UdpSocket",
+                "TcpStream",
+                "TcpListener",
+                "std::fs",
+                "std::thread",
+                "libc",
+                "socket2",
+                "rustix",
+                "io_uring",
+                "memmap2",
+                concat!("Instant::", "now"),
+                concat!("SystemTime::", "now"),
+                "std::process",
+            ] {
+                assert!(!code.contains(bad), "{file} names {bad}");
+            }
+        }
+    }
+
     #[test]
     fn the_page_is_self_contained() {
         // No external assets: nothing is loaded from another origin, no build step.
