@@ -4,10 +4,12 @@
 //! - [`proto`]: the sans-IO protocol core (codec, negotiation, transfer and client state machines).
 //! - [`store`]: the memory-mapped file store with a path jail.
 //! - [`server`]: the drivers: per-core io_uring workers and the epoll fallback.
+//! - [`metrics`]: the metrics registry, the status model and page, and their HTTP machine.
 
 pub mod dhcp;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod metrics;
 pub mod proto;
 pub mod ratelog;
 pub mod server;

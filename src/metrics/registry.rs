@@ -1,0 +1,1295 @@
+//! The metrics registry: per-thread shards of relaxed atomics, summed when scraped.
+//!
+//! Contract: every thread that records gets its own [`Recorder`] from [`Registry::recorder`] (at
+//! start, not per event). A recorder owns one [`Shard`]: a cache-line-aligned block of atomics
+//! that only it writes, so recording is a relaxed load and store on a line no other thread
+//! writes (no lock, no read-modify-write, no allocation). A scrape ([`Registry::totals`],
+//! [`Registry::encode`]) reads every shard with relaxed loads and adds them up; a scrape racing
+//! with recording sees each counter at some recent value (counters never go backwards).
+//!
+//! Memory is constant: one shard per recorder (2,432 bytes), every label an enum (no label
+//! value comes from the network), every histogram a fixed set of buckets. The shard list only
+//! grows when a recorder is made: make one per thread at start, not per connection.
+//!
+//! Gauges are *set*, by the one service that owns them (leases by the DHCP service, multicast
+//! sessions by the multicast service), and summed like counters; a recorder that is dropped zeroes
+//! its gauges so that a replacement does not count twice. `transfers_active` is not stored: it
+//! is `started - ended` summed over the shards, so it can never drift.
+//!
+//! The names, types and labels are in the table of the [module docs](super).
+
+use std::cell::Cell;
+use std::fmt::{self, Write as _};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+macro_rules! label_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident : $label:literal {
+            $( $(#[$vmeta:meta])* $var:ident => $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $var, )+
+        }
+
+        impl $name {
+            /// Every value, in the order they are encoded.
+            pub const ALL: &'static [$name] = &[$($name::$var,)+];
+            /// How many values there are.
+            pub const COUNT: usize = Self::ALL.len();
+            /// The Prometheus label name.
+            pub const LABEL: &'static str = $label;
+
+            /// The label value (snake_case, stable: dashboards depend on it).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$var => $text, )+
+                }
+            }
+
+            fn index(self) -> usize {
+                self as usize
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_enum! {
+    /// How a unicast TFTP transfer ended (label `outcome`). One value per variant of the
+    /// transfer machine's `Outcome`.
+    pub enum Outcome: "outcome" {
+        /// The client acknowledged the last block.
+        Completed => "completed",
+        /// The client ended the transfer after the OACK: the firmware size probe (not a failure).
+        Probe => "probe",
+        /// The client sent an ERROR during the transfer.
+        ClientError => "client_error",
+        /// The client went silent for the whole retry budget.
+        Timeout => "timeout",
+        /// The client sent a packet that has no place in a read transfer.
+        ProtocolViolation => "protocol_violation",
+        /// The server ended it (file changed, shutdown, port unreachable, MTU).
+        Aborted => "aborted",
+        /// The client never acknowledged the first response (gone, or a spoofed address).
+        Unanswered => "unanswered",
+    }
+}
+
+label_enum! {
+    /// Why a TFTP request was refused with an ERROR (label `reason`).
+    pub enum RefuseReason: "reason" {
+        /// The file does not exist under the root.
+        NotFound => "not_found",
+        /// The name is unusable: illegal character, `..`, a drive letter, empty.
+        BadName => "bad_name",
+        /// The path leads outside the root, through a forbidden link, to an unreadable file or to
+        /// something that is not a regular file.
+        Forbidden => "forbidden",
+        /// The file keeps changing while being read.
+        FileBusy => "file_busy",
+        /// Reading the file failed.
+        ReadError => "read_error",
+        /// A write request (the server is read-only).
+        WriteRequest => "write_request",
+        /// A mode the server does not serve (mail).
+        UnsupportedMode => "unsupported_mode",
+        /// A request that does not parse, or is too large.
+        Malformed => "malformed",
+        /// The worker's share of the transfer cap is in use.
+        ServerBusy => "server_busy",
+        /// The client's address holds its cap of transfers.
+        ClientBusy => "client_busy",
+        /// The client's address is over its rate of new transfers.
+        ClientRate => "client_rate",
+        /// No transfer socket could be opened (no free port, no descriptor).
+        NoSocket => "no_socket",
+    }
+}
+
+label_enum! {
+    /// A DHCP message type (label `type`), received (DISCOVER, REQUEST, ...) or sent (OFFER,
+    /// ACK, NAK).
+    pub enum DhcpType: "type" {
+        Discover => "discover",
+        Offer => "offer",
+        Request => "request",
+        Decline => "decline",
+        Ack => "ack",
+        Nak => "nak",
+        Release => "release",
+        Inform => "inform",
+        /// Any other option 53 value.
+        Other => "other",
+    }
+}
+
+label_enum! {
+    /// The DHCP responder's mode (label `mode`); `off` sends and counts nothing.
+    pub enum DhcpMode: "mode" {
+        Proxy => "proxy",
+        Full => "full",
+    }
+}
+
+label_enum! {
+    /// The client's architecture class from DHCP option 93 (label `arch`, RFC 4578 section 2.1).
+    /// Unknown numbers are `other`, a missing option is `none`: the label set stays bounded.
+    pub enum ArchClass: "arch" {
+        Bios => "bios",
+        EfiIa32 => "efi_ia32",
+        /// Option 93 values 7 and 9 (the old "EFI BC" number that x64 firmware sends).
+        EfiX64 => "efi_x64",
+        EfiArm32 => "efi_arm32",
+        EfiArm64 => "efi_arm64",
+        HttpIa32 => "http_ia32",
+        HttpX64 => "http_x64",
+        HttpArm32 => "http_arm32",
+        HttpArm64 => "http_arm64",
+        /// A value outside the classes above.
+        Other => "other",
+        /// No option 93 in the request.
+        None => "none",
+    }
+}
+
+impl ArchClass {
+    /// The class of an option 93 value (`None`: the option is absent).
+    pub fn from_option93(arch: Option<u16>) -> ArchClass {
+        match arch {
+            None => ArchClass::None,
+            Some(0) => ArchClass::Bios,
+            Some(6) => ArchClass::EfiIa32,
+            Some(7 | 9) => ArchClass::EfiX64,
+            Some(10) => ArchClass::EfiArm32,
+            Some(11) => ArchClass::EfiArm64,
+            Some(15) => ArchClass::HttpIa32,
+            Some(16) => ArchClass::HttpX64,
+            Some(18) => ArchClass::HttpArm32,
+            Some(19) => ArchClass::HttpArm64,
+            Some(_) => ArchClass::Other,
+        }
+    }
+}
+
+label_enum! {
+    /// Why a DHCP message got no answer (label `reason`).
+    pub enum DhcpIgnored: "reason" {
+        /// It does not parse.
+        Malformed => "malformed",
+        /// Over a per-client or per-segment rate.
+        RateLimited => "rate_limited",
+        /// Proxy mode: not a PXE client.
+        NotPxe => "not_pxe",
+        /// Addressed to another server, or no rule matched.
+        NotForUs => "not_for_us",
+        /// Full mode: no free address.
+        PoolExhausted => "pool_exhausted",
+        Other => "other",
+    }
+}
+
+label_enum! {
+    /// The multicast protocol of a session (label `protocol`).
+    pub enum McProtocol: "protocol" {
+        /// PXE MTFTP (fixed group, port 1758/1759).
+        PxeMtftp => "pxe_mtftp",
+        /// RFC 2090 (the `multicast` option).
+        Rfc2090 => "rfc2090",
+    }
+}
+
+label_enum! {
+    /// Why a request for multicast was served by unicast instead (label `reason`).
+    pub enum McRefusal: "reason" {
+        Disabled => "disabled",
+        BlockSize => "block_size",
+        PoolFull => "pool_full",
+        SessionFull => "session_full",
+        SourceCap => "source_cap",
+        Saturated => "saturated",
+    }
+}
+
+/// Most buckets a histogram has (its bounds; `+Inf` comes on top).
+const MAX_BUCKETS: usize = 16;
+
+/// A histogram's fixed buckets: upper bounds in an integer unit, and how many of that unit make
+/// the metric's base unit (1,000,000 for microseconds of a `_seconds` metric). Encoded values are
+/// `n / per_base`, a correctly rounded division: `le="0.01"`, never `0.009999999999999998`.
+#[derive(Debug)]
+pub struct Buckets {
+    /// Upper bounds, increasing, at most 16.
+    pub bounds: &'static [u64],
+    /// Units of `bounds` (and of the stored sum) in one base unit.
+    pub per_base: u64,
+}
+
+/// `ringboot_tftp_transfer_duration_seconds`: microseconds, 10 ms .. 10 min.
+pub const DURATION_BUCKETS: Buckets = Buckets {
+    bounds: &[
+        10_000,
+        50_000,
+        100_000,
+        250_000,
+        500_000,
+        1_000_000,
+        2_500_000,
+        5_000_000,
+        10_000_000,
+        30_000_000,
+        60_000_000,
+        120_000_000,
+        300_000_000,
+        600_000_000,
+    ],
+    per_base: 1_000_000,
+};
+
+/// `ringboot_tftp_first_block_seconds`: microseconds, 1 ms .. 10 s.
+pub const FIRST_BLOCK_BUCKETS: Buckets = Buckets {
+    bounds: &[
+        1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+        2_500_000, 5_000_000, 10_000_000,
+    ],
+    per_base: 1_000_000,
+};
+
+/// `ringboot_tftp_transfer_throughput_bytes_per_second`: bytes per second, 1 Mbit/s .. 40 Gbit/s.
+pub const THROUGHPUT_BUCKETS: Buckets = Buckets {
+    bounds: &[
+        125_000,
+        1_250_000,
+        6_250_000,
+        12_500_000,
+        25_000_000,
+        62_500_000,
+        125_000_000,
+        250_000_000,
+        625_000_000,
+        1_250_000_000,
+        2_500_000_000,
+        5_000_000_000,
+    ],
+    per_base: 1,
+};
+
+const DHCP_CELLS: usize = DhcpType::COUNT * DhcpMode::COUNT * ArchClass::COUNT;
+
+fn dhcp_cell(t: DhcpType, m: DhcpMode, a: ArchClass) -> usize {
+    (t.index() * DhcpMode::COUNT + m.index()) * ArchClass::COUNT + a.index()
+}
+
+fn zeros<const N: usize>() -> [AtomicU64; N] {
+    std::array::from_fn(|_| AtomicU64::new(0))
+}
+
+/// One histogram in a shard: non-cumulative bucket counts (the last is `+Inf`) and the sum.
+#[derive(Debug)]
+struct Hist {
+    counts: [AtomicU64; MAX_BUCKETS + 1],
+    sum: AtomicU64,
+}
+
+impl Hist {
+    fn new() -> Self {
+        Hist {
+            counts: zeros(),
+            sum: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One recorder's block of counters. Aligned to 128 bytes (two cache lines, for the adjacent-line
+/// prefetcher) so that no two shards share a line.
+#[derive(Debug)]
+#[repr(C, align(128))]
+pub struct Shard {
+    started: AtomicU64,
+    ended: [AtomicU64; Outcome::COUNT],
+    refused: [AtomicU64; RefuseReason::COUNT],
+    bytes_sent: AtomicU64,
+    blocks_sent: AtomicU64,
+    blocks_resent: AtomicU64,
+    timeouts: AtomicU64,
+    duration: Hist,
+    first_block: Hist,
+    throughput: Hist,
+    dhcp: [AtomicU64; DHCP_CELLS],
+    dhcp_ignored: [AtomicU64; DhcpIgnored::COUNT],
+    leases_in_use: AtomicU64,
+    leases_free: AtomicU64,
+    mc_sessions: [AtomicU64; McProtocol::COUNT],
+    mc_members: [AtomicU64; McProtocol::COUNT],
+    mc_bytes: [AtomicU64; McProtocol::COUNT],
+    mc_refused: [AtomicU64; McRefusal::COUNT],
+}
+
+impl Shard {
+    fn new() -> Self {
+        Shard {
+            started: AtomicU64::new(0),
+            ended: zeros(),
+            refused: zeros(),
+            bytes_sent: AtomicU64::new(0),
+            blocks_sent: AtomicU64::new(0),
+            blocks_resent: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            duration: Hist::new(),
+            first_block: Hist::new(),
+            throughput: Hist::new(),
+            dhcp: zeros(),
+            dhcp_ignored: zeros(),
+            leases_in_use: AtomicU64::new(0),
+            leases_free: AtomicU64::new(0),
+            mc_sessions: zeros(),
+            mc_members: zeros(),
+            mc_bytes: zeros(),
+            mc_refused: zeros(),
+        }
+    }
+}
+
+/// Add `n` to a counter only this thread writes: a plain load and store, no locked instruction.
+#[inline]
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+#[inline]
+fn observe(h: &Hist, buckets: &Buckets, value: u64) {
+    let i = buckets.bounds.partition_point(|&b| b < value);
+    bump(&h.counts[i.min(MAX_BUCKETS)], 1);
+    bump(&h.sum, value);
+}
+
+/// What the server is, for `ringboot_info` and the status page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Info {
+    /// The server's version (`env!("CARGO_PKG_VERSION")`).
+    pub version: String,
+    /// The I/O backend in use (`io_uring`, `epoll`).
+    pub backend: String,
+    /// How many TFTP workers run.
+    pub workers: usize,
+}
+
+impl Default for Info {
+    fn default() -> Self {
+        Info {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            backend: String::from("unknown"),
+            workers: 0,
+        }
+    }
+}
+
+/// The registry every thread records into. Share it as an `Arc`; see the module docs.
+#[derive(Debug, Default)]
+pub struct Registry {
+    shards: Mutex<Vec<Arc<Shard>>>,
+    info: Mutex<Info>,
+}
+
+impl Registry {
+    /// A registry with no shards yet.
+    pub fn new(info: Info) -> Self {
+        Registry {
+            shards: Mutex::new(Vec::new()),
+            info: Mutex::new(info),
+        }
+    }
+
+    /// A recorder for the calling thread (one per thread, made at its start: see the module docs).
+    pub fn recorder(&self) -> Recorder {
+        let shard = Arc::new(Shard::new());
+        self.shards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::clone(&shard));
+        Recorder {
+            shard,
+            _not_sync: PhantomData,
+        }
+    }
+
+    /// Replace the info (the backend is known once the engine has started).
+    pub fn set_info(&self, info: Info) {
+        *self.info.lock().unwrap_or_else(PoisonError::into_inner) = info;
+    }
+
+    /// The info as set last.
+    pub fn info(&self) -> Info {
+        self.info
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Every shard added up (relaxed loads; see the module docs).
+    pub fn totals(&self) -> Totals {
+        let shards: Vec<Arc<Shard>> = self
+            .shards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut t = Totals::default();
+        for s in &shards {
+            t.add(s);
+        }
+        t
+    }
+
+    /// Append the Prometheus text format (version 0.0.4) of every metric to `out`.
+    pub fn encode(&self, out: &mut String) {
+        let info = self.info();
+        self.totals().encode(&info, out);
+    }
+}
+
+/// A thread's handle for recording (see the module docs). Not `Clone`, not `Sync`: one thread
+/// writes a shard, which is what makes [`bump`]'s load-then-store exact.
+#[derive(Debug)]
+pub struct Recorder {
+    shard: Arc<Shard>,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let s = &self.shard;
+        s.leases_in_use.store(0, Relaxed);
+        s.leases_free.store(0, Relaxed);
+        for g in s.mc_sessions.iter().chain(&s.mc_members) {
+            g.store(0, Relaxed);
+        }
+    }
+}
+
+impl Recorder {
+    /// A unicast transfer was accepted (its first response is about to go out).
+    #[inline]
+    pub fn transfer_started(&self) {
+        bump(&self.shard.started, 1);
+    }
+
+    /// The client acknowledged block 1, `elapsed` after its request arrived.
+    #[inline]
+    pub fn first_block(&self, elapsed: Duration) {
+        observe(
+            &self.shard.first_block,
+            &FIRST_BLOCK_BUCKETS,
+            micros(elapsed),
+        );
+    }
+
+    /// A transfer ended. For [`Outcome::Completed`], `duration` (request to last ACK) and the
+    /// throughput `bytes / duration` go into the histograms; other outcomes are only counted
+    /// (a probe or a timeout would distort them).
+    #[inline]
+    pub fn transfer_ended(&self, outcome: Outcome, duration: Duration, bytes: u64) {
+        let s = &self.shard;
+        bump(&s.ended[outcome.index()], 1);
+        if outcome == Outcome::Completed {
+            let us = micros(duration).max(1);
+            observe(&s.duration, &DURATION_BUCKETS, us);
+            let rate = (u128::from(bytes) * 1_000_000 / u128::from(us)).min(u128::from(u64::MAX));
+            observe(&s.throughput, &THROUGHPUT_BUCKETS, rate as u64);
+        }
+    }
+
+    /// DATA handed to the driver: `blocks` blocks holding `bytes` bytes of the file, resends
+    /// included.
+    #[inline]
+    pub fn data_sent(&self, blocks: u64, bytes: u64) {
+        bump(&self.shard.blocks_sent, blocks);
+        bump(&self.shard.bytes_sent, bytes);
+    }
+
+    /// `blocks` of the DATA sent were resends.
+    #[inline]
+    pub fn blocks_resent(&self, blocks: u64) {
+        bump(&self.shard.blocks_resent, blocks);
+    }
+
+    /// A retransmission timer fired.
+    #[inline]
+    pub fn timeout(&self) {
+        bump(&self.shard.timeouts, 1);
+    }
+
+    /// A request was refused with an ERROR.
+    #[inline]
+    pub fn refused(&self, reason: RefuseReason) {
+        bump(&self.shard.refused[reason.index()], 1);
+    }
+
+    /// A DHCP message was received or sent.
+    #[inline]
+    pub fn dhcp_message(&self, kind: DhcpType, mode: DhcpMode, arch: ArchClass) {
+        bump(&self.shard.dhcp[dhcp_cell(kind, mode, arch)], 1);
+    }
+
+    /// A DHCP message was not answered.
+    #[inline]
+    pub fn dhcp_ignored(&self, reason: DhcpIgnored) {
+        bump(&self.shard.dhcp_ignored[reason.index()], 1);
+    }
+
+    /// The lease pool now (set by the DHCP service after each change).
+    #[inline]
+    pub fn set_leases(&self, in_use: u64, free: u64) {
+        self.shard.leases_in_use.store(in_use, Relaxed);
+        self.shard.leases_free.store(free, Relaxed);
+    }
+
+    /// The multicast sessions of `protocol` now, with their members in all.
+    #[inline]
+    pub fn set_multicast(&self, protocol: McProtocol, sessions: u64, members: u64) {
+        self.shard.mc_sessions[protocol.index()].store(sessions, Relaxed);
+        self.shard.mc_members[protocol.index()].store(members, Relaxed);
+    }
+
+    /// Bytes of DATA a multicast session sent to its group (resends included).
+    #[inline]
+    pub fn multicast_sent(&self, protocol: McProtocol, bytes: u64) {
+        bump(&self.shard.mc_bytes[protocol.index()], bytes);
+    }
+
+    /// A request for multicast was served by unicast instead.
+    #[inline]
+    pub fn multicast_refused(&self, reason: McRefusal) {
+        bump(&self.shard.mc_refused[reason.index()], 1);
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// One histogram added up over the shards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistTotals {
+    /// Non-cumulative counts per bucket; index `bounds.len()` is `+Inf`.
+    pub counts: [u64; MAX_BUCKETS + 1],
+    /// The sum of the observations, in the buckets' unit.
+    pub sum: u64,
+}
+
+impl HistTotals {
+    fn add(&mut self, h: &Hist) {
+        for (t, c) in self.counts.iter_mut().zip(&h.counts) {
+            *t = t.wrapping_add(c.load(Relaxed));
+        }
+        self.sum = self.sum.wrapping_add(h.sum.load(Relaxed));
+    }
+
+    /// How many observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().fold(0u64, |a, &c| a.wrapping_add(c))
+    }
+}
+
+/// Every shard added up: what a scrape and the status page read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Totals {
+    pub started: u64,
+    pub ended: [u64; Outcome::COUNT],
+    pub refused: [u64; RefuseReason::COUNT],
+    pub bytes_sent: u64,
+    pub blocks_sent: u64,
+    pub blocks_resent: u64,
+    pub timeouts: u64,
+    pub duration: HistTotals,
+    pub first_block: HistTotals,
+    pub throughput: HistTotals,
+    pub dhcp: [u64; DHCP_CELLS],
+    pub dhcp_ignored: [u64; DhcpIgnored::COUNT],
+    pub leases_in_use: u64,
+    pub leases_free: u64,
+    pub mc_sessions: [u64; McProtocol::COUNT],
+    pub mc_members: [u64; McProtocol::COUNT],
+    pub mc_bytes: [u64; McProtocol::COUNT],
+    pub mc_refused: [u64; McRefusal::COUNT],
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Totals {
+            started: 0,
+            ended: [0; Outcome::COUNT],
+            refused: [0; RefuseReason::COUNT],
+            bytes_sent: 0,
+            blocks_sent: 0,
+            blocks_resent: 0,
+            timeouts: 0,
+            duration: HistTotals::default(),
+            first_block: HistTotals::default(),
+            throughput: HistTotals::default(),
+            dhcp: [0; DHCP_CELLS],
+            dhcp_ignored: [0; DhcpIgnored::COUNT],
+            leases_in_use: 0,
+            leases_free: 0,
+            mc_sessions: [0; McProtocol::COUNT],
+            mc_members: [0; McProtocol::COUNT],
+            mc_bytes: [0; McProtocol::COUNT],
+            mc_refused: [0; McRefusal::COUNT],
+        }
+    }
+}
+
+fn add_all(to: &mut [u64], from: &[AtomicU64]) {
+    for (t, f) in to.iter_mut().zip(from) {
+        *t = t.wrapping_add(f.load(Relaxed));
+    }
+}
+
+impl Totals {
+    fn add(&mut self, s: &Shard) {
+        // `ended` before `started`: a transfer ending during the scrape cannot make
+        // `active` negative.
+        add_all(&mut self.ended, &s.ended);
+        self.started = self.started.wrapping_add(s.started.load(Relaxed));
+        add_all(&mut self.refused, &s.refused);
+        self.bytes_sent = self.bytes_sent.wrapping_add(s.bytes_sent.load(Relaxed));
+        self.blocks_sent = self.blocks_sent.wrapping_add(s.blocks_sent.load(Relaxed));
+        self.blocks_resent = self
+            .blocks_resent
+            .wrapping_add(s.blocks_resent.load(Relaxed));
+        self.timeouts = self.timeouts.wrapping_add(s.timeouts.load(Relaxed));
+        self.duration.add(&s.duration);
+        self.first_block.add(&s.first_block);
+        self.throughput.add(&s.throughput);
+        add_all(&mut self.dhcp, &s.dhcp);
+        add_all(&mut self.dhcp_ignored, &s.dhcp_ignored);
+        self.leases_in_use = self
+            .leases_in_use
+            .wrapping_add(s.leases_in_use.load(Relaxed));
+        self.leases_free = self.leases_free.wrapping_add(s.leases_free.load(Relaxed));
+        add_all(&mut self.mc_sessions, &s.mc_sessions);
+        add_all(&mut self.mc_members, &s.mc_members);
+        add_all(&mut self.mc_bytes, &s.mc_bytes);
+        add_all(&mut self.mc_refused, &s.mc_refused);
+    }
+
+    /// Transfers running now: started minus ended.
+    pub fn active(&self) -> u64 {
+        self.started.saturating_sub(self.ended_all())
+    }
+
+    /// Transfers ended, every outcome.
+    pub fn ended_all(&self) -> u64 {
+        self.ended.iter().sum()
+    }
+
+    /// Transfers ended with `outcome`.
+    pub fn ended(&self, outcome: Outcome) -> u64 {
+        self.ended[outcome.index()]
+    }
+
+    /// Requests refused for `reason`.
+    pub fn refused(&self, reason: RefuseReason) -> u64 {
+        self.refused[reason.index()]
+    }
+
+    /// DHCP messages of one type, mode and class.
+    pub fn dhcp(&self, kind: DhcpType, mode: DhcpMode, arch: ArchClass) -> u64 {
+        self.dhcp[dhcp_cell(kind, mode, arch)]
+    }
+
+    /// Bytes sent by multicast sessions, every protocol.
+    pub fn multicast_bytes(&self) -> u64 {
+        self.mc_bytes.iter().sum()
+    }
+
+    /// The Prometheus text format of these totals (see [`Registry::encode`]).
+    pub fn encode(&self, info: &Info, out: &mut String) {
+        // Writing to a String cannot fail.
+        let _ = self.write(info, out);
+    }
+
+    fn write(&self, info: &Info, out: &mut String) -> fmt::Result {
+        head(
+            out,
+            "ringboot_info",
+            "gauge",
+            "What runs: version, I/O backend, TFTP workers.",
+        )?;
+        out.push_str("ringboot_info{version=\"");
+        escape_label(out, &info.version);
+        out.push_str("\",backend=\"");
+        escape_label(out, &info.backend);
+        writeln!(out, "\",workers=\"{}\"}} 1", info.workers)?;
+
+        head(
+            out,
+            "ringboot_tftp_transfers_active",
+            "gauge",
+            "Unicast transfers running now.",
+        )?;
+        writeln!(out, "ringboot_tftp_transfers_active {}", self.active())?;
+        counter(
+            out,
+            "ringboot_tftp_transfers_started_total",
+            "Unicast transfers accepted.",
+            self.started,
+        )?;
+        labelled(
+            out,
+            "ringboot_tftp_transfers_ended_total",
+            "Unicast transfers ended, by outcome.",
+            Outcome::ALL.iter().map(|o| (*o, self.ended[o.index()])),
+        )?;
+        labelled(
+            out,
+            "ringboot_tftp_requests_refused_total",
+            "Requests refused with an ERROR, by reason.",
+            RefuseReason::ALL
+                .iter()
+                .map(|r| (*r, self.refused[r.index()])),
+        )?;
+        counter(
+            out,
+            "ringboot_tftp_sent_bytes_total",
+            "File bytes sent in DATA blocks, resends included.",
+            self.bytes_sent,
+        )?;
+        counter(
+            out,
+            "ringboot_tftp_blocks_sent_total",
+            "DATA blocks sent, resends included.",
+            self.blocks_sent,
+        )?;
+        counter(
+            out,
+            "ringboot_tftp_blocks_resent_total",
+            "DATA blocks sent again.",
+            self.blocks_resent,
+        )?;
+        counter(
+            out,
+            "ringboot_tftp_timeouts_total",
+            "Retransmission timeouts.",
+            self.timeouts,
+        )?;
+        histogram(
+            out,
+            "ringboot_tftp_transfer_duration_seconds",
+            "Completed transfers: request to last acknowledgement.",
+            &DURATION_BUCKETS,
+            &self.duration,
+        )?;
+        histogram(
+            out,
+            "ringboot_tftp_first_block_seconds",
+            "Request to the acknowledgement of block 1.",
+            &FIRST_BLOCK_BUCKETS,
+            &self.first_block,
+        )?;
+        histogram(
+            out,
+            "ringboot_tftp_transfer_throughput_bytes_per_second",
+            "Completed transfers: file bytes over duration.",
+            &THROUGHPUT_BUCKETS,
+            &self.throughput,
+        )?;
+
+        head(
+            out,
+            "ringboot_dhcp_messages_total",
+            "counter",
+            "DHCP messages received and sent, by type, mode and client architecture (combinations seen).",
+        )?;
+        for t in DhcpType::ALL {
+            for m in DhcpMode::ALL {
+                for a in ArchClass::ALL {
+                    let v = self.dhcp[dhcp_cell(*t, *m, *a)];
+                    if v != 0 {
+                        writeln!(
+                            out,
+                            "ringboot_dhcp_messages_total{{type=\"{t}\",mode=\"{m}\",arch=\"{a}\"}} {v}"
+                        )?;
+                    }
+                }
+            }
+        }
+        labelled(
+            out,
+            "ringboot_dhcp_ignored_total",
+            "DHCP messages not answered, by reason.",
+            DhcpIgnored::ALL
+                .iter()
+                .map(|r| (*r, self.dhcp_ignored[r.index()])),
+        )?;
+        head(
+            out,
+            "ringboot_dhcp_leases",
+            "gauge",
+            "Addresses of the pool (full mode), by state.",
+        )?;
+        writeln!(
+            out,
+            "ringboot_dhcp_leases{{state=\"in_use\"}} {}",
+            self.leases_in_use
+        )?;
+        writeln!(
+            out,
+            "ringboot_dhcp_leases{{state=\"free\"}} {}",
+            self.leases_free
+        )?;
+
+        head(
+            out,
+            "ringboot_multicast_sessions",
+            "gauge",
+            "Multicast sessions running now, by protocol.",
+        )?;
+        for p in McProtocol::ALL {
+            writeln!(
+                out,
+                "ringboot_multicast_sessions{{protocol=\"{p}\"}} {}",
+                self.mc_sessions[p.index()]
+            )?;
+        }
+        head(
+            out,
+            "ringboot_multicast_members",
+            "gauge",
+            "Members of the multicast sessions now, by protocol.",
+        )?;
+        for p in McProtocol::ALL {
+            writeln!(
+                out,
+                "ringboot_multicast_members{{protocol=\"{p}\"}} {}",
+                self.mc_members[p.index()]
+            )?;
+        }
+        labelled(
+            out,
+            "ringboot_multicast_sent_bytes_total",
+            "File bytes sent to multicast groups, resends included, by protocol.",
+            McProtocol::ALL
+                .iter()
+                .map(|p| (*p, self.mc_bytes[p.index()])),
+        )?;
+        labelled(
+            out,
+            "ringboot_multicast_refused_total",
+            "Requests for multicast served by unicast instead, by reason.",
+            McRefusal::ALL
+                .iter()
+                .map(|r| (*r, self.mc_refused[r.index()])),
+        )?;
+        Ok(())
+    }
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) -> fmt::Result {
+    writeln!(out, "# HELP {name} {help}")?;
+    writeln!(out, "# TYPE {name} {kind}")
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) -> fmt::Result {
+    head(out, name, "counter", help)?;
+    writeln!(out, "{name} {v}")
+}
+
+/// A counter with one enum label: every value is written, zeros included, so that `rate()`
+/// starts from zero.
+fn labelled<L: LabelValue>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    values: impl Iterator<Item = (L, u64)>,
+) -> fmt::Result {
+    head(out, name, "counter", help)?;
+    for (l, v) in values {
+        writeln!(out, "{name}{{{}=\"{}\"}} {v}", L::LABEL, l.value())?;
+    }
+    Ok(())
+}
+
+trait LabelValue {
+    const LABEL: &'static str;
+    fn value(&self) -> &'static str;
+}
+
+macro_rules! label_value {
+    ($($t:ty),*) => {$(
+        impl LabelValue for $t {
+            const LABEL: &'static str = <$t>::LABEL;
+            fn value(&self) -> &'static str {
+                self.as_str()
+            }
+        }
+    )*};
+}
+label_value!(Outcome, RefuseReason, DhcpIgnored, McProtocol, McRefusal);
+
+fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    buckets: &Buckets,
+    h: &HistTotals,
+) -> fmt::Result {
+    head(out, name, "histogram", help)?;
+    let mut cumulative = 0u64;
+    for (i, &b) in buckets.bounds.iter().enumerate() {
+        cumulative = cumulative.wrapping_add(h.counts[i]);
+        writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {cumulative}",
+            b as f64 / buckets.per_base as f64
+        )?;
+    }
+    writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count())?;
+    writeln!(out, "{name}_sum {}", h.sum as f64 / buckets.per_base as f64)?;
+    writeln!(out, "{name}_count {}", h.count())
+}
+
+/// A label value as the text format wants it: `\`, `"` and newline escaped.
+fn escape_label(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// A small parser of the Prometheus text format (0.0.4): `# TYPE` lines and samples, with
+    /// label values unescaped. Returns (types by family, value by `name{labels}` as written
+    /// back in a canonical form). Panics on anything it does not understand: the test wants
+    /// the encoder strict.
+    fn parse(text: &str) -> (BTreeMap<String, String>, BTreeMap<String, f64>) {
+        let mut types = BTreeMap::new();
+        let mut samples = BTreeMap::new();
+        let mut helped = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').expect("HELP has a text");
+                assert!(!help.is_empty());
+                assert!(helped.insert(name.to_owned()), "HELP twice for {name}");
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE has a kind");
+                assert!(
+                    ["counter", "gauge", "histogram"].contains(&kind),
+                    "type {kind}"
+                );
+                assert!(helped.contains(name), "TYPE before HELP for {name}");
+                assert!(
+                    types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                    "TYPE twice for {name}"
+                );
+                continue;
+            }
+            assert!(!line.starts_with('#'), "stray comment {line}");
+            let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or_else(|_| panic!("value {v}")),
+            };
+            let (name, labels) = match series.split_once('{') {
+                None => (series, Vec::new()),
+                Some((name, rest)) => {
+                    let body = rest.strip_suffix('}').expect("labels close");
+                    let mut labels = Vec::new();
+                    let mut chars = body.chars().peekable();
+                    while chars.peek().is_some() {
+                        let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+                        assert!(
+                            key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                            "label name {key}"
+                        );
+                        assert_eq!(chars.next(), Some('"'));
+                        let mut val = String::new();
+                        loop {
+                            match chars.next().expect("label value closes") {
+                                '\\' => match chars.next() {
+                                    Some('n') => val.push('\n'),
+                                    Some(c) => val.push(c),
+                                    None => panic!("dangling escape"),
+                                },
+                                '"' => break,
+                                c => val.push(c),
+                            }
+                        }
+                        labels.push((key, val));
+                        match chars.next() {
+                            Some(',') | None => {}
+                            Some(c) => panic!("after a label: {c}"),
+                        }
+                    }
+                    (name, labels)
+                }
+            };
+            assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "metric name {name}"
+            );
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| types.get(*f).map(String::as_str) == Some("histogram"))
+                .unwrap_or(name);
+            assert!(types.contains_key(family), "sample before TYPE: {name}");
+            let key = if labels.is_empty() {
+                name.to_owned()
+            } else {
+                let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{name}{{{}}}", l.join(","))
+            };
+            assert!(samples.insert(key, value).is_none(), "sample twice: {line}");
+        }
+        (types, samples)
+    }
+
+    fn encoded(r: &Registry) -> (BTreeMap<String, String>, BTreeMap<String, f64>, String) {
+        let mut out = String::new();
+        r.encode(&mut out);
+        let (t, s) = parse(&out);
+        (t, s, out)
+    }
+
+    #[test]
+    fn known_values_encode_and_parse_back() {
+        let r = Registry::new(Info {
+            version: "1.2.3".into(),
+            backend: "io_uring".into(),
+            workers: 2,
+        });
+        let w0 = r.recorder();
+        let w1 = r.recorder();
+        let ctl = r.recorder();
+        for _ in 0..3 {
+            w0.transfer_started();
+        }
+        w1.transfer_started();
+        w0.transfer_ended(Outcome::Completed, Duration::from_millis(200), 1_000_000);
+        w1.transfer_ended(Outcome::Probe, Duration::from_millis(1), 0);
+        w0.first_block(Duration::from_millis(3));
+        w1.first_block(Duration::from_micros(2_500));
+        w0.data_sent(10, 5120);
+        w1.data_sent(2, 1024);
+        w1.blocks_resent(1);
+        w0.timeout();
+        w0.refused(RefuseReason::NotFound);
+        w1.refused(RefuseReason::NotFound);
+        w1.refused(RefuseReason::ClientRate);
+        ctl.dhcp_message(DhcpType::Discover, DhcpMode::Proxy, ArchClass::EfiX64);
+        ctl.dhcp_message(DhcpType::Offer, DhcpMode::Proxy, ArchClass::EfiX64);
+        ctl.dhcp_message(
+            DhcpType::Discover,
+            DhcpMode::Proxy,
+            ArchClass::from_option93(Some(9)),
+        );
+        ctl.dhcp_ignored(DhcpIgnored::NotPxe);
+        ctl.set_leases(3, 97);
+        ctl.set_multicast(McProtocol::Rfc2090, 1, 4);
+        ctl.multicast_sent(McProtocol::Rfc2090, 4096);
+        ctl.multicast_refused(McRefusal::PoolFull);
+
+        let (types, s, text) = encoded(&r);
+        assert_eq!(types["ringboot_tftp_transfers_ended_total"], "counter");
+        assert_eq!(types["ringboot_tftp_transfers_active"], "gauge");
+        assert_eq!(types["ringboot_tftp_first_block_seconds"], "histogram");
+        assert_eq!(
+            s["ringboot_info{version=1.2.3,backend=io_uring,workers=2}"],
+            1.0
+        );
+        assert_eq!(s["ringboot_tftp_transfers_started_total"], 4.0);
+        assert_eq!(s["ringboot_tftp_transfers_active"], 2.0);
+        assert_eq!(
+            s["ringboot_tftp_transfers_ended_total{outcome=completed}"],
+            1.0
+        );
+        assert_eq!(s["ringboot_tftp_transfers_ended_total{outcome=probe}"], 1.0);
+        assert_eq!(
+            s["ringboot_tftp_transfers_ended_total{outcome=timeout}"],
+            0.0
+        );
+        assert_eq!(
+            s["ringboot_tftp_requests_refused_total{reason=not_found}"],
+            2.0
+        );
+        assert_eq!(
+            s["ringboot_tftp_requests_refused_total{reason=client_rate}"],
+            1.0
+        );
+        assert_eq!(s["ringboot_tftp_sent_bytes_total"], 6144.0);
+        assert_eq!(s["ringboot_tftp_blocks_sent_total"], 12.0);
+        assert_eq!(s["ringboot_tftp_blocks_resent_total"], 1.0);
+        assert_eq!(s["ringboot_tftp_timeouts_total"], 1.0);
+        // Duration: one completed transfer of 200 ms (the probe is not observed).
+        let d = "ringboot_tftp_transfer_duration_seconds";
+        assert_eq!(s[&format!("{d}_bucket{{le=0.1}}")], 0.0);
+        assert_eq!(s[&format!("{d}_bucket{{le=0.25}}")], 1.0);
+        assert_eq!(s[&format!("{d}_bucket{{le=+Inf}}")], 1.0);
+        assert_eq!(s[&format!("{d}_count")], 1.0);
+        assert!((s[&format!("{d}_sum")] - 0.2).abs() < 1e-9);
+        // First block: 3 ms and 2.5 ms (the bound is inclusive: le means <=).
+        let f = "ringboot_tftp_first_block_seconds";
+        assert_eq!(s[&format!("{f}_bucket{{le=0.001}}")], 0.0);
+        assert_eq!(s[&format!("{f}_bucket{{le=0.0025}}")], 1.0);
+        assert_eq!(s[&format!("{f}_bucket{{le=0.005}}")], 2.0);
+        assert_eq!(s[&format!("{f}_count")], 2.0);
+        assert!((s[&format!("{f}_sum")] - 0.0055).abs() < 1e-9);
+        // Throughput: 1,000,000 bytes in 0.2 s = 5,000,000 B/s.
+        let t = "ringboot_tftp_transfer_throughput_bytes_per_second";
+        assert_eq!(s[&format!("{t}_bucket{{le=1250000}}")], 0.0);
+        assert_eq!(s[&format!("{t}_bucket{{le=6250000}}")], 1.0);
+        assert_eq!(s[&format!("{t}_sum")], 5_000_000.0);
+        // DHCP: combinations seen only; 9 counts as efi_x64.
+        assert_eq!(
+            s["ringboot_dhcp_messages_total{type=discover,mode=proxy,arch=efi_x64}"],
+            2.0
+        );
+        assert_eq!(
+            s["ringboot_dhcp_messages_total{type=offer,mode=proxy,arch=efi_x64}"],
+            1.0
+        );
+        assert_eq!(
+            s.keys()
+                .filter(|k| k.starts_with("ringboot_dhcp_messages_total"))
+                .count(),
+            2
+        );
+        assert_eq!(s["ringboot_dhcp_ignored_total{reason=not_pxe}"], 1.0);
+        assert_eq!(s["ringboot_dhcp_leases{state=in_use}"], 3.0);
+        assert_eq!(s["ringboot_dhcp_leases{state=free}"], 97.0);
+        assert_eq!(s["ringboot_multicast_sessions{protocol=rfc2090}"], 1.0);
+        assert_eq!(s["ringboot_multicast_sessions{protocol=pxe_mtftp}"], 0.0);
+        assert_eq!(s["ringboot_multicast_members{protocol=rfc2090}"], 4.0);
+        assert_eq!(
+            s["ringboot_multicast_sent_bytes_total{protocol=rfc2090}"],
+            4096.0
+        );
+        assert_eq!(s["ringboot_multicast_refused_total{reason=pool_full}"], 1.0);
+        // Exact lines, as a scraper sees them.
+        for line in [
+            "# TYPE ringboot_tftp_transfers_ended_total counter",
+            "ringboot_tftp_transfers_ended_total{outcome=\"completed\"} 1",
+            "ringboot_tftp_transfer_duration_seconds_bucket{le=\"0.25\"} 1",
+            "ringboot_tftp_transfer_duration_seconds_bucket{le=\"+Inf\"} 1",
+            "ringboot_tftp_first_block_seconds_bucket{le=\"0.0025\"} 1",
+            "ringboot_info{version=\"1.2.3\",backend=\"io_uring\",workers=\"2\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing line {line}");
+        }
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_and_the_table_lists_them() {
+        let r = Registry::new(Info::default());
+        let (types, _, _) = encoded(&r);
+        let docs = include_str!("mod.rs");
+        for name in types.keys() {
+            assert!(
+                docs.contains(&format!("`{name}`")),
+                "{name} is missing from the table in metrics/mod.rs"
+            );
+        }
+    }
+
+    #[test]
+    fn info_label_values_are_escaped() {
+        let r = Registry::new(Info {
+            version: "a\"b\\c\nd".into(),
+            backend: "epoll".into(),
+            workers: 1,
+        });
+        let (_, s, _) = encoded(&r);
+        assert_eq!(
+            s["ringboot_info{version=a\"b\\c\nd,backend=epoll,workers=1}"],
+            1.0
+        );
+    }
+
+    #[test]
+    fn histograms_cover_every_value() {
+        let r = Registry::new(Info::default());
+        let w = r.recorder();
+        w.first_block(Duration::ZERO);
+        w.first_block(Duration::from_secs(3600));
+        w.transfer_ended(Outcome::Completed, Duration::ZERO, u64::MAX);
+        let t = r.totals();
+        assert_eq!(t.first_block.counts[0], 1);
+        assert_eq!(t.first_block.counts[FIRST_BLOCK_BUCKETS.bounds.len()], 1);
+        assert_eq!(t.first_block.count(), 2);
+        assert_eq!(t.throughput.counts[THROUGHPUT_BUCKETS.bounds.len()], 1);
+        for b in [&DURATION_BUCKETS, &FIRST_BLOCK_BUCKETS, &THROUGHPUT_BUCKETS] {
+            assert!(b.bounds.len() <= MAX_BUCKETS);
+            assert!(b.bounds.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
+
+    #[test]
+    fn shards_are_summed_across_threads_and_gauges_cleared_on_drop() {
+        let r = Arc::new(Registry::new(Info::default()));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let r = Arc::clone(&r);
+                std::thread::spawn(move || {
+                    let w = r.recorder();
+                    for _ in 0..10_000 {
+                        w.transfer_started();
+                        w.data_sent(1, 512);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let t = r.totals();
+        assert_eq!(t.started, 40_000);
+        assert_eq!(t.bytes_sent, 40_000 * 512);
+        let ctl = r.recorder();
+        ctl.set_leases(5, 5);
+        assert_eq!(r.totals().leases_in_use, 5);
+        drop(ctl);
+        let again = r.recorder();
+        again.set_leases(6, 4);
+        assert_eq!(r.totals().leases_in_use, 6);
+        assert_eq!(r.totals().leases_free, 4);
+    }
+
+    #[test]
+    fn shard_layout() {
+        assert_eq!(std::mem::align_of::<Shard>(), 128);
+        // The size the module docs state.
+        assert_eq!(std::mem::size_of::<Shard>(), 2432);
+    }
+
+    #[test]
+    fn arch_classes() {
+        assert_eq!(ArchClass::from_option93(None), ArchClass::None);
+        assert_eq!(ArchClass::from_option93(Some(0)), ArchClass::Bios);
+        assert_eq!(ArchClass::from_option93(Some(7)), ArchClass::EfiX64);
+        assert_eq!(ArchClass::from_option93(Some(11)), ArchClass::EfiArm64);
+        assert_eq!(ArchClass::from_option93(Some(16)), ArchClass::HttpX64);
+        assert_eq!(ArchClass::from_option93(Some(4242)), ArchClass::Other);
+    }
+}

@@ -1,0 +1,1165 @@
+//! The status model: what the status page shows, fed cheaply by the services.
+//!
+//! Contract:
+//! - Each TFTP worker holds a [`TransferPublisher`] (from [`Status::transfer_publisher`], once at
+//!   start). When [`TransferPublisher::due`] says so (once per [`PUBLISH_INTERVAL`]) it opens a
+//!   [`TransferBatch`] and pushes a [`TransferView`] per running transfer; the batch takes the
+//!   worker's slot lock once, keeps the first [`ROWS_PER_WORKER`] rows in buffers allocated at
+//!   start (no allocation), counts the rest, and works out each row's rate from the previous
+//!   batch. A worker with nothing running still publishes (an empty batch), so rows vanish.
+//! - The multicast service does the same with a [`McPublisher`] ([`SessionView`] + members).
+//! - The DHCP service calls [`Status::record_dhcp`] once per decision: a ring of the last
+//!   [`DHCP_RECENT`].
+//! - The HTTP service calls [`Status::tick`] once a second (its timer): a per-second sample of
+//!   the bytes sent (from the registry's counters) goes into a ring of [`HISTORY_SECONDS`].
+//! - A page request calls [`Status::snapshot`] (allocates; bounded: at most
+//!   [`TRANSFERS_LISTED`] transfers, [`SESSIONS_LISTED`] sessions of [`MEMBERS_LISTED`] listed
+//!   members, every string cut to a fixed length) and [`Snapshot::to_json`].
+//!
+//! No clock is read here: every call takes `now`. Rows from a publisher that has not published
+//! for [`STALE_AFTER`] are left out (a stopped worker does not leave ghosts). Strings from the
+//! network (file names, vendor classes, URLs) are kept as bytes, cut in the middle to a fixed
+//! length, and shown as lossy UTF-8 with control characters replaced; the page inserts them as
+//! text, never as markup.
+
+use super::registry::{DhcpMode, DhcpType, McProtocol, Outcome, Registry, Totals};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How often a publisher publishes.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+/// Rows of a publisher older than this are left out of a snapshot.
+pub const STALE_AFTER: Duration = Duration::from_secs(5);
+/// Transfers a worker lists (the rest are counted).
+pub const ROWS_PER_WORKER: usize = 64;
+/// Transfers a snapshot lists, oldest first (the rest are counted).
+pub const TRANSFERS_LISTED: usize = 100;
+/// Seconds of throughput history.
+pub const HISTORY_SECONDS: usize = 300;
+/// DHCP decisions kept.
+pub const DHCP_RECENT: usize = 50;
+/// Multicast sessions a publisher lists.
+pub const SESSIONS_LISTED: usize = 32;
+/// Members listed per session (the rest are counted).
+pub const MEMBERS_LISTED: usize = 16;
+/// Bytes kept of a file name or URL.
+pub const NAME_BYTES: usize = 96;
+/// Bytes kept of a vendor class.
+pub const VENDOR_BYTES: usize = 48;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Bytes from the network, at most `N`, cut in the middle (`…`) when longer: the start and the
+/// end of a path say the most. Inline: no allocation.
+#[derive(Clone, Copy)]
+pub struct ShortText<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> std::fmt::Debug for ShortText<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.to_display())
+    }
+}
+
+impl<const N: usize> Default for ShortText<N> {
+    fn default() -> Self {
+        ShortText {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+}
+
+const ELLIPSIS: &[u8] = "…".as_bytes();
+
+fn is_continuation(b: u8) -> bool {
+    b & 0xc0 == 0x80
+}
+
+impl<const N: usize> ShortText<N> {
+    /// `bytes`, cut in the middle when longer than `N`.
+    pub fn new(bytes: &[u8]) -> Self {
+        let mut t = ShortText::default();
+        if bytes.len() <= N {
+            t.buf[..bytes.len()].copy_from_slice(bytes);
+            t.len = bytes.len();
+            return t;
+        }
+        let room = N.saturating_sub(ELLIPSIS.len());
+        let mut head = room / 3;
+        let mut tail_start = bytes.len() - (room - head);
+        // Cut on UTF-8 character boundaries where the text is UTF-8.
+        while head > 0 && is_continuation(bytes[head]) {
+            head -= 1;
+        }
+        while tail_start < bytes.len() && is_continuation(bytes[tail_start]) {
+            tail_start += 1;
+        }
+        let tail = &bytes[tail_start..];
+        t.buf[..head].copy_from_slice(&bytes[..head]);
+        let mut at = head;
+        if N >= ELLIPSIS.len() {
+            t.buf[at..at + ELLIPSIS.len()].copy_from_slice(ELLIPSIS);
+            at += ELLIPSIS.len();
+        }
+        t.buf[at..at + tail.len()].copy_from_slice(tail);
+        t.len = at + tail.len();
+        t
+    }
+
+    /// The bytes kept.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// For display: lossy UTF-8, control characters replaced by U+FFFD.
+    pub fn to_display(&self) -> String {
+        String::from_utf8_lossy(self.as_bytes())
+            .chars()
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect()
+    }
+}
+
+/// One running unicast transfer, as a worker publishes it.
+#[derive(Clone, Copy, Debug)]
+pub struct TransferView<'a> {
+    /// The transfer's id, unique within the worker while it runs.
+    pub id: u64,
+    pub client: SocketAddr,
+    /// The file name as the client sent it.
+    pub file: &'a [u8],
+    /// File bytes the client acknowledged.
+    pub bytes_done: u64,
+    /// The file's size, when known (netascii is not).
+    pub size: Option<u64>,
+    /// When its request arrived.
+    pub started: Instant,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct TransferRow {
+    id: u64,
+    client: SocketAddr,
+    file: ShortText<NAME_BYTES>,
+    bytes: u64,
+    size: Option<u64>,
+    started: Instant,
+    /// Bytes per second since the previous batch (or since its start).
+    rate: u64,
+}
+
+#[derive(Debug)]
+struct TransferSlot {
+    at: Option<Instant>,
+    count: u64,
+    rows: Vec<TransferRow>,
+    prev: Vec<TransferRow>,
+    prev_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct TransferBoard(Mutex<TransferSlot>);
+
+/// A worker's handle for publishing its transfers (see the module docs).
+#[derive(Debug)]
+pub struct TransferPublisher {
+    board: Arc<TransferBoard>,
+    next: Option<Instant>,
+}
+
+impl TransferPublisher {
+    /// Whether a batch is due at `now` (once per [`PUBLISH_INTERVAL`]).
+    pub fn due(&self, now: Instant) -> bool {
+        self.next.is_none_or(|n| now >= n)
+    }
+
+    /// When the next batch is due (for the worker's timer), `None`: now.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// Start a batch at `now`: push every running transfer, then drop the batch.
+    pub fn begin(&mut self, now: Instant) -> TransferBatch<'_> {
+        self.next = Some(now + PUBLISH_INTERVAL);
+        let mut slot = lock(&self.board.0);
+        let slot_ref = &mut *slot;
+        std::mem::swap(&mut slot_ref.rows, &mut slot_ref.prev);
+        slot_ref.rows.clear();
+        slot_ref.prev_at = slot_ref.at;
+        slot_ref.count = 0;
+        TransferBatch { slot, now }
+    }
+}
+
+/// An open batch of a worker's transfers; publishing completes when it is dropped.
+pub struct TransferBatch<'a> {
+    slot: MutexGuard<'a, TransferSlot>,
+    now: Instant,
+}
+
+impl TransferBatch<'_> {
+    /// One running transfer.
+    pub fn push(&mut self, t: &TransferView<'_>) {
+        self.slot.count += 1;
+        if self.slot.rows.len() < ROWS_PER_WORKER {
+            self.slot.rows.push(TransferRow {
+                id: t.id,
+                client: t.client,
+                file: ShortText::new(t.file),
+                bytes: t.bytes_done,
+                size: t.size,
+                started: t.started,
+                rate: 0,
+            });
+        }
+    }
+}
+
+fn per_second(bytes: u64, over: Duration) -> u64 {
+    let us = over.as_micros().max(1);
+    (u128::from(bytes) * 1_000_000 / us).min(u128::from(u64::MAX)) as u64
+}
+
+impl Drop for TransferBatch<'_> {
+    fn drop(&mut self) {
+        let now = self.now;
+        let slot = &mut *self.slot;
+        slot.rows.sort_unstable_by_key(|r| r.id);
+        for r in &mut slot.rows {
+            let before = slot
+                .prev
+                .binary_search_by_key(&r.id, |p| p.id)
+                .ok()
+                .map(|i| &slot.prev[i])
+                .filter(|p| p.started == r.started);
+            r.rate = match (before, slot.prev_at) {
+                (Some(p), Some(at)) if now > at => {
+                    per_second(r.bytes.saturating_sub(p.bytes), now - at)
+                }
+                _ => per_second(r.bytes, since_start(now, r.started)),
+            };
+        }
+        slot.at = Some(now);
+    }
+}
+
+/// The time a row without a previous batch has been running, for its first rate: at least one
+/// [`PUBLISH_INTERVAL`], so that a transfer that started a moment ago (a first window out, no
+/// time passed) does not show an absurd rate.
+fn since_start(now: Instant, started: Instant) -> Duration {
+    now.saturating_duration_since(started).max(PUBLISH_INTERVAL)
+}
+
+/// One multicast session, as the multicast service publishes it.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionView<'a> {
+    /// The session's id, unique while it runs.
+    pub id: u64,
+    pub protocol: McProtocol,
+    pub file: &'a [u8],
+    /// The group and port the session sends to.
+    pub group: SocketAddr,
+    /// The file's size.
+    pub size: u64,
+    /// Bytes of the file the stream has reached in its current pass.
+    pub position: u64,
+    /// Bytes sent to the group since the session started, resends included.
+    pub bytes_sent: u64,
+    /// Members now (all of them; only [`MEMBERS_LISTED`] are listed).
+    pub members: usize,
+    pub started: Instant,
+}
+
+/// A member of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct MemberView {
+    pub addr: SocketAddr,
+    /// The member that acknowledges for the group now.
+    pub master: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SessionRow {
+    id: u64,
+    protocol: McProtocol,
+    file: ShortText<NAME_BYTES>,
+    group: SocketAddr,
+    size: u64,
+    position: u64,
+    bytes_sent: u64,
+    member_count: usize,
+    members: [Option<MemberView>; MEMBERS_LISTED],
+    started: Instant,
+    rate: u64,
+}
+
+#[derive(Debug)]
+struct SessionSlot {
+    at: Option<Instant>,
+    count: u64,
+    rows: Vec<SessionRow>,
+    prev: Vec<SessionRow>,
+    prev_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct SessionBoard(Mutex<SessionSlot>);
+
+/// The multicast service's handle for publishing its sessions (see the module docs).
+#[derive(Debug)]
+pub struct McPublisher {
+    board: Arc<SessionBoard>,
+    next: Option<Instant>,
+}
+
+impl McPublisher {
+    /// Whether a batch is due at `now`.
+    pub fn due(&self, now: Instant) -> bool {
+        self.next.is_none_or(|n| now >= n)
+    }
+
+    /// When the next batch is due, `None`: now.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// Start a batch at `now`: push every session (each followed by its members).
+    pub fn begin(&mut self, now: Instant) -> McBatch<'_> {
+        self.next = Some(now + PUBLISH_INTERVAL);
+        let mut slot = lock(&self.board.0);
+        let s = &mut *slot;
+        std::mem::swap(&mut s.rows, &mut s.prev);
+        s.rows.clear();
+        s.prev_at = s.at;
+        s.count = 0;
+        McBatch {
+            slot,
+            now,
+            listing: false,
+        }
+    }
+}
+
+/// An open batch of multicast sessions; publishing completes when it is dropped.
+pub struct McBatch<'a> {
+    slot: MutexGuard<'a, SessionSlot>,
+    now: Instant,
+    /// Whether the last session pushed is listed (its members go to it).
+    listing: bool,
+}
+
+impl McBatch<'_> {
+    /// One session; its members follow with [`McBatch::member`].
+    pub fn session(&mut self, s: &SessionView<'_>) {
+        self.slot.count += 1;
+        self.listing = self.slot.rows.len() < SESSIONS_LISTED;
+        if self.listing {
+            self.slot.rows.push(SessionRow {
+                id: s.id,
+                protocol: s.protocol,
+                file: ShortText::new(s.file),
+                group: s.group,
+                size: s.size,
+                position: s.position,
+                bytes_sent: s.bytes_sent,
+                member_count: s.members,
+                members: [None; MEMBERS_LISTED],
+                started: s.started,
+                rate: 0,
+            });
+        }
+    }
+
+    /// A member of the session pushed last (beyond [`MEMBERS_LISTED`] it is only counted by
+    /// [`SessionView::members`]).
+    pub fn member(&mut self, m: MemberView) {
+        if !self.listing {
+            return;
+        }
+        if let Some(row) = self.slot.rows.last_mut() {
+            if let Some(free) = row.members.iter_mut().find(|x| x.is_none()) {
+                *free = Some(m);
+            }
+        }
+    }
+}
+
+impl Drop for McBatch<'_> {
+    fn drop(&mut self) {
+        let now = self.now;
+        let slot = &mut *self.slot;
+        slot.rows.sort_unstable_by_key(|r| r.id);
+        for r in &mut slot.rows {
+            let before = slot
+                .prev
+                .binary_search_by_key(&r.id, |p| p.id)
+                .ok()
+                .map(|i| &slot.prev[i])
+                .filter(|p| p.started == r.started);
+            r.rate = match (before, slot.prev_at) {
+                (Some(p), Some(at)) if now > at => {
+                    per_second(r.bytes_sent.saturating_sub(p.bytes_sent), now - at)
+                }
+                _ => per_second(r.bytes_sent, since_start(now, r.started)),
+            };
+        }
+        slot.at = Some(now);
+    }
+}
+
+/// One DHCP decision, as the DHCP service records it.
+#[derive(Clone, Copy, Debug)]
+pub struct DhcpView<'a> {
+    /// The reply sent (OFFER, ACK, NAK).
+    pub message: DhcpType,
+    pub mode: DhcpMode,
+    /// The client's hardware address (chaddr, up to 16 bytes).
+    pub mac: &'a [u8],
+    /// The address handed out (full mode) or the client's (proxy), if any.
+    pub ip: Option<Ipv4Addr>,
+    /// Option 93, if the client sent it.
+    pub arch: Option<u16>,
+    /// Option 60, if the client sent it.
+    pub vendor_class: &'a [u8],
+    /// The boot file or URL handed out (empty: none).
+    pub boot: &'a [u8],
+}
+
+#[derive(Clone, Copy, Debug)]
+struct DhcpRow {
+    at: Instant,
+    message: DhcpType,
+    mode: DhcpMode,
+    mac: [u8; 16],
+    mac_len: u8,
+    ip: Option<Ipv4Addr>,
+    arch: Option<u16>,
+    vendor: ShortText<VENDOR_BYTES>,
+    boot: ShortText<NAME_BYTES>,
+}
+
+/// Per-second samples of what was sent, the newest last.
+#[derive(Debug)]
+struct History {
+    last: Option<(Instant, u64, u64)>,
+    samples: VecDeque<Sample>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Sample {
+    tftp: u64,
+    multicast: u64,
+    active: u64,
+}
+
+impl History {
+    fn new() -> Self {
+        History {
+            last: None,
+            samples: VecDeque::with_capacity(HISTORY_SECONDS),
+        }
+    }
+
+    /// Counters read at `now`. Whole seconds since the last sample become samples of the mean
+    /// rate over them (a late tick spreads its bytes; more than the ring holds is cut).
+    fn tick(&mut self, now: Instant, tftp: u64, multicast: u64, active: u64) {
+        let Some((at, t0, m0)) = self.last else {
+            self.last = Some((now, tftp, multicast));
+            return;
+        };
+        let secs = now.saturating_duration_since(at).as_secs();
+        if secs == 0 {
+            return;
+        }
+        let sample = Sample {
+            tftp: tftp.saturating_sub(t0) / secs,
+            multicast: multicast.saturating_sub(m0) / secs,
+            active,
+        };
+        for _ in 0..secs.min(HISTORY_SECONDS as u64) {
+            if self.samples.len() == HISTORY_SECONDS {
+                self.samples.pop_front();
+            }
+            self.samples.push_back(sample);
+        }
+        self.last = Some((at + Duration::from_secs(secs), tftp, multicast));
+    }
+}
+
+/// The state behind the status page. Share it as an `Arc`; see the module docs.
+#[derive(Debug)]
+pub struct Status {
+    registry: Arc<Registry>,
+    started: Instant,
+    transfers: Mutex<Vec<Arc<TransferBoard>>>,
+    sessions: Mutex<Vec<Arc<SessionBoard>>>,
+    dhcp: Mutex<VecDeque<DhcpRow>>,
+    history: Mutex<History>,
+}
+
+impl Status {
+    /// The status of a server that started at `started`, counting into `registry`.
+    pub fn new(registry: Arc<Registry>, started: Instant) -> Self {
+        Status {
+            registry,
+            started,
+            transfers: Mutex::new(Vec::new()),
+            sessions: Mutex::new(Vec::new()),
+            dhcp: Mutex::new(VecDeque::with_capacity(DHCP_RECENT)),
+            history: Mutex::new(History::new()),
+        }
+    }
+
+    /// The registry the counters come from.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// A publisher for one worker's transfers (once per worker, at start).
+    pub fn transfer_publisher(&self) -> TransferPublisher {
+        let board = Arc::new(TransferBoard(Mutex::new(TransferSlot {
+            at: None,
+            count: 0,
+            rows: Vec::with_capacity(ROWS_PER_WORKER),
+            prev: Vec::with_capacity(ROWS_PER_WORKER),
+            prev_at: None,
+        })));
+        lock(&self.transfers).push(Arc::clone(&board));
+        TransferPublisher { board, next: None }
+    }
+
+    /// A publisher for the multicast service's sessions (once, at start).
+    pub fn multicast_publisher(&self) -> McPublisher {
+        let board = Arc::new(SessionBoard(Mutex::new(SessionSlot {
+            at: None,
+            count: 0,
+            rows: Vec::with_capacity(SESSIONS_LISTED),
+            prev: Vec::with_capacity(SESSIONS_LISTED),
+            prev_at: None,
+        })));
+        lock(&self.sessions).push(Arc::clone(&board));
+        McPublisher { board, next: None }
+    }
+
+    /// One DHCP decision at `now` (the oldest of [`DHCP_RECENT`] is forgotten).
+    pub fn record_dhcp(&self, now: Instant, d: &DhcpView<'_>) {
+        let mut mac = [0u8; 16];
+        let mac_len = d.mac.len().min(16);
+        mac[..mac_len].copy_from_slice(&d.mac[..mac_len]);
+        let row = DhcpRow {
+            at: now,
+            message: d.message,
+            mode: d.mode,
+            mac,
+            mac_len: mac_len as u8,
+            ip: d.ip,
+            arch: d.arch,
+            vendor: ShortText::new(d.vendor_class),
+            boot: ShortText::new(d.boot),
+        };
+        let mut ring = lock(&self.dhcp);
+        if ring.len() == DHCP_RECENT {
+            ring.pop_front();
+        }
+        ring.push_back(row);
+    }
+
+    /// Take a throughput sample: call once a second (the HTTP service's timer).
+    pub fn tick(&self, now: Instant) {
+        let t = self.registry.totals();
+        lock(&self.history).tick(now, t.bytes_sent, t.multicast_bytes(), t.active());
+    }
+
+    /// What the page shows, at `now` (see the module docs for the bounds).
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let totals = self.registry.totals();
+        let info = self.registry.info();
+        let fresh = |at: Option<Instant>| {
+            at.is_some_and(|a| now.saturating_duration_since(a) <= STALE_AFTER)
+        };
+
+        let mut listed: Vec<(Instant, usize, TransferRow)> = Vec::new();
+        let mut published = 0u64;
+        let boards: Vec<Arc<TransferBoard>> = lock(&self.transfers).clone();
+        for (w, b) in boards.iter().enumerate() {
+            let slot = lock(&b.0);
+            if fresh(slot.at) {
+                published += slot.count;
+                listed.extend(slot.rows.iter().map(|r| (r.started, w, *r)));
+            }
+        }
+        listed.sort_by_key(|(started, w, r)| (*started, *w, r.id));
+        listed.truncate(TRANSFERS_LISTED);
+        let active = totals.active();
+        let transfers = TransfersJson {
+            active,
+            unlisted: published.saturating_sub(listed.len() as u64),
+            listed: listed
+                .iter()
+                .map(|(_, _, r)| TransferJson {
+                    client: r.client.to_string(),
+                    file: r.file.to_display(),
+                    bytes: r.bytes,
+                    size: r.size,
+                    rate: r.rate,
+                    elapsed_s: secs(now.saturating_duration_since(r.started)),
+                })
+                .collect(),
+        };
+
+        let mut multicast = Vec::new();
+        let boards: Vec<Arc<SessionBoard>> = lock(&self.sessions).clone();
+        for b in &boards {
+            let slot = lock(&b.0);
+            if !fresh(slot.at) {
+                continue;
+            }
+            for r in &slot.rows {
+                multicast.push(SessionJson {
+                    protocol: r.protocol.as_str(),
+                    file: r.file.to_display(),
+                    group: r.group.to_string(),
+                    size: r.size,
+                    position: r.position,
+                    bytes_sent: r.bytes_sent,
+                    rate: r.rate,
+                    members: r.member_count,
+                    listed: r.members.iter().flatten().copied().collect(),
+                    elapsed_s: secs(now.saturating_duration_since(r.started)),
+                });
+            }
+        }
+
+        let dhcp = lock(&self.dhcp)
+            .iter()
+            .rev()
+            .map(|d| DhcpJson {
+                age_s: secs(now.saturating_duration_since(d.at)),
+                message: d.message.as_str(),
+                mode: d.mode.as_str(),
+                mac: mac_text(&d.mac[..usize::from(d.mac_len)]),
+                ip: d.ip.map(|ip| ip.to_string()),
+                arch: super::registry::ArchClass::from_option93(d.arch).as_str(),
+                arch_code: d.arch,
+                vendor_class: d.vendor.to_display(),
+                boot: d.boot.to_display(),
+            })
+            .collect();
+
+        let history = lock(&self.history);
+        let throughput = ThroughputJson {
+            interval_s: 1,
+            tftp: history.samples.iter().map(|s| s.tftp).collect(),
+            multicast: history.samples.iter().map(|s| s.multicast).collect(),
+            active: history.samples.iter().map(|s| s.active).collect(),
+        };
+        drop(history);
+
+        Snapshot {
+            server: ServerJson {
+                version: info.version,
+                backend: info.backend,
+                workers: info.workers,
+                uptime_s: now.saturating_duration_since(self.started).as_secs(),
+            },
+            counters: CountersJson::from(&totals),
+            transfers,
+            throughput,
+            dhcp,
+            multicast,
+        }
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_millis() as f64) / 1000.0
+}
+
+fn mac_text(mac: &[u8]) -> String {
+    let mut s = String::with_capacity(mac.len() * 3);
+    for (i, b) in mac.iter().enumerate() {
+        if i > 0 {
+            s.push(':');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// What `/status.json` holds (field by field in the JSON; the page reads these names).
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    pub server: ServerJson,
+    pub counters: CountersJson,
+    pub transfers: TransfersJson,
+    pub throughput: ThroughputJson,
+    /// Newest first.
+    pub dhcp: Vec<DhcpJson>,
+    pub multicast: Vec<SessionJson>,
+}
+
+impl Snapshot {
+    /// The JSON of `/status.json`.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing plain structs of strings and numbers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerJson {
+    pub version: String,
+    pub backend: String,
+    pub workers: usize,
+    pub uptime_s: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CountersJson {
+    pub transfers_active: u64,
+    pub transfers_started: u64,
+    pub transfers_completed: u64,
+    /// Ended otherwise than completed or probe.
+    pub transfers_failed: u64,
+    pub probes: u64,
+    pub requests_refused: u64,
+    pub bytes_sent: u64,
+    pub blocks_sent: u64,
+    pub blocks_resent: u64,
+    pub timeouts: u64,
+    pub dhcp_messages: u64,
+    pub dhcp_ignored: u64,
+    pub leases_in_use: u64,
+    pub leases_free: u64,
+    pub multicast_sessions: u64,
+    pub multicast_members: u64,
+    pub multicast_bytes: u64,
+}
+
+impl From<&Totals> for CountersJson {
+    fn from(t: &Totals) -> Self {
+        let completed = t.ended(Outcome::Completed);
+        let probes = t.ended(Outcome::Probe);
+        CountersJson {
+            transfers_active: t.active(),
+            transfers_started: t.started,
+            transfers_completed: completed,
+            transfers_failed: t.ended_all().saturating_sub(completed + probes),
+            probes,
+            requests_refused: t.refused.iter().sum(),
+            bytes_sent: t.bytes_sent,
+            blocks_sent: t.blocks_sent,
+            blocks_resent: t.blocks_resent,
+            timeouts: t.timeouts,
+            dhcp_messages: t.dhcp.iter().sum(),
+            dhcp_ignored: t.dhcp_ignored.iter().sum(),
+            leases_in_use: t.leases_in_use,
+            leases_free: t.leases_free,
+            multicast_sessions: t.mc_sessions.iter().sum(),
+            multicast_members: t.mc_members.iter().sum(),
+            multicast_bytes: t.multicast_bytes(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TransfersJson {
+    /// Running now (from the counters).
+    pub active: u64,
+    /// Oldest first, at most [`TRANSFERS_LISTED`].
+    pub listed: Vec<TransferJson>,
+    /// Published by the workers but not listed (over the bounds). Transfers that started since
+    /// their worker's last batch are in `active` but in neither.
+    pub unlisted: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TransferJson {
+    pub client: String,
+    pub file: String,
+    pub bytes: u64,
+    pub size: Option<u64>,
+    /// Bytes per second over the last publishing interval.
+    pub rate: u64,
+    pub elapsed_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ThroughputJson {
+    /// Seconds per sample.
+    pub interval_s: u64,
+    /// Bytes per second sent by unicast transfers, oldest first.
+    pub tftp: Vec<u64>,
+    /// Bytes per second sent to multicast groups.
+    pub multicast: Vec<u64>,
+    /// Unicast transfers running at each sample.
+    pub active: Vec<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DhcpJson {
+    pub age_s: f64,
+    pub message: &'static str,
+    pub mode: &'static str,
+    pub mac: String,
+    pub ip: Option<String>,
+    pub arch: &'static str,
+    pub arch_code: Option<u16>,
+    pub vendor_class: String,
+    pub boot: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionJson {
+    pub protocol: &'static str,
+    pub file: String,
+    pub group: String,
+    pub size: u64,
+    pub position: u64,
+    pub bytes_sent: u64,
+    pub rate: u64,
+    pub members: usize,
+    pub listed: Vec<MemberView>,
+    pub elapsed_s: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::registry::Info;
+    use serde_json::Value;
+
+    fn status(t0: Instant) -> Status {
+        Status::new(
+            Arc::new(Registry::new(Info {
+                version: "9.9.9".into(),
+                backend: "epoll".into(),
+                workers: 2,
+            })),
+            t0,
+        )
+    }
+
+    fn json(s: &Status, now: Instant) -> Value {
+        serde_json::from_slice(&s.snapshot(now).to_json()).unwrap()
+    }
+
+    fn view(id: u64, file: &[u8], bytes: u64, started: Instant) -> TransferView<'_> {
+        TransferView {
+            id,
+            client: format!("10.0.0.{id}:2000").parse().unwrap(),
+            file,
+            bytes_done: bytes,
+            size: Some(1 << 20),
+            started,
+        }
+    }
+
+    #[test]
+    fn short_text_cuts_in_the_middle_on_char_boundaries() {
+        let t = ShortText::<10>::new(b"short");
+        assert_eq!(t.as_bytes(), b"short");
+        let long = "a/very/long/path/to/boot.wim";
+        let t = ShortText::<16>::new(long.as_bytes());
+        assert_eq!(t.to_display(), "a/ve…/boot.wim");
+        assert!(t.as_bytes().len() <= 16);
+        // Multi-byte characters are not split.
+        let t = ShortText::<12>::new("ééééééééé".as_bytes());
+        let s = t.to_display();
+        assert!(!s.contains('\u{fffd}'), "{s}");
+        assert!(s.len() <= 12);
+        // Control characters never reach the page.
+        let t = ShortText::<16>::new(b"a\x1b[2mb\n");
+        assert_eq!(t.to_display(), "a\u{fffd}[2mb\u{fffd}");
+    }
+
+    #[test]
+    fn snapshot_json_shape() {
+        let t0 = Instant::now();
+        let s = status(t0);
+        let w = s.registry().recorder();
+        w.transfer_started();
+        w.data_sent(4, 2048);
+        let mut p = s.transfer_publisher();
+        assert!(p.due(t0));
+        {
+            let mut b = p.begin(t0);
+            b.push(&view(1, b"boot/x64/boot.wim", 0, t0));
+        }
+        assert!(!p.due(t0 + Duration::from_millis(500)));
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(p.due(t1));
+        {
+            let mut b = p.begin(t1);
+            b.push(&view(1, b"boot/x64/boot.wim", 500_000, t0));
+        }
+        s.record_dhcp(
+            t1,
+            &DhcpView {
+                message: DhcpType::Offer,
+                mode: DhcpMode::Proxy,
+                mac: &[0x52, 0x54, 0, 0x12, 0x34, 0x56],
+                ip: Some(Ipv4Addr::new(10, 0, 0, 7)),
+                arch: Some(7),
+                vendor_class: b"PXEClient:Arch:00007:UNDI:003016",
+                boot: b"ipxe.efi",
+            },
+        );
+        let mut mc = s.multicast_publisher();
+        {
+            let mut b = mc.begin(t1);
+            b.session(&SessionView {
+                id: 3,
+                protocol: McProtocol::PxeMtftp,
+                file: b"winpe/boot.wim",
+                group: "224.0.1.1:1758".parse().unwrap(),
+                size: 1000,
+                position: 500,
+                bytes_sent: 700,
+                members: 2,
+                started: t0,
+            });
+            b.member(MemberView {
+                addr: "10.0.0.8:2001".parse().unwrap(),
+                master: true,
+            });
+            b.member(MemberView {
+                addr: "10.0.0.9:2001".parse().unwrap(),
+                master: false,
+            });
+        }
+        s.tick(t0);
+        s.tick(t1);
+
+        let v = json(&s, t1 + Duration::from_millis(250));
+        assert_eq!(v["server"]["version"], "9.9.9");
+        assert_eq!(v["server"]["backend"], "epoll");
+        assert_eq!(v["server"]["workers"], 2);
+        assert_eq!(v["counters"]["transfers_active"], 1);
+        assert_eq!(v["counters"]["bytes_sent"], 2048);
+        let tr = &v["transfers"];
+        assert_eq!(tr["active"], 1);
+        assert_eq!(tr["unlisted"], 0);
+        let row = &tr["listed"][0];
+        assert_eq!(row["client"], "10.0.0.1:2000");
+        assert_eq!(row["file"], "boot/x64/boot.wim");
+        assert_eq!(row["bytes"], 500_000);
+        assert_eq!(row["size"], 1 << 20);
+        // 500,000 bytes over the one second between the two batches.
+        assert_eq!(row["rate"], 500_000);
+        assert_eq!(row["elapsed_s"], 1.25);
+        let d = &v["dhcp"][0];
+        assert_eq!(d["message"], "offer");
+        assert_eq!(d["mode"], "proxy");
+        assert_eq!(d["mac"], "52:54:00:12:34:56");
+        assert_eq!(d["ip"], "10.0.0.7");
+        assert_eq!(d["arch"], "efi_x64");
+        assert_eq!(d["arch_code"], 7);
+        assert_eq!(d["vendor_class"], "PXEClient:Arch:00007:UNDI:003016");
+        assert_eq!(d["boot"], "ipxe.efi");
+        assert_eq!(d["age_s"], 0.25);
+        let m = &v["multicast"][0];
+        assert_eq!(m["protocol"], "pxe_mtftp");
+        assert_eq!(m["group"], "224.0.1.1:1758");
+        assert_eq!(m["members"], 2);
+        assert_eq!(m["listed"][0]["addr"], "10.0.0.8:2001");
+        assert_eq!(m["listed"][0]["master"], true);
+        assert_eq!(m["rate"], 700);
+        assert_eq!(v["throughput"]["interval_s"], 1);
+        assert_eq!(v["throughput"]["tftp"], serde_json::json!([0]));
+        assert_eq!(v["throughput"]["active"], serde_json::json!([1]));
+        // Every top-level key the page reads.
+        for k in [
+            "server",
+            "counters",
+            "transfers",
+            "throughput",
+            "dhcp",
+            "multicast",
+        ] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+    }
+
+    #[test]
+    fn lists_are_bounded_and_the_rest_counted() {
+        let t0 = Instant::now();
+        let s = status(t0);
+        let w = s.registry().recorder();
+        let mut pubs: Vec<_> = (0..3).map(|_| s.transfer_publisher()).collect();
+        for (k, p) in pubs.iter_mut().enumerate() {
+            let mut b = p.begin(t0);
+            for i in 0..200u64 {
+                w.transfer_started();
+                let long = vec![b'x'; 1000];
+                b.push(&view(i, &long, i, t0 + Duration::from_millis(k as u64)));
+            }
+        }
+        let v = json(&s, t0);
+        let tr = &v["transfers"];
+        assert_eq!(tr["active"], 600);
+        assert_eq!(tr["listed"].as_array().unwrap().len(), TRANSFERS_LISTED);
+        assert_eq!(tr["unlisted"], 600 - TRANSFERS_LISTED as u64);
+        assert!(tr["listed"][0]["file"].as_str().unwrap().len() <= NAME_BYTES);
+        // Oldest first: the first worker's rows (started at t0) come before the second's.
+        assert_eq!(
+            tr["listed"][ROWS_PER_WORKER]["elapsed_s"],
+            serde_json::json!(0.0)
+        );
+
+        for i in 0..(DHCP_RECENT as u8 + 10) {
+            s.record_dhcp(
+                t0,
+                &DhcpView {
+                    message: DhcpType::Ack,
+                    mode: DhcpMode::Full,
+                    mac: &[i; 40],
+                    ip: None,
+                    arch: None,
+                    vendor_class: &[b'v'; 400],
+                    boot: b"",
+                },
+            );
+        }
+        let v = json(&s, t0);
+        let d = v["dhcp"].as_array().unwrap();
+        assert_eq!(d.len(), DHCP_RECENT);
+        // Newest first; chaddr cut to 16 bytes.
+        assert_eq!(d[0]["mac"].as_str().unwrap().len(), 16 * 3 - 1);
+        assert!(d[0]["mac"].as_str().unwrap().starts_with("3b:"));
+        assert!(d[0]["vendor_class"].as_str().unwrap().len() <= VENDOR_BYTES);
+        assert_eq!(d[0]["arch"], "none");
+
+        let mut mc = s.multicast_publisher();
+        {
+            let mut b = mc.begin(t0);
+            for id in 0..(SESSIONS_LISTED as u64 + 5) {
+                b.session(&SessionView {
+                    id,
+                    protocol: McProtocol::Rfc2090,
+                    file: b"f",
+                    group: "239.1.1.1:1758".parse().unwrap(),
+                    size: 1,
+                    position: 0,
+                    bytes_sent: 0,
+                    members: 100,
+                    started: t0,
+                });
+                for m in 0..100u16 {
+                    b.member(MemberView {
+                        addr: SocketAddr::from(([10, 0, 0, 1], m)),
+                        master: m == 0,
+                    });
+                }
+            }
+        }
+        let v = json(&s, t0);
+        let m = v["multicast"].as_array().unwrap();
+        assert_eq!(m.len(), SESSIONS_LISTED);
+        assert_eq!(m[0]["members"], 100);
+        assert_eq!(m[0]["listed"].as_array().unwrap().len(), MEMBERS_LISTED);
+    }
+
+    #[test]
+    fn stale_publishers_and_ended_transfers_vanish() {
+        let t0 = Instant::now();
+        let s = status(t0);
+        let mut p = s.transfer_publisher();
+        {
+            let mut b = p.begin(t0);
+            b.push(&view(1, b"a", 1, t0));
+        }
+        assert_eq!(
+            json(&s, t0)["transfers"]["listed"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        // Not published for longer than STALE_AFTER: left out.
+        let late = t0 + STALE_AFTER + Duration::from_millis(1);
+        assert_eq!(
+            json(&s, late)["transfers"]["listed"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
+        // An empty batch clears the rows.
+        drop(p.begin(late));
+        assert_eq!(
+            json(&s, late)["transfers"]["listed"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_reused_id_is_a_new_transfer() {
+        let t0 = Instant::now();
+        let s = status(t0);
+        let mut p = s.transfer_publisher();
+        drop({
+            let mut b = p.begin(t0);
+            b.push(&view(1, b"a", 900_000, t0));
+            b
+        });
+        let t1 = t0 + Duration::from_secs(1);
+        let t_new = t0 + Duration::from_millis(500);
+        drop({
+            let mut b = p.begin(t1);
+            b.push(&view(1, b"b", 100_000, t_new));
+            b
+        });
+        // Its rate counts from its own start, not from the old transfer's bytes; a first rate
+        // is over at least one publishing interval (here 0.5 s ran: 100,000 B over 1 s).
+        assert_eq!(json(&s, t1)["transfers"]["listed"][0]["rate"], 100_000);
+        // Started this very instant with a first window out: no absurd rate.
+        let t2 = t1 + Duration::from_secs(1);
+        drop({
+            let mut b = p.begin(t2);
+            b.push(&view(2, b"c", 65_536, t2));
+            b
+        });
+        assert_eq!(json(&s, t2)["transfers"]["listed"][0]["rate"], 65_536);
+    }
+
+    #[test]
+    fn history_spreads_late_ticks_and_is_bounded() {
+        let t0 = Instant::now();
+        let mut h = History::new();
+        h.tick(t0, 0, 0, 0);
+        h.tick(t0 + Duration::from_millis(400), 100, 0, 1);
+        assert!(h.samples.is_empty(), "under a second: no sample");
+        h.tick(t0 + Duration::from_millis(1100), 1000, 10, 2);
+        assert_eq!(
+            h.samples.back(),
+            Some(&Sample {
+                tftp: 1000,
+                multicast: 10,
+                active: 2
+            })
+        );
+        // Three seconds late: three samples of the mean rate.
+        h.tick(t0 + Duration::from_millis(4200), 7000, 10, 3);
+        assert_eq!(h.samples.len(), 4);
+        assert!(h.samples.iter().skip(1).all(|s| s.tftp == 2000));
+        // An hour late: the ring holds HISTORY_SECONDS.
+        h.tick(t0 + Duration::from_secs(3600), 7000, 10, 0);
+        assert_eq!(h.samples.len(), HISTORY_SECONDS);
+        for i in 0..10u64 {
+            h.tick(t0 + Duration::from_secs(3601 + i), 7000 + i, 10, 0);
+        }
+        assert_eq!(h.samples.len(), HISTORY_SECONDS);
+    }
+}
