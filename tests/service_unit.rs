@@ -17,6 +17,8 @@
 //!   start with the permission error.
 //! - `example_config_starts_the_server`: `dist/ringboot.toml`, with only `root` and `listen`
 //!   changed, is accepted and serves.
+//! - `deb_assets_exist_and_match_the_unit`: every file `[package.metadata.deb]` packages exists,
+//!   and the package puts the binary, unit and config where the unit expects them.
 //!
 //! Tools: `systemd-analyze` (Debian package `systemd`), `strace`, `setpriv` (util-linux), `curl`,
 //! `ip`. A missing one skips its test with a message, except under `CI`, where it fails.
@@ -634,4 +636,46 @@ fn example_config_starts_the_server() {
         let got = curl_get(&format!("127.0.0.1:{port}"), "ipxe.efi", None).expect("download");
         assert_same("ipxe.efi", &got, &want);
     });
+}
+
+#[test]
+fn deb_assets_exist_and_match_the_unit() {
+    let manifest: toml::Table = include_str!("../Cargo.toml").parse().unwrap();
+    let deb = &manifest["package"]["metadata"]["deb"];
+    let assets = deb["assets"]
+        .as_array()
+        .expect("[package.metadata.deb] assets");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut dests = Vec::new();
+    for a in assets {
+        let a = a.as_array().unwrap();
+        let (src, dest) = (a[0].as_str().unwrap(), a[1].as_str().unwrap());
+        dests.push(dest.to_string());
+        if src.starts_with("target/") {
+            continue; // built by `cargo deb`
+        }
+        if let Some(dir) = src.strip_suffix("/*.md") {
+            let n = std::fs::read_dir(root.join(dir))
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "md"))
+                })
+                .count();
+            assert!(n > 0, "{src} matches nothing");
+        } else {
+            assert!(root.join(src).is_file(), "deb asset {src} is missing");
+        }
+    }
+    // The unit starts the binary where the package puts it, with the config it installs.
+    assert!(dests.iter().any(|d| d == "usr/bin/"), "{dests:?}");
+    assert!(UNIT_BIN.starts_with("/usr/bin/"));
+    assert!(dests.iter().any(|d| d == "etc/ringboot.toml"));
+    assert!(dests
+        .iter()
+        .any(|d| d == "lib/systemd/system/ringboot.service"));
+    let conf = deb["conf-files"].as_array().unwrap();
+    assert!(conf
+        .iter()
+        .any(|c| c.as_str() == Some("/etc/ringboot.toml")));
 }
