@@ -429,22 +429,31 @@ fn syscalls_and_socket_families_pass_the_units_filter() {
         for backend in ["uring", "fallback"] {
             let dir = tempfile::tempdir().unwrap();
             let trace = dir.path().join("trace");
-            let port = free_udp_port();
-            let mut cmd = Command::new("strace");
-            cmd.args(["-f", "-qq", "-o"])
-                .arg(&trace)
-                .arg("--")
-                .arg(ringboot_bin())
-                .args(["serve", "--root"])
-                .arg(files.root())
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .args(["--io-backend", backend, "--workers", "2"]);
-            let mut p = Proc::spawn(cmd);
-            assert!(
-                p.wait_for("listening on", Duration::from_secs(30)),
-                "{backend}: no `listening on`:\n{}",
-                p.text()
-            );
+            // A free port, retried if someone takes it between the probe and the bind.
+            let (mut p, port) = (0..3)
+                .find_map(|_| {
+                    let port = free_udp_port();
+                    let mut cmd = Command::new("strace");
+                    cmd.args(["-f", "-qq", "-o"])
+                        .arg(&trace)
+                        .arg("--")
+                        .arg(ringboot_bin())
+                        .args(["serve", "--root"])
+                        .arg(files.root())
+                        .args(["--listen", &format!("127.0.0.1:{port}")])
+                        .args(["--io-backend", backend, "--workers", "2"]);
+                    let mut p = Proc::spawn(cmd);
+                    if p.wait_for("listening on", Duration::from_secs(30)) {
+                        return Some((p, port));
+                    }
+                    let text = p.text();
+                    assert!(
+                        text.contains("in use"),
+                        "{backend}: no `listening on`:\n{text}"
+                    );
+                    None
+                })
+                .expect("a free port in 3 attempts");
             let server = format!("127.0.0.1:{port}");
             let got = curl_get(&server, "BOOT\\big.img", Some(1468)).expect("curl download");
             assert_same(backend, &got, &want);
