@@ -14,7 +14,8 @@
 //!   with no-new-privs and only the unit's capabilities (read from the unit), ringboot binds
 //!   TFTP port 69 and full-mode DHCP (67, 68, `SO_BINDTODEVICE`), writes its lease file under
 //!   `$STATE_DIRECTORY` and serves a world-readable file; with no capabilities it refuses to
-//!   start with the permission error.
+//!   start with the permission error. Under strace (when installed) that run's system calls and
+//!   socket families (netlink for the interfaces, the lease file's saves) pass the filter too.
 //! - `example_config_starts_the_server`: `dist/ringboot.toml`, with only `root` and `listen`
 //!   changed, is accepted and serves.
 //! - `deb_assets_exist_and_match_the_unit`: every file `[package.metadata.deb]` packages exists,
@@ -410,20 +411,42 @@ fn traced(log: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     (calls, families)
 }
 
+/// Every system call and socket family in the `strace -f` log at `trace` is allowed by the
+/// unit's `SystemCallFilter=` and `RestrictAddressFamilies=`. Returns the calls.
+fn check_trace(trace: &Path, what: &str) -> BTreeSet<String> {
+    let mut allowed = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    for w in words("SystemCallFilter") {
+        expand_filter(&w, &mut allowed, &mut seen);
+    }
+    assert!(allowed.contains("io_uring_setup") && allowed.contains("recvmmsg"));
+    let log = std::fs::read_to_string(trace).unwrap();
+    let (calls, fams) = traced(&log);
+    assert!(calls.contains("bind"), "{what}: parsed no calls");
+    let denied: Vec<_> = calls.difference(&allowed).collect();
+    assert!(
+        denied.is_empty(),
+        "{what}: system calls outside the unit's SystemCallFilter: {denied:?}"
+    );
+    let families = words("RestrictAddressFamilies");
+    let bad: Vec<_> = fams.difference(&families).collect();
+    assert!(
+        bad.is_empty(),
+        "{what}: socket families outside RestrictAddressFamilies: {bad:?}"
+    );
+    println!(
+        "{what}: {} distinct system calls, families {fams:?}: all allowed",
+        calls.len()
+    );
+    calls
+}
+
 #[test]
 fn syscalls_and_socket_families_pass_the_units_filter() {
     if !have("strace", "strace") || !have("systemd-analyze", "systemd") || !have("curl", "curl") {
         return;
     }
     bounded(Duration::from_secs(120), || {
-        let mut allowed = BTreeSet::new();
-        let mut seen = BTreeSet::new();
-        for w in words("SystemCallFilter") {
-            expand_filter(&w, &mut allowed, &mut seen);
-        }
-        assert!(allowed.contains("io_uring_setup") && allowed.contains("recvmmsg"));
-        let families = words("RestrictAddressFamilies");
-
         let files = TestRoot::new();
         let want = files.add_random("boot/big.img", 1 << 20);
         for backend in ["uring", "fallback"] {
@@ -475,26 +498,10 @@ fn syscalls_and_socket_families_pass_the_units_filter() {
                 "{backend}: exit {st:?}\n{}",
                 p.text()
             );
-            let log = std::fs::read_to_string(&trace).unwrap();
-            let (calls, fams) = traced(&log);
-            assert!(calls.contains("bind"), "{backend}: parsed no calls");
+            let calls = check_trace(&trace, backend);
             if backend == "uring" && p.text().contains("backend=uring") {
                 assert!(calls.contains("io_uring_setup"), "{calls:?}");
             }
-            let denied: Vec<_> = calls.difference(&allowed).collect();
-            assert!(
-                denied.is_empty(),
-                "{backend}: system calls outside the unit's SystemCallFilter: {denied:?}"
-            );
-            let bad: Vec<_> = fams.difference(&families).collect();
-            assert!(
-                bad.is_empty(),
-                "{backend}: socket families outside RestrictAddressFamilies: {bad:?}"
-            );
-            println!(
-                "{backend}: {} distinct system calls, families {fams:?}: all allowed",
-                calls.len()
-            );
         }
     });
 }
@@ -552,8 +559,20 @@ fn the_units_capabilities_suffice_unprivileged() {
         let state = tempfile::tempdir().unwrap();
         sh(&format!("chown 65534:65534 '{}'", state.path().display()));
         let root = files.root();
+        // The run with the unit's capabilities is traced when strace and systemd-analyze are
+        // here: the DHCP path (interfaces by netlink, the lease file) must pass the filter too.
+        let trace = state.path().join("trace");
+        let tracing = on_path("strace") && on_path("systemd-analyze");
         let serve = |caps: &str| {
-            let mut cmd = Command::new("setpriv");
+            let mut cmd = if tracing && !caps.is_empty() {
+                let mut c = Command::new("strace");
+                c.args(["-f", "-qq", "-o"])
+                    .arg(&trace)
+                    .args(["--", "setpriv"]);
+                c
+            } else {
+                Command::new("setpriv")
+            };
             cmd.args(unprivileged(caps))
                 .arg(ringboot_bin())
                 .args(["serve", "--root"])
@@ -606,9 +625,25 @@ fn the_units_capabilities_suffice_unprivileged() {
         );
         let got = curl_get("127.0.0.1:69", "pxelinux.0", None).expect("download as uid 65534");
         assert_same("pxelinux.0", &got, &want);
-        sigterm(p.child.id());
+        // Under strace the child is strace: signal ringboot itself (setpriv execs it).
+        let pid = if tracing {
+            let s = p.child.id();
+            std::fs::read_to_string(format!("/proc/{s}/task/{s}/children"))
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .and_then(|x| x.parse().ok())
+                .expect("ringboot runs under strace")
+        } else {
+            p.child.id()
+        };
+        sigterm(pid);
         let st = p.wait_exit(Duration::from_secs(30));
         assert!(st.is_some_and(|s| s.success()), "{st:?}\n{}", p.text());
+        if tracing {
+            let calls = check_trace(&trace, "unprivileged, full-mode DHCP");
+            assert!(calls.contains("setsockopt"), "{calls:?}");
+        }
     });
 }
 
