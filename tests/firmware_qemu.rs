@@ -17,6 +17,8 @@
 //!     ringboot is a **proxyDHCP** beside it. EDK2 downloads `ipxe.efi` (Debian's ipxe) and starts
 //!     it; that iPXE asks again (user class iPXE) and gets the script: a firmware chain as in a
 //!     real UEFI classroom.
+//!   * **PXE MTFTP**: the same BIOS iPXE fetches a 2 MiB checkpoint script with `mtftp://` from
+//!     `--mtftp` (iPXE's default group 239.255.1.1:3001), as docs/winpe.md does for `boot.wim`.
 //! - The proof is end to end: the script `boot.ipxe` chains `big.ipxe`, a 96 MiB iPXE script
 //!   (past the 65535-block rollover at iPXE's blksize 1432) made of random comment padding and
 //!   6000-odd checkpoints, each `iseq ${c} <previous token> || goto bad` then `set c <token>`. A
@@ -363,5 +365,85 @@ fn uefi_edk2_pxe_boots_ipxe_efi_through_proxy_dhcp_beside_dnsmasq() {
         );
         drop(guest);
         drop(dhcpd);
+    });
+}
+
+/// iPXE's PXE MTFTP client (`mtftp://`, as docs/winpe.md uses for `boot.wim`) against
+/// `--mtftp`: the iPXE ROM of the BIOS test fetches a 2 MiB checkpoint script on iPXE's default
+/// group 239.255.1.1:3001 and runs it. It must come by multicast (one PXE MTFTP session, the
+/// guest its master), not by iPXE's fallback to plain TFTP.
+#[test]
+fn bios_ipxe_fetches_by_pxe_mtftp_from_the_multicast_service() {
+    if !runnable(&[QEMU, "ip"], &[BIOS_NIC_ROM]) {
+        return;
+    }
+    bounded(LIMIT, || {
+        let lab = enter_lab();
+        // The session sends to the group; the namespace has no default route.
+        lab.ip(&["route add 224.0.0.0/4 dev br0"]);
+        let files = TestRoot::new();
+        files.add(
+            "boot.ipxe",
+            b"#!ipxe\nchain mtftp://${next-server}/mc.ipxe || goto failed\n\
+              :failed\nchain tftp://${next-server}/failed-${platform}.txt\n"
+                .to_vec(),
+        );
+        let (script, last) = checkpoint_script(2 << 20, 0x6d74_6674);
+        files.add("mc.ipxe", script);
+        let marker = format!("ok-pcbios-{last}.txt");
+        let config = files.base().join("ringboot.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[dhcp]\nmode = \"full\"\ninterface = \"br0\"\nrange = \"10.77.0.100,10.77.0.150\"\n\
+                 lease_file = \"{}\"\nboot_file = \"undionly.kpxe\"\nipxe_script = \"boot.ipxe\"\n",
+                files.base().join("dhcp.leases").display()
+            ),
+        )
+        .unwrap();
+        let config = config.to_str().unwrap().to_string();
+        let srv = Server::start(
+            files,
+            &[
+                "--listen",
+                "10.77.0.1:69",
+                "--config",
+                &config,
+                "--mtftp",
+                "mc.ipxe@239.255.1.1:3001",
+                "--multicast-interface",
+                "10.77.0.1",
+            ],
+        );
+        let console = srv.files.base().join("console.log");
+        let mut qemu = qemu_base(&console);
+        qemu.args(["-boot", "n", "-device"])
+            .arg(format!(
+                "e1000,netdev=n0,mac=52:54:00:7b:00:03,romfile={BIOS_NIC_ROM}"
+            ))
+            .arg("-nographic");
+        let guest = spawn(
+            "qemu (BIOS, MTFTP)",
+            qemu,
+            &srv.files.base().join("qemu.log"),
+        );
+        expect_boot(&srv, &marker, &console, &["boot.ipxe"]);
+        drop(guest);
+        let lines = srv.log_lines();
+        let session = lines
+            .iter()
+            .find(|l| l.contains("multicast session finished") && l.contains("mc.ipxe"));
+        assert!(
+            session.is_some_and(|l| l.contains("done=1")),
+            "no completed PXE MTFTP session of mc.ipxe:\n{}",
+            lines.join("\n")
+        );
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.contains("transfer finished") && l.contains("mc.ipxe")),
+            "iPXE fell back to plain TFTP:\n{}",
+            lines.join("\n")
+        );
     });
 }

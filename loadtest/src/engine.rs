@@ -63,6 +63,23 @@ pub struct Live {
     pub bytes: AtomicU64,
     /// Set by the main thread to stop every engine early (Ctrl-C is not handled; this is for errors).
     pub abort: AtomicBool,
+    /// Absent-server detection ([`crate::server_check`]).
+    pub server: ServerSigns,
+}
+
+/// What the machines have heard from the server so far: enough for the main thread to tell
+/// "no server there" from "a slow server" early.
+#[derive(Default)]
+pub struct ServerSigns {
+    /// Microseconds after `t0` of the first TFTP request sent, plus one (0: none yet).
+    pub first_request_us: AtomicU64,
+    /// Transfers (phases) that got any datagram back from the server.
+    pub answered: AtomicU64,
+    /// Requests to the server's request port answered by an ICMP error (port, host or network
+    /// unreachable) before any datagram came back.
+    pub unreachable: AtomicU64,
+    /// Set by the main thread when it stopped the run for want of a server: why.
+    pub verdict: std::sync::Mutex<Option<String>>,
 }
 
 /// One emulated machine to run.
@@ -220,6 +237,78 @@ impl RxBatch {
         let data = &self.bufs[k * MAX_DGRAM..k * MAX_DGRAM + len];
         (data, sockaddr_to_std(&self.names[k]))
     }
+}
+
+/// Errors that say the destination cannot be reached at all (not a passing shortage).
+fn unreachable_errno(errno: Option<i32>) -> bool {
+    matches!(
+        errno,
+        Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EADDRNOTAVAIL)
+    )
+}
+
+/// Ask the kernel to queue ICMP errors on this unconnected socket (`IP_RECVERR`,
+/// `IPV6_RECVERR`; without it Linux reports them only to connected sockets).
+fn recv_icmp_errors(sock: &UdpSocket) {
+    let (level, name) = match sock.local_addr() {
+        Ok(SocketAddr::V6(_)) => (libc::IPPROTO_IPV6, libc::IPV6_RECVERR),
+        _ => (libc::IPPROTO_IP, libc::IP_RECVERR),
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from a live variable.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
+/// One entry of the socket's error queue (`MSG_ERRQUEUE`): its errno and the destination of
+/// the datagram that caused it. None when the queue is empty.
+fn take_queued_error(fd: i32) -> Option<(i32, Option<SocketAddr>)> {
+    let mut data = [0u8; 64];
+    let mut control = [0u64; 64];
+    // SAFETY: all-zero is a valid value for these plain C structs.
+    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: as above.
+    let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+    h.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+    h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+    h.msg_iov = &mut iov;
+    h.msg_iovlen = 1;
+    h.msg_control = control.as_mut_ptr().cast();
+    h.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: every pointer in `h` points to a live local buffer of the declared size.
+    let n = unsafe { libc::recvmsg(fd, &mut h, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return None;
+    }
+    let mut errno = 0;
+    // SAFETY: the CMSG_* walk stays within msg_controllen bytes the kernel filled in.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&h);
+        while !c.is_null() {
+            let (level, kind) = ((*c).cmsg_level, (*c).cmsg_type);
+            let ours = (level == libc::IPPROTO_IP && kind == libc::IP_RECVERR)
+                || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_RECVERR);
+            let need = libc::CMSG_LEN(std::mem::size_of::<libc::sock_extended_err>() as u32);
+            if ours && (*c).cmsg_len as usize >= need as usize {
+                let ee: libc::sock_extended_err =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                errno = ee.ee_errno as i32;
+            }
+            c = libc::CMSG_NXTHDR(&h, c);
+        }
+    }
+    Some((errno, sockaddr_to_std(&name)))
 }
 
 fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
@@ -487,6 +576,9 @@ impl Engine {
                     continue;
                 }
                 let i = ev.u64 as usize;
+                if ev.events & libc::EPOLLERR as u32 != 0 {
+                    self.on_socket_error(i, now);
+                }
                 self.on_readable(i, &mut rx, now);
                 self.rearm(i);
             }
@@ -505,18 +597,23 @@ impl Engine {
     }
 
     fn stop_all(&mut self, now: Instant) {
+        let verdict = self.shared.live.server.verdict.lock().unwrap().clone();
         for i in 0..self.machines.len() {
             if !matches!(self.machines[i].run, Run::Done(_)) {
                 let detail = match self.machines[i].run {
                     Run::Waiting => "not started before the deadline",
                     _ => "still running at the deadline",
                 };
+                let (reason, detail) = match &verdict {
+                    Some(v) => ("no-server", format!("stopped early: {v}")),
+                    None => ("deadline", detail.to_string()),
+                };
                 self.finish(
                     i,
                     now,
                     Outcome::Failed {
-                        reason: "deadline".into(),
-                        detail: detail.into(),
+                        reason: reason.into(),
+                        detail,
                     },
                 );
             }
@@ -606,6 +703,7 @@ impl Engine {
             }
         };
         let _ = sock.set_nonblocking(true);
+        recv_icmp_errors(&sock);
         let mut ev = libc::epoll_event {
             events: libc::EPOLLIN as u32,
             u64: i as u64,
@@ -629,6 +727,11 @@ impl Engine {
         m.peer = None;
         m.busy_until = now;
         m.counters.requests += 1;
+        let us = now.saturating_duration_since(self.shared.t0).as_micros() as u64 + 1;
+        let first = &self.shared.live.server.first_request_us;
+        if first.load(Relaxed) == 0 {
+            let _ = first.compare_exchange(0, us, Relaxed, Relaxed);
+        }
         self.flush(i, now);
     }
 
@@ -667,7 +770,10 @@ impl Engine {
             return;
         }
         match m.peer {
-            None => m.peer = Some(src),
+            None => {
+                m.peer = Some(src);
+                self.shared.live.server.answered.fetch_add(1, Relaxed);
+            }
             Some(p) if p != src => {
                 // RFC 1350: a packet from an unknown TID gets ERROR 5 and changes nothing.
                 m.counters.foreign += 1;
@@ -901,6 +1007,7 @@ impl Engine {
             return;
         };
         let dest = m.peer.or(m.server).unwrap_or(server);
+        let mut send_error = None;
         while let Some(n) = c.poll_transmit(now, &mut self.tx) {
             let pkt = &self.tx[..n];
             let is_ack = pkt[1] == 4;
@@ -908,12 +1015,62 @@ impl Engine {
                 m.counters.dropped_acks += 1;
                 continue;
             }
-            let _ = sock.send_to(pkt, dest);
+            if let Err(e) = sock.send_to(pkt, dest) {
+                if m.peer.is_none() && send_error.is_none() {
+                    send_error = Some(e);
+                }
+            }
             if is_ack && m.rng.chance(imp.dup) {
                 m.counters.duplicated += 1;
                 let _ = sock.send_to(pkt, dest);
             }
         }
+        if let Some(e) = send_error.filter(|e| unreachable_errno(e.raw_os_error())) {
+            self.unreachable(i, now, format!("{dest}: {e} (sending the request)"));
+        }
+    }
+
+    /// Machine `i`'s socket has an error queued: read the queue (so epoll stops reporting it)
+    /// and, when it says that the request port of the server is unreachable before anything came
+    /// back, fail the machine at once instead of letting it retry for half a minute.
+    fn on_socket_error(&mut self, i: usize, now: Instant) {
+        let m = &self.machines[i];
+        let Some(fd) = m.sock.as_ref().map(|s| s.as_raw_fd()) else {
+            return;
+        };
+        let asked = m.server.unwrap_or(self.shared.server);
+        let waiting = m.client.is_some() && m.peer.is_none();
+        let mut hit = None;
+        // Bounded: a socket queues at most a few errors between two polls.
+        for _ in 0..16 {
+            let Some((errno, dest)) = take_queued_error(fd) else {
+                break;
+            };
+            if hit.is_none() && waiting && dest == Some(asked) && unreachable_errno(Some(errno)) {
+                hit = Some(errno);
+            }
+        }
+        if let Some(errno) = hit {
+            let why = match errno {
+                libc::ECONNREFUSED => "ICMP port unreachable: nothing listens on that port",
+                libc::EHOSTUNREACH => "ICMP host unreachable",
+                _ => "ICMP network unreachable",
+            };
+            self.unreachable(i, now, format!("{asked}: {why}"));
+        }
+    }
+
+    /// The server cannot be reached: fail machine `i` (reason `unreachable`) and count it for
+    /// the absent-server check.
+    fn unreachable(&mut self, i: usize, now: Instant, detail: String) {
+        self.shared.live.server.unreachable.fetch_add(1, Relaxed);
+        let m = &self.machines[i];
+        let name = String::from_utf8_lossy(&m.spec.steps[m.step].filename).into_owned();
+        let outcome = Outcome::Failed {
+            reason: "unreachable".into(),
+            detail: format!("{name}: {detail}"),
+        };
+        self.finish(i, now, outcome);
     }
 
     /// Close the current phase's socket (epoll forgets it with the fd) and keep the client's counters.

@@ -13,6 +13,7 @@ mod dhcp;
 mod engine;
 mod mcast;
 mod plan;
+mod plot;
 mod report;
 mod rng;
 
@@ -23,11 +24,11 @@ use plan::{Checker, Identity, ProfileKind, Scenario, Step, StepSpec};
 use rng::Rng;
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Replay a PXE boot storm against any TFTP server and check every byte.
 #[derive(Parser, Debug)]
@@ -82,8 +83,9 @@ struct Args {
     /// Check only lengths against tsize (no --verify or --manifest at hand).
     #[arg(long)]
     no_verify: bool,
-    /// Write the full report as JSON.
-    #[arg(long)]
+    /// Write the full report as JSON into FILE ('-': standard output; the summary table then goes
+    /// to standard error).
+    #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// all-at-once, ramp:SECONDS (evenly spread) or poisson:RATE (machines per second).
     #[arg(long, default_value = "all-at-once")]
@@ -122,11 +124,18 @@ struct Args {
     /// Overall bound in seconds: machines still running then fail with reason 'deadline'.
     #[arg(long, default_value_t = 600.0)]
     deadline: f64,
+    /// Stop the run when no machine has heard anything from the server this many seconds after
+    /// the first request (no server, a firewall, a wrong address). An ICMP error (port, host or
+    /// network unreachable) before any answer stops it at once. 0: wait for the clients' own
+    /// timeouts (about 28 s for the uefi and bios profiles).
+    #[arg(long, value_name = "SECONDS", default_value_t = 6.0)]
+    silence_limit: f64,
     /// Write duration.hgrm and ttfb.hgrm (HDR percentile distributions) into this directory.
     #[arg(long)]
     hgrm: Option<PathBuf>,
-    /// Write an SVG with throughput over time and the completion-time CDF.
-    #[arg(long)]
+    /// Write an SVG with throughput and active machines over time and the completion-time CDF
+    /// ('-': standard output).
+    #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
     /// No progress line and no summary table (JSON and files are still written).
     #[arg(long)]
@@ -163,6 +172,7 @@ fn dhcp_setup(a: &Args, server: SocketAddr) -> Result<Option<dhcp::Setup>> {
     let IpAddr::V4(ip) = server.ip() else {
         bail!("--dhcp is IPv4 only: give --server an IPv4 address (or none)");
     };
+    dhcp_interface_ready(&interface)?;
     dhcp::DhcpPort::open(&interface).map_err(|e| anyhow!("--dhcp: {e}"))?;
     Ok(Some(dhcp::Setup {
         mode,
@@ -172,6 +182,28 @@ fn dhcp_setup(a: &Args, server: SocketAddr) -> Result<Option<dhcp::Setup>> {
         tftp_port: server.port(),
         fallback: Some(ip).filter(|ip| !ip.is_unspecified()),
     }))
+}
+
+/// `--dhcp` needs the interface to exist, be up and carry an IPv4 address: the leases the
+/// machines get are recorded, not configured, so their DHCP broadcasts and then their TFTP leave
+/// from that address.
+fn dhcp_interface_ready(interface: &str) -> Result<()> {
+    let c = std::ffi::CString::new(interface)
+        .map_err(|_| anyhow!("--dhcp-interface: a NUL byte in the name"))?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string.
+    if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+        bail!("--dhcp-interface {interface}: no such interface here (`ip link` lists them)");
+    }
+    let ifs = ringboot::dhcp::sys::interfaces().context("listing interface addresses")?;
+    if !ifs.iter().any(|i| i.name == interface) {
+        bail!(
+            "--dhcp-interface {interface} has no IPv4 address or is down. The machines' leases \
+             are recorded, not configured, so their DHCP and TFTP packets leave from the \
+             interface's own address: give it one on the server's subnet, e.g. \
+             `ip addr add 10.0.0.2/24 dev {interface} && ip link set {interface} up`"
+        );
+    }
+    Ok(())
 }
 
 enum Arrival {
@@ -280,6 +312,9 @@ fn main() -> ExitCode {
 
 /// Returns whether every machine completed (or vanished on purpose).
 fn run(a: Args) -> Result<bool> {
+    if a.json.as_deref() == Some(Path::new("-")) && a.plot.as_deref() == Some(Path::new("-")) {
+        bail!("--json - and --plot - cannot both write to standard output");
+    }
     if let Some(mode) = a.mc.multicast {
         return mcast::run(&a, mode);
     }
@@ -418,6 +453,7 @@ fn run(a: Args) -> Result<bool> {
     raise_fd_limit(a.clients as u64 * 2 + 256);
 
     let cpu0 = cpu_seconds();
+    let started_at = SystemTime::now();
     let t0 = Instant::now();
     let shared = Arc::new(Shared {
         server,
@@ -448,14 +484,21 @@ fn run(a: Args) -> Result<bool> {
         })
         .collect();
 
-    let mut samples = watch(&handles, &shared.live, t0, a.clients, a.quiet);
+    let check = ServerCheck {
+        server: match (&a.server, &dhcp_setup) {
+            (None, Some(_)) => "the DHCP-named server".to_string(),
+            _ => server.to_string(),
+        },
+        silence: (a.silence_limit > 0.0).then(|| Duration::from_secs_f64(a.silence_limit)),
+    };
+    let mut samples = watch(&handles, &shared.live, t0, a.clients, a.quiet, Some(&check));
     let live = &shared.live;
     let mut results = Vec::with_capacity(a.clients);
     for h in handles {
         results.extend(h.join().map_err(|_| anyhow!("an engine thread panicked"))?);
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    samples.push((elapsed, live.bytes.load(Relaxed)));
+    samples.push(sample(live, elapsed));
     results.sort_by_key(|r| r.index);
     let rep = report::build(
         &results,
@@ -477,10 +520,23 @@ fn run(a: Args) -> Result<bool> {
             seed: a.seed,
             cpu_seconds: cpu_seconds() - cpu0,
             elapsed,
+            started_at,
         },
     );
-    if !a.quiet {
-        print!("{}", rep.table());
+    summary(&a, &rep.table());
+    let stopped = live.server.verdict.lock().unwrap().clone();
+    let at_end = Duration::from_secs_f64(elapsed);
+    let quiet_check = ServerCheck {
+        silence: None,
+        ..check
+    };
+    match stopped {
+        Some(v) => eprintln!("ringboot-loadtest: stopped early: {v}"),
+        None => {
+            if let Some(v) = server_verdict(&live.server, at_end, &quiet_check) {
+                eprintln!("ringboot-loadtest: {v}");
+            }
+        }
     }
     if let Some(p) = &a.json {
         rep.write_json(p)?;
@@ -494,18 +550,95 @@ fn run(a: Args) -> Result<bool> {
     Ok(rep.failed == 0)
 }
 
-/// Wait for the engine threads, sampling the bytes received every 250 ms (for the plot) and showing
-/// progress on a terminal. Returns the samples; the caller adds the final one after joining.
+/// The summary table (and other end-of-run text): standard output, or standard error when
+/// `--json -` takes standard output; nothing with `--quiet`.
+pub(crate) fn summary(a: &Args, text: &str) {
+    if a.quiet {
+        return;
+    }
+    if stdout_taken(a) {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+    }
+}
+
+/// Whether `--json -` or `--plot -` writes to standard output.
+fn stdout_taken(a: &Args) -> bool {
+    let dash = Some(Path::new("-"));
+    a.json.as_deref() == dash || a.plot.as_deref() == dash
+}
+
+/// How the watcher tells an absent server from a slow one ([`server_verdict`]).
+pub(crate) struct ServerCheck {
+    /// The server as the user named it, for the message.
+    pub server: String,
+    /// `--silence-limit` (None: 0, off).
+    pub silence: Option<Duration>,
+}
+
+/// Why the run should stop for want of a server, or None while it may still answer. Nothing is
+/// decided once any transfer got an answer: a slow server under a long storm is left alone.
+/// Before that, an ICMP error to a request (port, host or network unreachable) decides at once,
+/// and complete silence decides `silence` after the first request.
+pub(crate) fn server_verdict(
+    signs: &engine::ServerSigns,
+    since_t0: Duration,
+    check: &ServerCheck,
+) -> Option<String> {
+    if signs.answered.load(Relaxed) > 0 {
+        return None;
+    }
+    let server = &check.server;
+    let icmp = signs.unreachable.load(Relaxed);
+    if icmp > 0 {
+        return Some(format!(
+            "no server at {server}: the first request{} got an ICMP error before any answer \
+             (port unreachable: nothing listens on that port; host or network unreachable: a \
+             wrong address or route); failure reason 'unreachable' has the details",
+            if icmp == 1 { "" } else { "s" }
+        ));
+    }
+    let first = signs.first_request_us.load(Relaxed);
+    let limit = check.silence?;
+    let first = Duration::from_micros(first.checked_sub(1)?);
+    let quiet = since_t0.checked_sub(first)?;
+    (quiet >= limit).then(|| {
+        format!(
+            "no answer from {server} to any request in {:.1} s, and no ICMP error either: no \
+             server there, a firewall dropping TFTP, or a wrong address (--silence-limit 0 \
+             waits for the clients' own timeouts)",
+            quiet.as_secs_f64()
+        )
+    })
+}
+
+/// The live counters now.
+fn sample(live: &Live, t: f64) -> report::Sample {
+    let started = live.started.load(Relaxed);
+    let ended =
+        live.completed.load(Relaxed) + live.failed.load(Relaxed) + live.vanished.load(Relaxed);
+    report::Sample {
+        t,
+        bytes: live.bytes.load(Relaxed),
+        active: started.saturating_sub(ended),
+    }
+}
+
+/// Wait for the engine threads, sampling the live counters every 250 ms (for the plot), showing
+/// progress on a terminal and, with `check`, stopping the run early when there is no server.
+/// Returns the samples; the caller adds the final one after joining.
 pub(crate) fn watch<T>(
     handles: &[std::thread::JoinHandle<T>],
     live: &Live,
     t0: Instant,
     clients: usize,
     quiet: bool,
-) -> Vec<(f64, u64)> {
+    check: Option<&ServerCheck>,
+) -> Vec<report::Sample> {
     let tty = std::io::stderr().is_terminal() && !quiet;
-    let mut samples = vec![(0.0, 0u64)];
-    let tick = Duration::from_millis(250);
+    let mut samples = vec![report::Sample::default()];
+    let tick = report::SAMPLE_EVERY;
     let mut next = t0 + tick;
     while handles.iter().any(|h| !h.is_finished()) {
         let now = Instant::now();
@@ -515,20 +648,29 @@ pub(crate) fn watch<T>(
             continue;
         }
         next += tick;
-        let t = now.duration_since(t0).as_secs_f64();
-        let bytes = live.bytes.load(Relaxed);
+        let since = now.duration_since(t0);
+        if let Some(c) = check {
+            if !live.abort.load(Relaxed) {
+                if let Some(v) = server_verdict(&live.server, since, c) {
+                    *live.server.verdict.lock().unwrap() = Some(v);
+                    live.abort.store(true, Relaxed);
+                }
+            }
+        }
+        let t = since.as_secs_f64();
         let prev = *samples.last().expect("starts with one sample");
-        samples.push((t, bytes));
+        let cur = sample(live, t);
+        samples.push(cur);
         if tty {
-            let gbps = if t > prev.0 {
-                (bytes - prev.1) as f64 * 8.0 / (t - prev.0) / 1e9
+            let gbps = if t > prev.t {
+                cur.bytes.saturating_sub(prev.bytes) as f64 * 8.0 / (t - prev.t) / 1e9
             } else {
                 0.0
             };
             let mut e = std::io::stderr().lock();
             let _ = write!(
                 e,
-                "\r\x1b[2K{:6.1}s  started {}/{}  completed {}  failed {}  vanished {}  {:.2} Gbit/s",
+                "\r\x1b[2K{:6.1}s  started {}/{} | completed {} | failed {} | vanished {} | {:.2} Gbit/s",
                 t,
                 live.started.load(Relaxed),
                 clients,
@@ -574,5 +716,39 @@ mod tests {
             (u32::from(Ipv4Addr::new(127, 0, 0, 9)), 1)
         );
         assert!(parse_range("127.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn absent_server_verdicts() {
+        let check = |silence: Option<u64>| ServerCheck {
+            server: "10.0.0.1:69".into(),
+            silence: silence.map(Duration::from_secs),
+        };
+        let s = engine::ServerSigns::default();
+        let at = Duration::from_secs;
+        // Nothing sent yet: nothing to decide.
+        assert_eq!(server_verdict(&s, at(60), &check(Some(6))), None);
+        s.first_request_us.store(1_000_001, Relaxed); // first request at 1 s
+        assert_eq!(server_verdict(&s, at(6), &check(Some(6))), None);
+        let v = server_verdict(&s, at(7), &check(Some(6))).unwrap();
+        assert!(
+            v.starts_with("no answer from 10.0.0.1:69 to any request in 6.0 s"),
+            "{v}"
+        );
+        assert_eq!(
+            server_verdict(&s, at(600), &check(None)),
+            None,
+            "--silence-limit 0"
+        );
+        // An ICMP error decides at once.
+        s.unreachable.store(1, Relaxed);
+        let v = server_verdict(&s, at(1), &check(None)).unwrap();
+        assert!(
+            v.starts_with("no server at 10.0.0.1:69: the first request got"),
+            "{v}"
+        );
+        // Once anything answered, a slow server is never called absent.
+        s.answered.store(1, Relaxed);
+        assert_eq!(server_verdict(&s, at(600), &check(Some(6))), None);
     }
 }

@@ -941,6 +941,7 @@ pub fn run(a: &Args, mode: McMode) -> Result<bool> {
     crate::raise_fd_limit(a.clients as u64 * 2 + 256);
 
     let cpu0 = crate::cpu_seconds();
+    let started_at = std::time::SystemTime::now();
     let t0 = Instant::now();
     let sh = Arc::new(Shared {
         mode,
@@ -974,7 +975,7 @@ pub fn run(a: &Args, mode: McMode) -> Result<bool> {
         })
         .collect();
 
-    let mut samples = crate::watch(&handles, &sh.live, t0, a.clients, a.quiet);
+    let mut samples = crate::watch(&handles, &sh.live, t0, a.clients, a.quiet, None);
     let live = &sh.live;
     let mut results = Vec::with_capacity(a.clients);
     let mut stats = ThreadStats::default();
@@ -993,7 +994,7 @@ pub fn run(a: &Args, mode: McMode) -> Result<bool> {
         }
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    samples.push((elapsed, live.bytes.load(Relaxed)));
+    samples.push(crate::sample(live, elapsed));
     results.sort_by_key(|r| r.index);
     let rep = report::build(
         &results,
@@ -1007,6 +1008,7 @@ pub fn run(a: &Args, mode: McMode) -> Result<bool> {
             seed: a.seed,
             cpu_seconds: crate::cpu_seconds() - cpu0,
             elapsed,
+            started_at,
         },
     );
     let groups: Vec<String> = stats.groups.iter().map(|g| g.to_string()).collect();
@@ -1014,10 +1016,10 @@ pub fn run(a: &Args, mode: McMode) -> Result<bool> {
         GroupSockets::Shared => "shared",
         GroupSockets::PerMachine => "per-machine",
     };
-    if !a.quiet {
-        print!("{}", rep.table());
-        println!(
-            "  multicast    {} group {}: {} group datagrams received on {} {} socket{}, {} handed to machines; {} master turns, {} opens, {} late",
+    crate::summary(a, &rep.table());
+    {
+        let line = format!(
+            "  multicast    {} group {}: {} group datagrams received on {} {} socket{}, {} handed to machines; {} master turns, {} opens, {} late\n",
             mode.name(),
             if groups.is_empty() { "-".to_string() } else { groups.join(" ") },
             stats.group_datagrams,
@@ -1029,6 +1031,7 @@ pub fn run(a: &Args, mode: McMode) -> Result<bool> {
             stats.opens,
             late
         );
+        crate::summary(a, &line);
     }
     if let Some(p) = &a.json {
         let mut v = serde_json::to_value(&rep)?;
@@ -1044,8 +1047,7 @@ pub fn run(a: &Args, mode: McMode) -> Result<bool> {
             "late_joiners": late,
             "vanish_master": mc.vanish_master,
         });
-        let text = serde_json::to_string_pretty(&v)?;
-        std::fs::write(p, text + "\n").with_context(|| format!("cannot write {}", p.display()))?;
+        report::write_text(p, &(serde_json::to_string_pretty(&v)? + "\n"))?;
     }
     if let Some(d) = &a.hgrm {
         rep.write_hgrm(d)?;

@@ -6,7 +6,24 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+/// One reading of the live counters, taken every [`SAMPLE_EVERY`] while the storm runs and once
+/// more at the end.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sample {
+    /// Seconds since the storm started.
+    pub t: f64,
+    /// Bytes received so far, all machines together.
+    pub bytes: u64,
+    /// Machines started and not finished (completed, failed or vanished).
+    pub active: u64,
+}
+
+/// How often the live counters are sampled (progress line, plot, `throughput_samples`).
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
 /// Percentiles of one distribution, in milliseconds.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -105,8 +122,16 @@ pub struct Report {
     pub loadtest_cpu_share: f64,
     pub threads: usize,
     pub seed: u64,
-    /// `[seconds since start, bits per second]` every 250 ms.
+    /// When the storm started (UTC, RFC 3339).
+    pub started_at: String,
+    /// `[seconds since start, bits per second]` every 250 ms: the average over the interval that
+    /// ends there (a last interval shorter than half of that is merged into the one before).
     pub throughput_samples: Vec<[f64; 2]>,
+    /// `[seconds since start, machines active]` at the same instants (plus `[0, 0]`).
+    pub active_samples: Vec<[f64; 2]>,
+    /// Bytes one completed machine received (its file, or all its steps), for the plot title.
+    #[serde(skip)]
+    pub bytes_per_machine: Option<u64>,
     /// Completion times in seconds, sorted (for the CDF).
     #[serde(skip)]
     pub completion_s: Vec<f64>,
@@ -128,14 +153,16 @@ pub struct Meta {
     pub seed: u64,
     pub cpu_seconds: f64,
     pub elapsed: f64,
+    /// Wall-clock time of the start (the plot title, `started_at`).
+    pub started_at: SystemTime,
 }
 
 fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 24 * 3600 * 1_000_000, 3).expect("valid histogram bounds")
 }
 
-/// `samples`: `(seconds since t0, cumulative bytes)` taken every 250 ms.
-pub fn build(results: &[MachineResult], samples: &[(f64, u64)], meta: Meta) -> Report {
+/// `samples`: the live counters every [`SAMPLE_EVERY`], then once at the end.
+pub fn build(results: &[MachineResult], samples: &[Sample], meta: Meta) -> Report {
     let mut duration_hist = hist();
     let mut ttfb_hist = hist();
     let mut failures = BTreeMap::new();
@@ -186,13 +213,12 @@ pub fn build(results: &[MachineResult], samples: &[(f64, u64)], meta: Meta) -> R
     } else {
         0.0
     };
-    let mut throughput_samples = Vec::new();
-    for w in samples.windows(2) {
-        let dt = w[1].0 - w[0].0;
-        if dt > 0.0 {
-            throughput_samples.push([w[1].0, (w[1].1 - w[0].1) as f64 * 8.0 / dt]);
-        }
-    }
+    let (throughput_samples, active_samples) = series(samples);
+    let bytes_per_machine = results
+        .iter()
+        .filter(|r| r.outcome == Outcome::Completed)
+        .map(|r| r.bytes)
+        .max();
     Report {
         server: meta.server,
         profile: meta.profile,
@@ -238,7 +264,10 @@ pub fn build(results: &[MachineResult], samples: &[(f64, u64)], meta: Meta) -> R
         },
         threads: meta.threads,
         seed: meta.seed,
+        started_at: rfc3339(meta.started_at),
         throughput_samples,
+        active_samples,
+        bytes_per_machine,
         completion_s,
         duration_hist,
         ttfb_hist,
@@ -311,11 +340,7 @@ impl Report {
             self.threads,
             if self.threads == 1 { "" } else { "s" }
         );
-        let _ = writeln!(
-            s,
-            "  machines     {:>8} completed {:>6} failed {:>6} vanished {:>6}",
-            self.clients, self.completed, self.failed, self.vanished
-        );
+        s.push_str(&self.machines_line());
         let _ = writeln!(
             s,
             "  transferred  {} in {:.2} s = {:.3} Gbit/s ({:.1} MB/s)",
@@ -402,10 +427,9 @@ impl Report {
         s
     }
 
+    /// The report as JSON into `path` (`-`: standard output).
     pub fn write_json(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self)?;
-        std::fs::write(path, text + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))
+        write_text(path, &(serde_json::to_string_pretty(self)? + "\n"))
     }
 
     /// `duration.hgrm` and `ttfb.hgrm` in `dir` (HdrHistogram's classic percentile table, ms).
@@ -421,218 +445,82 @@ impl Report {
         }
         Ok(())
     }
+}
 
-    pub fn write_plot(&self, path: &Path) -> Result<()> {
-        std::fs::write(path, self.svg()).with_context(|| format!("cannot write {}", path.display()))
+impl Report {
+    /// The machines line of the summary: the total first, then each outcome, so no count reads
+    /// as another's label.
+    pub fn machines_line(&self) -> String {
+        format!(
+            "  machines: {} | completed {} | failed {} | vanished {}\n",
+            self.clients, self.completed, self.failed, self.vanished
+        )
     }
+}
 
-    /// Two panels: aggregate throughput over time, and the completion-time CDF.
-    pub fn svg(&self) -> String {
-        let (w, h) = (900.0, 720.0);
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
-        );
-        let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-        let title = format!(
-            "{} x {} -> {}: {} completed, {} failed, {:.2} Gbit/s",
-            self.clients,
-            self.profile,
-            self.server,
-            self.completed,
-            self.failed,
-            self.throughput_gbps
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
-            w / 2.0,
-            esc(&title)
-        );
-        // Panel 1: throughput.
-        let pts: Vec<(f64, f64)> = self
-            .throughput_samples
-            .iter()
-            .map(|p| (p[0], p[1] / 1e9))
-            .collect();
-        let tmax = pts.last().map_or(1.0, |p| p.0).max(0.25);
-        let ymax = pts.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-3) * 1.1;
-        panel(
-            &mut s,
-            (70.0, 45.0, 800.0, 270.0),
-            (0.0, tmax, 0.0, ymax),
-            "time (s)",
-            "throughput (Gbit/s)",
-            "Aggregate throughput (250 ms samples)",
-            &pts,
-            true,
-        );
-        // Panel 2: completion-time CDF.
-        let n = self.completion_s.len();
-        let mut cdf = Vec::with_capacity(n + 1);
-        if n > 0 {
-            cdf.push((self.completion_s[0], 0.0));
-            for (i, &t) in self.completion_s.iter().enumerate() {
-                cdf.push((t, (i + 1) as f64 / self.clients.max(1) as f64));
-            }
+/// Write `text` to `path`, or to standard output when `path` is `-`.
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    if path == Path::new("-") {
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .context("cannot write to standard output")
+    } else {
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// The plotted series from the samples: throughput over each interval (`[end, bits/s]`) and the
+/// active machines (`[t, n]`, from `[0, 0]`). A last interval shorter than half a sampling period
+/// (the final reading after the engines stopped) is merged into the one before, so its few
+/// bytes over a few milliseconds do not draw a spike.
+pub fn series(samples: &[Sample]) -> (Vec<[f64; 2]>, Vec<[f64; 2]>) {
+    let mut kept: Vec<Sample> = Vec::with_capacity(samples.len());
+    let half = SAMPLE_EVERY.as_secs_f64() / 2.0;
+    for (i, &x) in samples.iter().enumerate() {
+        let last = i + 1 == samples.len();
+        if last && kept.len() >= 2 && x.t - kept[kept.len() - 1].t < half {
+            kept.pop();
         }
-        let xmax = self.completion_s.last().copied().unwrap_or(1.0).max(1e-3) * 1.05;
-        panel(
-            &mut s,
-            (70.0, 390.0, 800.0, 270.0),
-            (0.0, xmax, 0.0, 1.0),
-            "completion time (s)",
-            "fraction of machines done",
-            "Completion-time CDF (failed and vanished machines never reach 1.0)",
-            &cdf,
-            false,
-        );
-        s.push_str("</svg>\n");
-        s
-    }
-}
-
-fn esc(t: &str) -> String {
-    t.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// A "nice" tick step (1, 2 or 5 x 10^k) giving about `n` ticks up to `max`.
-fn nice_step(max: f64, n: f64) -> f64 {
-    let raw = (max / n).max(1e-12);
-    let mag = 10f64.powf(raw.log10().floor());
-    let f = raw / mag;
-    let m = if f <= 1.0 + 1e-9 {
-        1.0
-    } else if f <= 2.0 + 1e-9 {
-        2.0
-    } else if f <= 5.0 + 1e-9 {
-        5.0
-    } else {
-        10.0
-    };
-    m * mag
-}
-
-fn fmt_tick(v: f64, step: f64) -> String {
-    if step >= 1.0 {
-        format!("{v:.0}")
-    } else {
-        let d = (-step.log10()).ceil() as usize;
-        format!("{v:.d$}")
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn panel(
-    s: &mut String,
-    (x0, y0, pw, ph): (f64, f64, f64, f64),
-    (xmin, xmax, ymin, ymax): (f64, f64, f64, f64),
-    xlabel: &str,
-    ylabel: &str,
-    title: &str,
-    pts: &[(f64, f64)],
-    fill: bool,
-) {
-    let sx = |x: f64| x0 + (x - xmin) / (xmax - xmin) * pw;
-    let sy = |y: f64| y0 + ph - (y - ymin) / (ymax - ymin) * ph;
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="{}" text-anchor="middle" font-size="13">{}</text>"##,
-        x0 + pw / 2.0,
-        y0 - 8.0,
-        esc(title)
-    );
-    let _ = writeln!(
-        s,
-        r##"<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#333"/>"##
-    );
-    let xs = nice_step(xmax - xmin, 10.0);
-    let mut v = xmin;
-    while v <= xmax + 1e-9 {
-        let x = sx(v);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{}" stroke="#ddd"/>"##,
-            y0 + ph
-        );
-        let _ = writeln!(
-            s,
-            r##"<text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
-            y0 + ph + 15.0,
-            fmt_tick(v, xs)
-        );
-        v += xs;
-    }
-    let ys = nice_step(ymax - ymin, 6.0);
-    let mut v = ymin;
-    while v <= ymax + 1e-9 {
-        let y = sy(v);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x0}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/>"##,
-            x0 + pw
-        );
-        let _ = writeln!(
-            s,
-            r##"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
-            x0 - 5.0,
-            y + 4.0,
-            fmt_tick(v, ys)
-        );
-        v += ys;
-    }
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="{}" text-anchor="middle">{}</text>"##,
-        x0 + pw / 2.0,
-        y0 + ph + 32.0,
-        esc(xlabel)
-    );
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="{}" text-anchor="middle" transform="rotate(-90 {} {})">{}</text>"##,
-        x0 - 48.0,
-        y0 + ph / 2.0,
-        x0 - 48.0,
-        y0 + ph / 2.0,
-        esc(ylabel)
-    );
-    if pts.is_empty() {
-        let _ = writeln!(
-            s,
-            r##"<text x="{}" y="{}" text-anchor="middle" fill="#888">no data</text>"##,
-            x0 + pw / 2.0,
-            y0 + ph / 2.0
-        );
-        return;
-    }
-    let mut path = String::new();
-    for (k, &(x, y)) in pts.iter().enumerate() {
-        let (px, py) = (sx(x), sy(y));
-        if k == 0 {
-            let _ = write!(path, "M{px:.1},{py:.1}");
-        } else if fill {
-            let _ = write!(path, " L{px:.1},{py:.1}");
-        } else {
-            // A CDF is a staircase.
-            let _ = write!(path, " H{px:.1} V{py:.1}");
+        if kept.last().is_none_or(|p| x.t > p.t) {
+            kept.push(x);
         }
     }
-    if fill {
-        let (fx, lx) = (sx(pts[0].0), sx(pts[pts.len() - 1].0));
-        let base = sy(ymin);
-        let _ = writeln!(
-            s,
-            r##"<path d="{path} L{lx:.1},{base:.1} L{fx:.1},{base:.1} Z" fill="#4a90d9" fill-opacity="0.25" stroke="none"/>"##
-        );
+    let mut rate = Vec::with_capacity(kept.len());
+    let mut active = vec![[0.0, 0.0]];
+    for w in kept.windows(2) {
+        let dt = w[1].t - w[0].t;
+        rate.push([
+            w[1].t,
+            w[1].bytes.saturating_sub(w[0].bytes) as f64 * 8.0 / dt,
+        ]);
+        active.push([w[1].t, w[1].active as f64]);
     }
-    let _ = writeln!(
-        s,
-        r##"<path d="{path}" fill="none" stroke="#1f5fa8" stroke-width="1.8"/>"##
-    );
+    (rate, active)
+}
+
+/// `2026-01-31T12:00:00Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days to a civil date (H. Hinnant's algorithm, proleptic Gregorian calendar).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// HdrHistogram's classic `.hgrm` percentile distribution (values recorded in µs, printed in ms).
@@ -693,7 +581,7 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -711,10 +599,87 @@ mod tests {
     }
 
     #[test]
-    fn nice_ticks() {
-        assert_eq!(nice_step(10.0, 10.0), 1.0);
-        assert_eq!(nice_step(7.3, 6.0), 2.0);
-        assert!((nice_step(0.3, 6.0) - 0.05).abs() < 1e-12);
-        assert_eq!(fmt_tick(0.25, 0.05), "0.25");
+    fn machines_line_is_unambiguous() {
+        let r = sample_report();
+        assert_eq!(
+            r.machines_line(),
+            "  machines: 2 | completed 0 | failed 2 | vanished 0\n"
+        );
+        assert!(r
+            .table()
+            .contains("machines: 2 | completed 0 | failed 2 | vanished 0"));
+        let j = serde_json::to_value(&r).unwrap();
+        for key in ["clients", "completed", "failed", "vanished"] {
+            assert!(j.get(key).is_some(), "JSON key {key}");
+        }
+    }
+
+    fn sample(t: f64, bytes: u64, active: u64) -> Sample {
+        Sample { t, bytes, active }
+    }
+
+    #[test]
+    fn series_merge_the_last_partial_interval() {
+        // 1 MB per 250 ms, then a final reading 10 ms later with 100 kB more: 80 Mbit/s over the
+        // last 10 ms would be a spike; merged, the last interval is 260 ms at the same rate.
+        let s = [
+            sample(0.0, 0, 0),
+            sample(0.25, 1_000_000, 5),
+            sample(0.5, 2_000_000, 5),
+            sample(0.51, 2_040_000, 0),
+        ];
+        let (rate, active) = series(&s);
+        assert_eq!(rate.len(), 2);
+        assert_eq!(rate[0], [0.25, 32e6]);
+        assert_eq!(rate[1][0], 0.51);
+        assert!(
+            (rate[1][1] - 1_040_000.0 * 8.0 / 0.26).abs() < 1.0,
+            "{rate:?}"
+        );
+        assert_eq!(active, vec![[0.0, 0.0], [0.25, 5.0], [0.51, 0.0]]);
+        // A full last interval is kept; a lone reading gives nothing to plot.
+        assert_eq!(series(&[sample(0.0, 0, 0), sample(0.2, 10, 1)]).0.len(), 1);
+        assert!(series(&[sample(0.0, 0, 0)]).0.is_empty());
+    }
+
+    #[test]
+    fn dates() {
+        let at = |s: u64| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_798_761_599), "2026-12-31T23:59:59Z");
+    }
+
+    /// Two machines that failed and an empty storm of 0.5 s.
+    pub(crate) fn sample_report() -> Report {
+        use crate::engine::Counters;
+        let failed = |index| MachineResult {
+            index,
+            outcome: Outcome::Failed {
+                reason: "timeout".into(),
+                detail: "boot.wim: timed out".into(),
+            },
+            started: Some(Duration::ZERO),
+            ended: Duration::from_millis(500),
+            first_data: None,
+            bytes: 0,
+            counters: Counters::default(),
+            dhcp: None,
+        };
+        build(
+            &[failed(0), failed(1)],
+            &[sample(0.0, 0, 0), sample(0.25, 0, 2), sample(0.5, 0, 0)],
+            Meta {
+                server: "127.0.0.1:6969".into(),
+                profile: "uefi".into(),
+                file: Some("boot.wim".into()),
+                scenario: None,
+                threads: 1,
+                seed: 1,
+                cpu_seconds: 0.01,
+                elapsed: 0.5,
+                started_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_798_761_599),
+            },
+        )
     }
 }

@@ -6,6 +6,8 @@
 //!   and the TFTP server is the one the DHCP answer named.
 //! - proxy mode: dnsmasq hands out the addresses, ringboot `--dhcp proxy` the boot file (port 67
 //!   proxy OFFER, then the port-4011 ACK); 30 machines complete.
+//! - an interface without an IPv4 address (or a missing one) is a usage error (exit 2) that says
+//!   what to do, before any machine starts.
 //!
 //! Not root: prints "skipped: needs root for network namespaces" and passes. Under `CI=true` as
 //! root it must run: a missing `ip` or `dnsmasq` fails it. Namespaces and veths carry the PID and a
@@ -111,6 +113,11 @@ impl Lab {
         ));
         sh(&format!("ip -n {ns_a} link set {a} up"));
         sh(&format!("ip -n {ns_b} link set {b} up"));
+    }
+
+    /// `ip -n <ns> <cmd>`.
+    fn ns_ip(&self, ns: &str, cmd: &str) {
+        sh(&format!("ip -n {ns} {cmd}"));
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -420,4 +427,68 @@ fn proxy_mode_beside_dnsmasq_goes_through_port_4011() {
     // The addresses are dnsmasq's.
     let dns = std::fs::read_to_string(lab.path("dnsmasq.leases")).unwrap_or_default();
     assert_eq!(dns.lines().count(), 30, "{dns}");
+}
+
+#[test]
+fn interface_without_an_address_is_a_clear_usage_error() {
+    if !preflight(&["ip"], "iproute2") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let c = lab.ns("n");
+    let (a, b) = (format!("rbna{}", lab.id), format!("rbnb{}", lab.id));
+    lab.veth(&c, &a, &c, &b);
+    for iface in [a.as_str(), "rbl-missing0"] {
+        let (out, _) = lab.loadtest(
+            &c,
+            &[
+                "--dhcp",
+                "full",
+                "--dhcp-interface",
+                iface,
+                "--clients",
+                "2",
+                "--file",
+                "pxelinux.0",
+                "--no-verify",
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{iface}: {err}");
+        let want = if iface == a {
+            "has no IPv4 address"
+        } else {
+            "no such interface"
+        };
+        assert!(err.contains(want), "{iface}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // With an address the same command gets past the check (no DHCP server answers here: the
+    // machines fail with a DHCP reason, not a usage error).
+    lab.ns_ip(&c, &format!("addr add 10.99.0.2/24 dev {a}"));
+    let (out, rep) = lab.loadtest(
+        &c,
+        &[
+            "--dhcp",
+            "full",
+            "--dhcp-interface",
+            &a,
+            "--dhcp-tries",
+            "1",
+            "--dhcp-timeout",
+            "0.5",
+            "--clients",
+            "2",
+            "--file",
+            "pxelinux.0",
+            "--no-verify",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(rep["failed"], 2, "{rep:#}");
 }

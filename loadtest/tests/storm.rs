@@ -4,6 +4,11 @@
 //!   a 2 MiB file to keep CI short); a scenario with expected misses completes.
 //! - A corrupted verify file is reported as failed with a non-zero exit status.
 //! - tftpd-hpa: the same storm (it ignores windowsize, so the UEFI clients fall back to lockstep).
+//! - Output: `--json -` writes the JSON alone to standard output (the summary, with each count
+//!   beside its own label, goes to standard error); the `--plot` SVG names file, size, server and
+//!   date and draws the active machines.
+//! - No server: a closed port (ICMP port unreachable) is reported at once, a silent one after
+//!   `--silence-limit`, both well before the clients' own 28 s of retries.
 //!
 //! The ringboot binary is looked up next to this test's own target directory (built by
 //! `cargo test --workspace`) or built with `cargo build -p ringboot --bin ringboot`. tftpd-hpa is
@@ -500,4 +505,140 @@ fn tftpd_hpa_200_uefi_clients_with_2_percent_loss() {
         ],
     );
     assert_all_complete(&r, 200, MIB2 as u64);
+}
+
+/// Run the load tester with `args` in a fresh working directory; returns its output and the
+/// time it took.
+fn loadtest_raw(args: &[&str], cwd: &Path) -> (Output, Duration) {
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringboot-loadtest"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    (out, t.elapsed())
+}
+
+#[test]
+fn json_to_stdout_summary_wording_and_plot() {
+    let root = make_root(&[("boot/winpe.wim", 200_000)]);
+    let srv = start_ringboot(root.path());
+    let cwd = tempfile::tempdir().unwrap();
+    let plot = cwd.path().join("storm.svg");
+    let (out, _) = loadtest_raw(
+        &[
+            "--server",
+            &srv.addr,
+            "--clients",
+            "4",
+            "--file",
+            "boot/winpe.wim",
+            "--profile",
+            "uefi",
+            "--verify",
+            root.path().to_str().unwrap(),
+            "--deadline",
+            "30",
+            "--json",
+            "-",
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+        cwd.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // `--json -`: standard output is the JSON document alone; no file named '-'.
+    let j: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
+    assert!(
+        !cwd.path().join("-").exists(),
+        "a file named '-' was written"
+    );
+    assert_eq!(j["completed"], 4, "{j:#}");
+    for key in ["clients", "completed", "failed", "vanished", "started_at"] {
+        assert!(j.get(key).is_some(), "JSON key {key}");
+    }
+    // The summary went to standard error, each count beside its own label.
+    assert!(
+        stderr.contains("machines: 4 | completed 4 | failed 0 | vanished 0"),
+        "{stderr}"
+    );
+    assert!(out.status.success());
+    // The plot names the run and draws the active machines.
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    let title = format!("4 × uefi 'boot/winpe.wim' (195.3 KiB) → {}", srv.addr);
+    assert!(svg.contains(&title), "title {title:?} missing:\n{svg}");
+    let date = &j["started_at"].as_str().unwrap()[..10];
+    assert!(svg.contains(date), "date {date} missing");
+    assert!(svg.contains(r#"id="active-machines""#));
+    assert!(svg.contains(r#"id="throughput""#));
+    assert!(svg.contains("machines active (right)"));
+}
+
+#[test]
+fn absent_server_is_reported_at_once_from_icmp_port_unreachable() {
+    // A port nothing listens on: bound, then released.
+    let addr = fresh_addr();
+    let cwd = tempfile::tempdir().unwrap();
+    let (out, took) = loadtest_raw(
+        &[
+            "--server",
+            &addr,
+            "--clients",
+            "5",
+            "--file",
+            "boot.wim",
+            "--profile",
+            "uefi",
+            "--no-verify",
+            "--json",
+            "-",
+        ],
+        cwd.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(j["failures"]["unreachable"], 5, "{j:#}");
+    assert!(stderr.contains(&format!("no server at {addr}")), "{stderr}");
+    // The uefi profile alone would retry for 4 s x 6 = 28 s; the ICMP error ends it at once
+    // (the bound is generous for a loaded machine).
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+}
+
+#[test]
+fn silent_server_is_reported_after_the_silence_limit() {
+    // Something holds the port and never answers (a firewall dropping, say).
+    let hole = UdpSocket::bind(fresh_addr()).unwrap();
+    let addr = hole.local_addr().unwrap().to_string();
+    let cwd = tempfile::tempdir().unwrap();
+    let (out, took) = loadtest_raw(
+        &[
+            "--server",
+            &addr,
+            "--clients",
+            "3",
+            "--file",
+            "boot.wim",
+            "--profile",
+            "uefi",
+            "--no-verify",
+            "--silence-limit",
+            "2",
+            "--json",
+            "-",
+        ],
+        cwd.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(j["failures"]["no-server"], 3, "{j:#}");
+    assert!(
+        stderr.contains(&format!("stopped early: no answer from {addr}")),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    drop(hole);
 }
