@@ -14,8 +14,8 @@
 //!     counts as both and needs no port-4011 exchange.
 //!   - DISCOVER, REQUEST and the boot-server REQUEST are resent every `retransmit` (1 s) up to
 //!     `tries` (4) sends, like firmware; a NAK starts over from DISCOVER (at most [`MAX_NAKS`]).
-//! - Every packet is built by [`ringboot::dhcp::client`] and encoded or parsed by
-//!   [`ringboot::dhcp::wire`]: there is no second DHCP codec here.
+//! - Every packet is built, encoded and parsed by [`ringboot::proto::dhcp::wire`]: there is no
+//!   second DHCP codec here.
 //! - [`DhcpPort`] is the driver's side, one per engine thread: a socket on `0.0.0.0:68`
 //!   (`SO_BROADCAST`, `SO_REUSEADDR`, bound to the interface) that every machine of the thread
 //!   shares (a machine cannot have its own port 68), demultiplexed by xid and chaddr, and one
@@ -26,9 +26,9 @@
 //!   load test needs; the leased addresses are in the report.
 
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
-use ringboot::dhcp::client::{as_ipxe, pxe_boot_request, pxe_discover, pxe_request};
-use ringboot::dhcp::config::ClientArch;
-use ringboot::dhcp::wire::{encode, parse_any};
+use ringboot::proto::dhcp::wire::{
+    as_ipxe, encode, parse_any, pxe_boot_request, pxe_discover, pxe_request, ClientArch,
+};
 use std::collections::HashMap;
 use std::fmt;
 use std::io::ErrorKind;
@@ -556,8 +556,7 @@ impl DhcpPort {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringboot::dhcp::config::ClientArch;
-    use ringboot::dhcp::{decide, Context, DhcpConfig, LeaseState, ServerPort};
+    use ringboot::proto::dhcp::{decide, Context, LeaseState, Policy, ServerPort};
     use std::net::SocketAddrV4;
     use std::time::SystemTime;
 
@@ -593,21 +592,20 @@ mod tests {
         }
     }
 
-    fn full_cfg(dir: &std::path::Path) -> DhcpConfig {
-        DhcpConfig {
-            mode: ringboot::dhcp::DhcpMode::Full,
+    fn full_cfg() -> Policy {
+        Policy {
+            mode: ringboot::proto::dhcp::DhcpMode::Full,
             boot_file: Some("pxelinux.0".into()),
             range: Some("10.0.0.100,10.0.0.199".parse().unwrap()),
             netmask: Some(Ipv4Addr::new(255, 255, 255, 0)),
             router: Some(SERVER),
-            lease_file: Some(dir.join("leases")),
-            ..DhcpConfig::default()
+            ..Policy::default()
         }
     }
 
     /// Deliver `t` to the responder and return the reply's bytes, as a link would.
-    fn serve(t: &Transmit, st: &mut LeaseState, cfg: &DhcpConfig) -> Option<Message> {
-        let req = ringboot::dhcp::wire::parse_request(&t.bytes).unwrap();
+    fn serve(t: &Transmit, st: &mut LeaseState, cfg: &Policy) -> Option<Message> {
+        let req = ringboot::proto::dhcp::wire::parse_request(&t.bytes).unwrap();
         let c = match t.dest {
             Dest::Broadcast => ctx(
                 ServerPort::Dhcp,
@@ -624,8 +622,7 @@ mod tests {
 
     #[test]
     fn full_mode_against_the_responder_with_a_lost_offer() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = full_cfg(dir.path());
+        let cfg = full_cfg();
         let mut st = LeaseState::new();
         let t0 = Instant::now();
         let mut c = DhcpClient::new(spec(1, ClientArch::BIOS), &setup(DhcpMode::Full), t0);
@@ -657,14 +654,13 @@ mod tests {
 
     #[test]
     fn proxy_mode_takes_the_address_from_one_and_the_file_from_4011() {
-        let dir = tempfile::tempdir().unwrap();
         // The network's DHCP server: full mode without PXE data (a different server id).
-        let mut addr_cfg = full_cfg(dir.path());
+        let mut addr_cfg = full_cfg();
         addr_cfg.boot_file = None;
-        let proxy_cfg = DhcpConfig {
-            mode: ringboot::dhcp::DhcpMode::Proxy,
+        let proxy_cfg = Policy {
+            mode: ringboot::proto::dhcp::DhcpMode::Proxy,
             boot_file: Some("grubx64.efi".into()),
-            ..DhcpConfig::default()
+            ..Policy::default()
         };
         let mut st = LeaseState::new();
         let mut none = LeaseState::new();
@@ -683,7 +679,7 @@ mod tests {
         assert!(c.poll_transmit().is_none(), "waits for an address offer");
         c.handle_reply(&addr_offer, now);
         let r = c.poll_transmit().unwrap();
-        let req = ringboot::dhcp::wire::parse_request(&r.bytes).unwrap();
+        let req = ringboot::proto::dhcp::wire::parse_request(&r.bytes).unwrap();
         assert_eq!(server_id(&req), Some(dns));
         // The address server's ACK (built from its offer).
         let mut ack = addr_offer.clone();
