@@ -1,5 +1,5 @@
 //! PXE DHCP without I/O: the wire format, the responder's decision, the lease table and its file
-//! format, and admission.
+//! format, admission, and a firmware-like client machine.
 //!
 //! Contract:
 //! - Nothing here opens a socket or a file, reads a clock or starts a thread: time comes in as
@@ -19,10 +19,14 @@
 //!   form; the driver saves it before it sends any ACK whose lease is not yet on disk.
 //! - [`limit`] admits requests: per-client and per-segment (local link or relay) token buckets in
 //!   bounded tables.
+//! - [`client`] is one PXE machine's DHCP exchange (DISCOVER, OFFER, REQUEST, ACK, proxyDHCP and
+//!   the port-4011 boot server) with the house machine shape: `handle_datagram`,
+//!   `handle_timeout`, `poll_transmit`, `poll_timeout`, `poll_event`.
 //!
 //! Specifications: RFC 2131/2132 (DHCP), RFC 4578 (options 93/94/97), RFC 3004 (option 77),
 //! RFC 3396 (long options), PXE 2.1 (proxyDHCP, port 4011, option 43 sub-options).
 
+pub mod client;
 pub mod decide;
 pub mod leases;
 pub mod limit;
