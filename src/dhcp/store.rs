@@ -348,4 +348,18 @@ mod tests {
         let back = LeaseStore::new(&path).load().unwrap();
         assert_eq!(back.len(), st.len());
     }
+
+    #[test]
+    fn a_bad_line_names_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dhcp.leases");
+        fs::write(&path, "# header\n10.0.0.1 hw-0152 5 bound\n10.0.0.2 x\n").unwrap();
+        let e = LeaseStore::new(&path).load().unwrap_err();
+        assert!(
+            matches!(&e, LeaseFileError::Line(ParseError { line: 3, .. })),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("line 3"), "{e}");
+        assert!(!e.is_out_of_descriptors());
+    }
 }

@@ -1,9 +1,10 @@
 //! The responder's decision: one request in, at most one reply out.
 //!
 //! Contract:
-//! - [`decide`] is pure: no socket, no file, no clock (`now` comes in [`Context`]). It may change
-//!   the [`LeaseState`]; when [`LeaseState::is_dirty`] is set afterwards the driver must persist
-//!   the state before it sends the reply.
+//! - [`decide`] is pure: no socket, no file, no clock (`now` comes in [`Context`], the
+//!   configuration in a [`Policy`]). It may change the [`LeaseState`]; when
+//!   [`LeaseState::is_dirty`] is set afterwards the driver must persist the state before it
+//!   sends the reply.
 //! - Proxy mode (PXE spec 2.1 section 2.2.4, "proxyDHCP"): only clients whose option 60 begins
 //!   with `PXEClient` get an answer; a DISCOVER on port 67 gets a proxy OFFER (broadcast, yiaddr
 //!   0, options 53/54/60/97/43, siaddr and file, no lease, mask or router), a REQUEST on port 4011

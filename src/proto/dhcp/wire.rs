@@ -607,4 +607,51 @@ mod tests {
         assert_eq!(out.len(), MIN_LEN);
         assert_eq!(&out[..240], &b[..240]);
     }
+
+    #[test]
+    fn firmware_requests_parse_back_as_the_firmware_sends_them() {
+        let mac = [0x52, 0x54, 0, 1, 2, 3];
+        let d = parse_request(&encode(&pxe_discover(mac, ClientArch::EFI_X64, 7))).unwrap();
+        assert_eq!(d.opts().msg_type(), Some(MessageType::Discover));
+        assert_eq!(d.xid(), 7);
+        assert!(d.flags().broadcast());
+        let info = ClientInfo::of(&d);
+        assert!(info.pxe && !info.ipxe);
+        assert_eq!(info.arch, Some(ClientArch::EFI_X64));
+        assert_eq!(info.uuid, Some(machine_id(mac)));
+        match d.opts().get(OptionCode::ClassIdentifier) {
+            Some(DhcpOption::ClassIdentifier(v)) => {
+                assert_eq!(v, b"PXEClient:Arch:00007:UNDI:003000")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The REQUEST takes the offer's address and server.
+        let mut offer = d.clone();
+        offer.set_yiaddr(Ipv4Addr::new(10, 0, 0, 9));
+        offer
+            .opts_mut()
+            .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 0, 1)));
+        let r = pxe_request(&offer, mac, ClientArch::BIOS, 8);
+        assert_eq!(r.opts().msg_type(), Some(MessageType::Request));
+        assert!(matches!(
+            r.opts().get(OptionCode::RequestedIpAddress),
+            Some(DhcpOption::RequestedIpAddress(ip)) if *ip == Ipv4Addr::new(10, 0, 0, 9)
+        ));
+        assert!(matches!(
+            r.opts().get(OptionCode::ServerIdentifier),
+            Some(DhcpOption::ServerIdentifier(ip)) if *ip == Ipv4Addr::new(10, 0, 0, 1)
+        ));
+        // The boot-server REQUEST: unicast, ciaddr, sub-option 71; iPXE says so.
+        let ci = Ipv4Addr::new(10, 0, 0, 9);
+        let b = as_ipxe(pxe_boot_request(mac, ClientArch::BIOS, 9, ci, Some((0, 0))));
+        let b = parse_request(&encode(&b)).unwrap();
+        assert_eq!(b.ciaddr(), ci);
+        assert!(!b.flags().broadcast());
+        let info = ClientInfo::of(&b);
+        assert_eq!(info.boot_item, Some([0, 0, 0, 0]));
+        assert!(info.ipxe);
+        let mut reused = Vec::new();
+        encode_into(&b, &mut reused);
+        assert_eq!(reused, encode(&b));
+    }
 }
