@@ -14,3 +14,12 @@ pub mod proto;
 pub mod ratelog;
 pub mod server;
 pub mod store;
+
+/// The origin of virtual time for the sans-IO core's tests and simulations
+/// ([`proto::sim::Sim`]): any instant serves, and reading the clock is not the core's to do
+/// (`.ci/check-sans-io`), so it is read here, once per process.
+#[doc(hidden)]
+pub fn sim_origin() -> std::time::Instant {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(std::time::Instant::now)
+}

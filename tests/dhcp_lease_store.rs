@@ -7,7 +7,8 @@
 //! needs one descriptor per save; the test says so and checks only that the failure is
 //! reported as descriptor exhaustion and that nothing on disk is lost.
 
-use ringboot::dhcp::leases::{ClientKey, LeaseStore};
+use ringboot::dhcp::store::LeaseStore;
+use ringboot::proto::dhcp::leases::ClientKey;
 use std::fs::File;
 use std::net::Ipv4Addr;
 

@@ -23,10 +23,8 @@ mod netns;
 
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use netns::{preflight, sh, unique_id};
-use ringboot::dhcp::client::{as_ipxe, pxe_boot_request, pxe_discover};
-use ringboot::dhcp::config::ClientArch;
-use ringboot::dhcp::wire;
 use ringboot::dhcp::{DhcpConfig, DhcpMode};
+use ringboot::proto::dhcp::wire::{self, as_ipxe, pxe_boot_request, pxe_discover, ClientArch};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::ffi::OsString;
 use std::fs::File;

@@ -1171,10 +1171,8 @@ impl Engine {
         let Some(d) = self.machines[i].dhcp.as_mut() else {
             return;
         };
-        if let Some(Ok(port)) = &self.dhcp {
-            while let Some(t) = d.poll_transmit() {
-                port.send(&t);
-            }
+        if let Some(Ok(port)) = &mut self.dhcp {
+            port.flush(d, now);
         }
         let Some(result) = d.outcome() else {
             return;
@@ -1184,7 +1182,7 @@ impl Engine {
             Ok(l) => setup.tftp_server(l).map(|s| (l.clone(), s)),
             Err(f) => Err(f.clone()),
         };
-        let (retransmits, naks) = (d.retransmits, d.naks);
+        let (retransmits, naks) = (d.retransmits(), d.naks());
         let m = &mut self.machines[i];
         m.dhcp = None;
         let mut out = crate::dhcp::Outcome {
@@ -1218,9 +1216,9 @@ impl Engine {
         };
         let mut hit = Vec::new();
         let machines = &mut self.machines;
-        port.recv(|i, msg| {
+        port.recv(|i, from, datagram| {
             if let Some(d) = machines.get_mut(i).and_then(|m| m.dhcp.as_mut()) {
-                d.handle_reply(msg, now);
+                d.handle_datagram(now, from, datagram);
                 hit.push(i);
             }
         });

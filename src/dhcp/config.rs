@@ -9,325 +9,18 @@
 //! - [`DhcpConfig::resolve_interface`] fills the server address, mask and router from the
 //!   interface (`getifaddrs`); it is the only part that touches the system.
 
+pub use crate::proto::dhcp::policy::{
+    looks_like_ipxe_binary, prefix_to_mask, same_subnet, ArchMatch, BootRule, DhcpMode, Ipv4Cidr,
+    MacMatch, MtftpConfig, PoolRange, MAX_POOL,
+};
+pub use crate::proto::dhcp::wire::ClientArch;
 use serde::{Deserialize, Deserializer};
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
-
-/// What the responder does (`--dhcp proxy|full|off`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DhcpMode {
-    /// No DHCP at all (the default).
-    #[default]
-    Off,
-    /// proxyDHCP: another server hands out addresses; answer PXE clients with boot data only.
-    Proxy,
-    /// A small DHCP server with an address pool, for isolated labs.
-    Full,
-}
-
-impl FromStr for DhcpMode {
-    type Err = ConfigError;
-    fn from_str(s: &str) -> Result<Self, ConfigError> {
-        match s.to_ascii_lowercase().as_str() {
-            "off" | "none" => Ok(DhcpMode::Off),
-            "proxy" => Ok(DhcpMode::Proxy),
-            "full" => Ok(DhcpMode::Full),
-            _ => Err(ConfigError::Mode(s.to_owned())),
-        }
-    }
-}
-
-impl fmt::Display for DhcpMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DhcpMode::Off => "off",
-            DhcpMode::Proxy => "proxy",
-            DhcpMode::Full => "full",
-        })
-    }
-}
-
-/// Client system architecture, DHCP option 93 (RFC 4578 section 2.1, IANA "Processor
-/// Architecture Types"). Unknown values are kept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ClientArch(pub u16);
-
-impl ClientArch {
-    pub const BIOS: ClientArch = ClientArch(0);
-    pub const EFI_IA32: ClientArch = ClientArch(6);
-    pub const EFI_X64: ClientArch = ClientArch(7);
-    /// x64 UEFI as some firmware sends it (the old "EFI BC" number).
-    pub const EFI_BC: ClientArch = ClientArch(9);
-    pub const EFI_ARM32: ClientArch = ClientArch(10);
-    pub const EFI_ARM64: ClientArch = ClientArch(11);
-    pub const HTTP_IA32: ClientArch = ClientArch(15);
-    pub const HTTP_X64: ClientArch = ClientArch(16);
-    pub const HTTP_ARM32: ClientArch = ClientArch(18);
-    pub const HTTP_ARM64: ClientArch = ClientArch(19);
-
-    /// The names accepted in `arch = [...]`, each with the option 93 values it matches.
-    pub const NAMES: &'static [(&'static str, &'static [u16])] = &[
-        ("bios", &[0]),
-        ("efi-ia32", &[6]),
-        ("efi-x64", &[7, 9]),
-        ("efi-bc", &[9]),
-        ("efi-arm32", &[10]),
-        ("efi-arm64", &[11]),
-        ("http-ia32", &[15]),
-        ("http-x64", &[16]),
-        ("http-arm32", &[18]),
-        ("http-arm64", &[19]),
-    ];
-
-    /// Whether this is a UEFI HTTP boot client (vendor class `HTTPClient`).
-    pub fn is_http(self) -> bool {
-        matches!(self.0, 15 | 16 | 18 | 19)
-    }
-}
-
-/// One `arch` entry of a rule: a name from [`ClientArch::NAMES`] or a number.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ArchMatch(pub Vec<u16>);
-
-impl ArchMatch {
-    pub fn matches(&self, arch: ClientArch) -> bool {
-        self.0.contains(&arch.0)
-    }
-}
-
-impl FromStr for ArchMatch {
-    type Err = ConfigError;
-    fn from_str(s: &str) -> Result<Self, ConfigError> {
-        let lower = s.trim().to_ascii_lowercase();
-        if let Some((_, v)) = ClientArch::NAMES.iter().find(|(n, _)| *n == lower) {
-            return Ok(ArchMatch(v.to_vec()));
-        }
-        lower
-            .parse::<u16>()
-            .map(|n| ArchMatch(vec![n]))
-            .map_err(|_| ConfigError::Arch(s.to_owned()))
-    }
-}
-
-impl<'de> Deserialize<'de> for ArchMatch {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Num(u16),
-            Name(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Num(n) => Ok(ArchMatch(vec![n])),
-            Raw::Name(s) => s.parse().map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// A hardware address, or its first octets (`52:54:00` matches every QEMU NIC).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MacMatch(pub Vec<u8>);
-
-impl MacMatch {
-    pub fn matches(&self, chaddr: &[u8]) -> bool {
-        chaddr.len() >= self.0.len() && chaddr[..self.0.len()] == self.0[..]
-    }
-}
-
-impl FromStr for MacMatch {
-    type Err = ConfigError;
-    fn from_str(s: &str) -> Result<Self, ConfigError> {
-        let bytes: Result<Vec<u8>, _> = s
-            .split([':', '-'])
-            .map(|p| u8::from_str_radix(p, 16))
-            .collect();
-        match bytes {
-            Ok(b) if !b.is_empty() && b.len() <= 16 => Ok(MacMatch(b)),
-            _ => Err(ConfigError::Mac(s.to_owned())),
-        }
-    }
-}
-
-/// An IPv4 prefix, `10.0.0.0/24`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl Ipv4Cidr {
-    pub fn mask(&self) -> Ipv4Addr {
-        prefix_to_mask(self.prefix)
-    }
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let m = u32::from(self.mask());
-        u32::from(ip) & m == u32::from(self.addr) & m
-    }
-}
-
-/// The netmask of a prefix length (`24` -> `255.255.255.0`); lengths over 32 count as 32.
-pub fn prefix_to_mask(prefix: u8) -> Ipv4Addr {
-    match prefix {
-        0 => Ipv4Addr::UNSPECIFIED,
-        p => Ipv4Addr::from(u32::MAX << (32 - u32::from(p.min(32)))),
-    }
-}
-
-/// Whether `a` and `b` are in the same subnet under `mask`.
-pub fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, mask: Ipv4Addr) -> bool {
-    let m = u32::from(mask);
-    u32::from(a) & m == u32::from(b) & m
-}
-
-impl FromStr for Ipv4Cidr {
-    type Err = ConfigError;
-    fn from_str(s: &str) -> Result<Self, ConfigError> {
-        let bad = || ConfigError::Subnet(s.to_owned());
-        let (a, p) = s.split_once('/').unwrap_or((s, "32"));
-        let addr: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
-        let prefix: u8 = p.trim().parse().map_err(|_| bad())?;
-        if prefix > 32 {
-            return Err(bad());
-        }
-        Ok(Ipv4Cidr { addr, prefix })
-    }
-}
-
-/// The address pool of full mode, `START,END` (both included).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PoolRange {
-    pub start: Ipv4Addr,
-    pub end: Ipv4Addr,
-}
-
-/// The largest pool accepted (a /16): the allocator scans it linearly.
-pub const MAX_POOL: u32 = 1 << 16;
-
-impl PoolRange {
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        (u32::from(self.start)..=u32::from(self.end)).contains(&u32::from(ip))
-    }
-    pub fn len(&self) -> u32 {
-        u32::from(self.end)
-            .saturating_sub(u32::from(self.start))
-            .saturating_add(1)
-    }
-    pub fn is_empty(&self) -> bool {
-        u32::from(self.end) < u32::from(self.start)
-    }
-    pub fn iter(&self) -> impl Iterator<Item = Ipv4Addr> {
-        (u32::from(self.start)..=u32::from(self.end)).map(Ipv4Addr::from)
-    }
-}
-
-impl FromStr for PoolRange {
-    type Err = ConfigError;
-    fn from_str(s: &str) -> Result<Self, ConfigError> {
-        let bad = || ConfigError::Range(s.to_owned());
-        let (a, b) = s.split_once([',', '-']).ok_or_else(bad)?;
-        let start: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
-        let end: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
-        let r = PoolRange { start, end };
-        if r.is_empty() || r.len() > MAX_POOL {
-            return Err(bad());
-        }
-        Ok(r)
-    }
-}
-
-macro_rules! deserialize_from_str {
-    ($($t:ty),*) => {$(
-        impl<'de> Deserialize<'de> for $t {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    )*};
-}
-deserialize_from_str!(MacMatch, Ipv4Cidr, PoolRange);
 
 fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     Ok(Duration::from_secs(u64::deserialize(d)?))
-}
-
-/// A boot-file rule (`[[dhcp.rule]]`): every criterion given must match; the first matching rule
-/// wins; a rule without criteria matches everyone.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BootRule {
-    /// Option 93 values or names (`bios`, `efi-x64`, `efi-arm64`, `http-x64`, 7, ...).
-    pub arch: Vec<ArchMatch>,
-    /// A MAC address or its first octets.
-    pub mac: Option<MacMatch>,
-    /// The client's subnet (relay address, current address or the receiving interface's).
-    pub subnet: Option<Ipv4Cidr>,
-    /// Option 77 (user class), e.g. `iPXE`: a rule for chainloaded iPXE.
-    pub user_class: Option<String>,
-    /// The file (or URL for HTTP boot and iPXE) to hand out.
-    pub boot_file: Option<String>,
-    /// What to hand iPXE instead of `boot_file` when this rule matches an iPXE client.
-    pub ipxe_script: Option<String>,
-    /// The TFTP server (siaddr) when it is not this server.
-    pub next_server: Option<Ipv4Addr>,
-}
-
-/// PXE MTFTP parameters advertised for one boot file (`[[dhcp.mtftp]]`, PXE 2.1 table 2-1
-/// sub-options 1 to 5).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MtftpConfig {
-    /// The boot file these parameters are for.
-    pub file: String,
-    /// Multicast group (sub-option 1).
-    #[serde(default = "default_mtftp_group")]
-    pub group: Ipv4Addr,
-    /// Client UDP port (sub-option 2).
-    #[serde(default = "default_mtftp_client_port")]
-    pub client_port: u16,
-    /// Server UDP port (sub-option 3).
-    #[serde(default = "default_mtftp_server_port")]
-    pub server_port: u16,
-    /// Seconds a client listens before it opens (sub-option 4).
-    #[serde(default = "default_mtftp_listen")]
-    pub listen_timeout: u8,
-    /// Seconds a client waits before it re-opens (sub-option 5).
-    #[serde(default = "default_mtftp_reopen")]
-    pub reopen_delay: u8,
-}
-
-impl MtftpConfig {
-    /// MTFTP parameters for `file` with the default listen and re-open delays.
-    pub fn new(file: &str, group: Ipv4Addr, client_port: u16, server_port: u16) -> Self {
-        MtftpConfig {
-            file: file.to_owned(),
-            group,
-            client_port,
-            server_port,
-            listen_timeout: default_mtftp_listen(),
-            reopen_delay: default_mtftp_reopen(),
-        }
-    }
-}
-
-fn default_mtftp_group() -> Ipv4Addr {
-    Ipv4Addr::new(239, 255, 1, 1)
-}
-fn default_mtftp_client_port() -> u16 {
-    3001
-}
-fn default_mtftp_server_port() -> u16 {
-    1759
-}
-fn default_mtftp_listen() -> u8 {
-    1
-}
-fn default_mtftp_reopen() -> u8 {
-    2
 }
 
 /// The `[dhcp]` section. Every field has a default; [`DhcpConfig::validate`] checks the whole.
@@ -406,8 +99,8 @@ impl Default for DhcpConfig {
             decline_hold: Duration::from_secs(600),
             lease_file: None,
             detect_other_servers: true,
-            client_rate: super::limit::DEFAULT_CLIENT_RATE,
-            segment_rate: super::limit::DEFAULT_SEGMENT_RATE,
+            client_rate: crate::proto::dhcp::limit::DEFAULT_CLIENT_RATE,
+            segment_rate: crate::proto::dhcp::limit::DEFAULT_SEGMENT_RATE,
         }
     }
 }
@@ -444,23 +137,6 @@ pub enum ConfigError {
     LeaseTime(u64),
     #[error("{key} must be at least 1 request per second (got {value})")]
     Rate { key: &'static str, value: u32 },
-}
-
-/// Name heuristic: does this file look like an iPXE binary (handing it to iPXE would loop)?
-pub fn looks_like_ipxe_binary(file: &str) -> bool {
-    let f = file.to_ascii_lowercase();
-    let name = f.rsplit(['/', '\\']).next().unwrap_or(&f);
-    name.ends_with(".kpxe")
-        || name.ends_with(".kkpxe")
-        || name.ends_with(".kkkpxe")
-        || (name.contains("ipxe")
-            && (name.ends_with(".efi")
-                || name.ends_with(".pxe")
-                || name.ends_with(".0")
-                || name.ends_with(".lkrn")
-                || name.ends_with(".usb")
-                || !name.contains('.')))
-        || name == "undionly.kpxe"
 }
 
 impl DhcpConfig {
@@ -558,7 +234,9 @@ impl DhcpConfig {
             if f.len() > 255 {
                 return Err(ConfigError::BootFileTooLong(f.clone()));
             }
-            if let Err(e) = super::wire::pxe_vendor_options(&self.pxe_prompt, self.mtftp_for(f)) {
+            if let Err(e) =
+                crate::proto::dhcp::wire::pxe_vendor_options(&self.pxe_prompt, self.mtftp_for(f))
+            {
                 return Err(ConfigError::Option43TooLong {
                     file: f.clone(),
                     len: e.len,
@@ -739,7 +417,7 @@ mod tests {
         cfg.validate().unwrap();
         cfg.mtftp.push(MtftpConfig {
             file: "pxelinux.0".into(),
-            group: default_mtftp_group(),
+            group: Ipv4Addr::new(239, 255, 1, 1),
             client_port: 3001,
             server_port: 1759,
             listen_timeout: 1,
@@ -749,39 +427,5 @@ mod tests {
             Err(ConfigError::Option43TooLong { len, .. }) => assert!(len > 255, "{len}"),
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn ipxe_binary_heuristic() {
-        for f in [
-            "undionly.kpxe",
-            "ipxe.efi",
-            "x86_64/ipxe.efi",
-            "snponly-ipxe.efi",
-            "ipxe.pxe",
-            "IPXE.EFI",
-            "ipxe",
-        ] {
-            assert!(looks_like_ipxe_binary(f), "{f}");
-        }
-        for f in [
-            "pxelinux.0",
-            "grubx64.efi",
-            "boot.ipxe",
-            "http://srv/boot.ipxe",
-            "menu.ipxe",
-        ] {
-            assert!(!looks_like_ipxe_binary(f), "{f}");
-        }
-    }
-
-    #[test]
-    fn masks() {
-        assert_eq!(prefix_to_mask(24), Ipv4Addr::new(255, 255, 255, 0));
-        assert_eq!(prefix_to_mask(0), Ipv4Addr::UNSPECIFIED);
-        assert_eq!(prefix_to_mask(32), Ipv4Addr::BROADCAST);
-        let c: Ipv4Cidr = "10.1.0.0/16".parse().unwrap();
-        assert!(c.contains(Ipv4Addr::new(10, 1, 200, 3)));
-        assert!(!c.contains(Ipv4Addr::new(10, 2, 0, 3)));
     }
 }

@@ -1,37 +1,102 @@
-//! The PXE DHCP responder: proxyDHCP beside an existing DHCP server, or a small DHCP server for
-//! isolated labs.
+//! The PXE DHCP responder's driver: proxyDHCP beside an existing DHCP server, or a small DHCP
+//! server for isolated labs. The protocol itself (wire format, decision, lease table, admission,
+//! the client machine) is sans-IO in [`crate::proto::dhcp`]; this module adds the system.
 //!
 //! Contract:
-//! - [`wire`] checks a datagram before dhcproto decodes it ([`wire::parse_request`] never
-//!   panics) and builds option 43 (PXE vendor options, at most 255 bytes).
-//! - [`decide::decide`] is the sans-IO core: request + [`decide::Context`] (addresses, port,
-//!   `now`) + lease table + config -> at most one [`decide::Reply`] with its destination. No
-//!   socket, no file, no clock. [`decide::decide_noted`] also returns the [`decide::Note`] the
-//!   driver logs (rate-limited).
-//! - [`leases`] holds the lease table (bounded by the pool, fixed-size client keys); the driver
-//!   saves it (spare file, fsync, atomic exchange, fsync directory, no new descriptor) before it
-//!   sends any ACK whose lease is not yet on disk, several ACKs per save (group commit).
-//! - [`limit`] admits requests: per-client and per-segment (local link or relay) token buckets in
-//!   bounded tables.
 //! - [`server`] is the thin driver: one thread, UDP sockets on 67 (and 4011 in proxy mode, 68 in
 //!   full mode to notice other servers), replies leave by the interface the request came in on.
-//!   Lines a peer can cause per datagram are rate-limited; the thread never ends silently.
-//! - [`client`] builds firmware-like requests for tests and the load tester.
-//! - [`config`] is the `[dhcp]` TOML section and the `--dhcp*` flags.
+//!   Every request passes [`Admission`](crate::proto::dhcp::limit::Admission) and then
+//!   [`decide_noted`](crate::proto::dhcp::decide::decide_noted) with the [`Policy`] built from
+//!   the config. Lines a peer can cause per datagram are rate-limited; the thread never ends
+//!   silently.
+//! - [`store`] saves the lease table (spare file, fsync, atomic exchange, fsync directory, no new
+//!   descriptor) before the driver sends any ACK whose lease is not yet on disk, several ACKs per
+//!   save (group commit).
+//! - [`sys`] holds the socket and interface calls.
+//! - [`config`] is the `[dhcp]` TOML section and the `--dhcp*` flags; `Policy::from(&config)`
+//!   is what the decision reads.
 //!
-//! Specifications: RFC 2131/2132 (DHCP), RFC 4578 (options 93/94/97), RFC 3004 (option 77),
-//! RFC 3396 (long options), PXE 2.1 (proxyDHCP, port 4011, option 43 sub-options).
+//! Layering: this module uses `proto::dhcp`, never the other way round.
 
-pub mod client;
 pub mod config;
-pub mod decide;
-pub mod leases;
-pub mod limit;
 pub mod server;
+pub mod store;
 pub mod sys;
-pub mod wire;
 
 pub use config::{DhcpConfig, DhcpMode};
-pub use decide::{decide, decide_noted, Context, Decision, Destination, Note, Reply, ServerPort};
-pub use leases::{LeaseState, LeaseStore};
-pub use server::spawn;
+pub use server::{spawn, SpawnError};
+pub use store::{LeaseFileError, LeaseStore};
+
+use crate::proto::dhcp::Policy;
+
+impl From<&DhcpConfig> for Policy {
+    /// The decision's part of a (validated) `[dhcp]` configuration.
+    fn from(c: &DhcpConfig) -> Policy {
+        Policy {
+            mode: c.mode,
+            next_server: c.next_server,
+            boot_file: c.boot_file.clone(),
+            ipxe_script: c.ipxe_script.clone(),
+            boot_non_pxe: c.boot_non_pxe,
+            rules: c.rules.clone(),
+            mtftp: c.mtftp.clone(),
+            pxe_prompt: c.pxe_prompt.clone(),
+            range: c.range,
+            netmask: c.netmask,
+            router: c.router,
+            dns: c.dns.clone(),
+            domain_name: c.domain_name.clone(),
+            lease_time: c.lease_time,
+            decline_hold: c.decline_hold,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_is_the_config_s_decision_part() {
+        let text = r#"
+            [dhcp]
+            mode = "full"
+            boot_file = "pxelinux.0"
+            ipxe_script = "boot.ipxe"
+            range = "10.0.0.100,10.0.0.150"
+            netmask = "255.255.255.0"
+            router = "10.0.0.1"
+            dns = ["10.0.0.53"]
+            domain_name = "lab"
+            lease_time = 7200
+            decline_hold = 60
+            pxe_prompt = "boot"
+            boot_non_pxe = true
+            next_server = "10.0.0.9"
+            [[dhcp.rule]]
+            arch = ["efi-x64"]
+            boot_file = "grubx64.efi"
+            [[dhcp.mtftp]]
+            file = "pxelinux.0"
+        "#;
+        let cfg = DhcpConfig::from_toml_document(text).unwrap();
+        let p = Policy::from(&cfg);
+        assert_eq!(p.mode, DhcpMode::Full);
+        assert_eq!(p.boot_file.as_deref(), Some("pxelinux.0"));
+        assert_eq!(p.ipxe_script.as_deref(), Some("boot.ipxe"));
+        assert_eq!(p.range, cfg.range);
+        assert_eq!(p.netmask, cfg.netmask);
+        assert_eq!(p.router, cfg.router);
+        assert_eq!(p.dns, cfg.dns);
+        assert_eq!(p.domain_name.as_deref(), Some("lab"));
+        assert_eq!(p.lease_time, std::time::Duration::from_secs(7200));
+        assert_eq!(p.decline_hold, std::time::Duration::from_secs(60));
+        assert_eq!(p.pxe_prompt, "boot");
+        assert!(p.boot_non_pxe);
+        assert_eq!(p.next_server, cfg.next_server);
+        assert_eq!(p.rules, cfg.rules);
+        assert_eq!(p.mtftp, cfg.mtftp);
+        // The defaults agree too.
+        assert_eq!(Policy::from(&DhcpConfig::default()), Policy::default());
+    }
+}

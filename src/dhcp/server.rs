@@ -31,14 +31,17 @@
 //!   ends silently: a loop error (the sockets cannot be polled any more) is logged at ERROR
 //!   before the thread returns, and a panic is logged at ERROR and carried on to `join`.
 
-use super::config::{same_subnet, DhcpConfig, DhcpMode};
-use super::decide::{client_key, decide_noted, mac_str, Context, Destination, Note, ServerPort};
-use super::leases::{LeaseState, LeaseStore};
-use super::limit::{Admission, Refused};
+use super::config::{ConfigError, DhcpConfig};
+use super::store::{LeaseFileError, LeaseStore};
 use super::sys::{self, IfAddr, RecvInfo};
-use super::wire::{self, Malformed};
+use crate::proto::dhcp::decide::{
+    client_key, decide_noted, mac_str, Context, Destination, Note, ServerPort,
+};
+use crate::proto::dhcp::leases::LeaseState;
+use crate::proto::dhcp::limit::{Admission, Refused};
+use crate::proto::dhcp::policy::{same_subnet, DhcpMode, Policy};
+use crate::proto::dhcp::wire::{self, Malformed};
 use crate::ratelog::LogLimit;
-use anyhow::Context as _;
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use socket2::Socket;
 use std::io;
@@ -52,7 +55,7 @@ use std::time::{Duration, Instant, SystemTime};
 /// How often full mode looks for another DHCP server.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(600);
 /// Requests accepted per second from one hardware address by default.
-pub const PER_CLIENT_RATE: u32 = super::limit::DEFAULT_CLIENT_RATE;
+pub const PER_CLIENT_RATE: u32 = crate::proto::dhcp::limit::DEFAULT_CLIENT_RATE;
 /// Datagrams read from one socket per turn.
 pub const BATCH: usize = 64;
 /// Lease-confirming replies that may wait for one save.
@@ -69,24 +72,22 @@ const POLL_FAILURES: u32 = 10;
 /// ends only after `shutdown`, or after logging at ERROR why it stopped (see the module
 /// contract). Errors name what to fix: a port in use, missing privileges, an interface without
 /// address, a bad config, an unreadable lease file.
-pub fn spawn(cfg: DhcpConfig, shutdown: Arc<AtomicBool>) -> anyhow::Result<JoinHandle<()>> {
+pub fn spawn(cfg: DhcpConfig, shutdown: Arc<AtomicBool>) -> Result<JoinHandle<()>, SpawnError> {
     let mut cfg = cfg;
     if cfg.mode == DhcpMode::Off {
         return Ok(std::thread::spawn(|| {}));
     }
-    cfg.resolve_interface()?;
+    cfg.resolve_interface()
+        .map_err(|e| SpawnError::Interface(format!("{e:#}")))?;
     cfg.validate()?;
+    let policy = Policy::from(&cfg);
     let dev = cfg.interface.as_deref();
-    let s67 = sys::udp_socket(67, dev).with_context(|| {
-        format!(
-            "binding UDP 0.0.0.0:67{} for DHCP: needs root or CAP_NET_BIND_SERVICE (and SO_BINDTODEVICE needs CAP_NET_RAW); in full mode no other DHCP server may run on this host",
-            dev.map(|d| format!(" on {d}")).unwrap_or_default()
-        )
+    let s67 = sys::udp_socket(67, dev).map_err(|source| SpawnError::Port67 {
+        on: dev.map(|d| format!(" on {d}")).unwrap_or_default(),
+        source,
     })?;
     let s4011 = if cfg.mode == DhcpMode::Proxy {
-        Some(sys::udp_socket(4011, dev).context(
-            "binding UDP 0.0.0.0:4011 for the PXE boot server: is another PXE server running here?",
-        )?)
+        Some(sys::udp_socket(4011, dev).map_err(SpawnError::Port4011)?)
     } else {
         None
     };
@@ -119,6 +120,7 @@ pub fn spawn(cfg: DhcpConfig, shutdown: Arc<AtomicBool>) -> anyhow::Result<JoinH
     let now = Instant::now();
     let mut driver = Driver {
         admission: Admission::new(cfg.client_rate, cfg.segment_rate, now),
+        policy,
         pollfds: [sys::pollin(&s67); 3],
         which: [Which::S67; 3],
         npoll: 0,
@@ -170,8 +172,33 @@ pub fn spawn(cfg: DhcpConfig, shutdown: Arc<AtomicBool>) -> anyhow::Result<JoinH
                 }
             }
         })
-        .context("starting the DHCP thread")?;
+        .map_err(SpawnError::Thread)?;
     Ok(handle)
+}
+
+/// Why the responder did not start; each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The interface's address could not be found (see `DhcpConfig::resolve_interface`).
+    #[error("{0}")]
+    Interface(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("binding UDP 0.0.0.0:67{on} for DHCP: needs root or CAP_NET_BIND_SERVICE (and SO_BINDTODEVICE needs CAP_NET_RAW); in full mode no other DHCP server may run on this host")]
+    Port67 {
+        /// ` on IFACE` when an interface is configured.
+        on: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "binding UDP 0.0.0.0:4011 for the PXE boot server: is another PXE server running here?"
+    )]
+    Port4011(#[source] io::Error),
+    #[error(transparent)]
+    Leases(#[from] LeaseFileError),
+    #[error("starting the DHCP thread")]
+    Thread(#[source] io::Error),
 }
 
 /// Why the DHCP loop gave up.
@@ -377,6 +404,8 @@ struct Outgoing {
 
 struct Driver {
     cfg: DhcpConfig,
+    /// What the decision reads (from `cfg`).
+    policy: Policy,
     s67: Socket,
     s4011: Option<Socket>,
     s68: Option<Socket>,
@@ -658,7 +687,7 @@ impl Driver {
             source: info.source,
             now: SystemTime::now(),
         };
-        let decision = decide_noted(&req, &ctx, &mut self.state, &self.cfg);
+        let decision = decide_noted(&req, &ctx, &mut self.state, &self.policy);
         if let Some(note) = decision.note {
             log_note(&mut self.logs, note, &req, now);
         }
@@ -854,7 +883,7 @@ mod tests {
 
     #[test]
     fn group_commit_sends_an_ack_only_once_its_lease_is_saved() {
-        let key = |n: u8| crate::dhcp::leases::ClientKey::new(None, 1, &[2, 0, 0, 0, 0, n]);
+        let key = |n: u8| crate::proto::dhcp::leases::ClientKey::new(None, 1, &[2, 0, 0, 0, 0, n]);
         let ip = |n: u8| Ipv4Addr::new(10, 0, 0, n);
         let mut st = LeaseState::new();
         // Three bindings decided in one turn, their ACKs waiting, and an OFFER that went out.

@@ -5,6 +5,7 @@
 
 pub mod block;
 pub mod client;
+pub mod dhcp;
 pub mod mcclient;
 pub mod multicast;
 pub mod netascii;

@@ -306,7 +306,7 @@ mod tests {
 
     #[test]
     fn one_mac_flooding_is_held_to_its_rate_and_starves_nobody() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let mut a = Admission::new(20, 1000, t0);
         let (mut flood_ok, mut other_ok, mut other_sent) = (0, 0, 0);
         // 10,000 requests/s from one MAC for 5 s; another client asks twice a second.
@@ -327,7 +327,7 @@ mod tests {
 
     #[test]
     fn random_macs_flooding_a_segment_spare_known_clients_and_other_segments() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let mut a = Admission::new(20, 1000, t0);
         let mut flood_ok = 0u64;
         let (mut known_ok, mut relayed_ok, mut asked) = (0, 0, 0);
@@ -359,7 +359,7 @@ mod tests {
 
     #[test]
     fn a_flooding_relay_does_not_starve_another_relay_or_the_local_link() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let mut a = Admission::new(20, 1000, t0);
         // Both relays are known before the flood.
         assert!(a.admit(t0, 1, &mac(1), RELAY_A, false).is_ok());
@@ -390,7 +390,7 @@ mod tests {
 
     #[test]
     fn forged_relay_addresses_share_one_small_bucket_and_cannot_evict_live_relays() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let mut a = Admission::new(20, 1000, t0);
         assert!(a.admit(t0, 1, &mac(1), RELAY_B, false).is_ok());
         let t1 = t0 + Duration::from_secs(1);
@@ -415,7 +415,7 @@ mod tests {
 
     #[test]
     fn client_table_is_bounded_and_a_flooder_stays_in_it() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let mut a = Admission::new(20, 1_000_000, t0);
         let mut flood_ok = 0;
         // 100,000 distinct MACs interleaved with one MAC at 1,000/s, for 10 s.

@@ -1,17 +1,64 @@
-//! DHCP on the wire: a checked entry in front of dhcproto, the encoder with BOOTP padding, and
-//! the PXE vendor options (option 43, PXE 2.1 section 2.2.5 / table 2-1).
+//! DHCP on the wire: a checked entry in front of dhcproto, the encoder with BOOTP padding, the
+//! PXE vendor options (option 43, PXE 2.1 section 2.2.5 / table 2-1), the client architecture
+//! (option 93) and the requests PXE firmware sends.
 //!
 //! Contract:
 //! - [`parse_request`] accepts any byte slice and never panics: it checks the fixed header
 //!   (length, `op` = BOOTREQUEST, `hlen` <= 16, magic cookie) and walks the options TLVs
 //!   (lengths inside the datagram, fixed-length options the right size) before dhcproto decodes
 //!   the message, so no option can reach a decoder path that would assert or overflow.
+//!   [`parse_any`] does the same for BOOTREPLY too (a client reading answers).
 //! - [`encode`] writes a message and pads it to the 300-byte BOOTP minimum (RFC 1542 2.1).
 //! - [`pxe_vendor_options`] builds option 43 and refuses anything over 255 bytes.
+//! - [`pxe_discover`], [`pxe_request`] and [`pxe_boot_request`] build what EDK2 (UEFI) or a BIOS
+//!   PXE ROM sends according to the architecture (options 53, 55, 57, 60, 93, 94, 97, broadcast
+//!   flag); [`as_ipxe`] marks a request as a chainloaded iPXE's. Pure constructors, for the
+//!   client machine ([`super::client`]) and for tests.
 
-use super::config::{ClientArch, MtftpConfig};
-use dhcproto::v4::{DhcpOption, Message, OptionCode, MAGIC};
+use super::policy::MtftpConfig;
+use dhcproto::v4::{
+    Architecture, DhcpOption, Flags, HType, Message, MessageType, OptionCode, MAGIC,
+};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use std::net::Ipv4Addr;
+
+/// Client system architecture, DHCP option 93 (RFC 4578 section 2.1, IANA "Processor
+/// Architecture Types"). Unknown values are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientArch(pub u16);
+
+impl ClientArch {
+    pub const BIOS: ClientArch = ClientArch(0);
+    pub const EFI_IA32: ClientArch = ClientArch(6);
+    pub const EFI_X64: ClientArch = ClientArch(7);
+    /// x64 UEFI as some firmware sends it (the old "EFI BC" number).
+    pub const EFI_BC: ClientArch = ClientArch(9);
+    pub const EFI_ARM32: ClientArch = ClientArch(10);
+    pub const EFI_ARM64: ClientArch = ClientArch(11);
+    pub const HTTP_IA32: ClientArch = ClientArch(15);
+    pub const HTTP_X64: ClientArch = ClientArch(16);
+    pub const HTTP_ARM32: ClientArch = ClientArch(18);
+    pub const HTTP_ARM64: ClientArch = ClientArch(19);
+
+    /// The names accepted in `arch = [...]`, each with the option 93 values it matches.
+    pub const NAMES: &'static [(&'static str, &'static [u16])] = &[
+        ("bios", &[0]),
+        ("efi-ia32", &[6]),
+        ("efi-x64", &[7, 9]),
+        ("efi-bc", &[9]),
+        ("efi-arm32", &[10]),
+        ("efi-arm64", &[11]),
+        ("http-ia32", &[15]),
+        ("http-x64", &[16]),
+        ("http-arm32", &[18]),
+        ("http-arm64", &[19]),
+    ];
+
+    /// Whether this is a UEFI HTTP boot client (vendor class `HTTPClient`).
+    pub fn is_http(self) -> bool {
+        matches!(self.0, 15 | 16 | 18 | 19)
+    }
+}
 
 /// Size of the fixed BOOTP header before the magic cookie (RFC 2131 figure 1).
 pub const HEADER_LEN: usize = 236;
@@ -59,11 +106,11 @@ pub fn parse_request(bytes: &[u8]) -> Result<Message, Malformed> {
 /// from the fixed header only (for admission before the options are decoded). `None` when the
 /// datagram is too short, not a request or has `hlen` over 16; [`parse_request`] still checks
 /// everything else.
-pub fn peek_request(bytes: &[u8]) -> Option<(u8, &[u8], std::net::Ipv4Addr)> {
+pub fn peek_request(bytes: &[u8]) -> Option<(u8, &[u8], Ipv4Addr)> {
     if bytes.len() < HEADER_LEN + MAGIC.len() || bytes[0] != 1 || bytes[2] > 16 {
         return None;
     }
-    let giaddr = std::net::Ipv4Addr::new(bytes[24], bytes[25], bytes[26], bytes[27]);
+    let giaddr = Ipv4Addr::new(bytes[24], bytes[25], bytes[26], bytes[27]);
     Some((bytes[1], &bytes[28..28 + usize::from(bytes[2])], giaddr))
 }
 
@@ -141,18 +188,24 @@ fn check_run(run: Option<(u8, usize)>) -> Result<(), Malformed> {
     }
 }
 
-/// Encode `msg` padded to [`MIN_LEN`].
+/// Encode `msg` padded to [`MIN_LEN`] (empty if a field is over its size, which the builders in
+/// this module never produce).
 pub fn encode(msg: &Message) -> Vec<u8> {
     let mut buf = Vec::with_capacity(MIN_LEN);
-    let mut e = Encoder::new(&mut buf);
-    // Only fails on a field over its size, which the builders in this module never produce.
+    encode_into(msg, &mut buf);
+    buf
+}
+
+/// [`encode`] into a reused buffer (cleared first).
+pub fn encode_into(msg: &Message, buf: &mut Vec<u8>) {
+    buf.clear();
+    let mut e = Encoder::new(buf);
     if msg.encode(&mut e).is_err() {
         buf.clear();
     }
     if !buf.is_empty() && buf.len() < MIN_LEN {
         buf.resize(MIN_LEN, 0);
     }
-    buf
 }
 
 /// PXE vendor sub-option tags (PXE 2.1 table 2-1).
@@ -328,6 +381,109 @@ pub fn user_class_has(raw: &[u8], class: &str) -> bool {
     false
 }
 
+/// The parameter request list EDK2 sends (PxeBcBuildDhcp4Options).
+const PRL: &[u8] = &[
+    1, 2, 3, 4, 5, 6, 12, 13, 15, 17, 18, 22, 23, 28, 40, 41, 42, 43, 50, 51, 54, 58, 59, 60, 66,
+    67, 97, 128, 129, 130, 131, 132, 133, 134, 135,
+];
+
+/// A 17-byte option 97 (type 0 + a UUID derived from the MAC, stable per machine).
+pub fn machine_id(mac: [u8; 6]) -> Vec<u8> {
+    let mut v = vec![0u8; 17];
+    v[1..7].copy_from_slice(&mac);
+    v[11..17].copy_from_slice(&mac);
+    v
+}
+
+fn firmware_base(mac: [u8; 6], arch: ClientArch, xid: u32, ty: MessageType) -> Message {
+    let mut m = Message::new_with_id(
+        xid,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &mac,
+    );
+    m.set_htype(HType::Eth)
+        .set_flags(Flags::default().set_broadcast());
+    let undi = if arch == ClientArch::BIOS {
+        "002001"
+    } else {
+        "003000"
+    };
+    let o = m.opts_mut();
+    o.insert(DhcpOption::MessageType(ty));
+    o.insert(DhcpOption::MaxMessageSize(1472));
+    o.insert(DhcpOption::ParameterRequestList(
+        PRL.iter().map(|c| OptionCode::from(*c)).collect(),
+    ));
+    o.insert(DhcpOption::ClassIdentifier(
+        format!("PXEClient:Arch:{:05}:UNDI:{undi}", arch.0).into_bytes(),
+    ));
+    o.insert(DhcpOption::ClientSystemArchitecture(Architecture::from(
+        arch.0,
+    )));
+    let (maj, min) = if arch == ClientArch::BIOS {
+        (2, 1)
+    } else {
+        (3, 0)
+    };
+    o.insert(DhcpOption::ClientNetworkInterface(1, maj, min));
+    o.insert(DhcpOption::ClientMachineIdentifier(machine_id(mac)));
+    m
+}
+
+/// A PXE DHCPDISCOVER as firmware of `arch` sends it.
+pub fn pxe_discover(mac: [u8; 6], arch: ClientArch, xid: u32) -> Message {
+    firmware_base(mac, arch, xid, MessageType::Discover)
+}
+
+/// The DHCPREQUEST that takes `offer` (SELECTING: options 50 and 54 from the offer).
+pub fn pxe_request(offer: &Message, mac: [u8; 6], arch: ClientArch, xid: u32) -> Message {
+    let mut m = firmware_base(mac, arch, xid, MessageType::Request);
+    m.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+    if let Some(DhcpOption::ServerIdentifier(s)) = offer.opts().get(OptionCode::ServerIdentifier) {
+        m.opts_mut().insert(DhcpOption::ServerIdentifier(*s));
+    }
+    m
+}
+
+/// The boot-server REQUEST sent to port 4011 by a client that has address `ciaddr`; with
+/// `boot_item` (type, layer) the PXE sub-option 71 is included, as EDK2 does after discovery.
+pub fn pxe_boot_request(
+    mac: [u8; 6],
+    arch: ClientArch,
+    xid: u32,
+    ciaddr: Ipv4Addr,
+    boot_item: Option<(u16, u16)>,
+) -> Message {
+    let mut m = firmware_base(mac, arch, xid, MessageType::Request);
+    m.set_ciaddr(ciaddr).set_flags(Flags::default());
+    if let Some((ty, layer)) = boot_item {
+        let mut item = [0u8; 4];
+        item[..2].copy_from_slice(&ty.to_be_bytes());
+        item[2..].copy_from_slice(&layer.to_be_bytes());
+        let mut v = VendorOptions::default();
+        v.push(pxe_tag::BOOT_ITEM, &item);
+        if let Ok(v) = v.finish() {
+            m.opts_mut().insert(DhcpOption::VendorExtensions(v));
+        }
+    }
+    m
+}
+
+/// Mark a request as coming from a chainloaded iPXE (option 77 `iPXE`, option 175).
+pub fn as_ipxe(mut m: Message) -> Message {
+    m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    m.opts_mut()
+        .insert(DhcpOption::Unknown(dhcproto::v4::UnknownOption::new(
+            OptionCode::from(175u8),
+            vec![0xb1, 1, 1],
+        )));
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,5 +606,52 @@ mod tests {
         let out = encode(&m);
         assert_eq!(out.len(), MIN_LEN);
         assert_eq!(&out[..240], &b[..240]);
+    }
+
+    #[test]
+    fn firmware_requests_parse_back_as_the_firmware_sends_them() {
+        let mac = [0x52, 0x54, 0, 1, 2, 3];
+        let d = parse_request(&encode(&pxe_discover(mac, ClientArch::EFI_X64, 7))).unwrap();
+        assert_eq!(d.opts().msg_type(), Some(MessageType::Discover));
+        assert_eq!(d.xid(), 7);
+        assert!(d.flags().broadcast());
+        let info = ClientInfo::of(&d);
+        assert!(info.pxe && !info.ipxe);
+        assert_eq!(info.arch, Some(ClientArch::EFI_X64));
+        assert_eq!(info.uuid, Some(machine_id(mac)));
+        match d.opts().get(OptionCode::ClassIdentifier) {
+            Some(DhcpOption::ClassIdentifier(v)) => {
+                assert_eq!(v, b"PXEClient:Arch:00007:UNDI:003000")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The REQUEST takes the offer's address and server.
+        let mut offer = d.clone();
+        offer.set_yiaddr(Ipv4Addr::new(10, 0, 0, 9));
+        offer
+            .opts_mut()
+            .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 0, 1)));
+        let r = pxe_request(&offer, mac, ClientArch::BIOS, 8);
+        assert_eq!(r.opts().msg_type(), Some(MessageType::Request));
+        assert!(matches!(
+            r.opts().get(OptionCode::RequestedIpAddress),
+            Some(DhcpOption::RequestedIpAddress(ip)) if *ip == Ipv4Addr::new(10, 0, 0, 9)
+        ));
+        assert!(matches!(
+            r.opts().get(OptionCode::ServerIdentifier),
+            Some(DhcpOption::ServerIdentifier(ip)) if *ip == Ipv4Addr::new(10, 0, 0, 1)
+        ));
+        // The boot-server REQUEST: unicast, ciaddr, sub-option 71; iPXE says so.
+        let ci = Ipv4Addr::new(10, 0, 0, 9);
+        let b = as_ipxe(pxe_boot_request(mac, ClientArch::BIOS, 9, ci, Some((0, 0))));
+        let b = parse_request(&encode(&b)).unwrap();
+        assert_eq!(b.ciaddr(), ci);
+        assert!(!b.flags().broadcast());
+        let info = ClientInfo::of(&b);
+        assert_eq!(info.boot_item, Some([0, 0, 0, 0]));
+        assert!(info.ipxe);
+        let mut reused = Vec::new();
+        encode_into(&b, &mut reused);
+        assert_eq!(reused, encode(&b));
     }
 }
