@@ -13,13 +13,13 @@
 #![no_main]
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
 use libfuzzer_sys::fuzz_target;
-use ringboot::dhcp::client::{as_ipxe, pxe_discover, pxe_request};
 use ringboot::dhcp::config::{BootRule, ClientArch, MtftpConfig};
-use ringboot::dhcp::leases::LeaseKind;
-use ringboot::dhcp::wire::{self, parse_any, parse_request};
-use ringboot::dhcp::{
-    decide, Context, Destination, DhcpConfig, DhcpMode, LeaseState, Reply, ServerPort,
+use ringboot::dhcp::{DhcpConfig, DhcpMode};
+use ringboot::proto::dhcp::leases::LeaseKind;
+use ringboot::proto::dhcp::wire::{
+    self, as_ipxe, parse_any, parse_request, pxe_discover, pxe_request,
 };
+use ringboot::proto::dhcp::{Context, Destination, LeaseState, Policy, Reply, ServerPort};
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::OnceLock;
@@ -105,6 +105,11 @@ fn from_client(at: u64) -> Context {
         SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
         at,
     )
+}
+
+/// The decision with `cfg`'s policy (the driver builds the policy once at start).
+fn decide(req: &Message, c: &Context, st: &mut LeaseState, cfg: &DhcpConfig) -> Option<Reply> {
+    ringboot::proto::dhcp::decide(req, c, st, &Policy::from(cfg))
 }
 
 /// Run `m` through its wire form, as the driver does.
