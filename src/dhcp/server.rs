@@ -74,8 +74,12 @@ pub fn spawn(cfg: DhcpConfig, shutdown: Arc<AtomicBool>) -> anyhow::Result<JoinH
     if cfg.mode == DhcpMode::Off {
         return Ok(std::thread::spawn(|| {}));
     }
-    cfg.resolve_interface()?;
-    cfg.validate()?;
+    let ifs = if cfg.needs_addresses() {
+        sys::interfaces().context("listing network interfaces (getifaddrs)")?
+    } else {
+        Vec::new()
+    };
+    cfg.resolve_addresses(&ifs)?;
     let dev = cfg.interface.as_deref();
     let s67 = sys::udp_socket(67, dev).with_context(|| {
         format!(
