@@ -137,7 +137,12 @@ impl<const UNIT_MS: u64, const LO: u64, const HI: u64> Dur<UNIT_MS, LO, HI> {
 
     fn expecting() -> String {
         let u = Self::unit();
-        format!("a duration in {LO}{u}..={HI}{u} (an integer counts in {u}; or a string such as \"200ms\", \"3s\", \"5m\", \"1h\")")
+        let range = if HI >= u32::MAX as u64 {
+            String::new()
+        } else {
+            format!(" in {LO}{u}..={HI}{u}")
+        };
+        format!("a duration{range} (an integer counts in {u}; or a string such as \"200ms\", \"3s\", \"5m\", \"1h\")")
     }
 
     /// `ms` milliseconds, checked to be whole units within the range.
