@@ -13,7 +13,7 @@
 //!   [`MAX_PROBLEMS`]). Each problem names the key (`dhcp.rule[0].arch`), the line and column, and
 //!   what was expected. Pure: the caller reads the file.
 
-use super::value::{self};
+use super::value;
 use super::{LogFormat, Problem};
 use super::{MaxBlksize, MaxWindow, MaxWindowBytes, McCap, McTimeout, McWindow, MinRto};
 use super::{Retries, Timeout, TransferCap, Ttl, Workers};
