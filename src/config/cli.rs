@@ -60,7 +60,7 @@ pub struct ServeArgs {
     /// Directory to serve; requests cannot leave it (or the config key `root`).
     #[arg(long, value_name = "DIR", required_unless_present = "config")]
     pub root: Option<PathBuf>,
-    /// Address to listen on; repeatable. Default: 0.0.0.0:69 and [::]:69.
+    /// Address to listen on; repeatable. Default: `0.0.0.0:69` and `[::]:69`.
     #[arg(long, value_name = "ADDR:PORT", value_parser = value::socket_addr)]
     pub listen: Option<Vec<SocketAddr>>,
     /// Worker threads, each with its own listening socket. Default: one per CPU.
