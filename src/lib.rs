@@ -5,7 +5,9 @@
 //! - [`store`]: the memory-mapped file store with a path jail.
 //! - [`server`]: the drivers: per-core io_uring workers and the epoll fallback.
 //! - [`metrics`]: the metrics registry, the status model and page, and their HTTP machine.
+//! - [`config`]: the one config model (file and flags, merged, validated once).
 
+pub mod config;
 pub mod dhcp;
 #[doc(hidden)]
 pub mod fuzzing;

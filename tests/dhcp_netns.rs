@@ -23,7 +23,7 @@ mod netns;
 
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use netns::{preflight, sh, unique_id};
-use ringboot::dhcp::{DhcpConfig, DhcpMode};
+use ringboot::dhcp::DhcpConfig;
 use ringboot::proto::dhcp::wire::{self, as_ipxe, pxe_boot_request, pxe_discover, ClientArch};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::ffi::OsString;
@@ -122,11 +122,15 @@ impl Lab {
             let shutdown = self.shutdown.clone();
             let lease = state.join("dhcp.leases");
             let h = in_netns(ns, move || {
-                let mode: DhcpMode = mode.parse().unwrap();
-                let mut cfg =
-                    DhcpConfig::from_cli(mode, Some(&iface), Some("pxelinux.0"), range.as_deref())
-                        .expect("config");
-                cfg.lease_file = Some(lease);
+                let cfg = DhcpConfig {
+                    mode: mode.parse().unwrap(),
+                    interface: Some(iface),
+                    boot_file: Some("pxelinux.0".into()),
+                    range: range.map(|r| r.parse().unwrap()),
+                    lease_file: Some(lease),
+                    ..DhcpConfig::default()
+                };
+                // spawn fills the address and mask from the interface.
                 ringboot::dhcp::spawn(cfg, shutdown).expect("spawn")
             });
             self.threads.push(h);

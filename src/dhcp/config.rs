@@ -1,27 +1,26 @@
-//! The DHCP responder's configuration: the `[dhcp]` TOML section and the `--dhcp*` flags.
+//! The DHCP responder's configuration: the `[dhcp]` TOML section (the `--dhcp*` flags set some
+//! of its keys; [`crate::config`] merges them).
 //!
 //! Contract:
 //! - [`DhcpConfig`] deserializes from the `[dhcp]` table (keys named like the flags: `mode`,
 //!   `interface`, `boot_file`, `range`, ...; boot rules as `[[dhcp.rule]]`, multicast files as
-//!   `[[dhcp.mtftp]]`) and is built from the flags by [`DhcpConfig::from_cli`].
-//! - [`DhcpConfig::validate`] names every mistake a user can make (a range outside its subnet, a
+//!   `[[dhcp.mtftp]]`). Its `Default` holds the defaults of every key.
+//! - [`DhcpConfig::problems`] names every mistake a user can make (a range outside its subnet, a
 //!   boot file too long for the header, an option 43 over 255 bytes) before a socket is opened.
-//! - [`DhcpConfig::resolve_interface`] fills the server address, mask and router from the
-//!   interface (`getifaddrs`); it is the only part that touches the system.
+//! - No I/O: [`DhcpConfig::resolve_addresses`] fills the server address, mask and router from a
+//!   list of interface addresses that the caller read from the system at start.
+
+use super::sys::IfAddr;
+use serde::Deserialize;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 pub use crate::proto::dhcp::policy::{
     looks_like_ipxe_binary, prefix_to_mask, same_subnet, ArchMatch, BootRule, DhcpMode, Ipv4Cidr,
     MacMatch, MtftpConfig, PoolRange, MAX_POOL,
 };
 pub use crate::proto::dhcp::wire::ClientArch;
-use serde::{Deserialize, Deserializer};
-use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::time::Duration;
-
-fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    Ok(Duration::from_secs(u64::deserialize(d)?))
-}
 
 /// The `[dhcp]` section. Every field has a default; [`DhcpConfig::validate`] checks the whole.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -52,18 +51,19 @@ pub struct DhcpConfig {
     pub range: Option<PoolRange>,
     /// Full mode: subnet mask (default: the interface's).
     pub netmask: Option<Ipv4Addr>,
-    /// Full mode: default gateway (default: none; `from_cli` uses the interface's address
-    /// when the host routes).
+    /// Full mode: default gateway (default: the server's address, see
+    /// [`DhcpConfig::resolve_addresses`]).
     pub router: Option<Ipv4Addr>,
     /// Full mode: DNS servers.
     pub dns: Vec<Ipv4Addr>,
     /// Full mode: domain name (option 15).
     pub domain_name: Option<String>,
-    /// Full mode: lease time, seconds (default 3600).
-    #[serde(deserialize_with = "seconds")]
+    /// Full mode: lease time; an integer counts seconds, or `"12h"` (default 3600).
+    #[serde(deserialize_with = "crate::config::value::seconds")]
     pub lease_time: Duration,
-    /// Full mode: how long a declined address stays out of the pool, seconds (default 600).
-    #[serde(deserialize_with = "seconds")]
+    /// Full mode: how long a declined address stays out of the pool; an integer counts seconds
+    /// (default 600).
+    #[serde(deserialize_with = "crate::config::value::seconds")]
     pub decline_hold: Duration,
     /// Full mode: where leases are kept (default `$STATE_DIRECTORY/dhcp.leases`, else
     /// `/var/lib/ringboot/dhcp.leases`).
@@ -133,14 +133,19 @@ pub enum ConfigError {
     BootFileTooLong(String),
     #[error("PXE vendor options (option 43) for {file:?} would take {len} bytes; at most 255 fit: shorten pxe_prompt")]
     Option43TooLong { file: String, len: usize },
-    #[error("lease time must be between 60 s and 49 days (got {0} s)")]
+    #[error("[dhcp] lease_time must be between 60 s and 49 days (got {0} s)")]
     LeaseTime(u64),
-    #[error("{key} must be at least 1 request per second (got {value})")]
+    #[error("[dhcp] {key} must be at least 1 request per second (got {value})")]
     Rate { key: &'static str, value: u32 },
+    #[error("interface {0:?} has no IPv4 address: give it one (ip addr add ... dev {0}) or name another with --dhcp-interface")]
+    NoInterfaceAddress(String),
+    #[error("no interface has an address in the subnet of the DHCP range {start}-{end}: add one or give --dhcp-interface")]
+    NoInterfaceForRange { start: Ipv4Addr, end: Ipv4Addr },
 }
 
 impl DhcpConfig {
-    /// Parse a whole config file and take its `[dhcp]` table (absent: the defaults).
+    /// Parse a document and take its `[dhcp]` table (absent: the defaults), ignoring the other
+    /// tables: for tests and tools. The server reads the whole file through [`crate::config`].
     pub fn from_toml_document(text: &str) -> Result<DhcpConfig, toml::de::Error> {
         // Other sections belong to other parts of ringboot: serde skips them.
         #[derive(Deserialize)]
@@ -151,75 +156,71 @@ impl DhcpConfig {
         Ok(toml::from_str::<Doc>(text)?.dhcp)
     }
 
-    /// Build the configuration from the command-line flags `--dhcp MODE --dhcp-interface IF
-    /// --boot-file FILE --dhcp-range START,END`. Server address, mask and router default from
-    /// the interface (read with `getifaddrs`); the result is validated.
-    pub fn from_cli(
-        mode: DhcpMode,
-        interface: Option<&str>,
-        boot_file: Option<&str>,
-        range: Option<&str>,
-    ) -> anyhow::Result<DhcpConfig> {
-        let mut cfg = DhcpConfig {
-            mode,
-            interface: interface.map(str::to_owned),
-            boot_file: boot_file.map(str::to_owned),
-            range: range.map(str::parse).transpose()?,
-            ..DhcpConfig::default()
-        };
-        if mode == DhcpMode::Off {
-            return Ok(cfg);
-        }
-        cfg.resolve_interface()?;
-        if mode == DhcpMode::Full && cfg.router.is_none() {
-            // An isolated lab: the server is the only way out, if any.
-            cfg.router = cfg.server_ip;
-        }
-        cfg.validate()?;
-        Ok(cfg)
+    /// Whether [`DhcpConfig::resolve_addresses`] needs the host's interface list: the responder
+    /// is on and the server address (and in full mode the mask) is not configured.
+    pub fn needs_addresses(&self) -> bool {
+        self.mode != DhcpMode::Off
+            && !(self.server_ip.is_some()
+                && (self.netmask.is_some() || self.mode != DhcpMode::Full))
     }
 
-    /// Fill `server_ip` and `netmask` from the interface when they are not set (full mode needs
-    /// them; proxy mode uses the receiving interface's address per request anyway).
-    pub fn resolve_interface(&mut self) -> anyhow::Result<()> {
-        use anyhow::Context as _;
-        if self.server_ip.is_some() && (self.netmask.is_some() || self.mode != DhcpMode::Full) {
-            return Ok(());
-        }
-        let ifs = super::sys::interfaces().context("listing network interfaces (getifaddrs)")?;
-        let pick = match (&self.interface, self.range) {
-            (Some(name), _) => ifs.iter().find(|i| &i.name == name).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "interface {name:?} has no IPv4 address: give it one (ip addr add ... dev {name}) or name another with --dhcp-interface"
-                )
-            })?,
-            (None, Some(r)) => ifs
-                .iter()
-                .find(|i| same_subnet(i.addr, r.start, i.netmask))
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "no interface has an address in the subnet of the DHCP range {}-{}: add one or give --dhcp-interface",
-                        r.start,
-                        r.end
-                    )
-                })?,
-            (None, None) => return Ok(()),
-        };
-        self.server_ip.get_or_insert(pick.addr);
-        self.netmask.get_or_insert(pick.netmask);
-        Ok(())
-    }
-
-    /// Check the whole configuration; see [`ConfigError`].
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Fill what the configuration leaves to the host, from `ifs` (the IPv4 addresses of the
+    /// interfaces that are up, read at start): the server address and mask from the named
+    /// interface, or from the one whose subnet holds the range (proxy mode uses the receiving
+    /// interface's address per request anyway); in full mode the router defaults to the server
+    /// (an isolated lab: the server is the only way out, if any). Then the whole is checked
+    /// again ([`DhcpConfig::validate`]), now that the subnet is known.
+    pub fn resolve_addresses(&mut self, ifs: &[IfAddr]) -> Result<(), ConfigError> {
         if self.mode == DhcpMode::Off {
             return Ok(());
+        }
+        if self.needs_addresses() {
+            let pick = match (&self.interface, self.range) {
+                (Some(name), _) => Some(
+                    ifs.iter()
+                        .find(|i| &i.name == name)
+                        .ok_or_else(|| ConfigError::NoInterfaceAddress(name.clone()))?,
+                ),
+                (None, Some(r)) => Some(
+                    ifs.iter()
+                        .find(|i| same_subnet(i.addr, r.start, i.netmask))
+                        .ok_or(ConfigError::NoInterfaceForRange {
+                            start: r.start,
+                            end: r.end,
+                        })?,
+                ),
+                (None, None) => None,
+            };
+            if let Some(pick) = pick {
+                self.server_ip.get_or_insert(pick.addr);
+                self.netmask.get_or_insert(pick.netmask);
+            }
+        }
+        if self.mode == DhcpMode::Full && self.router.is_none() {
+            self.router = self.server_ip;
+        }
+        self.validate()
+    }
+
+    /// Check the whole configuration: the first of [`DhcpConfig::problems`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every mistake in the configuration (none when the responder is off); see [`ConfigError`].
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        if self.mode == DhcpMode::Off {
+            return out;
         }
         let any_file = self.boot_file.is_some()
             || self.ipxe_script.is_some()
             || self.rules.iter().any(|r| r.boot_file.is_some());
         if self.mode == DhcpMode::Proxy && !any_file {
-            return Err(ConfigError::NoBootFile { mode: self.mode });
+            out.push(ConfigError::NoBootFile { mode: self.mode });
         }
         let files = self.boot_file.iter().chain(self.ipxe_script.iter()).chain(
             self.rules
@@ -228,16 +229,12 @@ impl DhcpConfig {
         );
         for f in files {
             // URLs (HTTP boot, iPXE scripts) may be longer: they also go in option 67.
-            if f.len() > 127 && !f.contains("://") {
-                return Err(ConfigError::BootFileTooLong(f.clone()));
-            }
-            if f.len() > 255 {
-                return Err(ConfigError::BootFileTooLong(f.clone()));
-            }
-            if let Err(e) =
+            if (f.len() > 127 && !f.contains("://")) || f.len() > 255 {
+                out.push(ConfigError::BootFileTooLong(f.clone()));
+            } else if let Err(e) =
                 crate::proto::dhcp::wire::pxe_vendor_options(&self.pxe_prompt, self.mtftp_for(f))
             {
-                return Err(ConfigError::Option43TooLong {
+                out.push(ConfigError::Option43TooLong {
                     file: f.clone(),
                     len: e.len,
                 });
@@ -248,31 +245,35 @@ impl DhcpConfig {
             ("segment_rate", self.segment_rate),
         ] {
             if value == 0 {
-                return Err(ConfigError::Rate { key, value });
+                out.push(ConfigError::Rate { key, value });
             }
         }
         if self.mode == DhcpMode::Full {
-            let r = self.range.ok_or(ConfigError::NoRange)?;
-            if r.is_empty() || r.len() > MAX_POOL {
-                return Err(ConfigError::Range(format!("{},{}", r.start, r.end)));
-            }
-            if let (Some(ip), Some(mask)) = (self.server_ip, self.netmask) {
-                if !same_subnet(ip, r.start, mask) || !same_subnet(ip, r.end, mask) {
-                    let net = Ipv4Addr::from(u32::from(ip) & u32::from(mask));
-                    return Err(ConfigError::RangeOutsideSubnet {
-                        start: r.start,
-                        end: r.end,
-                        net,
-                        mask,
-                    });
+            match self.range {
+                None => out.push(ConfigError::NoRange),
+                Some(r) if r.is_empty() || r.len() > MAX_POOL => {
+                    out.push(ConfigError::Range(format!("{},{}", r.start, r.end)))
+                }
+                Some(r) => {
+                    if let (Some(ip), Some(mask)) = (self.server_ip, self.netmask) {
+                        if !same_subnet(ip, r.start, mask) || !same_subnet(ip, r.end, mask) {
+                            let net = Ipv4Addr::from(u32::from(ip) & u32::from(mask));
+                            out.push(ConfigError::RangeOutsideSubnet {
+                                start: r.start,
+                                end: r.end,
+                                net,
+                                mask,
+                            });
+                        }
+                    }
                 }
             }
             let lt = self.lease_time.as_secs();
             if !(60..=49 * 86400).contains(&lt) {
-                return Err(ConfigError::LeaseTime(lt));
+                out.push(ConfigError::LeaseTime(lt));
             }
         }
-        Ok(())
+        out
     }
 
     /// The MTFTP parameters configured for `file`, if any.
@@ -427,5 +428,86 @@ mod tests {
             Err(ConfigError::Option43TooLong { len, .. }) => assert!(len > 255, "{len}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn ifaddr(name: &str, addr: [u8; 4], prefix: u8) -> IfAddr {
+        IfAddr {
+            name: name.into(),
+            index: 2,
+            addr: Ipv4Addr::from(addr),
+            netmask: prefix_to_mask(prefix),
+        }
+    }
+
+    #[test]
+    fn addresses_come_from_the_interface_list() {
+        let ifs = [
+            ifaddr("lo", [127, 0, 0, 1], 8),
+            ifaddr("eth0", [192, 168, 1, 5], 24),
+            ifaddr("eth1", [10, 0, 0, 1], 24),
+        ];
+        // Full mode, interface named: address and mask from it, router defaults to it.
+        let mut cfg = DhcpConfig {
+            mode: DhcpMode::Full,
+            interface: Some("eth1".into()),
+            range: Some("10.0.0.10,10.0.0.20".parse().unwrap()),
+            boot_file: Some("pxelinux.0".into()),
+            ..DhcpConfig::default()
+        };
+        assert!(cfg.needs_addresses());
+        cfg.resolve_addresses(&ifs).unwrap();
+        assert_eq!(cfg.server_ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(cfg.netmask, Some(Ipv4Addr::new(255, 255, 255, 0)));
+        assert_eq!(cfg.router, cfg.server_ip);
+        // No interface named: the one whose subnet holds the range.
+        let mut cfg = DhcpConfig {
+            interface: None,
+            server_ip: None,
+            netmask: None,
+            router: Some(Ipv4Addr::new(10, 0, 0, 254)),
+            ..cfg
+        };
+        cfg.resolve_addresses(&ifs).unwrap();
+        assert_eq!(cfg.server_ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(cfg.router, Some(Ipv4Addr::new(10, 0, 0, 254)));
+        // The range outside the named interface's subnet is found once the subnet is known.
+        let mut wrong = DhcpConfig {
+            interface: Some("eth0".into()),
+            server_ip: None,
+            netmask: None,
+            ..cfg.clone()
+        };
+        assert!(matches!(
+            wrong.resolve_addresses(&ifs),
+            Err(ConfigError::RangeOutsideSubnet { .. })
+        ));
+        // A missing interface, or none in the range's subnet, is named.
+        let mut missing = DhcpConfig {
+            interface: Some("eth9".into()),
+            server_ip: None,
+            ..cfg.clone()
+        };
+        let e = missing.resolve_addresses(&ifs).unwrap_err();
+        assert_eq!(e, ConfigError::NoInterfaceAddress("eth9".into()));
+        assert!(e.to_string().contains("--dhcp-interface"), "{e}");
+        let mut nowhere = DhcpConfig {
+            interface: None,
+            server_ip: None,
+            range: Some("172.16.0.10,172.16.0.20".parse().unwrap()),
+            ..cfg.clone()
+        };
+        assert!(matches!(
+            nowhere.resolve_addresses(&ifs),
+            Err(ConfigError::NoInterfaceForRange { .. })
+        ));
+        // Proxy mode without interface or range needs nothing from the host.
+        let mut proxy = DhcpConfig {
+            mode: DhcpMode::Proxy,
+            boot_file: Some("pxelinux.0".into()),
+            ..DhcpConfig::default()
+        };
+        proxy.resolve_addresses(&[]).unwrap();
+        assert_eq!(proxy.server_ip, None);
+        assert!(!DhcpConfig::default().needs_addresses());
     }
 }

@@ -77,9 +77,14 @@ pub fn spawn(cfg: DhcpConfig, shutdown: Arc<AtomicBool>) -> Result<JoinHandle<()
     if cfg.mode == DhcpMode::Off {
         return Ok(std::thread::spawn(|| {}));
     }
-    cfg.resolve_interface()
-        .map_err(|e| SpawnError::Interface(format!("{e:#}")))?;
-    cfg.validate()?;
+    let ifs = if cfg.needs_addresses() {
+        sys::interfaces().map_err(|e| {
+            SpawnError::Interface(format!("listing network interfaces (getifaddrs): {e}"))
+        })?
+    } else {
+        Vec::new()
+    };
+    cfg.resolve_addresses(&ifs)?;
     let policy = Policy::from(&cfg);
     let dev = cfg.interface.as_deref();
     let s67 = sys::udp_socket(67, dev).map_err(|source| SpawnError::Port67 {
@@ -179,7 +184,7 @@ pub fn spawn(cfg: DhcpConfig, shutdown: Arc<AtomicBool>) -> Result<JoinHandle<()
 /// Why the responder did not start; each names what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    /// The interface's address could not be found (see `DhcpConfig::resolve_interface`).
+    /// The interfaces could not be listed (see `DhcpConfig::resolve_addresses`).
     #[error("{0}")]
     Interface(String),
     #[error(transparent)]
