@@ -142,6 +142,10 @@ struct Args {
     /// Interface the DHCP broadcasts leave by.
     #[arg(long)]
     dhcp_interface: Option<String>,
+    /// Interface whose counters (/sys/class/net/NAME/statistics) are read before and after the
+    /// run: the wire bytes and packets of the storm, in the report.
+    #[arg(long, value_name = "NAME")]
+    iface: Option<String>,
     /// DHCP retransmission timeout in seconds (DISCOVER, REQUEST, port-4011 REQUEST).
     #[arg(long, default_value_t = 1.0)]
     dhcp_timeout: f64,
@@ -417,6 +421,7 @@ fn run(a: Args) -> Result<bool> {
     }
     raise_fd_limit(a.clients as u64 * 2 + 256);
 
+    let iface0 = iface_before(&a)?;
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let shared = Arc::new(Shared {
@@ -479,6 +484,8 @@ fn run(a: Args) -> Result<bool> {
             elapsed,
         },
     );
+    let mut rep = rep;
+    iface_after(&a, iface0, &mut rep)?;
     if !a.quiet {
         print!("{}", rep.table());
     }
@@ -492,6 +499,24 @@ fn run(a: Args) -> Result<bool> {
         rep.write_plot(p)?;
     }
     Ok(rep.failed == 0)
+}
+
+/// `--iface`: the interface's counters before the run (a usage error when unreadable).
+fn iface_before(a: &Args) -> Result<Option<report::IfaceCounters>> {
+    a.iface.as_deref().map(report::read_iface).transpose()
+}
+
+/// `--iface`: what crossed the interface during the run, into the report.
+fn iface_after(
+    a: &Args,
+    before: Option<report::IfaceCounters>,
+    rep: &mut report::Report,
+) -> Result<()> {
+    if let (Some(name), Some(before)) = (&a.iface, before) {
+        let after = report::read_iface(name)?;
+        rep.network.iface = Some(report::iface_delta(name, before, after, rep.bytes));
+    }
+    Ok(())
 }
 
 /// Wait for the engine threads, sampling the bytes received every 250 ms (for the plot) and showing
