@@ -142,8 +142,8 @@ struct Args {
     /// Interface the DHCP broadcasts leave by.
     #[arg(long)]
     dhcp_interface: Option<String>,
-    /// Interface whose counters (/sys/class/net/NAME/statistics) are read before and after the
-    /// run: the wire bytes and packets of the storm, in the report.
+    /// Interface whose counters (/proc/net/dev) are read before and after the run: the wire
+    /// bytes and packets of the storm, in the report.
     #[arg(long, value_name = "NAME")]
     iface: Option<String>,
     /// DHCP retransmission timeout in seconds (DISCOVER, REQUEST, port-4011 REQUEST).
