@@ -56,16 +56,17 @@
 //! Round trips: a window's round trip is measured from the send of its *last piece*; the
 //! serialization of that piece at the pacing rate is taken off (at most half the sample), so a
 //! window's sample and an OACK's compare. Clean samples (Karn's rule: everything acknowledged
-//! was sent once, no probe since) set the path's shortest round trip; the time since the flow's
-//! latest send (a lower bound even after resends) feeds the standing-queue signal, so flows that
-//! resend still report a queue. A phase without any sample holds the rate (no cut, no growth),
-//! unless none came for 8 phases (very large windows ACK rarely): then the rate creeps up blind.
+//! was sent once, no probe since) set the path's shortest round trip. A standing queue is proven
+//! when even the shortest sample of a phase, lower bounds included (the time since the flow's
+//! latest send, which holds after resends too), is above target; its absence only by a clean
+//! sample at or below target. A phase that proves neither holds the rate, unless no clean sample
+//! came for 8 phases (very large windows ACK rarely): then the rate creeps up blind.
 //!
 //! What the simulated bottleneck ([`sim`], tests) shows, and where it falls short, is in
 //! `docs/benchmarks.md`: storms of windows 1 to 16 through 100 Mbit/s to 1 Gbit/s with queues of
 //! 16 to 64 frames converge to 95-99% of the link with no resends in steady state and Jain's
 //! index above 0.99; windows as large as the whole queue (64 blocks into 64 frames at
-//! 100 Mbit/s, or 200 x 16 into 256) stay near 75-80% with several % of resends: those need the
+//! 100 Mbit/s, or 200 x 16 into 256) stay near 72-74% with 8-34% of resends: those need the
 //! OACK window policy ([`LinkCc::window_hint`]).
 //!
 //! # Calling contract (what the engine and the machines do)
@@ -321,8 +322,10 @@ pub struct LinkCc {
     /// Bytes acknowledged, measured time and ACKs of the last [`RING`] phases.
     ring: [(u64, Duration, u32); RING],
     ring_pos: usize,
-    /// Shortest round trip sampled in this phase.
+    /// Shortest round trip sampled in this phase: of every sample (lower bounds included), and
+    /// of the clean ones only.
     phase_min_rtt: Option<Duration>,
+    phase_min_clean: Option<Duration>,
     /// Largest queueing delay (round trip above the sampling flow's shortest) in this phase and
     /// the one before.
     phase_max_qdelay: Duration,
@@ -378,6 +381,7 @@ impl LinkCc {
             ring: [(0, Duration::ZERO, 0); RING],
             ring_pos: 0,
             phase_min_rtt: None,
+            phase_min_clean: None,
             phase_max_qdelay: Duration::ZERO,
             prev_max_qdelay: Duration::ZERO,
             lossy: false,
@@ -503,19 +507,22 @@ impl LinkCc {
         self.ring[self.ring_pos] = (self.acked, measured, self.acks);
         self.ring_pos = (self.ring_pos + 1) % RING;
         if let Some(est) = self.est {
-            let standing = match (self.phase_min_rtt, self.min_rtt) {
+            let over = |p: Option<Duration>| match (p, self.min_rtt) {
                 (Some(p), Some(m)) => Some(p.saturating_sub(m)),
                 _ => None,
             };
-            if standing.is_some() {
+            // Every sample, lower bounds included, can prove a standing queue (even the shortest
+            // is above target); only a clean sample can prove there is none.
+            let above = over(self.phase_min_rtt).is_some_and(|q| q > self.target);
+            let clean = over(self.phase_min_clean);
+            if clean.is_some() {
                 self.last_measured = self.phase_id;
             }
-            // A phase without a round trip says nothing about the queue: hold (no cut, no
-            // growth), unless nothing was measured for 8 phases (windows so large that ACKs are
-            // rare): then creep up blind, as before any measurement.
+            // A phase without a clean round trip cannot say the queue is short: hold, unless
+            // none came for 8 phases (windows so large that clean ACKs are rare): then creep up
+            // blind, as before any measurement.
             let blind = self.phase_id.saturating_sub(self.last_measured) >= 8;
-            let above = standing.is_some_and(|q| q > self.target);
-            let below = standing.map_or(blind, |q| q <= self.target);
+            let below = !above && clean.map_or(blind, |q| q <= self.target);
             let spaced = self.last_delay_cut.is_none_or(|p| self.phase_id >= p + 2);
             let next = if self.congested {
                 est
@@ -554,6 +561,7 @@ impl LinkCc {
         self.delayed = false;
         self.congested = false;
         self.phase_min_rtt = None;
+        self.phase_min_clean = None;
         self.prev_max_qdelay = self.phase_max_qdelay;
         self.phase_max_qdelay = Duration::ZERO;
         self.lossy = false;
@@ -593,6 +601,7 @@ impl LinkCc {
         flow_min: Option<Duration>,
     ) {
         if let Some(rtt) = clean {
+            self.phase_min_clean = Some(self.phase_min_clean.map_or(rtt, |p| p.min(rtt)));
             let stale = self
                 .min_rtt_at
                 .is_none_or(|t| now.saturating_duration_since(t) > MIN_RTT_TTL);

@@ -233,6 +233,8 @@ pub(crate) struct Sim {
     delivered: Vec<Vec<u64>>,
     /// Resent blocks per interval.
     resent_in: Vec<u64>,
+    /// Clean round-trip samples taken (for the trace).
+    clean_samples: u64,
 }
 
 const MIN_RTO: Duration = Duration::from_millis(2);
@@ -261,6 +263,7 @@ impl Sim {
             bounds: bounds.to_vec(),
             delivered: vec![vec![0; bounds.len().saturating_sub(1)]; specs.len()],
             resent_in: vec![0; bounds.len().saturating_sub(1)],
+            clean_samples: 0,
         };
         for (i, s) in specs.iter().enumerate() {
             let jitter = Duration::from_nanos(rng.below(cfg.start_jitter.as_nanos() as u64 + 1));
@@ -346,8 +349,9 @@ impl Sim {
                 let del: u64 = self.flows.iter().map(|f| f.expected - 1).sum();
                 let to: u32 = self.flows.iter().map(|f| f.backoff).max().unwrap_or(0);
                 eprintln!(
-                    "{:>7.1} ms tgt {:?} est {:>14} rate {:>14} act {:>3} sent {:>6} resent {:>5} drop {:>5} deliv {:>6} q {:>3} maxbackoff {} minrtt {:?}",
+                    "{:>7.1} ms clean {:>5} tgt {:?} est {:>14} rate {:>14} act {:>3} sent {:>6} resent {:>5} drop {:>5} deliv {:>6} q {:>3} maxbackoff {} minrtt {:?}",
                     (t - self.t0).as_secs_f64() * 1e3,
+                    self.clean_samples,
                     self.link.delay_target(),
                     self.link.estimate().map_or("open".into(), |r| r.to_string()),
                     self.link.pacing_rate().map_or("-".into(), |r| r.to_string()),
@@ -727,6 +731,9 @@ impl Sim {
                     }
                     _ => None,
                 };
+                if rtt.is_some() {
+                    self.clean_samples += 1;
+                }
                 if let Some(r) = rtt {
                     match f.srtt {
                         None => {
