@@ -100,7 +100,8 @@ pub struct IfaceCounters {
     pub rx_dropped: u64,
 }
 
-/// What crossed an interface during the run.
+/// What crossed an interface during the run. Packets are what the interface counts: on loopback
+/// or a veth a GSO train may count as one packet (its bytes count one set of headers).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct IfaceDelta {
     pub name: String,
