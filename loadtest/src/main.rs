@@ -151,6 +151,10 @@ struct Args {
     /// Interface the DHCP broadcasts leave by.
     #[arg(long)]
     dhcp_interface: Option<String>,
+    /// Interface whose counters (/proc/net/dev) are read before and after the run: the wire
+    /// bytes and packets of the storm, in the report.
+    #[arg(long, value_name = "NAME")]
+    iface: Option<String>,
     /// DHCP retransmission timeout in seconds (DISCOVER, REQUEST, port-4011 REQUEST).
     #[arg(long, default_value_t = 1.0)]
     dhcp_timeout: f64,
@@ -452,6 +456,7 @@ fn run(a: Args) -> Result<bool> {
     }
     raise_fd_limit(a.clients as u64 * 2 + 256);
 
+    let iface0 = iface_before(&a)?;
     let cpu0 = cpu_seconds();
     let started_at = SystemTime::now();
     let t0 = Instant::now();
@@ -523,6 +528,8 @@ fn run(a: Args) -> Result<bool> {
             started_at,
         },
     );
+    let mut rep = rep;
+    iface_after(&a, iface0, &mut rep)?;
     summary(&a, &rep.table());
     let stopped = live.server.verdict.lock().unwrap().clone();
     let at_end = Duration::from_secs_f64(elapsed);
@@ -623,6 +630,24 @@ fn sample(live: &Live, t: f64) -> report::Sample {
         bytes: live.bytes.load(Relaxed),
         active: started.saturating_sub(ended),
     }
+}
+
+/// `--iface`: the interface's counters before the run (a usage error when unreadable).
+fn iface_before(a: &Args) -> Result<Option<report::IfaceCounters>> {
+    a.iface.as_deref().map(report::read_iface).transpose()
+}
+
+/// `--iface`: what crossed the interface during the run, into the report.
+fn iface_after(
+    a: &Args,
+    before: Option<report::IfaceCounters>,
+    rep: &mut report::Report,
+) -> Result<()> {
+    if let (Some(name), Some(before)) = (&a.iface, before) {
+        let after = report::read_iface(name)?;
+        rep.network.iface = Some(report::iface_delta(name, before, after, rep.bytes));
+    }
+    Ok(())
 }
 
 /// Wait for the engine threads, sampling the live counters every 250 ms (for the plot), showing

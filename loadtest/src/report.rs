@@ -84,6 +84,156 @@ pub struct Impairments {
     pub slow_queue_overflow: u64,
 }
 
+/// What a network engineer reads off a storm (issue 10). Shares are of the DATA blocks the
+/// machines received, all copies counted.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Network {
+    /// DATA blocks received: in order, again, and ahead of a gap.
+    pub blocks_received: u64,
+    /// Received blocks that brought nothing new: copies the machine already had plus blocks
+    /// after a gap (dropped by the machine, so sent again). On a path that loses nothing this is
+    /// the share of resends among the blocks received; with loss it is a lower bound (a resend
+    /// of a lost block arrives as new).
+    pub resent_share: f64,
+    /// Received blocks the machine already had (spurious resends, duplicated packets).
+    pub duplicate_share: f64,
+    /// Jain's fairness index of per-machine throughput (completed machines): 1 when all got the
+    /// same rate, 1/n when one got everything.
+    pub jain_index: f64,
+    /// p99 / p50 of completion time (completed machines).
+    pub p99_over_p50: f64,
+    /// Interface counters around the run (`--iface`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iface: Option<IfaceDelta>,
+}
+
+/// Counters of one interface (`/proc/net/dev`), as read at one instant.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IfaceCounters {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_dropped: u64,
+}
+
+/// What crossed an interface during the run. Packets are what the interface counts: on loopback
+/// or a veth a GSO train may count as one packet (its bytes count one set of headers).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IfaceDelta {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_dropped: u64,
+    /// Received wire bytes (frames, headers included) per byte of file payload delivered: the
+    /// cost of headers, ACK-path aside, plus every resent or duplicate block.
+    pub rx_wire_per_file_byte: f64,
+}
+
+/// Read the counters of interface `name` (`--iface`) from `/proc/net/dev`, which shows the
+/// interfaces of this process's network namespace (sysfs shows those of whoever mounted it, so
+/// it is wrong in a namespace entered with `setns` alone).
+pub fn read_iface(name: &str) -> Result<IfaceCounters> {
+    let text = std::fs::read_to_string("/proc/net/dev")
+        .with_context(|| format!("--iface {name}: cannot read /proc/net/dev"))?;
+    parse_net_dev(&text, name)
+        .ok_or_else(|| anyhow::anyhow!("--iface {name}: no such interface in this namespace"))
+}
+
+/// The counters of `name` in the text of `/proc/net/dev`.
+fn parse_net_dev(text: &str, name: &str) -> Option<IfaceCounters> {
+    text.lines().find_map(|l| {
+        let (n, rest) = l.split_once(':')?;
+        if n.trim() != name {
+            return None;
+        }
+        let v: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        (v.len() >= 10).then(|| IfaceCounters {
+            rx_bytes: v[0],
+            rx_packets: v[1],
+            rx_dropped: v[3],
+            tx_bytes: v[8],
+            tx_packets: v[9],
+        })
+    })
+}
+
+/// The difference of two readings of interface `name`, against `file_bytes` delivered.
+pub fn iface_delta(
+    name: &str,
+    before: IfaceCounters,
+    after: IfaceCounters,
+    file_bytes: u64,
+) -> IfaceDelta {
+    let rx_bytes = after.rx_bytes.saturating_sub(before.rx_bytes);
+    IfaceDelta {
+        name: name.to_string(),
+        rx_bytes,
+        tx_bytes: after.tx_bytes.saturating_sub(before.tx_bytes),
+        rx_packets: after.rx_packets.saturating_sub(before.rx_packets),
+        tx_packets: after.tx_packets.saturating_sub(before.tx_packets),
+        rx_dropped: after.rx_dropped.saturating_sub(before.rx_dropped),
+        rx_wire_per_file_byte: if file_bytes > 0 {
+            rx_bytes as f64 / file_bytes as f64
+        } else {
+            0.0
+        },
+    }
+}
+
+/// Jain's fairness index: (sum x)^2 / (n sum x^2); 1 for no samples.
+pub fn jain(xs: impl IntoIterator<Item = f64>) -> f64 {
+    let (mut n, mut s, mut s2) = (0.0, 0.0, 0.0);
+    for x in xs {
+        n += 1.0;
+        s += x;
+        s2 += x * x;
+    }
+    if n == 0.0 || s2 == 0.0 {
+        1.0
+    } else {
+        s * s / (n * s2)
+    }
+}
+
+/// The [`Network`] section from the machines' results.
+fn network(results: &[MachineResult], c: &Counters, duration_hist: &Histogram<u64>) -> Network {
+    let received = c.blocks + c.duplicates + c.out_of_order;
+    let share = |x: u64| {
+        if received > 0 {
+            x as f64 / received as f64
+        } else {
+            0.0
+        }
+    };
+    let rates = results
+        .iter()
+        .filter_map(|r| match (&r.outcome, r.started) {
+            (Outcome::Completed, Some(s)) if r.ended > s => {
+                Some(r.bytes as f64 / (r.ended - s).as_secs_f64())
+            }
+            _ => None,
+        });
+    let p50 = duration_hist.value_at_quantile(0.50) as f64;
+    Network {
+        blocks_received: received,
+        resent_share: share(c.duplicates + c.out_of_order),
+        duplicate_share: share(c.duplicates),
+        jain_index: jain(rates),
+        p99_over_p50: if duration_hist.is_empty() || p50 <= 0.0 {
+            0.0
+        } else {
+            duration_hist.value_at_quantile(0.99) as f64 / p50
+        },
+        iface: None,
+    }
+}
+
 /// The whole report; also the `--json` document.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -118,6 +268,7 @@ pub struct Report {
     pub acks_sent: u64,
     pub foreign_tid_packets: u64,
     pub impairments: Impairments,
+    pub network: Network,
     pub loadtest_cpu_seconds: f64,
     pub loadtest_cpu_share: f64,
     pub threads: usize,
@@ -202,6 +353,7 @@ pub fn build(results: &[MachineResult], samples: &[Sample], meta: Meta) -> Repor
         }
     }
     completion_s.sort_by(f64::total_cmp);
+    let network = network(results, &c, &duration_hist);
     let (dhcp_hist, dhcp) = dhcp_summary(results);
     let wall = if first <= last {
         last - first
@@ -256,6 +408,7 @@ pub fn build(results: &[MachineResult], samples: &[Sample], meta: Meta) -> Repor
             reordered: c.reordered,
             slow_queue_overflow: c.overflow,
         },
+        network,
         loadtest_cpu_seconds: meta.cpu_seconds,
         loadtest_cpu_share: if meta.elapsed > 0.0 {
             meta.cpu_seconds / meta.elapsed
@@ -405,6 +558,7 @@ impl Report {
                 self.foreign_tid_packets
             );
         }
+        self.network_lines(&mut s);
         let _ = writeln!(
             s,
             "  loadtest CPU {:.2} s ({:.0}% of wall time, {} thread{})",
@@ -425,6 +579,34 @@ impl Report {
             }
         }
         s
+    }
+
+    /// The network lines of the summary table (see [`Network`]).
+    fn network_lines(&self, s: &mut String) {
+        let n = &self.network;
+        let _ = writeln!(
+            s,
+            "  network      resent {:.2}% and duplicate {:.2}% of {} blocks received; Jain {:.3}; \
+             p99/p50 {:.2}",
+            n.resent_share * 100.0,
+            n.duplicate_share * 100.0,
+            n.blocks_received,
+            n.jain_index,
+            n.p99_over_p50
+        );
+        if let Some(i) = &n.iface {
+            let _ = writeln!(
+                s,
+                "  wire ({:<6}) received {} in {} packets ({:.4} per file byte, {} dropped); sent {} in {} packets",
+                i.name,
+                human_bytes(i.rx_bytes),
+                i.rx_packets,
+                i.rx_wire_per_file_byte,
+                i.rx_dropped,
+                human_bytes(i.tx_bytes),
+                i.tx_packets
+            );
+        }
     }
 
     /// The report as JSON into `path` (`-`: standard output).
@@ -681,5 +863,43 @@ pub(crate) mod tests {
                 started_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_798_761_599),
             },
         )
+    }
+
+    #[test]
+    fn jain_of_equal_and_skewed_rates() {
+        assert_eq!(jain([5.0, 5.0, 5.0, 5.0]), 1.0);
+        assert!((jain([1.0, 0.0, 0.0, 0.0]) - 0.25).abs() < 1e-12);
+        assert_eq!(jain(std::iter::empty()), 1.0);
+    }
+
+    #[test]
+    fn iface_delta_and_ratio() {
+        let before = IfaceCounters {
+            rx_bytes: 1000,
+            rx_packets: 10,
+            ..Default::default()
+        };
+        let after = IfaceCounters {
+            rx_bytes: 1_081_000,
+            rx_packets: 750,
+            tx_bytes: 9000,
+            ..Default::default()
+        };
+        let d = iface_delta("veth0", before, after, 1_000_000);
+        assert_eq!(d.rx_bytes, 1_080_000);
+        assert_eq!(d.rx_packets, 740);
+        assert_eq!(d.tx_bytes, 9000);
+        assert!((d.rx_wire_per_file_byte - 1.08).abs() < 1e-12);
+        assert!(read_iface("no-such-interface-here").is_err());
+        let dev = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo: 1234      10    0    2    0     0          0         0     5678      20    0    0    0     0       0          0
+rbbc1: 99 1 0 0 0 0 0 0 77 3 0 0 0 0 0 0
+";
+        let lo = parse_net_dev(dev, "lo").unwrap();
+        assert_eq!((lo.rx_bytes, lo.rx_packets, lo.rx_dropped), (1234, 10, 2));
+        assert_eq!((lo.tx_bytes, lo.tx_packets), (5678, 20));
+        assert_eq!(parse_net_dev(dev, "rbbc1").unwrap().tx_packets, 3);
+        assert!(parse_net_dev(dev, "rbbc").is_none());
     }
 }

@@ -4,6 +4,7 @@
 //! datagrams come in as byte slices, and what to send comes out as descriptors the driver executes.
 
 pub mod block;
+pub mod cc;
 pub mod client;
 pub mod dhcp;
 pub mod mcclient;

@@ -1,0 +1,1151 @@
+//! Congestion control for the server's sends (issue 10): rate-based pacing, sans-IO.
+//!
+//! # Why rate-based, and why this model
+//! A TFTP sender cannot shrink a window it granted: an RFC 7440 receiver ACKs only after a full
+//! window (or its own timeout, seconds long). What the server controls is *when* datagrams leave.
+//! So the controller paces: it says when the next piece of a window may go, never how many blocks
+//! a window has.
+//!
+//! The rate follows the queue the server's own traffic builds, like Swift (Kumar et al., SIGCOMM
+//! 2020) and LEDBAT (RFC 6817): the *standing* queueing delay (the shortest round trip seen in a
+//! phase, minus the shortest the path has shown) above a target means the bottleneck is full, so
+//! the rate steps down by 1/20; at or below it, while the pacer holds flows back, the rate creeps
+//! up by 1/128 per phase (4/128 while below 9/10 of where the last loss happened: BIC's idea of
+//! hurrying back to the trouble, then tiptoeing). A loss episode (below) cuts it by 15%, and
+//! teaches the target: half the queueing delay seen when the queue overflowed, so a shallow
+//! switch buffer is kept below full.
+//!
+//! BBR (Cardwell et al., 2016) was the first candidate: pace at the windowed maximum of the
+//! delivery rate, probe at 5/4 of it. In the simulated bottleneck of this module its
+//! delivery-rate samples ran up to 60% above the link rate: a TFTP client ACKs a window only when
+//! its last block lands, so the ACKs of many interleaved windows arrive in bunches, and a maximum
+//! filter keeps the bunches. The minimum round trip of a phase has no such bias (bunching only
+//! lengthens round trips). Loss-based AIMD alone (Reno, TFRC) was not chosen either: it must
+//! overflow the queue to learn anything, and that loss is what this controller exists to avoid.
+//!
+//! Three things differ from a TCP sender, because of what a boot server is:
+//! - **Open until congestion is seen.** On an empty LAN a transfer is limited by its window and
+//!   the client, never by the network; pacing there only costs timer wakeups. So a link starts
+//!   *open* ([`LinkCc::pacing_rate`] is `None`: every [`FlowCc::poll_send`] says "send it all
+//!   now", as the server does today) and becomes *bound* at the first loss episode, at 9/10 of what
+//!   the link delivered over the last [`RING`] phases. It opens again after [`RELEASE_PHASES`]
+//!   phases in which the pacer held nobody back.
+//! - **One controller sees every flow of an interface** (the server knows all flows on its
+//!   uplink, which a TCP sender never does). A loss episode is losses from two different flows
+//!   within two phases (a shared bottleneck drops from many flows at once; one flow's loss is its
+//!   own path's business, see below); losses of data sent before the last reaction, or so soon
+//!   after it that they met the queue of then, belong to the episode already handled; one
+//!   reaction per phase at most. The pacer is one shared token bucket in which each grant
+//!   reserves the next stretch of link bytes, first come first served; counting in bytes (not
+//!   instants) makes a change of rate apply to every reservation at once. Every flow asks for its
+//!   next piece only after its previous one, so backlogged flows are served in turn: a round
+//!   robin, and since a grant carries the same quantum for everyone (the bytes of
+//!   [`QUANTUM_TIME`] at the pacing rate shared by the active flows, at least two blocks), it is
+//!   fair in bytes whatever each flow's window. No per-flow table; O(1) per call.
+//! - **Per flow, an own ceiling only for persistent trouble.** A flow whose windows keep losing
+//!   while the link is not congested (a slow client, a slower access link) gets an own pacing rate:
+//!   [`OWN_CUT`] of its measured delivery rate when at least half of its last 8 windows lost
+//!   something, growing by 1/8 per clean window and dropped when it no longer binds. A random
+//!   loss now and then (a bad cable) changes nothing. A multicast session's configured rate is
+//!   a fixed own ceiling ([`FlowCc::with_ceiling`]).
+//!
+//! A flow's rate is thus `min(own, its round robin share of the link)`, and the link's rate is
+//! `min(operator cap, estimate)`; an operator cap (`--rate-limit`) binds even while the link is
+//! open.
+//!
+//! Round trips: a window's round trip is measured from the send of its *last piece*; the
+//! serialization of that piece at the pacing rate is taken off (at most half the sample), so a
+//! window's sample and an OACK's compare. Clean samples (Karn's rule: everything acknowledged
+//! was sent once, no probe since) set the path's shortest round trip. A standing queue is proven
+//! when even the shortest sample of a phase, lower bounds included (the time since the flow's
+//! latest send, which holds after resends too), is above target; its absence only by a clean
+//! sample at or below target. A phase that proves neither holds the rate, unless no clean sample
+//! came for 8 phases (very large windows ACK rarely): then the rate creeps up blind.
+//!
+//! What the simulated bottleneck ([`sim`], tests) shows, and where it falls short, is in
+//! `docs/benchmarks.md`: storms of windows 1 to 16 through 100 Mbit/s to 1 Gbit/s with queues of
+//! 16 to 64 frames converge to 95-99% of the link with no resends in steady state and Jain's
+//! index above 0.99; windows as large as the whole queue (64 blocks into 64 frames at
+//! 100 Mbit/s, or 200 x 16 into 256) stay near 72-74% with 8-34% of resends: those need the
+//! OACK window policy ([`LinkCc::window_hint`]).
+//!
+//! # Calling contract (what the engine and the machines do)
+//! - One [`LinkCc`] per outgoing interface and engine thread. With several worker threads on one
+//!   interface, give each its share of the operator cap with [`LinkCc::set_cap`] (e.g. the cap x
+//!   the worker's flows / all flows, refreshed when flows start and end); the estimates of the
+//!   workers all follow the one queue they share.
+//! - One [`FlowCc`] per flow (a unicast transfer, a multicast session), made with
+//!   [`FlowCc::new`]; it needs no registration and no removal (the link counts the flows that
+//!   used it in the last two phases).
+//! - Before sending DATA (a window, the rest of one, a probe, a resend), ask
+//!   [`FlowCc::poll_send`] with the number of blocks to send and the wire bytes of one
+//!   ([`wire_bytes`]). [`Grant::Send`]`(n)`: send the first `n` blocks now (one GSO call), then
+//!   ask again for the rest. [`Grant::Wait`]`(t)`: arm a timer for `t` and ask again then. While
+//!   the link is open and no ceiling applies, the answer is always `Send(all)`.
+//! - On every ACK that moves the flow forward, and on ACK 0 of an OACK (its round trip):
+//!   [`FlowCc::on_ack`] with an [`AckSample`].
+//! - On a loss not signalled by a gap: [`FlowCc::on_loss`] (a full resend after the timer
+//!   backed off, a go-back on a duplicate ACK ([`gap::GapCheck`]), or a probe that
+//!   [`probe::ProbeCheck`] judged genuine). A probe not yet judged is not a loss.
+//! - Nothing to call on a timer: phases advance lazily on the calls above. Nothing allocates;
+//!   every call is O(1); no clock is read (`now` comes in).
+
+pub mod gap;
+pub mod probe;
+
+#[cfg(test)]
+mod sim;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+/// Shortest phase (a phase is also at least two shortest round trips).
+pub const MIN_PHASE: Duration = Duration::from_millis(2);
+/// Longest phase, whatever the round trip.
+pub const MAX_PHASE: Duration = Duration::from_millis(100);
+/// Phases over which the delivered rate is averaged (for the estimate a link starts bound at).
+pub const RING: usize = 8;
+/// Phases without any delayed grant and without congestion before a bound link opens again.
+pub const RELEASE_PHASES: u32 = 32;
+/// Growth per phase while the pacer holds flows back and the queue is below target: 1/this.
+const GROW_DIV: u64 = 128;
+/// Cut when the standing queue is above target (num, den), at most every other phase.
+const DELAY_CUT: (u64, u64) = (19, 20);
+/// Cut at a loss episode (num, den).
+const LOSS_CUT: (u64, u64) = (17, 20);
+/// Pacing quantum: the bytes one grant may carry are what the rate sends in this time (at least
+/// two blocks, at most [`MAX_QUANTUM`]).
+pub const QUANTUM_TIME: Duration = Duration::from_micros(250);
+/// Largest quantum in bytes (one GSO call is at most 64 KiB anyway).
+pub const MAX_QUANTUM: u64 = 64 * 1024;
+/// Standing queueing delay the link keeps below, until a loss teaches a smaller one.
+pub const DELAY_TARGET: Duration = Duration::from_micros(500);
+/// The smallest target a loss can teach.
+pub const MIN_DELAY_TARGET: Duration = Duration::from_micros(100);
+/// A flow's own rate after persistent loss: this share (num, den) of its delivery rate.
+pub const OWN_CUT: (u64, u64) = (17, 20);
+/// How long a congestion episode informs [`LinkCc::window_hint`].
+pub const HINT_TTL: Duration = Duration::from_secs(10);
+/// The shortest round trip is forgotten after this long without a new minimum.
+const MIN_RTT_TTL: Duration = Duration::from_secs(10);
+/// Delivered bytes over less than this, or fewer ACKs than this, say nothing about a rate (a
+/// window's ACK covers all its blocks at once). Few ACKs will do: to enter bound, a rough rate
+/// now beats flooding while measuring.
+const MIN_MEASURE: Duration = Duration::from_millis(1);
+const MIN_ACKS_ENTRY: u32 = 4;
+
+/// Bytes one UDP datagram with `payload` bytes of UDP payload occupies on an Ethernet link: IP,
+/// UDP and Ethernet headers included (what `tc`'s tbf counts, and what an operator's `--rate-limit`
+/// in bit/s means). For a DATA block the payload is `4 + block length`.
+pub const fn wire_bytes(payload: usize, ipv6: bool) -> u64 {
+    payload as u64 + 8 + if ipv6 { 40 } else { 20 } + 14
+}
+/// A data rate in bytes per second (never zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rate(u64);
+
+impl Rate {
+    /// `b` bytes per second (0 becomes 1).
+    pub const fn from_bytes_per_sec(b: u64) -> Rate {
+        Rate(if b == 0 { 1 } else { b })
+    }
+
+    /// `b` bits per second, rounded down to whole bytes (at least 1 byte/s).
+    pub const fn from_bits_per_sec(b: u64) -> Rate {
+        Rate::from_bytes_per_sec(b / 8)
+    }
+
+    pub const fn bytes_per_sec(self) -> u64 {
+        self.0
+    }
+
+    pub const fn bits_per_sec(self) -> u64 {
+        self.0.saturating_mul(8)
+    }
+
+    /// Time to send `bytes` at this rate.
+    pub fn time_for(self, bytes: u64) -> Duration {
+        let ns = (bytes as u128 * 1_000_000_000) / self.0 as u128;
+        Duration::from_nanos(ns.min(u64::MAX as u128) as u64)
+    }
+
+    /// Bytes sent in `d` at this rate.
+    pub fn bytes_in(self, d: Duration) -> u64 {
+        ((self.0 as u128 * d.as_nanos()) / 1_000_000_000).min(u64::MAX as u128) as u64
+    }
+
+    /// The rate that moves `bytes` in `d` (`None` for an empty interval).
+    pub fn per(bytes: u64, d: Duration) -> Option<Rate> {
+        let ns = d.as_nanos();
+        (ns > 0).then(|| {
+            let r = (bytes as u128 * 1_000_000_000) / ns;
+            Rate::from_bytes_per_sec(r.min(u64::MAX as u128) as u64)
+        })
+    }
+
+    /// `self x num / den`.
+    pub fn scale(self, num: u64, den: u64) -> Rate {
+        let r = self.0 as u128 * num as u128 / den.max(1) as u128;
+        Rate::from_bytes_per_sec(r.min(u64::MAX as u128) as u64)
+    }
+}
+
+impl fmt::Display for Rate {
+    /// In bit/s with a unit: `400.0 Mbit/s`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.bits_per_sec() as f64;
+        if b >= 1e9 {
+            write!(f, "{:.2} Gbit/s", b / 1e9)
+        } else if b >= 1e6 {
+            write!(f, "{:.1} Mbit/s", b / 1e6)
+        } else if b >= 1e3 {
+            write!(f, "{:.1} kbit/s", b / 1e3)
+        } else {
+            write!(f, "{b} bit/s")
+        }
+    }
+}
+
+/// A rate that could not be parsed (see [`Rate::from_str`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a rate: give bit/s as a number with an optional k, M or G (e.g. 400M, 2.5G)")]
+pub struct ParseRateError(String);
+
+impl FromStr for Rate {
+    type Err = ParseRateError;
+
+    /// Bits per second, as an operator writes them: `400000000`, `400M`, `400Mbit`, `2.5G`,
+    /// `100k` (decimal prefixes; at least 8 bit/s).
+    fn from_str(s: &str) -> Result<Rate, ParseRateError> {
+        let err = || ParseRateError(s.to_string());
+        let t = s.trim();
+        let t = t
+            .strip_suffix("bit/s")
+            .or_else(|| t.strip_suffix("bps"))
+            .or_else(|| t.strip_suffix("bit"))
+            .unwrap_or(t)
+            .trim_end();
+        let (num, mult) = match t.char_indices().last() {
+            Some((i, 'k' | 'K')) => (&t[..i], 1e3),
+            Some((i, 'm' | 'M')) => (&t[..i], 1e6),
+            Some((i, 'g' | 'G')) => (&t[..i], 1e9),
+            _ => (t, 1.0),
+        };
+        let v: f64 = num.trim().parse().map_err(|_| err())?;
+        let bits = v * mult;
+        if !(bits.is_finite() && (8.0..1e15).contains(&bits)) {
+            return Err(err());
+        }
+        Ok(Rate::from_bits_per_sec(bits as u64))
+    }
+}
+
+/// What one ACK told a flow, for [`FlowCc::on_ack`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AckSample {
+    /// Wire bytes it acknowledged for the first time (0 for ACK 0 of an OACK).
+    pub bytes: u64,
+    /// Round trip of what it acknowledged, from the send of the window's last piece, when every
+    /// block it acknowledges was sent once and no probe went since (Karn's rule). ACK 0 of an OACK
+    /// gives one too (the OACK's round trip).
+    pub rtt: Option<Duration>,
+    /// Time since the flow's latest DATA send: a lower bound of the round trip even when what
+    /// the ACK acknowledges was sent more than once. The standing-queue signal takes it (a lower
+    /// bound can hide a queue, never invent one), so a flow that resends still reports queueing.
+    pub since_last_send: Option<Duration>,
+    /// The ACK named a block inside the window, not its last, and the transfer resends from the
+    /// block after it: a loss ([`gap::AckAction::GoBack`]; not a re-alignment).
+    pub gap: bool,
+}
+
+/// What a flow may do now, from [`FlowCc::poll_send`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grant {
+    /// Send this many of the blocks asked for now (as one GSO call), then ask again for the rest.
+    Send(u32),
+    /// Send nothing before this instant; ask again then.
+    Wait(Instant),
+}
+
+/// Fixed settings of one link.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkConfig {
+    /// Operator cap (`--rate-limit`), in wire bytes per second: binds even while the link is open.
+    pub cap: Option<Rate>,
+    /// The estimate never goes below this (default 1 Mbit/s).
+    pub floor: Rate,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            cap: None,
+            floor: Rate::from_bits_per_sec(1_000_000),
+        }
+    }
+}
+
+/// Counters of one link, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Loss episodes the link reacted to (entering bound, or a cut).
+    pub congestion_events: u64,
+    /// Cuts for a standing queue above target.
+    pub delay_cuts: u64,
+    /// Times the link went back to open.
+    pub releases: u64,
+    /// Loss reports of all flows (gaps, genuine probes, full resends).
+    pub losses: u64,
+    /// Grants that made a flow wait for its slot.
+    pub waits: u64,
+    /// Wire bytes acknowledged, all flows.
+    pub acked_bytes: u64,
+}
+
+/// The controller of one outgoing interface: its rate estimate and shared pacer. See the module
+/// docs.
+#[derive(Clone, Debug)]
+pub struct LinkCc {
+    cfg: LinkConfig,
+    /// `Some`: bound (congestion was seen); `None`: open.
+    est: Option<Rate>,
+    phase_id: u64,
+    phase_start: Option<Instant>,
+    /// Wire bytes acknowledged in this phase.
+    acked: u64,
+    /// The first ACK after a phase without any: the delivered rate is measured from there (the
+    /// time before it, a round trip of silence, says nothing about the link).
+    measure_from: Option<Instant>,
+    /// ACKs that moved a flow forward in this phase.
+    acks: u32,
+    /// Bytes acknowledged, measured time and ACKs of the last [`RING`] phases.
+    ring: [(u64, Duration, u32); RING],
+    ring_pos: usize,
+    /// Shortest round trip sampled in this phase: of every sample (lower bounds included), and
+    /// of the clean ones only.
+    phase_min_rtt: Option<Duration>,
+    phase_min_clean: Option<Duration>,
+    /// Largest queueing delay (round trip above the sampling flow's shortest) in this phase and
+    /// the one before.
+    phase_max_qdelay: Duration,
+    prev_max_qdelay: Duration,
+    /// A loss was reported in this phase (no growth then).
+    lossy: bool,
+    /// How long the queue took to drain when the link last reacted: losses of data sent before
+    /// the reaction plus this belong to that episode.
+    cut_drain: Duration,
+    /// Distinct flows that reported a loss in this phase and the one before.
+    loss_flows: u32,
+    prev_loss_flows: u32,
+    /// Distinct flows that used the link in this phase and the one before.
+    active: u32,
+    prev_active: u32,
+    /// The pacer delayed someone in this phase.
+    delayed: bool,
+    /// A loss episode in this phase.
+    congested: bool,
+    quiet_phases: u32,
+    /// The estimate when the last loss episode cut it.
+    last_loss_rate: Option<Rate>,
+    /// The last phase with a round-trip sample.
+    last_measured: u64,
+    last_delay_cut: Option<u64>,
+    /// When the link last reacted to a loss episode.
+    last_cut_at: Option<Instant>,
+    min_rtt: Option<Duration>,
+    min_rtt_at: Option<Instant>,
+    target: Duration,
+    /// The shared pacer, as a queue of bytes drained at the pacing rate: reservations reach
+    /// `v_reserved`; the link has served up to `v_served` (as of `v_time`). A reservation is due
+    /// when the served count reaches its start. Counting in bytes, not instants, makes a change of
+    /// rate apply at once to every reservation already made.
+    v_reserved: u64,
+    v_served: u64,
+    v_time: Option<Instant>,
+    /// Bytes the path held when it last overflowed, and when.
+    held: Option<(u64, Instant)>,
+    stats: LinkStats,
+}
+
+impl LinkCc {
+    pub fn new(cfg: LinkConfig) -> Self {
+        LinkCc {
+            cfg,
+            est: None,
+            phase_id: 0,
+            phase_start: None,
+            acked: 0,
+            measure_from: None,
+            acks: 0,
+            ring: [(0, Duration::ZERO, 0); RING],
+            ring_pos: 0,
+            phase_min_rtt: None,
+            phase_min_clean: None,
+            phase_max_qdelay: Duration::ZERO,
+            prev_max_qdelay: Duration::ZERO,
+            lossy: false,
+            cut_drain: Duration::ZERO,
+            loss_flows: 0,
+            prev_loss_flows: 0,
+            active: 0,
+            prev_active: 0,
+            delayed: false,
+            congested: false,
+            quiet_phases: 0,
+            last_loss_rate: None,
+            last_measured: 0,
+            last_delay_cut: None,
+            last_cut_at: None,
+            min_rtt: None,
+            min_rtt_at: None,
+            target: DELAY_TARGET,
+            v_reserved: 0,
+            v_served: 0,
+            v_time: None,
+            held: None,
+            stats: LinkStats::default(),
+        }
+    }
+
+    /// Set or lift the operator cap (a worker's share of `--rate-limit`, see the module docs).
+    pub fn set_cap(&mut self, cap: Option<Rate>, now: Instant) {
+        self.advance(now);
+        self.cfg.cap = cap;
+    }
+
+    /// The rate the shared pacer runs at now: `None` while the link is open and uncapped.
+    pub fn pacing_rate(&self) -> Option<Rate> {
+        match (self.est, self.cfg.cap) {
+            (Some(e), Some(c)) => Some(e.min(c)),
+            (e, c) => e.or(c),
+        }
+    }
+
+    /// The bottleneck estimate (`None` while open: no congestion seen lately).
+    pub fn estimate(&self) -> Option<Rate> {
+        self.est
+    }
+
+    /// Congestion was seen and the pacer runs at the estimate.
+    pub fn is_bound(&self) -> bool {
+        self.est.is_some()
+    }
+
+    /// Flows that used the link in this phase or the one before.
+    pub fn active_flows(&self) -> u32 {
+        self.active.max(self.prev_active)
+    }
+
+    /// Each active flow's equal share of the pacing rate (what a backlogged flow gets).
+    pub fn fair_share(&self) -> Option<Rate> {
+        let n = u64::from(self.active_flows().max(1));
+        self.pacing_rate().map(|r| r.scale(1, n))
+    }
+
+    /// Shortest round trip seen on the link (any flow, last 10 s).
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt
+    }
+
+    /// The standing queueing delay the link keeps below.
+    pub fn delay_target(&self) -> Duration {
+        self.target
+    }
+
+    pub fn stats(&self) -> LinkStats {
+        self.stats
+    }
+
+    /// Largest window (in blocks of `block_bytes` on the wire) that the path has shown it can
+    /// hold: the bytes in flight when it last overflowed (estimate x (shortest round trip +
+    /// queueing delay then)), at least 1. `None` when the path has not overflowed in the last
+    /// [`HINT_TTL`]. For the OACK policy: a window above this overflows the queue by itself.
+    pub fn window_hint(&self, now: Instant, block_bytes: u64) -> Option<u16> {
+        let (bytes, at) = self.held?;
+        if now.saturating_duration_since(at) > HINT_TTL {
+            return None;
+        }
+        Some((bytes / block_bytes.max(1)).clamp(1, u64::from(u16::MAX)) as u16)
+    }
+
+    fn phase_len(&self) -> Duration {
+        let rtt2 = self.min_rtt.map_or(Duration::ZERO, |r| r * 2);
+        rtt2.clamp(MIN_PHASE, MAX_PHASE)
+    }
+
+    /// Close the phase when its time is up (lazily, on any call).
+    fn tick(&mut self, now: Instant) {
+        let Some(start) = self.phase_start else {
+            self.phase_start = Some(now);
+            return;
+        };
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed < self.phase_len() {
+            return;
+        }
+        let measured = match self.measure_from.take() {
+            Some(t) => now.saturating_duration_since(t),
+            None if self.acked > 0 => elapsed,
+            None => Duration::ZERO,
+        };
+        self.advance(now);
+        self.close_phase(measured);
+        self.phase_start = Some(now);
+    }
+
+    /// Time of this phase that counts for the delivered rate, up to `now`.
+    fn measured_now(&self, now: Instant) -> Duration {
+        match (self.measure_from, self.phase_start) {
+            (Some(t), _) => now.saturating_duration_since(t),
+            (None, Some(s)) if self.acked > 0 => now.saturating_duration_since(s),
+            _ => Duration::ZERO,
+        }
+    }
+
+    fn close_phase(&mut self, measured: Duration) {
+        self.ring[self.ring_pos] = (self.acked, measured, self.acks);
+        self.ring_pos = (self.ring_pos + 1) % RING;
+        if let Some(est) = self.est {
+            let over = |p: Option<Duration>| match (p, self.min_rtt) {
+                (Some(p), Some(m)) => Some(p.saturating_sub(m)),
+                _ => None,
+            };
+            // Every sample, lower bounds included, can prove a standing queue (even the shortest
+            // is above target); only a clean sample can prove there is none.
+            let above = over(self.phase_min_rtt).is_some_and(|q| q > self.target);
+            let clean = over(self.phase_min_clean);
+            if clean.is_some() {
+                self.last_measured = self.phase_id;
+            }
+            // A phase without a clean round trip cannot say the queue is short: hold, unless
+            // none came for 8 phases (windows so large that clean ACKs are rare): then creep up
+            // blind, as before any measurement.
+            let blind = self.phase_id.saturating_sub(self.last_measured) >= 8;
+            let below = !above && clean.map_or(blind, |q| q <= self.target);
+            let spaced = self.last_delay_cut.is_none_or(|p| self.phase_id >= p + 2);
+            let next = if self.congested {
+                est
+            } else if above && spaced {
+                self.last_delay_cut = Some(self.phase_id);
+                self.stats.delay_cuts += 1;
+                est.scale(DELAY_CUT.0, DELAY_CUT.1)
+            } else if self.delayed && !self.lossy && below {
+                // Creep up: 1/128 per phase near the rate the last loss happened at, four times
+                // faster below 9/10 of it (the idea of BIC/CUBIC: hurry back to where the
+                // trouble was, then tiptoe).
+                let far = self.last_loss_rate.is_some_and(|m| est < m.scale(9, 10));
+                let step = (est.bytes_per_sec() / GROW_DIV) << if far { 2 } else { 0 };
+                Rate::from_bytes_per_sec(est.bytes_per_sec() + step)
+            } else {
+                est
+            };
+            self.est = Some(next.max(self.cfg.floor));
+            if self.delayed || self.congested {
+                self.quiet_phases = 0;
+            } else {
+                self.quiet_phases += 1;
+                if self.quiet_phases >= RELEASE_PHASES {
+                    self.est = None;
+                    self.quiet_phases = 0;
+                    self.stats.releases += 1;
+                }
+            }
+        }
+        self.prev_active = self.active;
+        self.active = 0;
+        self.prev_loss_flows = self.loss_flows;
+        self.loss_flows = 0;
+        self.acked = 0;
+        self.acks = 0;
+        self.delayed = false;
+        self.congested = false;
+        self.phase_min_rtt = None;
+        self.phase_min_clean = None;
+        self.prev_max_qdelay = self.phase_max_qdelay;
+        self.phase_max_qdelay = Duration::ZERO;
+        self.lossy = false;
+        self.phase_id += 1;
+    }
+
+    /// What the link delivered over the last [`RING`] phases and this one so far (`None`: less
+    /// than [`MIN_MEASURE`] of history).
+    fn delivered_rate(&self, now: Instant, min_acks: u32) -> Option<Rate> {
+        let (mut bytes, mut time, mut acks) = (self.acked, self.measured_now(now), self.acks);
+        for &(b, d, a) in &self.ring {
+            bytes += b;
+            time += d;
+            acks += a;
+        }
+        if time < MIN_MEASURE || acks < min_acks {
+            return None;
+        }
+        Rate::per(bytes, time)
+    }
+
+    /// Count `flow` among the flows of this phase (once).
+    fn touch(&mut self, flow: &mut FlowCc) {
+        if flow.seen_phase != Some(self.phase_id) {
+            flow.seen_phase = Some(self.phase_id);
+            self.active += 1;
+        }
+    }
+
+    /// Round-trip information of one ACK: `clean` (Karn) sets the path's shortest round trip;
+    /// `floor` (a lower bound of the round trip, at most `clean`) feeds the standing-queue signal.
+    fn on_rtt(
+        &mut self,
+        now: Instant,
+        clean: Option<Duration>,
+        floor: Duration,
+        flow_min: Option<Duration>,
+    ) {
+        if let Some(rtt) = clean {
+            self.phase_min_clean = Some(self.phase_min_clean.map_or(rtt, |p| p.min(rtt)));
+            let stale = self
+                .min_rtt_at
+                .is_none_or(|t| now.saturating_duration_since(t) > MIN_RTT_TTL);
+            if stale || self.min_rtt.is_none_or(|m| rtt <= m) {
+                self.min_rtt = Some(rtt);
+                self.min_rtt_at = Some(now);
+            }
+        }
+        self.phase_min_rtt = Some(self.phase_min_rtt.map_or(floor, |p| p.min(floor)));
+        if let Some(m) = flow_min {
+            let q = clean.unwrap_or(floor).saturating_sub(m);
+            self.phase_max_qdelay = self.phase_max_qdelay.max(q);
+        }
+    }
+
+    /// A loss reported by `flow`, of data first sent at `sent_at`. True when the link judges it
+    /// congested: losses from two flows within two phases; a loss of data sent before the last
+    /// reaction, or so soon after it that it met the queue then (its queueing delay), belongs to
+    /// the episode already handled (one reaction per episode, as TCP reduces once per round
+    /// trip). Any loss stops growth for the phase.
+    fn on_flow_loss(&mut self, now: Instant, flow: &mut FlowCc, sent_at: Option<Instant>) -> bool {
+        self.stats.losses += 1;
+        self.lossy = true;
+        if let Some(cut) = self.last_cut_at {
+            // Sent before the reaction, or so soon after it that it met the queue the episode
+            // had built (or sent we do not know when): the same episode.
+            if sent_at.is_none_or(|sent| sent < cut + self.cut_drain) {
+                return true;
+            }
+        }
+        if flow.loss_phase != Some(self.phase_id) {
+            flow.loss_phase = Some(self.phase_id);
+            self.loss_flows += 1;
+        }
+        if self.active_flows() <= 1 || self.loss_flows + self.prev_loss_flows < 2 {
+            return false;
+        }
+        if self.congested {
+            // One reaction per phase.
+            return true;
+        }
+        self.congestion(now)
+    }
+
+    /// React to a loss episode. Returns false when there is nothing to react with: an open link
+    /// with no delivery measured yet has no rate to pace at (the flows' own timers back off
+    /// meanwhile).
+    fn congestion(&mut self, now: Instant) -> bool {
+        self.advance(now);
+        let est = match self.est {
+            None => match self.delivered_rate(now, MIN_ACKS_ENTRY) {
+                Some(r) => r.scale(9, 10),
+                None => return false,
+            },
+            Some(e) => e.scale(LOSS_CUT.0, LOSS_CUT.1),
+        }
+        .max(self.cfg.floor);
+        self.last_loss_rate = Some(self.est.unwrap_or(est));
+        self.est = Some(est);
+        self.congested = true;
+        self.quiet_phases = 0;
+        self.last_cut_at = Some(now);
+        self.stats.congestion_events += 1;
+        // The queue overflowed at about this much delay: keep the standing queue at half of it.
+        let q = self.phase_max_qdelay.max(self.prev_max_qdelay);
+        self.cut_drain = q.max(self.phase_len());
+        if q > Duration::ZERO {
+            self.target = (q / 2).clamp(MIN_DELAY_TARGET, DELAY_TARGET);
+        }
+        let path = self.min_rtt.unwrap_or(Duration::ZERO) + q;
+        self.held = Some((est.bytes_in(path), now));
+        true
+    }
+
+    /// Bring the served count of the pacer up to `now` at the current rate (call before the
+    /// rate changes). An idle pacer banks at most one quantum of credit.
+    fn advance(&mut self, now: Instant) {
+        let Some(rate) = self.pacing_rate() else {
+            self.v_served = self.v_reserved;
+            self.v_time = Some(now);
+            return;
+        };
+        let Some(t) = self.v_time else {
+            self.v_time = Some(now);
+            return;
+        };
+        let gained = rate.bytes_in(now.saturating_duration_since(t));
+        let room = (self.v_reserved + self.quantum_bytes(rate, 0)).saturating_sub(self.v_served);
+        if gained >= room {
+            // Idle: the credit is full, the time beyond it is lost.
+            self.v_served += room;
+            self.v_time = Some(now);
+        } else {
+            // Keep the fraction of a byte not yet earned for the next call.
+            self.v_served += gained;
+            self.v_time = Some(t + rate.time_for(gained));
+        }
+    }
+
+    /// Reserve `bytes` of the pacer: the start of the reservation, in served bytes.
+    fn reserve(&mut self, now: Instant, bytes: u64) -> u64 {
+        self.advance(now);
+        let start = self.v_reserved;
+        self.v_reserved += bytes;
+        start
+    }
+
+    /// When the reservation starting at `start` is due: `None` if it is now.
+    fn due(&mut self, now: Instant, start: u64) -> Option<Instant> {
+        self.advance(now);
+        if self.v_served >= start {
+            return None;
+        }
+        let rate = self.pacing_rate()?;
+        let from = self.v_time.unwrap_or(now);
+        let at = from + rate.time_for(start - self.v_served) + Duration::from_nanos(1);
+        Some(at.max(now + Duration::from_nanos(1)))
+    }
+
+    /// Bytes one grant may carry: the quantum shared by the active flows (each backlogged flow
+    /// gets one grant per round, so equal grants make the round robin fair in bytes whatever
+    /// the windows), at least two blocks.
+    fn grant_bytes(&self, rate: Rate, block_bytes: u64) -> u64 {
+        let n = u64::from(self.active_flows().max(1));
+        let lo = 2 * block_bytes;
+        (rate.bytes_in(QUANTUM_TIME) / n).clamp(lo, MAX_QUANTUM.max(lo))
+    }
+
+    fn quantum_bytes(&self, rate: Rate, block_bytes: u64) -> u64 {
+        let lo = 2 * block_bytes;
+        rate.bytes_in(QUANTUM_TIME).clamp(lo, MAX_QUANTUM.max(lo))
+    }
+}
+
+/// Counters of one flow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Grants that made the flow wait (link slot or own rate).
+    pub waits: u64,
+    /// Losses reported (gaps, genuine probes, full resends).
+    pub losses: u64,
+    /// Times the flow's own rate was cut for persistent loss.
+    pub own_cuts: u64,
+}
+
+/// The controller state of one flow (a transfer, a multicast session). See the module docs.
+#[derive(Clone, Debug)]
+pub struct FlowCc {
+    /// Fixed ceiling (a multicast session's configured rate).
+    ceiling: Option<Rate>,
+    /// Own rate after persistent loss (`None`: not limited by itself).
+    own: Option<Rate>,
+    own_next: Option<Instant>,
+    /// A reservation on the link's pacer: its start (in served bytes) and how many blocks.
+    reserved: Option<(u64, u32)>,
+    /// When the first piece of the window in flight went (the send time of what a loss lost),
+    /// and whether the next grant starts a new window (an ACK or a loss came since).
+    window_at: Option<Instant>,
+    fresh: bool,
+    /// Serialization of the last piece at the pacing rate: part of every round trip measured
+    /// from its send, but no queue. Taken off the samples so that windows and OACKs compare.
+    piece_ser: Duration,
+    min_rtt: Option<Duration>,
+    /// Largest recent delivery rate of one window (bytes/s), decaying by 1/8 per sample.
+    bw_max: u64,
+    /// One bit per acknowledged window, newest lowest: it lost something.
+    loss_bits: u8,
+    seen_phase: Option<u64>,
+    loss_phase: Option<u64>,
+    stats: FlowStats,
+}
+
+impl Default for FlowCc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FlowCc {
+    pub fn new() -> Self {
+        FlowCc {
+            ceiling: None,
+            own: None,
+            own_next: None,
+            reserved: None,
+            window_at: None,
+            fresh: true,
+            piece_ser: Duration::ZERO,
+            min_rtt: None,
+            bw_max: 0,
+            loss_bits: 0,
+            seen_phase: None,
+            loss_phase: None,
+            stats: FlowStats::default(),
+        }
+    }
+
+    /// A flow that never goes faster than `ceiling` (a multicast session's `--multicast-rate`).
+    pub fn with_ceiling(ceiling: Rate) -> Self {
+        FlowCc {
+            ceiling: Some(ceiling),
+            ..Self::new()
+        }
+    }
+
+    /// The flow's own limit now: `min(ceiling, own)`.
+    pub fn own_rate(&self) -> Option<Rate> {
+        match (self.ceiling, self.own) {
+            (Some(c), Some(o)) => Some(c.min(o)),
+            (c, o) => c.or(o),
+        }
+    }
+
+    /// Shortest round trip of this flow.
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt
+    }
+
+    pub fn stats(&self) -> FlowStats {
+        self.stats
+    }
+
+    /// May the flow send `blocks` blocks of `block_bytes` wire bytes each now? See [`Grant`] and
+    /// the module docs. `blocks == 0` is answered `Send(0)`.
+    pub fn poll_send(
+        &mut self,
+        now: Instant,
+        link: &mut LinkCc,
+        blocks: u32,
+        block_bytes: u64,
+    ) -> Grant {
+        link.tick(now);
+        link.touch(self);
+        if blocks == 0 {
+            return Grant::Send(0);
+        }
+        if let Some((start, n)) = self.reserved {
+            if let Some(at) = link.due(now, start) {
+                return Grant::Wait(at);
+            }
+            self.reserved = None;
+            let n = n.min(blocks);
+            return self.granted(now, link, n, block_bytes);
+        }
+        let own = self.own_rate();
+        if let (Some(_), Some(t)) = (own, self.own_next) {
+            if t > now {
+                self.stats.waits += 1;
+                return Grant::Wait(t);
+            }
+        }
+        let link_rate = link.pacing_rate();
+        let Some(rate) = link_rate.or(own) else {
+            return self.granted(now, link, blocks, block_bytes);
+        };
+        let block_bytes = block_bytes.max(1);
+        let quantum = (link.grant_bytes(rate, block_bytes) / block_bytes).max(1);
+        let n = quantum.min(u64::from(blocks)) as u32;
+        let bytes = u64::from(n) * block_bytes;
+        if let Some(o) = own {
+            let credit = o.time_for(link.quantum_bytes(o, block_bytes));
+            let earliest = now.checked_sub(credit).unwrap_or(now);
+            let start = self.own_next.map_or(now, |t| t.max(earliest));
+            self.own_next = Some(start + o.time_for(bytes));
+        }
+        if link_rate.is_none() {
+            return self.granted(now, link, n, block_bytes);
+        }
+        let start = link.reserve(now, bytes);
+        let Some(at) = link.due(now, start) else {
+            return self.granted(now, link, n, block_bytes);
+        };
+        link.delayed = true;
+        link.stats.waits += 1;
+        self.stats.waits += 1;
+        self.reserved = Some((start, n));
+        Grant::Wait(at)
+    }
+
+    /// `n` blocks go now: note when the window's first piece went.
+    fn granted(&mut self, now: Instant, link: &LinkCc, n: u32, block_bytes: u64) -> Grant {
+        if self.fresh {
+            self.window_at = Some(now);
+            self.fresh = false;
+        }
+        self.piece_ser = link
+            .est
+            .map_or(Duration::ZERO, |r| r.time_for(u64::from(n) * block_bytes));
+        Grant::Send(n)
+    }
+
+    /// An ACK came that moved the flow forward, or that carries a round trip (ACK 0 of an OACK).
+    /// See [`AckSample`].
+    pub fn on_ack(&mut self, now: Instant, link: &mut LinkCc, ack: AckSample) {
+        let AckSample {
+            bytes,
+            rtt,
+            since_last_send,
+            gap,
+        } = ack;
+        link.tick(now);
+        link.touch(self);
+        if bytes > 0 {
+            if link.acked == 0 && link.ring[(link.ring_pos + RING - 1) % RING].0 == 0 {
+                link.measure_from.get_or_insert(now);
+            }
+            link.acked += bytes;
+            link.acks += 1;
+            link.stats.acked_bytes += bytes;
+        }
+        let window_at = self.window_at;
+        self.fresh = true;
+        if let Some(r) = rtt {
+            self.min_rtt = Some(self.min_rtt.map_or(r, |m| m.min(r)));
+            let sample = Rate::per(bytes, r).map_or(0, Rate::bytes_per_sec);
+            self.bw_max = sample.max(self.bw_max - self.bw_max / 8);
+        }
+        let floor = match (rtt, since_last_send) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(f) = floor {
+            // Never more than half a sample: the piece may have drained faster than the
+            // estimate says, and a base round trip too short would make every window look queued.
+            let ser = self.piece_ser;
+            let net = |r: Duration| r.saturating_sub(ser).max(r / 2);
+            link.on_rtt(now, rtt.map(net), net(f), self.min_rtt);
+        }
+        if bytes == 0 && !gap {
+            return;
+        }
+        self.loss_bits = (self.loss_bits << 1) | u8::from(gap);
+        if gap {
+            self.loss(now, link, window_at);
+        } else if let Some(o) = self.own {
+            let grown = o.scale(9, 8);
+            if grown.bytes_per_sec() > self.bw_max.saturating_mul(2) {
+                self.own = None;
+                self.own_next = None;
+            } else {
+                self.own = Some(grown);
+            }
+        }
+    }
+
+    /// A loss not signalled by a gap: a full resend after the timer backed off, or a probe judged
+    /// genuine by [`probe::ProbeCheck`].
+    pub fn on_loss(&mut self, now: Instant, link: &mut LinkCc) {
+        link.tick(now);
+        link.touch(self);
+        self.loss_bits |= 1;
+        // What follows (a resend) is a new window.
+        self.fresh = true;
+        self.loss(now, link, self.window_at);
+    }
+
+    fn loss(&mut self, now: Instant, link: &mut LinkCc, sent_at: Option<Instant>) {
+        self.stats.losses += 1;
+        if link.on_flow_loss(now, self, sent_at) {
+            return;
+        }
+        // Not the link: this flow's own path, if it keeps happening.
+        if self.loss_bits.count_ones() >= 4 && self.bw_max > 0 {
+            let base = Rate::from_bytes_per_sec(self.bw_max);
+            let base = self.own.map_or(base, |o| o.min(base));
+            self.own = Some(base.scale(OWN_CUT.0, OWN_CUT.1).max(link.cfg.floor));
+            self.loss_bits = 0;
+            self.stats.own_cuts += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The one real instant the simulations start from (virtual time is offsets from it).
+    pub(crate) fn epoch() -> Instant {
+        Instant::now()
+    }
+
+    fn ack(bytes: u64, rtt: Option<Duration>, gap: bool) -> AckSample {
+        AckSample {
+            bytes,
+            rtt,
+            since_last_send: rtt,
+            gap,
+        }
+    }
+
+    #[test]
+    fn rates_convert_and_parse() {
+        let r: Rate = "400M".parse().unwrap();
+        assert_eq!(r.bits_per_sec(), 400_000_000);
+        assert_eq!(r.to_string(), "400.0 Mbit/s");
+        assert_eq!("2.5G".parse::<Rate>().unwrap().bytes_per_sec(), 312_500_000);
+        assert_eq!("100kbit".parse::<Rate>().unwrap().bits_per_sec(), 100_000);
+        assert_eq!(
+            "1000000000".parse::<Rate>().unwrap().to_string(),
+            "1.00 Gbit/s"
+        );
+        for bad in ["", "fast", "-1M", "0", "1e20", "NaNM"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+        let r = Rate::from_bytes_per_sec(1_000_000);
+        assert_eq!(r.time_for(1_000), Duration::from_millis(1));
+        assert_eq!(r.bytes_in(Duration::from_millis(3)), 3_000);
+        assert_eq!(
+            Rate::per(500, Duration::from_millis(1)),
+            Some(Rate(500_000))
+        );
+        assert_eq!(Rate::per(500, Duration::ZERO), None);
+        assert_eq!(r.scale(5, 4).bytes_per_sec(), 1_250_000);
+        assert_eq!(wire_bytes(4 + 1468, false), 1514);
+    }
+
+    #[test]
+    fn an_open_link_never_makes_anyone_wait() {
+        let t0 = epoch();
+        let mut link = LinkCc::new(LinkConfig::default());
+        let mut f = FlowCc::new();
+        for i in 0..10_000u64 {
+            let now = t0 + Duration::from_micros(i * 10);
+            assert_eq!(f.poll_send(now, &mut link, 64, 1514), Grant::Send(64));
+            f.on_ack(
+                now,
+                &mut link,
+                ack(64 * 1514, Some(Duration::from_micros(50)), false),
+            );
+        }
+        assert_eq!(link.pacing_rate(), None);
+        assert_eq!(link.stats().waits, 0);
+        assert_eq!(f.stats().waits, 0);
+    }
+
+    #[test]
+    fn one_flows_losses_do_not_bind_the_link_but_persistent_ones_bind_the_flow() {
+        let t0 = epoch();
+        let mut link = LinkCc::new(LinkConfig::default());
+        let mut f = FlowCc::new();
+        let mut g = FlowCc::new();
+        let rtt = Duration::from_micros(200);
+        let mut now = t0;
+        // Another flow is active, clean.
+        g.on_ack(now, &mut link, ack(6056, Some(rtt), false));
+        // One random loss: nothing changes.
+        f.on_ack(now, &mut link, ack(6056, Some(rtt), false));
+        f.on_ack(now, &mut link, ack(3028, Some(rtt), true));
+        assert_eq!(f.own_rate(), None);
+        assert!(!link.is_bound());
+        // Losses in most windows: the flow gets its own rate, the link stays open.
+        for _ in 0..4 {
+            now += rtt;
+            g.on_ack(now, &mut link, ack(6056, Some(rtt), false));
+            f.on_ack(now, &mut link, ack(3028, Some(rtt), true));
+        }
+        assert!(!link.is_bound());
+        let own = f.own_rate().expect("own rate after persistent loss");
+        assert!(own.bytes_per_sec() < 30_280_000, "{own}");
+        assert_eq!(f.stats().own_cuts, 1);
+        // Clean windows lift it again.
+        for _ in 0..40 {
+            now += rtt;
+            f.on_ack(now, &mut link, ack(6056, Some(rtt), false));
+        }
+        assert_eq!(f.own_rate(), None);
+    }
+
+    #[test]
+    fn losses_of_two_flows_bind_the_link_at_what_it_delivered() {
+        let t0 = epoch();
+        let mut link = LinkCc::new(LinkConfig::default());
+        let mut flows: Vec<FlowCc> = (0..4).map(|_| FlowCc::new()).collect();
+        let rtt = Duration::from_micros(500);
+        // 50 MB/s delivered for 10 ms.
+        for k in 0..100u64 {
+            let now = t0 + Duration::from_micros(100 * k);
+            let f = &mut flows[(k % 4) as usize];
+            f.on_ack(now, &mut link, ack(5_000, Some(rtt), false));
+        }
+        let now = t0 + Duration::from_millis(10);
+        flows[0].on_ack(now, &mut link, ack(1514, Some(rtt), true));
+        assert!(!link.is_bound());
+        flows[1].on_ack(now, &mut link, ack(1514, Some(rtt), true));
+        let est = link.estimate().expect("bound");
+        let mbs = est.bytes_per_sec() as f64 / 1e6;
+        assert!((40.0..=52.0).contains(&mbs), "{est}");
+        assert_eq!(link.stats().congestion_events, 1);
+        assert!(link.window_hint(now, 1514).is_some());
+        // Now the pacer binds: a burst of asks is spread out.
+        let mut waited = 0;
+        for f in flows.iter_mut() {
+            if let Grant::Wait(t) = f.poll_send(now, &mut link, 4, 1514) {
+                assert!(t > now);
+                waited += 1;
+            }
+        }
+        assert!(waited >= 2, "{waited}");
+    }
+
+    #[test]
+    fn an_operator_cap_binds_an_open_link() {
+        let t0 = epoch();
+        let cap = Rate::from_bits_per_sec(100_000_000);
+        let mut link = LinkCc::new(LinkConfig {
+            cap: Some(cap),
+            ..LinkConfig::default()
+        });
+        assert_eq!(link.pacing_rate(), Some(cap));
+        let mut f = FlowCc::new();
+        // Send 1 MB as fast as the grants allow: it takes 80 ms at 100 Mbit/s.
+        let mut now = t0;
+        let mut sent = 0u64;
+        while sent < 1_000_000 {
+            match f.poll_send(now, &mut link, 16, 1000) {
+                Grant::Send(n) => sent += u64::from(n) * 1000,
+                Grant::Wait(t) => now = t,
+            }
+        }
+        let took = now - t0;
+        assert!(
+            took >= Duration::from_millis(78) && took <= Duration::from_millis(81),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn a_ceiling_paces_one_flow_alone() {
+        let t0 = epoch();
+        let mut link = LinkCc::new(LinkConfig::default());
+        let mut f = FlowCc::with_ceiling(Rate::from_bytes_per_sec(10_000_000));
+        let mut now = t0;
+        let mut sent = 0u64;
+        while sent < 1_000_000 {
+            match f.poll_send(now, &mut link, 64, 1000) {
+                Grant::Send(n) => sent += u64::from(n) * 1000,
+                Grant::Wait(t) => now = t,
+            }
+        }
+        let took = now - t0;
+        assert!(
+            took >= Duration::from_millis(98) && took <= Duration::from_millis(100),
+            "{took:?}"
+        );
+        assert!(!link.is_bound());
+    }
+}
