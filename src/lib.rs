@@ -1,12 +1,21 @@
 //! ringboot: a network-boot content server.
 //!
 //! Layout (see README "Architecture"):
-//! - [`proto`]: the sans-IO protocol core (codec, negotiation, transfer and client state machines).
+//! - [`proto`]: the sans-IO protocol core (codecs, the request endpoint, transfer, session and
+//!   client state machines, the timer queue, the seeded generator, the simulation harness).
 //! - [`store`]: the memory-mapped file store with a path jail.
 //! - [`server`]: the drivers: per-core io_uring workers and the epoll fallback.
 
 pub mod dhcp;
 pub mod proto;
-pub mod ratelog;
 pub mod server;
 pub mod store;
+
+/// The origin of virtual time for the sans-IO core's tests and simulations
+/// ([`proto::sim::Sim`]): any instant serves, and reading the clock is not the core's to do
+/// (`.ci/check-sans-io`), so it is read here, once per process.
+#[doc(hidden)]
+pub fn sim_origin() -> std::time::Instant {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(std::time::Instant::now)
+}

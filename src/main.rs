@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ringboot::dhcp::{config::MtftpConfig, DhcpConfig, DhcpMode};
-use ringboot::proto::options::{BlockSize, Limits, WindowSize};
+use ringboot::proto::tftp::options::{BlockSize, Limits, WindowSize};
 use ringboot::server::mcast::{self, GroupPool, McConfig, MtftpFile};
 use ringboot::server::{
     self as srv, AdmissionConfig, BackendChoice, Fault, ListenAddr, PortRange, Server,

@@ -84,8 +84,8 @@ use std::time::Instant;
 
 use memmap2::{Advice, Mmap, MmapOptions};
 
-use crate::proto::packet::{ErrorCode, Mode};
-use crate::ratelog::LogLimit;
+use crate::proto::ratelog::LogLimit;
+use crate::proto::tftp::packet::{ErrorCode, Mode};
 
 /// Cached entries allowed before idle ones are evicted.
 pub const MAX_ENTRIES: usize = 1024;
@@ -124,7 +124,9 @@ pub(crate) struct RateLog(Mutex<LogLimit>);
 
 impl RateLog {
     pub(crate) const fn new() -> RateLog {
-        RateLog(Mutex::new(LogLimit::new(crate::ratelog::DEFAULT_INTERVAL)))
+        RateLog(Mutex::new(LogLimit::new(
+            crate::proto::ratelog::DEFAULT_INTERVAL,
+        )))
     }
 
     /// `Some(suppressed)` when a line may be written now.
@@ -1402,13 +1404,14 @@ mod tests {
     /// Converts netascii content as the sender does, through the block encoder and `read_source`.
     fn convert(c: &Content) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut pos = crate::proto::netascii::EncodePos::START;
+        let mut pos = crate::proto::tftp::netascii::EncodePos::START;
         let mut src = vec![0u8; 7];
         let mut block = [0u8; 5];
         loop {
             let n = c.read_source(pos.src, &mut src).unwrap();
             let at_eof = pos.src + n as u64 == c.len();
-            let w = crate::proto::netascii::encode_step(&mut pos, &src[..n], at_eof, &mut block);
+            let w =
+                crate::proto::tftp::netascii::encode_step(&mut pos, &src[..n], at_eof, &mut block);
             out.extend_from_slice(&block[..w]);
             if at_eof && pos.src == c.len() && pos.owed.is_none() && w < block.len() {
                 return out;

@@ -57,7 +57,7 @@ pub(crate) fn decode(raw: &[u8]) -> Result<RelPath, LookupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::packet::ErrorCode;
+    use crate::proto::tftp::packet::ErrorCode;
     use proptest::prelude::*;
 
     fn ok(raw: &[u8]) -> String {

@@ -18,8 +18,8 @@
 
 pub mod netns;
 
-use ringboot::proto::packet::{emit_ack, emit_error, ErrorCode, Mode, OptionWriter, Packet};
-use ringboot::proto::BlockNum;
+use ringboot::proto::tftp::packet::{emit_ack, emit_error, ErrorCode, Mode, OptionWriter, Packet};
+use ringboot::proto::tftp::BlockNum;
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -1227,7 +1227,7 @@ pub fn raw_get(srv: &Server, spec: &DownloadSpec) -> Download {
         })
 }
 
-/// Netascii encoding as the server documents it (`ringboot::proto::netascii`): LF -> CR LF, a
+/// Netascii encoding as the server documents it (`ringboot::proto::tftp::netascii`): LF -> CR LF, a
 /// CR LF already in the file stays CR LF, any other CR -> CR NUL. Written independently here so
 /// the test does not check the server's code against itself.
 pub fn netascii_encode(src: &[u8]) -> Vec<u8> {

@@ -9,15 +9,24 @@
 //! - ACK after exactly `windowsize` blocks or at the last block; on a block out of order, re-ACK the
 //!   last in-order block at once (EDK2); a duplicate in lockstep is re-ACKed (RFC 1350);
 //! - block-number rollover past 65535 to 0;
-//! - a fixed retransmission timeout and retry count (EDK2: 4 s x 6), resending the last packet.
+//! - a fixed retransmission timeout and retry count (EDK2: 4 s x 6), resending the last packet;
+//! - RFC 1350 transfer IDs: the first answer fixes the server's transfer address; a datagram from
+//!   any other address changes nothing and is answered with ERROR 5 (counted in
+//!   [`ClientStats::foreign`]).
 //!
-//! Calling contract as for the server transfer: `handle_datagram`/`handle_timeout`, then drain
-//! `poll_transmit`; in-order payload comes back in [`Event::Data`] borrowing the datagram. The driver
-//! owns the sockets: it sends the first `poll_transmit` to the server's request port and everything
-//! after to the transfer port the first answer came from.
+//! Calling contract (the machine shape of [`crate::proto`]): feed datagrams to
+//! [`Client::handle_datagram`] and call [`Client::handle_timeout`] at [`Client::poll_timeout`];
+//! after each call drain [`Client::poll_transmit`] (each [`Transmit`] names where it goes: the
+//! server's request address first, its transfer address after the first answer) and
+//! [`Client::poll_event`] (finished, probe done, failed). In-order payload is the return value of
+//! `handle_datagram`, borrowed from the datagram: the driver writes it out or checks it, and
+//! nothing is copied.
 
 use super::block::BlockNum;
-use super::packet::{emit_ack, emit_error, ErrorCode, Mode, OptionWriter, Packet};
+use super::options::{BlockSize, WindowSize, MAX_BLKSIZE, MIN_BLKSIZE};
+use super::packet::{emit_ack, emit_error, ErrorCode, Mode, OptionList, OptionWriter, Packet};
+use crate::proto::{Payload, Transmit};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// How a probe ends after reading the OACK.
@@ -33,14 +42,19 @@ pub enum ProbeEnd {
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     pub mode: Mode,
-    pub blksize: Option<u16>,
-    pub windowsize: Option<u16>,
+    /// RFC 2348 `blksize` to ask for.
+    pub blksize: Option<BlockSize>,
+    /// RFC 7440 `windowsize` to ask for.
+    pub windowsize: Option<WindowSize>,
+    /// RFC 2349 `tsize` to ask for.
     pub tsize: bool,
-    /// RFC 2349 timeout to request, in seconds.
-    pub timeout_opt: Option<u8>,
-    /// Extra options sent verbatim (to test servers' handling of unknown ones).
-    pub extra_options: Vec<(String, String)>,
-    /// Reject OACKs that grant what was not asked (EDK2 behaviour).
+    /// RFC 2349 `timeout` to ask for (sent in whole seconds, 1 to 255).
+    pub timeout_option: Option<Duration>,
+    /// Options sent verbatim after the ones above (to test servers' handling of unknown ones,
+    /// or of odd spellings).
+    pub extra_options: Vec<(String, Vec<u8>)>,
+    /// Reject OACKs that grant what was not asked (EDK2 behaviour). A lenient client takes any
+    /// valid blksize or windowsize not above what it asked (if it asked).
     pub strict_oack: bool,
     /// Only read the OACK, then end like firmware does.
     pub probe: Option<ProbeEnd>,
@@ -57,7 +71,7 @@ impl Default for ClientConfig {
             blksize: None,
             windowsize: None,
             tsize: false,
-            timeout_opt: None,
+            timeout_option: None,
             extra_options: Vec::new(),
             strict_oack: true,
             probe: None,
@@ -68,37 +82,36 @@ impl Default for ClientConfig {
 }
 
 /// Why a client failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     /// The server sent an ERROR.
+    #[error("server error {code}: {message}")]
     Server { code: ErrorCode, message: String },
     /// The OACK failed validation; ERROR 8 was sent.
+    #[error("bad OACK: {0}")]
     BadOack(&'static str),
     /// No answer within the retry budget.
+    #[error("timed out")]
     TimedOut,
     /// The server sent something that has no place here.
+    #[error("protocol violation: {0}")]
     Protocol(&'static str),
 }
 
-impl std::fmt::Display for ClientError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClientError::Server { code, message } => write!(f, "server error {code}: {message}"),
-            ClientError::BadOack(why) => write!(f, "bad OACK: {why}"),
-            ClientError::TimedOut => write!(f, "timed out"),
-            ClientError::Protocol(why) => write!(f, "protocol violation: {why}"),
-        }
-    }
+/// In-order payload from [`Client::handle_datagram`], borrowed from the datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Data<'a> {
+    /// The transfer's byte offset of `bytes`.
+    pub offset: u64,
+    pub bytes: &'a [u8],
 }
 
-/// What a datagram meant to the client.
+/// What the driver must know, from [`Client::poll_event`]. Each is reported once, and ends the
+/// client.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event<'a> {
-    /// Nothing for the caller (duplicate, out of order, control packet).
-    None,
-    /// In-order payload to append at `offset` (the transfer's byte offset).
-    Data { offset: u64, data: &'a [u8] },
-    /// The last block arrived; the file is complete.
+pub enum Event {
+    /// The last block arrived; the file is complete (the final ACK is still to be sent: drain
+    /// `poll_transmit` first).
     Finished,
     /// Probe finished: the OACK's tsize, if any.
     ProbeDone { tsize: Option<u64> },
@@ -128,8 +141,15 @@ enum Out {
 pub struct Client {
     cfg: ClientConfig,
     filename: Vec<u8>,
+    /// The server's request address.
+    server: SocketAddr,
+    /// Its transfer address, from the first answer.
+    peer: Option<SocketAddr>,
     state: State,
     pending: Out,
+    /// A datagram from an unknown transfer ID, to answer with ERROR 5.
+    stranger: Option<SocketAddr>,
+    event: Option<Event>,
     /// The packet to resend on timeout.
     last_sent: Out,
     blksize: usize,
@@ -147,23 +167,33 @@ pub struct Client {
 /// Counters a load tester reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClientStats {
+    /// In-order DATA blocks taken.
     pub data_received: u64,
+    /// DATA blocks received again.
     pub duplicates: u64,
+    /// DATA blocks ahead of the expected one.
     pub out_of_order: u64,
     pub acks_sent: u64,
     pub timeouts: u32,
+    /// Datagrams from an address other than the transfer's (answered with ERROR 5).
+    pub foreign: u64,
 }
 
 impl Client {
-    /// A client that will request `filename` (bytes exactly as sent on the wire).
-    pub fn new(filename: &[u8], cfg: ClientConfig, now: Instant) -> Self {
+    /// A client that will request `filename` (bytes exactly as sent on the wire) from the
+    /// server's request address `server`.
+    pub fn new(server: SocketAddr, filename: &[u8], cfg: ClientConfig, now: Instant) -> Self {
         let _ = now;
         Client {
             retries_left: cfg.retries,
             cfg,
             filename: filename.to_vec(),
+            server,
+            peer: None,
             state: State::AwaitFirst,
             pending: Out::Request,
+            stranger: None,
+            event: None,
             last_sent: Out::Request,
             blksize: 512,
             window: 1,
@@ -190,12 +220,17 @@ impl Client {
         self.tsize
     }
 
+    /// The server's transfer address, once it answered.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
     /// True once the transfer is finished or failed.
     pub fn is_over(&self) -> bool {
         matches!(self.state, State::Finished | State::Failed)
     }
 
-    /// True once the file arrived whole.
+    /// True once the file arrived whole (or the probe ended).
     pub fn is_finished(&self) -> bool {
         self.state == State::Finished
     }
@@ -208,8 +243,20 @@ impl Client {
         }
     }
 
-    /// Build the next datagram into `buf` (>= 600 bytes); returns its length.
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+    /// What the driver must know (see [`Event`]).
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.event.take()
+    }
+
+    /// Build the next datagram into `buf` (>= 600 bytes, or room for the request's options).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(to) = self.stranger.take() {
+            let len = emit_error(buf, ErrorCode::UnknownTid, "unknown transfer ID");
+            return Some(Transmit {
+                dest: to,
+                payload: Payload::Datagram(len),
+            });
+        }
         let out = std::mem::replace(&mut self.pending, Out::Nothing);
         let len = match out {
             Out::Nothing => return None,
@@ -224,7 +271,14 @@ impl Client {
             self.last_sent = out;
             self.deadline = Some(now + self.cfg.retransmit);
         }
-        Some(len)
+        let dest = match out {
+            Out::Request => self.server,
+            _ => self.peer.unwrap_or(self.server),
+        };
+        Some(Transmit {
+            dest,
+            payload: Payload::Datagram(len),
+        })
     }
 
     fn write_request(&self, buf: &mut [u8]) -> Option<usize> {
@@ -233,30 +287,31 @@ impl Client {
             w.option("tsize", b"0").ok()?;
         }
         if let Some(b) = self.cfg.blksize {
-            w.option_u64("blksize", b as u64).ok()?;
+            w.option_u64("blksize", b.get() as u64).ok()?;
         }
-        if let Some(t) = self.cfg.timeout_opt {
-            w.option_u64("timeout", t as u64).ok()?;
+        if let Some(t) = self.cfg.timeout_option {
+            w.option_u64("timeout", t.as_secs()).ok()?;
         }
         if let Some(ws) = self.cfg.windowsize {
-            w.option_u64("windowsize", ws as u64).ok()?;
+            w.option_u64("windowsize", ws.get() as u64).ok()?;
         }
         for (n, v) in &self.cfg.extra_options {
-            w.option(n, v.as_bytes()).ok()?;
+            w.option(n, v).ok()?;
         }
         Some(w.finish())
     }
 
     /// Call when the instant from [`poll_timeout`](Self::poll_timeout) has passed.
-    pub fn handle_timeout(&mut self, now: Instant) -> Event<'static> {
+    pub fn handle_timeout(&mut self, now: Instant) {
         match self.poll_timeout() {
             Some(d) if now >= d => {}
-            _ => return Event::None,
+            _ => return,
         }
         self.stats.timeouts += 1;
         if self.retries_left == 0 {
             self.state = State::Failed;
-            return Event::Failed(ClientError::TimedOut);
+            self.event = Some(Event::Failed(ClientError::TimedOut));
+            return;
         }
         self.retries_left -= 1;
         self.pending = match self.state {
@@ -264,38 +319,55 @@ impl Client {
             State::Receiving => Out::Ack(BlockNum::from_index(self.expected - 1)),
             _ => self.last_sent,
         };
-        Event::None
     }
 
-    fn fail(
-        &mut self,
-        why: ClientError,
-        send: Option<(ErrorCode, &'static str)>,
-    ) -> Event<'static> {
+    fn fail(&mut self, why: ClientError, send: Option<(ErrorCode, &'static str)>) {
         self.state = State::Failed;
         self.pending = match send {
             Some((c, m)) => Out::Error(c, m),
             None => Out::Nothing,
         };
-        Event::Failed(why)
+        self.event = Some(Event::Failed(why));
     }
 
-    /// Feed one datagram from the server.
-    pub fn handle_datagram<'a>(&mut self, datagram: &'a [u8], now: Instant) -> Event<'a> {
-        let pkt = match Packet::parse(datagram) {
-            Ok(p) => p,
-            Err(_) => return Event::None,
-        };
-        match (self.state, pkt) {
-            (State::Failed, _) => Event::None,
-            (_, Packet::Error { code, message }) => {
-                if self.state == State::Finished {
-                    return Event::None;
-                }
-                let message = String::from_utf8_lossy(message).into_owned();
-                self.fail(ClientError::Server { code, message }, None)
+    fn finish(&mut self, event: Event, then: Out) {
+        self.state = State::Finished;
+        self.pending = then;
+        self.event = Some(event);
+    }
+
+    /// Feed one datagram that arrived from `from`. Returns the in-order payload it carried, if
+    /// any.
+    pub fn handle_datagram<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &'a [u8],
+    ) -> Option<Data<'a>> {
+        match self.peer {
+            None if self.state == State::AwaitFirst => self.peer = Some(from),
+            Some(p) if p != from => {
+                // RFC 1350: another transfer ID gets ERROR 5 and changes nothing.
+                self.stats.foreign += 1;
+                self.stranger = Some(from);
+                return None;
             }
-            (State::AwaitFirst, Packet::Oack(opts)) => self.handle_oack(&opts),
+            _ => {}
+        }
+        let pkt = Packet::parse(datagram).ok()?;
+        match (self.state, pkt) {
+            (State::Failed, _) => None,
+            (_, Packet::Error { code, message }) => {
+                if self.state != State::Finished {
+                    let message = String::from_utf8_lossy(message).into_owned();
+                    self.fail(ClientError::Server { code, message }, None);
+                }
+                None
+            }
+            (State::AwaitFirst, Packet::Oack(opts)) => {
+                self.handle_oack(&opts);
+                None
+            }
             (State::AwaitFirst, Packet::Data { block, data }) if self.cfg.probe.is_none() => {
                 // The server ignored our options: plain RFC 1350.
                 self.blksize = 512;
@@ -305,9 +377,11 @@ impl Client {
             }
             (State::AwaitFirst, Packet::Data { .. }) => {
                 // A probe that got data: the server ignores options, so there is no tsize.
-                self.state = State::Finished;
-                self.pending = Out::Error(ErrorCode::OptionNegotiation, "no OACK");
-                Event::ProbeDone { tsize: None }
+                self.finish(
+                    Event::ProbeDone { tsize: None },
+                    Out::Error(ErrorCode::OptionNegotiation, "no OACK"),
+                );
+                None
             }
             (State::Receiving, Packet::Data { block, data }) => self.handle_data(block, data, now),
             (State::Finished, Packet::Data { block, .. }) => {
@@ -315,38 +389,53 @@ impl Client {
                 if block == BlockNum::from_index(self.expected - 1) {
                     self.pending = Out::Ack(block);
                 }
-                Event::None
+                None
             }
             (State::Receiving, Packet::Oack(_)) => {
                 // Our ACK 0 was lost and the OACK came again.
                 if self.expected == 1 {
                     self.pending = Out::Ack(BlockNum::ZERO);
                 }
-                Event::None
+                None
             }
-            (State::Finished, _) => Event::None,
-            _ => self.fail(
-                ClientError::Protocol("unexpected packet"),
-                Some((ErrorCode::IllegalOperation, "unexpected packet")),
-            ),
+            (State::Finished, _) => None,
+            _ => {
+                self.fail(
+                    ClientError::Protocol("unexpected packet"),
+                    Some((ErrorCode::IllegalOperation, "unexpected packet")),
+                );
+                None
+            }
         }
     }
 
-    fn handle_oack(&mut self, opts: &super::packet::OptionList<'_>) -> Event<'static> {
+    fn handle_oack(&mut self, opts: &OptionList<'_>) {
         let num = |v: &[u8]| -> Option<u64> { std::str::from_utf8(v).ok()?.parse::<u64>().ok() };
+        let strict = self.cfg.strict_oack;
         for (name, value) in opts.iter() {
             let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-            let strict = self.cfg.strict_oack;
             if is("blksize") {
-                match (num(value), self.cfg.blksize) {
-                    (Some(v), Some(asked)) if (8..=asked as u64).contains(&v) => {
+                let asked = self.cfg.blksize.map(|b| b.get() as u64);
+                let most = match asked {
+                    Some(a) => a,
+                    None if !strict => MAX_BLKSIZE as u64,
+                    None => 0,
+                };
+                match num(value) {
+                    Some(v) if (MIN_BLKSIZE as u64..=most).contains(&v) => {
                         self.blksize = v as usize
                     }
                     _ => return self.bad_oack("blksize not acceptable"),
                 }
             } else if is("windowsize") {
-                match (num(value), self.cfg.windowsize) {
-                    (Some(v), Some(asked)) if (1..=asked as u64).contains(&v) => self.window = v,
+                let asked = self.cfg.windowsize.map(|w| w.get() as u64);
+                let most = match asked {
+                    Some(a) => a,
+                    None if !strict => u16::MAX as u64,
+                    None => 0,
+                };
+                match num(value) {
+                    Some(v) if (1..=most).contains(&v) => self.window = v,
                     _ => return self.bad_oack("windowsize not acceptable"),
                 }
             } else if is("tsize") {
@@ -356,8 +445,9 @@ impl Client {
                     _ => {}
                 }
             } else if is("timeout") {
-                match (num(value), self.cfg.timeout_opt) {
-                    (Some(v), Some(asked)) if v == asked as u64 => {}
+                let asked = self.cfg.timeout_option.map(|t| t.as_secs());
+                match num(value) {
+                    Some(v) if Some(v) == asked => {}
                     _ if strict => return self.bad_oack("timeout changed or not asked"),
                     _ => {}
                 }
@@ -366,27 +456,30 @@ impl Client {
             }
         }
         if let Some(end) = self.cfg.probe {
-            self.state = State::Finished;
-            self.pending = match end {
+            let error = match end {
                 ProbeEnd::Error0 => Out::Error(ErrorCode::NotDefined, "TFTP Aborted"),
                 ProbeEnd::Error8 => Out::Error(ErrorCode::OptionNegotiation, "probe done"),
             };
-            return Event::ProbeDone { tsize: self.tsize };
+            return self.finish(Event::ProbeDone { tsize: self.tsize }, error);
         }
         self.state = State::Receiving;
         self.retries_left = self.cfg.retries;
         self.pending = Out::Ack(BlockNum::ZERO);
-        Event::None
     }
 
-    fn bad_oack(&mut self, why: &'static str) -> Event<'static> {
+    fn bad_oack(&mut self, why: &'static str) {
         self.fail(
             ClientError::BadOack(why),
             Some((ErrorCode::OptionNegotiation, why)),
         )
     }
 
-    fn handle_data<'a>(&mut self, block: BlockNum, data: &'a [u8], now: Instant) -> Event<'a> {
+    fn handle_data<'a>(
+        &mut self,
+        block: BlockNum,
+        data: &'a [u8],
+        now: Instant,
+    ) -> Option<Data<'a>> {
         let expected = BlockNum::from_index(self.expected);
         if block != expected {
             if expected.is_after(block) {
@@ -398,13 +491,14 @@ impl Client {
             // the last block received in order, at once (EDK2), so the sender resumes after it.
             self.since_ack = 0;
             self.pending = Out::Ack(expected.prev());
-            return Event::None;
+            return None;
         }
         if data.len() > self.blksize {
-            return self.fail(
+            self.fail(
                 ClientError::Protocol("block larger than blksize"),
                 Some((ErrorCode::IllegalOperation, "block larger than blksize")),
             );
+            return None;
         }
         self.stats.data_received += 1;
         self.retries_left = self.cfg.retries;
@@ -412,18 +506,17 @@ impl Client {
         self.expected += 1;
         self.since_ack += 1;
         if data.len() < self.blksize {
-            self.state = State::Finished;
-            self.pending = Out::Ack(block);
-            // The caller appends `data`, then sees the transfer is over via is_finished().
-            return Event::Data { offset, data };
-        }
-        if self.since_ack >= self.window {
+            self.finish(Event::Finished, Out::Ack(block));
+        } else if self.since_ack >= self.window {
             self.since_ack = 0;
             self.pending = Out::Ack(block);
         } else {
             // Waiting for the rest of the window: the timer runs from the last block received.
             self.deadline = Some(now + self.cfg.retransmit);
         }
-        Event::Data { offset, data }
+        Some(Data {
+            offset,
+            bytes: data,
+        })
     }
 }
