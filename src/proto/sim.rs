@@ -114,6 +114,8 @@ pub struct Sim {
     queue: TimerQueue<u64>,
     in_flight: HashMap<u64, InFlight>,
     next_seq: u64,
+    /// Datagrams to drop, by destination: deterministic faults for a test.
+    drops: Vec<(SocketAddr, u32)>,
     steps: u64,
     /// Steps a run may take at most.
     pub max_steps: u64,
@@ -140,6 +142,7 @@ impl Sim {
             queue: TimerQueue::new(),
             in_flight: HashMap::new(),
             next_seq: 0,
+            drops: Vec::new(),
             steps: 0,
             max_steps: 20_000_000,
             stats: SimStats::default(),
@@ -165,9 +168,19 @@ impl Sim {
         self.now = self.now.max(to);
     }
 
+    /// Drop the next `count` datagrams sent to `to` (a deterministic loss, on top of the link's).
+    pub fn drop_next(&mut self, to: SocketAddr, count: u32) {
+        self.drops.push((to, count));
+    }
+
     /// Put a datagram on the link (through its duplication and reordering).
     pub fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
         self.stats.sent += 1;
+        if let Some(d) = self.drops.iter_mut().find(|(a, n)| *a == to && *n > 0) {
+            d.1 -= 1;
+            self.stats.lost += 1;
+            return;
+        }
         let copies = if self.rng.chance(self.link.dup) {
             self.stats.duplicated += 1;
             2
@@ -545,6 +558,8 @@ pub struct TftpClient {
     pub events: Vec<ClientEvent>,
     /// Takes and sends nothing.
     pub silent: bool,
+    /// The opcode of every datagram that reached it (silent or not).
+    pub heard: Vec<u16>,
     /// Drops the ERROR that ends a probe (it is lost, or still queued behind the next request).
     pub drop_probe_error: bool,
     probe_ended: bool,
@@ -562,6 +577,7 @@ impl TftpClient {
             received: Vec::new(),
             events: Vec::new(),
             silent: false,
+            heard: Vec::new(),
             drop_probe_error: false,
             probe_ended: false,
         }
@@ -618,6 +634,9 @@ impl Node for TftpClient {
     }
 
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, _: SocketAddr, datagram: &[u8]) {
+        if let [a, b, ..] = *datagram {
+            self.heard.push(u16::from_be_bytes([a, b]));
+        }
         if self.silent {
             return;
         }
@@ -968,4 +987,116 @@ impl Node for McMember {
 /// An address on the simulated LAN: `10.0.0.x:port`.
 pub fn addr(host: u8, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::from([10, 0, 0, host]), port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends `n` datagrams to `to` at start, counts what arrives.
+    struct Pinger {
+        at: SocketAddr,
+        to: SocketAddr,
+        left: u32,
+        got: Vec<(Instant, u32)>,
+    }
+
+    impl Node for Pinger {
+        fn receives(&self, a: SocketAddr) -> bool {
+            a == self.at
+        }
+        fn handle_datagram(&mut self, now: Instant, _: SocketAddr, _: SocketAddr, d: &[u8]) {
+            self.got
+                .push((now, u32::from_be_bytes(d[..4].try_into().unwrap())));
+        }
+        fn poll_transmit(
+            &mut self,
+            _: Instant,
+            buf: &mut [u8],
+        ) -> Option<(SocketAddr, SocketAddr, usize)> {
+            self.left = self.left.checked_sub(1)?;
+            buf[..4].copy_from_slice(&self.left.to_be_bytes());
+            Some((self.at, self.to, 4))
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+        fn handle_timeout(&mut self, _: Instant) {}
+    }
+
+    fn ping(seed: u64, link: Link) -> (Vec<(Instant, u32)>, SimStats) {
+        let t0 = crate::sim_origin();
+        let mut a = Pinger {
+            at: addr(1, 1),
+            to: addr(2, 1),
+            left: 10_000,
+            got: Vec::new(),
+        };
+        let mut b = Pinger {
+            at: addr(2, 1),
+            to: addr(1, 1),
+            left: 0,
+            got: Vec::new(),
+        };
+        let mut net = Sim::new(t0, seed, link);
+        assert_eq!(
+            net.run(&mut [&mut a, &mut b], t0 + Duration::from_secs(1)),
+            Ran::Quiet
+        );
+        (b.got, net.stats)
+    }
+
+    #[test]
+    fn the_link_is_seeded_and_does_what_it_says() {
+        let link = Link::lan(0.1, 0.05, 0.05);
+        let (got, st) = ping(7, link);
+        assert_eq!(ping(7, link).0, got, "the same seed, the same run");
+        assert_ne!(ping(8, link).0, got);
+        assert_eq!(st.sent, 10_000);
+        assert_eq!(st.delivered as usize, got.len());
+        assert_eq!(st.delivered + st.lost, 10_000 + st.duplicated);
+        assert!((800..1_200).contains(&st.lost), "{st:?}");
+        assert!((350..650).contains(&st.duplicated), "{st:?}");
+        // Delay: 100 µs, or 400 µs more for a reordered one.
+        let t0 = crate::sim_origin();
+        let late = got
+            .iter()
+            .filter(|(t, _)| *t - t0 > Duration::from_micros(100))
+            .count();
+        assert!(late > 0 && late < got.len() / 5);
+        let order: Vec<u32> = got.iter().map(|g| g.1).collect();
+        assert!(order.windows(2).any(|w| w[0] < w[1]), "some reordered");
+        let (clean, st) = ping(7, Link::PERFECT);
+        assert_eq!(clean.len(), 10_000);
+        assert_eq!((st.lost, st.duplicated, st.reordered), (0, 0, 0));
+    }
+
+    #[test]
+    fn deterministic_drops_and_time_bounds() {
+        let t0 = crate::sim_origin();
+        let mut a = Pinger {
+            at: addr(1, 1),
+            to: addr(2, 1),
+            left: 5,
+            got: Vec::new(),
+        };
+        let mut b = Pinger {
+            at: addr(2, 1),
+            to: addr(1, 1),
+            left: 0,
+            got: Vec::new(),
+        };
+        let mut net = Sim::new(t0, 1, Link::lan(0.0, 0.0, 0.0));
+        net.drop_next(b.at, 2);
+        // Time stops at the bound while datagrams are still in flight.
+        let bound = t0 + Duration::from_micros(50);
+        assert_eq!(net.run(&mut [&mut a, &mut b], bound), Ran::Until);
+        assert_eq!(net.now(), bound);
+        assert_eq!(
+            net.run(&mut [&mut a, &mut b], t0 + Duration::from_secs(1)),
+            Ran::Quiet
+        );
+        let got: Vec<u32> = b.got.iter().map(|g| g.1).collect();
+        assert_eq!(got, [2, 1, 0], "the first two dropped");
+    }
 }

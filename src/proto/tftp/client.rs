@@ -520,3 +520,122 @@ impl Client {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::sim::addr;
+
+    fn next(c: &mut Client, now: Instant, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        let t = c.poll_transmit(now, buf)?;
+        let Payload::Datagram(n) = t.payload else {
+            panic!("blocks from a client")
+        };
+        Some((t.dest, n))
+    }
+
+    #[test]
+    fn requests_go_to_the_server_and_the_rest_to_its_transfer_id() {
+        let now = crate::sim_origin();
+        let (server, tid, stranger) = (addr(1, 69), addr(1, 50_000), addr(1, 50_001));
+        let cfg = ClientConfig {
+            blksize: BlockSize::new(8),
+            ..ClientConfig::default()
+        };
+        let mut c = Client::new(server, b"f", cfg, now);
+        let mut buf = [0u8; 600];
+        let (to, n) = next(&mut c, now, &mut buf).unwrap();
+        assert_eq!(to, server);
+        assert!(matches!(Packet::parse(&buf[..n]), Ok(Packet::Rrq(_))));
+        assert_eq!(
+            c.handle_datagram(now, tid, b"\x00\x06blksize\x008\x00"),
+            None
+        );
+        assert_eq!(c.peer(), Some(tid));
+        assert_eq!(next(&mut c, now, &mut buf), Some((tid, 4)));
+        // Another transfer ID: ERROR 5 to it, nothing else changes.
+        assert_eq!(
+            c.handle_datagram(now, stranger, b"\x00\x03\x00\x01abcdefgh"),
+            None
+        );
+        let (to, n) = next(&mut c, now, &mut buf).unwrap();
+        assert_eq!(to, stranger);
+        assert_eq!(&buf[..4], b"\x00\x05\x00\x05");
+        assert!(n > 5);
+        assert_eq!(c.stats.foreign, 1);
+        let d = c
+            .handle_datagram(now, tid, b"\x00\x03\x00\x01abcdefgh")
+            .unwrap();
+        assert_eq!((d.offset, d.bytes), (0, &b"abcdefgh"[..]));
+        assert_eq!(c.poll_event(), None);
+        let d = c.handle_datagram(now, tid, b"\x00\x03\x00\x02xy").unwrap();
+        assert_eq!((d.offset, d.bytes), (8, &b"xy"[..]));
+        assert_eq!(c.poll_event(), Some(Event::Finished));
+        assert_eq!(next(&mut c, now, &mut buf), Some((tid, 4)));
+        assert_eq!(&buf[..4], b"\x00\x04\x00\x02");
+        assert!(c.is_finished() && c.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn strict_and_lenient_oack_checks() {
+        let now = crate::sim_origin();
+        let (server, tid) = (addr(1, 69), addr(1, 50_000));
+        let strict = ClientConfig {
+            blksize: BlockSize::new(1468),
+            ..ClientConfig::default()
+        };
+        let mut c = Client::new(server, b"f", strict.clone(), now);
+        c.handle_datagram(now, tid, b"\x00\x06blksize\x001500\x00");
+        assert_eq!(
+            c.poll_event(),
+            Some(Event::Failed(ClientError::BadOack(
+                "blksize not acceptable"
+            )))
+        );
+        let mut buf = [0u8; 600];
+        assert_eq!(next(&mut c, now, &mut buf).map(|x| x.0), Some(tid));
+        assert_eq!(&buf[..4], b"\x00\x05\x00\x08", "ERROR 8 to the server");
+        let mut c = Client::new(server, b"f", strict, now);
+        c.handle_datagram(now, tid, b"\x00\x06windowsize\x004\x00");
+        assert!(
+            matches!(c.poll_event(), Some(Event::Failed(_))),
+            "not asked"
+        );
+        // A lenient client takes a valid grant it did not ask for in typed form (raw options).
+        let lenient = ClientConfig {
+            strict_oack: false,
+            extra_options: vec![("BlkSize".into(), b"1024".to_vec())],
+            ..ClientConfig::default()
+        };
+        let mut c = Client::new(server, b"f", lenient, now);
+        next(&mut c, now, &mut buf);
+        c.handle_datagram(now, tid, b"\x00\x06blksize\x001024\x00windowsize\x002\x00");
+        assert_eq!(c.poll_event(), None);
+        assert_eq!((c.blksize(), c.window()), (1024, 2));
+    }
+
+    #[test]
+    fn silence_resends_then_fails() {
+        let t0 = crate::sim_origin();
+        let cfg = ClientConfig {
+            retransmit: Duration::from_secs(1),
+            retries: 2,
+            ..ClientConfig::default()
+        };
+        let mut c = Client::new(addr(1, 69), b"f", cfg, t0);
+        let mut buf = [0u8; 600];
+        let mut sent = 0;
+        while let Some(d) = c.poll_timeout().or(Some(t0)) {
+            while next(&mut c, d, &mut buf).is_some() {
+                sent += 1;
+            }
+            if c.is_over() {
+                break;
+            }
+            c.handle_timeout(d);
+        }
+        assert_eq!(sent, 3, "the request and two resends");
+        assert_eq!(c.poll_event(), Some(Event::Failed(ClientError::TimedOut)));
+        assert_eq!(c.stats.timeouts, 3);
+    }
+}
