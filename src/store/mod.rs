@@ -808,7 +808,7 @@ impl Store {
         let rel = path::decode(filename)?;
         let (handle, display) = self.open(&rel)?;
         let st = jail::fstat(handle.as_raw_fd()).map_err(|e| LookupError::Io {
-            path: display.clone(),
+            path: display.clone().into_owned(),
             source: e,
         })?;
         check_regular(st.st_mode, &display)?;
@@ -818,7 +818,7 @@ impl Store {
         };
         let version = Version::of(&st);
         if netascii {
-            return self.load_text(&handle, key, display);
+            return self.load_text(&handle, key, display.into_owned());
         }
         match self.cache.get(key, version) {
             Probe::Hit(c) => return Ok(c),
@@ -832,7 +832,7 @@ impl Store {
             }
             Probe::Miss => {}
         }
-        let content = self.load(&handle, key, version, display)?;
+        let content = self.load(&handle, key, version, display.into_owned())?;
         Ok(self.cache.insert(content))
     }
 
@@ -866,21 +866,28 @@ impl Store {
     }
 
     /// Opens the exact path, or on ENOENT its case-insensitive match, through the jail, as an
-    /// `O_PATH` handle.
-    fn open(&self, rel: &path::RelPath) -> Result<(OwnedFd, String), LookupError> {
-        let exact = rel.joined();
-        match self.jail.open_path(&exact) {
-            Ok(fd) => Ok((fd, exact)),
+    /// `O_PATH` handle. The name it was found by borrows `rel` when exact: a lookup that hits the
+    /// cache allocates nothing.
+    fn open<'r>(
+        &self,
+        rel: &'r path::RelPath,
+    ) -> Result<(OwnedFd, std::borrow::Cow<'r, str>), LookupError> {
+        let exact = rel.as_str();
+        match self.jail.open_rel(rel) {
+            Ok(fd) => Ok((fd, exact.into())),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) && self.opts.case_insensitive => {
-                match self.jail.resolve_case_insensitive(rel.components()) {
+                let parts: Vec<&str> = rel.components().collect();
+                match self.jail.resolve_case_insensitive(&parts) {
                     Some(found) if found != exact => match self.jail.open_path(&found) {
-                        Ok(fd) => Ok((fd, found)),
+                        Ok(fd) => Ok((fd, found.into())),
                         Err(e) => Err(LookupError::from_open(e, &found)),
                     },
-                    _ => Err(LookupError::NotFound { path: exact }),
+                    _ => Err(LookupError::NotFound {
+                        path: exact.to_owned(),
+                    }),
                 }
             }
-            Err(e) => Err(LookupError::from_open(e, &exact)),
+            Err(e) => Err(LookupError::from_open(e, exact)),
         }
     }
 
