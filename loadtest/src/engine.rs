@@ -14,7 +14,7 @@ use ringboot::proto::rng::Rng;
 use ringboot::proto::tftp::client::{Client, ClientError, Event};
 use ringboot::proto::tftp::packet::ErrorCode;
 use ringboot::proto::timer::TimerQueue;
-use ringboot::proto::Payload;
+use ringboot::proto::Transmit;
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::io::ErrorKind;
@@ -877,10 +877,10 @@ impl Engine {
         let (Some(c), Some(sock)) = (m.client.as_mut(), m.sock.as_ref()) else {
             return;
         };
-        while let Some(t) = c.poll_transmit(now, &mut self.tx) {
-            let (Payload::Datagram(n), dest) = (t.payload, t.dest) else {
-                continue;
-            };
+        while let Some((dest, n)) = c
+            .poll_transmit(now, &mut self.tx)
+            .and_then(Transmit::datagram)
+        {
             let pkt = &self.tx[..n];
             let is_ack = pkt[1] == 4;
             if is_ack && m.rng.chance(imp.ack_loss) {

@@ -35,7 +35,7 @@ use ringboot::proto::mtftp::client::{Arrival, McClient, McClientConfig, McClient
 use ringboot::proto::rng::Rng;
 use ringboot::proto::tftp::BlockSize;
 use ringboot::proto::timer::TimerQueue;
-use ringboot::proto::Payload;
+use ringboot::proto::Transmit;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -746,10 +746,10 @@ impl Engine {
         let (Some(c), Some(sock)) = (m.client.as_mut(), m.sock.as_ref()) else {
             return;
         };
-        while let Some(t) = c.poll_transmit(now, &mut self.tx) {
-            let (Payload::Datagram(n), to) = (t.payload, t.dest) else {
-                continue;
-            };
+        while let Some((to, n)) = c
+            .poll_transmit(now, &mut self.tx)
+            .and_then(Transmit::datagram)
+        {
             let pkt = &self.tx[..n];
             if pkt[1] == 4 {
                 if m.rng.chance(ack_loss) {

@@ -43,3 +43,14 @@ pub enum Payload {
     /// never copied. Only server machines (transfers, sessions) produce it.
     Blocks { first: u64, count: u32 },
 }
+
+impl Transmit {
+    /// Where a datagram goes and its length; `None` for a run of blocks. Client machines only
+    /// ever send datagrams.
+    pub fn datagram(self) -> Option<(SocketAddr, usize)> {
+        match self.payload {
+            Payload::Datagram(n) => Some((self.dest, n)),
+            Payload::Blocks { .. } => None,
+        }
+    }
+}

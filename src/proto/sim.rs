@@ -294,6 +294,62 @@ impl Sim {
     }
 }
 
+/// What a server node still has to put on the link of a [`Payload::Blocks`]: one DATA
+/// datagram per block, built from the content like a driver does (header + the block's bytes).
+#[derive(Clone, Copy, Debug)]
+pub struct BlockRun {
+    to: SocketAddr,
+    next: u64,
+    last: u64,
+}
+
+impl BlockRun {
+    /// The blocks of `t`, if it is a run of blocks.
+    pub fn of(t: Transmit) -> Option<BlockRun> {
+        match t.payload {
+            Payload::Blocks { first, count } => Some(BlockRun {
+                to: t.dest,
+                next: first,
+                last: first + count as u64 - 1,
+            }),
+            Payload::Datagram(_) => None,
+        }
+    }
+
+    /// Write the next block's DATA into `buf`: the header, then the payload that
+    /// `fill(index, after_header)` writes and measures; `(dest, len)`, or `None` when the run is
+    /// over.
+    pub fn emit(
+        &mut self,
+        buf: &mut [u8],
+        fill: impl FnOnce(u64, &mut [u8]) -> usize,
+    ) -> Option<(SocketAddr, usize)> {
+        if self.next > self.last {
+            return None;
+        }
+        let i = self.next;
+        self.next += 1;
+        buf[..4].copy_from_slice(&data_header(BlockNum::from_index(i)));
+        let n = fill(i, &mut buf[4..]);
+        Some((self.to, 4 + n))
+    }
+
+    /// [`emit`](Self::emit) with the block's bytes taken from `content` at the `(offset, len)`
+    /// that `range(index)` gives (a machine's `block_range`).
+    pub fn emit_from(
+        &mut self,
+        buf: &mut [u8],
+        content: &[u8],
+        range: impl FnOnce(u64) -> (u64, usize),
+    ) -> Option<(SocketAddr, usize)> {
+        self.emit(buf, |i, out| {
+            let (off, len) = range(i);
+            out[..len].copy_from_slice(&content[off as usize..off as usize + len]);
+            len
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // TFTP nodes
 // ---------------------------------------------------------------------------------------------
@@ -315,7 +371,7 @@ struct Served {
     peer: SocketAddr,
     content: usize,
     /// Blocks of a `Payload::Blocks` still to put on the link.
-    blocks: Option<(u64, u64)>,
+    blocks: Option<BlockRun>,
 }
 
 /// An [`Endpoint`] with its transfers and a table of files, as a driver runs them: every
@@ -478,33 +534,24 @@ impl Node for TftpServer {
         let mut i = 0;
         while i < self.served.len() {
             let s = &mut self.served[i];
-            let (id, local, peer) = (s.id, s.local, s.peer);
-            if let Some((next, end)) = s.blocks {
-                s.blocks = (next < end).then_some((next + 1, end));
-                let content = &self.files[s.content].1;
+            let (id, local) = (s.id, s.local);
+            if let Some(run) = s.blocks.as_mut() {
                 let t = self.endpoint.transfer(id)?;
-                let (off, len) = t.block_range(next);
-                buf[..4].copy_from_slice(&data_header(BlockNum::from_index(next)));
-                buf[4..4 + len].copy_from_slice(&content[off as usize..off as usize + len]);
-                return Some((local, peer, 4 + len));
+                match run.emit_from(buf, &self.files[s.content].1, |i| t.block_range(i)) {
+                    Some((to, n)) => return Some((local, to, n)),
+                    None => s.blocks = None,
+                }
             }
             let Some(t) = self.endpoint.transfer_mut(id) else {
                 i += 1;
                 continue;
             };
-            match t.poll_transmit(now, buf) {
-                Some(Transmit {
-                    dest,
-                    payload: Payload::Datagram(n),
-                }) => return Some((local, dest, n)),
-                Some(Transmit {
-                    payload: Payload::Blocks { first, count },
-                    ..
-                }) => {
-                    self.served[i].blocks = Some((first, first + count as u64 - 1));
-                    continue;
+            if let Some(tx) = t.poll_transmit(now, buf) {
+                if let Some((dest, n)) = tx.datagram() {
+                    return Some((local, dest, n));
                 }
-                None => {}
+                self.served[i].blocks = BlockRun::of(tx);
+                continue;
             }
             if let Some(TransferEvent::Ended(_)) = t.poll_event() {
                 self.endpoint.close(id);
@@ -659,15 +706,11 @@ impl Node for TftpClient {
             return None;
         }
         let c = self.client.as_mut()?;
-        while let Some(t) = c.poll_transmit(now, buf) {
-            let Payload::Datagram(n) = t.payload else {
-                continue;
-            };
+        while let Some((dest, n)) = c.poll_transmit(now, buf).and_then(Transmit::datagram) {
             if std::mem::take(&mut self.probe_ended) && self.drop_probe_error {
                 continue;
             }
-            self.probe_ended = false;
-            return Some((self.addr, t.dest, n));
+            return Some((self.addr, dest, n));
         }
         None
     }
@@ -713,7 +756,7 @@ pub struct McServer {
     content: Vec<u8>,
     session: Option<(Session, SocketAddr)>,
     sessions: u16,
-    blocks: Option<(SocketAddr, u64, u64)>,
+    blocks: Option<BlockRun>,
     /// Counters of the sessions that ended, summed.
     pub finished: SessionStats,
     /// Every session event, in order.
@@ -806,27 +849,19 @@ impl Node for McServer {
         let (s, local) = self.session.as_mut()?;
         let local = *local;
         loop {
-            if let Some((to, next, end)) = self.blocks {
-                self.blocks = (next < end).then_some((to, next + 1, end));
-                let (off, len) = s.block_range(next);
-                buf[..4].copy_from_slice(&data_header(BlockNum::from_index(next)));
-                buf[4..4 + len].copy_from_slice(&self.content[off as usize..off as usize + len]);
-                return Some((local, to, 4 + len));
+            if let Some(run) = self.blocks.as_mut() {
+                match run.emit_from(buf, &self.content, |i| s.block_range(i)) {
+                    Some((to, n)) => return Some((local, to, n)),
+                    None => self.blocks = None,
+                }
             }
             let t = s.poll_transmit(now, buf);
-            while let Some(e) = s.poll_event() {
-                self.events.push(e);
+            self.events.extend(std::iter::from_fn(|| s.poll_event()));
+            let t = t?;
+            if let Some((dest, n)) = t.datagram() {
+                return Some((local, dest, n));
             }
-            match t? {
-                Transmit {
-                    dest,
-                    payload: Payload::Datagram(n),
-                } => return Some((local, dest, n)),
-                Transmit {
-                    dest,
-                    payload: Payload::Blocks { first, count },
-                } => self.blocks = Some((dest, first, first + count as u64 - 1)),
-            }
+            self.blocks = BlockRun::of(t);
         }
     }
 
@@ -948,11 +983,8 @@ impl Node for McMember {
         if self.gone {
             return None;
         }
-        let t = self.client.as_mut()?.poll_transmit(now, buf)?;
-        let Payload::Datagram(n) = t.payload else {
-            return None;
-        };
-        Some((self.addr, t.dest, n))
+        let (dest, n) = self.client.as_mut()?.poll_transmit(now, buf)?.datagram()?;
+        Some((self.addr, dest, n))
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -1024,20 +1056,23 @@ mod tests {
         fn handle_timeout(&mut self, _: Instant) {}
     }
 
+    /// `a` sends `n` datagrams to `b`.
+    fn pair(n: u32) -> (Pinger, Pinger) {
+        let pinger = |at, to, left| Pinger {
+            at,
+            to,
+            left,
+            got: Vec::new(),
+        };
+        (
+            pinger(addr(1, 1), addr(2, 1), n),
+            pinger(addr(2, 1), addr(1, 1), 0),
+        )
+    }
+
     fn ping(seed: u64, link: Link) -> (Vec<(Instant, u32)>, SimStats) {
         let t0 = crate::sim_origin();
-        let mut a = Pinger {
-            at: addr(1, 1),
-            to: addr(2, 1),
-            left: 10_000,
-            got: Vec::new(),
-        };
-        let mut b = Pinger {
-            at: addr(2, 1),
-            to: addr(1, 1),
-            left: 0,
-            got: Vec::new(),
-        };
+        let (mut a, mut b) = pair(10_000);
         let mut net = Sim::new(t0, seed, link);
         assert_eq!(
             net.run(&mut [&mut a, &mut b], t0 + Duration::from_secs(1)),
@@ -1074,18 +1109,7 @@ mod tests {
     #[test]
     fn deterministic_drops_and_time_bounds() {
         let t0 = crate::sim_origin();
-        let mut a = Pinger {
-            at: addr(1, 1),
-            to: addr(2, 1),
-            left: 5,
-            got: Vec::new(),
-        };
-        let mut b = Pinger {
-            at: addr(2, 1),
-            to: addr(1, 1),
-            left: 0,
-            got: Vec::new(),
-        };
+        let (mut a, mut b) = pair(5);
         let mut net = Sim::new(t0, 1, Link::lan(0.0, 0.0, 0.0));
         net.drop_next(b.at, 2);
         // Time stops at the bound while datagrams are still in flight.

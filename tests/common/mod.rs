@@ -23,7 +23,7 @@ use ringboot::proto::tftp::client::{
 };
 use ringboot::proto::tftp::packet::{emit_ack, emit_error, ErrorCode, Mode, OptionWriter, Packet};
 use ringboot::proto::tftp::BlockNum;
-use ringboot::proto::Payload;
+use ringboot::proto::Transmit;
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -951,13 +951,10 @@ impl RawClient {
         let mut tx = vec![0u8; 65536];
         loop {
             let now = Instant::now();
-            while let Some(t) = c.poll_transmit(now, &mut tx) {
-                let Payload::Datagram(n) = t.payload else {
-                    unreachable!("a client sends datagrams")
-                };
-                self.sock.send_to(&tx[..n], t.dest).expect("send");
+            while let Some((dest, n)) = c.poll_transmit(now, &mut tx).and_then(Transmit::datagram) {
+                self.sock.send_to(&tx[..n], dest).expect("send");
                 if spec.dup_acks && tx[..2] == [0, 4] {
-                    self.sock.send_to(&tx[..n], t.dest).expect("send");
+                    self.sock.send_to(&tx[..n], dest).expect("send");
                 }
             }
             match c.poll_event() {

@@ -845,7 +845,7 @@ mod tests {
     use super::*;
     use crate::proto::rng::Rng;
     use crate::proto::sim;
-    use crate::proto::tftp::packet::{data_header, emit_ack, Packet};
+    use crate::proto::tftp::packet::{emit_ack, Packet};
 
     fn addr(i: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 40000 + i))
@@ -959,7 +959,7 @@ mod tests {
     struct Server<'a> {
         s: &'a mut Session,
         events: &'a mut Vec<SessionEvent>,
-        blocks: Option<(SocketAddr, u64, u64)>,
+        blocks: Option<sim::BlockRun>,
     }
 
     impl sim::Node for Server<'_> {
@@ -977,25 +977,24 @@ mod tests {
             buf: &mut [u8],
         ) -> Option<(SocketAddr, SocketAddr, usize)> {
             loop {
-                if let Some((to, next, end)) = self.blocks {
-                    self.blocks = (next < end).then_some((to, next + 1, end));
-                    buf[..4].copy_from_slice(&data_header(BlockNum::from_index(next)));
-                    buf[4..12].copy_from_slice(&next.to_be_bytes());
-                    return Some((SESSION, to, 12));
+                if let Some(run) = self.blocks.as_mut() {
+                    let index = |i: u64, out: &mut [u8]| {
+                        out[..8].copy_from_slice(&i.to_be_bytes());
+                        8
+                    };
+                    match run.emit(buf, index) {
+                        Some((to, n)) => return Some((SESSION, to, n)),
+                        None => self.blocks = None,
+                    }
                 }
                 let t = self.s.poll_transmit(now, buf);
                 self.events
                     .extend(std::iter::from_fn(|| self.s.poll_event()));
-                match t? {
-                    Transmit {
-                        dest,
-                        payload: Payload::Datagram(n),
-                    } => return Some((SESSION, dest, n)),
-                    Transmit {
-                        dest,
-                        payload: Payload::Blocks { first, count },
-                    } => self.blocks = Some((dest, first, first + count as u64 - 1)),
+                let t = t?;
+                if let Some((dest, n)) = t.datagram() {
+                    return Some((SESSION, dest, n));
                 }
+                self.blocks = sim::BlockRun::of(t);
             }
         }
         fn poll_timeout(&self) -> Option<Instant> {

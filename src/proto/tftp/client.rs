@@ -527,11 +527,8 @@ mod tests {
     use crate::proto::sim::addr;
 
     fn next(c: &mut Client, now: Instant, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
-        let t = c.poll_transmit(now, buf)?;
-        let Payload::Datagram(n) = t.payload else {
-            panic!("blocks from a client")
-        };
-        Some((t.dest, n))
+        c.poll_transmit(now, buf)
+            .map(|t| t.datagram().expect("a datagram"))
     }
 
     #[test]
