@@ -27,7 +27,7 @@ mod uring;
 mod worker;
 
 /// The caps of `--max-transfers`, `--max-transfers-per-client`, `--client-rate` (defined with
-/// their logic in the endpoint's [`admit`](crate::proto::tftp::admit) module).
+/// their logic in the endpoint's [`admit`] module).
 pub use crate::proto::tftp::admit::AdmissionConfig;
 pub use sys::PortRange;
 
