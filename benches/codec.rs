@@ -4,10 +4,11 @@
 //! commits; end-to-end throughput is measured with `loadtest/` (see docs/benchmarks.md).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ringboot::proto::options::{negotiate, Limits, RequestOptions};
-use ringboot::proto::packet::{data_header, emit_ack, Packet};
-use ringboot::proto::transfer::{Transfer, TransferConfig, Transmit};
-use ringboot::proto::BlockNum;
+use ringboot::proto::tftp::options::{negotiate, Limits, RequestOptions};
+use ringboot::proto::tftp::packet::{data_header, emit_ack, Packet};
+use ringboot::proto::tftp::transfer::{Transfer, TransferConfig};
+use ringboot::proto::tftp::BlockNum;
+use ringboot::proto::Payload;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,7 @@ fn transfer(c: &mut Criterion) {
             let now = Instant::now();
             let mut t = Transfer::new(
                 TransferConfig {
+                    peer: "192.0.2.7:2000".parse().unwrap(),
                     negotiated,
                     content_len: len,
                     max_timeout: Duration::from_secs(3),
@@ -74,12 +76,12 @@ fn transfer(c: &mut Criterion) {
             let mut ack = [0u8; 4];
             emit_ack(&mut ack, BlockNum::ZERO);
             let _ = t.poll_transmit(now, &mut buf);
-            t.handle_datagram(&ack, now);
+            t.handle_datagram(now, &ack);
             while let Some(tx) = t.poll_transmit(now, &mut buf) {
-                if let Transmit::Blocks { first, count } = tx {
+                if let Payload::Blocks { first, count } = tx.payload {
                     let last = first + count as u64 - 1;
                     emit_ack(&mut ack, BlockNum::from_index(last));
-                    t.handle_datagram(&ack, now);
+                    t.handle_datagram(now, &ack);
                 }
             }
             assert_eq!(t.stats().blocks_sent, blocks);

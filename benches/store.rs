@@ -5,7 +5,7 @@
 //! (PXELINUX tries about ten per boot), here in a directory of 20,000 entries.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use ringboot::proto::packet::Mode;
+use ringboot::proto::tftp::packet::Mode;
 use ringboot::store::{Store, StoreOptions};
 use std::hint::black_box;
 use std::time::Duration;

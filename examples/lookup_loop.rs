@@ -1,7 +1,7 @@
 //! Times store lookups by hand (a noisy machine makes criterion's numbers drift between runs;
 //! run two builds of this side by side instead):
 //! `cargo run --release --example lookup_loop [iterations]`.
-use ringboot::proto::packet::Mode;
+use ringboot::proto::tftp::packet::Mode;
 use ringboot::store::{Store, StoreOptions};
 use std::time::Instant;
 

@@ -12,12 +12,12 @@ use std::net::{IpAddr, SocketAddr};
 
 /// `store::path::decode`: a wire filename to its checked components.
 pub fn decode_path(raw: &[u8]) -> Result<Vec<String>, LookupError> {
-    path::decode(raw).map(|p| p.components().to_vec())
+    path::decode(raw).map(|p| p.components().map(str::to_owned).collect())
 }
 
 /// The components of a decoded path joined with `/`, as the store looks them up.
 pub fn decode_path_joined(raw: &[u8]) -> Result<String, LookupError> {
-    path::decode(raw).map(|p| p.joined())
+    path::decode(raw).map(|p| p.as_str().to_owned())
 }
 
 /// Room the driver gives received control data (and a packet-info send).

@@ -1,7 +1,8 @@
 //! ringboot: a network-boot content server.
 //!
 //! Layout (see README "Architecture"):
-//! - [`proto`]: the sans-IO protocol core (codec, negotiation, transfer and client state machines).
+//! - [`proto`]: the sans-IO protocol core (codecs, the request endpoint, transfer, session and
+//!   client state machines, the timer queue, the seeded generator, the simulation harness).
 //! - [`store`]: the memory-mapped file store with a path jail.
 //! - [`server`]: the drivers: per-core io_uring workers and the epoll fallback.
 //! - [`metrics`]: the metrics registry, the status model and page, and their HTTP machine.
@@ -13,7 +14,6 @@ pub mod dhcp;
 pub mod fuzzing;
 pub mod metrics;
 pub mod proto;
-pub mod ratelog;
 pub mod server;
 pub mod store;
 

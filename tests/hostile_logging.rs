@@ -12,7 +12,7 @@
 mod common;
 
 use common::*;
-use ringboot::proto::packet::Packet;
+use ringboot::proto::tftp::packet::Packet;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;

@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use ringboot::proto::packet::{ErrorCode, Packet};
+use ringboot::proto::tftp::packet::{ErrorCode, Packet};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::process::Command;

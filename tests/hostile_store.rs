@@ -16,7 +16,7 @@
 mod common;
 
 use common::*;
-use ringboot::proto::packet::{Mode, Packet};
+use ringboot::proto::tftp::packet::{Mode, Packet};
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -355,7 +355,10 @@ fn netascii_of_a_huge_file_is_converted_as_sent() {
             "the server grew from {before} to {after} bytes"
         );
         c.send_to(
-            &error_packet(ringboot::proto::packet::ErrorCode::NotDefined, "enough"),
+            &error_packet(
+                ringboot::proto::tftp::packet::ErrorCode::NotDefined,
+                "enough",
+            ),
             tid,
         );
         // The worker is free: another netascii file is served whole.

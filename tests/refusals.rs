@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use ringboot::proto::packet::{ErrorCode, Packet};
+use ringboot::proto::tftp::packet::{ErrorCode, Packet};
 use std::time::{Duration, Instant};
 
 /// Send `pkt` from a fresh socket and expect an ERROR whose code is in `codes`. Anything that
@@ -59,7 +59,12 @@ fn wrq_is_access_violation() {
                 vec![("blksize", &b"1468"[..]), ("tsize", b"1000")],
             ),
         ] {
-            let pkt = request(true, name.as_bytes(), ringboot::proto::Mode::Octet, &opts);
+            let pkt = request(
+                true,
+                name.as_bytes(),
+                ringboot::proto::tftp::Mode::Octet,
+                &opts,
+            );
             expect_error(&srv, &pkt, &[2], &format!("WRQ {name}"));
         }
         assert!(!srv.files.root().join("upload.bin").exists());

@@ -8,9 +8,9 @@
 #![no_main]
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use ringboot::proto::mcclient::{McClient, McClientConfig, McEvent};
-use ringboot::proto::packet::{data_header, OptionWriter, Packet};
-use ringboot::proto::BlockNum;
+use ringboot::proto::mtftp::client::{McClient, McClientConfig, McEvent};
+use ringboot::proto::tftp::packet::{data_header, OptionWriter, Packet};
+use ringboot::proto::tftp::BlockNum;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 

@@ -12,9 +12,9 @@
 #![no_main]
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use ringboot::proto::multicast::{Dest, McTransmit, Protocol, Session, SessionConfig};
-use ringboot::proto::packet::{emit_ack, emit_error, ErrorCode, Packet};
-use ringboot::proto::BlockNum;
+use ringboot::proto::mtftp::session::{Dest, McTransmit, Protocol, Session, SessionConfig};
+use ringboot::proto::tftp::packet::{emit_ack, emit_error, ErrorCode, Packet};
+use ringboot::proto::tftp::BlockNum;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

@@ -2,8 +2,8 @@
 //! that parses back.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ringboot::proto::options::{negotiate, Limits, RequestOptions};
-use ringboot::proto::packet::Packet;
+use ringboot::proto::tftp::options::{negotiate, Limits, RequestOptions};
+use ringboot::proto::tftp::packet::Packet;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Packet::Rrq(r)) | Ok(Packet::Wrq(r)) = Packet::parse(data) {

@@ -1,20 +1,22 @@
-//! The storm driver: many emulated machines multiplexed on one thread with epoll and a timer heap.
+//! The storm driver: many emulated machines multiplexed on one thread with epoll and the core's
+//! timer queue.
 //!
 //! Each machine owns one nonblocking UDP socket at a time, bound to its own 127.x.y.z address and an
 //! ephemeral port; a new phase (the real RRQ after a firmware's size probe) opens a new socket, as
-//! firmware does. The protocol itself is [`ringboot::proto::client::Client`]; this module only moves
+//! firmware does. The protocol itself is [`ringboot::proto::tftp::client::Client`]; this module only moves
 //! datagrams, injects seeded impairments between the socket and the state machine, checks the bytes
 //! and keeps time. There is no thread per client and no sleep: every wait is an epoll timeout computed
 //! from the earliest timer (client retransmission, delayed delivery, phase start, arrival).
 
 use crate::dhcp::{DhcpClient, DhcpPort};
 use crate::plan::{Expect, Step};
-use crate::rng::Rng;
-use ringboot::proto::client::{Client, ClientError, Event};
-use ringboot::proto::packet::{emit_error, ErrorCode};
+use ringboot::proto::rng::Rng;
+use ringboot::proto::tftp::client::{Client, ClientError, Event};
+use ringboot::proto::tftp::packet::ErrorCode;
+use ringboot::proto::timer::TimerQueue;
+use ringboot::proto::Transmit;
 use sha2::{Digest, Sha256};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -125,7 +127,7 @@ pub struct Counters {
     pub dropped_acks: u64,
     pub duplicated: u64,
     pub reordered: u64,
-    /// Packets from a port other than the transfer's (answered with ERROR 5).
+    /// Packets from a port other than the transfer's (the client answers them with ERROR 5).
     pub foreign: u64,
     /// Packets dropped because a slow client's queue was full.
     pub overflow: u64,
@@ -342,18 +344,16 @@ struct Machine {
     run: Run,
     step: usize,
     phase: usize,
+    /// Something came back on this phase's socket (the server is there).
+    answered: bool,
     sock: Option<UdpSocket>,
     client: Option<Client>,
-    /// The server's transfer address, locked from the first answer.
-    peer: Option<SocketAddr>,
     next_phase_at: Option<Instant>,
     /// Received packets waiting for their delivery time (delay / slow client).
-    inbound: VecDeque<(Instant, Vec<u8>)>,
+    inbound: VecDeque<(Instant, SocketAddr, Vec<u8>)>,
     pool: Vec<Vec<u8>>,
     busy_until: Instant,
-    held: Option<(Instant, Vec<u8>)>,
-    wake_at: Option<Instant>,
-    wake_gen: u64,
+    held: Option<(Instant, SocketAddr, Vec<u8>)>,
     // Per step.
     tsize: Option<u64>,
     received: u64,
@@ -406,7 +406,7 @@ impl Machine {
 struct Engine {
     shared: Arc<Shared>,
     machines: Vec<Machine>,
-    heap: BinaryHeap<Reverse<(Instant, u32, u64)>>,
+    timers: TimerQueue<u32>,
     epfd: i32,
     tx: Vec<u8>,
     running: usize,
@@ -441,15 +441,13 @@ pub fn run_thread(shared: Arc<Shared>, mut specs: Vec<MachineSpec>) -> Vec<Machi
                 step: 0,
                 phase: 0,
                 sock: None,
+                answered: false,
                 client: None,
-                peer: None,
                 next_phase_at: Some(shared.t0 + spec.start),
                 inbound: VecDeque::new(),
                 pool: Vec::new(),
                 busy_until: now,
                 held: None,
-                wake_at: None,
-                wake_gen: 0,
                 tsize: None,
                 received: 0,
                 hasher: None,
@@ -473,7 +471,7 @@ pub fn run_thread(shared: Arc<Shared>, mut specs: Vec<MachineSpec>) -> Vec<Machi
         running: machines.len(),
         shared,
         machines,
-        heap: BinaryHeap::new(),
+        timers: TimerQueue::new(),
         epfd,
         tx: vec![0u8; 2048],
         bytes_unreported: 0,
@@ -532,16 +530,8 @@ impl Engine {
                 break;
             }
             // Timers due.
-            while let Some(Reverse((t, i, gen))) = self.heap.peek().copied() {
-                if t > now {
-                    break;
-                }
-                self.heap.pop();
+            while let Some(i) = self.timers.pop_expired(now) {
                 let i = i as usize;
-                if self.machines[i].wake_gen != gen {
-                    continue;
-                }
-                self.machines[i].wake_at = None;
                 self.service(i, now);
                 self.rearm(i);
             }
@@ -551,9 +541,8 @@ impl Engine {
             }
             // Sleep until the next timer, a datagram, or at most 100 ms (to see the deadline).
             let next = self
-                .heap
-                .peek()
-                .map(|r| r.0 .0)
+                .timers
+                .next_deadline()
                 .unwrap_or(now + Duration::from_millis(100));
             let next = next.min(self.shared.deadline);
             let wait = next.saturating_duration_since(Instant::now());
@@ -620,17 +609,11 @@ impl Engine {
         }
     }
 
-    /// Make sure a timer entry exists for the machine's earliest wake-up. A later wake-up than the one
-    /// already queued needs no new entry: the queued one fires, finds nothing due and re-arms.
+    /// Arm the machine's timer at its earliest wake-up (or disarm it).
     fn rearm(&mut self, i: usize) {
-        let m = &mut self.machines[i];
-        if let Some(t) = m.next_wake() {
-            if m.wake_at.is_some_and(|w| w <= t) {
-                return;
-            }
-            m.wake_gen += 1;
-            m.wake_at = Some(t);
-            self.heap.push(Reverse((t, i as u32, m.wake_gen)));
+        match self.machines[i].next_wake() {
+            Some(t) => self.timers.arm(i as u32, t),
+            None => self.timers.cancel(i as u32),
         }
     }
 
@@ -640,13 +623,13 @@ impl Engine {
             self.start_phase(i, now);
         }
         if self.machines[i].held.as_ref().is_some_and(|h| h.0 <= now) {
-            let (_, b) = self.machines[i].held.take().unwrap();
-            self.deliver(i, &b, now);
+            let (_, src, b) = self.machines[i].held.take().unwrap();
+            self.deliver(i, src, &b, now);
             self.machines[i].recycle(b);
         }
         while self.machines[i].inbound.front().is_some_and(|p| p.0 <= now) {
-            let (_, b) = self.machines[i].inbound.pop_front().unwrap();
-            self.feed(i, &b, now);
+            let (_, src, b) = self.machines[i].inbound.pop_front().unwrap();
+            self.feed(i, src, &b, now);
             self.machines[i].recycle(b);
         }
         if let Some(d) = self.machines[i].dhcp.as_mut() {
@@ -658,9 +641,8 @@ impl Engine {
         let m = &mut self.machines[i];
         if let Some(c) = m.client.as_mut() {
             if c.poll_timeout().is_some_and(|t| t <= now) {
-                let ev = c.handle_timeout(now);
-                self.on_event(i, ev, now);
-                self.flush(i, now);
+                c.handle_timeout(now);
+                self.after_input(i, now);
             }
         }
     }
@@ -723,8 +705,9 @@ impl Engine {
             );
         }
         m.sock = Some(sock);
-        m.client = Some(Client::new(&step.filename, cfg, now));
-        m.peer = None;
+        m.answered = false;
+        let server = m.server.unwrap_or(self.shared.server);
+        m.client = Some(Client::new(server, &step.filename, cfg, now));
         m.busy_until = now;
         m.counters.requests += 1;
         let us = now.saturating_duration_since(self.shared.t0).as_micros() as u64 + 1;
@@ -769,21 +752,11 @@ impl Engine {
         if m.client.is_none() {
             return;
         }
-        match m.peer {
-            None => {
-                m.peer = Some(src);
-                self.shared.live.server.answered.fetch_add(1, Relaxed);
-            }
-            Some(p) if p != src => {
-                // RFC 1350: a packet from an unknown TID gets ERROR 5 and changes nothing.
-                m.counters.foreign += 1;
-                let n = emit_error(&mut self.tx, ErrorCode::UnknownTid, "unknown transfer ID");
-                if let Some(s) = m.sock.as_ref() {
-                    let _ = s.send_to(&self.tx[..n], src);
-                }
-                return;
-            }
-            _ => {}
+        // The first answer of this phase: the server is there (the client itself answers a
+        // stranger port with ERROR 5 and counts it).
+        if !m.answered {
+            m.answered = true;
+            self.shared.live.server.answered.fetch_add(1, Relaxed);
         }
         let imp = &self.shared.impair;
         // DATA (3) and OACK (6) are what a lossy link loses and what the server resends.
@@ -803,22 +776,22 @@ impl Engine {
             if impairable && m.held.is_none() && m.rng.chance(self.shared.impair.reorder) {
                 m.counters.reordered += 1;
                 let b = m.copy_of(data);
-                m.held = Some((now + REORDER_HOLD, b));
+                m.held = Some((now + REORDER_HOLD, src, b));
                 continue;
             }
-            self.deliver(i, data, now);
-            if let Some((_, b)) = self.machines[i].held.take() {
-                self.deliver(i, &b, now);
+            self.deliver(i, src, data, now);
+            if let Some((_, src, b)) = self.machines[i].held.take() {
+                self.deliver(i, src, &b, now);
                 self.machines[i].recycle(b);
             }
         }
     }
 
     /// Hand a packet to the state machine now, or queue it for a delayed or slow client.
-    fn deliver(&mut self, i: usize, data: &[u8], now: Instant) {
+    fn deliver(&mut self, i: usize, src: SocketAddr, data: &[u8], now: Instant) {
         let imp = &self.shared.impair;
         if imp.delay.is_zero() && imp.slow.is_zero() {
-            return self.feed(i, data, now);
+            return self.feed(i, src, data, now);
         }
         let (delay, slow) = (imp.delay, imp.slow);
         let m = &mut self.machines[i];
@@ -829,69 +802,81 @@ impl Engine {
         let due = (now + delay).max(m.busy_until) + slow;
         m.busy_until = due;
         let b = m.copy_of(data);
-        m.inbound.push_back((due, b));
+        m.inbound.push_back((due, src, b));
     }
 
     /// Feed one datagram to the state machine and act on what it says.
-    fn feed(&mut self, i: usize, data: &[u8], now: Instant) {
+    fn feed(&mut self, i: usize, src: SocketAddr, data: &[u8], now: Instant) {
         let Some(c) = self.machines[i].client.as_mut() else {
             return;
         };
-        let ev = c.handle_datagram(data, now);
-        self.on_event(i, ev, now);
+        if let Some(d) = c.handle_datagram(now, src, data) {
+            if !self.on_data(i, d.offset, d.bytes, now) {
+                return;
+            }
+        }
+        self.after_input(i, now);
+    }
+
+    /// After an input: act on the client's events, then send what it has to send.
+    fn after_input(&mut self, i: usize, now: Instant) {
+        while let Some(ev) = self.machines[i]
+            .client
+            .as_mut()
+            .and_then(|c| c.poll_event())
+        {
+            self.on_event(i, ev, now);
+        }
         self.flush(i, now);
     }
 
-    fn on_event(&mut self, i: usize, ev: Event<'_>, now: Instant) {
-        match ev {
-            Event::None => {}
-            Event::Data { offset, data } => {
-                let m = &mut self.machines[i];
-                m.first_data.get_or_insert(now);
-                let step = &m.spec.steps[m.step];
-                if offset != m.received && m.mismatch.is_none() {
+    /// In-order payload: check it and count it; vanish here if this machine is to. False: it
+    /// vanished.
+    fn on_data(&mut self, i: usize, offset: u64, data: &[u8], now: Instant) -> bool {
+        let m = &mut self.machines[i];
+        m.first_data.get_or_insert(now);
+        let step = &m.spec.steps[m.step];
+        if offset != m.received && m.mismatch.is_none() {
+            m.mismatch = Some(offset);
+        }
+        match &step.expect {
+            Expect::Bytes(file) => {
+                let end = offset as usize + data.len();
+                let same = file.get(offset as usize..end).is_some_and(|f| f == data);
+                if !same && m.mismatch.is_none() {
                     m.mismatch = Some(offset);
                 }
-                match &step.expect {
-                    Expect::Bytes(file) => {
-                        let end = offset as usize + data.len();
-                        let same = file.get(offset as usize..end).is_some_and(|f| f == data);
-                        if !same && m.mismatch.is_none() {
-                            m.mismatch = Some(offset);
-                        }
-                    }
-                    Expect::Sha256(_) => {
-                        if let Some(h) = m.hasher.as_mut() {
-                            h.update(data);
-                        }
-                    }
-                    Expect::Unchecked => {}
-                }
-                let len = data.len() as u64;
-                m.received += len;
-                m.bytes += len;
-                self.bytes_unreported += len;
-                if m.will_vanish && m.step == m.vanish_step && m.phase + 1 == step.phases.len() {
-                    let total = match &step.expect {
-                        Expect::Bytes(f) => Some(f.len() as u64),
-                        _ => m.tsize,
-                    }
-                    .unwrap_or(1 << 20)
-                    .max(2);
-                    let at = *m.vanish_at.get_or_insert_with(|| m.rng.range(1, total - 1));
-                    if m.received >= at {
-                        // Gone without a word: no final ACK, no ERROR.
-                        return self.finish(i, now, Outcome::Vanished);
-                    }
-                }
-                if self.machines[i]
-                    .client
-                    .as_ref()
-                    .is_some_and(|c| c.is_finished())
-                {
-                    self.transfer_done(i, now);
+            }
+            Expect::Sha256(_) => {
+                if let Some(h) = m.hasher.as_mut() {
+                    h.update(data);
                 }
             }
+            Expect::Unchecked => {}
+        }
+        let len = data.len() as u64;
+        m.received += len;
+        m.bytes += len;
+        self.bytes_unreported += len;
+        if m.will_vanish && m.step == m.vanish_step && m.phase + 1 == step.phases.len() {
+            let total = match &step.expect {
+                Expect::Bytes(f) => Some(f.len() as u64),
+                _ => m.tsize,
+            }
+            .unwrap_or(1 << 20)
+            .max(2);
+            let at = *m.vanish_at.get_or_insert_with(|| m.rng.range(1, total - 1));
+            if m.received >= at {
+                // Gone without a word: no final ACK, no ERROR.
+                self.finish(i, now, Outcome::Vanished);
+                return false;
+            }
+        }
+        true
+    }
+
+    fn on_event(&mut self, i: usize, ev: Event, now: Instant) {
+        match ev {
             Event::Finished => self.transfer_done(i, now),
             Event::ProbeDone { tsize } => {
                 self.flush(i, now);
@@ -1000,15 +985,18 @@ impl Engine {
 
     /// Send whatever the state machine has to send, through the outbound impairments.
     fn flush(&mut self, i: usize, now: Instant) {
-        let server = self.shared.server;
         let imp = &self.shared.impair;
         let m = &mut self.machines[i];
         let (Some(c), Some(sock)) = (m.client.as_mut(), m.sock.as_ref()) else {
             return;
         };
-        let dest = m.peer.or(m.server).unwrap_or(server);
         let mut send_error = None;
-        while let Some(n) = c.poll_transmit(now, &mut self.tx) {
+        let mut last_dest = None;
+        while let Some((dest, n)) = c
+            .poll_transmit(now, &mut self.tx)
+            .and_then(Transmit::datagram)
+        {
+            last_dest = Some(dest);
             let pkt = &self.tx[..n];
             let is_ack = pkt[1] == 4;
             if is_ack && m.rng.chance(imp.ack_loss) {
@@ -1016,7 +1004,7 @@ impl Engine {
                 continue;
             }
             if let Err(e) = sock.send_to(pkt, dest) {
-                if m.peer.is_none() && send_error.is_none() {
+                if !m.answered && send_error.is_none() {
                     send_error = Some(e);
                 }
             }
@@ -1025,7 +1013,10 @@ impl Engine {
                 let _ = sock.send_to(pkt, dest);
             }
         }
-        if let Some(e) = send_error.filter(|e| unreachable_errno(e.raw_os_error())) {
+        if let (Some(e), Some(dest)) = (
+            send_error.filter(|e| unreachable_errno(e.raw_os_error())),
+            last_dest,
+        ) {
             self.unreachable(i, now, format!("{dest}: {e} (sending the request)"));
         }
     }
@@ -1039,7 +1030,7 @@ impl Engine {
             return;
         };
         let asked = m.server.unwrap_or(self.shared.server);
-        let waiting = m.client.is_some() && m.peer.is_none();
+        let waiting = m.client.is_some() && !m.answered;
         let mut hit = None;
         // Bounded: a socket queues at most a few errors between two polls.
         for _ in 0..16 {
@@ -1079,7 +1070,6 @@ impl Engine {
         m.counters_from_client();
         m.client = None;
         m.sock = None;
-        m.peer = None;
         m.inbound.clear();
         m.held = None;
     }
@@ -1108,6 +1098,7 @@ impl Machine {
     fn counters_from_client(&mut self) {
         if let Some(c) = self.client.as_mut() {
             let s = std::mem::take(&mut c.stats);
+            self.counters.foreign += s.foreign;
             self.counters.blocks += s.data_received;
             self.counters.duplicates += s.duplicates;
             self.counters.out_of_order += s.out_of_order;

@@ -4,7 +4,7 @@
 //! like BIOS PXE ROMs, EDK2 or iPXE (profiles in [`plan`]), are multiplexed on a few threads
 //! ([`engine`]), check every byte they download, and end in a summary table, JSON, HDR percentile
 //! files and an SVG plot ([`report`]). The protocol is ringboot's own sans-IO
-//! [`ringboot::proto::client::Client`]; nothing here parses or builds TFTP packets by hand.
+//! [`ringboot::proto::tftp::client::Client`]; nothing here parses or builds TFTP packets by hand.
 //!
 //! Exit status: 0 when every machine completed (or vanished on purpose), 1 when any failed, 2 on a
 //! usage or setup error.
@@ -15,13 +15,12 @@ mod mcast;
 mod plan;
 mod plot;
 mod report;
-mod rng;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use engine::{Impair, Live, MachineSpec, Shared};
 use plan::{Checker, Identity, ProfileKind, Scenario, Step, StepSpec};
-use rng::Rng;
+use ringboot::proto::rng::Rng;
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! Multicast client modes (`--multicast rfc2090|pxe`): a classroom of machines fed by one stream,
-//! on the same model as [`crate::engine`] (epoll, a timer heap, no thread per machine, no sleep).
+//! on the same model as [`crate::engine`] (epoll, the core's timer queue, no thread per machine,
+//! no sleep).
 //!
 //! Contract:
 //! - The protocol is ringboot's sans-IO [`McClient`]; this module moves datagrams, injects the seeded
@@ -28,12 +29,13 @@
 use crate::engine::{Counters, Live, MachineResult, Outcome, RxBatch, MAX_DGRAM};
 use crate::plan::{Checker, Expect};
 use crate::report;
-use crate::rng::Rng;
 use crate::Args;
 use anyhow::{anyhow, bail, Context, Result};
-use ringboot::proto::mcclient::{McClient, McClientConfig, McDest, McEvent};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use ringboot::proto::mtftp::client::{Arrival, McClient, McClientConfig, McClientError, McEvent};
+use ringboot::proto::rng::Rng;
+use ringboot::proto::tftp::BlockSize;
+use ringboot::proto::timer::TimerQueue;
+use ringboot::proto::Transmit;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -154,8 +156,6 @@ struct Member {
     state: State,
     client: Option<McClient>,
     sock: Option<UdpSocket>,
-    /// The session's address, from the last unicast answer.
-    peer: Option<SocketAddr>,
     group: Option<usize>,
     received: u64,
     mismatch: Option<u64>,
@@ -165,8 +165,6 @@ struct Member {
     first_data: Option<Instant>,
     ended: Option<Instant>,
     counters: Counters,
-    wake_at: Option<Instant>,
-    wake_gen: u64,
 }
 
 struct Group {
@@ -251,13 +249,11 @@ fn group_socket(group: SocketAddrV4) -> std::io::Result<UdpSocket> {
     Ok(sock)
 }
 
-fn classify(why: &str) -> &'static str {
-    if why.starts_with("timed out") {
-        "timeout"
-    } else if why.starts_with("server error") {
-        "server-error"
-    } else {
-        "protocol"
+fn classify(why: &McClientError) -> &'static str {
+    match why {
+        McClientError::TimedOut => "timeout",
+        McClientError::Server { .. } => "server-error",
+        McClientError::NoGroup | McClientError::TooLarge(_) => "protocol",
     }
 }
 
@@ -277,7 +273,7 @@ struct Engine {
     sh: Arc<Shared>,
     members: Vec<Member>,
     groups: Vec<Option<Group>>,
-    heap: BinaryHeap<Reverse<(Instant, u32, u64)>>,
+    timers: TimerQueue<u32>,
     epfd: i32,
     tx: Vec<u8>,
     running: usize,
@@ -305,7 +301,6 @@ fn run_thread(sh: Arc<Shared>, specs: Vec<Spec>) -> (Vec<MachineResult>, ThreadS
                 state: State::Waiting,
                 client: None,
                 sock: None,
-                peer: None,
                 group: None,
                 received: 0,
                 mismatch: None,
@@ -315,8 +310,6 @@ fn run_thread(sh: Arc<Shared>, specs: Vec<Spec>) -> (Vec<MachineResult>, ThreadS
                 first_data: None,
                 ended: None,
                 counters: Counters::default(),
-                wake_at: None,
-                wake_gen: 0,
                 spec,
             }
         })
@@ -327,7 +320,7 @@ fn run_thread(sh: Arc<Shared>, specs: Vec<Spec>) -> (Vec<MachineResult>, ThreadS
         members,
         sh,
         groups: Vec::new(),
-        heap: BinaryHeap::new(),
+        timers: TimerQueue::new(),
         epfd,
         tx: vec![0u8; 2048],
         bytes_unreported: 0,
@@ -384,16 +377,8 @@ impl Engine {
                     }
                 }
             }
-            while let Some(Reverse((t, i, gen))) = self.heap.peek().copied() {
-                if t > now {
-                    break;
-                }
-                self.heap.pop();
+            while let Some(i) = self.timers.pop_expired(now) {
                 let i = i as usize;
-                if self.members[i].wake_gen != gen {
-                    continue;
-                }
-                self.members[i].wake_at = None;
                 self.service(i, now);
                 self.rearm(i);
             }
@@ -402,9 +387,8 @@ impl Engine {
                 break;
             }
             let mut next = self
-                .heap
-                .peek()
-                .map(|r| r.0 .0)
+                .timers
+                .next_deadline()
                 .unwrap_or(now + Duration::from_millis(100))
                 .min(self.sh.deadline);
             if self.late_waiting > 0 {
@@ -464,17 +448,12 @@ impl Engine {
         }
     }
 
-    /// Make sure a timer entry exists for the machine's earliest wake-up (a later one than the
-    /// entry already queued needs none: that one fires, finds nothing due and re-arms).
+    /// Arm the machine's timer at its earliest wake-up (or disarm it).
     fn rearm(&mut self, i: usize) {
-        let Some(t) = self.next_wake(i) else { return };
-        let m = &mut self.members[i];
-        if m.wake_at.is_some_and(|w| w <= t) {
-            return;
+        match self.next_wake(i) {
+            Some(t) => self.timers.arm(i as u32, t),
+            None => self.timers.cancel(i as u32),
         }
-        m.wake_gen += 1;
-        m.wake_at = Some(t);
-        self.heap.push(Reverse((t, i as u32, m.wake_gen)));
     }
 
     fn service(&mut self, i: usize, now: Instant) {
@@ -487,12 +466,8 @@ impl Engine {
                 let Some(c) = m.client.as_mut() else { return };
                 if c.poll_timeout().is_some_and(|t| t <= now) {
                     m.counters.timeouts += 1;
-                    if let McEvent::Failed(why) = c.handle_timeout(now) {
-                        let detail =
-                            format!("{}: {why}", String::from_utf8_lossy(&self.sh.filename));
-                        return self.fail(i, now, classify(&why), detail);
-                    }
-                    self.flush(i);
+                    c.handle_timeout(now);
+                    self.after_input(i, now);
                 }
             }
             _ => {}
@@ -534,10 +509,10 @@ impl Engine {
         }
         let m = &mut self.members[i];
         m.client = Some(match sh.mode {
-            McMode::Rfc2090 => McClient::rfc2090(&sh.filename, sh.cfg.clone(), now),
-            McMode::Pxe => McClient::pxe(&sh.filename, sh.cfg.clone(), now),
+            McMode::Rfc2090 => McClient::rfc2090(sh.open, &sh.filename, sh.cfg.clone(), now),
+            McMode::Pxe => McClient::pxe(sh.open, &sh.filename, sh.cfg.clone(), now),
         });
-        self.flush(i);
+        self.flush(i, now);
     }
 
     /// Join machine `i` to `group` (its thread's shared socket, or its own). False: it failed.
@@ -623,9 +598,8 @@ impl Engine {
                 // WouldBlock: drained. ICMP errors: the client's timer deals with silence.
                 Err(_) => return,
             };
-            self.members[i].peer = Some(src);
-            self.deliver(i, &buf[..n], true, now);
-            self.flush(i);
+            self.deliver(i, src, &buf[..n], Arrival::Unicast, now);
+            self.flush(i, now);
         }
     }
 
@@ -646,14 +620,15 @@ impl Engine {
             scratch.extend_from_slice(&grp.members);
             self.stats.group_datagrams += n as u64;
             for k in 0..n {
-                let (data, _) = rx.get(k);
+                let (data, src) = rx.get(k);
+                let Some(src) = src else { continue };
                 for &i in &scratch {
                     if self.members[i].group == Some(g) {
                         self.stats.group_deliveries += 1;
-                        self.deliver(i, data, false, now);
+                        self.deliver(i, src, data, Arrival::Group, now);
                         // An ACK after every block, as clients do: the RFC 2090 master's repeated
                         // ACK of its first gap is how the server learns of a loss early.
-                        self.flush(i);
+                        self.flush(i, now);
                     }
                 }
             }
@@ -667,7 +642,7 @@ impl Engine {
     }
 
     /// Hand a datagram to machine `i`'s state machine through the inbound impairments.
-    fn deliver(&mut self, i: usize, data: &[u8], unicast: bool, now: Instant) {
+    fn deliver(&mut self, i: usize, src: SocketAddr, data: &[u8], arrival: Arrival, now: Instant) {
         let loss = self.sh.loss;
         let m = &mut self.members[i];
         let Some(c) = m.client.as_mut() else { return };
@@ -676,33 +651,34 @@ impl Engine {
             m.counters.dropped_in += 1;
             return;
         }
-        match c.handle_datagram(data, unicast, now) {
-            McEvent::None => {}
-            McEvent::JoinGroup(SocketAddr::V4(g)) => {
-                if !self.subscribe(i, g, now) {
-                    return;
-                }
-            }
-            McEvent::JoinGroup(g) => {
-                return self.fail(i, now, "protocol", format!("IPv6 group {g} named"));
-            }
-            McEvent::Data { offset, data } => {
-                if !self.on_data(i, offset, data, now) {
-                    return;
-                }
-            }
-            McEvent::Failed(why) => {
-                let detail = format!("{}: {why}", String::from_utf8_lossy(&self.sh.filename));
-                return self.fail(i, now, classify(&why), detail);
+        if let Some(d) = c.handle_datagram(now, src, arrival, data) {
+            if !self.on_data(i, d.offset, d.bytes, now) {
+                return;
             }
         }
-        if self.members[i]
-            .client
-            .as_ref()
-            .is_some_and(|c| c.is_finished())
-        {
-            self.complete(i, now);
+        self.after_input(i, now);
+    }
+
+    /// Act on the client's events (join its group, complete, fail).
+    fn after_input(&mut self, i: usize, now: Instant) {
+        while let Some(ev) = self.members[i].client.as_mut().and_then(|c| c.poll_event()) {
+            match ev {
+                McEvent::JoinGroup(SocketAddr::V4(g)) => {
+                    if !self.subscribe(i, g, now) {
+                        return;
+                    }
+                }
+                McEvent::JoinGroup(g) => {
+                    return self.fail(i, now, "protocol", format!("IPv6 group {g} named"));
+                }
+                McEvent::Finished => return self.complete(i, now),
+                McEvent::Failed(why) => {
+                    let detail = format!("{}: {why}", String::from_utf8_lossy(&self.sh.filename));
+                    return self.fail(i, now, classify(&why), detail);
+                }
+            }
         }
+        self.flush(i, now);
     }
 
     /// A new block: check it, count it, and vanish here if this machine is to. False: vanished.
@@ -739,7 +715,7 @@ impl Engine {
 
     /// Every block is here: send the last ACK, close, and check what came.
     fn complete(&mut self, i: usize, now: Instant) {
-        self.flush(i);
+        self.flush(i, now);
         let m = &self.members[i];
         let name = String::from_utf8_lossy(&self.sh.filename).into_owned();
         let verdict = match (&self.sh.expect, m.mismatch) {
@@ -764,24 +740,16 @@ impl Engine {
     }
 
     /// Send what the state machine has to send, through the outbound impairments.
-    fn flush(&mut self, i: usize) {
-        let (open, ack_loss) = (self.sh.open, self.sh.ack_loss);
+    fn flush(&mut self, i: usize, now: Instant) {
+        let ack_loss = self.sh.ack_loss;
         let m = &mut self.members[i];
         let (Some(c), Some(sock)) = (m.client.as_mut(), m.sock.as_ref()) else {
             return;
         };
-        loop {
-            let dest = c.destination();
-            let Some(n) = c.poll_transmit(&mut self.tx) else {
-                break;
-            };
-            let to = match dest {
-                McDest::RequestPort => open,
-                McDest::Session => match m.peer {
-                    Some(p) => p,
-                    None => continue,
-                },
-            };
+        while let Some((to, n)) = c
+            .poll_transmit(now, &mut self.tx)
+            .and_then(Transmit::datagram)
+        {
             let pkt = &self.tx[..n];
             if pkt[1] == 4 {
                 if m.rng.chance(ack_loss) {
@@ -926,8 +894,15 @@ pub fn run(a: &Args, mode: McMode) -> Result<bool> {
         });
     }
     let defaults = McClientConfig::default();
+    let blksize = match a.blksize {
+        Some(b) => Some(
+            BlockSize::new(b)
+                .ok_or_else(|| anyhow!("--blksize {b} is out of range 8..=65464 (RFC 2348)"))?,
+        ),
+        None => None,
+    };
     let cfg = McClientConfig {
-        blksize: a.blksize,
+        blksize,
         tsize: true,
         timeout: a
             .timeout
@@ -1064,8 +1039,12 @@ mod tests {
 
     #[test]
     fn failure_reasons() {
-        assert_eq!(classify("timed out"), "timeout");
-        assert_eq!(classify("server error 1: File not found"), "server-error");
-        assert_eq!(classify("OACK without a multicast group"), "protocol");
+        assert_eq!(classify(&McClientError::TimedOut), "timeout");
+        let e = McClientError::Server {
+            code: ringboot::proto::tftp::ErrorCode::FileNotFound,
+            message: "File not found".into(),
+        };
+        assert_eq!(classify(&e), "server-error");
+        assert_eq!(classify(&McClientError::NoGroup), "protocol");
     }
 }

@@ -2,13 +2,14 @@
 //! download is checked.
 //!
 //! A *profile* is the request pattern of one firmware (../shared/PROTOCOL-NOTES.md): one or two
-//! *phases*, each a fresh client port running [`ringboot::proto::client::Client`] with a fixed
+//! *phases*, each a fresh client port running [`ringboot::proto::tftp::client::Client`] with a fixed
 //! [`ClientConfig`]. A *step* is one file a machine asks for, with its profile and whether the server is
 //! expected to answer "file not found" (pxelinux's config probes). A *scenario* (TOML) is the list of
 //! steps one machine takes; `--file` is a one-step scenario.
 
 use anyhow::{anyhow, bail, Context, Result};
-use ringboot::proto::client::{ClientConfig, ProbeEnd};
+use ringboot::proto::tftp::client::{ClientConfig, ProbeEnd};
+use ringboot::proto::tftp::{BlockSize, WindowSize};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -76,8 +77,9 @@ pub struct Phase {
 
 fn cfg(blksize: Option<u16>, windowsize: Option<u16>, tsize: bool, strict: bool) -> ClientConfig {
     ClientConfig {
-        blksize,
-        windowsize,
+        // Callers pass values in range (checked for 'custom').
+        blksize: blksize.and_then(BlockSize::new),
+        windowsize: windowsize.and_then(WindowSize::new),
         tsize,
         strict_oack: strict,
         retransmit: Duration::from_secs(4),
@@ -133,6 +135,14 @@ pub fn phases(kind: ProfileKind, custom: &Custom) -> Result<Vec<Phase>> {
             }]
         }
         ProfileKind::Custom => {
+            if let Some(b) = custom.blksize {
+                if BlockSize::new(b).is_none() {
+                    bail!("blksize {b} is out of range 8..=65464 (RFC 2348)");
+                }
+            }
+            if custom.windowsize == Some(0) {
+                bail!("windowsize must be 1..=65535 (RFC 7440)");
+            }
             let mut c = cfg(
                 custom.blksize,
                 custom.windowsize,
@@ -148,15 +158,7 @@ pub fn phases(kind: ProfileKind, custom: &Custom) -> Result<Vec<Phase>> {
             if let Some(r) = custom.retries {
                 c.retries = r;
             }
-            c.timeout_opt = custom.timeout_opt;
-            if let Some(b) = custom.blksize {
-                if !(8..=65464).contains(&b) {
-                    bail!("blksize {b} is out of range 8..=65464 (RFC 2348)");
-                }
-            }
-            if custom.windowsize == Some(0) {
-                bail!("windowsize must be 1..=65535 (RFC 7440)");
-            }
+            c.timeout_option = custom.timeout_opt.map(|t| Duration::from_secs(t.into()));
             let mut out = Vec::new();
             if let Some(code) = custom.probe {
                 let mut p = c.clone();
@@ -461,12 +463,12 @@ mod tests {
         assert!(u[0].cfg.tsize && u[0].cfg.strict_oack);
         assert_eq!(
             (u[0].cfg.blksize, u[0].cfg.windowsize),
-            (Some(1468), Some(4))
+            (BlockSize::new(1468), WindowSize::new(4))
         );
         assert!(!u[1].cfg.tsize);
         assert_eq!(
             (u[1].cfg.blksize, u[1].cfg.windowsize),
-            (Some(1468), Some(4))
+            (BlockSize::new(1468), WindowSize::new(4))
         );
         assert_eq!(u[1].gap_ms, (2, 5));
         assert_eq!(u[1].cfg.retransmit, Duration::from_secs(4));
@@ -474,10 +476,16 @@ mod tests {
         let b = phases(ProfileKind::Bios, &Custom::default()).unwrap();
         assert_eq!(b[0].cfg.probe, Some(ProbeEnd::Error0));
         assert_eq!((b[0].cfg.blksize, b[0].cfg.tsize), (None, true));
-        assert_eq!((b[1].cfg.blksize, b[1].cfg.windowsize), (Some(1456), None));
+        assert_eq!(
+            (b[1].cfg.blksize, b[1].cfg.windowsize),
+            (BlockSize::new(1456), None)
+        );
         let i = phases(ProfileKind::Ipxe, &Custom::default()).unwrap();
         assert_eq!(i.len(), 1);
-        assert_eq!((i[0].cfg.blksize, i[0].cfg.tsize), (Some(1432), true));
+        assert_eq!(
+            (i[0].cfg.blksize, i[0].cfg.tsize),
+            (BlockSize::new(1432), true)
+        );
         let c = Custom {
             blksize: Some(8192),
             ..Custom::default()
@@ -485,7 +493,7 @@ mod tests {
         assert!(phases(ProfileKind::Uefi, &c).is_err());
         assert_eq!(
             phases(ProfileKind::Custom, &c).unwrap()[0].cfg.blksize,
-            Some(8192)
+            BlockSize::new(8192)
         );
     }
 

@@ -15,7 +15,7 @@
 //! taken from the PATH, /usr/sbin or `apt-get download` + `dpkg -x`; without it that test is skipped
 //! with the reason printed.
 
-use ringboot::proto::packet::{Mode, OptionWriter, Packet};
+use ringboot::proto::tftp::packet::{Mode, OptionWriter, Packet};
 use serde_json::Value;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};

@@ -21,7 +21,7 @@ pub mod file;
 pub mod value;
 
 use crate::dhcp::{config::MtftpConfig, DhcpConfig, DhcpMode};
-use crate::proto::options::{BlockSize, Limits, WindowSize, MAX_BLKSIZE, MIN_BLKSIZE};
+use crate::proto::tftp::options::{BlockSize, Limits, WindowSize, MAX_BLKSIZE, MIN_BLKSIZE};
 use crate::server::mcast::{self, McConfig};
 use crate::server::{BackendChoice, ListenAddr, PortRange};
 use crate::store::StoreOptions;

@@ -18,7 +18,7 @@
 //!   logged at most once a second and the save is tried again next turn; everything that needs no
 //!   save keeps being answered. A crash therefore never leaves an ACKed lease off the disk.
 //! - Logs: every line a peer can cause once per datagram goes through a
-//!   [`LogLimit`](crate::ratelog::LogLimit): dropped datagrams (one summary every 10 s with a
+//!   [`LogLimit`](crate::proto::ratelog::LogLimit): dropped datagrams (one summary every 10 s with a
 //!   count per reason), a full pool, the iPXE loop, DECLINEs, replies from other DHCP servers,
 //!   failed saves and sends. DEBUG shows every reply (a diagnostic switch, not rate-limited).
 //! - Full mode probes for other DHCP servers at start and every 10 minutes and warns about any
@@ -41,7 +41,7 @@ use crate::proto::dhcp::leases::LeaseState;
 use crate::proto::dhcp::limit::{Admission, Refused};
 use crate::proto::dhcp::policy::{same_subnet, DhcpMode, Policy};
 use crate::proto::dhcp::wire::{self, Malformed};
-use crate::ratelog::LogLimit;
+use crate::proto::ratelog::LogLimit;
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use socket2::Socket;
 use std::io;

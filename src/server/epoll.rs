@@ -11,7 +11,7 @@
 use super::sys::{self, CmsgBuf, PKTINFO_CMSG_SPACE};
 use super::worker::{Core, Driver, SendStatus, SlotId};
 use super::Shutdown;
-use crate::ratelog::LogLimit;
+use crate::proto::ratelog::LogLimit;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -1,4 +1,4 @@
-//! The multicast service: runs [`crate::proto::multicast::Session`]s for PXE MTFTP opens and for
+//! The multicast service: runs [`crate::proto::mtftp::session::Session`]s for PXE MTFTP opens and for
 //! RFC 2090 `multicast` requests, on one thread of its own.
 //!
 //! Contract:
@@ -12,14 +12,14 @@
 //!   (a membership counted against every cap, and the session's group) that the service honours,
 //!   and is handed over through a bounded channel plus an eventfd wake-up. When anything says no
 //!   (RFC 2090 off, a block size under 512, pool full, session full, source over its cap, channel
-//!   full, service gone) `submit` returns false, takes nothing, and the worker serves the request
+//!   full, service gone) `submit` says why, takes nothing, and the worker serves the request
 //!   as ordinary unicast TFTP: its OACK has no `multicast` option, which RFC 2090 allows. A request
 //!   already handed over that the service then cannot place (no socket) gets an ERROR from the
 //!   service, and its reservation is given back. Nothing on the unicast hot path waits.
 //! - One RFC 2090 session per (file, block size bucket): the bucket is the largest of
 //!   [`BLKSIZE_BUCKETS`] not above the block size the worker granted (so at most six per file, and
 //!   a flood of odd block sizes shares one), announced in the OACK (never more than asked). PXE
-//!   MTFTP: one session per configured file at a time (see [`crate::proto::multicast`] for how a
+//!   MTFTP: one session per configured file at a time (see [`crate::proto::mtftp::session`] for how a
 //!   spoofed opener is superseded by a real one).
 //! - A group goes back to the pool when its session's last member is gone and no reservation
 //!   names it; freed groups are reused oldest first, so a late packet of an old session rarely
@@ -39,14 +39,16 @@
 //!   the file went out about once per session rather than once per client.
 
 use super::sys;
-use crate::proto::multicast::{
-    blksize_bucket, Dest, JoinError, Joined, LeaveReason, McTransmit, Protocol, Session,
-    SessionConfig, SessionEvent, BLKSIZE_BUCKETS,
+use crate::proto::mtftp::session::{
+    blksize_bucket, JoinError, Joined, LeaveReason, Session, SessionConfig, SessionEvent,
+    BLKSIZE_BUCKETS,
 };
-use crate::proto::options::BlockSize;
-use crate::proto::packet::{data_header, emit_error, ErrorCode, Mode, Packet};
-use crate::proto::BlockNum;
-use crate::ratelog::LogLimit;
+use crate::proto::mtftp::Protocol;
+use crate::proto::ratelog::LogLimit;
+use crate::proto::tftp::options::{BlockSize, WindowSize};
+use crate::proto::tftp::packet::{data_header, emit_error, ErrorCode, Mode, Packet};
+use crate::proto::tftp::BlockNum;
+use crate::proto::{Payload, Transmit};
 use crate::store::{Content, Store};
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -69,7 +71,7 @@ const CHANNEL_CAP: usize = 1024;
 /// Datagrams read from one socket per wake-up (level-triggered: the rest wait for the next turn).
 const RECV_BATCH: usize = 256;
 /// Default of `--multicast-max-members`.
-pub const DEFAULT_MAX_MEMBERS: usize = crate::proto::multicast::DEFAULT_MAX_MEMBERS;
+pub const DEFAULT_MAX_MEMBERS: usize = crate::proto::mtftp::session::DEFAULT_MAX_MEMBERS;
 /// Default of `--multicast-max-per-source`.
 pub const DEFAULT_MAX_PER_SOURCE: usize = 4;
 
@@ -454,15 +456,10 @@ pub struct McHandle {
 }
 
 impl McHandle {
-    /// Offer an RFC 2090 request. True: it is admitted and handed over; the service answers it
-    /// (OACK, or an ERROR if it then cannot place it). False: nothing was taken and the caller
+    /// Offer an RFC 2090 request. `Ok`: it is admitted and handed over; the service answers it
+    /// (OACK, or an ERROR if it then cannot place it). `Err`: nothing was taken and the caller
     /// serves it as plain unicast TFTP (why is logged here, rate-limited). See the module docs.
-    pub fn submit(&self, j: McJoin) -> bool {
-        self.try_submit(j, Instant::now()).is_ok()
-    }
-
-    /// [`submit`](Self::submit), saying why not.
-    pub fn try_submit(&self, j: McJoin, now: Instant) -> Result<(), Refusal> {
+    pub fn submit(&self, j: McJoin, now: Instant) -> Result<(), Refusal> {
         let id = Arc::as_ptr(&j.content) as usize;
         let ticket = {
             let mut a = lock(&self.admission);
@@ -761,7 +758,7 @@ impl Service {
     fn session_config(
         &self,
         protocol: Protocol,
-        blksize: u16,
+        blksize: BlockSize,
         len: u64,
         group: SocketAddr,
         tsize: bool,
@@ -771,7 +768,7 @@ impl Service {
             blksize,
             content_len: len,
             group,
-            window: self.cfg.window,
+            window: WindowSize::new(self.cfg.window).unwrap_or(WindowSize::ONE),
             rate: self.cfg.rate,
             timeout: self.cfg.timeout,
             retries: self.cfg.retries,
@@ -789,7 +786,7 @@ impl Service {
                 protocol = ?r.session.config().protocol,
                 file = %r.content.display_path(),
                 group = %r.group,
-                blksize = r.session.config().blksize,
+                blksize = r.session.config().blksize.get(),
                 suppressed,
                 "multicast session started"
             );
@@ -841,7 +838,7 @@ impl Service {
                 let started = self.session_socket(j.local).and_then(|sock| {
                     let cfg = self.session_config(
                         Protocol::Rfc2090,
-                        t.bucket,
+                        BlockSize::new(t.bucket).unwrap_or(BlockSize::DEFAULT),
                         j.content.len(),
                         group,
                         j.tsize,
@@ -874,7 +871,7 @@ impl Service {
         let Some(r) = self.sessions.get_mut(&token) else {
             return;
         };
-        match r.session.join(j.client, now) {
+        match r.session.join(now, j.client) {
             Ok(Joined::New) => {
                 if !t.counted {
                     lock(&self.admission).adopt(t.slot, t.gen, j.client);
@@ -1000,8 +997,13 @@ impl Service {
                 None => {
                     let f = &self.cfg.mtftp[which];
                     let group = SocketAddr::from((f.group, f.client_port));
-                    let cfg =
-                        self.session_config(Protocol::PxeMtftp, 512, content.len(), group, false);
+                    let cfg = self.session_config(
+                        Protocol::PxeMtftp,
+                        BlockSize::DEFAULT,
+                        content.len(),
+                        group,
+                        false,
+                    );
                     let started = self.session_socket(local).and_then(|sock| {
                         let r = Running {
                             session: Session::new(cfg, now),
@@ -1034,7 +1036,7 @@ impl Service {
                 }
             };
             if let Some(r) = self.sessions.get_mut(&token) {
-                if let Err(e) = r.session.join(from, now) {
+                if let Err(e) = r.session.join(now, from) {
                     if let Some(suppressed) = self.logs.busy.allow(now) {
                         debug!(client = %from, file = %r.content.display_path(), reason = ?e, suppressed, "MTFTP open while a master is established: the client listens and re-opens");
                     }
@@ -1052,7 +1054,7 @@ impl Service {
             let now = Instant::now();
             match r.sock.recv_from(&mut self.buf) {
                 Ok((n, from)) => {
-                    r.session.handle_datagram(from, &self.buf[..n], now);
+                    r.session.handle_datagram(now, from, &self.buf[..n]);
                     self.settle(token, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -1074,17 +1076,17 @@ impl Service {
         r.session.handle_timeout(now);
         let mut ctrl = [0u8; 512];
         while let Some(tx) = r.session.poll_transmit(now, &mut ctrl) {
-            match tx {
-                McTransmit::Datagram { dest, len } => {
-                    let to = dest_addr(dest, r.group);
+            let Transmit { dest: to, payload } = tx;
+            match payload {
+                Payload::Datagram(len) => {
                     if let Err(e) = r.sock.send_to(&ctrl[..len], to) {
                         if let Some(suppressed) = self.logs.send_failed.allow(now) {
                             debug!(error = %e, to = %to, suppressed, "multicast control send failed");
                         }
                     }
                 }
-                McTransmit::Blocks { dest, first, count } => {
-                    let to = SockAddr::from(dest_addr(dest, r.group));
+                Payload::Blocks { first, count } => {
+                    let to = SockAddr::from(to);
                     // Held across the synchronous sends: a lease break waits for them.
                     if !r.content.begin_send() {
                         warn!(file = %r.content.display_path(), "file changed on the server while multicast; session ended");
@@ -1167,13 +1169,6 @@ impl Service {
                 "multicast session finished"
             );
         }
-    }
-}
-
-fn dest_addr(dest: Dest, group: SocketAddr) -> SocketAddr {
-    match dest {
-        Dest::Group => group,
-        Dest::Member(a) => a,
     }
 }
 
@@ -1370,7 +1365,7 @@ mod tests {
             blksize: BlockSize::new(1428).unwrap(),
             tsize: false,
         };
-        assert!(handle.submit(join));
+        assert!(handle.submit(join, Instant::now()).is_ok());
         assert_eq!(lock(&admission).groups_in_use(), 1);
         let mut svc = Service {
             cfg,
@@ -1421,10 +1416,7 @@ mod tests {
             blksize: BlockSize::new(1468).unwrap(),
             tsize: false,
         };
-        assert_eq!(
-            handle.try_submit(join, Instant::now()),
-            Err(Refusal::Saturated)
-        );
+        assert_eq!(handle.submit(join, Instant::now()), Err(Refusal::Saturated));
         assert_eq!(lock(&admission).groups_in_use(), 0);
     }
 }

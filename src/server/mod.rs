@@ -9,8 +9,9 @@
 //! - A worker owns its sockets and transfers and shares nothing mutable with the others: the
 //!   store is a read-only `Arc`. A request, and the whole transfer it starts, lives on the worker
 //!   whose listening socket received it.
-//! - The request handling, transfer table, timers and send building are one code path
-//!   ([`worker::Core`]); the backends ([`uring`], [`epoll`]) only wait, receive and submit.
+//! - What a request means is the sans-IO endpoint's ([`crate::proto::tftp::endpoint`]); its
+//!   I/O, the transfer sockets, timers and send building are one code path ([`worker::Core`]);
+//!   the backends ([`uring`], [`epoll`]) only wait, receive and submit.
 //! - Transfers are capped for the whole server ([`admit`]): in all, per client address, and in new
 //!   transfers per second per address. The defaults follow the descriptor limit
 //!   ([`descriptor_budget`]): each transfer holds one socket, and half of the descriptors left
@@ -18,7 +19,6 @@
 //! - A worker that fails or panics is reported by [`Running::poll_failure`] (the binary then stops
 //!   with an error): nothing stops silently.
 
-pub mod admit;
 mod epoll;
 pub mod mcast;
 mod send;
@@ -26,10 +26,13 @@ pub(crate) mod sys;
 mod uring;
 mod worker;
 
-pub use admit::AdmissionConfig;
+/// The caps of `--max-transfers`, `--max-transfers-per-client`, `--client-rate` (defined with
+/// their logic in the endpoint's [`admit`] module).
+pub use crate::proto::tftp::admit::AdmissionConfig;
 pub use sys::PortRange;
 
-use crate::proto::options::Limits;
+use crate::proto::tftp::admit;
+use crate::proto::tftp::options::Limits;
 use crate::store::Store;
 use std::fmt;
 use std::io;

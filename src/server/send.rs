@@ -29,10 +29,10 @@
 //!   asked: a file changed meanwhile ends the transfer with an ERROR instead of completing it.
 
 use super::sys::{put_gso_cmsg, CmsgBuf, GSO_CMSG_SPACE};
-use crate::proto::netascii::{encode_step, EncodePos};
-use crate::proto::packet::data_header;
-use crate::proto::transfer::Transfer;
-use crate::proto::BlockNum;
+use crate::proto::tftp::netascii::{encode_step, EncodePos};
+use crate::proto::tftp::packet::data_header;
+use crate::proto::tftp::transfer::Transfer;
+use crate::proto::tftp::BlockNum;
 use crate::store::Content;
 use std::mem::{size_of, zeroed};
 
@@ -473,9 +473,9 @@ impl<'a> Source<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::options::{negotiate, Limits, RequestOptions};
-    use crate::proto::packet::OptionList;
-    use crate::proto::transfer::TransferConfig;
+    use crate::proto::tftp::options::{negotiate, Limits, RequestOptions};
+    use crate::proto::tftp::packet::OptionList;
+    use crate::proto::tftp::transfer::TransferConfig;
     use std::time::{Duration, Instant};
 
     #[test]
@@ -533,6 +533,7 @@ mod tests {
         let n = negotiate(&RequestOptions::parse(&list), &Limits::default(), None, len);
         Transfer::new(
             TransferConfig {
+                peer: "10.0.0.2:2000".parse().unwrap(),
                 negotiated: n,
                 content_len: len,
                 max_timeout: Duration::from_secs(3),
@@ -616,8 +617,9 @@ mod tests {
         let n = negotiate(&RequestOptions::parse(&list), &Limits::default(), None, 0);
         Transfer::new(
             TransferConfig {
+                peer: "10.0.0.2:2000".parse().unwrap(),
                 negotiated: n,
-                content_len: crate::proto::transfer::LENGTH_UNKNOWN,
+                content_len: crate::proto::tftp::transfer::LENGTH_UNKNOWN,
                 max_timeout: Duration::from_secs(3),
                 min_rto: Duration::from_millis(2),
                 retries: 6,
@@ -627,7 +629,7 @@ mod tests {
     }
 
     fn netascii(bytes: &[u8]) -> (tempfile::TempDir, std::sync::Arc<Content>) {
-        use crate::proto::packet::Mode;
+        use crate::proto::tftp::packet::Mode;
         use crate::store::{Store, StoreOptions};
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("t"), bytes).unwrap();
@@ -693,7 +695,7 @@ mod tests {
         let exact = b"abc\nabc\n".to_vec(); // 10 converted bytes: blocks of 10 end empty
         for src in [text, edge, exact, Vec::new(), vec![b'\n'; 5000]] {
             let mut want = Vec::new();
-            crate::proto::netascii::to_netascii(&src, &mut want);
+            crate::proto::tftp::netascii::to_netascii(&src, &mut want);
             for (blksize, window) in [(8, 4), (10, 2), (512, 1), (1468, 16), (8, 64)] {
                 for resend in [false, true] {
                     let (got, t) = send_text(&src, blksize, window, resend);
@@ -719,7 +721,7 @@ mod tests {
             })
             .collect();
         let mut want = Vec::new();
-        crate::proto::netascii::to_netascii(&src, &mut want);
+        crate::proto::tftp::netascii::to_netascii(&src, &mut want);
         let (_dir, c) = netascii(&src);
         let blksize = 8usize;
         let mut t = text_transfer(blksize as u32, 16);

@@ -10,6 +10,7 @@
 //!   panics, whatever the kernel or a test hands it) and built into caller-owned aligned buffers.
 //! - Nothing here allocates on a per-datagram path.
 
+use crate::proto::rng::Rng;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -283,17 +284,19 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
-/// Unpredictable numbers for transfer port choice: bytes from the kernel's CSPRNG (`getrandom`),
-/// drawn 256 at a time (one system call per 64 transfers). A port chosen this way cannot be
-/// predicted from the ports other transfers got, which a seeded non-cryptographic generator
-/// (xorshift, PCG) would allow after a few observations: an attacker learning the next port
+/// Unpredictable seeds for transfer port choice. Each choice gets its own generator
+/// ([`PortRng::choice`], the crate's one [`Rng`]) seeded with 64 fresh bits from the kernel's
+/// CSPRNG (`getrandom`, drawn 256 bytes at a time: one system call per 32 transfers), and nothing
+/// carries over from one choice to the next. So a port cannot be predicted from the ports other
+/// transfers got, which one long-lived seeded generator (SplitMix, xorshift, PCG: each output
+/// reveals its state) would allow after a few observations: an attacker learning the next port
 /// could send blind ACKs for a spoofed victim's transfer. Only if `getrandom` fails (a kernel
-/// older than 3.17) does it fall back to a splitmix64 sequence seeded from the clock and the
-/// thread, which still makes the choice non-sequential.
+/// older than 3.17) do the seeds come from an [`Rng`] seeded from the clock and the thread,
+/// which still makes the choice non-sequential.
 pub(crate) struct PortRng {
     buf: [u8; 256],
     pos: usize,
-    fallback: u64,
+    fallback: Rng,
 }
 
 impl Default for PortRng {
@@ -311,33 +314,24 @@ impl PortRng {
         PortRng {
             buf: [0; 256],
             pos: 256,
-            fallback: t ^ (&local as *const u8 as u64).rotate_left(32),
+            fallback: Rng::from_seed(t ^ (&local as *const u8 as u64).rotate_left(32)),
         }
     }
 
-    /// A uniformly distributed `u32`.
-    pub(crate) fn next_u32(&mut self) -> u32 {
-        if self.pos + 4 > self.buf.len() {
+    /// A generator for one port choice, seeded with 64 fresh unpredictable bits.
+    pub(crate) fn choice(&mut self) -> Rng {
+        if self.pos + 8 > self.buf.len() {
             // SAFETY: writes at most buf.len() bytes into our buffer.
             let n = unsafe { libc::getrandom(self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
             if n != self.buf.len() as isize {
-                // splitmix64
-                self.fallback = self.fallback.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = self.fallback;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                return (z ^ (z >> 31)) as u32;
+                return Rng::from_seed(self.fallback.next_u64());
             }
             self.pos = 0;
         }
-        let v = u32::from_ne_bytes([
-            self.buf[self.pos],
-            self.buf[self.pos + 1],
-            self.buf[self.pos + 2],
-            self.buf[self.pos + 3],
-        ]);
-        self.pos += 4;
-        v
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&self.buf[self.pos..self.pos + 8]);
+        self.pos += 8;
+        Rng::from_seed(u64::from_ne_bytes(seed))
     }
 }
 
@@ -419,7 +413,8 @@ pub(crate) fn transfer_socket(
         None => s.bind(&SockAddr::from(bind_at(0)))?,
         Some(r) => {
             let mut bound = false;
-            let (start, stride) = (rng.next_u32(), rng.next_u32());
+            let mut pick = rng.choice();
+            let (start, stride) = (pick.next_u64() as u32, pick.next_u64() as u32);
             for port in r.candidates(start, stride) {
                 match s.bind(&SockAddr::from(bind_at(port))) {
                     Ok(()) => {
@@ -685,7 +680,9 @@ mod tests {
         let mut rng = PortRng::new();
         let big = PortRange::new(1000, 60999).unwrap();
         for _ in 0..20 {
-            let mut v: Vec<u16> = big.candidates(rng.next_u32(), rng.next_u32()).collect();
+            let mut r = rng.choice();
+            let (start, stride) = (r.next_u64() as u32, r.next_u64() as u32);
+            let mut v: Vec<u16> = big.candidates(start, stride).collect();
             v.sort_unstable();
             v.dedup();
             assert_eq!(v.len(), 60000);
@@ -732,7 +729,7 @@ mod tests {
     #[test]
     fn port_rng_is_not_sequential() {
         let mut rng = PortRng::new();
-        let v: Vec<u32> = (0..200).map(|_| rng.next_u32()).collect();
+        let v: Vec<u32> = (0..200).map(|_| rng.choice().next_u64() as u32).collect();
         let mut d = v.clone();
         d.sort_unstable();
         d.dedup();

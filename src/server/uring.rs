@@ -25,7 +25,7 @@
 use super::sys::{self, PKTINFO_CMSG_SPACE};
 use super::worker::{Core, Driver, SendStatus, SlotId};
 use super::Shutdown;
-use crate::ratelog::LogLimit;
+use crate::proto::ratelog::LogLimit;
 use io_uring::types::{self, BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use std::io;

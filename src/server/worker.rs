@@ -1,56 +1,59 @@
-//! The per-worker core shared by both I/O backends: requests, the transfer table, timers, sends.
+//! The per-worker driver shared by both I/O backends: the endpoint's I/O, transfer sockets,
+//! timers, sends.
 //!
 //! Contract:
 //! - A [`Core`] belongs to one worker thread. It owns the worker's listening sockets (for replies
-//!   and MTU queries), its transfers (each with its own connected socket, [`Transfer`] state machine,
-//!   `Arc<Content>` and preallocated [`TxBufs`]) and a min-heap of timer deadlines. It performs no
+//!   and MTU queries), its [`Endpoint`] (the sans-IO half: duplicates, refusals, caps,
+//!   negotiation, the multicast hand-off, and the transfers themselves), and beside each transfer
+//!   its I/O: a connected socket, the `Arc<Content>` and preallocated [`TxBufs`]. It performs no
 //!   waiting and receives nothing itself: a backend feeds it what arrived ([`Core::on_request`],
 //!   [`Core::on_transfer_datagram`], [`Core::on_transfer_error`], [`Core::on_send_complete`]) and
 //!   calls [`Core::run_timers`] before waiting until [`Core::next_deadline`].
+//! - What the core does with a request is only I/O: on [`Decision::Lookup`] it looks the file up
+//!   in the store, asks the endpoint to [`accept`](Endpoint::accept) it (offering RFC 2090
+//!   requests to the multicast service), opens the transfer socket and drives the transfer; every
+//!   refusal is the endpoint's or the store's, sent from the listening socket.
 //! - Everything the core asks of the I/O goes through the small [`Driver`] trait: start and stop
 //!   receiving on a transfer socket, and send the `sendmsg` calls of one window. A synchronous
 //!   driver (epoll) reports the result at once; an asynchronous one (io_uring) reports each call's
 //!   completion later through `on_send_complete`. Control datagrams (OACK, ERROR) and refusals are
 //!   rare and are sent directly with a nonblocking `send`.
-//! - After every input to a transfer, the core drains `poll_transmit`, makes sure the timer heap has
-//!   an entry at or before the transfer's `poll_timeout()` (entries are lazily deleted: a popped entry
-//!   that no longer matches is dropped or re-queued at the current deadline), and when the transfer
-//!   is over logs one line and stops receiving on its socket.
+//! - After every input to a transfer, the core drains `poll_transmit`, arms the transfer's
+//!   deadline in the worker's [`TimerQueue`], and when `poll_event` says it is over, closes it.
 //! - A transfer's socket is closed (its descriptor number freed for reuse) only when no operation
 //!   that names it can still be issued: no send of it in flight (io_uring resolves the descriptor
 //!   of a linked send only when it issues it) and its receive ended (the driver says so at once, or
 //!   later through [`Core::on_recv_ended`]). Until then the slot keeps the socket, the content and
-//!   the send buffers; then they go together, with the transfer's admission [`Ticket`].
-//! - New transfers pass admission first: the worker's share of `--max-transfers`, then the
-//!   per-client-address caps shared by all workers ([`Admission`]: transfers at once, new
-//!   transfers per second). When its share is full, the worker may drop its oldest transfer
-//!   whose client never answered (its address unverified, perhaps spoofed) and hand its ticket to
-//!   the new request, so a flood of spoofed requests cannot lock out real clients; at most
-//!   [`MAX_LINGERING`] dropped transfers may wait for their socket to close, so the descriptor
-//!   count stays bounded.
+//!   the send buffers; then they go together, and the endpoint [`release`](Endpoint::release)s
+//!   the transfer's place under the caps. Transfers the endpoint drops to make room (evicted) or
+//!   that a new request supersedes come out of [`Endpoint::poll_event`], drained after every call
+//!   to it: their sockets close before a new one opens.
 //! - Memory per transfer is bounded: the send buffers hold at most one build of
 //!   [`MAX_TX_BLOCKS`](super::send::MAX_TX_BLOCKS) blocks (a larger window goes out in several
 //!   builds), the request is kept for duplicate detection (at most one receive buffer), and the
-//!   rest is fixed-size: [`transfer_memory_bound`] (15,056 bytes on x86-64 Linux) in all, so
-//!   `--max-transfers` x 15 KiB bounds the workers' heap for transfers (59 MiB at the default
-//!   4,096; file bytes are never copied). The server logs both figures at start.
+//!   rest is fixed-size: [`transfer_memory_bound`] in all, so `--max-transfers` x that bounds the
+//!   workers' heap for transfers (file bytes are never copied). The server logs both figures at
+//!   start.
 //! - Every log line a remote peer can cause once per datagram goes through a [`LogLimit`]: one
 //!   line, then a count of the suppressed ones (flushed from the timer).
 //! - No allocation per datagram: receive buffers belong to the backend, send buffers to the
-//!   transfer, and the timer heap and maps only grow with the number of transfers.
+//!   transfer, and the timer queue and maps only grow with the number of transfers.
 
-use super::admit::{Admission, Refusal, Ticket};
 use super::send::TxBufs;
 use super::sys::{self, PktInfo, PortRange, PortRng, TransferSocketError};
-use crate::proto::options::{blksize_for_mtu, negotiate, IpVersion, Limits, RequestOptions};
-use crate::proto::packet::{emit_error, ErrorCode, Mode, Packet, Request};
-use crate::proto::transfer::{Outcome, Transfer, TransferConfig, Transmit, LENGTH_UNKNOWN};
-use crate::ratelog::LogLimit;
+use crate::proto::ratelog::LogLimit;
+use crate::proto::tftp::endpoint::{
+    self, Accept, CloseReason, Decision, Endpoint, Event as EndpointEvent, McRequest, Multicast,
+    NoMulticast, Refusal, TransferId,
+};
+use crate::proto::tftp::options::Limits;
+use crate::proto::tftp::packet::{emit_error_fmt, ErrorCode};
+use crate::proto::tftp::transfer::{Event as TransferEvent, Outcome};
+use crate::proto::timer::TimerQueue;
+use crate::proto::Payload;
 use crate::store::Store;
 use socket2::Socket;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::fmt::{self, Write as _};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -67,18 +70,33 @@ pub(crate) struct Shared {
     /// The multicast service, when RFC 2090 is enabled: requests with the `multicast` option go there.
     pub multicast: Option<super::mcast::McHandle>,
     /// Caps on transfers, shared by every worker.
-    pub admission: Arc<Admission>,
+    pub admission: Arc<crate::proto::tftp::admit::Admission>,
     /// Number of workers (each holds its share of `--max-transfers`).
     pub workers: usize,
     /// A fault to inject (tests of the failure handling only).
     pub fault: Option<super::Fault>,
 }
 
-/// A transfer's place in the worker's table; `gen` tells a reused slot from its previous owner.
+/// A transfer's place in the worker's table (the endpoint's [`TransferId`] in the form the
+/// backends encode in their completion tokens); `gen` tells a reused slot from its previous
+/// owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SlotId {
     pub idx: u32,
     pub gen: u16,
+}
+
+impl From<TransferId> for SlotId {
+    fn from(id: TransferId) -> Self {
+        let (idx, gen) = id.to_raw();
+        SlotId { idx, gen }
+    }
+}
+
+impl From<SlotId> for TransferId {
+    fn from(id: SlotId) -> Self {
+        TransferId::from_raw(id.idx, id.gen)
+    }
 }
 
 /// What a [`Driver`] did with the calls of one window.
@@ -110,29 +128,18 @@ pub(crate) struct Listener {
 }
 
 const FILE_CHANGED: &str = "file changed on the server while being sent";
-const EVICTED: &str =
-    "dropped for a new request: server at its transfer cap, client never answered";
-/// Transfers dropped to make room ([`Core`] eviction) that may wait at once for their socket to
+/// Transfers dropped to make room (see [`Endpoint`]) that may wait at once for their socket to
 /// close; beyond this, a request over the cap is refused instead.
-pub(crate) const MAX_LINGERING: usize = 16;
-const READ_ONLY: &str = "ringboot is a read-only server";
+pub(crate) const MAX_LINGERING: usize = endpoint::MAX_LINGERING;
 /// How long an interface MTU stays cached.
 const MTU_CACHE_TTL: Duration = Duration::from_secs(60);
 
-struct Conn {
-    transfer: Transfer,
+/// The I/O half of a transfer (its protocol half is the endpoint's).
+struct Io {
     content: Arc<crate::store::Content>,
     /// `None` once closed (the slot lingers while sends are in flight).
     sock: Option<Socket>,
     peer: SocketAddr,
-    /// The request datagram, to tell a retransmitted RRQ (identical bytes) from a new one sent
-    /// from the same port (a firmware's real request after its size probe).
-    request: Box<[u8]>,
-    started: Instant,
-    /// The earliest of this transfer's entries in the timer heap. A deadline that moves later
-    /// pushes nothing: when this entry pops, it is re-queued at the transfer's current deadline.
-    /// So the heap holds a few entries per transfer, not one per window sent.
-    queued: Option<Instant>,
     tx: TxBufs,
     /// GSO allowed for this transfer (cleared when the path refuses it).
     gso: bool,
@@ -148,32 +155,33 @@ struct Conn {
     rest: Option<(u64, u32)>,
     /// Why the server ended it, for the log line.
     reason: Option<&'static str>,
+    /// Closed by the endpoint to make room (its socket counts against `MAX_LINGERING`).
+    evicted: bool,
     closed: bool,
     /// A receive on the socket may still complete (the socket must stay open).
     recv_armed: bool,
     /// Closed, waiting for its sends or receive to end (counted in `Core::lingering`).
     lingering: bool,
-    /// Its place under the admission caps, released when the slot (and socket) goes.
-    ticket: Option<Ticket>,
 }
 
 struct Slot {
-    gen: u16,
-    conn: Option<Box<Conn>>,
+    id: TransferId,
+    io: Option<Box<Io>>,
 }
 
-/// Most heap bytes one transfer holds in a worker: its `Conn`, its send buffers, its request
-/// (at most one receive buffer), its slot, timer and map entries. File bytes are not counted:
-/// they are the store's, shared, and never copied per transfer.
+/// Most heap bytes one transfer holds in a worker: its I/O state and send buffers, its request
+/// (at most one receive buffer), its endpoint entry, its slot, timer and map entries. File bytes
+/// are not counted: they are the store's, shared, and never copied per transfer.
 pub(crate) const fn transfer_memory_bound() -> usize {
-    std::mem::size_of::<Conn>()
+    std::mem::size_of::<Io>()
         + TxBufs::heap_bytes(super::send::MAX_TX_BLOCKS)
         + super::epoll::RX_BUF
         + std::mem::size_of::<Slot>()
-        + 4 * 64
+        + endpoint::transfer_memory_bound()
+        + 64
 }
 
-/// The rate limits of the worker's per-datagram log lines (see [`crate::ratelog`]).
+/// The rate limits of the worker's per-datagram log lines (see [`crate::proto::ratelog`]).
 struct WorkerLogs {
     malformed: LogLimit,
     refused: LogLimit,
@@ -206,7 +214,7 @@ impl WorkerLogs {
     fn allow(&mut self, which: fn(&mut Self) -> &mut LogLimit, now: Instant) -> Option<u64> {
         let r = which(self).allow(now);
         if r.is_none() && self.flush_at.is_none() {
-            self.flush_at = Some(now + crate::ratelog::DEFAULT_INTERVAL);
+            self.flush_at = Some(now + crate::proto::ratelog::DEFAULT_INTERVAL);
         }
         r
     }
@@ -250,41 +258,8 @@ impl WorkerLogs {
             pending |= l.pending() > 0;
         }
         if pending {
-            self.flush_at = Some(now + crate::ratelog::DEFAULT_INTERVAL);
+            self.flush_at = Some(now + crate::proto::ratelog::DEFAULT_INTERVAL);
         }
-    }
-}
-
-/// A fixed buffer that formats without allocating, cutting what does not fit.
-struct FmtBuf {
-    buf: [u8; 256],
-    len: usize,
-}
-
-impl FmtBuf {
-    fn new() -> Self {
-        FmtBuf {
-            buf: [0; 256],
-            len: 0,
-        }
-    }
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
-    }
-}
-
-impl fmt::Write for FmtBuf {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for c in s.chars() {
-            let mut tmp = [0u8; 4];
-            let e = c.encode_utf8(&mut tmp).as_bytes();
-            if self.len + e.len() > self.buf.len() {
-                break;
-            }
-            self.buf[self.len..self.len + e.len()].copy_from_slice(e);
-            self.len += e.len();
-        }
-        Ok(())
     }
 }
 
@@ -293,24 +268,16 @@ pub(crate) struct Core {
     worker: usize,
     shared: Arc<Shared>,
     listeners: Vec<Listener>,
-    slots: Vec<Slot>,
-    free: Vec<u32>,
-    by_peer: HashMap<SocketAddr, SlotId>,
-    timers: BinaryHeap<Reverse<(Instant, u32, u16)>>,
+    endpoint: Endpoint,
+    /// The I/O of each transfer, at its id's index.
+    slots: Vec<Option<Slot>>,
+    timers: TimerQueue<TransferId>,
     mtu_cache: HashMap<u32, (Option<u32>, Instant)>,
     gso: bool,
     port_rng: PortRng,
     logs: WorkerLogs,
-    /// This worker's share of `--max-transfers`, and the tickets its slots hold.
-    share: usize,
-    admitted: usize,
-    /// Transfers whose client has not answered yet, oldest first (lazily cleaned: entries that
-    /// are gone or answered are skipped; compacted when it grows past twice the slots).
-    unverified: VecDeque<SlotId>,
     /// Closed transfers waiting for their sends or receive to end.
     lingering: usize,
-    /// Those of them dropped to make room for a new request.
-    evicted_lingering: usize,
     /// An error injected by `--fault worker-error`, returned by the backend's loop.
     injected: Option<io::Error>,
     reply: [u8; 516],
@@ -324,23 +291,26 @@ impl Core {
         gso: bool,
     ) -> Self {
         let share = shared.admission.config().share(worker, shared.workers);
+        let endpoint = Endpoint::new(
+            endpoint::EndpointConfig {
+                limits: shared.limits,
+                min_rto: shared.min_rto,
+                share,
+            },
+            shared.admission.clone(),
+        );
         Core {
             worker,
-            share,
-            admitted: 0,
             shared,
             listeners,
+            endpoint,
             slots: Vec::new(),
-            free: Vec::new(),
-            by_peer: HashMap::new(),
-            timers: BinaryHeap::new(),
+            timers: TimerQueue::new(),
             mtu_cache: HashMap::new(),
             gso,
             port_rng: PortRng::new(),
             logs: WorkerLogs::new(),
-            unverified: VecDeque::new(),
             lingering: 0,
-            evicted_lingering: 0,
             injected: None,
             reply: [0; 516],
         }
@@ -354,12 +324,16 @@ impl Core {
         &self.listeners
     }
 
-    fn conn_mut(&mut self, id: SlotId) -> Option<&mut Conn> {
-        let slot = self.slots.get_mut(id.idx as usize)?;
-        if slot.gen != id.gen {
-            return None;
-        }
-        slot.conn.as_deref_mut()
+    fn io(&self, id: TransferId) -> Option<&Io> {
+        let slot = self.slots.get(id.index())?.as_ref()?;
+        (slot.id == id).then_some(())?;
+        slot.io.as_deref()
+    }
+
+    fn io_mut(&mut self, id: TransferId) -> Option<&mut Io> {
+        let slot = self.slots.get_mut(id.index())?.as_mut()?;
+        (slot.id == id).then_some(())?;
+        slot.io.as_deref_mut()
     }
 
     /// The transfer exists and is not closed: its socket's events are wanted.
@@ -369,15 +343,11 @@ impl Core {
 
     /// The socket of a live (not closed) transfer.
     pub(crate) fn fd_of(&self, id: SlotId) -> Option<RawFd> {
-        let slot = self.slots.get(id.idx as usize)?;
-        if slot.gen != id.gen {
+        let io = self.io(id.into())?;
+        if io.closed {
             return None;
         }
-        let conn = slot.conn.as_deref()?;
-        if conn.closed {
-            return None;
-        }
-        conn.sock.as_ref().map(|s| s.as_raw_fd())
+        io.sock.as_ref().map(|s| s.as_raw_fd())
     }
 
     /// The error injected by `--fault worker-error`, once.
@@ -389,14 +359,13 @@ impl Core {
     pub(crate) fn sends_in_flight(&self) -> bool {
         self.slots
             .iter()
-            .any(|s| s.conn.as_ref().is_some_and(|c| c.in_flight > 0))
+            .flatten()
+            .any(|s| s.io.as_deref().is_some_and(|io| io.in_flight > 0))
     }
 
-    /// The earliest timer entry (possibly stale or postponed: waking for it is harmless), or
-    /// the next report of suppressed log lines.
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        let t = self.timers.peek().map(|Reverse((t, _, _))| *t);
-        match (t, self.logs.flush_at) {
+    /// The earliest transfer deadline, or the next report of suppressed log lines.
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        match (self.timers.next_deadline(), self.logs.flush_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -405,34 +374,23 @@ impl Core {
     /// Fire every transfer timer due at `now` (and report suppressed log lines when due).
     pub(crate) fn run_timers(&mut self, now: Instant, drv: &mut impl Driver) {
         self.logs.flush(self.worker, now);
-        while let Some(&Reverse((t, idx, gen))) = self.timers.peek() {
-            if t > now {
-                break;
-            }
-            self.timers.pop();
-            let id = SlotId { idx, gen };
-            let Some(conn) = self.conn_mut(id) else {
-                continue;
-            };
-            if conn.closed || conn.queued != Some(t) {
+        while let Some(id) = self.timers.pop_expired(now) {
+            if self.io(id).is_none_or(|io| io.closed) {
                 continue;
             }
-            conn.queued = None;
-            match conn.transfer.poll_timeout() {
-                Some(d) if d <= now => {
-                    conn.transfer.handle_timeout(now);
-                    self.drive(id, now, drv);
-                }
-                Some(d) => {
-                    conn.queued = Some(d);
-                    self.timers.push(Reverse((d, idx, gen)));
-                }
-                None => {}
+            if let Some(t) = self.endpoint.transfer_mut(id) {
+                t.handle_timeout(now);
             }
+            self.drive(id, now, drv);
         }
     }
 
-    fn note_malformed(&mut self, peer: Option<SocketAddr>, what: &dyn fmt::Display, now: Instant) {
+    fn note_malformed(
+        &mut self,
+        peer: Option<SocketAddr>,
+        what: &dyn std::fmt::Display,
+        now: Instant,
+    ) {
         debug!(worker = self.worker, client = ?peer, error = %what, "malformed datagram on the listening port");
         if let Some(n) = self.logs.allow(|l| &mut l.malformed, now) {
             warn!(
@@ -445,19 +403,12 @@ impl Core {
         }
     }
 
-    fn reply_error(
-        &mut self,
-        li: usize,
-        peer: &SocketAddr,
-        info: Option<&PktInfo>,
-        code: ErrorCode,
-        msg: &str,
-    ) {
+    /// Send the ERROR datagram of `len` bytes in `self.reply` from listening socket `li`.
+    fn send_reply(&mut self, li: usize, len: usize, peer: &SocketAddr, info: Option<&PktInfo>) {
         let Some(l) = self.listeners.get(li) else {
             return;
         };
-        let n = emit_error(&mut self.reply, code, msg);
-        if let Err(e) = sys::send_from(l.sock.as_raw_fd(), &self.reply[..n], peer, info) {
+        if let Err(e) = sys::send_from(l.sock.as_raw_fd(), &self.reply[..len], peer, info) {
             debug!(client = %peer, error = %e, "could not send ERROR");
         }
     }
@@ -490,328 +441,198 @@ impl Core {
             }
             _ => {}
         }
-        let is_request = matches!(data, [0, 1 | 2, ..]);
-        if truncated {
-            self.note_malformed(Some(peer), &"datagram larger than the receive buffer", now);
-            if is_request {
-                self.reply_error(
-                    li,
-                    &peer,
-                    info.as_ref(),
-                    ErrorCode::IllegalOperation,
-                    "request too large",
-                );
-            }
-            return;
-        }
-        let req = match Packet::parse(data) {
-            Ok(Packet::Rrq(r)) => r,
-            Ok(Packet::Wrq(r)) => {
-                self.reply_error(
-                    li,
-                    &peer,
-                    info.as_ref(),
-                    ErrorCode::AccessViolation,
-                    READ_ONLY,
-                );
-                if let Some(n) = self.logs.allow(|l| &mut l.write, now) {
-                    info!(client = %peer, file = %r.filename.escape_ascii(), reason = READ_ONLY, suppressed = n, "write request refused");
-                }
-                return;
-            }
-            Ok(other) => {
-                let mut m = FmtBuf::new();
-                let _ = write!(m, "unexpected {:?} packet", other.opcode());
-                self.note_malformed(Some(peer), &m.as_str(), now);
-                return;
-            }
-            Err(e) => {
-                if is_request {
-                    let mut m = FmtBuf::new();
-                    let _ = write!(m, "{e}");
-                    self.reply_error(
-                        li,
-                        &peer,
-                        info.as_ref(),
-                        ErrorCode::IllegalOperation,
-                        m.as_str(),
-                    );
-                }
-                self.note_malformed(Some(peer), &e, now);
-                return;
-            }
-        };
-        self.on_rrq(li, data, req, peer, info, now, drv);
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn on_rrq(
-        &mut self,
-        li: usize,
-        raw: &[u8],
-        req: Request<'_>,
-        peer: SocketAddr,
-        info: Option<PktInfo>,
-        now: Instant,
-        drv: &mut impl Driver,
-    ) {
-        if let Some(&old) = self.by_peer.get(&peer) {
-            if let Some(conn) = self.conn_mut(old) {
-                if !conn.closed && *conn.request == *raw {
-                    // A retransmitted RRQ: the client has seen nothing of our answer yet. The
-                    // transfer resends its OACK or first block (rate-limited), not a new transfer.
-                    trace!(client = %peer, "duplicate request");
-                    conn.transfer.handle_duplicate_request(now);
-                    self.drive(old, now, drv);
-                    return;
-                }
-                if !conn.closed {
-                    // Same client port, another request: the client has moved on (for example
-                    // its ERROR ending a size probe is still queued behind this RRQ).
-                    conn.reason = Some("superseded by a new request from the same client port");
-                    self.close(old, now, drv);
-                }
-            }
-        }
-        let content = match self.shared.store.lookup(req.filename, req.mode) {
-            Ok(c) => c,
-            Err(e) => {
-                let mut m = FmtBuf::new();
-                let _ = write!(m, "{e}");
-                self.reply_error(li, &peer, info.as_ref(), e.error_code(), m.as_str());
-                if let Some(n) = self.logs.allow(|l| &mut l.refused, now) {
-                    info!(client = %peer, file = %req.filename.escape_ascii(), code = e.error_code().as_u16(), reason = %e, suppressed = n, "request refused");
-                }
-                return;
-            }
-        };
         let Some(listener) = self.listeners.get(li) else {
             return;
         };
-        let listen_fd = listener.sock.as_raw_fd();
         let local = info.map_or(listener.addr.ip(), |i| i.local);
-        let ifindex = info.map_or(0, |i| i.ifindex);
-        let opts = RequestOptions::parse(&req.options);
-        let mtu = self.mtu(ifindex, listen_fd, now);
-        let ipv = if peer.is_ipv4() {
-            IpVersion::V4
-        } else {
-            IpVersion::V6
-        };
-        let limits = self.shared.limits;
-        let mut negotiated = negotiate(
-            &opts,
-            &limits,
-            mtu.map(|m| blksize_for_mtu(m, ipv)),
-            content.len(),
-        );
-        // netascii is converted as it is sent: its length is unknown, so no tsize (as tftpd-hpa).
-        if content.transfer_len().is_none() {
-            negotiated.tsize = None;
-        }
-        if opts.multicast && req.mode == Mode::Octet && peer.is_ipv4() {
-            if let Some(mc) = &self.shared.multicast {
-                let join = super::mcast::McJoin {
-                    client: peer,
-                    local,
-                    content: content.clone(),
-                    blksize: negotiated.blksize,
-                    tsize: opts.tsize,
-                };
-                // Admission is decided here, synchronously: handed over, the service answers
-                // (OACK or ERROR); refused (pool, caps, saturation; logged there, rate-limited),
-                // this worker serves it as plain unicast, its OACK without `multicast`.
-                if mc.submit(join) {
-                    return;
-                }
+        let listen_fd = listener.sock.as_raw_fd();
+        let decision = self
+            .endpoint
+            .handle_request(now, peer, local, data, truncated);
+        self.drain_endpoint(now, drv);
+        let incoming = match decision {
+            Decision::Lookup(incoming) => incoming,
+            Decision::Duplicate(id) => {
+                trace!(client = %peer, "duplicate request");
+                return self.drive(id, now, drv);
             }
-        }
-        let Some(ticket) = self.admit(li, &peer, info.as_ref(), now, drv) else {
-            return;
+            Decision::Refuse(r) => {
+                let n = r.emit(&mut self.reply);
+                self.send_reply(li, n, &peer, info.as_ref());
+                match r {
+                    Refusal::Write { filename } => {
+                        if let Some(n) = self.logs.allow(|l| &mut l.write, now) {
+                            info!(client = %peer, file = %filename.escape_ascii(), reason = %r, suppressed = n, "write request refused");
+                        }
+                    }
+                    Refusal::MailMode { filename } => {
+                        if let Some(n) = self.logs.allow(|l| &mut l.refused, now) {
+                            info!(client = %peer, file = %filename.escape_ascii(), code = r.code().as_u16(), reason = %r, suppressed = n, "request refused");
+                        }
+                    }
+                    Refusal::TooLarge => self.note_malformed(
+                        Some(peer),
+                        &"datagram larger than the receive buffer",
+                        now,
+                    ),
+                    _ => self.note_malformed(Some(peer), &r, now),
+                }
+                return;
+            }
+            Decision::Drop(why) => return self.note_malformed(Some(peer), &why, now),
         };
+        let content = match self
+            .shared
+            .store
+            .lookup(incoming.filename(), incoming.mode())
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let n = emit_error_fmt(&mut self.reply, e.error_code(), format_args!("{e}"));
+                self.send_reply(li, n, &peer, info.as_ref());
+                if let Some(n) = self.logs.allow(|l| &mut l.refused, now) {
+                    info!(client = %peer, file = %incoming.filename().escape_ascii(), code = e.error_code().as_u16(), reason = %e, suppressed = n, "request refused");
+                }
+                return;
+            }
+        };
+        let ifindex = info.map_or(0, |i| i.ifindex);
+        let mtu = self.mtu(ifindex, listen_fd, now);
+        let mode = incoming.mode();
+        let accepted = match &self.shared.multicast {
+            Some(mc) => {
+                // The service decides its own admission, synchronously: handed over, it answers
+                // (OACK or ERROR); refused (pool, caps, saturation; logged there, rate-limited),
+                // the endpoint serves the request as plain unicast, its OACK without `multicast`.
+                let mut offer = |r: &McRequest, now: Instant| {
+                    let join = super::mcast::McJoin {
+                        client: r.client,
+                        local: r.local,
+                        content: content.clone(),
+                        blksize: r.blksize,
+                        tsize: r.tsize,
+                    };
+                    mc.submit(join, now).is_ok()
+                };
+                let offer: &mut dyn Multicast = &mut offer;
+                self.endpoint
+                    .accept(now, incoming, content.transfer_len(), mtu, offer)
+            }
+            None => {
+                self.endpoint
+                    .accept(now, incoming, content.transfer_len(), mtu, &mut NoMulticast)
+            }
+        };
+        // An evicted transfer's socket closes before the new one opens.
+        self.drain_endpoint(now, drv);
+        let accepted = match accepted {
+            Accept::Unicast(a) => a,
+            Accept::Multicast => return,
+            Accept::Refuse(r) => {
+                let n = r.emit(&mut self.reply);
+                self.send_reply(li, n, &peer, info.as_ref());
+                if let Some(n) = self.logs.allow(|l| &mut l.over_cap, now) {
+                    let c = self.shared.admission.config();
+                    warn!(
+                        worker = self.worker,
+                        client = %peer,
+                        cause = match r { Refusal::OverCap(o) => o.as_str(), _ => "" },
+                        max_transfers = c.max_transfers,
+                        max_per_client = c.max_per_client,
+                        client_rate = c.client_rate,
+                        suppressed = n,
+                        "request refused: {r} (one line a second)",
+                    );
+                }
+                return;
+            }
+        };
+        let id = accepted.id;
         let sock = match sys::transfer_socket(
             local,
             ifindex,
             peer,
             self.shared.port_range,
             &mut self.port_rng,
-            limits.allow_fragmentation,
+            self.shared.limits.allow_fragmentation,
         ) {
             Ok(s) => s,
             Err(e) => {
+                self.endpoint.release(id);
                 let msg = match &e {
                     TransferSocketError::NoFreePort => "no free transfer port",
                     TransferSocketError::Io(_) => "cannot open a transfer socket",
                 };
-                self.reply_error(li, &peer, info.as_ref(), ErrorCode::NotDefined, msg);
+                let n = crate::proto::tftp::packet::emit_error(
+                    &mut self.reply,
+                    ErrorCode::NotDefined,
+                    msg,
+                );
+                self.send_reply(li, n, &peer, info.as_ref());
                 if let Some(n) = self.logs.allow(|l| &mut l.no_socket, now) {
                     warn!(client = %peer, file = content.display_path(), error = %e, suppressed = n, "request refused");
                 }
                 return;
             }
         };
-        let transfer = Transfer::new(
-            TransferConfig {
-                negotiated,
-                content_len: content.transfer_len().unwrap_or(LENGTH_UNKNOWN),
-                max_timeout: limits.timeout,
-                min_rto: self.shared.min_rto,
-                retries: limits.retries,
-            },
-            now,
+        if let Err(e) = drv.watch(id.into(), sock.as_raw_fd()) {
+            if let Some(n) = self.logs.allow(|l| &mut l.no_socket, now) {
+                warn!(client = %peer, error = %e, suppressed = n, "cannot watch a transfer socket; request dropped");
+            }
+            self.endpoint.release(id);
+            return;
+        }
+        let Some(t) = self.endpoint.transfer(id) else {
+            return;
+        };
+        let negotiated = *t.negotiated();
+        debug!(
+            worker = self.worker,
+            client = %peer,
+            file = content.display_path(),
+            local = %local,
+            mode = mode.as_str(),
+            blksize = negotiated.blksize.get(),
+            windowsize = negotiated.windowsize.get(),
+            tsize = ?negotiated.tsize,
+            mtu = ?mtu,
+            "transfer started"
         );
-        let blksize = negotiated.blksize.bytes();
-        // GSO only where every segment fits the interface unfragmented.
-        let hdr = if peer.is_ipv4() { 28 } else { 48 };
-        let gso = !matches!(mtu, Some(m) if blksize + 4 + hdr > m as usize);
         let window = (negotiated.windowsize.get() as usize).min(0x7fff);
-        let conn = Box::new(Conn {
-            transfer,
+        let io = Box::new(Io {
             content,
-            sock: None,
+            sock: Some(sock),
             peer,
-            request: raw.into(),
-            started: now,
-            queued: None,
             tx: TxBufs::new(window),
-            gso,
+            gso: accepted.gso,
             in_flight: 0,
             send_failure: None,
             pending: None,
             redo: None,
             rest: None,
             reason: None,
+            evicted: false,
             closed: false,
-            recv_armed: false,
+            recv_armed: true,
             lingering: false,
-            ticket: Some(ticket),
         });
-        let id = self.insert(conn);
-        if let Err(e) = drv.watch(id, sock.as_raw_fd()) {
-            if let Some(n) = self.logs.allow(|l| &mut l.no_socket, now) {
-                warn!(client = %peer, error = %e, suppressed = n, "cannot watch a transfer socket; request dropped");
-            }
-            self.free_slot(id);
-            return;
+        let idx = id.index();
+        if self.slots.len() <= idx {
+            self.slots.resize_with(idx + 1, || None);
         }
-        self.note_unverified(id);
-        let worker = self.worker;
-        if let Some(c) = self.conn_mut(id) {
-            c.sock = Some(sock);
-            c.recv_armed = true;
-            debug!(
-                worker,
-                client = %peer,
-                file = c.content.display_path(),
-                local = %local,
-                mode = req.mode.as_str(),
-                blksize,
-                windowsize = negotiated.windowsize.get(),
-                tsize = ?negotiated.tsize,
-                mtu = ?mtu,
-                "transfer started"
-            );
-        }
-        self.by_peer.insert(peer, id);
+        self.slots[idx] = Some(Slot { id, io: Some(io) });
         self.drive(id, now, drv);
     }
 
-    /// Admission of a new transfer from `peer` (see the module docs). `None`: refused, the
-    /// client got ERROR 0 saying why.
-    fn admit(
-        &mut self,
-        li: usize,
-        peer: &SocketAddr,
-        info: Option<&PktInfo>,
-        now: Instant,
-        drv: &mut impl Driver,
-    ) -> Option<Ticket> {
-        let adm = self.shared.admission.clone();
-        let first = if self.admitted < self.share {
-            adm.admit(peer.ip(), now)
-        } else {
-            Err(Refusal::Busy)
-        };
-        let refusal = match first {
-            Ok(t) => {
-                self.admitted += 1;
-                return Some(t);
+    /// Act on the transfers the endpoint closed itself (superseded, evicted).
+    fn drain_endpoint(&mut self, now: Instant, drv: &mut impl Driver) {
+        while let Some(EndpointEvent::Closed { id, reason }) = self.endpoint.poll_event() {
+            if let Some(io) = self.io_mut(id) {
+                io.reason = Some(reason.as_str());
+                io.evicted = reason == CloseReason::Evicted;
             }
-            // The share is full: make room only for a request within its own address's limits.
-            Err(Refusal::Busy) => match adm.check(peer.ip(), now) {
-                Err(r) => r,
-                Ok(()) => match self.evict_unverified(now, drv) {
-                    Some(t) => match adm.reassign(t, peer.ip(), now) {
-                        Ok(t) => return Some(t),
-                        Err((t, r)) => {
-                            // The victim is gone already; its place is given back.
-                            drop(t);
-                            self.admitted -= 1;
-                            r
-                        }
-                    },
-                    None => Refusal::Busy,
-                },
-            },
-            Err(r) => r,
-        };
-        self.reply_error(li, peer, info, ErrorCode::NotDefined, refusal.message());
-        if let Some(n) = self.logs.allow(|l| &mut l.over_cap, now) {
-            let c = adm.config();
-            warn!(
-                worker = self.worker,
-                client = %peer,
-                cause = refusal.as_str(),
-                max_transfers = c.max_transfers,
-                max_per_client = c.max_per_client,
-                client_rate = c.client_rate,
-                suppressed = n,
-                "request refused: {} (one line a second)",
-                refusal.message()
-            );
-        }
-        None
-    }
-
-    /// Remember a new transfer as not yet answered; compact the list when it has grown.
-    fn note_unverified(&mut self, id: SlotId) {
-        self.unverified.push_back(id);
-        if self.unverified.len() > 2 * self.slots.len() + 64 {
-            let slots = &self.slots;
-            self.unverified.retain(|id| {
-                slots.get(id.idx as usize).is_some_and(|s| {
-                    s.gen == id.gen
-                        && s.conn
-                            .as_deref()
-                            .is_some_and(|c| !c.closed && !c.transfer.is_verified())
-                })
-            });
-        }
-    }
-
-    /// Drop this worker's oldest transfer whose client never answered, to make room for a new
-    /// request, and return its ticket (still counted in `admitted`); its slot keeps the socket
-    /// until the driver is done with it. `None` when there is none, or when too many dropped
-    /// transfers are still waiting for their socket to close.
-    fn evict_unverified(&mut self, now: Instant, drv: &mut impl Driver) -> Option<Ticket> {
-        if self.evicted_lingering >= MAX_LINGERING {
-            return None;
-        }
-        while let Some(id) = self.unverified.pop_front() {
-            let Some(conn) = self.conn_mut(id) else {
-                continue;
-            };
-            if conn.closed || conn.transfer.is_verified() {
-                continue;
-            }
-            let Some(ticket) = conn.ticket.take() else {
-                continue;
-            };
-            conn.reason = Some(EVICTED);
             self.close(id, now, drv);
-            return Some(ticket);
         }
-        None
     }
 
     fn mtu(&mut self, ifindex: u32, fd: RawFd, now: Instant) -> Option<u32> {
@@ -834,57 +655,34 @@ impl Core {
         m
     }
 
-    fn insert(&mut self, conn: Box<Conn>) -> SlotId {
-        if let Some(idx) = self.free.pop() {
-            let slot = &mut self.slots[idx as usize];
-            slot.conn = Some(conn);
-            SlotId { idx, gen: slot.gen }
-        } else {
-            let idx = self.slots.len() as u32;
-            self.slots.push(Slot {
-                gen: 0,
-                conn: Some(conn),
-            });
-            SlotId { idx, gen: 0 }
+    /// Free a slot: its socket is closed, and the endpoint releases the transfer's place.
+    fn free_slot(&mut self, id: TransferId) {
+        let Some(slot) = self.slots.get_mut(id.index()) else {
+            return;
+        };
+        if slot.as_ref().is_none_or(|s| s.id != id) {
+            return;
         }
-    }
-
-    /// Free a slot: its socket is closed, its ticket released.
-    fn free_slot(&mut self, id: SlotId) {
-        if let Some(slot) = self.slots.get_mut(id.idx as usize) {
-            if slot.gen == id.gen {
-                if let Some(conn) = slot.conn.take() {
-                    slot.gen = slot.gen.wrapping_add(1);
-                    self.free.push(id.idx);
-                    if conn.ticket.is_some() {
-                        self.admitted -= 1;
-                    }
-                    if conn.lingering {
-                        self.lingering -= 1;
-                        if conn.reason == Some(EVICTED) {
-                            self.evicted_lingering -= 1;
-                        }
-                    }
-                    drop(conn);
-                }
+        if let Some(io) = slot.take().and_then(|s| s.io) {
+            if io.lingering {
+                self.lingering -= 1;
             }
+            drop(io);
         }
+        self.timers.cancel(id);
+        self.endpoint.release(id);
     }
 
     /// Free a closed transfer once nothing can name its socket any more.
-    fn maybe_free(&mut self, id: SlotId) {
-        let Some(conn) = self.conn_mut(id) else {
+    fn maybe_free(&mut self, id: TransferId) {
+        let Some(io) = self.io_mut(id) else {
             return;
         };
-        if conn.closed && conn.in_flight == 0 && !conn.recv_armed {
+        if io.closed && io.in_flight == 0 && !io.recv_armed {
             self.free_slot(id);
-        } else if conn.closed && !conn.lingering {
-            conn.lingering = true;
-            let evicted = conn.reason == Some(EVICTED);
+        } else if io.closed && !io.lingering {
+            io.lingering = true;
             self.lingering += 1;
-            if evicted {
-                self.evicted_lingering += 1;
-            }
         }
     }
 
@@ -892,8 +690,9 @@ impl Core {
     /// after the cancel that [`Driver::unwatch`] queued). Frees the slot if nothing else is
     /// pending on it.
     pub(crate) fn on_recv_ended(&mut self, id: SlotId) {
-        if let Some(conn) = self.conn_mut(id) {
-            conn.recv_armed = false;
+        let id = id.into();
+        if let Some(io) = self.io_mut(id) {
+            io.recv_armed = false;
         }
         self.maybe_free(id);
     }
@@ -913,18 +712,31 @@ impl Core {
         now: Instant,
         drv: &mut impl Driver,
     ) {
-        let Some(conn) = self.conn_mut(id) else {
+        let id = id.into();
+        let Some(io) = self.io(id) else {
             return;
         };
-        if conn.closed {
+        if io.closed {
             return;
         }
         if truncated {
-            trace!(client = %conn.peer, "oversized datagram on a transfer port dropped");
+            trace!(client = %io.peer, "oversized datagram on a transfer port dropped");
             return;
         }
-        conn.transfer.handle_datagram(data, now);
+        if let Some(t) = self.endpoint.transfer_mut(id) {
+            t.handle_datagram(now, data);
+        }
         self.drive(id, now, drv);
+    }
+
+    /// Abort a transfer from the server side with an ERROR to its client, for `reason`.
+    fn abort(&mut self, id: TransferId, reason: &'static str, message: &'static str) {
+        if let Some(io) = self.io_mut(id) {
+            io.reason = Some(reason);
+        }
+        if let Some(t) = self.endpoint.transfer_mut(id) {
+            t.abort(ErrorCode::NotDefined, message);
+        }
     }
 
     /// Receiving on a transfer socket failed with `errno`.
@@ -935,22 +747,21 @@ impl Core {
         now: Instant,
         drv: &mut impl Driver,
     ) {
-        let Some(conn) = self.conn_mut(id) else {
+        let id = id.into();
+        let Some(io) = self.io(id) else {
             return;
         };
-        if conn.closed {
+        if io.closed {
             return;
         }
         match errno {
             libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN => {
                 // ICMP unreachable: the client is gone.
-                conn.reason = Some("client port unreachable");
-                conn.transfer
-                    .abort(ErrorCode::NotDefined, "client port unreachable");
+                self.abort(id, "client port unreachable", "client port unreachable");
                 self.drive(id, now, drv);
             }
             e => {
-                debug!(client = %conn.peer, error = %io::Error::from_raw_os_error(e), "receive error on a transfer socket");
+                debug!(client = %io.peer, error = %io::Error::from_raw_os_error(e), "receive error on a transfer socket");
             }
         }
     }
@@ -964,80 +775,81 @@ impl Core {
         now: Instant,
         drv: &mut impl Driver,
     ) {
-        let Some(conn) = self.conn_mut(id) else {
+        let id = id.into();
+        let Some(io) = self.io_mut(id) else {
             return;
         };
-        let was = conn.in_flight;
-        conn.in_flight = was.saturating_sub(1);
+        let was = io.in_flight;
+        io.in_flight = was.saturating_sub(1);
         if was == 1 {
             // The window's last completion: the kernel holds none of the file's bytes any more.
-            conn.content.end_send();
+            io.content.end_send();
         }
         if res < 0 {
             let e = -res;
-            let replace = match conn.send_failure {
+            let replace = match io.send_failure {
                 None => true,
                 Some((c, old)) => e != libc::ECANCELED && (old == libc::ECANCELED || call < c),
             };
             if replace {
-                conn.send_failure = Some((call, e));
+                io.send_failure = Some((call, e));
             }
         }
-        if conn.in_flight > 0 {
+        if io.in_flight > 0 {
             return;
         }
-        if conn.closed {
+        if io.closed {
             self.maybe_free(id);
             return;
         }
-        if let Some((call, e)) = conn.send_failure.take() {
+        if let Some((call, e)) = io.send_failure.take() {
             self.on_send_failure(id, call, e);
         }
         self.drive(id, now, drv);
     }
 
-    fn on_send_failure(&mut self, id: SlotId, call: usize, errno: i32) {
+    fn on_send_failure(&mut self, id: TransferId, call: usize, errno: i32) {
         let worker = self.worker;
         let mut disable_worker_gso = false;
-        let Some(conn) = self.conn_mut(id) else {
+        let Some(io) = self.io_mut(id) else {
             return;
         };
-        let c = conn.tx.call(call);
+        let c = io.tx.call(call);
         let err = io::Error::from_raw_os_error(errno);
+        let mut abort = None;
         match errno {
             libc::EAGAIN | libc::ENOBUFS | libc::ECANCELED | libc::EINTR => {
                 // The rest of the window is lost; the transfer's timer resends it.
-                trace!(client = %conn.peer, error = %err, "send queue full; window cut short");
+                trace!(client = %io.peer, error = %err, "send queue full; window cut short");
             }
             libc::EIO | libc::EINVAL | libc::EOPNOTSUPP if c.is_some_and(|c| c.gso) => {
                 if errno == libc::EINVAL {
                     // The path refuses this segment size; other transfers may be fine.
-                    debug!(client = %conn.peer, error = %err, "UDP GSO refused for this transfer; sending one datagram per block");
-                    conn.gso = false;
+                    debug!(client = %io.peer, error = %err, "UDP GSO refused for this transfer; sending one datagram per block");
+                    io.gso = false;
                 } else {
                     disable_worker_gso = true;
                 }
-                if let (Some(c), Some(last)) = (c, conn.tx.last_block()) {
-                    conn.redo = Some((c.first, (last + 1 - c.first) as u32));
+                if let (Some(c), Some(last)) = (c, io.tx.last_block()) {
+                    io.redo = Some((c.first, (last + 1 - c.first) as u32));
                 }
             }
-            libc::EFAULT => {
-                conn.reason = Some(FILE_CHANGED);
-                conn.transfer.abort(ErrorCode::NotDefined, FILE_CHANGED);
-            }
+            libc::EFAULT => abort = Some((FILE_CHANGED, FILE_CHANGED)),
             libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN => {
-                conn.reason = Some("client port unreachable");
-                conn.transfer
-                    .abort(ErrorCode::NotDefined, "client port unreachable");
+                abort = Some(("client port unreachable", "client port unreachable"))
             }
             libc::EMSGSIZE => {
-                conn.reason = Some("block larger than the path MTU");
-                conn.transfer
-                    .abort(ErrorCode::NotDefined, "block size exceeds the path MTU");
+                abort = Some((
+                    "block larger than the path MTU",
+                    "block size exceeds the path MTU",
+                ))
             }
             _ => {
-                debug!(client = %conn.peer, error = %err, "send failed; window cut short");
+                debug!(client = %io.peer, error = %err, "send failed; window cut short");
             }
+        }
+        if let Some((reason, message)) = abort {
+            self.abort(id, reason, message);
         }
         if disable_worker_gso && self.gso {
             self.gso = false;
@@ -1045,166 +857,183 @@ impl Core {
         }
     }
 
-    fn send_blocks(&mut self, id: SlotId, first: u64, count: u32, drv: &mut impl Driver) {
+    fn send_blocks(&mut self, id: TransferId, first: u64, count: u32, drv: &mut impl Driver) {
         let gso_worker = self.gso;
-        let Some(conn) = self.conn_mut(id) else {
+        let Some(slot) = self.slots.get_mut(id.index()).and_then(|s| s.as_mut()) else {
             return;
         };
-        let Some(fd) = conn.sock.as_ref().map(|s| s.as_raw_fd()) else {
+        let Some(io) = slot.io.as_deref_mut().filter(|_| slot.id == id) else {
+            return;
+        };
+        let Some(transfer) = self.endpoint.transfer_mut(id) else {
+            return;
+        };
+        let Some(fd) = io.sock.as_ref().map(|s| s.as_raw_fd()) else {
             return;
         };
         // From here until the kernel has copied the bytes, a lease break waits for this send
         // (Content::begin_send): a file rewritten in place never leaks new bytes into it.
-        if !conn.content.begin_send() {
-            conn.reason = Some(FILE_CHANGED);
-            conn.transfer.abort(ErrorCode::NotDefined, FILE_CHANGED);
+        if !io.content.begin_send() {
+            io.reason = Some(FILE_CHANGED);
+            transfer.abort(ErrorCode::NotDefined, FILE_CHANGED);
             return;
         }
-        let gso = gso_worker && conn.gso;
-        let c: &mut Conn = conn;
+        let gso = gso_worker && io.gso;
         // A window larger than the send buffers goes out in several builds, one after another.
-        let cap = c.tx.capacity() as u32;
+        let cap = io.tx.capacity() as u32;
         let count = if count > cap {
-            c.rest = Some((first + cap as u64, count - cap));
+            io.rest = Some((first + cap as u64, count - cap));
             cap
         } else {
-            c.rest = None;
+            io.rest = None;
             count
         };
         // Octet: laid out from the content; netascii: converted into the transfer's window buffer.
         // Before the last block goes out, the content is checked unchanged (send.rs).
-        let built =
-            c.tx.build_content(&mut c.transfer, &c.content, first, count, gso);
+        let built = io
+            .tx
+            .build_content(transfer, &io.content, first, count, gso);
         // A netascii transfer may learn its end in this build: no later build past it.
-        if let Some((f, n)) = c.rest {
-            let t = c.transfer.total_blocks();
-            c.rest = (f <= t).then(|| (f, n.min((t - f + 1) as u32)));
+        if let Some((f, n)) = io.rest {
+            let t = transfer.total_blocks();
+            io.rest = (f <= t).then(|| (f, n.min((t - f + 1) as u32)));
         }
         if let Err(why) = built {
-            c.content.end_send();
-            c.reason = Some(why);
-            c.transfer.abort(ErrorCode::NotDefined, why);
+            io.content.end_send();
+            io.reason = Some(why);
+            transfer.abort(ErrorCode::NotDefined, why);
             return;
         }
-        let status = drv.send(id, fd, c.tx.msgs());
+        let status = drv.send(id.into(), fd, io.tx.msgs());
         if !matches!(status, SendStatus::InFlight(n) if n > 0) {
-            c.content.end_send();
+            io.content.end_send();
         }
         match status {
             SendStatus::Done(None) => {}
             SendStatus::Done(Some((call, errno))) => self.on_send_failure(id, call, errno),
             SendStatus::InFlight(n) => {
-                c.in_flight = n;
-                c.send_failure = None;
+                io.in_flight = n;
+                io.send_failure = None;
             }
         }
     }
 
     /// Drain the transfer's transmits, then close it if it is over, else re-arm its timer.
-    fn drive(&mut self, id: SlotId, now: Instant, drv: &mut impl Driver) {
+    fn drive(&mut self, id: TransferId, now: Instant, drv: &mut impl Driver) {
         loop {
-            let Some(conn) = self.conn_mut(id) else {
+            let Some(slot) = self.slots.get_mut(id.index()).and_then(|s| s.as_mut()) else {
                 return;
             };
-            if conn.closed {
+            let Some(io) = slot.io.as_deref_mut().filter(|_| slot.id == id) else {
+                return;
+            };
+            if io.closed {
                 return;
             }
-            if conn.in_flight == 0 {
-                let next = if conn.pending.is_some() {
-                    conn.redo = None;
-                    conn.rest = None;
-                    conn.pending.take()
-                } else if conn.redo.is_some() {
-                    let redo = conn.redo.take();
+            if io.in_flight == 0 {
+                let next = if io.pending.is_some() {
+                    io.redo = None;
+                    io.rest = None;
+                    io.pending.take()
+                } else if io.redo.is_some() {
+                    let redo = io.redo.take();
                     // The redo covers this build's blocks; what follows them is still due.
-                    let rest = conn.rest.take();
+                    let rest = io.rest.take();
                     if let (Some((f, n)), Some((rf, rn))) = (redo, rest) {
                         if f + n as u64 == rf {
-                            conn.rest = None;
+                            io.rest = None;
                             Some((f, n + rn))
                         } else {
-                            conn.rest = rest;
+                            io.rest = rest;
                             redo
                         }
                     } else {
-                        conn.rest = rest;
+                        io.rest = rest;
                         redo
                     }
                 } else {
-                    conn.rest.take()
+                    io.rest.take()
                 };
                 if let Some((first, count)) = next {
                     self.send_blocks(id, first, count, drv);
                     continue;
                 }
             }
-            let c: &mut Conn = conn;
-            match c.transfer.poll_transmit(now, &mut c.tx.ctrl[..]) {
-                None => break,
-                Some(Transmit::Datagram(len)) => {
-                    if let (Some(s), Some(bytes)) = (&c.sock, c.tx.ctrl.get(..len)) {
+            let Some(transfer) = self.endpoint.transfer_mut(id) else {
+                return;
+            };
+            let Some(tx) = transfer.poll_transmit(now, &mut io.tx.ctrl[..]) else {
+                break;
+            };
+            match tx.payload {
+                Payload::Datagram(len) => {
+                    if let (Some(s), Some(bytes)) = (&io.sock, io.tx.ctrl.get(..len)) {
                         if let Err(e) = sys::send_connected(s.as_raw_fd(), bytes) {
-                            debug!(client = %c.peer, error = %io::Error::from_raw_os_error(e), "control datagram not sent");
+                            debug!(client = %io.peer, error = %io::Error::from_raw_os_error(e), "control datagram not sent");
                         }
                     }
                 }
-                Some(Transmit::Blocks { first, count }) => {
-                    if c.in_flight > 0 {
-                        c.pending = Some((first, count));
+                Payload::Blocks { first, count } => {
+                    if io.in_flight > 0 {
+                        io.pending = Some((first, count));
                     } else {
                         self.send_blocks(id, first, count, drv);
                     }
                 }
             }
         }
-        let Some(conn) = self.conn_mut(id) else {
+        let Some(transfer) = self.endpoint.transfer_mut(id) else {
             return;
         };
-        if conn.transfer.outcome().is_some() {
+        if let Some(TransferEvent::Ended(_)) = transfer.poll_event() {
             self.close(id, now, drv);
             return;
         }
-        if let Some(d) = conn.transfer.poll_timeout() {
-            if !matches!(conn.queued, Some(q) if q <= d) {
-                conn.queued = Some(d);
-                self.timers.push(Reverse((d, id.idx, id.gen)));
-            }
+        match transfer.poll_timeout() {
+            Some(d) => self.timers.arm(id, d),
+            None => self.timers.cancel(id),
         }
     }
 
     /// Log the end of a transfer and stop receiving on its socket; free the slot (closing the
     /// socket) once no send is in flight and the receive has ended (see the module docs).
-    fn close(&mut self, id: SlotId, now: Instant, drv: &mut impl Driver) {
+    fn close(&mut self, id: TransferId, now: Instant, drv: &mut impl Driver) {
         let worker = self.worker;
-        let Some(conn) = self.conn_mut(id) else {
+        self.timers.cancel(id);
+        self.endpoint.close(id);
+        let Some(io) = self.io_mut(id) else {
+            // Never opened (accept, then no socket): nothing to close.
             return;
         };
-        if conn.closed {
+        if io.closed {
             return;
         }
-        conn.closed = true;
-        conn.queued = None;
-        conn.pending = None;
-        conn.redo = None;
-        conn.rest = None;
-        let peer = conn.peer;
-        let fd = conn.sock.as_ref().map(|s| s.as_raw_fd());
-        if conn.recv_armed {
+        io.closed = true;
+        io.pending = None;
+        io.redo = None;
+        io.rest = None;
+        let peer = io.peer;
+        let fd = io.sock.as_ref().map(|s| s.as_raw_fd());
+        if io.recv_armed {
             if let Some(fd) = fd {
-                if drv.unwatch(id, fd) {
-                    conn.recv_armed = false;
+                if drv.unwatch(id.into(), fd) {
+                    io.recv_armed = false;
                 }
             } else {
-                conn.recv_armed = false;
+                io.recv_armed = false;
             }
         }
-        let outcome = conn.transfer.outcome();
+        let evicted = io.evicted;
+        let Some(transfer) = self.endpoint.transfer(id) else {
+            return;
+        };
+        let outcome = transfer.outcome();
         // Lines a remote peer can cause at will go through a limiter: quiet drops (an unanswered
         // or evicted transfer: the address may be spoofed) and failures; completions do not.
-        let quiet = outcome == Some(Outcome::Unanswered) || conn.reason == Some(EVICTED);
+        let quiet = outcome == Some(Outcome::Unanswered) || evicted;
         let failed = match outcome {
             Some(o) => !matches!(o, Outcome::Completed | Outcome::ProbeEnded(_)),
-            None => conn.transfer.stats().blocks_sent > 0,
+            None => transfer.stats().blocks_sent > 0,
         };
         let limited: Option<fn(&mut WorkerLogs) -> &mut LogLimit> = if quiet {
             Some(|l| &mut l.unanswered)
@@ -1217,8 +1046,17 @@ impl Core {
             None => Some(0),
             Some(which) => self.logs.allow(which, now),
         };
-        if let Some(conn) = self.conn_mut(id) {
-            log_end(conn, now, quiet || logged.is_none());
+        if let (Some(io), Some(transfer), Some(started)) = (
+            self.io(id),
+            self.endpoint.transfer(id),
+            self.endpoint.started(id),
+        ) {
+            let end = End {
+                io,
+                transfer,
+                started,
+            };
+            log_end(&end, now, quiet || logged.is_none());
         }
         if let (true, Some(n)) = (quiet, logged) {
             info!(
@@ -1228,40 +1066,37 @@ impl Core {
                 "transfer dropped: the client never acknowledged the first reply (gone, or a spoofed address); one line every 5 s, details at debug"
             );
         }
-        if self.by_peer.get(&peer) == Some(&id) {
-            self.by_peer.remove(&peer);
-        }
         self.maybe_free(id);
     }
 
     /// End every transfer with an ERROR to its client (server shutdown).
     pub(crate) fn shutdown(&mut self, now: Instant, drv: &mut impl Driver) {
-        for idx in 0..self.slots.len() {
-            let gen = self.slots[idx].gen;
-            let id = SlotId {
-                idx: idx as u32,
-                gen,
-            };
-            if let Some(conn) = self.conn_mut(id) {
-                if !conn.closed {
-                    conn.reason = Some("server shutting down");
-                    conn.transfer
-                        .abort(ErrorCode::NotDefined, "server shutting down");
-                    self.drive(id, now, drv);
-                }
+        let live: Vec<TransferId> = self.endpoint.live().collect();
+        for id in live {
+            if self.io(id).is_some_and(|io| !io.closed) {
+                self.abort(id, "server shutting down", "server shutting down");
+                self.drive(id, now, drv);
             }
         }
     }
 }
 
+/// What the end-of-transfer line is made of.
+struct End<'a> {
+    io: &'a Io,
+    transfer: &'a crate::proto::tftp::transfer::Transfer,
+    started: Instant,
+}
+
 /// The end-of-transfer line; `quiet`: at debug level only.
-fn log_end(conn: &Conn, now: Instant, quiet: bool) {
-    let s = conn.transfer.stats();
-    let n = conn.transfer.negotiated();
-    let duration_ms = now.saturating_duration_since(conn.started).as_millis() as u64;
+fn log_end(end: &End<'_>, now: Instant, quiet: bool) {
+    let (io, t) = (end.io, end.transfer);
+    let s = t.stats();
+    let n = t.negotiated();
+    let duration_ms = now.saturating_duration_since(end.started).as_millis() as u64;
     let srtt_us = s.srtt.map_or(0, |d| d.as_micros() as u64);
-    let file = conn.content.display_path();
-    let client = conn.peer;
+    let file = io.content.display_path();
+    let client = io.peer;
     let blksize = n.blksize.get();
     let windowsize = n.windowsize.get();
     let bytes = s.bytes_acked;
@@ -1271,16 +1106,16 @@ fn log_end(conn: &Conn, now: Instant, quiet: bool) {
         ($lvl:ident, $outcome:expr, $code:expr, $msg:literal) => {
             tracing::$lvl!(
                 %client, file, bytes, blksize, windowsize, duration_ms, resent, timeouts, srtt_us,
-                outcome = $outcome, code = $code, reason = conn.reason.unwrap_or(""), $msg
+                outcome = $outcome, code = $code, reason = io.reason.unwrap_or(""), $msg
             )
         };
     }
     if quiet {
-        let outcome = conn.transfer.outcome().map_or("superseded", |o| o.as_str());
+        let outcome = t.outcome().map_or("superseded", |o| o.as_str());
         line!(debug, outcome, 0u16, "transfer ended");
         return;
     }
-    match conn.transfer.outcome() {
+    match t.outcome() {
         Some(Outcome::Completed) => line!(info, "completed", 0u16, "transfer finished"),
         Some(Outcome::ProbeEnded(c)) => line!(debug, "probe", c.as_u16(), "transfer finished"),
         Some(Outcome::ClientError(c)) => {
@@ -1306,7 +1141,7 @@ fn log_end(conn: &Conn, now: Instant, quiet: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::admit::AdmissionConfig;
+    use crate::proto::tftp::admit::{Admission, AdmissionConfig};
     use crate::store::StoreOptions;
     use std::net::UdpSocket;
 
@@ -1534,7 +1369,10 @@ mod tests {
             r.core.on_recv_ended(ida);
             assert_ne!(identity(fda), Some(sock_a));
             assert_eq!(r.core.shared.admission.total(), 1);
-            assert_eq!((r.core.admitted, r.core.evicted_lingering), (1, 0));
+            assert_eq!(
+                (r.core.endpoint.held(), r.core.endpoint.evicted_waiting()),
+                (1, 0)
+            );
             // b ends: its place comes back, and a new client gets it.
             r.core
                 .on_transfer_datagram(idb, b"\x00\x05\x00\x00stop\x00", false, now, &mut drv);
@@ -1552,7 +1390,7 @@ mod tests {
                     }
                 }
             }
-            assert_eq!(r.core.admitted, 0);
+            assert_eq!(r.core.endpoint.held(), 0);
             request(&mut r, &third, &mut drv, now);
             assert_eq!(drv.watched.len(), 3);
         }
@@ -1565,7 +1403,7 @@ mod tests {
         std::fs::write(dir.path().join("a.bin"), vec![7u8; 1 << 20]).unwrap();
         let store = Store::new(dir.path(), StoreOptions::default()).unwrap();
         let limits = Limits {
-            max_window: crate::proto::options::WindowSize::new(1024).unwrap(),
+            max_window: crate::proto::tftp::options::WindowSize::new(1024).unwrap(),
             max_window_bytes: 1 << 30,
             ..Limits::default()
         };
@@ -1618,14 +1456,5 @@ mod tests {
             }
         }
         assert_eq!(total, 1000, "the whole window went out");
-    }
-
-    #[test]
-    fn fmt_buf_truncates_on_char_boundary() {
-        let mut m = FmtBuf::new();
-        let long = "é".repeat(200);
-        let _ = write!(m, "{long}");
-        assert_eq!(m.as_str().len(), 256);
-        assert!(m.as_str().chars().all(|c| c == 'é'));
     }
 }

@@ -17,6 +17,7 @@
 //!
 //! Errors are plain `io::Error`s with the kernel's errno; `super` turns them into `LookupError`s.
 
+use super::path::RelPath;
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -113,6 +114,22 @@ impl Jail {
         self.open_beneath(rel, PATH_FLAGS)
     }
 
+    /// [`open_path`](Self::open_path) of a decoded request path, straight from its buffer:
+    /// no allocation unless `openat2` is unavailable or refuses (`EXDEV`) and the second chance
+    /// (canonicalise and walk) runs.
+    pub(crate) fn open_rel(&self, rel: &RelPath) -> io::Result<OwnedFd> {
+        if self.openat2 {
+            match openat2(self.root_fd.as_raw_fd(), rel.as_cstr(), PATH_FLAGS) {
+                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                    self.open_canonical(rel.as_str(), PATH_FLAGS)
+                }
+                r => r,
+            }
+        } else {
+            self.open_canonical(rel.as_str(), PATH_FLAGS)
+        }
+    }
+
     /// Opens for reading the file that `handle` (from [`Jail::open_path`] of `rel`, already
     /// checked to be the regular file `(dev, ino)`) names. Fails with `ESTALE` when only the path
     /// fallback is available and `rel` now names another file.
@@ -182,15 +199,18 @@ impl Jail {
 
     /// Finds an existing path matching `components` case-insensitively, one directory at a time.
     /// An exact name is tried before other matches (then in byte order); a dead end backtracks.
-    pub(crate) fn resolve_case_insensitive(&self, components: &[String]) -> Option<String> {
+    pub(crate) fn resolve_case_insensitive<S: AsRef<str>>(
+        &self,
+        components: &[S],
+    ) -> Option<String> {
         let mut budget = CI_SCAN_BUDGET;
         let mut prefix = Vec::with_capacity(components.len());
         self.ci_search(components, &mut prefix, &mut budget)
     }
 
-    fn ci_search(
+    fn ci_search<S: AsRef<str>>(
         &self,
-        rest: &[String],
+        rest: &[S],
         prefix: &mut Vec<String>,
         budget: &mut u32,
     ) -> Option<String> {
@@ -202,7 +222,7 @@ impl Jail {
         }
         *budget -= 1;
         let dir = self.open_dir(&prefix.join("/")).ok()?;
-        let candidates = self.dir_index(dir).ok()?.candidates(want);
+        let candidates = self.dir_index(dir).ok()?.candidates(want.as_ref());
         for name in candidates {
             prefix.push(name);
             if let Some(found) = self.ci_search(tail, prefix, budget) {

@@ -691,7 +691,7 @@ mod tests {
     }
 
     fn stopped_watcher_child() {
-        use crate::proto::packet::Mode;
+        use crate::proto::tftp::packet::Mode;
         use crate::store::{Store, StoreOptions};
         use std::io::Write;
         let _ = tracing_subscriber::fmt()

@@ -84,8 +84,8 @@ use std::time::Instant;
 
 use memmap2::{Advice, Mmap, MmapOptions};
 
-use crate::proto::packet::{ErrorCode, Mode};
-use crate::ratelog::LogLimit;
+use crate::proto::ratelog::LogLimit;
+use crate::proto::tftp::packet::{ErrorCode, Mode};
 
 /// Cached entries allowed before idle ones are evicted.
 pub const MAX_ENTRIES: usize = 1024;
@@ -124,7 +124,9 @@ pub(crate) struct RateLog(Mutex<LogLimit>);
 
 impl RateLog {
     pub(crate) const fn new() -> RateLog {
-        RateLog(Mutex::new(LogLimit::new(crate::ratelog::DEFAULT_INTERVAL)))
+        RateLog(Mutex::new(LogLimit::new(
+            crate::proto::ratelog::DEFAULT_INTERVAL,
+        )))
     }
 
     /// `Some(suppressed)` when a line may be written now.
@@ -806,7 +808,7 @@ impl Store {
         let rel = path::decode(filename)?;
         let (handle, display) = self.open(&rel)?;
         let st = jail::fstat(handle.as_raw_fd()).map_err(|e| LookupError::Io {
-            path: display.clone(),
+            path: display.clone().into_owned(),
             source: e,
         })?;
         check_regular(st.st_mode, &display)?;
@@ -816,7 +818,7 @@ impl Store {
         };
         let version = Version::of(&st);
         if netascii {
-            return self.load_text(&handle, key, display);
+            return self.load_text(&handle, key, display.into_owned());
         }
         match self.cache.get(key, version) {
             Probe::Hit(c) => return Ok(c),
@@ -830,7 +832,7 @@ impl Store {
             }
             Probe::Miss => {}
         }
-        let content = self.load(&handle, key, version, display)?;
+        let content = self.load(&handle, key, version, display.into_owned())?;
         Ok(self.cache.insert(content))
     }
 
@@ -864,21 +866,28 @@ impl Store {
     }
 
     /// Opens the exact path, or on ENOENT its case-insensitive match, through the jail, as an
-    /// `O_PATH` handle.
-    fn open(&self, rel: &path::RelPath) -> Result<(OwnedFd, String), LookupError> {
-        let exact = rel.joined();
-        match self.jail.open_path(&exact) {
-            Ok(fd) => Ok((fd, exact)),
+    /// `O_PATH` handle. The name it was found by borrows `rel` when exact: a lookup that hits the
+    /// cache allocates nothing.
+    fn open<'r>(
+        &self,
+        rel: &'r path::RelPath,
+    ) -> Result<(OwnedFd, std::borrow::Cow<'r, str>), LookupError> {
+        let exact = rel.as_str();
+        match self.jail.open_rel(rel) {
+            Ok(fd) => Ok((fd, exact.into())),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) && self.opts.case_insensitive => {
-                match self.jail.resolve_case_insensitive(rel.components()) {
+                let parts: Vec<&str> = rel.components().collect();
+                match self.jail.resolve_case_insensitive(&parts) {
                     Some(found) if found != exact => match self.jail.open_path(&found) {
-                        Ok(fd) => Ok((fd, found)),
+                        Ok(fd) => Ok((fd, found.into())),
                         Err(e) => Err(LookupError::from_open(e, &found)),
                     },
-                    _ => Err(LookupError::NotFound { path: exact }),
+                    _ => Err(LookupError::NotFound {
+                        path: exact.to_owned(),
+                    }),
                 }
             }
-            Err(e) => Err(LookupError::from_open(e, &exact)),
+            Err(e) => Err(LookupError::from_open(e, exact)),
         }
     }
 
@@ -1402,13 +1411,14 @@ mod tests {
     /// Converts netascii content as the sender does, through the block encoder and `read_source`.
     fn convert(c: &Content) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut pos = crate::proto::netascii::EncodePos::START;
+        let mut pos = crate::proto::tftp::netascii::EncodePos::START;
         let mut src = vec![0u8; 7];
         let mut block = [0u8; 5];
         loop {
             let n = c.read_source(pos.src, &mut src).unwrap();
             let at_eof = pos.src + n as u64 == c.len();
-            let w = crate::proto::netascii::encode_step(&mut pos, &src[..n], at_eof, &mut block);
+            let w =
+                crate::proto::tftp::netascii::encode_step(&mut pos, &src[..n], at_eof, &mut block);
             out.extend_from_slice(&block[..w]);
             if at_eof && pos.src == c.len() && pos.owed.is_none() && w < block.len() {
                 return out;

@@ -1,26 +1,59 @@
-//! Wire filename -> relative path below the root, or a refusal.
+//! Wire filename -> relative path below the root, or a refusal; decoded without allocating.
 //!
 //! Rules: one trailing 0xFF (old PXE ROMs) is dropped; NUL, control characters and invalid UTF-8
 //! are refused; `/` and `\` both separate; leading, repeated and trailing separators and `.`
 //! components collapse; `..` anywhere and a Windows drive prefix (`C:`) are refused, never
 //! normalised away. The result holds only plain names: no separator, no `.`/`..`, none empty.
+//!
+//! Contract: [`decode`] writes the components, joined with `/` and NUL-terminated, into a
+//! [`RelPath`]: a fixed buffer of `PATH_MAX` bytes that lives on the caller's stack. Nothing is
+//! allocated on the request path; the jail opens the path straight from the buffer
+//! ([`RelPath::as_cstr`]). A path longer than `PATH_MAX - 1` bytes could not be opened anyway:
+//! it is refused as not found, as the kernel's `ENAMETOOLONG` was before (only that refusal
+//! allocates, for its message).
 
 use super::LookupError;
+use std::ffi::CStr;
 
-/// A checked relative path: each component is a plain, non-empty name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Bytes of a decoded path at most, its terminating NUL included (Linux `PATH_MAX`).
+pub(crate) const PATH_MAX: usize = libc::PATH_MAX as usize;
+
+/// A checked relative path: plain, non-empty names joined with `/`, NUL-terminated, in a fixed
+/// buffer. See the module docs.
+#[derive(Clone)]
 pub(crate) struct RelPath {
-    components: Vec<String>,
+    buf: [u8; PATH_MAX],
+    /// Bytes of the joined path (the NUL is at `len`).
+    len: usize,
 }
 
 impl RelPath {
-    pub(crate) fn components(&self) -> &[String] {
-        &self.components
+    /// The components joined with `/`.
+    pub(crate) fn as_str(&self) -> &str {
+        // Only whole UTF-8 components and `/` were written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
     }
 
-    /// The components joined with `/`.
-    pub(crate) fn joined(&self) -> String {
-        self.components.join("/")
+    /// The joined path with its NUL, for the system call.
+    pub(crate) fn as_cstr(&self) -> &CStr {
+        CStr::from_bytes_with_nul(&self.buf[..=self.len]).unwrap_or(c"")
+    }
+
+    /// The components, in order.
+    pub(crate) fn components(&self) -> impl Iterator<Item = &str> + Clone {
+        self.as_str().split('/')
+    }
+}
+
+impl std::fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RelPath").field(&self.as_str()).finish()
+    }
+}
+
+impl PartialEq for RelPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
     }
 }
 
@@ -34,34 +67,63 @@ pub(crate) fn decode(raw: &[u8]) -> Result<RelPath, LookupError> {
         return Err(LookupError::IllegalCharacter);
     }
     let text = std::str::from_utf8(raw).map_err(|_| LookupError::IllegalCharacter)?;
-    let mut components = Vec::new();
+    let mut out = RelPath {
+        buf: [0; PATH_MAX],
+        len: 0,
+    };
+    let mut too_long = false;
+    let mut drive = false;
+    let mut first = true;
     for part in text.split(['/', '\\']) {
         match part {
-            "" | "." => {}
+            "" | "." => continue,
             ".." => return Err(LookupError::ParentDirectory),
-            name => components.push(name.to_owned()),
+            _ => {}
         }
-    }
-    if let Some(first) = components.first() {
-        let b = first.as_bytes();
-        if b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' {
-            return Err(LookupError::DrivePrefix);
+        if first {
+            let b = part.as_bytes();
+            drive = b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':';
         }
+        // Keep checking every component for `..` even past the buffer's end.
+        let sep = usize::from(!first);
+        first = false;
+        if too_long || out.len + sep + part.len() >= PATH_MAX {
+            too_long = true;
+            continue;
+        }
+        if sep == 1 {
+            out.buf[out.len] = b'/';
+        }
+        out.buf[out.len + sep..out.len + sep + part.len()].copy_from_slice(part.as_bytes());
+        out.len += sep + part.len();
     }
-    if components.is_empty() {
+    if drive {
+        return Err(LookupError::DrivePrefix);
+    }
+    if first {
         return Err(LookupError::EmptyName);
     }
-    Ok(RelPath { components })
+    if too_long {
+        let path = text
+            .split(['/', '\\'])
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect::<Vec<_>>()
+            .join("/");
+        return Err(LookupError::NotFound { path });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::packet::ErrorCode;
+    use crate::proto::tftp::packet::ErrorCode;
     use proptest::prelude::*;
 
     fn ok(raw: &[u8]) -> String {
-        decode(raw).unwrap().joined()
+        let p = decode(raw).unwrap();
+        assert_eq!(p.as_cstr().to_bytes(), p.as_str().as_bytes());
+        p.as_str().to_owned()
     }
 
     fn code(raw: &[u8]) -> ErrorCode {
@@ -156,6 +218,83 @@ mod tests {
         assert_eq!(code(b""), ErrorCode::FileNotFound);
     }
 
+    #[test]
+    fn paths_up_to_path_max_decode_longer_ones_are_not_found() {
+        let name = "a".repeat(250);
+        let fits: Vec<String> = (0..16).map(|_| name.clone()).collect();
+        let joined = fits.join("/");
+        assert_eq!(joined.len(), 16 * 251 - 1);
+        assert_eq!(ok(joined.as_bytes()), joined);
+        let exact = "b".repeat(PATH_MAX - 1);
+        assert_eq!(ok(exact.as_bytes()), exact);
+        let over = "b".repeat(PATH_MAX);
+        assert_eq!(code(over.as_bytes()), ErrorCode::FileNotFound);
+        // Every component is still checked past the end of the buffer.
+        let sneaky = format!("{over}/../x");
+        assert!(matches!(
+            decode(sneaky.as_bytes()),
+            Err(LookupError::ParentDirectory)
+        ));
+        let p = decode(b"\\a\\b//c").unwrap();
+        assert_eq!(p.components().collect::<Vec<_>>(), ["a", "b", "c"]);
+    }
+
+    /// Counts the allocations of the calling thread (tests run on many threads at once).
+    struct Counting;
+
+    thread_local! {
+        static ALLOCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    // SAFETY: forwards to the system allocator; the counter touches no allocation.
+    unsafe impl std::alloc::GlobalAlloc for Counting {
+        unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+            let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+            // SAFETY: the caller's contract is the system allocator's.
+            unsafe { std::alloc::System.alloc(l) }
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+            // SAFETY: as above.
+            unsafe { std::alloc::System.dealloc(p, l) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    fn allocations(f: impl FnOnce()) -> u64 {
+        let before = ALLOCS.with(|c| c.get());
+        f();
+        ALLOCS.with(|c| c.get()) - before
+    }
+
+    /// The request path of a cached file allocates nothing: decode into the stack buffer, open
+    /// through the jail from it, find the content in the cache.
+    #[test]
+    fn a_cached_lookup_allocates_nothing() {
+        use crate::proto::tftp::Mode;
+        use crate::store::{Store, StoreOptions};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("boot/x64")).unwrap();
+        std::fs::write(dir.path().join("boot/x64/wdsnbp.com"), vec![1u8; 100_000]).unwrap();
+        let store = Store::new(dir.path(), StoreOptions::default()).unwrap();
+        let name = b"\\boot\\x64\\wdsnbp.com";
+        let first = store.lookup(name, Mode::Octet).unwrap();
+        assert_eq!(
+            allocations(|| drop(std::hint::black_box(String::from("x")))),
+            1
+        );
+        let n = allocations(|| {
+            let rel = decode(name).unwrap();
+            assert_eq!(rel.as_str(), "boot/x64/wdsnbp.com");
+        });
+        assert_eq!(n, 0, "decode allocated");
+        let mut again = None;
+        let n = allocations(|| again = Some(store.lookup(name, Mode::Octet).unwrap()));
+        assert!(std::sync::Arc::ptr_eq(&first, &again.unwrap()));
+        assert_eq!(n, 0, "a cache hit allocated");
+    }
+
     proptest! {
         #[test]
         fn decoded_paths_are_plain(raw in proptest::collection::vec(
@@ -163,6 +302,7 @@ mod tests {
             0..40,
         )) {
             if let Ok(rel) = decode(&raw) {
+                prop_assert_eq!(rel.as_cstr().to_bytes(), rel.as_str().as_bytes());
                 for c in rel.components() {
                     prop_assert!(!c.is_empty() && c != "." && c != "..");
                     prop_assert!(!c.contains(['/', '\\', '\0']));

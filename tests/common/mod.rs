@@ -18,8 +18,12 @@
 
 pub mod netns;
 
-use ringboot::proto::packet::{emit_ack, emit_error, ErrorCode, Mode, OptionWriter, Packet};
-use ringboot::proto::BlockNum;
+use ringboot::proto::tftp::client::{
+    Client as TftpClient, ClientConfig, ClientError, Event as ClientEvent,
+};
+use ringboot::proto::tftp::packet::{emit_ack, emit_error, ErrorCode, Mode, OptionWriter, Packet};
+use ringboot::proto::tftp::BlockNum;
+use ringboot::proto::Transmit;
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -93,18 +97,12 @@ pub fn under_ci() -> bool {
 // Test content
 // ---------------------------------------------------------------------------------------------
 
-/// `size` deterministic pseudo-random bytes (xorshift64*, seeded by the size).
+/// `size` deterministic pseudo-random bytes (the crate's one generator, seeded by the size).
 pub fn pattern(size: usize) -> Vec<u8> {
-    let mut s: u64 = (size as u64) ^ 0x9E37_79B9_7F4A_7C15;
-    if s == 0 {
-        s = 1;
-    }
+    let mut rng = ringboot::proto::rng::Rng::from_seed(size as u64);
     let mut out = Vec::with_capacity(size + 8);
     while out.len() < size {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        out.extend_from_slice(&s.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        out.extend_from_slice(&rng.next_u64().to_le_bytes());
     }
     out.truncate(size);
     out
@@ -866,7 +864,8 @@ pub fn oack_get<'a>(opts: &'a [(String, String)], name: &str) -> Option<&'a str>
         .map(|(_, v)| v.as_str())
 }
 
-/// A UDP socket on 127.0.0.1 talking to one server.
+/// A UDP socket on 127.0.0.1 talking to one server: raw datagrams for what no client would send,
+/// and whole downloads driven by the core's client machine ([`RawClient::download`]).
 pub struct RawClient {
     pub sock: UdpSocket,
     pub server: SocketAddr,
@@ -930,183 +929,103 @@ impl RawClient {
         None
     }
 
-    /// Run a whole download as an RFC 1350/2347/7440 client with the EDK2 ACK policy: ACK after
-    /// every `windowsize` in-order blocks and at the end; re-ACK the last in-order block at once
-    /// when a block arrives out of order or on a 1 s silence.
+    /// Run a whole download with the core's firmware-like client machine
+    /// ([`ringboot::proto::tftp::client::Client`]: the EDK2 ACK policy, ACK after every
+    /// `windowsize` in-order blocks and at the end, re-ACK the last in-order block at once when a
+    /// block arrives out of order, resend the last packet after 1 s of silence, 8 times) over
+    /// this socket. The options are sent verbatim, the OACK is taken leniently (any valid value
+    /// not above what was asked), and every datagram is also observed here for the counters.
     pub fn download(&mut self, spec: &DownloadSpec) -> Result<Download, Failure> {
-        let opts: Vec<(&str, &[u8])> = spec
-            .options
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_slice()))
-            .collect();
-        let rrq = request(false, &spec.name, spec.mode, &opts);
-        let deadline = Instant::now() + spec.limit;
+        let cfg = ClientConfig {
+            mode: spec.mode,
+            extra_options: spec.options.clone(),
+            strict_oack: false,
+            retransmit: Duration::from_secs(1),
+            retries: 8,
+            ..ClientConfig::default()
+        };
+        let t0 = Instant::now();
+        let deadline = t0 + spec.limit;
+        let mut c = TftpClient::new(self.server, &spec.name, cfg, t0);
         let mut d = Download::default();
-
-        // First reply: OACK, DATA 1 (no options granted) or ERROR.
-        let mut first = None;
-        for _ in 0..3 {
-            self.send(&rrq);
-            if let Some((b, from)) = self.recv_ref(Duration::from_secs(2)) {
-                first = Some((b.to_vec(), from));
-                break;
-            }
-        }
-        let (first, tid) = first.ok_or_else(|| Failure::Timeout("no reply to RRQ".into()))?;
-        d.tid = Some(tid);
-        let mut blksize = 512usize;
-        let mut window = 1u16;
-        let mut expected = BlockNum(1);
-        let mut in_window = 0u16;
-        let mut nacked: Option<BlockNum> = None;
-        let mut last_ack = None::<Vec<u8>>;
-        let mut pending = None;
-        match Reply::parse(&first) {
-            Reply::Oack(opts) => {
-                for (n, v) in &opts {
-                    let bad = || Failure::Protocol(format!("bad OACK value {n}={v:?}"));
-                    if n.eq_ignore_ascii_case("blksize") {
-                        blksize = v.parse().map_err(|_| bad())?;
-                    } else if n.eq_ignore_ascii_case("windowsize") {
-                        window = v.parse().map_err(|_| bad())?;
-                    }
-                }
-                d.oack = Some(opts);
-                let a = ack(0);
-                self.send_to(&a, tid);
-                if spec.dup_acks {
-                    self.send_to(&a, tid);
-                }
-                d.acks_sent += 1;
-                last_ack = Some(a);
-            }
-            Reply::Data { .. } => pending = Some(first.clone()),
-            Reply::Error { code, message } => return Err(Failure::Error { code, message }),
-            other => {
-                return Err(Failure::Protocol(format!(
-                    "unexpected first reply {other:?}"
-                )))
-            }
-        }
-        d.blksize = blksize;
-        d.window = window;
-
-        let mut silent = 0u32;
+        let mut tx = vec![0u8; 65536];
         loop {
-            if Instant::now() > deadline {
+            let now = Instant::now();
+            while let Some((dest, n)) = c.poll_transmit(now, &mut tx).and_then(Transmit::datagram) {
+                self.sock.send_to(&tx[..n], dest).expect("send");
+                if spec.dup_acks && tx[..2] == [0, 4] {
+                    self.sock.send_to(&tx[..n], dest).expect("send");
+                }
+            }
+            match c.poll_event() {
+                None => {}
+                Some(ClientEvent::Finished) => break,
+                Some(ClientEvent::Failed(ClientError::Server { code, message })) => {
+                    let code = code.as_u16();
+                    return Err(Failure::Error { code, message });
+                }
+                Some(ClientEvent::Failed(ClientError::TimedOut)) => {
+                    let what = match c.peer() {
+                        None => "no reply to RRQ".to_string(),
+                        Some(_) => {
+                            format!("server silent after {} blocks ({} bytes)", d.blocks, d.len)
+                        }
+                    };
+                    return Err(Failure::Timeout(what));
+                }
+                Some(e) => return Err(Failure::Protocol(format!("{e:?}"))),
+            }
+            if now > deadline {
                 return Err(Failure::Timeout(format!(
-                    "download not finished within {:?}: {} blocks, {} bytes",
-                    spec.limit, d.blocks, d.len
+                    "download not finished within {:?}: {} bytes",
+                    spec.limit, d.len
                 )));
             }
-            let pkt: Vec<u8>;
-            let (bytes, from): (&[u8], SocketAddr) = if let Some(p) = pending.take() {
-                pkt = p;
-                (&pkt, tid)
-            } else {
-                match self.recv_ref(Duration::from_secs(1)) {
-                    Some(x) => x,
-                    None => {
-                        silent += 1;
-                        if silent > 8 {
-                            return Err(Failure::Timeout(format!(
-                                "server silent after block {} ({} bytes)",
-                                expected.prev().0,
-                                d.len
-                            )));
-                        }
-                        if let Some(a) = &last_ack {
-                            self.sock.send_to(a, tid).expect("send");
-                            d.acks_sent += 1;
-                        }
-                        continue;
-                    }
-                }
-            };
-            if from != tid {
-                d.stray += 1;
+            let wait = c
+                .poll_timeout()
+                .unwrap_or(deadline)
+                .min(deadline)
+                .saturating_duration_since(now);
+            let Some((bytes, from)) = self.recv_ref(wait) else {
+                c.handle_timeout(Instant::now());
                 continue;
-            }
-            match Packet::parse(bytes) {
-                Ok(Packet::Data { block, data }) => {
-                    d.data_packets += 1;
-                    if block == expected {
-                        silent = 0;
-                        if data.len() > blksize {
-                            return Err(Failure::Protocol(format!(
-                                "block {} has {} bytes, blksize is {blksize}",
-                                block.0,
-                                data.len()
-                            )));
-                        }
-                        if let Some(src) = &spec.verify {
-                            let off = d.len as usize;
-                            let end = off + data.len();
-                            if end > src.len() || src[off..end] != *data {
-                                return Err(Failure::Protocol(format!(
-                                    "block {} (offset {off}) differs from the source",
-                                    block.0
-                                )));
-                            }
-                        } else {
-                            d.data.extend_from_slice(data);
-                        }
-                        d.len += data.len() as u64;
-                        d.blocks += 1;
-                        if block.0 == 0 {
-                            d.wrapped = true;
-                        }
-                        let last = data.len() < blksize;
-                        expected = expected.next();
-                        in_window += 1;
-                        nacked = None;
-                        if last || in_window >= window {
-                            in_window = 0;
-                            let a = ack(block.0);
-                            self.sock.send_to(&a, tid).expect("send");
-                            if spec.dup_acks {
-                                self.sock.send_to(&a, tid).expect("send");
-                            }
-                            d.acks_sent += 1;
-                            last_ack = Some(a);
-                        }
-                        if last {
-                            break;
-                        }
-                    } else if block.is_after(expected) {
-                        // A gap: EDK2 re-ACKs the last in-order block at once (once per gap).
-                        if nacked != Some(expected) {
-                            nacked = Some(expected);
-                            in_window = 0;
-                            let a = ack(expected.prev().0);
-                            self.sock.send_to(&a, tid).expect("send");
-                            d.acks_sent += 1;
-                            last_ack = Some(a);
-                        }
-                    } else {
-                        d.duplicates += 1;
+            };
+            if c.peer().is_none_or(|p| p == from) {
+                match Packet::parse(bytes) {
+                    Ok(Packet::Data { block, .. }) => {
+                        d.data_packets += 1;
+                        d.wrapped |= block.0 == 0;
                     }
-                }
-                Ok(Packet::Oack(_)) if expected == BlockNum(1) => {
-                    // Our ACK 0 was lost: the server resent its OACK.
-                    let a = ack(0);
-                    self.sock.send_to(&a, tid).expect("send");
-                    d.acks_sent += 1;
-                }
-                Ok(Packet::Error { code, message }) => {
-                    return Err(Failure::Error {
-                        code: code.as_u16(),
-                        message: String::from_utf8_lossy(message).into_owned(),
-                    })
-                }
-                other => {
-                    return Err(Failure::Protocol(format!(
-                        "unexpected packet {other:?} while expecting block {}",
-                        expected.0
-                    )))
+                    Ok(Packet::Oack(o)) if d.oack.is_none() => {
+                        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                        d.oack = Some(o.iter().map(|(n, v)| (text(n), text(v))).collect());
+                    }
+                    _ => {}
                 }
             }
+            if let Some(data) = c.handle_datagram(Instant::now(), from, bytes) {
+                if let Some(src) = &spec.verify {
+                    let off = data.offset as usize;
+                    let end = off + data.bytes.len();
+                    if end > src.len() || src[off..end] != *data.bytes {
+                        return Err(Failure::Protocol(format!(
+                            "block at offset {off} differs from the source"
+                        )));
+                    }
+                } else {
+                    d.data.extend_from_slice(data.bytes);
+                }
+                d.len += data.bytes.len() as u64;
+            }
+            d.blocks = c.stats.data_received;
         }
+        d.blocks = c.stats.data_received;
+        d.duplicates = c.stats.duplicates;
+        d.stray = c.stats.foreign;
+        d.acks_sent = c.stats.acks_sent;
+        d.blksize = c.blksize();
+        d.window = c.window() as u16;
+        d.tid = c.peer();
         if let Some(src) = &spec.verify {
             if d.len != src.len() as u64 {
                 return Err(Failure::Protocol(format!(
@@ -1227,7 +1146,7 @@ pub fn raw_get(srv: &Server, spec: &DownloadSpec) -> Download {
         })
 }
 
-/// Netascii encoding as the server documents it (`ringboot::proto::netascii`): LF -> CR LF, a
+/// Netascii encoding as the server documents it (`ringboot::proto::tftp::netascii`): LF -> CR LF, a
 /// CR LF already in the file stays CR LF, any other CR -> CR NUL. Written independently here so
 /// the test does not check the server's code against itself.
 pub fn netascii_encode(src: &[u8]) -> Vec<u8> {

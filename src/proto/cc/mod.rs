@@ -980,7 +980,7 @@ pub(crate) mod tests {
 
     /// The one real instant the simulations start from (virtual time is offsets from it).
     pub(crate) fn epoch() -> Instant {
-        Instant::now()
+        crate::sim_origin()
     }
 
     fn ack(bytes: u64, rtt: Option<Duration>, gap: bool) -> AckSample {

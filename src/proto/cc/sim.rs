@@ -1,7 +1,7 @@
 //! A simulated bottleneck on virtual time, for the controller's tests: a FIFO queue of a fixed
 //! number of frames drained at a fixed rate (a switch port, or `tc tbf`), the same one-way delay
 //! both ways, and many flows that behave like TFTP transfers: a server side that sends windows
-//! through [`FlowCc::poll_send`] and reacts like `proto::transfer` (go-back-N from a gap ACK, a
+//! through [`FlowCc::poll_send`] and reacts like `proto::tftp::transfer` (go-back-N from a gap ACK, a
 //! one-block tail-loss probe at the first expiry, a full resend with backoff at the next), and a
 //! client side that behaves like EDK2 (ACK after a full window, re-ACK the last in-order block at
 //! once on a gap or a duplicate). ACKs are never lost (the reverse path is idle).
@@ -59,7 +59,7 @@ pub(crate) struct NetConfig {
     pub cap: Option<Rate>,
     pub seed: u64,
     /// The sender goes back at once on an ACK inside its window and ignores duplicate ACKs, as
-    /// `proto::transfer` does today; false: it follows [`GapCheck`] (what the integration does).
+    /// `proto::tftp::transfer` does today; false: it follows [`GapCheck`] (what the integration does).
     pub literal_gaps: bool,
 }
 
@@ -488,7 +488,7 @@ impl Sim {
         }
     }
 
-    // --- the server (like proto::transfer) ----------------------------------------------------
+    // --- the server (like proto::tftp::transfer) ----------------------------------------------------
 
     fn start(&mut self, i: usize) {
         let now = self.now;
@@ -677,7 +677,7 @@ impl Sim {
         let min_rtt = f.cc.min_rtt().or(f.srtt);
         let answerable = matches!((f.win_first_at, min_rtt), (Some(t), Some(m)) if now - t >= m);
         let action = if self.cfg.literal_gaps {
-            // proto::transfer today: an ACK inside the window goes back at once; duplicates are
+            // proto::tftp::transfer today: an ACK inside the window goes back at once; duplicates are
             // ignored.
             if block <= f.acked || block > f.sent_hi {
                 AckAction::Ignore
@@ -721,7 +721,7 @@ impl Sim {
                     Some(t)
                         if action == AckAction::Advance
                             && if literal {
-                                // proto::transfer today: the whole window sent once.
+                                // proto::tftp::transfer today: the whole window sent once.
                                 f.win_start >= f.first_new
                             } else {
                                 !f.probed && block >= f.first_new

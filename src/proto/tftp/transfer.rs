@@ -1,15 +1,18 @@
 //! The server side of one read transfer (RFC 1350, 2347-2349, 7440) as a sans-IO state machine.
 //!
 //! Contract (quinn-proto style):
-//! - Create with [`Transfer::new`] once the request is accepted and negotiated.
-//! - Feed every datagram that arrives on the transfer's socket to [`Transfer::handle_datagram`], and call
+//! - Created by the [`Endpoint`](super::endpoint::Endpoint) once the request is accepted and
+//!   negotiated (or with [`Transfer::new`] in tests).
+//! - Feed every datagram that arrives on the transfer's socket (connected to the client: only
+//!   the client's datagrams arrive) to [`Transfer::handle_datagram`], and call
 //!   [`Transfer::handle_timeout`] when the instant from [`Transfer::poll_timeout`] has passed.
 //! - After each of those calls (and after `new`), drain [`Transfer::poll_transmit`] until it returns
-//!   `None`, executing each [`Transmit`]: a control datagram written into the caller's buffer (OACK,
-//!   ERROR), or a run of DATA blocks described by index, whose bytes the driver takes from the content
-//!   with [`Transfer::block_range`] and [`data_header`](super::packet::data_header), never copying them.
-//! - [`Transfer::outcome`] is `Some` once the transfer is over; the driver then drops it and logs
-//!   [`Transfer::stats`].
+//!   `None`, executing each [`Transmit`] (always to the client): a control datagram written into
+//!   the caller's buffer (OACK, ERROR), or a run of DATA blocks described by index
+//!   ([`Payload::Blocks`]), whose bytes the driver takes from the content with
+//!   [`Transfer::block_range`] and [`data_header`](super::packet::data_header), never copying them.
+//! - [`Transfer::poll_event`] says once that the transfer is over ([`Event::Ended`]); the driver
+//!   then closes it and logs [`Transfer::stats`]. [`Transfer::outcome`] tells the same at any time.
 //!
 //! The machine never reads file bytes and never reads a clock.
 //!
@@ -28,6 +31,8 @@
 use super::block::BlockNum;
 use super::options::Negotiated;
 use super::packet::{emit_error, ErrorCode, Packet};
+use crate::proto::{Payload, Transmit};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Clock granularity term of RFC 6298 (`G`).
@@ -48,6 +53,8 @@ pub const LENGTH_UNKNOWN: u64 = u64::MAX;
 /// What a transfer needs to know, fixed at its start.
 #[derive(Clone, Copy, Debug)]
 pub struct TransferConfig {
+    /// The client (every [`Transmit`] goes there).
+    pub peer: SocketAddr,
     pub negotiated: Negotiated,
     /// Bytes that will be sent, or [`LENGTH_UNKNOWN`].
     pub content_len: u64,
@@ -58,15 +65,6 @@ pub struct TransferConfig {
     pub min_rto: Duration,
     /// The transfer gives up after `retries` x ceiling of silence from the client.
     pub retries: u32,
-}
-
-/// One thing to send, from [`Transfer::poll_transmit`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transmit {
-    /// A control datagram (OACK or ERROR) of this many bytes is in the caller's buffer.
-    Datagram(usize),
-    /// DATA blocks with absolute indices `first .. first + count` (block 1 is index 1), in order.
-    Blocks { first: u64, count: u32 },
 }
 
 /// How a transfer ended.
@@ -87,6 +85,13 @@ pub enum Outcome {
     /// The client never acknowledged the first response within the pre-ACK resend budget: it is
     /// gone, or its address was spoofed. Dropped without an ERROR (see the module docs).
     Unanswered,
+}
+
+/// What the driver must know, from [`Transfer::poll_event`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The transfer is over (reported once): close it and log its [`stats`](Transfer::stats).
+    Ended(Outcome),
 }
 
 impl Outcome {
@@ -231,6 +236,7 @@ struct InFlight {
 /// The server side of one read transfer. See the module docs for the calling contract.
 #[derive(Debug)]
 pub struct Transfer {
+    peer: SocketAddr,
     negotiated: Negotiated,
     blksize: u64,
     window: u64,
@@ -254,6 +260,8 @@ pub struct Transfer {
     verified: bool,
     /// Resends of the first response so far, while not `verified` (at most [`PRE_ACK_RESENDS`]).
     first_resends: u32,
+    /// [`Event::Ended`] was taken by the driver.
+    reported: bool,
     stats: TransferStats,
 }
 
@@ -273,6 +281,7 @@ impl Transfer {
             (Phase::Sending, Pending::Window { from: 1 })
         };
         Transfer {
+            peer: cfg.peer,
             negotiated: n,
             blksize,
             // Serial arithmetic on 16-bit block numbers needs fewer than 32768 blocks in flight.
@@ -294,8 +303,14 @@ impl Transfer {
             probed: false,
             verified: false,
             first_resends: 0,
+            reported: false,
             stats: TransferStats::default(),
         }
+    }
+
+    /// The client.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
     }
 
     /// The negotiated parameters.
@@ -309,7 +324,7 @@ impl Transfer {
     }
 
     /// For a transfer created with [`LENGTH_UNKNOWN`]: the driver, producing the blocks of the last
-    /// [`Transmit::Blocks`], found that block `index` is the last one (shorter than blksize,
+    /// [`Payload::Blocks`], found that block `index` is the last one (shorter than blksize,
     /// possibly empty) and that the content is `len` bytes (`index == len / blksize + 1`). Call it
     /// before sending that run, and send only its blocks up to `index`: the ones after it are not
     /// counted as sent. From then on the transfer is one of known length. Ignored when the length is
@@ -369,13 +384,25 @@ impl Transfer {
         }
     }
 
+    /// What the driver must know: [`Event::Ended`] once, when the transfer is over. Call after
+    /// each input (and after draining [`poll_transmit`](Self::poll_transmit)).
+    pub fn poll_event(&mut self) -> Option<Event> {
+        match self.phase {
+            Phase::Done(o) if !self.reported => {
+                self.reported = true;
+                Some(Event::Ended(o))
+            }
+            _ => None,
+        }
+    }
+
     /// Feed one datagram that arrived on this transfer's socket (from the client's address and port).
-    pub fn handle_datagram(&mut self, datagram: &[u8], now: Instant) {
+    pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) {
         if matches!(self.phase, Phase::Done(_) | Phase::Closing(_)) {
             return;
         }
         match Packet::parse(datagram) {
-            Ok(Packet::Ack { block, .. }) => self.handle_ack(block, now),
+            Ok(Packet::Ack { block }) => self.handle_ack(block, now),
             Ok(Packet::Error { code, .. }) => {
                 let outcome = if self.phase == Phase::AwaitOackAck {
                     Outcome::ProbeEnded(code)
@@ -524,8 +551,17 @@ impl Transfer {
         }
     }
 
-    /// Next thing to send, writing control datagrams into `buf` (at least 512 bytes).
+    /// Next thing to send (to the client), writing control datagrams into `buf` (at least 512
+    /// bytes).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let payload = self.poll_payload(now, buf)?;
+        Some(Transmit {
+            dest: self.peer,
+            payload,
+        })
+    }
+
+    fn poll_payload(&mut self, now: Instant, buf: &mut [u8]) -> Option<Payload> {
         match std::mem::replace(&mut self.pending, Pending::Nothing) {
             Pending::Nothing => None,
             Pending::Oack => {
@@ -537,12 +573,12 @@ impl Transfer {
                             ErrorCode::NotDefined,
                             "internal error: OACK too large",
                         );
-                        return self.poll_transmit(now, buf);
+                        return self.poll_payload(now, buf);
                     }
                 };
                 let clean = self.stats.timeouts == 0;
                 self.arm(now, 0, 0, clean);
-                Some(Transmit::Datagram(len))
+                Some(Payload::Datagram(len))
             }
             Pending::Window { from } => {
                 let end = (from + self.window - 1).min(self.total_blocks);
@@ -552,7 +588,7 @@ impl Transfer {
                 self.stats.blocks_resent += resent;
                 self.sent_hi = self.sent_hi.max(end);
                 self.arm(now, from, end, resent == 0);
-                Some(Transmit::Blocks {
+                Some(Payload::Blocks {
                     first: from,
                     count: count as u32,
                 })
@@ -561,7 +597,7 @@ impl Transfer {
                 self.stats.blocks_sent += 1;
                 self.stats.blocks_resent += 1;
                 self.arm(now, index, index, false);
-                Some(Transmit::Blocks {
+                Some(Payload::Blocks {
                     first: index,
                     count: 1,
                 })
@@ -571,7 +607,7 @@ impl Transfer {
                 if let Phase::Closing(o) = self.phase {
                     self.finish(o);
                 }
-                Some(Transmit::Datagram(len))
+                Some(Payload::Datagram(len))
             }
         }
     }
@@ -625,15 +661,16 @@ impl Transfer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::client::{Client, ClientConfig, Event};
-    use crate::proto::options::{negotiate, Limits, RequestOptions};
-    use crate::proto::packet::{data_header, emit_ack, OptionList};
+    use crate::proto::tftp::client::{ClientConfig, Event};
+    use crate::proto::tftp::options::{negotiate, Limits, RequestOptions};
+    use crate::proto::tftp::options::{BlockSize, WindowSize};
+    use crate::proto::tftp::packet::{emit_ack, OptionList};
     use proptest::prelude::*;
-    use std::collections::BinaryHeap;
 
     fn cfg(opts: &[u8], len: u64) -> TransferConfig {
         let o = RequestOptions::parse(&OptionList::new_checked(opts).unwrap());
         TransferConfig {
+            peer: "10.0.0.2:2000".parse().unwrap(),
             negotiated: negotiate(&o, &Limits::default(), None, len),
             content_len: len,
             max_timeout: Duration::from_secs(3),
@@ -645,33 +682,29 @@ mod tests {
     fn ack(t: &mut Transfer, b: u16, now: Instant) {
         let mut buf = [0u8; 4];
         emit_ack(&mut buf, BlockNum(b));
-        t.handle_datagram(&buf, now);
+        t.handle_datagram(now, &buf);
     }
 
-    fn drain(t: &mut Transfer, now: Instant) -> Vec<Transmit> {
+    /// Every transmit at `now` (all to the client).
+    fn drain(t: &mut Transfer, now: Instant) -> Vec<Payload> {
         let mut buf = [0u8; 512];
-        std::iter::from_fn(|| t.poll_transmit(now, &mut buf)).collect()
+        let peer = t.peer();
+        std::iter::from_fn(|| t.poll_transmit(now, &mut buf))
+            .inspect(|x| assert_eq!(x.dest, peer))
+            .map(|x| x.payload)
+            .collect()
     }
 
     #[test]
     fn lockstep_rfc1350_with_final_empty_block() {
-        let now = Instant::now();
+        let now = crate::sim_origin();
         let mut t = Transfer::new(cfg(b"", 1024), now);
         assert_eq!(t.total_blocks(), 3);
-        assert_eq!(
-            drain(&mut t, now),
-            [Transmit::Blocks { first: 1, count: 1 }]
-        );
+        assert_eq!(drain(&mut t, now), [Payload::Blocks { first: 1, count: 1 }]);
         ack(&mut t, 1, now);
-        assert_eq!(
-            drain(&mut t, now),
-            [Transmit::Blocks { first: 2, count: 1 }]
-        );
+        assert_eq!(drain(&mut t, now), [Payload::Blocks { first: 2, count: 1 }]);
         ack(&mut t, 2, now);
-        assert_eq!(
-            drain(&mut t, now),
-            [Transmit::Blocks { first: 3, count: 1 }]
-        );
+        assert_eq!(drain(&mut t, now), [Payload::Blocks { first: 3, count: 1 }]);
         assert_eq!(t.block_range(3), (1024, 0));
         ack(&mut t, 3, now);
         assert_eq!(t.outcome(), Some(Outcome::Completed));
@@ -680,7 +713,7 @@ mod tests {
 
     #[test]
     fn duplicate_ack_never_retransmits() {
-        let now = Instant::now();
+        let now = crate::sim_origin();
         let mut t = Transfer::new(cfg(b"", 5000), now);
         drain(&mut t, now);
         ack(&mut t, 1, now);
@@ -693,7 +726,7 @@ mod tests {
 
     #[test]
     fn oack_then_windows_and_partial_ack_resumes() {
-        let now = Instant::now();
+        let now = crate::sim_origin();
         let mut t = Transfer::new(
             cfg(
                 b"blksize\x001000\x00windowsize\x004\x00tsize\x000\x00",
@@ -702,7 +735,7 @@ mod tests {
             now,
         );
         let mut buf = [0u8; 512];
-        let Some(Transmit::Datagram(n)) = t.poll_transmit(now, &mut buf) else {
+        let Some(Payload::Datagram(n)) = t.poll_transmit(now, &mut buf).map(|x| x.payload) else {
             panic!()
         };
         assert_eq!(
@@ -710,26 +743,17 @@ mod tests {
             b"\x00\x06blksize\x001000\x00tsize\x0010000\x00windowsize\x004\x00"
         );
         ack(&mut t, 0, now);
-        assert_eq!(
-            drain(&mut t, now),
-            [Transmit::Blocks { first: 1, count: 4 }]
-        );
+        assert_eq!(drain(&mut t, now), [Payload::Blocks { first: 1, count: 4 }]);
         // Block 3 lost: the client ACKs 2, the server resumes at 3 at once.
         ack(&mut t, 2, now);
-        assert_eq!(
-            drain(&mut t, now),
-            [Transmit::Blocks { first: 3, count: 4 }]
-        );
+        assert_eq!(drain(&mut t, now), [Payload::Blocks { first: 3, count: 4 }]);
         assert_eq!(t.stats().blocks_resent, 2);
         ack(&mut t, 6, now);
-        assert_eq!(
-            drain(&mut t, now),
-            [Transmit::Blocks { first: 7, count: 4 }]
-        );
+        assert_eq!(drain(&mut t, now), [Payload::Blocks { first: 7, count: 4 }]);
         ack(&mut t, 10, now);
         assert_eq!(
             drain(&mut t, now),
-            [Transmit::Blocks {
+            [Payload::Blocks {
                 first: 11,
                 count: 1
             }]
@@ -741,7 +765,7 @@ mod tests {
 
     #[test]
     fn timeout_resends_from_after_last_ack_then_gives_up() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let mut t = Transfer::new(cfg(b"windowsize\x008\x00", 100_000), t0);
         drain(&mut t, t0); // OACK
         ack(&mut t, 0, t0 + Duration::from_millis(1));
@@ -755,14 +779,14 @@ mod tests {
         // First expiry: a tail-loss probe (the window's last block); the next: the whole window.
         assert_eq!(
             drain(&mut t, d),
-            [Transmit::Blocks {
+            [Payload::Blocks {
                 first: 16,
                 count: 1
             }]
         );
         let d = t.poll_timeout().unwrap();
         t.handle_timeout(d);
-        assert_eq!(drain(&mut t, d), [Transmit::Blocks { first: 9, count: 8 }]);
+        assert_eq!(drain(&mut t, d), [Payload::Blocks { first: 9, count: 8 }]);
         let mut now = d;
         while let Some(d) = t.poll_timeout() {
             now = d;
@@ -776,7 +800,7 @@ mod tests {
 
     #[test]
     fn duplicate_request_resends_oack_within_the_pre_ack_budget_only() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let mut t = Transfer::new(cfg(b"tsize\x000\x00", 10), t0);
         assert_eq!(drain(&mut t, t0).len(), 1);
         t.handle_duplicate_request(t0);
@@ -784,14 +808,14 @@ mod tests {
         // Half the timeout (1 s) later, a repeated request is an early timer expiry.
         let later = t0 + Duration::from_millis(500);
         t.handle_duplicate_request(later);
-        assert!(matches!(drain(&mut t, later)[..], [Transmit::Datagram(_)]));
+        assert!(matches!(drain(&mut t, later)[..], [Payload::Datagram(_)]));
         // The timer backed off (2 s): a repeat 0.5 s later is too early.
         let later = later + Duration::from_millis(500);
         t.handle_duplicate_request(later);
         assert!(drain(&mut t, later).is_empty());
         let later = later + Duration::from_millis(600);
         t.handle_duplicate_request(later);
-        assert!(matches!(drain(&mut t, later)[..], [Transmit::Datagram(_)]));
+        assert!(matches!(drain(&mut t, later)[..], [Payload::Datagram(_)]));
         // Budget spent: repeats draw nothing, and the timer drops the transfer quietly.
         for i in 0..100 {
             t.handle_duplicate_request(later + Duration::from_secs(i));
@@ -808,11 +832,11 @@ mod tests {
 
     #[test]
     fn duplicate_request_after_the_first_ack_draws_nothing() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let mut t = Transfer::new(cfg(b"tsize\x000\x00", 10), t0);
         drain(&mut t, t0);
         ack(&mut t, 0, t0);
-        assert_eq!(drain(&mut t, t0), [Transmit::Blocks { first: 1, count: 1 }]);
+        assert_eq!(drain(&mut t, t0), [Payload::Blocks { first: 1, count: 1 }]);
         assert!(t.is_verified());
         t.handle_duplicate_request(t0 + Duration::from_secs(5));
         assert!(drain(&mut t, t0).is_empty());
@@ -829,7 +853,7 @@ mod tests {
             (b"", 1),
             (b"timeout\x00255\x00", 255),
         ] {
-            let t0 = Instant::now();
+            let t0 = crate::sim_origin();
             let mut c = cfg(opts, 1 << 20);
             c.max_timeout = Duration::from_secs(timeout);
             c.retries = 1000;
@@ -842,8 +866,8 @@ mod tests {
                 let tx = drain(&mut t, d);
                 for x in &tx {
                     match x {
-                        Transmit::Datagram(_) => {}
-                        Transmit::Blocks { first, count } => assert_eq!((*first, *count), (1, 1)),
+                        Payload::Datagram(_) => {}
+                        Payload::Blocks { first, count } => assert_eq!((*first, *count), (1, 1)),
                     }
                 }
                 if !tx.is_empty() {
@@ -862,10 +886,10 @@ mod tests {
 
     #[test]
     fn probe_and_client_error() {
-        let now = Instant::now();
+        let now = crate::sim_origin();
         let mut t = Transfer::new(cfg(b"tsize\x000\x00", 10), now);
         drain(&mut t, now);
-        t.handle_datagram(b"\x00\x05\x00\x00TFTP Aborted\x00", now);
+        t.handle_datagram(now, b"\x00\x05\x00\x00TFTP Aborted\x00");
         assert_eq!(
             t.outcome(),
             Some(Outcome::ProbeEnded(ErrorCode::NotDefined))
@@ -875,12 +899,12 @@ mod tests {
 
     #[test]
     fn abort_sends_error() {
-        let now = Instant::now();
+        let now = crate::sim_origin();
         let mut t = Transfer::new(cfg(b"", 10_000), now);
         drain(&mut t, now);
         t.abort(ErrorCode::NotDefined, "file changed");
         let mut buf = [0u8; 512];
-        let Some(Transmit::Datagram(n)) = t.poll_transmit(now, &mut buf) else {
+        let Some(Payload::Datagram(n)) = t.poll_transmit(now, &mut buf).map(|x| x.payload) else {
             panic!()
         };
         assert_eq!(&buf[..n], b"\x00\x05\x00\x00file changed\x00");
@@ -891,14 +915,14 @@ mod tests {
     fn rollover_past_65535() {
         // blksize 8: 65536 full blocks + a final empty one.
         let len = 65536 * 8;
-        let now = Instant::now();
+        let now = crate::sim_origin();
         let mut t = Transfer::new(cfg(b"blksize\x008\x00windowsize\x0064\x00", len), now);
         drain(&mut t, now);
         ack(&mut t, 0, now);
         let mut last = 0u64;
         loop {
             let tx = drain(&mut t, now);
-            let [Transmit::Blocks { first, count }] = tx[..] else {
+            let [Payload::Blocks { first, count }] = tx[..] else {
                 break;
             };
             assert_eq!(first, last + 1);
@@ -913,7 +937,7 @@ mod tests {
     /// is "encoded" from a content of `len` bytes, and the first short block found is reported
     /// with `set_last_block`. Returns the indices of the blocks sent, in order.
     fn run_unknown_length(len: u64, opts: &[u8]) -> (Transfer, Vec<u64>) {
-        let now = Instant::now();
+        let now = crate::sim_origin();
         let mut c = cfg(opts, 0);
         c.content_len = LENGTH_UNKNOWN;
         let mut t = Transfer::new(c, now);
@@ -921,12 +945,12 @@ mod tests {
         let mut sent = Vec::new();
         let mut buf = [0u8; 512];
         for _ in 0..1_000_000 {
-            let Some(tx) = t.poll_transmit(now, &mut buf) else {
+            let Some(Transmit { payload: tx, .. }) = t.poll_transmit(now, &mut buf) else {
                 break;
             };
             match tx {
-                Transmit::Datagram(_) => ack(&mut t, 0, now),
-                Transmit::Blocks { first, count } => {
+                Payload::Datagram(_) => ack(&mut t, 0, now),
+                Payload::Blocks { first, count } => {
                     let mut last = first + count as u64 - 1;
                     for i in first..=last {
                         let block_len = len.saturating_sub((i - 1) * blksize).min(blksize);
@@ -978,13 +1002,13 @@ mod tests {
 
     #[test]
     fn last_block_is_resent_alone_after_a_timeout() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let mut c = cfg(b"blksize\x008\x00windowsize\x008\x00", 0);
         c.content_len = LENGTH_UNKNOWN;
         let mut t = Transfer::new(c, t0);
         drain(&mut t, t0); // OACK
         ack(&mut t, 0, t0);
-        assert_eq!(drain(&mut t, t0), [Transmit::Blocks { first: 1, count: 8 }]);
+        assert_eq!(drain(&mut t, t0), [Payload::Blocks { first: 1, count: 8 }]);
         // The encoder ends at block 5 (36 bytes); a wrong length is ignored.
         t.set_last_block(5, 100);
         assert_eq!(t.total_blocks(), LENGTH_UNKNOWN);
@@ -995,147 +1019,87 @@ mod tests {
         t.set_last_block(4, 30);
         assert_eq!(t.total_blocks(), 5);
         ack(&mut t, 3, t0);
-        assert_eq!(drain(&mut t, t0), [Transmit::Blocks { first: 4, count: 2 }]);
+        assert_eq!(drain(&mut t, t0), [Payload::Blocks { first: 4, count: 2 }]);
         let d = t.poll_timeout().unwrap();
         t.handle_timeout(d);
-        assert_eq!(drain(&mut t, d), [Transmit::Blocks { first: 5, count: 1 }]);
+        assert_eq!(drain(&mut t, d), [Payload::Blocks { first: 5, count: 1 }]);
         ack(&mut t, 5, d);
         assert_eq!(t.outcome(), Some(Outcome::Completed));
     }
 
-    /// A datagram on the simulated link: (deliver at, sequence, to the server?, bytes).
-    type InTransit = (Instant, u64, bool, Vec<u8>);
-
-    /// Seeded lossy link: both state machines over virtual time, with loss, duplication and
-    /// reordering in both directions. The client must always end with the exact content.
-    fn simulate(
-        seed: u64,
-        len: u64,
-        opts: &[u8],
-        ccfg: ClientConfig,
-        loss: u32,
-        dup: u32,
-        reorder: u32,
-    ) {
+    /// The server (an endpoint and its transfers) and a firmware-like client over a seeded lossy
+    /// link on virtual time, with loss, duplication and reordering in both directions. The
+    /// client must always end with the exact content; the request goes through the endpoint, so
+    /// negotiation is the server's own.
+    fn simulate(seed: u64, len: u64, ccfg: ClientConfig, loss: f64, dup: f64, reorder: f64) {
+        use crate::proto::sim::{addr, Link, Node, Ran, Sim, TftpClient, TftpServer};
+        use crate::proto::tftp::admit::{Admission, AdmissionConfig};
+        use crate::proto::tftp::endpoint::{Endpoint, EndpointConfig};
         let content: Vec<u8> = (0..len).map(|i| (i * 31 + i / 7) as u8).collect();
-        let mut rng = seed | 1;
-        let mut rand = move |m: u32| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % 1000) < m as u64
+        let t0 = crate::sim_origin();
+        let limits = Limits {
+            retries: 40,
+            ..Limits::default()
         };
-        let t0 = Instant::now();
-        let mut c = cfg(opts, len);
-        c.retries = 40;
-        let mut server = Transfer::new(c, t0);
-        let mut client = Client::new(b"f", ccfg, t0);
-        let mut received = vec![0u8; 0];
-        // (deliver_at, seq, to_server, bytes)
-        let mut queue: BinaryHeap<std::cmp::Reverse<InTransit>> = BinaryHeap::new();
-        let mut seq = 0u64;
-        let mut now = t0;
-        let link = Duration::from_micros(100);
-        let mut buf = vec![0u8; 70_000];
-        // The RRQ itself is not part of the server transfer: the client's request is assumed accepted.
-        let mut rrq = [0u8; 600];
-        assert!(client.poll_transmit(now, &mut rrq).is_some());
-        let mut steps = 0;
-        loop {
-            steps += 1;
-            assert!(steps < 5_000_000, "simulation did not converge");
-            let mut send =
-                |to_server: bool, bytes: Vec<u8>, now: Instant, queue: &mut BinaryHeap<_>| {
-                    if rand(loss) {
-                        return;
-                    }
-                    let copies = if rand(dup) { 2 } else { 1 };
-                    for _ in 0..copies {
-                        let extra = if rand(reorder) {
-                            link * 3
-                        } else {
-                            Duration::ZERO
-                        };
-                        seq += 1;
-                        queue.push(std::cmp::Reverse((
-                            now + link + extra,
-                            seq,
-                            to_server,
-                            bytes.clone(),
-                        )));
-                    }
-                };
-            while let Some(tx) = server.poll_transmit(now, &mut buf) {
-                match tx {
-                    Transmit::Datagram(n) => send(false, buf[..n].to_vec(), now, &mut queue),
-                    Transmit::Blocks { first, count } => {
-                        for i in first..first + count as u64 {
-                            let (off, l) = server.block_range(i);
-                            let mut p = data_header(BlockNum::from_index(i)).to_vec();
-                            p.extend_from_slice(&content[off as usize..off as usize + l]);
-                            send(false, p, now, &mut queue);
-                        }
-                    }
-                }
-            }
-            while let Some(n) = client.poll_transmit(now, &mut buf) {
-                // A resent RRQ reaches the request port; the worker hands it to the live transfer,
-                // or starts a new one when the old one was dropped unanswered.
-                if buf[..2] != [0, 1] {
-                    send(true, buf[..n].to_vec(), now, &mut queue);
-                } else if server.outcome() == Some(Outcome::Unanswered) {
-                    server = Transfer::new(c, now);
-                } else {
-                    server.handle_duplicate_request(now);
-                }
-            }
-            let dropped = server.outcome() == Some(Outcome::Unanswered);
-            if server.outcome().is_some() && (client.is_over() || (queue.is_empty() && !dropped)) {
-                break;
-            }
-            // Advance virtual time to the next event.
-            let next_pkt = queue.peek().map(|r| r.0 .0);
-            let next = [next_pkt, server.poll_timeout(), client.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min();
-            let Some(next) = next else { break };
-            now = now.max(next);
-            if next_pkt == Some(next) {
-                let std::cmp::Reverse((_, _, to_server, bytes)) = queue.pop().unwrap();
-                if to_server {
-                    server.handle_datagram(&bytes, now);
-                } else {
-                    match client.handle_datagram(&bytes, now) {
-                        Event::Data { offset, data } => {
-                            assert_eq!(offset, received.len() as u64);
-                            received.extend_from_slice(data);
-                        }
-                        Event::Failed(e) => panic!("client failed: {e}"),
-                        _ => {}
-                    }
-                }
-            }
-            server.handle_timeout(now);
-            if let Event::Failed(e) = client.handle_timeout(now) {
-                panic!("client failed: {e}");
-            }
-        }
-        assert!(client.is_finished(), "client did not finish");
-        assert_eq!(received.len() as u64, len);
-        assert!(received == content, "content differs");
-        // The server may time out only when the client's last ACK was lost and the client left.
-        assert!(matches!(
-            server.outcome(),
-            Some(Outcome::Completed) | Some(Outcome::TimedOut)
-        ));
+        let cfg = EndpointConfig {
+            limits,
+            min_rto: Duration::from_millis(2),
+            share: 4,
+        };
+        let adm = Admission::new(AdmissionConfig {
+            max_transfers: 4,
+            max_per_client: 4,
+            client_rate: 0,
+        });
+        let mut server = TftpServer::new(Endpoint::new(cfg, adm), addr(1, 69));
+        server.add_file(b"f", content.clone());
+        let mut client = TftpClient::one(addr(2, 2000), server.addr, b"f", ccfg, t0);
+        let mut net = Sim::new(t0, seed, Link::lan(loss, dup, reorder));
+        let ran = net.run(
+            &mut [&mut server, &mut client as &mut dyn Node],
+            t0 + Duration::from_secs(86_400),
+        );
+        assert_eq!(ran, Ran::Quiet);
+        assert!(
+            client.is_done(),
+            "client did not finish: {:?}",
+            client.events
+        );
+        assert_eq!(
+            client.last_event(),
+            Some(&Event::Finished),
+            "{:?}",
+            client.events
+        );
+        assert_eq!(client.received.len() as u64, len);
+        assert!(client.received == content, "content differs");
+        // The transfer that served the file completed, or timed out when the client's last ACK
+        // was lost and the client left; any before it was dropped unanswered (the client never
+        // heard its first reply, and asked again).
+        let (last, before) = server.ended.split_last().expect("a transfer");
+        assert!(
+            matches!(last.outcome, Some(Outcome::Completed | Outcome::TimedOut)),
+            "{last:?}"
+        );
+        assert!(
+            before
+                .iter()
+                .all(|e| e.outcome == Some(Outcome::Unanswered)),
+            "{before:?}"
+        );
+        assert_eq!(server.live(), 0);
+        assert_eq!(
+            server.endpoint.held(),
+            0,
+            "every place under the caps given back"
+        );
     }
 
     fn client_cfg(blksize: Option<u16>, window: Option<u16>) -> ClientConfig {
         // As patient as firmware (EDK2: 4 s x 6), in finer steps.
         ClientConfig {
-            blksize,
-            windowsize: window,
+            blksize: blksize.and_then(BlockSize::new),
+            windowsize: window.and_then(WindowSize::new),
             tsize: true,
             retransmit: Duration::from_millis(200),
             retries: 120,
@@ -1145,34 +1109,22 @@ mod tests {
 
     #[test]
     fn sim_clean_windowed() {
-        simulate(
-            1,
-            100_000,
-            b"blksize\x001468\x00windowsize\x0016\x00tsize\x000\x00",
-            client_cfg(Some(1468), Some(16)),
-            0,
-            0,
-            0,
-        );
+        simulate(1, 100_000, client_cfg(Some(1468), Some(16)), 0.0, 0.0, 0.0);
     }
 
     #[test]
     fn sim_rollover_under_loss() {
         // 70,000 blocks of 8 bytes: past the 65535 wrap, with 5% loss, duplication and reordering.
-        simulate(
-            7,
-            70_000 * 8 + 3,
-            b"blksize\x008\x00windowsize\x0016\x00",
-            client_cfg(Some(8), Some(16)),
-            50,
-            20,
-            20,
-        );
+        let mut c = client_cfg(Some(8), Some(16));
+        c.tsize = false;
+        simulate(7, 70_000 * 8 + 3, c, 0.05, 0.02, 0.02);
     }
 
     #[test]
     fn sim_heavy_loss_lockstep() {
-        simulate(11, 30_000, b"", client_cfg(None, None), 300, 50, 50);
+        let mut c = client_cfg(None, None);
+        c.tsize = false;
+        simulate(11, 30_000, c, 0.3, 0.05, 0.05);
     }
 
     proptest! {
@@ -1189,11 +1141,8 @@ mod tests {
         ) {
             let bs = [None, Some(8u16), Some(512), Some(1468)][bs_i];
             let win = [None, Some(1u16), Some(4), Some(16)][win_i];
-            let mut opts = Vec::new();
-            if let Some(b) = bs { opts.extend_from_slice(format!("blksize\0{b}\0").as_bytes()); }
-            if let Some(w) = win { opts.extend_from_slice(format!("windowsize\0{w}\0").as_bytes()); }
-            opts.extend_from_slice(b"tsize\x000\x00");
-            simulate(seed, len, &opts, client_cfg(bs, win), loss, dup, reorder);
+            let (loss, dup, reorder) = (loss as f64 / 1000.0, dup as f64 / 1000.0, reorder as f64 / 1000.0);
+            simulate(seed, len, client_cfg(bs, win), loss, dup, reorder);
         }
     }
 }

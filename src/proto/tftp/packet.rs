@@ -235,11 +235,10 @@ pub enum Packet<'a> {
         block: BlockNum,
         data: &'a [u8],
     },
-    /// An ACK. `trailing` holds bytes after the block number: Microsoft's variable window
-    /// (`msftwindow`) clients put the next window size there; RFC clients send none.
+    /// An ACK. Bytes after the block number (Microsoft's variable-window clients put the next
+    /// window size there) are ignored.
     Ack {
         block: BlockNum,
-        trailing: &'a [u8],
     },
     Error {
         code: ErrorCode,
@@ -295,7 +294,6 @@ impl<'a> Packet<'a> {
             }),
             4 => Ok(Packet::Ack {
                 block: BlockNum(u16::from_be_bytes([body[0], body[1]])),
-                trailing: &body[2..],
             }),
             5 => {
                 let code = ErrorCode::from_u16(u16::from_be_bytes([body[0], body[1]]));
@@ -353,6 +351,40 @@ pub fn emit_error(buf: &mut [u8], code: ErrorCode, message: &str) -> usize {
     for (d, &s) in buf[4..4 + n].iter_mut().zip(&msg[..n]) {
         *d = if s == 0 { b' ' } else { s };
     }
+    buf[4 + n] = 0;
+    5 + n
+}
+
+/// [`emit_error`] with a formatted message (`format_args!`), written straight into `buf`
+/// without allocating: cut to fit on a char boundary, NULs turned into spaces.
+pub fn emit_error_fmt(buf: &mut [u8], code: ErrorCode, message: fmt::Arguments<'_>) -> usize {
+    struct Cut<'b> {
+        buf: &'b mut [u8],
+        len: usize,
+    }
+    impl fmt::Write for Cut<'_> {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            for c in s.chars() {
+                let c = if c == '\0' { ' ' } else { c };
+                let n = c.len_utf8();
+                if self.len + n > self.buf.len() {
+                    return Err(fmt::Error);
+                }
+                c.encode_utf8(&mut self.buf[self.len..]);
+                self.len += n;
+            }
+            Ok(())
+        }
+    }
+    let c = code.as_u16().to_be_bytes();
+    buf[..4].copy_from_slice(&[0, Opcode::Error as u8, c[0], c[1]]);
+    let end = buf.len() - 1;
+    let mut w = Cut {
+        buf: &mut buf[4..end],
+        len: 0,
+    };
+    let _ = fmt::write(&mut w, message);
+    let n = w.len;
     buf[4 + n] = 0;
     5 + n
 }
@@ -504,12 +536,35 @@ mod tests {
     }
 
     #[test]
+    fn formatted_error_is_cut_to_fit_without_allocating() {
+        let mut buf = [0u8; 16];
+        let n = emit_error_fmt(
+            &mut buf,
+            ErrorCode::FileNotFound,
+            format_args!("{}:{}", "no", 7),
+        );
+        assert_eq!(&buf[..n], b"\x00\x05\x00\x01no:7\x00");
+        let n = emit_error_fmt(
+            &mut buf,
+            ErrorCode::NotDefined,
+            format_args!("{}", "éééééééé\0"),
+        );
+        assert_eq!(
+            n,
+            4 + 10 + 1,
+            "five 2-byte chars fit in 11 bytes, the sixth does not"
+        );
+        assert!(matches!(Packet::parse(&buf[..n]), Ok(Packet::Error { .. })));
+        let n = emit_error_fmt(&mut buf, ErrorCode::NotDefined, format_args!("a\0b"));
+        assert_eq!(&buf[4..n], b"a b\x00");
+    }
+
+    #[test]
     fn ack_error_data() {
         assert_eq!(
             Packet::parse(b"\x00\x04\xff\xff").unwrap(),
             Packet::Ack {
                 block: BlockNum(65535),
-                trailing: &[]
             }
         );
         assert_eq!(
@@ -588,7 +643,7 @@ mod tests {
         fn ack_round_trip(b in any::<u16>()) {
             let mut buf = [0u8; 4];
             emit_ack(&mut buf, BlockNum(b));
-            prop_assert_eq!(Packet::parse(&buf).unwrap(), Packet::Ack { block: BlockNum(b), trailing: &[] });
+            prop_assert_eq!(Packet::parse(&buf).unwrap(), Packet::Ack { block: BlockNum(b) });
         }
 
         #[test]

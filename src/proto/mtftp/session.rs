@@ -1,12 +1,13 @@
 //! One multicast session: a file streamed once to a group, paced, driven by one master client at a
-//! time (PXE MTFTP, PXE 2.1 spec; RFC 2090 `multicast` option). Sans-IO like [`super::transfer`].
+//! time (PXE MTFTP, PXE 2.1 spec; RFC 2090 `multicast` option). Sans-IO like
+//! [`crate::proto::tftp::transfer`].
 //!
 //! Contract:
 //! - The driver creates one [`Session`] per (file, group), calls [`Session::join`] for every request
 //!   that belongs to it, feeds every datagram from a member to [`Session::handle_datagram`], calls
 //!   [`Session::handle_timeout`] at [`Session::poll_timeout`], and after each call drains
-//!   [`Session::poll_transmit`], sending each [`McTransmit`] to its [`Dest`]: the group, or one member,
-//!   and [`Session::poll_event`] (who joined, left, became master). Every packet must leave from
+//!   [`Session::poll_transmit`], sending each [`Transmit`] to its destination (the group, or one
+//!   member), and [`Session::poll_event`] (who joined, left, became master). Every packet must leave from
 //!   the same socket (address and port): RFC 2090 clients (atftp) drop data whose source differs
 //!   from the OACK's.
 //! - Blocks go to the group in windows of `window` blocks between master ACKs, paced to `rate`
@@ -44,8 +45,11 @@
 //! - Block numbers wrap past 65535 to 0 (iPXE accepts it), so large files are served, not refused.
 //! - The session never reads file bytes: DATA is described by block index, like unicast transfers.
 
-use super::block::BlockNum;
-use super::packet::{OptionWriter, Packet};
+use super::Protocol;
+use crate::proto::tftp::options::{BlockSize, WindowSize};
+use crate::proto::tftp::packet::{OptionWriter, Packet};
+use crate::proto::tftp::BlockNum;
+use crate::proto::{Payload, Transmit};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -57,6 +61,12 @@ const BURST: Duration = Duration::from_millis(1);
 /// session of its file and of the largest of these not above the block size granted to it, so a
 /// flood of odd block sizes cannot take a group each. See [`blksize_bucket`].
 pub const BLKSIZE_BUCKETS: [u16; 6] = [512, 1024, 1428, 1456, 1468, 8192];
+
+/// Default of [`SessionConfig::window`].
+pub const WINDOW: WindowSize = match WindowSize::new(16) {
+    Some(w) => w,
+    None => WindowSize::ONE,
+};
 
 /// Default of [`SessionConfig::max_members`].
 pub const DEFAULT_MAX_MEMBERS: usize = 256;
@@ -84,26 +94,17 @@ pub fn blksize_bucket(granted: u16) -> Option<u16> {
         .find(|&b| b <= granted)
 }
 
-/// Which multicast protocol a session speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    /// PXE 2.1 MTFTP: no options, 512-byte blocks, master is whoever opened.
-    PxeMtftp,
-    /// RFC 2090 `multicast` option on ordinary RRQs.
-    Rfc2090,
-}
-
 /// Fixed parameters of a session.
 #[derive(Clone, Copy, Debug)]
 pub struct SessionConfig {
     pub protocol: Protocol,
     /// Block size (512 for PXE MTFTP).
-    pub blksize: u16,
+    pub blksize: BlockSize,
     pub content_len: u64,
     /// The group and port announced in RFC 2090 OACKs.
     pub group: SocketAddr,
     /// Blocks sent between two master ACKs.
-    pub window: u16,
+    pub window: WindowSize,
     /// Pacing: payload bytes per second (0: unpaced).
     pub rate: u64,
     /// Retransmission timeout for a window not acknowledged by the master (the first wait; it
@@ -120,13 +121,18 @@ pub struct SessionConfig {
 impl SessionConfig {
     /// A configuration with the service's defaults for everything but what is named: window 16,
     /// unpaced, 200 ms timeout, 5 retries, no tsize, [`DEFAULT_MAX_MEMBERS`].
-    pub fn new(protocol: Protocol, blksize: u16, content_len: u64, group: SocketAddr) -> Self {
+    pub fn new(
+        protocol: Protocol,
+        blksize: BlockSize,
+        content_len: u64,
+        group: SocketAddr,
+    ) -> Self {
         SessionConfig {
             protocol,
             blksize,
             content_len,
             group,
-            window: 16,
+            window: WINDOW,
             rate: 0,
             timeout: Duration::from_millis(200),
             retries: 5,
@@ -134,22 +140,6 @@ impl SessionConfig {
             max_members: DEFAULT_MAX_MEMBERS,
         }
     }
-}
-
-/// Where a transmit goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dest {
-    Group,
-    Member(SocketAddr),
-}
-
-/// One thing to send.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum McTransmit {
-    /// A control datagram (OACK or ERROR) of this many bytes is in the caller's buffer.
-    Datagram { dest: Dest, len: usize },
-    /// DATA blocks `first .. first + count` (absolute indices, 1-based) to `dest`.
-    Blocks { dest: Dest, first: u64, count: u32 },
 }
 
 /// Why a member left.
@@ -212,14 +202,17 @@ pub enum Joined {
 }
 
 /// Why [`Session::join`] refused a member.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum JoinError {
     /// PXE MTFTP: a master is established (or another opener was answered less than
     /// `timeout / 4` ago); the client will listen and re-open after it.
+    #[error("a master is established or another opener was just answered")]
     Busy,
     /// The session is over; start a new one.
+    #[error("the session is over")]
     Over,
     /// RFC 2090: `max_members` reached.
+    #[error("the session is full")]
     Full,
 }
 
@@ -291,7 +284,7 @@ impl Session {
     /// A session with `cfg`; a `timeout` over one hour is taken as one hour.
     pub fn new(mut cfg: SessionConfig, now: Instant) -> Self {
         cfg.timeout = cfg.timeout.min(Duration::from_secs(3600));
-        let blksize = cfg.blksize.max(8) as u64;
+        let blksize = cfg.blksize.get() as u64;
         Session {
             blksize,
             total_blocks: cfg.content_len / blksize + 1,
@@ -373,7 +366,7 @@ impl Session {
     }
 
     /// Add a member (an RRQ with the multicast option, or a PXE MTFTP open).
-    pub fn join(&mut self, addr: SocketAddr, now: Instant) -> Result<Joined, JoinError> {
+    pub fn join(&mut self, now: Instant, addr: SocketAddr) -> Result<Joined, JoinError> {
         if self.over {
             return Err(JoinError::Over);
         }
@@ -481,7 +474,7 @@ impl Session {
     fn start_from(&mut self, acked: u64, now: Instant) {
         self.acked = acked;
         self.next = acked + 1;
-        self.window_end = (acked + self.cfg.window.max(1) as u64).min(self.total_blocks);
+        self.window_end = (acked + self.cfg.window.get() as u64).min(self.total_blocks);
         self.awaiting_master = false;
         self.tries = 0;
         self.rto = self.cfg.timeout;
@@ -491,7 +484,7 @@ impl Session {
     }
 
     /// Feed a datagram from `from` (a member, or a stranger) on the session socket.
-    pub fn handle_datagram(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         if self.over {
             return;
         }
@@ -499,7 +492,7 @@ impl Session {
             return;
         };
         match Packet::parse(datagram) {
-            Ok(Packet::Ack { block, .. }) => {
+            Ok(Packet::Ack { block }) => {
                 let pxe = self.cfg.protocol == Protocol::PxeMtftp;
                 // PXE: until an opener acknowledges, any of them may claim the master role.
                 let is_master = self.master == Some(from) || (pxe && !self.confirmed);
@@ -746,7 +739,7 @@ impl Session {
     /// Resend a window from the block after the master's last ACK.
     fn rewind(&mut self) {
         self.next = self.acked + 1;
-        self.window_end = (self.acked + self.cfg.window.max(1) as u64).min(self.total_blocks);
+        self.window_end = (self.acked + self.cfg.window.get() as u64).min(self.total_blocks);
         if self.cfg.protocol == Protocol::PxeMtftp && self.acked == 0 {
             // The master's ACK of block 1 (or block 1 itself) was lost: its copy again.
             if let Some(to) = self.master {
@@ -758,23 +751,19 @@ impl Session {
     }
 
     /// Next thing to send; control datagrams are written into `buf` (>= 512 bytes).
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<McTransmit> {
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if self.over {
             return None;
         }
         if let Some(p) = self.pending.pop_front() {
             return Some(match p {
-                Pending::Oack { to, master } => {
-                    let len = self.write_oack(buf, master);
-                    McTransmit::Datagram {
-                        dest: Dest::Member(to),
-                        len,
-                    }
-                }
-                Pending::FirstBlock { to } => McTransmit::Blocks {
-                    dest: Dest::Member(to),
-                    first: 1,
-                    count: 1,
+                Pending::Oack { to, master } => Transmit {
+                    dest: to,
+                    payload: Payload::Datagram(self.write_oack(buf, master)),
+                },
+                Pending::FirstBlock { to } => Transmit {
+                    dest: to,
+                    payload: Payload::Blocks { first: 1, count: 1 },
                 },
             });
         }
@@ -810,10 +799,12 @@ impl Session {
             // acknowledge it.
             self.deadline = Some(now + self.rto);
         }
-        Some(McTransmit::Blocks {
-            dest: Dest::Group,
-            first,
-            count: count as u32,
+        Some(Transmit {
+            dest: self.cfg.group,
+            payload: Payload::Blocks {
+                first,
+                count: count as u32,
+            },
         })
     }
 
@@ -824,8 +815,10 @@ impl Session {
             return 0;
         };
         let mut ok = w.option("multicast", text).is_ok();
-        if self.cfg.blksize != 512 {
-            ok &= w.option_u64("blksize", self.cfg.blksize as u64).is_ok();
+        if self.cfg.blksize != BlockSize::DEFAULT {
+            ok &= w
+                .option_u64("blksize", self.cfg.blksize.get() as u64)
+                .is_ok();
         }
         if self.cfg.tsize_in_oack {
             ok &= w.option_u64("tsize", self.cfg.content_len).is_ok();
@@ -835,11 +828,6 @@ impl Session {
         } else {
             0
         }
-    }
-
-    /// The wire block number of index `i`.
-    pub fn block_num(i: u64) -> BlockNum {
-        BlockNum::from_index(i)
     }
 }
 
@@ -855,7 +843,9 @@ fn format_mc(buf: &mut [u8; 64], group: SocketAddr, master: bool) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::packet::{emit_ack, Packet};
+    use crate::proto::rng::Rng;
+    use crate::proto::sim;
+    use crate::proto::tftp::packet::{emit_ack, Packet};
 
     fn addr(i: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 40000 + i))
@@ -864,14 +854,15 @@ mod tests {
     fn cfg(protocol: Protocol, len: u64) -> SessionConfig {
         SessionConfig {
             protocol,
-            blksize: if protocol == Protocol::PxeMtftp {
+            blksize: BlockSize::new(if protocol == Protocol::PxeMtftp {
                 512
             } else {
                 1428
-            },
+            })
+            .unwrap(),
             content_len: len,
             group: "239.255.1.1:3001".parse().unwrap(),
-            window: 8,
+            window: WindowSize::new(8).unwrap(),
             rate: 50_000_000,
             timeout: Duration::from_millis(50),
             retries: 4,
@@ -882,12 +873,18 @@ mod tests {
 
     /// An RFC 2090 client as atftp behaves: passive until named master; the master ACKs its first
     /// gap after the OACK and after every block; a member with everything ACKs the last block (RFC).
+    /// Blocks reach it through the simulated network; their payload carries their absolute index
+    /// (so the fake needs no placement logic of its own), and it drops `loss` of them itself.
     struct Sim {
+        at: SocketAddr,
         have: Vec<bool>,
         master: bool,
         gone: bool,
         /// Drops this share of received blocks (per mille).
         loss: u32,
+        rng: Rng,
+        /// ACKs (absolute indices) to send to the session.
+        acks: VecDeque<u64>,
     }
 
     impl Sim {
@@ -897,103 +894,145 @@ mod tests {
         fn complete(&self) -> bool {
             self.have.iter().all(|&h| h)
         }
+        fn deliver_block(&mut self, index: u64) {
+            let loss = self.loss as f64 / 1000.0;
+            if self.gone || self.rng.chance(loss) {
+                return;
+            }
+            self.have[(index - 1) as usize] = true;
+            if self.master {
+                let g = self.first_gap();
+                self.acks.push_back(g);
+            } else if self.complete() {
+                self.acks.push_back(self.have.len() as u64);
+            }
+        }
+    }
+
+    const SESSION: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1)),
+        1759,
+    );
+
+    impl sim::Node for Sim {
+        fn receives(&self, a: SocketAddr) -> bool {
+            a == self.at || a == "239.255.1.1:3001".parse().unwrap()
+        }
+        fn handle_datagram(&mut self, _: Instant, _: SocketAddr, to: SocketAddr, d: &[u8]) {
+            match Packet::parse(d) {
+                Ok(Packet::Oack(o)) => {
+                    assert_eq!(to, self.at, "OACK to the group");
+                    let mc = o.get("multicast").unwrap();
+                    assert!(mc.starts_with(b"239.255.1.1,3001,"));
+                    if self.gone {
+                        return;
+                    }
+                    self.master = mc.ends_with(b",1");
+                    if self.master {
+                        let g = self.first_gap();
+                        self.acks.push_back(g);
+                    }
+                }
+                Ok(Packet::Data { data, .. }) => {
+                    let index = u64::from_be_bytes(data[..8].try_into().unwrap());
+                    self.deliver_block(index);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        fn poll_transmit(
+            &mut self,
+            _: Instant,
+            buf: &mut [u8],
+        ) -> Option<(SocketAddr, SocketAddr, usize)> {
+            let n = self.acks.pop_front()?;
+            Some((self.at, SESSION, emit_ack(buf, BlockNum::from_index(n))))
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+        fn handle_timeout(&mut self, _: Instant) {}
+    }
+
+    /// The session as the multicast service drives it: DATA built with the block's absolute
+    /// index as payload.
+    struct Server<'a> {
+        s: &'a mut Session,
+        events: &'a mut Vec<SessionEvent>,
+        blocks: Option<sim::BlockRun>,
+    }
+
+    impl sim::Node for Server<'_> {
+        fn receives(&self, a: SocketAddr) -> bool {
+            a == SESSION
+        }
+        fn handle_datagram(&mut self, now: Instant, from: SocketAddr, _: SocketAddr, d: &[u8]) {
+            self.s.handle_datagram(now, from, d);
+            self.events
+                .extend(std::iter::from_fn(|| self.s.poll_event()));
+        }
+        fn poll_transmit(
+            &mut self,
+            now: Instant,
+            buf: &mut [u8],
+        ) -> Option<(SocketAddr, SocketAddr, usize)> {
+            loop {
+                if let Some(run) = self.blocks.as_mut() {
+                    let index = |i: u64, out: &mut [u8]| {
+                        out[..8].copy_from_slice(&i.to_be_bytes());
+                        8
+                    };
+                    match run.emit(buf, index) {
+                        Some((to, n)) => return Some((SESSION, to, n)),
+                        None => self.blocks = None,
+                    }
+                }
+                let t = self.s.poll_transmit(now, buf);
+                self.events
+                    .extend(std::iter::from_fn(|| self.s.poll_event()));
+                let t = t?;
+                if let Some((dest, n)) = t.datagram() {
+                    return Some((SESSION, dest, n));
+                }
+                self.blocks = sim::BlockRun::of(t);
+            }
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            self.s.poll_timeout()
+        }
+        fn handle_timeout(&mut self, now: Instant) {
+            self.s.handle_timeout(now);
+            self.events
+                .extend(std::iter::from_fn(|| self.s.poll_event()));
+        }
     }
 
     struct World {
         s: Session,
         sims: Vec<Sim>,
+        net: sim::Sim,
         now: Instant,
-        rng: u64,
-        acks: Vec<(usize, u64)>,
         events: Vec<SessionEvent>,
     }
 
     impl World {
-        fn rand(&mut self, per_mille: u32) -> bool {
-            self.rng ^= self.rng << 13;
-            self.rng ^= self.rng >> 7;
-            self.rng ^= self.rng << 17;
-            (self.rng % 1000) < per_mille as u64
-        }
-
-        fn deliver_block(&mut self, i: usize, index: u64) {
-            let loss = self.sims[i].loss;
-            if self.sims[i].gone || self.rand(loss) {
-                return;
-            }
-            self.sims[i].have[(index - 1) as usize] = true;
-            let sim = &self.sims[i];
-            if sim.master {
-                self.acks.push((i, sim.first_gap()));
-            } else if sim.complete() {
-                self.acks.push((i, sim.have.len() as u64));
-            }
+        /// Member `i` acknowledges block `n` (its first gap, as a master does).
+        fn ack(&mut self, i: usize, n: u64) {
+            self.sims[i].acks.push_back(n);
         }
 
         /// Run until the session is over or `until`.
         fn run(&mut self, until: Instant) {
-            let mut buf = [0u8; 600];
-            while !self.s.is_over() && self.now < until {
-                while let Some(e) = self.s.poll_event() {
-                    self.events.push(e);
-                }
-                while let Some(tx) = self.s.poll_transmit(self.now, &mut buf) {
-                    match tx {
-                        McTransmit::Datagram {
-                            dest: Dest::Member(a),
-                            len,
-                        } => {
-                            let i = (a.port() - 40000) as usize;
-                            let Ok(Packet::Oack(o)) = Packet::parse(&buf[..len]) else {
-                                panic!("not an OACK")
-                            };
-                            let mc = o.get("multicast").unwrap();
-                            assert!(mc.starts_with(b"239.255.1.1,3001,"));
-                            if self.sims[i].gone {
-                                continue;
-                            }
-                            self.sims[i].master = mc.ends_with(b",1");
-                            if self.sims[i].master {
-                                let g = self.sims[i].first_gap();
-                                self.acks.push((i, g));
-                            }
-                        }
-                        McTransmit::Datagram { .. } => panic!("control to group"),
-                        McTransmit::Blocks { dest, first, count } => {
-                            for index in first..first + count as u64 {
-                                match dest {
-                                    Dest::Group => {
-                                        for i in 0..self.sims.len() {
-                                            self.deliver_block(i, index);
-                                        }
-                                    }
-                                    Dest::Member(a) => {
-                                        let i = (a.port() - 40000) as usize;
-                                        self.deliver_block(i, index);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                let acks = std::mem::take(&mut self.acks);
-                if !acks.is_empty() {
-                    for (i, n) in acks {
-                        let mut b = [0u8; 4];
-                        emit_ack(&mut b, BlockNum::from_index(n));
-                        self.s.handle_datagram(addr(i as u16), &b, self.now);
-                    }
-                    continue;
-                }
-                match self.s.poll_timeout() {
-                    Some(t) => self.now = self.now.max(t),
-                    None => break,
-                }
-                self.s.handle_timeout(self.now);
-            }
-            while let Some(e) = self.s.poll_event() {
-                self.events.push(e);
-            }
+            self.net.advance(self.now);
+            let mut server = Server {
+                s: &mut self.s,
+                events: &mut self.events,
+                blocks: None,
+            };
+            let mut nodes: Vec<&mut dyn sim::Node> = vec![&mut server];
+            nodes.extend(self.sims.iter_mut().map(|m| m as &mut dyn sim::Node));
+            self.net.run(&mut nodes, until);
+            self.now = self.net.now();
         }
 
         /// Members that left, by reason.
@@ -1013,22 +1052,24 @@ mod tests {
     }
 
     fn world(protocol: Protocol, len: u64, members: usize, loss: u32) -> World {
-        let now = Instant::now();
+        let now = crate::sim_origin();
         let s = Session::new(cfg(protocol, len), now);
         let blocks = s.total_blocks() as usize;
         World {
             s,
             sims: (0..members)
-                .map(|_| Sim {
+                .map(|i| Sim {
+                    at: addr(i as u16),
                     have: vec![false; blocks],
                     master: false,
                     gone: false,
                     loss,
+                    rng: Rng::derive(0x9e37_79b9_7f4a_7c15, i as u64),
+                    acks: VecDeque::new(),
                 })
                 .collect(),
+            net: sim::Sim::new(now, 1, sim::Link::PERFECT),
             now,
-            rng: 0x9e3779b97f4a7c15,
-            acks: vec![],
             events: vec![],
         }
     }
@@ -1038,7 +1079,7 @@ mod tests {
         let len = 1428 * 1000 + 77;
         let mut w = world(Protocol::Rfc2090, len, 20, 0);
         for i in 0..20 {
-            w.s.join(addr(i), w.now).unwrap();
+            w.s.join(w.now, addr(i)).unwrap();
         }
         let end = w.now + Duration::from_secs(60);
         w.run(end);
@@ -1060,7 +1101,7 @@ mod tests {
         let len = 1428 * 2000;
         let mut w = world(Protocol::Rfc2090, len, 10, 50);
         for i in 0..5 {
-            w.s.join(addr(i), w.now).unwrap();
+            w.s.join(w.now, addr(i)).unwrap();
         }
         // Half way through, five more join; the master vanishes.
         let half = w.now + Duration::from_millis(30);
@@ -1069,7 +1110,7 @@ mod tests {
         let m = w.s.master().unwrap();
         w.sims[(m.port() - 40000) as usize].gone = true;
         for i in 5..10 {
-            w.s.join(addr(i), w.now).unwrap();
+            w.s.join(w.now, addr(i)).unwrap();
         }
         let end = w.now + Duration::from_secs(120);
         w.run(end);
@@ -1094,16 +1135,15 @@ mod tests {
     fn pxe_mtftp_master_gets_block_one_unicast_and_busy_opens_are_refused() {
         let len = 512 * 300 + 5;
         let mut w = world(Protocol::PxeMtftp, len, 3, 0);
-        w.s.join(addr(0), w.now).unwrap();
+        w.s.join(w.now, addr(0)).unwrap();
         // Openers arriving together: the first is answered, the others listen.
-        assert_eq!(w.s.join(addr(1), w.now), Err(JoinError::Busy));
+        assert_eq!(w.s.join(w.now, addr(1)), Err(JoinError::Busy));
         let mut buf = [0u8; 600];
         assert_eq!(
             w.s.poll_transmit(w.now, &mut buf),
-            Some(McTransmit::Blocks {
-                dest: Dest::Member(addr(0)),
-                first: 1,
-                count: 1
+            Some(Transmit {
+                dest: addr(0),
+                payload: Payload::Blocks { first: 1, count: 1 }
             })
         );
         w.sims[0].have[0] = true;
@@ -1116,17 +1156,17 @@ mod tests {
         assert!(w.s.stats().bytes_sent < len + 2048);
         // Once the master has acknowledged, opens are refused: the client listens, re-opens.
         let mut s = Session::new(cfg(Protocol::PxeMtftp, len), w.now);
-        s.join(addr(0), w.now).unwrap();
-        s.handle_datagram(addr(0), &ack(1), w.now);
+        s.join(w.now, addr(0)).unwrap();
+        s.handle_datagram(w.now, addr(0), &ack(1));
         let later = w.now + Duration::from_secs(1);
-        assert_eq!(s.join(addr(1), later), Err(JoinError::Busy));
+        assert_eq!(s.join(later, addr(1)), Err(JoinError::Busy));
     }
 
     #[test]
     fn pxe_mtftp_rolls_over_past_65535_blocks() {
         let len = 512 * 70_000;
         let mut w = world(Protocol::PxeMtftp, len, 1, 0);
-        w.s.join(addr(0), w.now).unwrap();
+        w.s.join(w.now, addr(0)).unwrap();
         w.sims[0].master = true;
         let end = w.now + Duration::from_secs(60);
         w.run(end);
@@ -1141,7 +1181,7 @@ mod tests {
         let len = 1428 * 40_000 + 3;
         let mut w = world(Protocol::Rfc2090, len, 5, 0);
         for i in 0..5 {
-            w.s.join(addr(i), w.now).unwrap();
+            w.s.join(w.now, addr(i)).unwrap();
         }
         let end = w.now + Duration::from_secs(120);
         w.run(end);
@@ -1159,13 +1199,13 @@ mod tests {
         let mut w = world(Protocol::Rfc2090, len, 6, 0);
         for i in 0..3 {
             w.sims[i].loss = 20;
-            w.s.join(addr(i as u16), w.now).unwrap();
+            w.s.join(w.now, addr(i as u16)).unwrap();
         }
         let half = w.now + Duration::from_millis(1000);
         w.run(half);
         assert!(!w.s.is_over());
         for i in 3..6 {
-            w.s.join(addr(i), w.now).unwrap();
+            w.s.join(w.now, addr(i)).unwrap();
         }
         let end = w.now + Duration::from_secs(600);
         w.run(end);
@@ -1184,7 +1224,7 @@ mod tests {
         let len = 1428 * 3000;
         let mut w = world(Protocol::Rfc2090, len, 5, 50);
         for i in 0..5 {
-            w.s.join(addr(i), w.now).unwrap();
+            w.s.join(w.now, addr(i)).unwrap();
         }
         let t0 = w.now;
         let end = w.now + Duration::from_secs(600);
@@ -1205,7 +1245,7 @@ mod tests {
         let len = 1428 * 1000;
         let mut w = world(Protocol::Rfc2090, len, 6, 0);
         for i in 0..6 {
-            w.s.join(addr(i), w.now).unwrap();
+            w.s.join(w.now, addr(i)).unwrap();
         }
         for i in 1..5 {
             w.sims[i].gone = true;
@@ -1225,7 +1265,7 @@ mod tests {
         let len = 1428 * 3500; // 5 MB at 50 MB/s: about 100 ms
         let mut w = world(Protocol::Rfc2090, len, 1, 0);
         let t0 = w.now;
-        w.s.join(addr(0), w.now).unwrap();
+        w.s.join(w.now, addr(0)).unwrap();
         let end = w.now + Duration::from_secs(10);
         w.run(end);
         assert!(w.sims[0].complete());
@@ -1245,12 +1285,14 @@ mod tests {
         let mut buf = [0u8; 600];
         let mut blocks = 0;
         while let Some(tx) = s.poll_transmit(now, &mut buf) {
-            if let McTransmit::Blocks {
-                dest: Dest::Group,
-                count,
-                ..
+            if let Transmit {
+                dest,
+                payload: Payload::Blocks { count, .. },
             } = tx
             {
+                if dest != s.config().group {
+                    continue;
+                }
                 blocks += count as u64;
             }
         }
@@ -1284,25 +1326,29 @@ mod tests {
 
     #[test]
     fn rfc2090_member_cap_refuses_past_max_members_and_answers_a_resent_request() {
-        let now = Instant::now();
+        let now = crate::sim_origin();
         let mut c = cfg(Protocol::Rfc2090, 1428 * 10);
         c.max_members = 3;
         let mut s = Session::new(c, now);
         for i in 0..3 {
-            assert_eq!(s.join(addr(i), now), Ok(Joined::New));
+            assert_eq!(s.join(now, addr(i)), Ok(Joined::New));
         }
-        assert_eq!(s.join(addr(3), now), Err(JoinError::Full));
+        assert_eq!(s.join(now, addr(3)), Err(JoinError::Full));
         assert_eq!(s.members(), 3);
         assert_eq!(s.stats().joins_refused, 1);
         // Drain the three OACKs; a member asking again gets one more, in its role.
         drain(&mut s, now);
-        assert_eq!(s.join(addr(1), now), Ok(Joined::Again));
-        assert_eq!(s.join(addr(1), now), Ok(Joined::Again));
+        assert_eq!(s.join(now, addr(1)), Ok(Joined::Again));
+        assert_eq!(s.join(now, addr(1)), Ok(Joined::Again));
         let mut buf = [0u8; 600];
-        let Some(McTransmit::Datagram { dest, len }) = s.poll_transmit(now, &mut buf) else {
+        let Some(Transmit {
+            dest,
+            payload: Payload::Datagram(len),
+        }) = s.poll_transmit(now, &mut buf)
+        else {
             panic!("no OACK for the resent request")
         };
-        assert_eq!(dest, Dest::Member(addr(1)));
+        assert_eq!(dest, addr(1));
         let Ok(Packet::Oack(o)) = Packet::parse(&buf[..len]) else {
             panic!()
         };
@@ -1328,15 +1374,15 @@ mod tests {
     fn window_resend_timer_backs_off_while_the_master_is_silent() {
         // The master acknowledged the OACK, got a window, and went quiet: each resend waits twice
         // as long as the one before (up to 8x), then the master counts as vanished.
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let mut c = cfg(Protocol::Rfc2090, 1428 * 100);
         c.rate = 0;
         c.retries = 5;
         let t = c.timeout;
         let mut s = Session::new(c, t0);
-        s.join(addr(0), t0).unwrap();
+        s.join(t0, addr(0)).unwrap();
         drain(&mut s, t0);
-        s.handle_datagram(addr(0), &ack(0), t0);
+        s.handle_datagram(t0, addr(0), &ack(0));
         assert_eq!(drain(&mut s, t0), 8);
         let mut waits = Vec::new();
         let mut sent_at = t0;
@@ -1358,14 +1404,14 @@ mod tests {
 
     #[test]
     fn backoff_falls_back_to_the_first_wait_once_the_master_makes_progress() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let mut c = cfg(Protocol::Rfc2090, 1428 * 100);
         c.rate = 0;
         let t = c.timeout;
         let mut s = Session::new(c, t0);
-        s.join(addr(0), t0).unwrap();
+        s.join(t0, addr(0)).unwrap();
         drain(&mut s, t0);
-        s.handle_datagram(addr(0), &ack(0), t0);
+        s.handle_datagram(t0, addr(0), &ack(0));
         drain(&mut s, t0);
         // Two silent waits: T then 2T.
         let a = s.poll_timeout().unwrap();
@@ -1377,7 +1423,7 @@ mod tests {
         s.handle_timeout(b);
         drain(&mut s, b);
         // The master acknowledges the window: the next window's wait is T again.
-        s.handle_datagram(addr(0), &ack(8), b);
+        s.handle_datagram(b, addr(0), &ack(8));
         assert_eq!(drain(&mut s, b), 8);
         assert_eq!(s.poll_timeout().unwrap() - b, t);
     }
@@ -1390,32 +1436,30 @@ mod tests {
         let mut w = world(Protocol::PxeMtftp, len, 3, 0);
         let t0 = w.now;
         w.sims[0].gone = true;
-        w.s.join(addr(0), t0).unwrap();
+        w.s.join(t0, addr(0)).unwrap();
         let mut buf = [0u8; 600];
         assert_eq!(
             w.s.poll_transmit(t0, &mut buf),
-            Some(McTransmit::Blocks {
-                dest: Dest::Member(addr(0)),
-                first: 1,
-                count: 1
+            Some(Transmit {
+                dest: addr(0),
+                payload: Payload::Blocks { first: 1, count: 1 }
             })
         );
         // Well within the spoofed opener's first wait (50 ms here, 200 ms by default).
         let t1 = t0 + w.s.config().timeout / 2;
         w.now = t1;
-        assert_eq!(w.s.join(addr(1), t1), Ok(Joined::New));
+        assert_eq!(w.s.join(t1, addr(1)), Ok(Joined::New));
         assert_eq!(
             w.s.poll_transmit(t1, &mut buf),
-            Some(McTransmit::Blocks {
-                dest: Dest::Member(addr(1)),
-                first: 1,
-                count: 1
+            Some(Transmit {
+                dest: addr(1),
+                payload: Payload::Blocks { first: 1, count: 1 }
             })
         );
         w.sims[1].have[0] = true;
         w.sims[1].master = true;
         let gap = w.sims[1].first_gap();
-        w.acks.push((1, gap));
+        w.ack(1, gap);
         w.run(t1 + Duration::from_secs(30));
         assert!(w.s.is_over());
         assert!(w.sims[1].complete() && w.sims[2].complete());
@@ -1431,22 +1475,22 @@ mod tests {
 
     #[test]
     fn pxe_session_nobody_acknowledges_sends_nothing_to_the_group_and_ends_soon() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let mut c = cfg(Protocol::PxeMtftp, 512 * 100);
         c.retries = 5;
         let t = c.timeout;
         let mut s = Session::new(c, t0);
-        s.join(addr(0), t0).unwrap();
+        s.join(t0, addr(0)).unwrap();
         let mut now = t0;
         let mut unicast = 0;
         let mut buf = [0u8; 600];
         while !s.is_over() {
             while let Some(tx) = s.poll_transmit(now, &mut buf) {
                 match tx {
-                    McTransmit::Blocks {
-                        dest: Dest::Member(_),
-                        ..
-                    } => unicast += 1,
+                    Transmit {
+                        payload: Payload::Blocks { .. },
+                        dest,
+                    } if dest != s.config().group => unicast += 1,
                     other => panic!("{other:?} while no opener acknowledged"),
                 }
             }
@@ -1465,44 +1509,40 @@ mod tests {
 
     #[test]
     fn pxe_reopen_by_an_opener_repeats_block_one_at_most_once_per_timeout() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let c = cfg(Protocol::PxeMtftp, 512 * 100);
         let t = c.timeout;
         let mut s = Session::new(c, t0);
-        s.join(addr(0), t0).unwrap();
+        s.join(t0, addr(0)).unwrap();
         drain(&mut s, t0);
         let mut unicast = 0;
         let mut buf = [0u8; 600];
         for i in 0..100u32 {
             let now = t0 + t * i / 100;
-            assert_eq!(s.join(addr(0), now), Ok(Joined::Again));
+            assert_eq!(s.join(now, addr(0)), Ok(Joined::Again));
             while let Some(tx) = s.poll_transmit(now, &mut buf) {
                 if matches!(
                     tx,
-                    McTransmit::Blocks {
-                        dest: Dest::Member(_),
-                        ..
-                    }
+                    Transmit { payload: Payload::Blocks { .. }, dest } if dest != s.config().group
                 ) {
                     unicast += 1;
                 }
             }
         }
         assert_eq!(unicast, 0, "block 1 went out less than a timeout ago");
-        assert_eq!(s.join(addr(0), t0 + t), Ok(Joined::Again));
+        assert_eq!(s.join(t0 + t, addr(0)), Ok(Joined::Again));
         assert_eq!(
             s.poll_transmit(t0 + t, &mut buf),
-            Some(McTransmit::Blocks {
-                dest: Dest::Member(addr(0)),
-                first: 1,
-                count: 1
+            Some(Transmit {
+                dest: addr(0),
+                payload: Payload::Blocks { first: 1, count: 1 }
             })
         );
     }
 
     #[test]
     fn pxe_candidates_are_bounded() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let c = cfg(Protocol::PxeMtftp, 512 * 100);
         let t = c.timeout;
         let mut s = Session::new(c, t0);
@@ -1511,7 +1551,7 @@ mod tests {
             if s.is_over() {
                 break;
             }
-            assert_eq!(s.join(addr(i), now), Ok(Joined::New), "opener {i}");
+            assert_eq!(s.join(now, addr(i)), Ok(Joined::New), "opener {i}");
             assert!(s.members() <= MAX_CANDIDATES);
             drain(&mut s, now);
             s.handle_timeout(now);

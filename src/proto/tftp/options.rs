@@ -25,10 +25,12 @@ impl BlockSize {
     pub const MAX: BlockSize = BlockSize(MAX_BLKSIZE);
 
     /// `None` outside `8..=65464`.
-    pub fn new(v: u16) -> Option<Self> {
-        (MIN_BLKSIZE..=MAX_BLKSIZE)
-            .contains(&v)
-            .then_some(BlockSize(v))
+    pub const fn new(v: u16) -> Option<Self> {
+        if v >= MIN_BLKSIZE && v <= MAX_BLKSIZE {
+            Some(BlockSize(v))
+        } else {
+            None
+        }
     }
 
     /// Clamp any value into range.
@@ -36,11 +38,11 @@ impl BlockSize {
         BlockSize(v.clamp(MIN_BLKSIZE as u64, MAX_BLKSIZE as u64) as u16)
     }
 
-    pub fn get(self) -> u16 {
+    pub const fn get(self) -> u16 {
         self.0
     }
 
-    pub fn bytes(self) -> usize {
+    pub const fn bytes(self) -> usize {
         self.0 as usize
     }
 }
@@ -52,11 +54,15 @@ pub struct WindowSize(u16);
 impl WindowSize {
     pub const ONE: WindowSize = WindowSize(1);
 
-    pub fn new(v: u16) -> Option<Self> {
-        (v >= 1).then_some(WindowSize(v))
+    pub const fn new(v: u16) -> Option<Self> {
+        if v >= 1 {
+            Some(WindowSize(v))
+        } else {
+            None
+        }
     }
 
-    pub fn get(self) -> u16 {
+    pub const fn get(self) -> u16 {
         self.0
     }
 }
@@ -74,8 +80,6 @@ pub struct RequestOptions {
     pub windowsize: Option<WindowSize>,
     /// RFC 2090 `multicast` was present.
     pub multicast: bool,
-    /// Microsoft's `msftwindow` (variable window) was present.
-    pub msftwindow: bool,
     /// Options not recognised (ignored).
     pub unknown: u16,
     /// Recognised options with unusable values (ignored).
@@ -119,8 +123,6 @@ impl RequestOptions {
                 }
             } else if is("multicast") {
                 o.multicast = true;
-            } else if is("msftwindow") {
-                o.msftwindow = true;
             } else {
                 o.unknown += 1;
             }
@@ -264,7 +266,7 @@ pub fn negotiate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::packet::Packet;
+    use crate::proto::tftp::packet::Packet;
 
     fn opts(raw: &[u8]) -> RequestOptions {
         RequestOptions::parse(&OptionList::new_checked(raw).unwrap())

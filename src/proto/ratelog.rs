@@ -79,7 +79,7 @@ mod tests {
 
     #[test]
     fn first_event_passes_then_one_per_interval_with_counts() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let mut l = LogLimit::new(Duration::from_secs(1));
         assert_eq!(l.allow(t0), Some(0));
         for i in 1..=99 {
@@ -93,7 +93,7 @@ mod tests {
 
     #[test]
     fn flush_reports_a_flood_that_stopped_once() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let mut l = LogLimit::new(Duration::from_secs(1));
         l.allow(t0);
         l.allow(t0 + Duration::from_millis(10));
@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn a_million_events_make_a_handful_of_lines() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let mut l = LogLimit::default();
         let mut lines = 0;
         let mut counted = 0;

@@ -1,8 +1,8 @@
-//! Admission of new unicast transfers: one budget shared by every worker.
+//! Admission of new unicast transfers: one budget shared by every worker's endpoint.
 //!
 //! Contract:
 //! - `max_transfers` is split between the workers ([`AdmissionConfig::share`]; the shares add up
-//!   to it): each worker checks its own share before asking here, so the total never exceeds
+//!   to it): each worker's endpoint checks its own share before asking here, so the total never exceeds
 //!   `max_transfers` (or the number of workers, if that is larger), and a worker whose share is
 //!   full can make room among its own transfers (requests are spread over the workers by the
 //!   kernel's `SO_REUSEPORT` hash, so a share is a fair slice of the load).
@@ -10,11 +10,12 @@
 //!   [`Ticket`] when (1) the client's address holds fewer than `max_per_client` transfers and (2)
 //!   the address is within its rate of new transfers (a GCRA token bucket: `client_rate` per
 //!   second, bursts of up to `max_per_client`), whichever worker it reaches. Otherwise it says why
-//!   ([`Refusal`]); the worker answers ERROR 0 with [`Refusal::message`].
-//! - A [`Ticket`] lives as long as the transfer's socket (the worker drops it when it closes the
-//!   descriptor), so the shares bound the descriptors and memory of all transfers. It can be
-//!   handed to a new request ([`Admission::reassign`]) when the worker drops a transfer whose client
-//!   never answered to make room: the total does not change.
+//!   ([`OverCap`]); the endpoint refuses with ERROR 0 and [`OverCap::message`].
+//! - A [`Ticket`] lives as long as the transfer's socket (the endpoint holds it until the driver
+//!   releases the transfer, after closing its descriptor), so the shares bound the descriptors and
+//!   memory of all transfers. It can be handed to a new request ([`Admission::reassign`]) when the
+//!   endpoint drops a transfer whose client never answered to make room: the total does not
+//!   change.
 //! - A "client address" is an IPv4 address, or the /64 prefix of an IPv6 address (one host can
 //!   own a whole /64).
 //! - The per-address table is bounded: at most `max_transfers + SOURCE_TABLE_SLACK` entries, held
@@ -23,8 +24,8 @@
 //!   information go first, then (counted in [`Admission::forgotten`]) idle entries with a partly
 //!   spent bucket. Entries with transfers are never dropped, and there are at most `max_transfers`
 //!   of them, so an insert always finds room.
-//! - No clock is read here: `now` comes in. One mutex guards the state; it is taken once per new
-//!   transfer and once per ended transfer, never per datagram.
+//! - No clock is read here: `now` comes in. One mutex guards the state (shared memory, no I/O);
+//!   it is taken once per new transfer and once per ended transfer, never per datagram.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -71,8 +72,8 @@ impl AdmissionConfig {
 
 /// Why a request was not admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// The worker's share of `max_transfers` is in use (decided by the worker).
+pub enum OverCap {
+    /// The worker's share of `max_transfers` is in use (decided by its endpoint).
     Busy,
     /// The client's address holds `max_per_client` transfers.
     ClientBusy,
@@ -80,22 +81,22 @@ pub enum Refusal {
     ClientRate,
 }
 
-impl Refusal {
+impl OverCap {
     /// The ERROR message the client gets.
     pub fn message(self) -> &'static str {
         match self {
-            Refusal::Busy => "server busy: too many transfers, try again later",
-            Refusal::ClientBusy => "too many transfers from your address at once",
-            Refusal::ClientRate => "too many requests from your address, slow down",
+            OverCap::Busy => "server busy: too many transfers, try again later",
+            OverCap::ClientBusy => "too many transfers from your address at once",
+            OverCap::ClientRate => "too many requests from your address, slow down",
         }
     }
 
     /// Short word for logs.
     pub fn as_str(self) -> &'static str {
         match self {
-            Refusal::Busy => "server-busy",
-            Refusal::ClientBusy => "client-busy",
-            Refusal::ClientRate => "client-rate",
+            OverCap::Busy => "server-busy",
+            OverCap::ClientBusy => "client-busy",
+            OverCap::ClientRate => "client-rate",
         }
     }
 }
@@ -188,7 +189,7 @@ impl Admission {
     }
 
     /// Check the per-address limits for `k` at `now`; on success the entry's new bucket time.
-    fn check_client(&self, st: &mut State, k: u128, now: Instant) -> Result<Instant, Refusal> {
+    fn check_client(&self, st: &mut State, k: u128, now: Instant) -> Result<Instant, OverCap> {
         if !st.table.contains_key(&k) && st.table.len() >= self.capacity {
             // Entries whose bucket is full and that hold nothing carry no information.
             st.table.retain(|_, e| e.active > 0 || e.tat > now);
@@ -203,26 +204,26 @@ impl Admission {
             tat: now,
         });
         if e.active as usize >= self.cfg.max_per_client {
-            return Err(Refusal::ClientBusy);
+            return Err(OverCap::ClientBusy);
         }
         if self.interval.is_zero() {
             return Ok(now);
         }
         let tat = e.tat.max(now);
         if tat.saturating_duration_since(now) > self.tolerance {
-            return Err(Refusal::ClientRate);
+            return Err(OverCap::ClientRate);
         }
         Ok(tat + self.interval)
     }
 
     /// Whether `ip` is within its own limits at `now` (nothing is counted).
-    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), OverCap> {
         let mut st = self.lock();
         self.check_client(&mut st, key(ip), now).map(|_| ())
     }
 
     /// Admit one new transfer from `ip` at `now`. See the module docs.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Ticket, Refusal> {
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Ticket, OverCap> {
         let k = key(ip);
         let mut st = self.lock();
         let tat = self.check_client(&mut st, k, now)?;
@@ -244,7 +245,7 @@ impl Admission {
         mut ticket: Ticket,
         ip: IpAddr,
         now: Instant,
-    ) -> Result<Ticket, (Ticket, Refusal)> {
+    ) -> Result<Ticket, (Ticket, OverCap)> {
         let k = key(ip);
         let mut st = self.lock();
         // The ticket's own place does not count against the new address (it may be the same).
@@ -319,13 +320,13 @@ mod tests {
     #[test]
     fn per_client_cap_and_total() {
         let a = adm(5, 3, 0);
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let mut held: Vec<Ticket> = (0..3)
             .map(|_| a.admit(ip("10.0.0.1"), t0).unwrap())
             .collect();
         assert_eq!(
             a.admit(ip("10.0.0.1"), t0).unwrap_err(),
-            Refusal::ClientBusy
+            OverCap::ClientBusy
         );
         held.push(a.admit(ip("10.0.0.2"), t0).unwrap());
         held.push(a.admit(ip("10.0.0.3"), t0).unwrap());
@@ -354,12 +355,12 @@ mod tests {
     #[test]
     fn ipv6_addresses_of_one_64_are_one_client() {
         let a = adm(100, 2, 0);
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let _x = a.admit(ip("2001:db8::1"), t0).unwrap();
         let _y = a.admit(ip("2001:db8::ffff:2"), t0).unwrap();
         assert_eq!(
             a.admit(ip("2001:db8::3"), t0).unwrap_err(),
-            Refusal::ClientBusy
+            OverCap::ClientBusy
         );
         assert!(a.admit(ip("2001:db8:0:1::1"), t0).is_ok());
         // A v4-mapped address is the IPv4 client.
@@ -367,7 +368,7 @@ mod tests {
         let _w = a.admit(ip("::ffff:192.0.2.1"), t0).unwrap();
         assert_eq!(
             a.admit(ip("192.0.2.1"), t0).unwrap_err(),
-            Refusal::ClientBusy
+            OverCap::ClientBusy
         );
     }
 
@@ -375,7 +376,7 @@ mod tests {
     fn rate_is_a_token_bucket() {
         // 10 per second, bursts of 4.
         let a = adm(1000, 4, 10);
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let c = ip("10.0.0.9");
         let mut ok = 0;
         for _ in 0..20 {
@@ -385,7 +386,7 @@ mod tests {
             }
         }
         assert_eq!(ok, 4, "the burst");
-        assert_eq!(a.admit(c, t0).unwrap_err(), Refusal::ClientRate);
+        assert_eq!(a.admit(c, t0).unwrap_err(), OverCap::ClientRate);
         // Over 10 s at 1 request a ms: about 10 a second get through.
         let mut ok = 0;
         for ms in 1..=10_000u64 {
@@ -401,7 +402,7 @@ mod tests {
     #[test]
     fn reassign_moves_a_ticket_between_clients() {
         let a = adm(1, 1, 0);
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let t = a.admit(ip("10.0.0.1"), t0).unwrap();
         let t = a.reassign(t, ip("10.0.0.2"), t0).unwrap();
         assert_eq!(a.total(), 1);
@@ -416,11 +417,11 @@ mod tests {
         let x = b.admit(ip("10.0.0.1"), t0).unwrap();
         let _y = b.admit(ip("10.0.0.2"), t0).unwrap();
         let (x, r) = b.reassign(x, ip("10.0.0.2"), t0).unwrap_err();
-        assert_eq!(r, Refusal::ClientBusy);
+        assert_eq!(r, OverCap::ClientBusy);
         // Refused: 10.0.0.1 still holds it.
         assert_eq!(
             b.admit(ip("10.0.0.1"), t0).unwrap_err(),
-            Refusal::ClientBusy
+            OverCap::ClientBusy
         );
         drop(x);
         assert!(b.admit(ip("10.0.0.1"), t0).is_ok());
@@ -432,7 +433,7 @@ mod tests {
     #[test]
     fn table_is_bounded_under_a_flood_of_addresses() {
         let a = adm(16, 2, 1);
-        let t0 = Instant::now();
+        let t0 = crate::sim_origin();
         let held: Vec<Ticket> = (0..8)
             .map(|i| a.admit(IpAddr::from([10, 1, 0, i / 2]), t0).unwrap())
             .collect();
@@ -447,7 +448,7 @@ mod tests {
         // The addresses holding transfers were kept.
         assert_eq!(
             a.admit(IpAddr::from([10, 1, 0, 0]), t0).unwrap_err(),
-            Refusal::ClientBusy
+            OverCap::ClientBusy
         );
         assert_eq!(a.total(), 8);
         drop(held);

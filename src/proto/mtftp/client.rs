@@ -2,9 +2,9 @@
 //! clients in the field (atftp, PXE ROMs), for tests and the load tester.
 //!
 //! Contract:
-//! - Blocks may arrive in any order, from the group or unicast; each new one is returned as
-//!   [`McEvent::Data`] with its byte offset, to be written there. Block numbers wrap past 65535:
-//!   once the file's length is known (RFC 2090 `tsize`, or the short last block) a file of fewer
+//! - Blocks may arrive in any order, from the group or unicast; each new one is returned by
+//!   [`McClient::handle_datagram`] as [`Data`] with its byte offset, to be written there. Block
+//!   numbers wrap past 65535: once the file's length is known (RFC 2090 `tsize`, or the short last block) a file of fewer
 //!   than 65536 blocks places every block exactly, even when the stream starts over; past that, a
 //!   block goes to the candidate nearest after the last one received, wrapping at the end.
 //! - RFC 2090 ([`McClient::rfc2090`]): send the RRQ (with `multicast` and the configured options);
@@ -17,39 +17,37 @@
 //! - PXE MTFTP ([`McClient::pxe`]): listen for `listen_timeout` first; if the stream does not
 //!   complete the file, open (RRQ to the MTFTP server port); a unicast block 1 makes us master: ACK
 //!   every block received. After a silence of `reopen_delay` with gaps left, open again.
-//! - The driver joins the group (the event [`McEvent::JoinGroup`] says where, for RFC 2090), sends
-//!   every `poll_transmit` datagram to [`McClient::destination`], and calls `handle_timeout`.
+//! - Machine shape of [`crate::proto`]: the driver feeds datagrams to
+//!   [`McClient::handle_datagram`] saying how they arrived ([`Arrival`]), calls
+//!   [`McClient::handle_timeout`] at [`McClient::poll_timeout`], and after each call drains
+//!   [`McClient::poll_transmit`] (each [`Transmit`] names where it goes: the server's request
+//!   address for an RRQ or open, the session's address, learned from the last unicast answer,
+//!   for ACKs) and [`McClient::poll_event`]: the group to join ([`McEvent::JoinGroup`], RFC
+//!   2090), done, or failed ([`McClientError`]).
 
-use super::block::BlockNum;
-use super::packet::{emit_ack, Mode, OptionWriter, Packet};
+use super::Protocol;
+use crate::proto::tftp::options::{BlockSize, MAX_BLKSIZE, MIN_BLKSIZE};
+use crate::proto::tftp::packet::{emit_ack, ErrorCode, Mode, OptionWriter, Packet};
+use crate::proto::tftp::BlockNum;
+use crate::proto::{Payload, Transmit};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// Which multicast protocol the client speaks.
-/// Most blocks a client tracks (its received-block bitmap is at most this many bits, 32 MiB): a
-/// server-announced size or block number beyond it is refused or ignored, never allocated.
-pub const MAX_BLOCKS: u64 = 1 << 28;
-
+/// How a datagram reached the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum McProtocol {
-    Rfc2090,
-    PxeMtftp,
-}
-
-/// Where the next datagram goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum McDest {
-    /// The server's request port (RRQ / open).
-    RequestPort,
-    /// The session's port, learned from the first answer.
-    Session,
+pub enum Arrival {
+    /// To its own socket (an OACK, PXE's block 1 to the opener, ...).
+    Unicast,
+    /// To the group it joined.
+    Group,
 }
 
 /// Client parameters.
 #[derive(Clone, Debug)]
 pub struct McClientConfig {
     /// RFC 2090: blksize to ask for (None: 512).
-    pub blksize: Option<u16>,
+    pub blksize: Option<BlockSize>,
     pub tsize: bool,
     /// Time without any packet before resending / re-opening.
     pub timeout: Duration,
@@ -74,20 +72,48 @@ impl Default for McClientConfig {
     }
 }
 
-/// What a datagram meant.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum McEvent<'a> {
-    None,
-    /// RFC 2090: the OACK named the group to join (only reported once, or when it changes).
-    JoinGroup(SocketAddr),
-    /// A new block: write `data` at `offset`.
-    Data {
-        offset: u64,
-        data: &'a [u8],
-    },
-    /// Gave up (server error or silence).
-    Failed(String),
+/// A new block from [`McClient::handle_datagram`], borrowed from the datagram: write `bytes`
+/// at `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Data<'a> {
+    pub offset: u64,
+    pub bytes: &'a [u8],
 }
+
+/// Why a multicast client gave up.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum McClientError {
+    /// No progress within the retry budget.
+    #[error("timed out")]
+    TimedOut,
+    /// The server sent an ERROR.
+    #[error("server error {code}: {message}")]
+    Server { code: ErrorCode, message: String },
+    /// An RFC 2090 OACK whose `multicast` value names no group.
+    #[error("OACK without a multicast group")]
+    NoGroup,
+    /// The OACK's `tsize` is more blocks than the client tracks ([`MAX_BLOCKS`]).
+    #[error("tsize {0} is more than this client tracks ({MAX_BLOCKS} blocks)")]
+    TooLarge(u64),
+}
+
+/// Most blocks a client tracks (its received-block bitmap is at most this many bits, 32 MiB): a
+/// server-announced size or block number beyond it is refused or ignored, never allocated.
+pub const MAX_BLOCKS: u64 = 1 << 28;
+
+/// What the driver must know, from [`McClient::poll_event`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum McEvent {
+    /// RFC 2090: the OACK named the group to join (reported once, or when it changes).
+    JoinGroup(SocketAddr),
+    /// Every block is here (the last ACK may still be to send: drain `poll_transmit` first).
+    Finished,
+    /// Gave up.
+    Failed(McClientError),
+}
+
+/// Events queued at most (JoinGroup, then Finished or Failed).
+const EVENT_CAP: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Out {
@@ -99,9 +125,14 @@ enum Out {
 /// One multicast client.
 #[derive(Debug)]
 pub struct McClient {
-    protocol: McProtocol,
+    protocol: Protocol,
     cfg: McClientConfig,
     filename: Vec<u8>,
+    /// The server's request (RFC 2090) or MTFTP open (PXE) address.
+    server: SocketAddr,
+    /// The session's address, from the last unicast answer.
+    peer: Option<SocketAddr>,
+    events: VecDeque<McEvent>,
     blksize: u64,
     have: Vec<u64>,
     received: u64,
@@ -126,9 +157,9 @@ pub struct McClient {
 }
 
 impl McClient {
-    /// An RFC 2090 client: sends the RRQ at once.
-    pub fn rfc2090(filename: &[u8], cfg: McClientConfig, now: Instant) -> Self {
-        let mut c = Self::new(McProtocol::Rfc2090, filename, cfg);
+    /// An RFC 2090 client of the server at `server`: sends the RRQ at once.
+    pub fn rfc2090(server: SocketAddr, filename: &[u8], cfg: McClientConfig, now: Instant) -> Self {
+        let mut c = Self::new(Protocol::Rfc2090, server, filename, cfg);
         c.pending = Out::Request;
         c.opened = true;
         c.opens = 1;
@@ -136,23 +167,27 @@ impl McClient {
         c
     }
 
-    /// A PXE MTFTP client: listens first (the driver has joined the group already).
-    pub fn pxe(filename: &[u8], cfg: McClientConfig, now: Instant) -> Self {
-        let mut c = Self::new(McProtocol::PxeMtftp, filename, cfg);
+    /// A PXE MTFTP client that opens on `server` (the MTFTP port): listens first (the driver
+    /// has joined the group already).
+    pub fn pxe(server: SocketAddr, filename: &[u8], cfg: McClientConfig, now: Instant) -> Self {
+        let mut c = Self::new(Protocol::PxeMtftp, server, filename, cfg);
         c.deadline = Some(now + c.cfg.listen_timeout);
         c
     }
 
-    fn new(protocol: McProtocol, filename: &[u8], cfg: McClientConfig) -> Self {
+    fn new(protocol: Protocol, server: SocketAddr, filename: &[u8], cfg: McClientConfig) -> Self {
         let blksize = match protocol {
-            McProtocol::PxeMtftp => 512,
-            McProtocol::Rfc2090 => cfg.blksize.unwrap_or(512) as u64,
+            Protocol::PxeMtftp => BlockSize::DEFAULT,
+            Protocol::Rfc2090 => cfg.blksize.unwrap_or(BlockSize::DEFAULT),
         };
         McClient {
             protocol,
             cfg,
             filename: filename.to_vec(),
-            blksize,
+            server,
+            peer: None,
+            events: VecDeque::new(),
+            blksize: blksize.get() as u64,
             have: Vec::new(),
             received: 0,
             last: None,
@@ -228,13 +263,6 @@ impl McClient {
         self.last.is_some_and(|l| self.received == l)
     }
 
-    pub fn destination(&self) -> McDest {
-        match self.pending {
-            Out::Request => McDest::RequestPort,
-            _ => McDest::Session,
-        }
-    }
-
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.is_over() {
             None
@@ -243,40 +271,62 @@ impl McClient {
         }
     }
 
-    /// Build the next datagram into `buf` (>= 600 bytes). Check [`destination`](Self::destination)
-    /// before calling.
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
-        match std::mem::replace(&mut self.pending, Out::Nothing) {
-            Out::Nothing => None,
-            Out::Ack(n) => Some(emit_ack(buf, BlockNum::from_index(n))),
+    /// What the driver must know (see [`McEvent`]).
+    pub fn poll_event(&mut self) -> Option<McEvent> {
+        self.events.pop_front()
+    }
+
+    fn event(&mut self, e: McEvent) {
+        if self.events.len() < EVENT_CAP {
+            self.events.push_back(e);
+        }
+    }
+
+    fn fail(&mut self, why: McClientError) {
+        self.failed = true;
+        self.pending = Out::Nothing;
+        self.event(McEvent::Failed(why));
+    }
+
+    /// Build the next datagram into `buf` (>= 600 bytes). An ACK before any unicast answer
+    /// (there is no session address to send it to) is dropped.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let _ = now;
+        let (dest, len) = match std::mem::replace(&mut self.pending, Out::Nothing) {
+            Out::Nothing => return None,
+            Out::Ack(n) => (self.peer?, emit_ack(buf, BlockNum::from_index(n))),
             Out::Request => {
                 let mut w = OptionWriter::request(buf, false, &self.filename, Mode::Octet).ok()?;
-                if self.protocol == McProtocol::Rfc2090 {
+                if self.protocol == Protocol::Rfc2090 {
                     w.option("multicast", b"").ok()?;
                     if let Some(b) = self.cfg.blksize {
-                        w.option_u64("blksize", b as u64).ok()?;
+                        w.option_u64("blksize", b.get() as u64).ok()?;
                     }
                     if self.cfg.tsize {
                         w.option("tsize", b"0").ok()?;
                     }
                 }
-                Some(w.finish())
+                (self.server, w.finish())
             }
-        }
+        };
+        Some(Transmit {
+            dest,
+            payload: Payload::Datagram(len),
+        })
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) -> McEvent<'static> {
+    /// Call when the instant from [`poll_timeout`](Self::poll_timeout) has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
         match self.poll_timeout() {
             Some(d) if now >= d => {}
-            _ => return McEvent::None,
+            _ => return,
         }
         self.tries += 1;
         if self.tries > self.cfg.retries {
-            self.failed = true;
-            return McEvent::Failed("timed out".into());
+            return self.fail(McClientError::TimedOut);
         }
         match self.protocol {
-            McProtocol::Rfc2090 => {
+            Protocol::Rfc2090 => {
                 // Master: ACK again. Before any answer: resend the RRQ. Passive: wait on.
                 if !self.opened || (self.group.is_none() && !self.unicast) {
                     self.pending = Out::Request;
@@ -285,7 +335,7 @@ impl McClient {
                 }
                 self.deadline = Some(now + self.cfg.timeout);
             }
-            McProtocol::PxeMtftp => {
+            Protocol::PxeMtftp => {
                 // Silence: (re-)open.
                 self.master = false;
                 self.pending = Out::Request;
@@ -294,28 +344,35 @@ impl McClient {
                 self.deadline = Some(now + self.cfg.reopen_delay.max(self.cfg.timeout));
             }
         }
-        McEvent::None
     }
 
-    /// Feed a datagram. `unicast` is true when it came to our own socket rather than the group.
+    /// Feed a datagram from `from` that arrived as `arrival`. Returns the new block it carried,
+    /// if any.
     pub fn handle_datagram<'a>(
         &mut self,
-        datagram: &'a [u8],
-        unicast: bool,
         now: Instant,
-    ) -> McEvent<'a> {
+        from: SocketAddr,
+        arrival: Arrival,
+        datagram: &'a [u8],
+    ) -> Option<Data<'a>> {
         if self.is_over() {
-            return McEvent::None;
+            return None;
+        }
+        let unicast = arrival == Arrival::Unicast;
+        if unicast {
+            self.peer = Some(from);
         }
         match Packet::parse(datagram) {
-            Ok(Packet::Oack(o)) if self.protocol == McProtocol::Rfc2090 && unicast => {
+            Ok(Packet::Oack(o)) if self.protocol == Protocol::Rfc2090 && unicast => {
                 let num =
                     |k: &str| -> Option<u64> { std::str::from_utf8(o.get(k)?).ok()?.parse().ok() };
                 // The block size is fixed once a block has arrived (offsets depend on it); the
                 // size is taken whenever it is still unknown (a late OACK after overheard blocks).
                 if self.received == 0 {
                     // RFC 2348's range; anything else is the server's error, not a size to use.
-                    if let Some(b) = num("blksize").filter(|&b| (8..=65464).contains(&b)) {
+                    if let Some(b) = num("blksize")
+                        .filter(|&b| (MIN_BLKSIZE as u64..=MAX_BLKSIZE as u64).contains(&b))
+                    {
                         self.blksize = b;
                     }
                 }
@@ -324,10 +381,8 @@ impl McClient {
                         // The same last index the server counts: a short (maybe empty) final block.
                         let last = t / self.blksize + 1;
                         if last > MAX_BLOCKS {
-                            self.failed = true;
-                            return McEvent::Failed(format!(
-                                "tsize {t} is more than this client tracks ({MAX_BLOCKS} blocks)"
-                            ));
+                            self.fail(McClientError::TooLarge(t));
+                            return None;
                         }
                         self.last = Some(last);
                     }
@@ -335,7 +390,7 @@ impl McClient {
                 let Some(mc) = o.get("multicast") else {
                     if self.group.is_some() {
                         // A session already named us: a stray OACK changes nothing.
-                        return McEvent::None;
+                        return None;
                     }
                     // The server ignored the option (RFC 2090): plain unicast, ACK 0 first.
                     if !self.unicast {
@@ -346,29 +401,28 @@ impl McClient {
                     self.tries = 0;
                     self.deadline = Some(now + self.cfg.timeout);
                     self.pending = Out::Ack(self.contiguous());
-                    return McEvent::None;
+                    return None;
                 };
                 if self.unicast {
                     // Unicast already: a multicast OACK now is not ours to follow.
-                    return McEvent::None;
+                    return None;
                 }
                 let text = String::from_utf8_lossy(mc);
                 let mut parts = text.split(',');
                 let (a, p, m) = (parts.next(), parts.next(), parts.next());
                 let master = m.is_some_and(|m| m.trim() == "1");
-                let mut ev = McEvent::None;
                 if let (Some(a), Some(p)) = (a, p) {
                     if let (Ok(ip), Ok(port)) = (a.parse(), p.parse()) {
                         let g = SocketAddr::new(ip, port);
                         if self.group != Some(g) {
                             self.group = Some(g);
-                            ev = McEvent::JoinGroup(g);
+                            self.event(McEvent::JoinGroup(g));
                         }
                     }
                 }
                 if self.group.is_none() {
-                    self.failed = true;
-                    return McEvent::Failed("OACK without a multicast group".into());
+                    self.fail(McClientError::NoGroup);
+                    return None;
                 }
                 if master && !self.master {
                     self.master_turns += 1;
@@ -379,17 +433,15 @@ impl McClient {
                 if master {
                     self.pending = Out::Ack(self.contiguous());
                 }
-                ev
+                None
             }
             Ok(Packet::Data { block, data }) => self.handle_data(block, data, unicast, now),
             Ok(Packet::Error { code, message }) if unicast => {
-                self.failed = true;
-                McEvent::Failed(format!(
-                    "server error {code}: {}",
-                    String::from_utf8_lossy(message)
-                ))
+                let message = String::from_utf8_lossy(message).into_owned();
+                self.fail(McClientError::Server { code, message });
+                None
             }
-            _ => McEvent::None,
+            _ => None,
         }
     }
 
@@ -431,21 +483,18 @@ impl McClient {
         data: &'a [u8],
         unicast: bool,
         now: Instant,
-    ) -> McEvent<'a> {
-        let Some(index) = self.place(block) else {
-            return McEvent::None;
-        };
+    ) -> Option<Data<'a>> {
+        let index = self.place(block)?;
         if index == 0 || index > MAX_BLOCKS || data.len() as u64 > self.blksize {
-            return McEvent::None;
+            return None;
         }
-        if self.protocol == McProtocol::Rfc2090 && unicast && self.group.is_none() && !self.unicast
-        {
+        if self.protocol == Protocol::Rfc2090 && unicast && self.group.is_none() && !self.unicast {
             // DATA straight to us before any OACK: the server ignored every option.
             self.unicast = true;
             self.master = true;
             self.master_turns += 1;
         }
-        if self.protocol == McProtocol::PxeMtftp && unicast && index == 1 && self.opened {
+        if self.protocol == Protocol::PxeMtftp && unicast && index == 1 && self.opened {
             // The server answered our open with block 1: we are master.
             if !self.master {
                 self.master_turns += 1;
@@ -456,7 +505,7 @@ impl McClient {
         self.tries = 0;
         self.deadline = Some(
             now + match self.protocol {
-                McProtocol::PxeMtftp if !self.master => self.cfg.reopen_delay,
+                Protocol::PxeMtftp if !self.master => self.cfg.reopen_delay,
                 _ => self.cfg.timeout,
             },
         );
@@ -472,253 +521,134 @@ impl McClient {
         }
         if self.master {
             self.pending = Out::Ack(match self.protocol {
-                McProtocol::Rfc2090 => self.contiguous(),
-                McProtocol::PxeMtftp => index,
+                Protocol::Rfc2090 => self.contiguous(),
+                Protocol::PxeMtftp => index,
             });
         }
         if self.complete() {
             self.done = true;
+            self.event(McEvent::Finished);
             // Tell the server we have everything (a passive RFC 2090 member too).
-            if self.protocol == McProtocol::Rfc2090 || self.master {
+            if self.protocol == Protocol::Rfc2090 || self.master {
                 self.pending = Out::Ack(self.last.unwrap_or(index));
             }
         }
-        if new {
-            McEvent::Data {
-                offset: (index - 1) * self.blksize,
-                data,
-            }
-        } else {
-            McEvent::None
-        }
+        new.then(|| Data {
+            offset: (index - 1) * self.blksize,
+            bytes: data,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::multicast::{Dest, McTransmit, Protocol, Session, SessionConfig};
-    use crate::proto::packet::data_header;
+    use crate::proto::mtftp::session::{SessionConfig, SessionStats};
+    use crate::proto::sim::{self, Link, McMember, McServer, Node, Sim};
+    use crate::proto::tftp::options::WindowSize;
 
-    /// The server session and `n` clients on a simulated multicast LAN with seeded loss; late
-    /// joiners start at `late_at`; client 0 vanishes at `vanish_at` if given.
+    const SERVER: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+        1759,
+    );
+    const GROUP: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(239, 255, 1, 1)),
+        3001,
+    );
+
+    /// The server's sessions and `n` clients on a simulated multicast LAN with seeded loss
+    /// (`loss` per mille, each datagram to each receiver); the second half of the clients start
+    /// at `late_at`; client 0 vanishes at `vanish_at` if given.
     fn lan(
-        protocol: McProtocol,
+        protocol: Protocol,
         len: u64,
         n: usize,
         loss: u64,
         late_at: Option<Duration>,
         vanish_at: Option<Duration>,
-    ) -> (Vec<McClient>, crate::proto::multicast::SessionStats) {
+    ) -> (Vec<McMember>, SessionStats) {
         let content: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-        let t0 = Instant::now();
-        let mut now = t0;
-        let group: SocketAddr = "239.255.1.1:3001".parse().unwrap();
-        let scfg = |now| {
-            Session::new(
-                SessionConfig {
-                    protocol: if protocol == McProtocol::Rfc2090 {
-                        Protocol::Rfc2090
-                    } else {
-                        Protocol::PxeMtftp
-                    },
-                    blksize: if protocol == McProtocol::Rfc2090 {
-                        1428
-                    } else {
-                        512
-                    },
-                    content_len: len,
-                    group,
-                    window: 16,
-                    rate: 100_000_000,
-                    timeout: Duration::from_millis(20),
-                    retries: 3,
-                    tsize_in_oack: true,
-                    max_members: 256,
-                },
-                now,
-            )
+        let t0 = crate::sim_origin();
+        let blksize = match protocol {
+            Protocol::Rfc2090 => 1428,
+            Protocol::PxeMtftp => 512,
         };
-        let mut session: Option<Session> = None;
-        let mut stats = crate::proto::multicast::SessionStats::default();
+        let scfg = SessionConfig {
+            protocol,
+            blksize: BlockSize::new(blksize).unwrap(),
+            content_len: len,
+            group: GROUP,
+            window: WindowSize::new(16).unwrap(),
+            rate: 100_000_000,
+            timeout: Duration::from_millis(20),
+            retries: 3,
+            tsize_in_oack: true,
+            max_members: 256,
+        };
+        let mut server = McServer::new(SERVER, scfg, content.clone());
         let ccfg = McClientConfig {
-            blksize: Some(1428),
+            blksize: BlockSize::new(1428),
             timeout: Duration::from_millis(200),
             retries: 20,
             listen_timeout: Duration::from_millis(50),
             reopen_delay: Duration::from_millis(100),
             ..Default::default()
         };
-        let addr = |i: usize| SocketAddr::from(([10, 0, 0, 2], 2000 + i as u16));
-        let mut clients: Vec<Option<McClient>> = (0..n).map(|_| None).collect();
-        let mut files: Vec<Vec<u8>> = vec![vec![0; len as usize]; n];
-        let mut gone = vec![false; n];
-        let mut rng = 0x2545F4914F6CDD1Du64;
-        let mut lost = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % 1000 < loss
-        };
-        let mut buf = vec![0u8; 2000];
-        for _ in 0..2_000_000 {
-            let mut progressed = false;
-            for (i, c) in clients.iter_mut().enumerate() {
+        let listen = (protocol == Protocol::PxeMtftp).then_some(GROUP);
+        let mut members: Vec<McMember> = (0..n)
+            .map(|i| {
                 let start = match late_at {
                     Some(l) if i >= n / 2 => t0 + l,
                     _ => t0,
                 };
-                if c.is_none() && now >= start {
-                    *c = Some(match protocol {
-                        McProtocol::Rfc2090 => McClient::rfc2090(b"f", ccfg.clone(), now),
-                        McProtocol::PxeMtftp => McClient::pxe(b"f", ccfg.clone(), now),
-                    });
-                }
-            }
-            if let Some(v) = vanish_at {
-                if now >= t0 + v && !gone[0] {
-                    gone[0] = true;
-                }
-            }
-            // Clients to server.
-            for i in 0..n {
-                let Some(c) = clients[i].as_mut() else {
-                    continue;
-                };
-                while let Some(len) = {
-                    let d = c.destination();
-                    c.poll_transmit(&mut buf).map(|l| (l, d))
-                } {
-                    let (l, dest) = len;
-                    progressed = true;
-                    if gone[i] || lost() {
-                        continue;
-                    }
-                    match dest {
-                        McDest::RequestPort => {
-                            if session.as_ref().is_none_or(|s| s.is_over()) {
-                                if let Some(s) = session.take() {
-                                    stats = s.stats();
-                                }
-                                session = Some(scfg(now));
-                            }
-                            let _ = session.as_mut().unwrap().join(addr(i), now);
-                        }
-                        McDest::Session => {
-                            if let Some(s) = session.as_mut() {
-                                s.handle_datagram(addr(i), &buf[..l], now);
-                            }
-                        }
-                    }
-                }
-            }
-            // Server to clients.
-            if let Some(s) = session.as_mut() {
-                let mut out = vec![0u8; 600];
-                while let Some(tx) = s.poll_transmit(now, &mut out) {
-                    progressed = true;
-                    let (dest, packets): (Dest, Vec<Vec<u8>>) = match tx {
-                        McTransmit::Datagram { dest, len } => (dest, vec![out[..len].to_vec()]),
-                        McTransmit::Blocks { dest, first, count } => (
-                            dest,
-                            (first..first + count as u64)
-                                .map(|i| {
-                                    let (o, l) = s.block_range(i);
-                                    let mut p = data_header(BlockNum::from_index(i)).to_vec();
-                                    p.extend_from_slice(&content[o as usize..o as usize + l]);
-                                    p
-                                })
-                                .collect(),
-                        ),
-                    };
-                    for p in packets {
-                        for i in 0..n {
-                            let to_me = match dest {
-                                Dest::Group => true,
-                                Dest::Member(a) => a == addr(i),
-                            };
-                            if !to_me || gone[i] || lost() {
-                                continue;
-                            }
-                            let Some(c) = clients[i].as_mut() else {
-                                continue;
-                            };
-                            match c.handle_datagram(&p, dest != Dest::Group, now) {
-                                McEvent::Data { offset, data } => {
-                                    files[i][offset as usize..offset as usize + data.len()]
-                                        .copy_from_slice(data);
-                                }
-                                McEvent::Failed(e) => panic!("client {i}: {e}"),
-                                _ => {}
-                            }
-                        }
-                    }
-                }
-            }
-            if progressed {
-                // Let every answer go out before time moves on.
-                continue;
-            }
-            if clients
-                .iter()
-                .enumerate()
-                .all(|(i, c)| gone[i] || c.as_ref().is_some_and(|c| c.is_over()))
-            {
-                break;
-            }
-            // Advance time.
-            let mut next: Option<Instant> = session.as_ref().and_then(|s| s.poll_timeout());
-            for (_, c) in clients.iter().enumerate().filter(|(i, _)| !gone[*i]) {
-                let Some(c) = c else { continue };
-                next = match (next, c.poll_timeout()) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-            }
-            if let Some(l) = late_at {
-                if now < t0 + l {
-                    next = Some(next.map_or(t0 + l, |n| n.min(t0 + l)));
-                }
-            }
-            now = now.max(next.expect("nothing left to wait for"));
-            if let Some(s) = session.as_mut() {
-                s.handle_timeout(now);
-            }
-            for i in 0..n {
-                if let Some(c) = clients[i].as_mut() {
-                    if !gone[i] {
-                        if let McEvent::Failed(e) = c.handle_timeout(now) {
-                            panic!("client {i}: {e}");
-                        }
-                    }
-                }
+                let at = sim::addr(2, 2000 + i as u16);
+                McMember::new(
+                    at,
+                    protocol,
+                    SERVER,
+                    b"f",
+                    ccfg.clone(),
+                    listen,
+                    len as usize,
+                    start,
+                )
+            })
+            .collect();
+        let link = Link {
+            loss: loss as f64 / 1000.0,
+            ..Link::PERFECT
+        };
+        let mut net = Sim::new(t0, 0x2545_F491_4F6C_DD1D, link);
+        let end = t0 + Duration::from_secs(600);
+        let run = |server: &mut McServer, members: &mut Vec<McMember>, net: &mut Sim, until| {
+            let mut nodes: Vec<&mut dyn Node> = vec![server];
+            nodes.extend(members.iter_mut().map(|m| m as &mut dyn Node));
+            net.run(&mut nodes, until)
+        };
+        if let Some(v) = vanish_at {
+            run(&mut server, &mut members, &mut net, t0 + v);
+            members[0].gone = true;
+        }
+        run(&mut server, &mut members, &mut net, end);
+        for (i, m) in members.iter().enumerate() {
+            assert!(m.failures.is_empty(), "client {i}: {:?}", m.failures);
+            if !m.gone {
+                assert!(m.is_finished(), "client {i} unfinished");
+                assert!(m.file == content, "client {i} content differs");
             }
         }
-        if let Some(s) = session {
-            let st = s.stats();
-            stats.bytes_sent += st.bytes_sent;
-            stats.members_done += st.members_done;
-        }
-        for i in 0..n {
-            if !gone[i] {
-                assert!(
-                    clients[i].as_ref().unwrap().is_finished(),
-                    "client {i} unfinished"
-                );
-                assert!(files[i] == content, "client {i} content differs");
-            }
-        }
-        (clients.into_iter().flatten().collect(), stats)
+        let stats = server.stats();
+        (members, stats)
     }
 
     #[test]
     fn lan_rfc2090_twenty_clients_with_loss_late_joiners_and_vanishing_master() {
         let len = 1428 * 3000 + 11;
-        let (_, st) = lan(McProtocol::Rfc2090, len, 20, 0, None, None);
+        let (_, st) = lan(Protocol::Rfc2090, len, 20, 0, None, None);
         assert!(st.bytes_sent < len + len / 20, "clean: about once ({st:?})");
         assert_eq!(st.members_done, 20);
         lan(
-            McProtocol::Rfc2090,
+            Protocol::Rfc2090,
             len,
             20,
             50,
@@ -730,9 +660,9 @@ mod tests {
     #[test]
     fn lan_pxe_mtftp_twenty_clients_with_loss_and_late_joiners() {
         let len = 512 * 3000 + 7;
-        lan(McProtocol::PxeMtftp, len, 20, 0, None, None);
+        lan(Protocol::PxeMtftp, len, 20, 0, None, None);
         lan(
-            McProtocol::PxeMtftp,
+            Protocol::PxeMtftp,
             len,
             20,
             50,
@@ -749,30 +679,46 @@ mod tests {
         p
     }
 
-    fn offset(ev: McEvent<'_>) -> Option<u64> {
-        match ev {
-            McEvent::Data { offset, .. } => Some(offset),
-            _ => None,
-        }
+    fn offset(d: Option<Data<'_>>) -> Option<u64> {
+        d.map(|d| d.offset)
+    }
+
+    /// Where the server's datagrams come from: the session's socket.
+    const SESSION: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+        40_001,
+    );
+
+    /// Feed a datagram from the session, to the group or unicast.
+    fn feed<'a>(c: &mut McClient, now: Instant, unicast: bool, d: &'a [u8]) -> Option<Data<'a>> {
+        let arrival = if unicast {
+            Arrival::Unicast
+        } else {
+            Arrival::Group
+        };
+        c.handle_datagram(now, SESSION, arrival, d)
+    }
+
+    /// The next datagram: its destination and its bytes.
+    fn next(c: &mut McClient, now: Instant, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        c.poll_transmit(now, buf)
+            .map(|t| t.datagram().expect("a datagram"))
     }
 
     #[test]
     fn restarted_stream_is_placed_exactly_under_65536_blocks() {
         // PXE, 61 440 blocks: a late listener hears the second half and the short last block; the
         // re-opened stream then starts at block 1, which is index 1, not 65 537.
-        let now = Instant::now();
-        let mut c = McClient::pxe(b"f", McClientConfig::default(), now);
+        let now = crate::sim_origin();
+        let mut c = McClient::pxe(SERVER, b"f", McClientConfig::default(), now);
         for n in 30_000..61_440u16 {
-            c.handle_datagram(&data(n, 512), false, now);
+            feed(&mut c, now, false, &data(n, 512));
         }
-        let ev = offset(c.handle_datagram(&data(61_440, 100), false, now));
+        let ev = offset(feed(&mut c, now, false, &data(61_440, 100)));
         assert_eq!(ev, Some(61_439 * 512));
-        assert_eq!(
-            offset(c.handle_datagram(&data(1, 512), false, now)),
-            Some(0)
-        );
+        assert_eq!(offset(feed(&mut c, now, false, &data(1, 512))), Some(0));
         for n in 2..30_000u16 {
-            c.handle_datagram(&data(n, 512), false, now);
+            feed(&mut c, now, false, &data(n, 512));
         }
         assert!(c.is_finished());
         assert_eq!(c.duplicates, 0);
@@ -783,24 +729,24 @@ mod tests {
         // RFC 2090, 150 000 blocks of 8 bytes (tsize in the OACK). This member joined after blocks
         // 1-16 went out; at the end a new master restarts the stream at block 1 (number 1 could
         // be 1, 65 537 or 131 073).
-        let now = Instant::now();
+        let now = crate::sim_origin();
         let cfg = McClientConfig {
-            blksize: Some(8),
+            blksize: BlockSize::new(8),
             ..Default::default()
         };
-        let mut c = McClient::rfc2090(b"f", cfg, now);
+        let mut c = McClient::rfc2090(SERVER, b"f", cfg, now);
         let tsize = 8 * 149_999 + 3;
         let oack = format!("\0\x06multicast\0239.255.1.1,1758,0\0blksize\08\0tsize\0{tsize}\0");
-        c.handle_datagram(oack.as_bytes(), true, now);
+        feed(&mut c, now, true, oack.as_bytes());
         let at = |i: u64| BlockNum::from_index(i).0;
         for i in 17..150_000u64 {
-            let ev = offset(c.handle_datagram(&data(at(i), 8), false, now));
+            let ev = offset(feed(&mut c, now, false, &data(at(i), 8)));
             assert_eq!(ev, Some((i - 1) * 8), "block {i}");
         }
-        let ev = offset(c.handle_datagram(&data(at(150_000), 3), false, now));
+        let ev = offset(feed(&mut c, now, false, &data(at(150_000), 3)));
         assert_eq!(ev, Some(149_999 * 8), "the short last block");
         for i in 1..=16u64 {
-            let ev = offset(c.handle_datagram(&data(at(i), 8), false, now));
+            let ev = offset(feed(&mut c, now, false, &data(at(i), 8)));
             assert_eq!(ev, Some((i - 1) * 8), "block {i} again");
         }
         assert!(c.is_finished());
@@ -808,7 +754,7 @@ mod tests {
 
     #[test]
     fn contiguous_counts_from_block_one() {
-        let mut c = McClient::pxe(b"f", McClientConfig::default(), Instant::now());
+        let mut c = McClient::pxe(SERVER, b"f", McClientConfig::default(), crate::sim_origin());
         assert_eq!(c.contiguous(), 0);
         c.set(1);
         c.set(2);
@@ -822,43 +768,44 @@ mod tests {
 
     #[test]
     fn rfc2090_master_acks_first_gap() {
-        let now = Instant::now();
+        let now = crate::sim_origin();
         let cfg = McClientConfig {
-            blksize: Some(8),
+            blksize: BlockSize::new(8),
             ..Default::default()
         };
-        let mut c = McClient::rfc2090(b"f", cfg, now);
+        let mut c = McClient::rfc2090(SERVER, b"f", cfg, now);
         let mut buf = [0u8; 600];
-        assert_eq!(c.destination(), McDest::RequestPort);
-        let n = c.poll_transmit(&mut buf).unwrap();
+        let (to, n) = next(&mut c, now, &mut buf).unwrap();
+        assert_eq!(to, SERVER);
         let Ok(Packet::Rrq(r)) = Packet::parse(&buf[..n]) else {
             panic!()
         };
         assert_eq!(r.options.get("multicast"), Some(&b""[..]));
-        let ev = c.handle_datagram(
-            b"\x00\x06multicast\x00239.255.1.1,1758,1\x00blksize\x008\x00",
-            true,
-            now,
+        let oack = b"\x00\x06multicast\x00239.255.1.1,1758,1\x00blksize\x008\x00";
+        assert_eq!(feed(&mut c, now, true, oack), None);
+        assert_eq!(
+            c.poll_event(),
+            Some(McEvent::JoinGroup("239.255.1.1:1758".parse().unwrap()))
         );
-        assert_eq!(ev, McEvent::JoinGroup("239.255.1.1:1758".parse().unwrap()));
-        assert_eq!(c.poll_transmit(&mut buf), Some(4));
+        assert_eq!(next(&mut c, now, &mut buf), Some((SESSION, 4)));
         assert_eq!(&buf[..4], b"\x00\x04\x00\x00");
-        c.handle_datagram(b"\x00\x03\x00\x02abcdefgh", false, now);
-        c.poll_transmit(&mut buf);
+        feed(&mut c, now, false, b"\x00\x03\x00\x02abcdefgh");
+        next(&mut c, now, &mut buf);
         assert_eq!(&buf[..4], b"\x00\x04\x00\x00", "gap at 1: still ACK 0");
-        c.handle_datagram(b"\x00\x03\x00\x01abcdefgh", false, now);
-        c.poll_transmit(&mut buf);
+        feed(&mut c, now, false, b"\x00\x03\x00\x01abcdefgh");
+        next(&mut c, now, &mut buf);
         assert_eq!(&buf[..4], b"\x00\x04\x00\x02");
-        let ev = c.handle_datagram(b"\x00\x03\x00\x03xy", false, now);
+        let ev = feed(&mut c, now, false, b"\x00\x03\x00\x03xy");
         assert_eq!(
             ev,
-            McEvent::Data {
+            Some(Data {
                 offset: 16,
-                data: &b"xy"[..]
-            }
+                bytes: &b"xy"[..]
+            })
         );
+        assert_eq!(c.poll_event(), Some(McEvent::Finished));
         assert!(c.is_finished());
-        c.poll_transmit(&mut buf);
+        next(&mut c, now, &mut buf);
         assert_eq!(&buf[..4], b"\x00\x04\x00\x03");
     }
 
@@ -866,46 +813,49 @@ mod tests {
     fn rfc2090_server_ignoring_the_option_means_a_plain_unicast_download() {
         // RFC 2090 lets a server ignore `multicast`: the OACK has none (ringboot when its pool is
         // full or a cap is reached). The client downloads by unicast, ACKing every block.
-        let now = Instant::now();
+        let now = crate::sim_origin();
         let cfg = McClientConfig {
-            blksize: Some(8),
+            blksize: BlockSize::new(8),
             ..Default::default()
         };
-        let mut c = McClient::rfc2090(b"f", cfg, now);
+        let mut c = McClient::rfc2090(SERVER, b"f", cfg, now);
         let mut buf = [0u8; 600];
-        c.poll_transmit(&mut buf).unwrap();
-        let ev = c.handle_datagram(b"\x00\x06blksize\x008\x00tsize\x0010\x00", true, now);
-        assert_eq!(ev, McEvent::None);
+        next(&mut c, now, &mut buf).unwrap();
+        let ev = feed(
+            &mut c,
+            now,
+            true,
+            b"\x00\x06blksize\x008\x00tsize\x0010\x00",
+        );
+        assert_eq!(ev, None);
         assert!(c.is_unicast() && c.is_master());
-        assert_eq!(c.destination(), McDest::Session);
-        assert_eq!(c.poll_transmit(&mut buf), Some(4));
+        assert_eq!(next(&mut c, now, &mut buf), Some((SESSION, 4)));
         assert_eq!(&buf[..4], b"\x00\x04\x00\x00", "ACK of the OACK");
         // Silence: ACK again, never a new RRQ (the transfer is running).
         c.handle_timeout(now + Duration::from_secs(3));
-        assert_eq!(c.destination(), McDest::Session);
-        assert_eq!(c.poll_transmit(&mut buf), Some(4));
+        assert_eq!(next(&mut c, now, &mut buf), Some((SESSION, 4)));
         assert_eq!(&buf[..4], b"\x00\x04\x00\x00");
-        let ev = c.handle_datagram(b"\x00\x03\x00\x01abcdefgh", true, now);
+        let ev = feed(&mut c, now, true, b"\x00\x03\x00\x01abcdefgh");
         assert_eq!(
             ev,
-            McEvent::Data {
+            Some(Data {
                 offset: 0,
-                data: &b"abcdefgh"[..]
-            }
+                bytes: &b"abcdefgh"[..]
+            })
         );
-        c.poll_transmit(&mut buf);
+        next(&mut c, now, &mut buf);
         assert_eq!(&buf[..4], b"\x00\x04\x00\x01");
-        c.handle_datagram(b"\x00\x03\x00\x02xy", true, now);
+        feed(&mut c, now, true, b"\x00\x03\x00\x02xy");
         assert!(c.is_finished());
-        c.poll_transmit(&mut buf);
+        next(&mut c, now, &mut buf);
         assert_eq!(&buf[..4], b"\x00\x04\x00\x02");
         // DATA without any OACK (a server that ignores every option) works the same way.
-        let mut c = McClient::rfc2090(b"f", McClientConfig::default(), now);
-        c.poll_transmit(&mut buf);
-        let ev = c.handle_datagram(b"\x00\x03\x00\x01short", true, now);
-        assert!(matches!(ev, McEvent::Data { offset: 0, .. }));
+        let mut c = McClient::rfc2090(SERVER, b"f", McClientConfig::default(), now);
+        next(&mut c, now, &mut buf);
+        let ev = feed(&mut c, now, true, b"\x00\x03\x00\x01short");
+        assert!(matches!(ev, Some(Data { offset: 0, .. })));
         assert!(c.is_unicast() && c.is_finished());
-        c.poll_transmit(&mut buf);
+        next(&mut c, now, &mut buf);
         assert_eq!(&buf[..4], b"\x00\x04\x00\x01");
     }
 }

@@ -1,0 +1,1126 @@
+//! The simulation harness: machines against machines on virtual time, over a seeded link.
+//!
+//! Contract (quinn-proto's `tests/util.rs` `Pair` is the model):
+//! - A [`Sim`] holds the virtual clock, the datagrams in flight and a seeded [`Link`]: loss,
+//!   duplication, reordering and delay, all drawn from one [`Rng`], so a run is reproducible
+//!   from its seed. Loss is drawn per receiver (a group datagram reaches each member, or not,
+//!   on its own); duplication and reordering per datagram sent.
+//! - Anything that sends and receives datagrams is a [`Node`]: it says which addresses it
+//!   receives on (its own, the groups it joined), takes datagrams and timeouts, and yields
+//!   datagrams to send and its next deadline. Adapters here wrap the crate's machines the way a
+//!   driver would: [`TftpServer`] (an [`Endpoint`] with its transfers and an in-memory file
+//!   table), [`TftpClient`] (the firmware-like [`Client`], in phases like a probing firmware),
+//!   [`McServer`] (multicast [`Session`]s) and [`McMember`] ([`McClient`]).
+//! - [`Sim::step`] does one thing: drain every node's transmits onto the link; else deliver
+//!   the earliest datagram due; else move the clock to the earliest deadline (datagram or node)
+//!   and fire the nodes' timeouts. [`Sim::run`] steps until nothing is left to happen or until a
+//!   virtual instant. Time never goes back; nothing reads a clock (the origin comes in).
+//! - Bounded: a run stops after `max_steps` steps (a livelock is a test failure, not a hang).
+
+use super::mtftp::client::{Arrival, McClient, McClientConfig, McEvent};
+use super::mtftp::session::{Session, SessionConfig, SessionEvent, SessionStats};
+use super::mtftp::Protocol;
+use super::rng::Rng;
+use super::tftp::client::{Client, ClientConfig, Event as ClientEvent};
+use super::tftp::endpoint::{Accept, Decision, Endpoint, Event as EndpointEvent, NoMulticast};
+use super::tftp::endpoint::{CloseReason, TransferId};
+use super::tftp::packet::{data_header, Mode, Packet};
+use super::tftp::transfer::{Event as TransferEvent, Outcome, TransferStats};
+use super::tftp::BlockNum;
+use super::timer::TimerQueue;
+use super::{Payload, Transmit};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// Largest datagram a node may send.
+pub const MAX_DATAGRAM: usize = 65536;
+
+/// What the link does to datagrams.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Link {
+    /// Share of datagrams lost (per receiver).
+    pub loss: f64,
+    /// Share of datagrams delivered twice.
+    pub dup: f64,
+    /// Share of datagrams held back by three delays (overtaken by later ones).
+    pub reorder: f64,
+    /// One-way delay.
+    pub delay: Duration,
+}
+
+impl Link {
+    /// No loss, no duplication, no reordering, no delay.
+    pub const PERFECT: Link = Link {
+        loss: 0.0,
+        dup: 0.0,
+        reorder: 0.0,
+        delay: Duration::ZERO,
+    };
+
+    /// A LAN: 100 µs one way, with the given impairments.
+    pub fn lan(loss: f64, dup: f64, reorder: f64) -> Link {
+        Link {
+            loss,
+            dup,
+            reorder,
+            delay: Duration::from_micros(100),
+        }
+    }
+}
+
+/// Counters of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    pub sent: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    /// Datagrams that reached no node.
+    pub unroutable: u64,
+}
+
+/// Something on the simulated network. See the module docs.
+pub trait Node {
+    /// Whether a datagram sent to `addr` reaches this node.
+    fn receives(&self, addr: SocketAddr) -> bool;
+    /// A datagram from `from`, sent to `to` (one of the addresses it receives on).
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, datagram: &[u8]);
+    /// The next datagram to send, written into `buf` ([`MAX_DATAGRAM`] bytes): `(source,
+    /// destination, length)`.
+    fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(SocketAddr, SocketAddr, usize)>;
+    /// Its earliest deadline.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// Called when `now` has reached the deadline it gave (or later).
+    fn handle_timeout(&mut self, now: Instant);
+}
+
+struct InFlight {
+    from: SocketAddr,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+/// The virtual clock and the link. See the module docs.
+pub struct Sim {
+    now: Instant,
+    rng: Rng,
+    link: Link,
+    queue: TimerQueue<u64>,
+    in_flight: HashMap<u64, InFlight>,
+    next_seq: u64,
+    /// Datagrams to drop, by destination: deterministic faults for a test.
+    drops: Vec<(SocketAddr, u32)>,
+    steps: u64,
+    /// Steps a run may take at most.
+    pub max_steps: u64,
+    pub stats: SimStats,
+    buf: Vec<u8>,
+}
+
+/// How [`Sim::run`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ran {
+    /// Nothing left to happen: no datagram in flight, no deadline.
+    Quiet,
+    /// The clock reached the instant given.
+    Until,
+}
+
+impl Sim {
+    /// A simulation starting at `origin` (any instant: [`crate::sim_origin`] in tests).
+    pub fn new(origin: Instant, seed: u64, link: Link) -> Self {
+        Sim {
+            now: origin,
+            rng: Rng::from_seed(seed),
+            link,
+            queue: TimerQueue::new(),
+            in_flight: HashMap::new(),
+            next_seq: 0,
+            drops: Vec::new(),
+            steps: 0,
+            max_steps: 20_000_000,
+            stats: SimStats::default(),
+            buf: vec![0; MAX_DATAGRAM],
+        }
+    }
+
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    pub fn link(&self) -> Link {
+        self.link
+    }
+
+    pub fn set_link(&mut self, link: Link) {
+        self.link = link;
+    }
+
+    /// Move the clock forward to `to` (never back), without firing anything: what falls due
+    /// meanwhile is handled by the next step.
+    pub fn advance(&mut self, to: Instant) {
+        self.now = self.now.max(to);
+    }
+
+    /// Drop the next `count` datagrams sent to `to` (a deterministic loss, on top of the link's).
+    pub fn drop_next(&mut self, to: SocketAddr, count: u32) {
+        self.drops.push((to, count));
+    }
+
+    /// Put a datagram on the link (through its duplication and reordering).
+    pub fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
+        self.stats.sent += 1;
+        if let Some(d) = self.drops.iter_mut().find(|(a, n)| *a == to && *n > 0) {
+            d.1 -= 1;
+            self.stats.lost += 1;
+            return;
+        }
+        let copies = if self.rng.chance(self.link.dup) {
+            self.stats.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let mut at = self.now + self.link.delay;
+            if self.rng.chance(self.link.reorder) {
+                self.stats.reordered += 1;
+                at += self.link.delay.max(Duration::from_micros(100)) * 3;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.in_flight.insert(
+                seq,
+                InFlight {
+                    from,
+                    to,
+                    bytes: bytes.to_vec(),
+                },
+            );
+            self.queue.arm(seq, at);
+        }
+    }
+
+    /// One step (see the module docs). `false`: nothing is left to happen.
+    pub fn step(&mut self, nodes: &mut [&mut dyn Node]) -> bool {
+        self.steps += 1;
+        assert!(
+            self.steps <= self.max_steps,
+            "simulation did not settle in {} steps",
+            self.max_steps
+        );
+        if self.flush(nodes) {
+            return true;
+        }
+        if let Some(seq) = self.queue.pop_expired(self.now) {
+            let d = self.in_flight.remove(&seq).expect("a datagram in flight");
+            let mut reached = false;
+            for n in nodes.iter_mut() {
+                if !n.receives(d.to) {
+                    continue;
+                }
+                reached = true;
+                if self.rng.chance(self.link.loss) {
+                    self.stats.lost += 1;
+                    continue;
+                }
+                self.stats.delivered += 1;
+                n.handle_datagram(self.now, d.from, d.to, &d.bytes);
+            }
+            self.stats.unroutable += u64::from(!reached);
+            return true;
+        }
+        let next = nodes
+            .iter()
+            .filter_map(|n| n.poll_timeout())
+            .chain(self.queue.next_deadline())
+            .min();
+        let Some(next) = next else {
+            return false;
+        };
+        self.now = self.now.max(next);
+        for n in nodes.iter_mut() {
+            if n.poll_timeout().is_some_and(|t| t <= self.now) {
+                n.handle_timeout(self.now);
+            }
+        }
+        true
+    }
+
+    /// Step until nothing is left to happen, or until the clock would pass `until`.
+    pub fn run(&mut self, nodes: &mut [&mut dyn Node], until: Instant) -> Ran {
+        loop {
+            self.flush(nodes);
+            let due = self.queue.next_deadline().is_some_and(|t| t <= self.now);
+            if !due {
+                let next = nodes
+                    .iter()
+                    .filter_map(|n| n.poll_timeout())
+                    .chain(self.queue.next_deadline())
+                    .min();
+                match next {
+                    None => return Ran::Quiet,
+                    Some(t) if t > until => {
+                        self.now = self.now.max(until);
+                        return Ran::Until;
+                    }
+                    Some(_) => {}
+                }
+            }
+            if !self.step(nodes) {
+                return Ran::Quiet;
+            }
+        }
+    }
+
+    /// Put everything the nodes have to send now on the link.
+    fn flush(&mut self, nodes: &mut [&mut dyn Node]) -> bool {
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut any = false;
+        for n in nodes.iter_mut() {
+            while let Some((from, to, len)) = n.poll_transmit(self.now, &mut buf) {
+                self.send(from, to, &buf[..len]);
+                any = true;
+            }
+        }
+        self.buf = buf;
+        any
+    }
+}
+
+/// What a server node still has to put on the link of a [`Payload::Blocks`]: one DATA
+/// datagram per block, built from the content like a driver does (header + the block's bytes).
+#[derive(Clone, Copy, Debug)]
+pub struct BlockRun {
+    to: SocketAddr,
+    next: u64,
+    last: u64,
+}
+
+impl BlockRun {
+    /// The blocks of `t`, if it is a run of blocks.
+    pub fn of(t: Transmit) -> Option<BlockRun> {
+        match t.payload {
+            Payload::Blocks { first, count } => Some(BlockRun {
+                to: t.dest,
+                next: first,
+                last: first + count as u64 - 1,
+            }),
+            Payload::Datagram(_) => None,
+        }
+    }
+
+    /// Write the next block's DATA into `buf`: the header, then the payload that
+    /// `fill(index, after_header)` writes and measures; `(dest, len)`, or `None` when the run is
+    /// over.
+    pub fn emit(
+        &mut self,
+        buf: &mut [u8],
+        fill: impl FnOnce(u64, &mut [u8]) -> usize,
+    ) -> Option<(SocketAddr, usize)> {
+        if self.next > self.last {
+            return None;
+        }
+        let i = self.next;
+        self.next += 1;
+        buf[..4].copy_from_slice(&data_header(BlockNum::from_index(i)));
+        let n = fill(i, &mut buf[4..]);
+        Some((self.to, 4 + n))
+    }
+
+    /// [`emit`](Self::emit) with the block's bytes taken from `content` at the `(offset, len)`
+    /// that `range(index)` gives (a machine's `block_range`).
+    pub fn emit_from(
+        &mut self,
+        buf: &mut [u8],
+        content: &[u8],
+        range: impl FnOnce(u64) -> (u64, usize),
+    ) -> Option<(SocketAddr, usize)> {
+        self.emit(buf, |i, out| {
+            let (off, len) = range(i);
+            out[..len].copy_from_slice(&content[off as usize..off as usize + len]);
+            len
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TFTP nodes
+// ---------------------------------------------------------------------------------------------
+
+/// How a unicast transfer of the [`TftpServer`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ended {
+    pub peer: SocketAddr,
+    /// `None`: closed by the endpoint before it ended by itself.
+    pub outcome: Option<Outcome>,
+    pub closed_by: Option<CloseReason>,
+    pub stats: TransferStats,
+}
+
+struct Served {
+    id: TransferId,
+    /// Its transfer address (the TID).
+    local: SocketAddr,
+    peer: SocketAddr,
+    content: usize,
+    /// Blocks of a `Payload::Blocks` still to put on the link.
+    blocks: Option<BlockRun>,
+}
+
+/// An [`Endpoint`] with its transfers and a table of files, as a driver runs them: every
+/// transfer gets its own port; DATA is built from the file's bytes. Octet mode only (a
+/// netascii request is refused as a lookup error would be: file not found).
+pub struct TftpServer {
+    pub endpoint: Endpoint,
+    /// The request address.
+    pub addr: SocketAddr,
+    files: Vec<(Vec<u8>, Vec<u8>)>,
+    served: Vec<Served>,
+    next_port: u16,
+    /// ERRORs to send from the request port: (to, datagram).
+    replies: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// MTU of the interface requests come in on (`None`: unknown).
+    pub mtu: Option<u32>,
+    /// Transfers that ended, in order.
+    pub ended: Vec<Ended>,
+    /// Decisions taken, in order (for assertions): "lookup", "duplicate", "refuse", "drop".
+    pub decisions: Vec<&'static str>,
+}
+
+impl TftpServer {
+    pub fn new(endpoint: Endpoint, addr: SocketAddr) -> Self {
+        TftpServer {
+            endpoint,
+            addr,
+            files: Vec::new(),
+            served: Vec::new(),
+            next_port: 50_000,
+            replies: VecDeque::new(),
+            mtu: None,
+            ended: Vec::new(),
+            decisions: Vec::new(),
+        }
+    }
+
+    /// Serve `content` as `name`.
+    pub fn add_file(&mut self, name: &[u8], content: Vec<u8>) {
+        self.files.push((name.to_vec(), content));
+    }
+
+    /// Live transfers.
+    pub fn live(&self) -> usize {
+        self.served.len()
+    }
+
+    fn end(&mut self, id: TransferId, closed_by: Option<CloseReason>) {
+        let Some(i) = self.served.iter().position(|s| s.id == id) else {
+            return;
+        };
+        let s = self.served.remove(i);
+        let t = self.endpoint.transfer(id);
+        self.ended.push(Ended {
+            peer: s.peer,
+            outcome: t.and_then(|t| t.outcome()),
+            closed_by,
+            stats: t.map(|t| t.stats()).unwrap_or_default(),
+        });
+        self.endpoint.release(id);
+    }
+
+    fn drain_endpoint_events(&mut self) {
+        while let Some(EndpointEvent::Closed { id, reason }) = self.endpoint.poll_event() {
+            self.end(id, Some(reason));
+        }
+    }
+
+    fn request(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        let decision = self
+            .endpoint
+            .handle_request(now, from, self.addr.ip(), datagram, false);
+        let mut buf = [0u8; 516];
+        let incoming = match decision {
+            Decision::Lookup(i) => i,
+            Decision::Duplicate(_) => {
+                self.decisions.push("duplicate");
+                return self.drain_endpoint_events();
+            }
+            Decision::Refuse(r) => {
+                self.decisions.push("refuse");
+                let n = r.emit(&mut buf);
+                self.replies.push_back((from, buf[..n].to_vec()));
+                return self.drain_endpoint_events();
+            }
+            Decision::Drop(_) => {
+                self.decisions.push("drop");
+                return;
+            }
+        };
+        self.decisions.push("lookup");
+        self.drain_endpoint_events();
+        let file = self
+            .files
+            .iter()
+            .position(|(n, _)| n == incoming.filename())
+            .filter(|_| incoming.mode() == Mode::Octet);
+        let Some(file) = file else {
+            let n = super::tftp::packet::emit_error(
+                &mut buf,
+                super::tftp::ErrorCode::FileNotFound,
+                "file not found",
+            );
+            self.replies.push_back((from, buf[..n].to_vec()));
+            return;
+        };
+        let len = self.files[file].1.len() as u64;
+        let accepted = self
+            .endpoint
+            .accept(now, incoming, Some(len), self.mtu, &mut NoMulticast);
+        self.drain_endpoint_events();
+        match accepted {
+            Accept::Unicast(a) => {
+                let local = SocketAddr::new(self.addr.ip(), self.next_port);
+                self.next_port = self.next_port.wrapping_add(1).max(50_000);
+                self.served.push(Served {
+                    id: a.id,
+                    local,
+                    peer: from,
+                    content: file,
+                    blocks: None,
+                });
+            }
+            Accept::Multicast => {}
+            Accept::Refuse(r) => {
+                let n = r.emit(&mut buf);
+                self.replies.push_back((from, buf[..n].to_vec()));
+            }
+        }
+    }
+}
+
+impl Node for TftpServer {
+    fn receives(&self, addr: SocketAddr) -> bool {
+        addr == self.addr || self.served.iter().any(|s| s.local == addr)
+    }
+
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, datagram: &[u8]) {
+        if to == self.addr {
+            return self.request(now, from, datagram);
+        }
+        // A connected socket: only the client's datagrams arrive.
+        let Some(s) = self.served.iter().find(|s| s.local == to && s.peer == from) else {
+            return;
+        };
+        if let Some(t) = self.endpoint.transfer_mut(s.id) {
+            t.handle_datagram(now, datagram);
+        }
+    }
+
+    fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(SocketAddr, SocketAddr, usize)> {
+        if let Some((to, d)) = self.replies.pop_front() {
+            buf[..d.len()].copy_from_slice(&d);
+            return Some((self.addr, to, d.len()));
+        }
+        let mut i = 0;
+        while i < self.served.len() {
+            let s = &mut self.served[i];
+            let (id, local) = (s.id, s.local);
+            if let Some(run) = s.blocks.as_mut() {
+                let t = self.endpoint.transfer(id)?;
+                match run.emit_from(buf, &self.files[s.content].1, |i| t.block_range(i)) {
+                    Some((to, n)) => return Some((local, to, n)),
+                    None => s.blocks = None,
+                }
+            }
+            let Some(t) = self.endpoint.transfer_mut(id) else {
+                i += 1;
+                continue;
+            };
+            if let Some(tx) = t.poll_transmit(now, buf) {
+                if let Some((dest, n)) = tx.datagram() {
+                    return Some((local, dest, n));
+                }
+                self.served[i].blocks = BlockRun::of(tx);
+                continue;
+            }
+            if let Some(TransferEvent::Ended(_)) = t.poll_event() {
+                self.endpoint.close(id);
+                self.end(id, None);
+                continue;
+            }
+            i += 1;
+        }
+        None
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.served
+            .iter()
+            .filter_map(|s| self.endpoint.transfer(s.id)?.poll_timeout())
+            .min()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        for s in &self.served {
+            if let Some(t) = self.endpoint.transfer_mut(s.id) {
+                if t.poll_timeout().is_some_and(|d| d <= now) {
+                    t.handle_timeout(now);
+                }
+            }
+        }
+    }
+}
+
+/// One phase of a [`TftpClient`]: a request, from the client's port, like firmware's probe
+/// then real download.
+#[derive(Clone, Debug)]
+pub struct Phase {
+    pub filename: Vec<u8>,
+    pub cfg: ClientConfig,
+    /// Wait before it starts (after the previous phase ended).
+    pub gap: Duration,
+}
+
+/// The firmware-like [`Client`] at one address, running its phases in turn and keeping what it
+/// received. `silent`: it takes nothing and sends nothing (a spoofed source, a client gone).
+pub struct TftpClient {
+    pub addr: SocketAddr,
+    pub server: SocketAddr,
+    pub client: Option<Client>,
+    phases: VecDeque<Phase>,
+    start_at: Option<Instant>,
+    /// The payload of the current phase, in order.
+    pub received: Vec<u8>,
+    /// Events of every phase, in order.
+    pub events: Vec<ClientEvent>,
+    /// Takes and sends nothing.
+    pub silent: bool,
+    /// The opcode of every datagram that reached it (silent or not).
+    pub heard: Vec<u16>,
+    /// Drops the ERROR that ends a probe (it is lost, or still queued behind the next request).
+    pub drop_probe_error: bool,
+    probe_ended: bool,
+}
+
+impl TftpClient {
+    /// A client at `addr` that starts `phases` at `start` (one after another).
+    pub fn new(addr: SocketAddr, server: SocketAddr, phases: Vec<Phase>, start: Instant) -> Self {
+        TftpClient {
+            addr,
+            server,
+            client: None,
+            phases: phases.into(),
+            start_at: Some(start),
+            received: Vec::new(),
+            events: Vec::new(),
+            silent: false,
+            heard: Vec::new(),
+            drop_probe_error: false,
+            probe_ended: false,
+        }
+    }
+
+    /// One download of `filename` with `cfg`, starting at `start`.
+    pub fn one(
+        addr: SocketAddr,
+        server: SocketAddr,
+        filename: &[u8],
+        cfg: ClientConfig,
+        start: Instant,
+    ) -> Self {
+        let phase = Phase {
+            filename: filename.to_vec(),
+            cfg,
+            gap: Duration::ZERO,
+        };
+        TftpClient::new(addr, server, vec![phase], start)
+    }
+
+    /// Every phase ran and the last one finished (or probed).
+    pub fn is_done(&self) -> bool {
+        self.phases.is_empty()
+            && self.start_at.is_none()
+            && self.client.as_ref().is_none_or(|c| c.is_over())
+    }
+
+    /// The last event, if any.
+    pub fn last_event(&self) -> Option<&ClientEvent> {
+        self.events.last()
+    }
+
+    fn take_events(&mut self, now: Instant) {
+        let Some(c) = self.client.as_mut() else {
+            return;
+        };
+        while let Some(e) = c.poll_event() {
+            let next = matches!(e, ClientEvent::ProbeDone { .. });
+            self.events.push(e);
+            if next {
+                self.probe_ended = true;
+                if let Some(p) = self.phases.front() {
+                    self.start_at = Some(now + p.gap);
+                }
+            }
+        }
+    }
+}
+
+impl Node for TftpClient {
+    fn receives(&self, addr: SocketAddr) -> bool {
+        addr == self.addr
+    }
+
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, _: SocketAddr, datagram: &[u8]) {
+        if let [a, b, ..] = *datagram {
+            self.heard.push(u16::from_be_bytes([a, b]));
+        }
+        if self.silent {
+            return;
+        }
+        let Some(c) = self.client.as_mut() else {
+            return;
+        };
+        if let Some(d) = c.handle_datagram(now, from, datagram) {
+            assert_eq!(d.offset, self.received.len() as u64, "payload out of order");
+            self.received.extend_from_slice(d.bytes);
+        }
+        self.take_events(now);
+    }
+
+    fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(SocketAddr, SocketAddr, usize)> {
+        if self.silent {
+            return None;
+        }
+        let c = self.client.as_mut()?;
+        while let Some((dest, n)) = c.poll_transmit(now, buf).and_then(Transmit::datagram) {
+            if std::mem::take(&mut self.probe_ended) && self.drop_probe_error {
+                continue;
+            }
+            return Some((self.addr, dest, n));
+        }
+        None
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.silent {
+            return None;
+        }
+        let c = self.client.as_ref().and_then(|c| c.poll_timeout());
+        match (c, self.start_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.start_at.is_some_and(|t| t <= now) {
+            self.start_at = None;
+            if let Some(p) = self.phases.pop_front() {
+                self.received.clear();
+                self.client = Some(Client::new(self.server, &p.filename, p.cfg, now));
+                return;
+            }
+        }
+        if let Some(c) = self.client.as_mut() {
+            c.handle_timeout(now);
+        }
+        self.take_events(now);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multicast nodes
+// ---------------------------------------------------------------------------------------------
+
+/// Multicast [`Session`]s for one file, as the multicast service runs them: a request (any
+/// datagram) to the request address joins the running session or starts one; each session
+/// answers from its own address.
+pub struct McServer {
+    /// The request (or MTFTP open) address.
+    pub addr: SocketAddr,
+    cfg: SessionConfig,
+    content: Vec<u8>,
+    session: Option<(Session, SocketAddr)>,
+    sessions: u16,
+    blocks: Option<BlockRun>,
+    /// Counters of the sessions that ended, summed.
+    pub finished: SessionStats,
+    /// Every session event, in order.
+    pub events: Vec<SessionEvent>,
+}
+
+impl McServer {
+    pub fn new(addr: SocketAddr, cfg: SessionConfig, content: Vec<u8>) -> Self {
+        McServer {
+            addr,
+            cfg,
+            content,
+            session: None,
+            sessions: 0,
+            blocks: None,
+            finished: SessionStats::default(),
+            events: Vec::new(),
+        }
+    }
+
+    /// The running session, if any.
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref().map(|(s, _)| s)
+    }
+
+    /// Counters of every session, the running one included.
+    pub fn stats(&self) -> SessionStats {
+        let mut st = self.finished;
+        if let Some((s, _)) = &self.session {
+            let r = s.stats();
+            st.bytes_sent += r.bytes_sent;
+            st.blocks_sent += r.blocks_sent;
+            st.members_done += r.members_done;
+            st.members_vanished += r.members_vanished;
+            st.timeouts += r.timeouts;
+        }
+        st
+    }
+
+    fn retire(&mut self) {
+        if let Some((s, _)) = self.session.take_if(|(s, _)| s.is_over()) {
+            let r = s.stats();
+            self.finished.bytes_sent += r.bytes_sent;
+            self.finished.blocks_sent += r.blocks_sent;
+            self.finished.members_done += r.members_done;
+            self.finished.members_vanished += r.members_vanished;
+            self.finished.timeouts += r.timeouts;
+        }
+    }
+
+    fn drain_events(&mut self) {
+        if let Some((s, _)) = self.session.as_mut() {
+            while let Some(e) = s.poll_event() {
+                self.events.push(e);
+            }
+        }
+    }
+}
+
+impl Node for McServer {
+    fn receives(&self, addr: SocketAddr) -> bool {
+        addr == self.addr || self.session.as_ref().is_some_and(|(_, a)| *a == addr)
+    }
+
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, datagram: &[u8]) {
+        if to == self.addr {
+            if !matches!(Packet::parse(datagram), Ok(Packet::Rrq(_))) {
+                return;
+            }
+            self.retire();
+            if self.session.is_none() {
+                self.sessions += 1;
+                let local = SocketAddr::new(self.addr.ip(), 40_000 + self.sessions);
+                self.session = Some((Session::new(self.cfg, now), local));
+            }
+            if let Some((s, _)) = self.session.as_mut() {
+                let _ = s.join(now, from);
+            }
+        } else if let Some((s, _)) = self.session.as_mut() {
+            s.handle_datagram(now, from, datagram);
+        }
+        self.drain_events();
+    }
+
+    fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(SocketAddr, SocketAddr, usize)> {
+        let (s, local) = self.session.as_mut()?;
+        let local = *local;
+        loop {
+            if let Some(run) = self.blocks.as_mut() {
+                match run.emit_from(buf, &self.content, |i| s.block_range(i)) {
+                    Some((to, n)) => return Some((local, to, n)),
+                    None => self.blocks = None,
+                }
+            }
+            let t = s.poll_transmit(now, buf);
+            self.events.extend(std::iter::from_fn(|| s.poll_event()));
+            let t = t?;
+            if let Some((dest, n)) = t.datagram() {
+                return Some((local, dest, n));
+            }
+            self.blocks = BlockRun::of(t);
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.session.as_ref()?.0.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if let Some((s, _)) = self.session.as_mut() {
+            s.handle_timeout(now);
+        }
+        self.drain_events();
+    }
+}
+
+/// An [`McClient`] at one address: joins the group it is told to (or, PXE, the group it
+/// listens on from the start), keeps what it received at each block's offset. It starts at
+/// `start`; `gone` makes it vanish (takes and sends nothing).
+pub struct McMember {
+    pub addr: SocketAddr,
+    pub client: Option<McClient>,
+    protocol: Protocol,
+    server: SocketAddr,
+    filename: Vec<u8>,
+    cfg: McClientConfig,
+    groups: Vec<SocketAddr>,
+    start_at: Option<Instant>,
+    /// The file as received (blocks at their offsets).
+    pub file: Vec<u8>,
+    pub gone: bool,
+    /// Failures reported.
+    pub failures: Vec<McEvent>,
+}
+
+impl McMember {
+    /// A member at `addr` that asks (RFC 2090) or opens (PXE: after listening on `group`)
+    /// `server` for `filename` at `start`, keeping `len` bytes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        addr: SocketAddr,
+        protocol: Protocol,
+        server: SocketAddr,
+        filename: &[u8],
+        cfg: McClientConfig,
+        group: Option<SocketAddr>,
+        len: usize,
+        start: Instant,
+    ) -> Self {
+        McMember {
+            addr,
+            client: None,
+            protocol,
+            server,
+            filename: filename.to_vec(),
+            cfg,
+            groups: group.into_iter().collect(),
+            start_at: Some(start),
+            file: vec![0; len],
+            gone: false,
+            failures: Vec::new(),
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| c.is_finished())
+    }
+
+    pub fn is_over(&self) -> bool {
+        self.gone || self.client.as_ref().is_some_and(|c| c.is_over())
+    }
+
+    fn take_events(&mut self) {
+        let Some(c) = self.client.as_mut() else {
+            return;
+        };
+        while let Some(e) = c.poll_event() {
+            match e {
+                McEvent::JoinGroup(g) => {
+                    if !self.groups.contains(&g) {
+                        self.groups.push(g);
+                    }
+                }
+                McEvent::Finished => {}
+                e @ McEvent::Failed(_) => self.failures.push(e),
+            }
+        }
+    }
+}
+
+impl Node for McMember {
+    fn receives(&self, addr: SocketAddr) -> bool {
+        addr == self.addr || self.groups.contains(&addr)
+    }
+
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, datagram: &[u8]) {
+        if self.gone {
+            return;
+        }
+        let Some(c) = self.client.as_mut() else {
+            return;
+        };
+        let arrival = if to == self.addr {
+            Arrival::Unicast
+        } else {
+            Arrival::Group
+        };
+        if let Some(d) = c.handle_datagram(now, from, arrival, datagram) {
+            let off = d.offset as usize;
+            self.file[off..off + d.bytes.len()].copy_from_slice(d.bytes);
+        }
+        self.take_events();
+    }
+
+    fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(SocketAddr, SocketAddr, usize)> {
+        if self.gone {
+            return None;
+        }
+        let (dest, n) = self.client.as_mut()?.poll_transmit(now, buf)?.datagram()?;
+        Some((self.addr, dest, n))
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.gone {
+            return None;
+        }
+        match &self.client {
+            Some(c) => c.poll_timeout(),
+            None => self.start_at,
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.client.is_none() {
+            if self.start_at.is_some_and(|t| t <= now) {
+                self.start_at = None;
+                let (f, cfg) = (&self.filename, self.cfg.clone());
+                self.client = Some(match self.protocol {
+                    Protocol::Rfc2090 => McClient::rfc2090(self.server, f, cfg, now),
+                    Protocol::PxeMtftp => McClient::pxe(self.server, f, cfg, now),
+                });
+            }
+            return;
+        }
+        if let Some(c) = self.client.as_mut() {
+            c.handle_timeout(now);
+        }
+        self.take_events();
+    }
+}
+
+/// An address on the simulated LAN: `10.0.0.x:port`.
+pub fn addr(host: u8, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::from([10, 0, 0, host]), port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends `n` datagrams to `to` at start, counts what arrives.
+    struct Pinger {
+        at: SocketAddr,
+        to: SocketAddr,
+        left: u32,
+        got: Vec<(Instant, u32)>,
+    }
+
+    impl Node for Pinger {
+        fn receives(&self, a: SocketAddr) -> bool {
+            a == self.at
+        }
+        fn handle_datagram(&mut self, now: Instant, _: SocketAddr, _: SocketAddr, d: &[u8]) {
+            self.got
+                .push((now, u32::from_be_bytes(d[..4].try_into().unwrap())));
+        }
+        fn poll_transmit(
+            &mut self,
+            _: Instant,
+            buf: &mut [u8],
+        ) -> Option<(SocketAddr, SocketAddr, usize)> {
+            self.left = self.left.checked_sub(1)?;
+            buf[..4].copy_from_slice(&self.left.to_be_bytes());
+            Some((self.at, self.to, 4))
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+        fn handle_timeout(&mut self, _: Instant) {}
+    }
+
+    /// `a` sends `n` datagrams to `b`.
+    fn pair(n: u32) -> (Pinger, Pinger) {
+        let pinger = |at, to, left| Pinger {
+            at,
+            to,
+            left,
+            got: Vec::new(),
+        };
+        (
+            pinger(addr(1, 1), addr(2, 1), n),
+            pinger(addr(2, 1), addr(1, 1), 0),
+        )
+    }
+
+    fn ping(seed: u64, link: Link) -> (Vec<(Instant, u32)>, SimStats) {
+        let t0 = crate::sim_origin();
+        let (mut a, mut b) = pair(10_000);
+        let mut net = Sim::new(t0, seed, link);
+        assert_eq!(
+            net.run(&mut [&mut a, &mut b], t0 + Duration::from_secs(1)),
+            Ran::Quiet
+        );
+        (b.got, net.stats)
+    }
+
+    #[test]
+    fn the_link_is_seeded_and_does_what_it_says() {
+        let link = Link::lan(0.1, 0.05, 0.05);
+        let (got, st) = ping(7, link);
+        assert_eq!(ping(7, link).0, got, "the same seed, the same run");
+        assert_ne!(ping(8, link).0, got);
+        assert_eq!(st.sent, 10_000);
+        assert_eq!(st.delivered as usize, got.len());
+        assert_eq!(st.delivered + st.lost, 10_000 + st.duplicated);
+        assert!((800..1_200).contains(&st.lost), "{st:?}");
+        assert!((350..650).contains(&st.duplicated), "{st:?}");
+        // Delay: 100 µs, or 400 µs more for a reordered one.
+        let t0 = crate::sim_origin();
+        let late = got
+            .iter()
+            .filter(|(t, _)| *t - t0 > Duration::from_micros(100))
+            .count();
+        assert!(late > 0 && late < got.len() / 5);
+        let order: Vec<u32> = got.iter().map(|g| g.1).collect();
+        assert!(order.windows(2).any(|w| w[0] < w[1]), "some reordered");
+        let (clean, st) = ping(7, Link::PERFECT);
+        assert_eq!(clean.len(), 10_000);
+        assert_eq!((st.lost, st.duplicated, st.reordered), (0, 0, 0));
+    }
+
+    #[test]
+    fn deterministic_drops_and_time_bounds() {
+        let t0 = crate::sim_origin();
+        let (mut a, mut b) = pair(5);
+        let mut net = Sim::new(t0, 1, Link::lan(0.0, 0.0, 0.0));
+        net.drop_next(b.at, 2);
+        // Time stops at the bound while datagrams are still in flight.
+        let bound = t0 + Duration::from_micros(50);
+        assert_eq!(net.run(&mut [&mut a, &mut b], bound), Ran::Until);
+        assert_eq!(net.now(), bound);
+        assert_eq!(
+            net.run(&mut [&mut a, &mut b], t0 + Duration::from_secs(1)),
+            Ran::Quiet
+        );
+        let got: Vec<u32> = b.got.iter().map(|g| g.1).collect();
+        assert_eq!(got, [2, 1, 0], "the first two dropped");
+    }
+}
