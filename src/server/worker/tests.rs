@@ -1,0 +1,317 @@
+use super::*;
+use crate::proto::tftp::admit::{Admission, AdmissionConfig};
+use crate::store::StoreOptions;
+use std::net::UdpSocket;
+
+/// A driver that keeps every send in flight and every receive armed until the test says
+/// otherwise (an io_uring stand-in), or completes them at once (an epoll stand-in).
+struct FakeDriver {
+    asynchronous: bool,
+    watched: Vec<(SlotId, RawFd)>,
+    unwatched: Vec<SlotId>,
+    sends: Vec<(SlotId, usize)>,
+}
+
+impl FakeDriver {
+    fn new(asynchronous: bool) -> Self {
+        FakeDriver {
+            asynchronous,
+            watched: Vec::new(),
+            unwatched: Vec::new(),
+            sends: Vec::new(),
+        }
+    }
+}
+
+impl Driver for FakeDriver {
+    fn watch(&mut self, id: SlotId, fd: RawFd) -> io::Result<()> {
+        self.watched.push((id, fd));
+        Ok(())
+    }
+    fn unwatch(&mut self, id: SlotId, _fd: RawFd) -> bool {
+        self.unwatched.push(id);
+        !self.asynchronous
+    }
+    fn send(&mut self, id: SlotId, _fd: RawFd, msgs: &mut [libc::mmsghdr]) -> SendStatus {
+        self.sends.push((id, msgs.len()));
+        if self.asynchronous {
+            SendStatus::InFlight(msgs.len() as u32)
+        } else {
+            SendStatus::Done(None)
+        }
+    }
+}
+
+/// The identity of what `fd` refers to now (device, inode), or `None` if it is closed.
+fn identity(fd: RawFd) -> Option<(u64, u64)> {
+    // SAFETY: fstat on any integer is safe; it fails with EBADF when nothing is open.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    core: Core,
+}
+
+fn rig(adm: AdmissionConfig) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.bin"), vec![7u8; 1 << 20]).unwrap();
+    let store = Store::new(dir.path(), StoreOptions::default()).unwrap();
+    let shared = Arc::new(Shared {
+        store,
+        limits: Limits::default(),
+        min_rto: Duration::from_millis(2),
+        port_range: None,
+        multicast: None,
+        admission: Admission::new(adm),
+        workers: 1,
+        fault: None,
+    });
+    let sock = sys::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let core = Core::new(0, shared, vec![Listener { sock, addr }], true);
+    Rig { _dir: dir, core }
+}
+
+const RRQ: &[u8] = b"\x00\x01a.bin\x00octet\x00blksize\x001468\x00windowsize\x0064\x00";
+
+fn request(r: &mut Rig, client: &UdpSocket, drv: &mut FakeDriver, now: Instant) {
+    let info = PktInfo {
+        local: "127.0.0.1".parse().unwrap(),
+        ifindex: 0,
+    };
+    let peer = client.local_addr().unwrap();
+    r.core
+        .on_request(0, RRQ, false, Some(peer), Some(info), now, drv);
+}
+
+fn client() -> UdpSocket {
+    client_at("127.0.0.1")
+}
+
+fn client_at(ip: &str) -> UdpSocket {
+    let c = UdpSocket::bind((ip, 0)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c
+}
+
+/// The core closes a transfer's socket only after every send naming it has completed and its
+/// receive has ended: the descriptor number cannot be reused while a linked send that names
+/// it may still be issued (issue 8, defect 6).
+#[test]
+fn socket_stays_open_until_sends_and_receive_end() {
+    let mut r = rig(AdmissionConfig::for_descriptors(100));
+    let mut drv = FakeDriver::new(true);
+    let c = client();
+    let now = Instant::now();
+    request(&mut r, &c, &mut drv, now);
+    let (id, fd) = drv.watched[0];
+    let sock_id = identity(fd).expect("transfer socket open");
+    let mut buf = [0u8; 1500];
+    let (n, _) = c.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..2], &[0, 6], "OACK first: {:?}", &buf[..n]);
+    // ACK 0: one window of 64 blocks goes out as linked calls that stay in flight.
+    r.core
+        .on_transfer_datagram(id, b"\x00\x04\x00\x00", false, now, &mut drv);
+    let calls = drv.sends[0].1;
+    assert!(calls >= 2, "a window of 64 x 1468 bytes is several calls");
+    // The client aborts mid-window: the transfer is over, but its socket must stay open.
+    r.core
+        .on_transfer_datagram(id, b"\x00\x05\x00\x00stop\x00", false, now, &mut drv);
+    assert_eq!(drv.unwatched, [id]);
+    assert!(!r.core.is_live(id));
+    assert_eq!(r.core.lingering(), 1);
+    assert_eq!(identity(fd), Some(sock_id), "closed with sends in flight");
+    for call in 0..calls {
+        r.core.on_send_complete(id, call, 1000, now, &mut drv);
+    }
+    assert_eq!(
+        identity(fd),
+        Some(sock_id),
+        "closed while its receive could still complete"
+    );
+    r.core.on_recv_ended(id);
+    assert_eq!(r.core.lingering(), 0);
+    assert_ne!(identity(fd), Some(sock_id), "socket not closed at the end");
+    // Stale completions for the freed slot are ignored.
+    r.core.on_send_complete(id, 0, 1000, now, &mut drv);
+    r.core.on_recv_ended(id);
+}
+
+/// The other order: the receive ends first, the sends complete later.
+#[test]
+fn socket_closes_after_the_last_send_when_the_receive_ended_first() {
+    let mut r = rig(AdmissionConfig::for_descriptors(100));
+    let mut drv = FakeDriver::new(true);
+    let c = client();
+    let now = Instant::now();
+    request(&mut r, &c, &mut drv, now);
+    let (id, fd) = drv.watched[0];
+    let sock_id = identity(fd).unwrap();
+    r.core
+        .on_transfer_datagram(id, b"\x00\x04\x00\x00", false, now, &mut drv);
+    r.core
+        .on_transfer_datagram(id, b"\x00\x05\x00\x00stop\x00", false, now, &mut drv);
+    r.core.on_recv_ended(id);
+    let calls = drv.sends[0].1;
+    for call in 0..calls - 1 {
+        r.core.on_send_complete(id, call, 1000, now, &mut drv);
+        assert_eq!(identity(fd), Some(sock_id));
+    }
+    r.core.on_send_complete(id, calls - 1, 1000, now, &mut drv);
+    assert_ne!(identity(fd), Some(sock_id));
+}
+
+/// A synchronous driver (epoll) frees at once.
+#[test]
+fn synchronous_driver_closes_at_once() {
+    let mut r = rig(AdmissionConfig::for_descriptors(100));
+    let mut drv = FakeDriver::new(false);
+    let c = client();
+    let now = Instant::now();
+    request(&mut r, &c, &mut drv, now);
+    let (id, fd) = drv.watched[0];
+    let sock_id = identity(fd).unwrap();
+    r.core
+        .on_transfer_datagram(id, b"\x00\x04\x00\x00", false, now, &mut drv);
+    r.core
+        .on_transfer_datagram(id, b"\x00\x05\x00\x00stop\x00", false, now, &mut drv);
+    assert_eq!(r.core.lingering(), 0);
+    assert_ne!(identity(fd), Some(sock_id));
+}
+
+/// At the transfer cap, a new request takes the place of the oldest transfer whose client
+/// never answered; with an asynchronous driver that transfer's socket still waits for its
+/// receive to end. Either way the new client gets its OACK and the count stays right.
+#[test]
+fn over_the_cap_an_unanswered_transfer_makes_room() {
+    for asynchronous in [true, false] {
+        let mut r = rig(AdmissionConfig {
+            max_transfers: 1,
+            max_per_client: 1,
+            client_rate: 0,
+        });
+        let mut drv = FakeDriver::new(asynchronous);
+        // Three client addresses (each within its own per-client cap of 1).
+        let (a, b) = (client_at("127.0.0.2"), client_at("127.0.0.3"));
+        let now = Instant::now();
+        request(&mut r, &a, &mut drv, now);
+        let (ida, fda) = drv.watched[0];
+        let sock_a = identity(fda).unwrap();
+        request(&mut r, &b, &mut drv, now);
+        assert_eq!(drv.watched.len(), 2, "b admitted");
+        assert!(!r.core.is_live(ida), "a dropped");
+        if asynchronous {
+            assert_eq!(
+                identity(fda),
+                Some(sock_a),
+                "a's socket waits for its receive"
+            );
+        }
+        let mut buf = [0u8; 1500];
+        b.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..2], &[0, 6]);
+        // b answered: it cannot be dropped for a third client, which is refused.
+        let (idb, _) = drv.watched[1];
+        r.core
+            .on_transfer_datagram(idb, b"\x00\x04\x00\x00", false, now, &mut drv);
+        let third = client_at("127.0.0.4");
+        request(&mut r, &third, &mut drv, now);
+        assert_eq!(drv.watched.len(), 2);
+        let (n, _) = third.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..4], &[0, 5, 0, 0]);
+        assert!(std::str::from_utf8(&buf[4..n])
+            .unwrap()
+            .contains("server busy"));
+        r.core.on_recv_ended(ida);
+        assert_ne!(identity(fda), Some(sock_a));
+        assert_eq!(r.core.shared.admission.total(), 1);
+        assert_eq!(
+            (r.core.endpoint.held(), r.core.endpoint.evicted_waiting()),
+            (1, 0)
+        );
+        // b ends: its place comes back, and a new client gets it.
+        r.core
+            .on_transfer_datagram(idb, b"\x00\x05\x00\x00stop\x00", false, now, &mut drv);
+        r.core.on_recv_ended(idb);
+        if asynchronous {
+            let calls: Vec<usize> = drv
+                .sends
+                .iter()
+                .filter(|(id, _)| *id == idb)
+                .map(|(_, n)| *n)
+                .collect();
+            for n in calls {
+                for call in 0..n {
+                    r.core.on_send_complete(idb, call, 1000, now, &mut drv);
+                }
+            }
+        }
+        assert_eq!(r.core.endpoint.held(), 0);
+        request(&mut r, &third, &mut drv, now);
+        assert_eq!(drv.watched.len(), 3);
+    }
+}
+
+/// A window larger than the send buffers goes out in several builds.
+#[test]
+fn large_windows_are_sent_in_bounded_builds() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.bin"), vec![7u8; 1 << 20]).unwrap();
+    let store = Store::new(dir.path(), StoreOptions::default()).unwrap();
+    let limits = Limits {
+        max_window: crate::proto::tftp::options::WindowSize::new(1024).unwrap(),
+        max_window_bytes: 1 << 30,
+        ..Limits::default()
+    };
+    let shared = Arc::new(Shared {
+        store,
+        limits,
+        min_rto: Duration::from_millis(2),
+        port_range: None,
+        multicast: None,
+        admission: Admission::new(AdmissionConfig::for_descriptors(100)),
+        workers: 1,
+        fault: None,
+    });
+    let sock = sys::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut core = Core::new(0, shared, vec![Listener { sock, addr }], false);
+    let mut drv = FakeDriver::new(true);
+    let c = client();
+    let info = PktInfo {
+        local: "127.0.0.1".parse().unwrap(),
+        ifindex: 0,
+    };
+    let rrq = b"\x00\x01a.bin\x00octet\x00blksize\x00512\x00windowsize\x001000\x00";
+    let now = Instant::now();
+    core.on_request(
+        0,
+        rrq,
+        false,
+        Some(c.local_addr().unwrap()),
+        Some(info),
+        now,
+        &mut drv,
+    );
+    let (id, _) = drv.watched[0];
+    core.on_transfer_datagram(id, b"\x00\x04\x00\x00", false, now, &mut drv);
+    // Without GSO: one call per block, at most MAX_TX_BLOCKS per build.
+    let mut total = 0;
+    for _ in 0..100 {
+        let Some(&(_, n)) = drv.sends.last() else {
+            break;
+        };
+        assert!(n <= super::super::send::MAX_TX_BLOCKS);
+        total += n;
+        let before = drv.sends.len();
+        for call in 0..n {
+            core.on_send_complete(id, call, 516, now, &mut drv);
+        }
+        if drv.sends.len() == before {
+            break;
+        }
+    }
+    assert_eq!(total, 1000, "the whole window went out");
+}
