@@ -8,9 +8,11 @@
 #![no_main]
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use ringboot::proto::mtftp::client::{McClient, McClientConfig, McEvent};
+use ringboot::proto::mtftp::client::{Arrival, Data, McClient, McClientConfig, McEvent};
 use ringboot::proto::tftp::packet::{data_header, OptionWriter, Packet};
-use ringboot::proto::tftp::BlockNum;
+use ringboot::proto::tftp::{BlockNum, BlockSize};
+use ringboot::proto::Payload;
+use std::net::SocketAddr;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -35,7 +37,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let blksize: u16 = if pxe { 512 } else { u.int_in_range(8..=1468)? };
     let asked = !pxe && blksize != 512 || u.arbitrary()?;
     let cfg = McClientConfig {
-        blksize: asked.then_some(blksize),
+        blksize: asked.then(|| BlockSize::new(blksize).expect("in range")),
         tsize: u.arbitrary()?,
         timeout: Duration::from_millis(u.int_in_range(1..=1000)?),
         retries: u.int_in_range(0..=8)?,
@@ -48,10 +50,11 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let hostile: bool = u.arbitrary()?;
     let t0 = Instant::now();
     let mut now = t0;
+    let server: SocketAddr = "127.0.0.1:69".parse().unwrap();
     let mut c = if pxe {
-        McClient::pxe(b"pxelinux.0", cfg.clone(), now)
+        McClient::pxe(server, b"pxelinux.0", cfg.clone(), now)
     } else {
-        McClient::rfc2090(b"pxelinux.0", cfg.clone(), now)
+        McClient::rfc2090(server, b"pxelinux.0", cfg.clone(), now)
     };
     let mut delivered: HashSet<u64> = HashSet::new();
     let mut bytes = 0u64;
@@ -75,7 +78,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 };
                 let tsize = cfg.tsize.then_some(len);
                 len_known |= tsize.is_some() && unicast && !pxe;
-                oack(&mut buf, cfg.blksize.map(u64::from), tsize, mc)
+                oack(&mut buf, cfg.blksize.map(|b| b.get() as u64), tsize, mc)
             }
             1 => {
                 // Mostly the next blocks in order, sometimes anywhere in the file: anywhere only
@@ -106,9 +109,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 now += Duration::from_micros(
                     u64::from(u.arbitrary::<u16>()?) << u.int_in_range(0..=8)?,
                 );
-                if let McEvent::Data { .. } = c.handle_timeout(now) {
-                    panic!("data from a timer");
-                }
+                c.handle_timeout(now);
                 0
             }
             4 => {
@@ -131,8 +132,17 @@ fn run(u: &mut Unstructured) -> Result<()> {
             }
         };
         if n > 0 {
-            match c.handle_datagram(&buf[..n], unicast, now) {
-                McEvent::Data { offset, data } => {
+            let arrival = if unicast {
+                Arrival::Unicast
+            } else {
+                Arrival::Group
+            };
+            let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+            match c.handle_datagram(now, from, arrival, &buf[..n]) {
+                Some(Data {
+                    offset,
+                    bytes: data,
+                }) => {
                     let end = offset
                         .checked_add(data.len() as u64)
                         .expect("offset overflow");
@@ -152,15 +162,23 @@ fn run(u: &mut Unstructured) -> Result<()> {
                         bytes += data.len() as u64;
                     }
                 }
-                McEvent::Failed(_) | McEvent::JoinGroup(_) | McEvent::None => {}
+                None => {}
             }
         }
         if !hostile && c.is_finished() {
             assert_eq!(bytes, len, "finished with {bytes} of {len} bytes");
             assert_eq!(delivered.len() as u64, total);
         }
+        while let Some(e) = c.poll_event() {
+            if let McEvent::Finished = e {
+                assert!(hostile || c.is_finished());
+            }
+        }
         let mut sends = 0;
-        while let Some(l) = c.poll_transmit(&mut out) {
+        while let Some(t) = c.poll_transmit(now, &mut out) {
+            let Payload::Datagram(l) = t.payload else {
+                panic!("a client sends datagrams only")
+            };
             sends += 1;
             assert!(sends < 4, "poll_transmit never ends");
             assert!(l <= out.len());
