@@ -739,6 +739,17 @@ impl Core {
         }
     }
 
+    /// The client's port is unreachable: the transfer ends as completed-unconfirmed when every
+    /// block was sent, else it is aborted.
+    fn peer_unreachable(&mut self, id: TransferId) {
+        if let Some(io) = self.io_mut(id) {
+            io.reason = Some("client port unreachable");
+        }
+        if let Some(t) = self.endpoint.transfer_mut(id) {
+            t.peer_unreachable("client port unreachable");
+        }
+    }
+
     /// Receiving on a transfer socket failed with `errno`.
     pub(crate) fn on_transfer_error(
         &mut self,
@@ -756,8 +767,8 @@ impl Core {
         }
         match errno {
             libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN => {
-                // ICMP unreachable: the client is gone.
-                self.abort(id, "client port unreachable", "client port unreachable");
+                // ICMP unreachable: the client is gone (after its final ACK, or not).
+                self.peer_unreachable(id);
                 self.drive(id, now, drv);
             }
             e => {
@@ -817,6 +828,7 @@ impl Core {
         let c = io.tx.call(call);
         let err = io::Error::from_raw_os_error(errno);
         let mut abort = None;
+        let mut unreachable = false;
         match errno {
             libc::EAGAIN | libc::ENOBUFS | libc::ECANCELED | libc::EINTR => {
                 // The rest of the window is lost; the transfer's timer resends it.
@@ -836,7 +848,7 @@ impl Core {
             }
             libc::EFAULT => abort = Some((FILE_CHANGED, FILE_CHANGED)),
             libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN => {
-                abort = Some(("client port unreachable", "client port unreachable"))
+                unreachable = true
             }
             libc::EMSGSIZE => {
                 abort = Some((
@@ -850,6 +862,9 @@ impl Core {
         }
         if let Some((reason, message)) = abort {
             self.abort(id, reason, message);
+        }
+        if unreachable {
+            self.peer_unreachable(id);
         }
         if disable_worker_gso && self.gso {
             self.gso = false;
@@ -1032,7 +1047,10 @@ impl Core {
         // or evicted transfer: the address may be spoofed) and failures; completions do not.
         let quiet = outcome == Some(Outcome::Unanswered) || evicted;
         let failed = match outcome {
-            Some(o) => !matches!(o, Outcome::Completed | Outcome::ProbeEnded(_)),
+            Some(o) => !matches!(
+                o,
+                Outcome::Completed | Outcome::ProbeEnded(_) | Outcome::Unconfirmed
+            ),
             None => transfer.stats().blocks_sent > 0,
         };
         let limited: Option<fn(&mut WorkerLogs) -> &mut LogLimit> = if quiet {
@@ -1132,6 +1150,12 @@ fn log_end(end: &End<'_>, now: Instant, quiet: bool) {
         }
         Some(Outcome::Aborted(c)) => line!(warn, "aborted", c.as_u16(), "transfer failed"),
         Some(Outcome::Unanswered) => line!(debug, "unanswered", 0u16, "transfer dropped"),
+        Some(Outcome::Unconfirmed) => line!(
+            info,
+            "completed-unconfirmed",
+            0u16,
+            "transfer finished; every block was sent, the final ACK was not seen"
+        ),
         // Superseded before any data was sent: the end of a size probe whose ERROR came late.
         None if s.blocks_sent == 0 => line!(debug, "superseded", 0u16, "transfer dropped"),
         None => line!(info, "superseded", 0u16, "transfer dropped"),

@@ -6,15 +6,15 @@
 //! client side that behaves like EDK2 (ACK after a full window, re-ACK the last in-order block at
 //! once on a gap or a duplicate). ACKs are never lost (the reverse path is idle).
 //!
-//! Deterministic: one event queue ordered by (time, sequence number), a seeded generator for
+//! Deterministic: one event queue (the engine's [`TimerQueue`], ordered by time, then arming order), a seeded generator for
 //! start jitter and driver wake-up lateness. (When `proto::sim` lands, its clock and PRNG replace
 //! [`super::tests::epoch`] and [`Lcg`]; the queue and the flows stay here.)
 
 use super::gap::{AckAction, GapCheck};
 use super::probe::{eifel_response, ProbeCheck, Verdict};
 use super::{wire_bytes, AckSample, FlowCc, Grant, LinkCc, LinkConfig, Rate};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use crate::proto::timer::TimerQueue;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// A tiny seeded generator (numerical recipes LCG, high bits).
@@ -221,8 +221,11 @@ pub(crate) struct Sim {
     cfg: NetConfig,
     t0: Instant,
     now: Instant,
-    seq: u64,
-    events: BinaryHeap<Reverse<(Instant, u64, Ev)>>,
+    /// Pending events: the timer queue orders their slots by (instant, arming order); a slot's
+    /// event is in `slots`, and freed slots are reused.
+    events: TimerQueue<usize>,
+    slots: Vec<Option<Ev>>,
+    free: Vec<usize>,
     queue: VecDeque<(usize, u64)>,
     link: LinkCc,
     flows: Vec<Flow>,
@@ -250,8 +253,9 @@ impl Sim {
             cfg,
             t0,
             now: t0,
-            seq: 0,
-            events: BinaryHeap::new(),
+            events: TimerQueue::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
             queue: VecDeque::new(),
             link: LinkCc::new(LinkConfig {
                 cap: cfg.cap,
@@ -308,8 +312,25 @@ impl Sim {
     }
 
     fn at(&mut self, t: Instant, ev: Ev) {
-        self.seq += 1;
-        self.events.push(Reverse((t, self.seq, ev)));
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(ev);
+                i
+            }
+            None => {
+                self.slots.push(Some(ev));
+                self.slots.len() - 1
+            }
+        };
+        self.events.arm(slot, t);
+    }
+
+    /// The earliest pending event (the first armed among equals).
+    fn next_event(&mut self) -> Option<(Instant, Ev)> {
+        let t = self.events.next_deadline()?;
+        let slot = self.events.pop_expired(t)?;
+        self.free.push(slot);
+        Some((t, self.slots[slot].take()?))
     }
 
     /// Run until `end` (offset from the start) or until nothing is left to do.
@@ -322,7 +343,7 @@ impl Sim {
         let mut next_trace = self.t0;
         let (mut last_sent, mut last_resent, mut last_drop, mut last_del) =
             (0u64, 0u64, 0u64, 0u64);
-        while let Some(Reverse((t, _, ev))) = self.events.pop() {
+        while let Some((t, ev)) = self.next_event() {
             if t > end {
                 break;
             }

@@ -85,6 +85,12 @@ pub enum Outcome {
     /// The client never acknowledged the first response within the pre-ACK resend budget: it is
     /// gone, or its address was spoofed. Dropped without an ERROR (see the module docs).
     Unanswered,
+    /// Every block was sent, the client had acknowledged earlier ones, and then it went away
+    /// without its final ACK being seen: its port became unreachable (ICMP), or it stayed silent
+    /// for the whole retry budget. A TFTP client leaves as soon as it has sent its final ACK, so
+    /// when that ACK is lost (or a tail probe crosses it) this is how a completed download ends.
+    /// Not a failure; no ERROR is sent (nobody is there to read it).
+    Unconfirmed,
 }
 
 /// What the driver must know, from [`Transfer::poll_event`].
@@ -105,6 +111,7 @@ impl Outcome {
             Outcome::ProtocolViolation => "protocol-violation",
             Outcome::Aborted(_) => "aborted",
             Outcome::Unanswered => "unanswered",
+            Outcome::Unconfirmed => "completed-unconfirmed",
         }
     }
 }
@@ -513,6 +520,11 @@ impl Transfer {
             return;
         }
         if now.saturating_duration_since(self.last_progress) >= self.silence_budget {
+            if self.all_sent() {
+                // The final ACK (or the client's last re-ACK) was lost and the client has gone.
+                self.finish(Outcome::Unconfirmed);
+                return;
+            }
             self.close(
                 Outcome::TimedOut,
                 ErrorCode::NotDefined,
@@ -542,6 +554,27 @@ impl Transfer {
                 from: self.acked + 1,
             },
         };
+    }
+
+    /// Every block of the content was sent at least once, to a client that had acknowledged
+    /// something (so it receives at its address).
+    pub fn all_sent(&self) -> bool {
+        self.verified && self.phase == Phase::Sending && self.sent_hi >= self.total_blocks
+    }
+
+    /// The client's port or host became unreachable (an ICMP error on the transfer's socket).
+    /// When [`all_sent`](Self::all_sent), the client most likely left after its final ACK (lost,
+    /// or crossed by a tail probe): the transfer ends as [`Outcome::Unconfirmed`]. Otherwise it is
+    /// aborted ([`Outcome::Aborted`], with an ERROR, as [`abort`](Self::abort) does).
+    pub fn peer_unreachable(&mut self, message: &'static str) {
+        if matches!(self.phase, Phase::Done(_) | Phase::Closing(_)) {
+            return;
+        }
+        if self.all_sent() {
+            self.finish(Outcome::Unconfirmed);
+        } else {
+            self.abort(ErrorCode::NotDefined, message);
+        }
     }
 
     /// End the transfer from the server side with an ERROR to the client (e.g. the file changed).
