@@ -64,6 +64,7 @@
 
 pub mod http;
 pub mod registry;
+pub mod serve;
 pub mod status;
 
 pub use registry::{

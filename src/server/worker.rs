@@ -75,6 +75,10 @@ pub(crate) struct Shared {
     pub workers: usize,
     /// A fault to inject (tests of the failure handling only).
     pub fault: Option<super::Fault>,
+    /// The metrics and status page (`--metrics`), when on.
+    pub metrics: Option<Arc<crate::metrics::Status>>,
+    /// Set at SIGTERM: new requests are refused while running transfers finish.
+    pub draining: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A transfer's place in the worker's table (the endpoint's [`TransferId`] in the form the
@@ -281,6 +285,8 @@ pub(crate) struct Core {
     /// An error injected by `--fault worker-error`, returned by the backend's loop.
     injected: Option<io::Error>,
     reply: [u8; 516],
+    /// Metrics and status (`--metrics`), when on.
+    observer: Option<observe::Observer>,
 }
 
 impl Core {
@@ -291,6 +297,7 @@ impl Core {
         gso: bool,
     ) -> Self {
         let share = shared.admission.config().share(worker, shared.workers);
+        let shared_metrics = shared.metrics.clone();
         let endpoint = Endpoint::new(
             endpoint::EndpointConfig {
                 limits: shared.limits,
@@ -313,6 +320,7 @@ impl Core {
             lingering: 0,
             injected: None,
             reply: [0; 516],
+            observer: observe::Observer::new(shared_metrics.as_deref()),
         }
     }
 
@@ -365,15 +373,17 @@ impl Core {
 
     /// The earliest transfer deadline, or the next report of suppressed log lines.
     pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
-        match (self.timers.next_deadline(), self.logs.flush_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let publish = self.observer.as_ref().and_then(|o| o.next_due());
+        [self.timers.next_deadline(), self.logs.flush_at, publish]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Fire every transfer timer due at `now` (and report suppressed log lines when due).
     pub(crate) fn run_timers(&mut self, now: Instant, drv: &mut impl Driver) {
         self.logs.flush(self.worker, now);
+        self.publish(now);
         while let Some(id) = self.timers.pop_expired(now) {
             if self.io(id).is_none_or(|io| io.closed) {
                 continue;
@@ -441,6 +451,9 @@ impl Core {
             }
             _ => {}
         }
+        if self.draining(li, data, &peer, info.as_ref()) {
+            return;
+        }
         let Some(listener) = self.listeners.get(li) else {
             return;
         };
@@ -457,6 +470,9 @@ impl Core {
                 return self.drive(id, now, drv);
             }
             Decision::Refuse(r) => {
+                if let Some(o) = &self.observer {
+                    o.refusal(&r);
+                }
                 let n = r.emit(&mut self.reply);
                 self.send_reply(li, n, &peer, info.as_ref());
                 match r {
@@ -479,6 +495,11 @@ impl Core {
                 }
                 return;
             }
+            // An ERROR or ACK on the listening port is what clients such as tftp-hpa send after
+            // a refusal: normal, at debug only.
+            Decision::Drop(endpoint::Ignored::Unexpected(op)) if matches!(op as u16, 3..=6) => {
+                return debug!(client = %peer, opcode = op as u16, "datagram other than a request on the listening port ignored");
+            }
             Decision::Drop(why) => return self.note_malformed(Some(peer), &why, now),
         };
         let content = match self
@@ -488,6 +509,9 @@ impl Core {
         {
             Ok(c) => c,
             Err(e) => {
+                if let Some(o) = &self.observer {
+                    o.lookup_refused(&e);
+                }
                 let n = emit_error_fmt(&mut self.reply, e.error_code(), format_args!("{e}"));
                 self.send_reply(li, n, &peer, info.as_ref());
                 if let Some(n) = self.logs.allow(|l| &mut l.refused, now) {
@@ -529,6 +553,9 @@ impl Core {
             Accept::Unicast(a) => a,
             Accept::Multicast => return,
             Accept::Refuse(r) => {
+                if let Some(o) = &self.observer {
+                    o.refusal(&r);
+                }
                 let n = r.emit(&mut self.reply);
                 self.send_reply(li, n, &peer, info.as_ref());
                 if let Some(n) = self.logs.allow(|l| &mut l.over_cap, now) {
@@ -558,6 +585,9 @@ impl Core {
         ) {
             Ok(s) => s,
             Err(e) => {
+                if let Some(o) = &self.observer {
+                    o.refused(crate::metrics::RefuseReason::NoSocket);
+                }
                 self.endpoint.release(id);
                 let msg = match &e {
                     TransferSocketError::NoFreePort => "no free transfer port",
@@ -586,16 +616,16 @@ impl Core {
             return;
         };
         let negotiated = *t.negotiated();
-        debug!(
-            worker = self.worker,
+        info!(
             client = %peer,
             file = content.display_path(),
-            local = %local,
+            size = content.transfer_len().unwrap_or(0),
             mode = mode.as_str(),
             blksize = negotiated.blksize.get(),
             windowsize = negotiated.windowsize.get(),
-            tsize = ?negotiated.tsize,
-            mtu = ?mtu,
+            tsize = negotiated.tsize.is_some(),
+            mtu = mtu.unwrap_or(0),
+            worker = self.worker,
             "transfer started"
         );
         let window = (negotiated.windowsize.get() as usize).min(0x7fff);
@@ -621,6 +651,9 @@ impl Core {
             self.slots.resize_with(idx + 1, || None);
         }
         self.slots[idx] = Some(Slot { id, io: Some(io) });
+        if let Some(o) = &self.observer {
+            o.started();
+        }
         self.drive(id, now, drv);
     }
 
@@ -1057,6 +1090,9 @@ impl Core {
                 started,
             };
             log_end(&end, now, quiet || logged.is_none());
+            if let Some(o) = &self.observer {
+                o.ended(transfer, now.saturating_duration_since(started));
+            }
         }
         if let (true, Some(n)) = (quiet, logged) {
             info!(
@@ -1102,10 +1138,11 @@ fn log_end(end: &End<'_>, now: Instant, quiet: bool) {
     let bytes = s.bytes_acked;
     let resent = s.blocks_resent;
     let timeouts = s.timeouts;
+    let throughput_bps = bytes.saturating_mul(8_000) / duration_ms.max(1);
     macro_rules! line {
         ($lvl:ident, $outcome:expr, $code:expr, $msg:literal) => {
             tracing::$lvl!(
-                %client, file, bytes, blksize, windowsize, duration_ms, resent, timeouts, srtt_us,
+                %client, file, bytes, duration_ms, throughput_bps, resent, timeouts, blksize, windowsize, srtt_us,
                 outcome = $outcome, code = $code, reason = io.reason.unwrap_or(""), $msg
             )
         };
@@ -1121,14 +1158,14 @@ fn log_end(end: &End<'_>, now: Instant, quiet: bool) {
         Some(Outcome::ClientError(c)) => {
             line!(
                 info,
-                "client-error",
+                "client_error",
                 c.as_u16(),
                 "transfer ended by the client"
             )
         }
         Some(Outcome::TimedOut) => line!(warn, "timeout", 0u16, "transfer failed"),
         Some(Outcome::ProtocolViolation) => {
-            line!(warn, "protocol-violation", 4u16, "transfer failed")
+            line!(warn, "protocol_violation", 4u16, "transfer failed")
         }
         Some(Outcome::Aborted(c)) => line!(warn, "aborted", c.as_u16(), "transfer failed"),
         Some(Outcome::Unanswered) => line!(debug, "unanswered", 0u16, "transfer dropped"),
@@ -1138,5 +1175,6 @@ fn log_end(end: &End<'_>, now: Instant, quiet: bool) {
     }
 }
 
+mod observe;
 #[cfg(test)]
 mod tests;
