@@ -712,7 +712,7 @@ impl Driver {
             log_note(&mut self.logs, note, &req, now);
         }
         let Some(reply) = decision.reply else {
-            tracing::trace!(client = %mac_str(req.chaddr()), ty = ?req.opts().msg_type(), "DHCP request not answered");
+            tracing::trace!(client = %mac_str(req.chaddr()), msg_type = req.opts().msg_type().map_or(0, u8::from), "DHCP request not answered");
             return;
         };
         self.note_decision(&req, &reply.message, server_ip);
@@ -729,8 +729,8 @@ impl Driver {
         };
         tracing::debug!(
             client = %mac_str(req.chaddr()),
-            request = ?req.opts().msg_type(),
-            reply = ?ty,
+            request = req.opts().msg_type().map_or(0, u8::from),
+            reply = ty.map_or(0, u8::from),
             yiaddr = %yiaddr,
             file = %file_of(&reply.message),
             to = %dest,

@@ -258,7 +258,7 @@ impl Server {
                             Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
                         ) =>
                 {
-                    warn!(addr = %la.addr, error = %e, "IPv6 unavailable; not listening on {}", la.addr);
+                    warn!(addr = %la.addr, reason = %e, "IPv6 unavailable; not listening on {}", la.addr);
                     continue;
                 }
                 Err(e) => {

@@ -401,12 +401,12 @@ impl Core {
         what: &dyn std::fmt::Display,
         now: Instant,
     ) {
-        debug!(worker = self.worker, client = ?peer, error = %what, "malformed datagram on the listening port");
+        debug!(worker = self.worker, client = %peer.map_or_else(|| "-".to_owned(), |p| p.to_string()), reason = %what, "malformed datagram on the listening port");
         if let Some(n) = self.logs.allow(|l| &mut l.malformed, now) {
             warn!(
                 worker = self.worker,
-                client = ?peer,
-                error = %what,
+                client = %peer.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                reason = %what,
                 suppressed = n,
                 "malformed datagram on the listening port (one line a second; details at debug)"
             );
@@ -419,7 +419,7 @@ impl Core {
             return;
         };
         if let Err(e) = sys::send_from(l.sock.as_raw_fd(), &self.reply[..len], peer, info) {
-            debug!(client = %peer, error = %e, "could not send ERROR");
+            debug!(client = %peer, reason = %e, "could not send ERROR");
         }
     }
 
@@ -478,12 +478,12 @@ impl Core {
                 match r {
                     Refusal::Write { filename } => {
                         if let Some(n) = self.logs.allow(|l| &mut l.write, now) {
-                            info!(client = %peer, file = %filename.escape_ascii(), reason = %r, suppressed = n, "write request refused");
+                            info!(client = %peer, file = String::from_utf8_lossy(filename).as_ref(), reason = %r, suppressed = n, "write request refused");
                         }
                     }
                     Refusal::MailMode { filename } => {
                         if let Some(n) = self.logs.allow(|l| &mut l.refused, now) {
-                            info!(client = %peer, file = %filename.escape_ascii(), code = r.code().as_u16(), reason = %r, suppressed = n, "request refused");
+                            info!(client = %peer, file = String::from_utf8_lossy(filename).as_ref(), code = r.code().as_u16(), reason = %r, suppressed = n, "request refused");
                         }
                     }
                     Refusal::TooLarge => self.note_malformed(
@@ -515,7 +515,7 @@ impl Core {
                 let n = emit_error_fmt(&mut self.reply, e.error_code(), format_args!("{e}"));
                 self.send_reply(li, n, &peer, info.as_ref());
                 if let Some(n) = self.logs.allow(|l| &mut l.refused, now) {
-                    info!(client = %peer, file = %incoming.filename().escape_ascii(), code = e.error_code().as_u16(), reason = %e, suppressed = n, "request refused");
+                    info!(client = %peer, file = String::from_utf8_lossy(incoming.filename()).as_ref(), code = e.error_code().as_u16(), reason = %e, suppressed = n, "request refused");
                 }
                 return;
             }
@@ -600,14 +600,14 @@ impl Core {
                 );
                 self.send_reply(li, n, &peer, info.as_ref());
                 if let Some(n) = self.logs.allow(|l| &mut l.no_socket, now) {
-                    warn!(client = %peer, file = content.display_path(), error = %e, suppressed = n, "request refused");
+                    warn!(client = %peer, file = content.display_path(), reason = %e, suppressed = n, "request refused");
                 }
                 return;
             }
         };
         if let Err(e) = drv.watch(id.into(), sock.as_raw_fd()) {
             if let Some(n) = self.logs.allow(|l| &mut l.no_socket, now) {
-                warn!(client = %peer, error = %e, suppressed = n, "cannot watch a transfer socket; request dropped");
+                warn!(client = %peer, reason = %e, suppressed = n, "cannot watch a transfer socket; request dropped");
             }
             self.endpoint.release(id);
             return;
@@ -680,7 +680,7 @@ impl Core {
         let m = match sys::interface_mtu(fd, ifindex) {
             Ok(m) => Some(m),
             Err(e) => {
-                debug!(ifindex, error = %e, "cannot read the interface MTU");
+                debug!(ifindex, reason = %e, "cannot read the interface MTU");
                 None
             }
         };
@@ -794,7 +794,7 @@ impl Core {
                 self.drive(id, now, drv);
             }
             e => {
-                debug!(client = %io.peer, error = %io::Error::from_raw_os_error(e), "receive error on a transfer socket");
+                debug!(client = %io.peer, reason = %io::Error::from_raw_os_error(e), "receive error on a transfer socket");
             }
         }
     }
@@ -853,12 +853,12 @@ impl Core {
         match errno {
             libc::EAGAIN | libc::ENOBUFS | libc::ECANCELED | libc::EINTR => {
                 // The rest of the window is lost; the transfer's timer resends it.
-                trace!(client = %io.peer, error = %err, "send queue full; window cut short");
+                trace!(client = %io.peer, reason = %err, "send queue full; window cut short");
             }
             libc::EIO | libc::EINVAL | libc::EOPNOTSUPP if c.is_some_and(|c| c.gso) => {
                 if errno == libc::EINVAL {
                     // The path refuses this segment size; other transfers may be fine.
-                    debug!(client = %io.peer, error = %err, "UDP GSO refused for this transfer; sending one datagram per block");
+                    debug!(client = %io.peer, reason = %err, "UDP GSO refused for this transfer; sending one datagram per block");
                     io.gso = false;
                 } else {
                     disable_worker_gso = true;
@@ -878,7 +878,7 @@ impl Core {
                 ))
             }
             _ => {
-                debug!(client = %io.peer, error = %err, "send failed; window cut short");
+                debug!(client = %io.peer, reason = %err, "send failed; window cut short");
             }
         }
         if let Some((reason, message)) = abort {
@@ -886,7 +886,7 @@ impl Core {
         }
         if disable_worker_gso && self.gso {
             self.gso = false;
-            warn!(worker, error = %err, "UDP GSO send failed; this worker sends one datagram per block from now on");
+            warn!(worker, reason = %err, "UDP GSO send failed; this worker sends one datagram per block from now on");
         }
     }
 
@@ -1002,7 +1002,7 @@ impl Core {
                 Payload::Datagram(len) => {
                     if let (Some(s), Some(bytes)) = (&io.sock, io.tx.ctrl.get(..len)) {
                         if let Err(e) = sys::send_connected(s.as_raw_fd(), bytes) {
-                            debug!(client = %io.peer, error = %io::Error::from_raw_os_error(e), "control datagram not sent");
+                            debug!(client = %io.peer, reason = %io::Error::from_raw_os_error(e), "control datagram not sent");
                         }
                     }
                 }
@@ -1091,7 +1091,11 @@ impl Core {
             };
             log_end(&end, now, quiet || logged.is_none());
             if let Some(o) = &self.observer {
-                o.ended(transfer, now.saturating_duration_since(started));
+                o.ended(
+                    transfer,
+                    io.content.transfer_len(),
+                    now.saturating_duration_since(started),
+                );
             }
         }
         if let (true, Some(n)) = (quiet, logged) {

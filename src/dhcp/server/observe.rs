@@ -138,13 +138,13 @@ impl Driver {
         }
         tracing::info!(
             mac = %mac_str(req.chaddr()),
-            ip = %ip.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+            ip = ip.map_or_else(|| "-".to_owned(), |a| a.to_string()).as_str(),
             arch = class.as_str(),
-            vendor_class = %vendor.escape_ascii(),
-            user_class = %user_class.escape_ascii(),
+            vendor_class = String::from_utf8_lossy(vendor).as_ref(),
+            user_class = String::from_utf8_lossy(user_class).as_ref(),
             mode = mode.as_str(),
             reply = ty.as_str(),
-            boot_file = %boot.escape_ascii(),
+            boot_file = String::from_utf8_lossy(boot).as_ref(),
             server = %server,
             "DHCP decision"
         );

@@ -37,7 +37,7 @@ impl Observer {
     }
 
     /// A transfer ended after `duration` (`outcome` `None`: superseded or dropped by the server).
-    pub(crate) fn ended(&self, t: &Transfer, duration: Duration) {
+    pub(crate) fn ended(&self, t: &Transfer, len: Option<u64>, duration: Duration) {
         let s = t.stats();
         let outcome = match t.outcome() {
             Some(Outcome::Completed) => MOutcome::Completed,
@@ -49,8 +49,11 @@ impl Observer {
             Some(Outcome::Unanswered) => MOutcome::Unanswered,
         };
         let blksize = u64::from(t.negotiated().blksize.get());
-        // File bytes in DATA, resends included: every block full but the acknowledged tail.
-        let sent = s.bytes_acked + s.blocks_resent.saturating_mul(blksize);
+        // File bytes in DATA, resends included: each block sent once, cut at the file's end,
+        // plus the resends counted as full blocks.
+        let once = (s.blocks_sent - s.blocks_resent.min(s.blocks_sent)).saturating_mul(blksize);
+        let once = len.map_or(once, |l| once.min(l));
+        let sent = once + s.blocks_resent.saturating_mul(blksize);
         self.rec.data_sent(s.blocks_sent, sent.max(s.bytes_acked));
         self.rec.blocks_resent(s.blocks_resent);
         for _ in 0..s.timeouts.min(1 << 16) {
