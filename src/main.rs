@@ -1,9 +1,15 @@
 //! The `ringboot` binary: parse the command line, load the configuration, set up logging, run.
 //!
-//! `ringboot serve --root DIR` binds the listeners, logs `listening on ADDR[, ADDR...] (backend=...,
-//! workers=N)` once every worker is ready, and runs until SIGINT or SIGTERM (exit code 0). A
-//! usage error exits with code 2 (clap's message); a configuration that cannot be used exits
-//! with code 1 and one line per problem (`ringboot: FILE:LINE:COLUMN: KEY: what is wrong`).
+//! `ringboot serve --root DIR` checks the configuration on this host (`ringboot check` runs the
+//! same checks and exits 0 or 1), binds the listeners, starts the metrics listener
+//! (`--metrics`), drops root (`--user`), logs `listening on ADDR[, ADDR...] (backend=...,
+//! workers=N)` once every worker is ready, and runs until SIGINT or SIGTERM: new requests are
+//! refused, running transfers finish for `--drain-timeout`, exit code 0. SIGHUP reloads the
+//! configuration (DHCP boot rules and boot files, log level) without touching running transfers;
+//! an invalid one is refused with one line. The signals are blocked in every thread and taken by
+//! the main thread with `sigtimedwait`. A usage error exits with code 2 (clap's message); a
+//! configuration that cannot be used exits with code 1 and one line per problem
+//! (`ringboot: FILE:LINE:COLUMN: KEY: what is wrong`).
 //!
 //! At start, what the configuration names on this host is looked up (the DHCP interface's
 //! address, the CPU count), the soft descriptor limit is raised to the hard one, and the transfer
