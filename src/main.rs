@@ -470,7 +470,7 @@ fn serve(
     let shutdown = Shutdown::new().context("cannot create the shutdown eventfd")?;
     let mut services = Vec::new();
     if mc.enabled() {
-        let (handle, thread) = mcast::spawn(mc, store, shutdown.clone())
+        let (handle, thread) = mcast::spawn_with(mc, store, shutdown.clone(), Some(status.clone()))
             .context("cannot start the multicast service")?;
         server.set_multicast(handle);
         services.push(Service {

@@ -483,9 +483,26 @@ pub fn build(s: FileConfig) -> Result<(Config, Vec<Problem>), ConfigErrors> {
     let mut dhcp = s.dhcp.unwrap_or_default();
     if dhcp.mode == DhcpMode::Off {
         if dhcp != DhcpConfig::default() {
-            warnings.push(Problem::whole(
-                "the DHCP settings are not used: the DHCP responder is off (set `mode` in [dhcp] or give --dhcp proxy|full)",
-            ));
+            let mut set = Vec::new();
+            for (on, name) in [
+                (dhcp.boot_file.is_some(), "--boot-file"),
+                (dhcp.range.is_some(), "--dhcp-range"),
+                (dhcp.interface.is_some(), "--dhcp-interface"),
+                (dhcp.lease_file.is_some(), "--dhcp-lease-file"),
+                (!dhcp.rules.is_empty(), "[[dhcp.rule]]"),
+            ] {
+                if on {
+                    set.push(name);
+                }
+            }
+            let named = if set.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", set.join(", "))
+            };
+            warnings.push(Problem::whole(format!(
+                "the DHCP settings{named} are not used: the DHCP responder is off (set `mode` in [dhcp] or give --dhcp proxy|full)",
+            )));
         }
     } else {
         // Files served by PXE MTFTP are advertised with their MTFTP parameters.

@@ -397,6 +397,10 @@ fn warnings_name_what_is_ignored() {
     assert_eq!(c.dhcp.mode, DhcpMode::Off);
     assert_eq!(w.len(), 1);
     assert!(w[0].message.contains("DHCP responder is off"), "{w:?}");
+    assert!(
+        w[0].message.contains("--boot-file"),
+        "the ignored flag is named: {w:?}"
+    );
 }
 
 #[test]

@@ -522,6 +522,16 @@ pub fn spawn(
     store: Arc<Store>,
     shutdown: Arc<Shutdown>,
 ) -> io::Result<(McHandle, JoinHandle<()>)> {
+    spawn_with(cfg, store, shutdown, None)
+}
+
+/// [`spawn`], recording into `status` (`--metrics`).
+pub fn spawn_with(
+    cfg: McConfig,
+    store: Arc<Store>,
+    shutdown: Arc<Shutdown>,
+    status: Option<Arc<crate::metrics::Status>>,
+) -> io::Result<(McHandle, JoinHandle<()>)> {
     let mut listeners = Vec::new();
     if !cfg.mtftp.is_empty() {
         let addrs = if cfg.listen.is_empty() {
@@ -583,6 +593,7 @@ pub fn spawn(
                 next_token: 0,
                 buf: vec![0u8; 2048],
                 logs: Logs::default(),
+                observer: status.as_deref().map(observe::Observer::new),
             };
             if let Err(e) = svc.run(&shutdown) {
                 warn!(reason = %e, "multicast service stopped");
@@ -655,6 +666,7 @@ struct Service {
     next_token: u64,
     buf: Vec<u8>,
     logs: Logs,
+    observer: Option<observe::Observer>,
 }
 
 fn epoll_add(ep: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
@@ -734,6 +746,7 @@ impl Service {
             }
             self.logs.flush(now);
             lock(&self.admission).flush_logs(now);
+            self.observe(now);
         }
         drop(ep_owned);
         Ok(())
@@ -1130,6 +1143,7 @@ impl Service {
             return;
         }
         let r = self.sessions.remove(&token).expect("present");
+        self.observe_end(&r);
         // Ended by the server with members left: tell them, and give their places back.
         if r.session.members() > 0 {
             let mut out = [0u8; 128];
@@ -1206,5 +1220,6 @@ fn send_block(fd: RawFd, hdr: &[u8; 4], payload: &[u8], to: &SockAddr) -> io::Re
     }
 }
 
+mod observe;
 #[cfg(test)]
 mod tests;

@@ -121,6 +121,13 @@ impl Driver {
         if let Some(r) = &self.observer.rec {
             r.dhcp_message(msg_type(req.opts().msg_type()), mode, class);
             r.dhcp_message(ty, mode, class);
+            if let (DhcpMode::Full, Some(range)) = (self.cfg.mode, self.cfg.range) {
+                // Records in the pool (bound, offered or held after a decline) against its size.
+                let size =
+                    u64::from(u32::from(range.end).saturating_sub(u32::from(range.start))) + 1;
+                let used = self.state.in_range(range).count() as u64;
+                r.set_leases(used, size.saturating_sub(used));
+            }
         }
         if let Some(s) = &self.observer.status {
             s.record_dhcp(
