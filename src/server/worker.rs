@@ -166,6 +166,8 @@ struct Io {
     recv_armed: bool,
     /// Closed, waiting for its sends or receive to end (counted in `Core::lingering`).
     lingering: bool,
+    /// Its `transfer started` line is written (at the first acknowledged data).
+    announced: bool,
 }
 
 struct Slot {
@@ -616,17 +618,15 @@ impl Core {
             return;
         };
         let negotiated = *t.negotiated();
-        info!(
+        // At INFO once the client acknowledges data (`announce`): a spoofed request never does.
+        debug!(
             client = %peer,
             file = content.display_path(),
-            size = content.transfer_len().unwrap_or(0),
+            local = %local,
             mode = mode.as_str(),
-            blksize = negotiated.blksize.get(),
-            windowsize = negotiated.windowsize.get(),
-            tsize = negotiated.tsize.is_some(),
             mtu = mtu.unwrap_or(0),
             worker = self.worker,
-            "transfer started"
+            "transfer accepted"
         );
         let window = (negotiated.windowsize.get() as usize).min(0x7fff);
         let io = Box::new(Io {
@@ -645,6 +645,7 @@ impl Core {
             closed: false,
             recv_armed: true,
             lingering: false,
+            announced: false,
         });
         let idx = id.index();
         if self.slots.len() <= idx {
@@ -953,6 +954,7 @@ impl Core {
 
     /// Drain the transfer's transmits, then close it if it is over, else re-arm its timer.
     fn drive(&mut self, id: TransferId, now: Instant, drv: &mut impl Driver) {
+        self.announce(id);
         loop {
             let Some(slot) = self.slots.get_mut(id.index()).and_then(|s| s.as_mut()) else {
                 return;

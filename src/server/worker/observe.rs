@@ -104,6 +104,36 @@ impl Observer {
 }
 
 impl Core {
+    /// The INFO `transfer started` line, once the client has acknowledged data (so a flood of
+    /// spoofed requests writes none). A flag test per call once written.
+    pub(super) fn announce(&mut self, id: crate::proto::tftp::endpoint::TransferId) {
+        let worker = self.worker;
+        let Some(slot) = self.slots.get_mut(id.index()).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        let Some(io) = slot.io.as_deref_mut().filter(|io| slot.id == id && !io.announced) else {
+            return;
+        };
+        let Some(t) = self.endpoint.transfer(id) else {
+            return;
+        };
+        if t.stats().bytes_acked == 0 {
+            return;
+        }
+        io.announced = true;
+        let n = t.negotiated();
+        tracing::info!(
+            client = %io.peer,
+            file = io.content.display_path(),
+            size = io.content.transfer_len().unwrap_or(0),
+            blksize = n.blksize.get(),
+            windowsize = n.windowsize.get(),
+            tsize = n.tsize.is_some(),
+            worker,
+            "transfer started"
+        );
+    }
+
     /// While draining, a new read request (not a retransmission of one: those find their
     /// transfer) gets ERROR 0; `true` when it was refused.
     pub(super) fn draining(
