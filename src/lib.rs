@@ -15,6 +15,7 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod proto;
 pub mod server;
+pub mod service;
 pub mod store;
 
 /// The origin of virtual time for the sans-IO core's tests and simulations

@@ -1,9 +1,15 @@
 //! The `ringboot` binary: parse the command line, load the configuration, set up logging, run.
 //!
-//! `ringboot serve --root DIR` binds the listeners, logs `listening on ADDR[, ADDR...] (backend=...,
-//! workers=N)` once every worker is ready, and runs until SIGINT or SIGTERM (exit code 0). A
-//! usage error exits with code 2 (clap's message); a configuration that cannot be used exits
-//! with code 1 and one line per problem (`ringboot: FILE:LINE:COLUMN: KEY: what is wrong`).
+//! `ringboot serve --root DIR` checks the configuration on this host (`ringboot check` runs the
+//! same checks and exits 0 or 1), binds the listeners, starts the metrics listener
+//! (`--metrics`), drops root (`--user`), logs `listening on ADDR[, ADDR...] (backend=...,
+//! workers=N)` once every worker is ready, and runs until SIGINT or SIGTERM: new requests are
+//! refused, running transfers finish for `--drain-timeout`, exit code 0. SIGHUP reloads the
+//! configuration (DHCP boot rules and boot files, log level) without touching running transfers;
+//! an invalid one is refused with one line. The signals are blocked in every thread and taken by
+//! the main thread with `sigtimedwait`. A usage error exits with code 2 (clap's message); a
+//! configuration that cannot be used exits with code 1 and one line per problem
+//! (`ringboot: FILE:LINE:COLUMN: KEY: what is wrong`).
 //!
 //! At start, what the configuration names on this host is looked up (the DHCP interface's
 //! address, the CPU count), the soft descriptor limit is raised to the hard one, and the transfer
@@ -13,13 +19,16 @@
 
 use anyhow::{bail, Context, Result};
 use ringboot::config::cli::{self, Cmd, TestFault};
-use ringboot::config::{self, Config, LogConfig, LogFormat};
+use ringboot::config::{self, Config, LogConfig};
 use ringboot::dhcp::DhcpMode;
+use ringboot::dhcp::{Hooks, PolicySlot};
+use ringboot::metrics::{Info, Registry, Status};
 use ringboot::server::mcast;
 use ringboot::server::{self as srv, AdmissionConfig, Fault, Server, ServerConfig, Shutdown};
+use ringboot::service::privileges::{self, Cap};
+use ringboot::service::{self, LevelHandle};
 use ringboot::store::{self, Store};
 use std::num::NonZeroUsize;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +36,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use tracing::{error, info, warn};
 use tracing_appender::non_blocking::{ErrorCounter, WorkerGuard};
-use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -37,33 +45,17 @@ const LOG_BUFFER_LINES: usize = 16_384;
 
 /// Logging through a bounded, non-blocking buffer: workers never wait for stderr. When stderr is a
 /// pipe nobody reads, lines beyond [`LOG_BUFFER_LINES`] are dropped and counted (see
-/// [`report_dropped_log_lines`]) instead of stalling downloads. The guard flushes at exit.
-fn init_logging(log: &LogConfig) -> Result<(WorkerGuard, ErrorCounter)> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(s) if !s.trim().is_empty() => {
-            EnvFilter::try_new(&s).with_context(|| format!("bad RUST_LOG {s:?}"))?
-        }
-        _ => EnvFilter::new(match log.verbose {
-            0 => "info",
-            1 => "debug",
-            _ => "trace",
-        }),
-    };
+/// [`report_dropped_log_lines`]) instead of stalling downloads. The guard flushes at exit. No
+/// colour unless stderr is a terminal (and `NO_COLOR` is unset); under journald no timestamps.
+fn init_logging(log: &LogConfig) -> Result<(WorkerGuard, ErrorCounter, LevelHandle)> {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(LOG_BUFFER_LINES)
         .thread_name("ringboot-log")
         .finish(std::io::stderr());
     let dropped = writer.error_counter();
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    let r = match log.format {
-        LogFormat::Text => b.try_init(),
-        LogFormat::Json => b.json().try_init(),
-    };
-    r.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))?;
-    Ok((guard, dropped))
+    let level = service::init_logging(log, writer).map_err(anyhow::Error::msg)?;
+    Ok((guard, dropped, level))
 }
 
 /// Log how many lines the bounded log buffer dropped since the last report (called periodically).
@@ -155,74 +147,43 @@ impl Service {
     }
 }
 
-/// The signals that end the server, blocked in every thread and read from a signalfd.
-fn stop_signals() -> libc::sigset_t {
+/// The signals the main thread waits for (SIGINT, SIGTERM: stop; SIGHUP: reload), blocked in
+/// every thread so that only `sigtimedwait` here receives them.
+fn service_signals() -> libc::sigset_t {
     // SAFETY: sigemptyset initialises the set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }
 
-fn block_stop_signals() -> Result<()> {
-    let set = stop_signals();
+fn block_service_signals() -> Result<()> {
+    let set = service_signals();
     // SAFETY: `set` is initialised.
     let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if r != 0 {
         bail!(
-            "cannot block SIGINT/SIGTERM: {}",
+            "cannot block SIGINT/SIGTERM/SIGHUP: {}",
             std::io::Error::from_raw_os_error(r)
         );
     }
     Ok(())
 }
 
-fn signalfd() -> Result<OwnedFd> {
-    let set = stop_signals();
-    // SAFETY: valid set; the result is checked before being owned.
-    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
-    if fd < 0 {
-        bail!(
-            "cannot create a signalfd: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    // SAFETY: fresh descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Wait up to `ms` for a stop signal; its name when one came.
-fn wait_signal(fd: &OwnedFd, ms: i32) -> Option<&'static str> {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
+/// Wait up to `ms` for one of the service signals (blocked, so taken here and nowhere else).
+fn wait_signal(ms: u64) -> Option<libc::c_int> {
+    let set = service_signals();
+    let ts = libc::timespec {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
     };
-    // SAFETY: one valid pollfd.
-    let r = unsafe { libc::poll(&mut p, 1, ms) };
-    if r <= 0 {
-        return None;
-    }
-    // SAFETY: signalfd_siginfo is plain data; we read at most its size.
-    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-    let n = unsafe {
-        libc::read(
-            fd.as_raw_fd(),
-            (&mut info as *mut libc::signalfd_siginfo).cast(),
-            std::mem::size_of::<libc::signalfd_siginfo>(),
-        )
-    };
-    if n <= 0 {
-        return None;
-    }
-    Some(match info.ssi_signo as i32 {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        _ => "a signal",
-    })
+    // SAFETY: valid set and timeout; no siginfo wanted.
+    let r = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+    (r > 0).then_some(r)
 }
 
 /// The transfer caps: the configured ones, or defaults sized to the descriptor limit; caps
@@ -275,17 +236,158 @@ fn resolve_host(config: &mut Config) -> Result<()> {
     Ok(())
 }
 
+/// Every problem of `config` on this host: (errors, warnings), one line each.
+fn preflight(config: &mut Config) -> (Vec<String>, Vec<String>) {
+    let mut errors = Vec::new();
+    if let Err(e) = resolve_host(config) {
+        errors.push(format!("{e:#}"));
+    }
+    let (e, w) = service::check::host_problems(config);
+    errors.extend(e.iter().map(ToString::to_string));
+    (errors, w.iter().map(ToString::to_string).collect())
+}
+
+/// `ringboot check`: every validation, one line per problem; exit code 0 or 1.
+fn check(args: &cli::ServeArgs) -> ExitCode {
+    let (mut config, warnings) = match config::load(args) {
+        Ok(c) => c,
+        Err(errors) => {
+            for p in &errors.0 {
+                println!("error: {p}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let (errors, host_warnings) = preflight(&mut config);
+    for w in warnings
+        .iter()
+        .map(ToString::to_string)
+        .chain(host_warnings)
+    {
+        println!("warning: {w}");
+    }
+    for e in &errors {
+        println!("error: {e}");
+    }
+    if config.dhcp.mode == DhcpMode::Full {
+        if let Err(e) = service::lock_leases(&config.dhcp.lease_path()) {
+            println!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if errors.is_empty() {
+        println!("ok: the configuration can be served");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// What a reload may change in a running server.
+struct Live {
+    args: cli::ServeArgs,
+    config: Config,
+    level: LevelHandle,
+    dhcp: Arc<PolicySlot>,
+}
+
+/// SIGHUP: read the configuration again, validate it as at start, and hand over what can change
+/// while running (DHCP boot rules and boot files, log level). Running transfers and multicast
+/// sessions are not touched. An invalid configuration is refused with one line; the old one
+/// keeps running.
+fn reload(live: &mut Live) {
+    let (mut next, warnings) = match config::load(&live.args) {
+        Ok(c) => c,
+        Err(errors) => {
+            let all: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+            error!(reason = %all.join("; "), "reload refused: the configuration is invalid; the running one stays");
+            return;
+        }
+    };
+    let (errors, host_warnings) = preflight(&mut next);
+    if !errors.is_empty() {
+        error!(reason = %errors.join("; "), "reload refused: the configuration is invalid; the running one stays");
+        return;
+    }
+    for w in warnings
+        .iter()
+        .map(ToString::to_string)
+        .chain(host_warnings)
+    {
+        warn!("{w}");
+    }
+    let old = &live.config;
+    let mut restart = Vec::new();
+    if next.root != old.root {
+        restart.push("root");
+    }
+    if next.listen != old.listen {
+        restart.push("listen");
+    }
+    if next.limits != old.limits || next.caps != old.caps || next.min_rto != old.min_rto {
+        restart.push("transfer limits");
+    }
+    if next.multicast.mtftp != old.multicast.mtftp || next.multicast.groups != old.multicast.groups
+    {
+        restart.push("multicast");
+    }
+    if next.dhcp.mode != old.dhcp.mode || next.dhcp.interface != old.dhcp.interface {
+        restart.push("dhcp mode/interface");
+    }
+    if next.service != old.service {
+        restart.push("metrics/user/group/drain_timeout");
+    }
+    if next.dhcp != old.dhcp && old.dhcp.mode != DhcpMode::Off {
+        live.dhcp
+            .replace(ringboot::proto::dhcp::policy::Policy::from(&next.dhcp));
+    }
+    if next.log.verbose != old.log.verbose {
+        match service::filter(next.log.verbose) {
+            Ok(f) => {
+                if let Err(e) = live.level.reload(f) {
+                    warn!(reason = %e, "the log level could not be changed");
+                }
+            }
+            Err(e) => warn!(reason = %e, "the log level could not be changed"),
+        }
+    }
+    if !restart.is_empty() {
+        warn!(
+            settings = %restart.join(", "),
+            "reload: these settings changed and take effect at the next restart"
+        );
+    }
+    info!("configuration reloaded (DHCP boot rules, boot files, log level)");
+    live.config = next;
+}
+
 /// Run the server with a loaded configuration until a stop signal or a failure.
 fn serve(
+    args: cli::ServeArgs,
     mut config: Config,
     warnings: Vec<config::Problem>,
     fault: Option<TestFault>,
 ) -> Result<ExitCode> {
-    let (_log_guard, log_dropped) = init_logging(&config.log)?;
+    let (_log_guard, log_dropped, level) = init_logging(&config.log)?;
     install_panic_hook();
     for w in &warnings {
         warn!("{w}");
     }
+    let (errors, host_warnings) = preflight(&mut config);
+    for w in &host_warnings {
+        warn!("{w}");
+    }
+    if !errors.is_empty() {
+        for e in &errors {
+            error!("{e}");
+        }
+        bail!("{}", errors.join("; "));
+    }
+    let _lease_lock = if config.dhcp.mode == DhcpMode::Full {
+        Some(service::lock_leases(&config.dhcp.lease_path()).map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
     let mut log_dropped_reported = 0;
     let nofile = match srv::raise_descriptor_limit() {
         Ok((before, after)) => {
@@ -301,11 +403,11 @@ fn serve(
         }
         Err(e) => {
             let now = srv::descriptor_limit().unwrap_or(1024);
-            warn!(limit = now, error = %e, "cannot raise the descriptor limit; it stays {now}");
+            warn!(limit = now, reason = %e, "cannot raise the descriptor limit; it stays {now}");
             now
         }
     };
-    resolve_host(&mut config)?;
+    let live_config = config.clone();
     let Config {
         root,
         listen,
@@ -319,6 +421,7 @@ fn serve(
         multicast: mc,
         dhcp,
         log: _,
+        service: svc,
     } = config;
     let workers = workers
         .or_else(|| std::thread::available_parallelism().ok())
@@ -353,13 +456,21 @@ fn serve(
         },
         store.clone(),
     )?;
+    let registry = Arc::new(Registry::new(Info {
+        version: env!("CARGO_PKG_VERSION").into(),
+        backend: String::new(),
+        workers,
+    }));
+    let status = Arc::new(Status::new(registry.clone(), std::time::Instant::now()));
+    server.set_metrics(status.clone());
+    let draining = Arc::new(AtomicBool::new(false));
+    server.set_drain(draining.clone());
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     let n = server.workers();
-    let sigfd = signalfd()?;
     let shutdown = Shutdown::new().context("cannot create the shutdown eventfd")?;
     let mut services = Vec::new();
     if mc.enabled() {
-        let (handle, thread) = mcast::spawn(mc, store, shutdown.clone())
+        let (handle, thread) = mcast::spawn_with(mc, store, shutdown.clone(), Some(status.clone()))
             .context("cannot start the multicast service")?;
         server.set_multicast(handle);
         services.push(Service {
@@ -369,17 +480,32 @@ fn serve(
         });
     }
     let dhcp_stop = Arc::new(AtomicBool::new(false));
-    if dhcp.mode != DhcpMode::Off {
+    let dhcp_reload = Arc::new(PolicySlot::default());
+    let dhcp_on = dhcp.mode != DhcpMode::Off;
+    if dhcp_on {
         let mode = dhcp.mode;
+        let hooks = Hooks {
+            status: Some(status.clone()),
+            reload: dhcp_reload.clone(),
+        };
         services.push(Service {
             name: "DHCP responder",
             thread: "dhcp",
             handle: Some(
-                ringboot::dhcp::spawn(dhcp, dhcp_stop.clone())
+                ringboot::dhcp::spawn_with(dhcp, dhcp_stop.clone(), hooks)
                     .context("cannot start the DHCP responder")?,
             ),
         });
         info!(mode = %mode, "DHCP responder started");
+    }
+    let http_stop = Arc::new(AtomicBool::new(false));
+    let mut http = None;
+    if let Some(addr) = svc.metrics {
+        let (bound, thread) =
+            ringboot::metrics::serve::spawn(addr, status.clone(), http_stop.clone())
+                .with_context(|| format!("cannot listen for metrics on {addr} (--metrics)"))?;
+        info!(addr = %bound, "metrics on http://{bound}/metrics, status page on http://{bound}/");
+        http = Some(thread);
     }
     if let Some(f @ (TestFault::ServiceExit | TestFault::ServicePanic)) = fault {
         let t = std::thread::Builder::new()
@@ -396,18 +522,90 @@ fn serve(
             handle: Some(t),
         });
     }
-    let mut running = server.start(shutdown)?;
+    let mut running = server.start(shutdown.clone())?;
+    registry.set_info(Info {
+        version: env!("CARGO_PKG_VERSION").into(),
+        backend: running.backend().to_string(),
+        workers: n,
+    });
+    if let Some(user) = &svc.user {
+        // Every socket is bound: root is no longer needed. The main thread keeps what a
+        // DHCP socket opened again would need.
+        let keep: &[Cap] = if dhcp_on {
+            &[Cap::NetBindService, Cap::NetRaw]
+        } else {
+            &[]
+        };
+        match privileges::drop_to(user, svc.group.as_deref(), keep) {
+            Ok(d) => {
+                info!(user = %user, uid = d.uid, gid = d.gid, "running as {user} (uid {}, gid {})", d.uid, d.gid)
+            }
+            Err(e) => {
+                error!(reason = %e, "cannot drop root; stopping");
+                shutdown.trigger();
+                dhcp_stop.store(true, Ordering::SeqCst);
+                http_stop.store(true, Ordering::SeqCst);
+                let _ = running.join();
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
     info!(
         "listening on {} (backend={}, workers={})",
         addrs.join(", "),
         running.backend(),
         n
     );
+    let mut live = Live {
+        args,
+        config: live_config,
+        level,
+        dhcp: dhcp_reload,
+    };
     let mut failure = None;
+    let mut drain_until: Option<std::time::Instant> = None;
     loop {
-        if let Some(sig) = wait_signal(&sigfd, 200) {
-            info!("received {sig}; shutting down");
-            break;
+        match wait_signal(200) {
+            Some(libc::SIGHUP) => {
+                info!("received SIGHUP; reloading the configuration");
+                reload(&mut live);
+            }
+            Some(sig) if drain_until.is_none() => {
+                let name = if sig == libc::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                let active = registry.totals().active();
+                if active == 0 || svc.drain.is_zero() {
+                    info!("received {name}; shutting down");
+                    break;
+                }
+                info!(
+                    active,
+                    drain_timeout_s = svc.drain.as_secs(),
+                    "received {name}; refusing new requests, letting {active} running transfers finish (at most {} s; the same signal again stops at once)",
+                    svc.drain.as_secs()
+                );
+                draining.store(true, Ordering::SeqCst);
+                drain_until = Some(std::time::Instant::now() + svc.drain);
+            }
+            Some(_) => {
+                info!("received a second stop signal; shutting down now");
+                break;
+            }
+            None => {}
+        }
+        if let Some(t) = drain_until {
+            let active = registry.totals().active();
+            if active == 0 {
+                info!("every transfer finished; shutting down");
+                break;
+            }
+            if std::time::Instant::now() >= t {
+                warn!(active, "drain timeout reached; ending {active} transfers");
+                break;
+            }
         }
         if let Some(e) = running.poll_failure() {
             let place = match &e {
@@ -427,11 +625,15 @@ fn serve(
         error!("{why}; stopping ringboot (exit code 1)");
     }
     dhcp_stop.store(true, Ordering::SeqCst);
+    http_stop.store(true, Ordering::SeqCst);
     let joined = running.join();
     for s in &mut services {
         if let Some(h) = s.handle.take() {
             let _ = h.join();
         }
+    }
+    if let Some(h) = http {
+        let _ = h.join();
     }
     if failure.is_some() {
         return Ok(ExitCode::FAILURE);
@@ -444,11 +646,14 @@ fn serve(
 fn main() -> ExitCode {
     // Before any thread exists, so every thread inherits the masks.
     store::block_lease_signal();
-    if let Err(e) = block_stop_signals() {
+    if let Err(e) = block_service_signals() {
         eprintln!("ringboot: {e:#}");
         return ExitCode::FAILURE;
     }
-    let Cmd::Serve(args) = cli::parse().cmd;
+    let args = match cli::parse().cmd {
+        Cmd::Serve(args) => args,
+        Cmd::Check(args) => return check(&args),
+    };
     let (config, warnings) = match config::load(&args) {
         Ok(c) => c,
         Err(errors) => {
@@ -458,7 +663,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match serve(config, warnings, args.fault) {
+    let fault = args.fault;
+    match serve(args, config, warnings, fault) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ringboot: {e:#}");

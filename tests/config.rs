@@ -81,7 +81,7 @@ fn root_and_listen_from_the_file_alone() {
                 files.base(),
                 "alone.toml",
                 &format!(
-                    "root = {:?}\nlisten = [\"127.0.0.1:{port}\"]\nio_backend = {:?}\n\n[metrics]\nlisten = \"127.0.0.1:9100\"\n",
+                    "root = {:?}\nlisten = [\"127.0.0.1:{port}\"]\nio_backend = {:?}\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n[http]\n",
                     files.root().to_str().unwrap(),
                     backend()
                 ),
@@ -116,11 +116,12 @@ fn root_and_listen_from_the_file_alone() {
                     .download(&DownloadSpec::new("boot/pxelinux.0"))
                     .expect("download");
                 assert_same("pxelinux.0", &d.data, &src);
-                // The reserved table is accepted with a warning.
+                // The reserved table is accepted with a warning; [metrics] starts the listener.
                 assert!(
-                    log.contains("WARN") && log.contains("[metrics] table is reserved"),
+                    log.contains("WARN") && log.contains("[http] table is reserved"),
                     "{log}"
                 );
+                assert!(log.contains("status page on http://127.0.0.1:"), "{log}");
                 let _ = child.kill();
                 let _ = child.wait();
                 return;

@@ -687,3 +687,161 @@ ipxe_script = "{script}"
     assert_eq!(file_of(ack), "ipxe.efi");
     assert_eq!(vendor(ack), [71, 4, 0, 0, 0, 0, 255]);
 }
+
+/// SIGHUP (issue 12): a reload changes a boot rule while a transfer continues byte-exact; a
+/// reload with an invalid file is refused and the running configuration stays.
+#[test]
+fn sighup_changes_a_boot_rule_while_a_transfer_continues() {
+    if !preflight(&["ip"], "busybox dnsmasq-base iproute2") || !binary_has_dhcp_flags() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let x = 110 + (std::process::id() % 50) as u8;
+    let (s, c) = (lab.ns("s"), lab.ns("c"));
+    let (si, ci) = (format!("rbs{}", lab.id), format!("rbc{}", lab.id));
+    lab.veth(&s, &si, &c, &ci);
+    let server = Ipv4Addr::new(10, 98, x, 1);
+    let client = Ipv4Addr::new(10, 98, x, 2);
+    sh(&format!("ip -n {s} addr add {server}/24 dev {si}"));
+    sh(&format!("ip -n {c} addr add {client}/24 dev {ci}"));
+    let root = lab.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(lab.path("state")).unwrap();
+    for f in ["pxelinux.0", "ipxe.efi", "shim.efi"] {
+        std::fs::write(root.join(f), f).unwrap();
+    }
+    let big: Vec<u8> = (0..600 * 512u32).map(|i| (i * 7 + i / 511) as u8).collect();
+    std::fs::write(root.join("big.bin"), &big).unwrap();
+    let config = |efi: &str| {
+        format!(
+            "listen = [\"{server}:6969\"]\n[dhcp]\nmode = \"proxy\"\ninterface = \"{si}\"\n\
+             boot_file = \"pxelinux.0\"\n[[dhcp.rule]]\narch = [\"efi-x64\"]\nboot_file = \"{efi}\"\n"
+        )
+    };
+    lab.start_ringboot_config(&s, &config("ipxe.efi"));
+    let pid = lab.children[0].id() as i32;
+    let mac = [
+        0x52,
+        0x54,
+        0x00,
+        0xcf,
+        0x9f,
+        (std::process::id() & 0xff) as u8,
+    ];
+    let ask = |lab: &Lab, xid: u32| -> String {
+        let ci = ci.clone();
+        let o = in_netns(&c, move || {
+            let sock = client_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68), &ci);
+            let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+            exchange(
+                &sock,
+                &pxe_discover(mac, ClientArch::EFI_X64, xid),
+                bcast,
+                Duration::from_millis(700),
+            )
+            .into_iter()
+            .find(|o| server_id(o) == Some(server))
+        });
+        file_of(&o.unwrap_or_else(|| panic!("no proxy offer\n{}", lab.logs())))
+    };
+    assert_eq!(ask(&lab, 0x9001), "ipxe.efi");
+
+    // A lockstep download that stops after block 100 until told to go on.
+    let (at100_tx, at100_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let path = format!("/var/run/netns/{c}");
+    let to = SocketAddrV4::new(server, 6969);
+    let download = std::thread::spawn(move || -> Vec<u8> {
+        let fd = File::open(&path).unwrap();
+        // SAFETY: setns on this thread only, with an fd of a network namespace.
+        assert_eq!(
+            unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut rrq = vec![0, 1];
+        rrq.extend_from_slice(b"big.bin\0octet\0");
+        sock.send_to(&rrq, to).unwrap();
+        let (mut out, mut next, mut peer, mut paused) = (Vec::new(), 1u16, None, false);
+        let mut buf = [0u8; 1024];
+        let end = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < end {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            if n < 4 || buf[1] != 3 {
+                panic!("not DATA: {:?}", &buf[..n.min(40)]);
+            }
+            let block = u16::from_be_bytes([buf[2], buf[3]]);
+            peer.get_or_insert(from);
+            if block == next {
+                out.extend_from_slice(&buf[4..n]);
+                next = next.wrapping_add(1);
+            }
+            if block == 100 && !paused {
+                paused = true;
+                at100_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+            }
+            let ack = [0, 4, buf[2], buf[3]];
+            sock.send_to(&ack, peer.unwrap()).unwrap();
+            if block == next.wrapping_sub(1) && n < 4 + 512 {
+                break;
+            }
+        }
+        out
+    });
+    at100_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("block 100");
+
+    // The rule changes; the transfer waits in the middle meanwhile.
+    std::fs::write(lab.path("ringboot.toml"), config("shim.efi")).unwrap();
+    // SAFETY: a signal to the server we started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let until = Instant::now() + Duration::from_secs(10);
+    while !lab.logs().contains("configuration reloaded") && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        lab.logs().contains("configuration reloaded"),
+        "{}",
+        lab.logs()
+    );
+    assert_eq!(ask(&lab, 0x9002), "shim.efi", "the new rule after SIGHUP");
+
+    // An invalid file (a boot file that is not under the root): refused, the old one stays.
+    std::fs::write(lab.path("ringboot.toml"), config("nothere.efi")).unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let until = Instant::now() + Duration::from_secs(10);
+    while !lab.logs().contains("reload refused") && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let logs = lab.logs();
+    assert!(
+        logs.contains("reload refused") && logs.contains("nothere.efi"),
+        "{logs}"
+    );
+    assert_eq!(
+        ask(&lab, 0x9003),
+        "shim.efi",
+        "the running configuration stays"
+    );
+
+    go_tx.send(()).unwrap();
+    let got = download.join().unwrap();
+    assert!(
+        got == big,
+        "the transfer across both reloads is byte-exact ({} of {} bytes)",
+        got.len(),
+        big.len()
+    );
+    assert!(
+        lab.children[0].try_wait().unwrap().is_none(),
+        "still running\n{}",
+        lab.logs()
+    );
+}

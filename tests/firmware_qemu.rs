@@ -390,6 +390,9 @@ fn bios_ipxe_fetches_by_pxe_mtftp_from_the_multicast_service() {
         );
         let (script, last) = checkpoint_script(2 << 20, 0x6d74_6674);
         files.add("mc.ipxe", script);
+        // Handed out but never fetched (the NIC ROM is iPXE already); it must exist under the
+        // root for the start-up check.
+        files.add("undionly.kpxe", b"not fetched".to_vec());
         let marker = format!("ok-pcbios-{last}.txt");
         let config = files.base().join("ringboot.toml");
         std::fs::write(

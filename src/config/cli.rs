@@ -35,6 +35,9 @@ pub struct Cli {
 pub enum Cmd {
     /// Serve the files below a directory over TFTP (read-only).
     Serve(ServeArgs),
+    /// Check a configuration (the same flags as `serve`, or --config) without serving: one line
+    /// per problem, exit code 0 when it can be served, 1 when not.
+    Check(ServeArgs),
 }
 
 /// Faults for the tests of the failure handling (hidden `--fault`).
@@ -118,6 +121,20 @@ pub struct ServeArgs {
     /// Log line format.
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Serve Prometheus metrics (/metrics) and the status page (/) on this address; a port
+    /// alone means 127.0.0.1. Config file: `[metrics] listen`. Default: off.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = value::metrics_addr)]
+    pub metrics: Option<SocketAddr>,
+    /// Once every socket is bound, run as this user (keeping only the capabilities the DHCP
+    /// responder needs).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// With --user: run as this group. Default: the user's primary group.
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+    /// At SIGTERM/SIGINT, how long running transfers may finish before the server exits.
+    #[arg(long, value_name = "SECS")]
+    pub drain_timeout: Option<super::DrainTimeout>,
 
     /// Serve FILE by PXE MTFTP to multicast GROUP on client port CLIENTPORT; repeatable.
     #[arg(long, value_name = "FILE@GROUP:CLIENTPORT")]
@@ -205,6 +222,7 @@ pub fn shown_defaults() -> Vec<(&'static str, String)> {
             d.multicast_max_per_source.to_string(),
         ),
         ("dhcp", DhcpConfig::default().mode.to_string()),
+        ("drain_timeout", d.drain_timeout.to_string()),
     ]
 }
 

@@ -6,8 +6,8 @@
 //!   (`deny_unknown_fields`). The top-level keys are the `serve` flags with `_` for `-`
 //!   (`max_blksize = 1468`, `listen = ["0.0.0.0:69"]`, `mtftp = [...]`, `multicast_groups`); the
 //!   DHCP responder is the `[dhcp]` table (with `[[dhcp.rule]]` and `[[dhcp.mtftp]]`, see
-//!   [`DhcpConfig`]); `[metrics]` and `[http]` are reserved for the metrics and status listeners
-//!   and accepted as any table (a warning says they are not used yet).
+//!   [`DhcpConfig`]); `[metrics]` holds `listen` (the metrics and status listener; checked in
+//!   [`super::build`]); `[http]` is reserved and accepted as any table (a warning says so).
 //! - [`parse`] reports every problem it finds, not only the first: all syntax errors, else each
 //!   key whose value is wrong (the key is set aside and the rest read again, up to
 //!   [`MAX_PROBLEMS`]). Each problem names the key (`dhcp.rule[0].arch`), the line and column, and
@@ -71,6 +71,12 @@ pub struct FileConfig {
     pub verbose: Option<u8>,
     /// `--log-format`: `"text"` or `"json"`.
     pub log_format: Option<LogFormat>,
+    /// `--user`: the user to run as once every socket is bound.
+    pub user: Option<String>,
+    /// `--group`: the group to run as (default: the user's).
+    pub group: Option<String>,
+    /// `--drain-timeout`: how long running transfers may finish at SIGTERM/SIGINT.
+    pub drain_timeout: Option<super::DrainTimeout>,
     /// `--mtftp`: `"FILE@GROUP:CLIENTPORT"` or a list.
     #[serde(default, deserialize_with = "value::parsed_list")]
     pub mtftp: Option<Vec<MtftpFile>>,
@@ -99,7 +105,7 @@ pub struct FileConfig {
     pub multicast_max_per_source: Option<McCap>,
     /// The DHCP responder (`--dhcp*` and `--boot-file` set some of its keys).
     pub dhcp: Option<DhcpConfig>,
-    /// Reserved for the metrics listener.
+    /// The metrics and status listener: `listen = "ADDR:PORT"` (`--metrics`).
     pub metrics: Option<toml::Table>,
     /// Reserved for the HTTP listener.
     pub http: Option<toml::Table>,

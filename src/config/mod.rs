@@ -60,6 +60,8 @@ pub type McTimeout = Millis<0, 60_000>;
 pub type Ttl = Ranged<0, 255>;
 /// `multicast_max_members`, `multicast_max_per_source`.
 pub type McCap = Ranged<1, 65536>;
+/// `drain_timeout`: seconds.
+pub type DrainTimeout = Secs<0, 3600>;
 
 /// The defaults of the top-level keys (the `[dhcp]` table's are `DhcpConfig::default()`, the
 /// store's `StoreOptions::default()`). Keys missing here have a default computed at start
@@ -85,6 +87,7 @@ pub struct Defaults {
     pub multicast_max_per_source: McCap,
     /// Retransmissions of a multicast window before the master is replaced (not a key).
     pub multicast_retries: u32,
+    pub drain_timeout: DrainTimeout,
 }
 
 /// See [`Defaults`].
@@ -108,6 +111,7 @@ pub const DEFAULTS: Defaults = Defaults {
     multicast_max_members: Ranged::of(mcast::DEFAULT_MAX_MEMBERS as u64),
     multicast_max_per_source: Ranged::of(mcast::DEFAULT_MAX_PER_SOURCE as u64),
     multicast_retries: 5,
+    drain_timeout: Secs::of(10),
 };
 
 /// The TFTP listening addresses when none is given: IPv4 everywhere, and IPv6 where the host
@@ -151,6 +155,19 @@ pub struct Caps {
     pub client_rate: u32,
 }
 
+/// How the process runs as a service: the metrics listener, the user it drops to, the drain.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ServiceConfig {
+    /// The metrics and status listener (`--metrics`, `[metrics] listen`); `None`: off.
+    pub metrics: Option<SocketAddr>,
+    /// The user to switch to once every socket is bound (`--user`).
+    pub user: Option<String>,
+    /// The group (`--group`); `None`: the user's primary group.
+    pub group: Option<String>,
+    /// How long running transfers may finish at SIGTERM/SIGINT.
+    pub drain: Duration,
+}
+
 /// The validated configuration: everything the server needs, typed and in range. What depends
 /// on the host (interface addresses, CPU count, descriptor limit) is resolved at start.
 #[derive(Clone, Debug)]
@@ -175,6 +192,7 @@ pub struct Config {
     /// The DHCP responder (its interface's address and mask are filled in at start).
     pub dhcp: DhcpConfig,
     pub log: LogConfig,
+    pub service: ServiceConfig,
 }
 
 /// Where a problem is in the config file.
@@ -354,6 +372,9 @@ pub fn merge(file: FileConfig, cli: &ServeArgs) -> FileConfig {
         io_backend: c.io_backend.or(file.io_backend),
         verbose: (c.verbose > 0).then_some(c.verbose).or(file.verbose),
         log_format: c.log_format.or(file.log_format),
+        user: c.user.or(file.user),
+        group: c.group.or(file.group),
+        drain_timeout: c.drain_timeout.or(file.drain_timeout),
         mtftp: c.mtftp.or(file.mtftp),
         mtftp_port: c.mtftp_port.or(file.mtftp_port),
         multicast_groups: c.multicast_groups.or(file.multicast_groups),
@@ -367,7 +388,14 @@ pub fn merge(file: FileConfig, cli: &ServeArgs) -> FileConfig {
         multicast_max_members: c.multicast_max_members.or(file.multicast_max_members),
         multicast_max_per_source: c.multicast_max_per_source.or(file.multicast_max_per_source),
         dhcp,
-        metrics: file.metrics,
+        metrics: match c.metrics {
+            Some(a) => {
+                let mut t = file.metrics.unwrap_or_default();
+                t.insert("listen".into(), toml::Value::String(a.to_string()));
+                Some(t)
+            }
+            None => file.metrics,
+        },
         http: file.http,
     }
 }
@@ -455,9 +483,26 @@ pub fn build(s: FileConfig) -> Result<(Config, Vec<Problem>), ConfigErrors> {
     let mut dhcp = s.dhcp.unwrap_or_default();
     if dhcp.mode == DhcpMode::Off {
         if dhcp != DhcpConfig::default() {
-            warnings.push(Problem::whole(
-                "the DHCP settings are not used: the DHCP responder is off (set `mode` in [dhcp] or give --dhcp proxy|full)",
-            ));
+            let mut set = Vec::new();
+            for (on, name) in [
+                (dhcp.boot_file.is_some(), "--boot-file"),
+                (dhcp.range.is_some(), "--dhcp-range"),
+                (dhcp.interface.is_some(), "--dhcp-interface"),
+                (dhcp.lease_file.is_some(), "--dhcp-lease-file"),
+                (!dhcp.rules.is_empty(), "[[dhcp.rule]]"),
+            ] {
+                if on {
+                    set.push(name);
+                }
+            }
+            let named = if set.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", set.join(", "))
+            };
+            warnings.push(Problem::whole(format!(
+                "the DHCP settings{named} are not used: the DHCP responder is off (set `mode` in [dhcp] or give --dhcp proxy|full)",
+            )));
         }
     } else {
         // Files served by PXE MTFTP are advertised with their MTFTP parameters.
@@ -477,12 +522,41 @@ pub fn build(s: FileConfig) -> Result<(Config, Vec<Problem>), ConfigErrors> {
                 .map(|e| Problem::whole(e.to_string())),
         );
     }
-    for (table, what) in [(&s.metrics, "metrics"), (&s.http, "http")] {
-        if table.is_some() {
-            warnings.push(Problem::whole(format!(
-                "the [{what}] table is reserved for a later version and not used by this one; ignored"
-            )));
+    let mut metrics = None;
+    if let Some(t) = &s.metrics {
+        for (k, v) in t {
+            match (k.as_str(), v) {
+                ("listen", toml::Value::String(a)) => match value::metrics_addr(a) {
+                    Ok(a) => metrics = Some(a),
+                    Err(e) => errors.push(Problem::whole(format!("metrics.listen: {e}"))),
+                },
+                ("listen", _) => errors.push(Problem::whole(
+                    "metrics.listen: expected a string \"ADDR:PORT\" or \"PORT\"",
+                )),
+                (other, _) => errors.push(Problem::whole(format!(
+                    "metrics.{other}: unknown key (the [metrics] table has `listen`)"
+                ))),
+            }
         }
+    }
+    if s.http.is_some() {
+        warnings.push(Problem::whole(
+            "the [http] table is reserved for a later version and not used by this one; ignored",
+        ));
+    }
+    if s.group.is_some() && s.user.is_none() {
+        warnings.push(Problem::whole(
+            "--group is ignored without --user (the process keeps its user and group)",
+        ));
+    }
+    if dhcp.mode == DhcpMode::Full && dhcp.interface.is_none() {
+        errors.push(Problem::whole(
+            "DHCP full mode needs an explicit interface: --dhcp-interface NAME (or `interface` in [dhcp]); `*` means every interface",
+        ));
+    }
+    if dhcp.interface.as_deref() == Some("*") {
+        // Every interface: what no interface meant before.
+        dhcp.interface = None;
     }
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
@@ -502,6 +576,12 @@ pub fn build(s: FileConfig) -> Result<(Config, Vec<Problem>), ConfigErrors> {
         log: LogConfig {
             verbose: s.verbose.unwrap_or(0),
             format: s.log_format.unwrap_or(d.log_format),
+        },
+        service: ServiceConfig {
+            metrics,
+            user: s.user,
+            group: s.group,
+            drain: s.drain_timeout.unwrap_or(d.drain_timeout).get(),
         },
     };
     Ok((config, warnings))

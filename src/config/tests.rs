@@ -10,7 +10,7 @@ fn args(argv: &[&str]) -> ServeArgs {
     let full = ["ringboot", "serve"].iter().chain(argv);
     match cli::try_parse_from(full) {
         Ok(c) => {
-            let Cmd::Serve(a) = c.cmd;
+            let (Cmd::Serve(a) | Cmd::Check(a)) = c.cmd;
             a
         }
         Err(e) => panic!("{argv:?}: {e}"),
@@ -353,11 +353,12 @@ fn every_dhcp_problem_is_reported() {
     assert!(e[1].contains("[dhcp] client_rate"), "{e:#?}");
     assert!(e[2].contains("[dhcp] segment_rate"), "{e:#?}");
     let e = refused("root = \"/r\"", &["--dhcp", "full", "--boot-file", "x"]);
-    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e.len(), 2, "{e:#?}");
     assert!(
         e[0].contains("full DHCP mode needs an address pool"),
         "{e:#?}"
     );
+    assert!(e[1].contains("explicit interface"), "{e:#?}");
     let e = refused(
         "root = \"/r\"\n[dhcp]\nmode = \"full\"\nboot_file = \"x\"\nrange = \"10.0.0.2,10.0.0.9\"\nlease_time = 10\n",
         &[],
@@ -390,13 +391,16 @@ fn warnings_name_what_is_ignored() {
     )
     .unwrap();
     let w: Vec<String> = w.iter().map(Problem::to_string).collect();
-    assert_eq!(w.len(), 2, "{w:?}");
-    assert!(w[0].contains("[metrics] table is reserved"), "{w:?}");
-    assert!(w[1].contains("[http] table is reserved"), "{w:?}");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("[http] table is reserved"), "{w:?}");
     let (c, w) = load_with("root = \"/r\"", &["--boot-file", "pxelinux.0"]).unwrap();
     assert_eq!(c.dhcp.mode, DhcpMode::Off);
     assert_eq!(w.len(), 1);
     assert!(w[0].message.contains("DHCP responder is off"), "{w:?}");
+    assert!(
+        w[0].message.contains("--boot-file"),
+        "the ignored flag is named: {w:?}"
+    );
 }
 
 #[test]
@@ -520,4 +524,42 @@ fn host_resolution_is_separate_and_pure() {
     assert_eq!(c.dhcp.netmask, Some(Ipv4Addr::new(255, 255, 255, 0)));
     assert_eq!(c.dhcp.router, Some(Ipv4Addr::new(10, 0, 0, 1)));
     assert!(!c.dhcp.needs_addresses());
+}
+
+#[test]
+fn metrics_listen_and_service_settings() {
+    let (c, _) = load_with("root = \"/r\"\n[metrics]\nlisten = \"9100\"\n", &[]).unwrap();
+    assert_eq!(c.service.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+    let (c, _) = load_with(
+        "root = \"/r\"",
+        &[
+            "--metrics",
+            "0.0.0.0:9200",
+            "--user",
+            "nobody",
+            "--drain-timeout",
+            "3",
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.service.metrics, Some("0.0.0.0:9200".parse().unwrap()));
+    assert_eq!(c.service.user.as_deref(), Some("nobody"));
+    assert_eq!(c.service.drain, Duration::from_secs(3));
+    let e = load_with("root = \"/r\"\n[metrics]\nlisten = \"x\"\nport = 1\n", &[]).unwrap_err();
+    assert_eq!(e.0.len(), 2, "{e:?}");
+    // Full mode needs an explicit interface; `*` means every one.
+    let full = [
+        "--dhcp",
+        "full",
+        "--dhcp-range",
+        "10.9.0.10,10.9.0.20",
+        "--boot-file",
+        "a",
+    ];
+    let e = load_with("root = \"/r\"", &full).unwrap_err();
+    assert!(e.to_string().contains("explicit interface"), "{e}");
+    let mut all = full.to_vec();
+    all.extend(["--dhcp-interface", "*"]);
+    let (c, _) = load_with("root = \"/r\"", &all).unwrap();
+    assert_eq!(c.dhcp.interface, None);
 }

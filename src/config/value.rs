@@ -306,6 +306,23 @@ pub fn socket_addr(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// `--metrics` / `[metrics] listen`: `ADDR:PORT`, or a port alone (then on 127.0.0.1: the
+/// listener is reachable by anyone who can reach the address, so wide binding is explicit).
+pub fn metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    if let Ok(port) = t.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Some(port) = t.strip_prefix("localhost:") {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
+    t.parse().map_err(|_| {
+        format!("{t:?} is not ADDR:PORT or PORT (e.g. 9100 for 127.0.0.1:9100, or 0.0.0.0:9100)")
+    })
+}
+
 /// `--io-backend` / `io_backend`: `auto`, `uring` or `fallback`.
 impl clap::ValueEnum for BackendChoice {
     fn value_variants<'a>() -> &'a [Self] {

@@ -24,7 +24,7 @@ pub mod store;
 pub mod sys;
 
 pub use config::{DhcpConfig, DhcpMode};
-pub use server::{spawn, SpawnError};
+pub use server::{spawn, spawn_with, Hooks, PolicySlot, SpawnError};
 pub use store::{LeaseFileError, LeaseStore};
 
 use crate::proto::dhcp::Policy;

@@ -42,6 +42,9 @@ use crate::proto::dhcp::limit::{Admission, Refused};
 use crate::proto::dhcp::policy::{same_subnet, DhcpMode, Policy};
 use crate::proto::dhcp::wire::{self, Malformed};
 use crate::proto::ratelog::LogLimit;
+pub use observe::{Hooks, PolicySlot};
+
+mod observe;
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use socket2::Socket;
 use std::io;
@@ -73,6 +76,15 @@ const POLL_FAILURES: u32 = 10;
 /// contract). Errors name what to fix: a port in use, missing privileges, an interface without
 /// address, a bad config, an unreadable lease file.
 pub fn spawn(cfg: DhcpConfig, shutdown: Arc<AtomicBool>) -> Result<JoinHandle<()>, SpawnError> {
+    spawn_with(cfg, shutdown, Hooks::default())
+}
+
+/// [`spawn`], reporting to `hooks` (metrics, status page, reload: see [`observe`]).
+pub fn spawn_with(
+    cfg: DhcpConfig,
+    shutdown: Arc<AtomicBool>,
+    hooks: Hooks,
+) -> Result<JoinHandle<()>, SpawnError> {
     let mut cfg = cfg;
     if cfg.mode == DhcpMode::Off {
         return Ok(std::thread::spawn(|| {}));
@@ -144,6 +156,7 @@ pub fn spawn(cfg: DhcpConfig, shutdown: Arc<AtomicBool>) -> Result<JoinHandle<()
         probe_xid: None,
         next_probe: now,
         others: OtherServers::default(),
+        observer: observe::Observer::new(hooks),
     };
     driver.npoll = 1;
     if let Some(s) = &driver.s4011 {
@@ -409,8 +422,9 @@ struct Outgoing {
 
 struct Driver {
     cfg: DhcpConfig,
-    /// What the decision reads (from `cfg`).
+    /// What the decision reads (from `cfg`; replaced on reload).
     policy: Policy,
+    observer: observe::Observer,
     s67: Socket,
     s4011: Option<Socket>,
     s68: Option<Socket>,
@@ -692,14 +706,16 @@ impl Driver {
             source: info.source,
             now: SystemTime::now(),
         };
+        self.take_reload();
         let decision = decide_noted(&req, &ctx, &mut self.state, &self.policy);
         if let Some(note) = decision.note {
             log_note(&mut self.logs, note, &req, now);
         }
         let Some(reply) = decision.reply else {
-            tracing::trace!(client = %mac_str(req.chaddr()), ty = ?req.opts().msg_type(), "DHCP request not answered");
+            tracing::trace!(client = %mac_str(req.chaddr()), msg_type = req.opts().msg_type().map_or(0, u8::from), "DHCP request not answered");
             return;
         };
+        self.note_decision(&req, &reply.message, server_ip);
         let ty = reply.message.opts().msg_type();
         let yiaddr = reply.message.yiaddr();
         let confirms_lease = self.store.is_some()
@@ -713,8 +729,8 @@ impl Driver {
         };
         tracing::debug!(
             client = %mac_str(req.chaddr()),
-            request = ?req.opts().msg_type(),
-            reply = ?ty,
+            request = req.opts().msg_type().map_or(0, u8::from),
+            reply = ty.map_or(0, u8::from),
             yiaddr = %yiaddr,
             file = %file_of(&reply.message),
             to = %dest,

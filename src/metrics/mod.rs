@@ -16,9 +16,11 @@
 //!   `blocks_resent(n)`, `timeout()`, `first_block(elapsed)`, `transfer_ended(outcome,
 //!   duration, bytes)`, `refused(reason)`: a load and a store each. On the worker's timer, when
 //!   `publisher.due(now)`: `let mut b = publisher.begin(now); for t in transfers { b.push(&view) }`.
-//! - The HTTP service (on the control engine): a listening TCP socket; per accepted stream a
-//!   [`http::Connection`] driven as its module docs say, with [`Site`] as the handler; a cap on
-//!   connections (e.g. 32; refuse more by closing); a 1 s timer calling [`Status::tick`].
+//! - The HTTP service: a listening TCP socket; per accepted stream a [`http::Connection`]
+//!   driven as its module docs say, with [`Site`] as the handler; a cap on connections (32;
+//!   more are closed); a 1 s timer calling [`Status::tick`]. Today [`serve`] runs it on its own
+//!   thread with std::net (the one driver here that does I/O); it moves onto the control engine
+//!   later.
 //!
 //! ## Metrics
 //!
@@ -64,6 +66,7 @@
 
 pub mod http;
 pub mod registry;
+pub mod serve;
 pub mod status;
 
 pub use registry::{

@@ -248,7 +248,7 @@ fn read_listener(
                 libc::EAGAIN | libc::EINTR => return,
                 e => {
                     if let Some(n) = errors.allow(Instant::now()) {
-                        warn!(worker = core.worker(), suppressed = n, error = %io::Error::from_raw_os_error(e), "receive error on a listening socket (one line a second)");
+                        warn!(worker = core.worker(), suppressed = n, reason = %io::Error::from_raw_os_error(e), "receive error on a listening socket (one line a second)");
                     }
                     return;
                 }

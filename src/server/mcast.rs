@@ -522,6 +522,16 @@ pub fn spawn(
     store: Arc<Store>,
     shutdown: Arc<Shutdown>,
 ) -> io::Result<(McHandle, JoinHandle<()>)> {
+    spawn_with(cfg, store, shutdown, None)
+}
+
+/// [`spawn`], recording into `status` (`--metrics`).
+pub fn spawn_with(
+    cfg: McConfig,
+    store: Arc<Store>,
+    shutdown: Arc<Shutdown>,
+    status: Option<Arc<crate::metrics::Status>>,
+) -> io::Result<(McHandle, JoinHandle<()>)> {
     let mut listeners = Vec::new();
     if !cfg.mtftp.is_empty() {
         let addrs = if cfg.listen.is_empty() {
@@ -556,7 +566,7 @@ pub fn spawn(
         admission: admission.clone(),
     };
     for f in &cfg.mtftp {
-        info!(file = %f.file, group = %f.group, client_port = f.client_port, port = cfg.mtftp_port, "PXE MTFTP enabled");
+        info!(file = f.file.as_str(), group = %f.group, client_port = f.client_port, port = cfg.mtftp_port, "PXE MTFTP enabled");
     }
     if let Some(g) = cfg.groups {
         info!(
@@ -583,9 +593,10 @@ pub fn spawn(
                 next_token: 0,
                 buf: vec![0u8; 2048],
                 logs: Logs::default(),
+                observer: status.as_deref().map(observe::Observer::new),
             };
             if let Err(e) = svc.run(&shutdown) {
-                warn!(error = %e, "multicast service stopped");
+                warn!(reason = %e, "multicast service stopped");
             }
         })?;
     Ok((handle, thread))
@@ -655,6 +666,7 @@ struct Service {
     next_token: u64,
     buf: Vec<u8>,
     logs: Logs,
+    observer: Option<observe::Observer>,
 }
 
 fn epoll_add(ep: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
@@ -734,6 +746,7 @@ impl Service {
             }
             self.logs.flush(now);
             lock(&self.admission).flush_logs(now);
+            self.observe(now);
         }
         drop(ep_owned);
         Ok(())
@@ -783,8 +796,8 @@ impl Service {
         epoll_add(ep, r.sock.as_raw_fd(), token)?;
         if let Some(suppressed) = self.logs.started.allow(r.started) {
             info!(
-                protocol = ?r.session.config().protocol,
-                file = %r.content.display_path(),
+                protocol = match r.session.config().protocol { Protocol::PxeMtftp => "pxe_mtftp", Protocol::Rfc2090 => "rfc2090" },
+                file = r.content.display_path(),
                 group = %r.group,
                 blksize = r.session.config().blksize.get(),
                 suppressed,
@@ -925,7 +938,7 @@ impl Service {
                     }
                     if matches!(reason, LeaveReason::Vanished | LeaveReason::Aborted) {
                         if let Some(suppressed) = self.logs.left.allow(now) {
-                            info!(file, group = %r.group, client = %addr, ?reason, suppressed, "multicast member vanished (silent past the retry budget, or sent an ERROR)");
+                            info!(file, group = %r.group, client = %addr, reason = if matches!(reason, LeaveReason::Vanished) { "vanished" } else { "aborted" }, suppressed, "multicast member vanished (silent past the retry budget, or sent an ERROR)");
                         }
                     }
                 }
@@ -940,7 +953,7 @@ impl Service {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     if let Some(suppressed) = self.logs.recv_failed.allow(Instant::now()) {
-                        debug!(error = %e, suppressed, "MTFTP receive failed");
+                        debug!(reason = %e, suppressed, "MTFTP receive failed");
                     }
                     return;
                 }
@@ -963,7 +976,7 @@ impl Service {
                 Ok(c) => c,
                 Err(e) => {
                     if let Some(suppressed) = self.logs.open_refused.allow(now) {
-                        info!(client = %from, file = %req.filename.escape_ascii(), reason = %e, suppressed, "MTFTP open refused");
+                        info!(client = %from, file = String::from_utf8_lossy(req.filename).as_ref(), reason = %e, suppressed, "MTFTP open refused");
                     }
                     let mut out = [0u8; 256];
                     let len = emit_error(&mut out, e.error_code(), &e.to_string());
@@ -979,7 +992,7 @@ impl Service {
             });
             let Some(which) = which else {
                 if let Some(suppressed) = self.logs.no_mtftp.allow(now) {
-                    info!(client = %from, file = %req.filename.escape_ascii(), suppressed, "MTFTP open for a file without MTFTP settings refused");
+                    info!(client = %from, file = String::from_utf8_lossy(req.filename).as_ref(), suppressed, "MTFTP open for a file without MTFTP settings refused");
                 }
                 let mut out = [0u8; 128];
                 let len = emit_error(&mut out, ErrorCode::FileNotFound, "no MTFTP for this file");
@@ -1028,7 +1041,7 @@ impl Service {
                             );
                             let _ = self.listeners[i].send_to(&out[..len], from);
                             if let Some(suppressed) = self.logs.not_placed.allow(now) {
-                                warn!(client = %from, error = %e, suppressed, "cannot open a multicast session socket; ERROR sent");
+                                warn!(client = %from, reason = %e, suppressed, "cannot open a multicast session socket; ERROR sent");
                             }
                             continue;
                         }
@@ -1038,7 +1051,7 @@ impl Service {
             if let Some(r) = self.sessions.get_mut(&token) {
                 if let Err(e) = r.session.join(now, from) {
                     if let Some(suppressed) = self.logs.busy.allow(now) {
-                        debug!(client = %from, file = %r.content.display_path(), reason = ?e, suppressed, "MTFTP open while a master is established: the client listens and re-opens");
+                        debug!(client = %from, file = r.content.display_path(), reason = %format!("{e:?}").to_lowercase(), suppressed, "MTFTP open while a master is established: the client listens and re-opens");
                     }
                 }
             }
@@ -1061,7 +1074,7 @@ impl Service {
                 Err(e) => {
                     // ICMP errors from a member that went away, mostly.
                     if let Some(suppressed) = self.logs.recv_failed.allow(now) {
-                        debug!(error = %e, suppressed, "multicast session receive failed");
+                        debug!(reason = %e, suppressed, "multicast session receive failed");
                     }
                     return;
                 }
@@ -1081,7 +1094,7 @@ impl Service {
                 Payload::Datagram(len) => {
                     if let Err(e) = r.sock.send_to(&ctrl[..len], to) {
                         if let Some(suppressed) = self.logs.send_failed.allow(now) {
-                            debug!(error = %e, to = %to, suppressed, "multicast control send failed");
+                            debug!(reason = %e, to = %to, suppressed, "multicast control send failed");
                         }
                     }
                 }
@@ -1089,7 +1102,10 @@ impl Service {
                     let to = SockAddr::from(to);
                     // Held across the synchronous sends: a lease break waits for them.
                     if !r.content.begin_send() {
-                        warn!(file = %r.content.display_path(), "file changed on the server while multicast; session ended");
+                        warn!(
+                            file = r.content.display_path(),
+                            "file changed on the server while multicast; session ended"
+                        );
                         r.failed = true;
                         break;
                     }
@@ -1101,13 +1117,16 @@ impl Service {
                         if let Err(e) = send_block(r.sock.as_raw_fd(), &hdr, payload, &to) {
                             if e.raw_os_error() == Some(libc::EFAULT) {
                                 // The mapped file was truncated under us.
-                                warn!(file = %r.content.display_path(), "file changed on the server while multicast; session ended");
+                                warn!(
+                                    file = r.content.display_path(),
+                                    "file changed on the server while multicast; session ended"
+                                );
                                 r.failed = true;
                                 break;
                             }
                             // Lost like any datagram: the master's ACKs bring it back.
                             if let Some(suppressed) = self.logs.send_failed.allow(now) {
-                                debug!(error = %e, suppressed, "multicast block send failed");
+                                debug!(reason = %e, suppressed, "multicast block send failed");
                             }
                             break;
                         }
@@ -1124,6 +1143,7 @@ impl Service {
             return;
         }
         let r = self.sessions.remove(&token).expect("present");
+        self.observe_end(&r);
         // Ended by the server with members left: tell them, and give their places back.
         if r.session.members() > 0 {
             let mut out = [0u8; 128];
@@ -1151,8 +1171,8 @@ impl Service {
         };
         if let Some(suppressed) = suppressed {
             info!(
-                protocol = ?r.session.config().protocol,
-                file = %r.content.display_path(),
+                protocol = match r.session.config().protocol { Protocol::PxeMtftp => "pxe_mtftp", Protocol::Rfc2090 => "rfc2090" },
+                file = r.content.display_path(),
                 group = %r.group,
                 members = st.members_joined,
                 done = st.members_done,
@@ -1200,5 +1220,6 @@ fn send_block(fd: RawFd, hdr: &[u8; 4], payload: &[u8], to: &SockAddr) -> io::Re
     }
 }
 
+mod observe;
 #[cfg(test)]
 mod tests;

@@ -185,14 +185,11 @@ fn bind_reason(addr: &SocketAddr, e: &io::Error) -> String {
         _ => e.to_string(),
     };
     match e.raw_os_error() {
-        Some(libc::EACCES) if addr.port() < 1024 => {
-            let mut alt = *addr;
-            alt.set_port(6900 + addr.port());
-            format!(
-                "{base} (port {} needs root or CAP_NET_BIND_SERVICE; use --listen {alt})",
-                addr.port()
-            )
-        }
+        // PXE firmware only asks port 69 (and 67/4011): another port is no way out.
+        Some(libc::EACCES) if addr.port() < 1024 => format!(
+            "{base} (port {} needs root or CAP_NET_BIND_SERVICE: start as root with --user NAME to drop root once bound, give the binary the capability with `setcap cap_net_bind_service=+ep`, or run the systemd unit dist/ringboot.service)",
+            addr.port()
+        ),
         Some(libc::EADDRINUSE) => format!("{base} (is another TFTP server running?)"),
         Some(libc::EADDRNOTAVAIL) => format!("{base} (no interface of this host has that address)"),
         _ => base,
@@ -261,7 +258,7 @@ impl Server {
                             Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
                         ) =>
                 {
-                    warn!(addr = %la.addr, error = %e, "IPv6 unavailable; not listening on {}", la.addr);
+                    warn!(addr = %la.addr, reason = %e, "IPv6 unavailable; not listening on {}", la.addr);
                     continue;
                 }
                 Err(e) => {
@@ -334,6 +331,8 @@ impl Server {
                 admission: admit::Admission::new(cfg.admission),
                 workers,
                 fault: cfg.fault,
+                metrics: None,
+                draining: None,
             }),
             sockets,
             addrs,
@@ -347,6 +346,21 @@ impl Server {
     pub fn set_multicast(&mut self, handle: mcast::McHandle) {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.multicast = Some(handle);
+        }
+    }
+
+    /// Record into `status` (metrics and the status page); call before `start`.
+    pub fn set_metrics(&mut self, status: Arc<crate::metrics::Status>) {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.metrics = Some(status);
+        }
+    }
+
+    /// While `flag` is set, new requests are refused (ERROR 0, "server shutting down") and
+    /// running transfers go on: the drain at SIGTERM. Call before `start`.
+    pub fn set_drain(&mut self, flag: Arc<std::sync::atomic::AtomicBool>) {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.draining = Some(flag);
         }
     }
 
@@ -520,9 +534,10 @@ mod tests {
     fn bind_errors_name_the_fix() {
         let a: SocketAddr = "0.0.0.0:69".parse().unwrap();
         let r = bind_reason(&a, &io::Error::from_raw_os_error(libc::EACCES));
-        assert_eq!(
-            r,
-            "permission denied (port 69 needs root or CAP_NET_BIND_SERVICE; use --listen 0.0.0.0:6969)"
+        assert!(r.starts_with("permission denied (port 69 needs root or CAP_NET_BIND_SERVICE"));
+        assert!(
+            r.contains("setcap") && r.contains("--user") && !r.contains("6969"),
+            "{r}"
         );
         let r = bind_reason(&a, &io::Error::from_raw_os_error(libc::EADDRINUSE));
         assert!(r.starts_with("address already in use"));

@@ -205,7 +205,7 @@ impl Driver for UringDriver {
             .user_data(ud(KIND_CANCEL, 0, id));
         if let Err(err) = self.push(&e) {
             // The receive stays armed until the ring goes; the slot (and socket) wait for it.
-            debug!(error = %err, "cannot queue a cancel");
+            debug!(reason = %err, "cannot queue a cancel");
         }
         false
     }
@@ -474,7 +474,7 @@ pub(crate) fn run(mut core: Core, ring: IoUring, shutdown: &Shutdown) -> io::Res
                 bufs.recycle(bid);
             } else if res < 0 && res != -libc::ENOBUFS && res != -libc::ECANCELED {
                 if let Some(n) = listen_errors.allow(now) {
-                    warn!(worker = core.worker(), suppressed = n, error = %io::Error::from_raw_os_error(-res), "receive error on a listening socket (one line a second)");
+                    warn!(worker = core.worker(), suppressed = n, reason = %io::Error::from_raw_os_error(-res), "receive error on a listening socket (one line a second)");
                 }
             }
             if !cqueue::more(flags) {

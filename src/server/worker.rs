@@ -75,6 +75,10 @@ pub(crate) struct Shared {
     pub workers: usize,
     /// A fault to inject (tests of the failure handling only).
     pub fault: Option<super::Fault>,
+    /// The metrics and status page (`--metrics`), when on.
+    pub metrics: Option<Arc<crate::metrics::Status>>,
+    /// Set at SIGTERM: new requests are refused while running transfers finish.
+    pub draining: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A transfer's place in the worker's table (the endpoint's [`TransferId`] in the form the
@@ -162,6 +166,8 @@ struct Io {
     recv_armed: bool,
     /// Closed, waiting for its sends or receive to end (counted in `Core::lingering`).
     lingering: bool,
+    /// Its `transfer started` line is written (at the first acknowledged data).
+    announced: bool,
 }
 
 struct Slot {
@@ -281,6 +287,8 @@ pub(crate) struct Core {
     /// An error injected by `--fault worker-error`, returned by the backend's loop.
     injected: Option<io::Error>,
     reply: [u8; 516],
+    /// Metrics and status (`--metrics`), when on.
+    observer: Option<observe::Observer>,
 }
 
 impl Core {
@@ -291,6 +299,7 @@ impl Core {
         gso: bool,
     ) -> Self {
         let share = shared.admission.config().share(worker, shared.workers);
+        let shared_metrics = shared.metrics.clone();
         let endpoint = Endpoint::new(
             endpoint::EndpointConfig {
                 limits: shared.limits,
@@ -313,6 +322,7 @@ impl Core {
             lingering: 0,
             injected: None,
             reply: [0; 516],
+            observer: observe::Observer::new(shared_metrics.as_deref()),
         }
     }
 
@@ -365,15 +375,17 @@ impl Core {
 
     /// The earliest transfer deadline, or the next report of suppressed log lines.
     pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
-        match (self.timers.next_deadline(), self.logs.flush_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let publish = self.observer.as_ref().and_then(|o| o.next_due());
+        [self.timers.next_deadline(), self.logs.flush_at, publish]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Fire every transfer timer due at `now` (and report suppressed log lines when due).
     pub(crate) fn run_timers(&mut self, now: Instant, drv: &mut impl Driver) {
         self.logs.flush(self.worker, now);
+        self.publish(now);
         while let Some(id) = self.timers.pop_expired(now) {
             if self.io(id).is_none_or(|io| io.closed) {
                 continue;
@@ -391,12 +403,12 @@ impl Core {
         what: &dyn std::fmt::Display,
         now: Instant,
     ) {
-        debug!(worker = self.worker, client = ?peer, error = %what, "malformed datagram on the listening port");
+        debug!(worker = self.worker, client = %peer.map_or_else(|| "-".to_owned(), |p| p.to_string()), reason = %what, "malformed datagram on the listening port");
         if let Some(n) = self.logs.allow(|l| &mut l.malformed, now) {
             warn!(
                 worker = self.worker,
-                client = ?peer,
-                error = %what,
+                client = %peer.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                reason = %what,
                 suppressed = n,
                 "malformed datagram on the listening port (one line a second; details at debug)"
             );
@@ -409,7 +421,7 @@ impl Core {
             return;
         };
         if let Err(e) = sys::send_from(l.sock.as_raw_fd(), &self.reply[..len], peer, info) {
-            debug!(client = %peer, error = %e, "could not send ERROR");
+            debug!(client = %peer, reason = %e, "could not send ERROR");
         }
     }
 
@@ -441,6 +453,9 @@ impl Core {
             }
             _ => {}
         }
+        if self.draining(li, data, &peer, info.as_ref()) {
+            return;
+        }
         let Some(listener) = self.listeners.get(li) else {
             return;
         };
@@ -457,17 +472,20 @@ impl Core {
                 return self.drive(id, now, drv);
             }
             Decision::Refuse(r) => {
+                if let Some(o) = &self.observer {
+                    o.refusal(&r);
+                }
                 let n = r.emit(&mut self.reply);
                 self.send_reply(li, n, &peer, info.as_ref());
                 match r {
                     Refusal::Write { filename } => {
                         if let Some(n) = self.logs.allow(|l| &mut l.write, now) {
-                            info!(client = %peer, file = %filename.escape_ascii(), reason = %r, suppressed = n, "write request refused");
+                            info!(client = %peer, file = String::from_utf8_lossy(filename).as_ref(), reason = %r, suppressed = n, "write request refused");
                         }
                     }
                     Refusal::MailMode { filename } => {
                         if let Some(n) = self.logs.allow(|l| &mut l.refused, now) {
-                            info!(client = %peer, file = %filename.escape_ascii(), code = r.code().as_u16(), reason = %r, suppressed = n, "request refused");
+                            info!(client = %peer, file = String::from_utf8_lossy(filename).as_ref(), code = r.code().as_u16(), reason = %r, suppressed = n, "request refused");
                         }
                     }
                     Refusal::TooLarge => self.note_malformed(
@@ -479,6 +497,11 @@ impl Core {
                 }
                 return;
             }
+            // An ERROR or ACK on the listening port is what clients such as tftp-hpa send after
+            // a refusal: normal, at debug only.
+            Decision::Drop(endpoint::Ignored::Unexpected(op)) if matches!(op as u16, 3..=6) => {
+                return debug!(client = %peer, opcode = op as u16, "datagram other than a request on the listening port ignored");
+            }
             Decision::Drop(why) => return self.note_malformed(Some(peer), &why, now),
         };
         let content = match self
@@ -488,10 +511,13 @@ impl Core {
         {
             Ok(c) => c,
             Err(e) => {
+                if let Some(o) = &self.observer {
+                    o.lookup_refused(&e);
+                }
                 let n = emit_error_fmt(&mut self.reply, e.error_code(), format_args!("{e}"));
                 self.send_reply(li, n, &peer, info.as_ref());
                 if let Some(n) = self.logs.allow(|l| &mut l.refused, now) {
-                    info!(client = %peer, file = %incoming.filename().escape_ascii(), code = e.error_code().as_u16(), reason = %e, suppressed = n, "request refused");
+                    info!(client = %peer, file = String::from_utf8_lossy(incoming.filename()).as_ref(), code = e.error_code().as_u16(), reason = %e, suppressed = n, "request refused");
                 }
                 return;
             }
@@ -529,6 +555,9 @@ impl Core {
             Accept::Unicast(a) => a,
             Accept::Multicast => return,
             Accept::Refuse(r) => {
+                if let Some(o) = &self.observer {
+                    o.refusal(&r);
+                }
                 let n = r.emit(&mut self.reply);
                 self.send_reply(li, n, &peer, info.as_ref());
                 if let Some(n) = self.logs.allow(|l| &mut l.over_cap, now) {
@@ -558,6 +587,9 @@ impl Core {
         ) {
             Ok(s) => s,
             Err(e) => {
+                if let Some(o) = &self.observer {
+                    o.refused(crate::metrics::RefuseReason::NoSocket);
+                }
                 self.endpoint.release(id);
                 let msg = match &e {
                     TransferSocketError::NoFreePort => "no free transfer port",
@@ -570,14 +602,14 @@ impl Core {
                 );
                 self.send_reply(li, n, &peer, info.as_ref());
                 if let Some(n) = self.logs.allow(|l| &mut l.no_socket, now) {
-                    warn!(client = %peer, file = content.display_path(), error = %e, suppressed = n, "request refused");
+                    warn!(client = %peer, file = content.display_path(), reason = %e, suppressed = n, "request refused");
                 }
                 return;
             }
         };
         if let Err(e) = drv.watch(id.into(), sock.as_raw_fd()) {
             if let Some(n) = self.logs.allow(|l| &mut l.no_socket, now) {
-                warn!(client = %peer, error = %e, suppressed = n, "cannot watch a transfer socket; request dropped");
+                warn!(client = %peer, reason = %e, suppressed = n, "cannot watch a transfer socket; request dropped");
             }
             self.endpoint.release(id);
             return;
@@ -586,17 +618,15 @@ impl Core {
             return;
         };
         let negotiated = *t.negotiated();
+        // At INFO once the client acknowledges data (`announce`): a spoofed request never does.
         debug!(
-            worker = self.worker,
             client = %peer,
             file = content.display_path(),
             local = %local,
             mode = mode.as_str(),
-            blksize = negotiated.blksize.get(),
-            windowsize = negotiated.windowsize.get(),
-            tsize = ?negotiated.tsize,
-            mtu = ?mtu,
-            "transfer started"
+            mtu = mtu.unwrap_or(0),
+            worker = self.worker,
+            "transfer accepted"
         );
         let window = (negotiated.windowsize.get() as usize).min(0x7fff);
         let io = Box::new(Io {
@@ -615,12 +645,16 @@ impl Core {
             closed: false,
             recv_armed: true,
             lingering: false,
+            announced: false,
         });
         let idx = id.index();
         if self.slots.len() <= idx {
             self.slots.resize_with(idx + 1, || None);
         }
         self.slots[idx] = Some(Slot { id, io: Some(io) });
+        if let Some(o) = &self.observer {
+            o.started();
+        }
         self.drive(id, now, drv);
     }
 
@@ -647,7 +681,7 @@ impl Core {
         let m = match sys::interface_mtu(fd, ifindex) {
             Ok(m) => Some(m),
             Err(e) => {
-                debug!(ifindex, error = %e, "cannot read the interface MTU");
+                debug!(ifindex, reason = %e, "cannot read the interface MTU");
                 None
             }
         };
@@ -772,7 +806,7 @@ impl Core {
                 self.drive(id, now, drv);
             }
             e => {
-                debug!(client = %io.peer, error = %io::Error::from_raw_os_error(e), "receive error on a transfer socket");
+                debug!(client = %io.peer, reason = %io::Error::from_raw_os_error(e), "receive error on a transfer socket");
             }
         }
     }
@@ -832,12 +866,12 @@ impl Core {
         match errno {
             libc::EAGAIN | libc::ENOBUFS | libc::ECANCELED | libc::EINTR => {
                 // The rest of the window is lost; the transfer's timer resends it.
-                trace!(client = %io.peer, error = %err, "send queue full; window cut short");
+                trace!(client = %io.peer, reason = %err, "send queue full; window cut short");
             }
             libc::EIO | libc::EINVAL | libc::EOPNOTSUPP if c.is_some_and(|c| c.gso) => {
                 if errno == libc::EINVAL {
                     // The path refuses this segment size; other transfers may be fine.
-                    debug!(client = %io.peer, error = %err, "UDP GSO refused for this transfer; sending one datagram per block");
+                    debug!(client = %io.peer, reason = %err, "UDP GSO refused for this transfer; sending one datagram per block");
                     io.gso = false;
                 } else {
                     disable_worker_gso = true;
@@ -857,7 +891,7 @@ impl Core {
                 ))
             }
             _ => {
-                debug!(client = %io.peer, error = %err, "send failed; window cut short");
+                debug!(client = %io.peer, reason = %err, "send failed; window cut short");
             }
         }
         if let Some((reason, message)) = abort {
@@ -868,7 +902,7 @@ impl Core {
         }
         if disable_worker_gso && self.gso {
             self.gso = false;
-            warn!(worker, error = %err, "UDP GSO send failed; this worker sends one datagram per block from now on");
+            warn!(worker, reason = %err, "UDP GSO send failed; this worker sends one datagram per block from now on");
         }
     }
 
@@ -935,6 +969,7 @@ impl Core {
 
     /// Drain the transfer's transmits, then close it if it is over, else re-arm its timer.
     fn drive(&mut self, id: TransferId, now: Instant, drv: &mut impl Driver) {
+        self.announce(id);
         loop {
             let Some(slot) = self.slots.get_mut(id.index()).and_then(|s| s.as_mut()) else {
                 return;
@@ -984,7 +1019,7 @@ impl Core {
                 Payload::Datagram(len) => {
                     if let (Some(s), Some(bytes)) = (&io.sock, io.tx.ctrl.get(..len)) {
                         if let Err(e) = sys::send_connected(s.as_raw_fd(), bytes) {
-                            debug!(client = %io.peer, error = %io::Error::from_raw_os_error(e), "control datagram not sent");
+                            debug!(client = %io.peer, reason = %io::Error::from_raw_os_error(e), "control datagram not sent");
                         }
                     }
                 }
@@ -1075,6 +1110,13 @@ impl Core {
                 started,
             };
             log_end(&end, now, quiet || logged.is_none());
+            if let Some(o) = &self.observer {
+                o.ended(
+                    transfer,
+                    io.content.transfer_len(),
+                    now.saturating_duration_since(started),
+                );
+            }
         }
         if let (true, Some(n)) = (quiet, logged) {
             info!(
@@ -1120,10 +1162,11 @@ fn log_end(end: &End<'_>, now: Instant, quiet: bool) {
     let bytes = s.bytes_acked;
     let resent = s.blocks_resent;
     let timeouts = s.timeouts;
+    let throughput_bps = bytes.saturating_mul(8_000) / duration_ms.max(1);
     macro_rules! line {
         ($lvl:ident, $outcome:expr, $code:expr, $msg:literal) => {
             tracing::$lvl!(
-                %client, file, bytes, blksize, windowsize, duration_ms, resent, timeouts, srtt_us,
+                %client, file, bytes, duration_ms, throughput_bps, resent, timeouts, blksize, windowsize, srtt_us,
                 outcome = $outcome, code = $code, reason = io.reason.unwrap_or(""), $msg
             )
         };
@@ -1139,14 +1182,14 @@ fn log_end(end: &End<'_>, now: Instant, quiet: bool) {
         Some(Outcome::ClientError(c)) => {
             line!(
                 info,
-                "client-error",
+                "client_error",
                 c.as_u16(),
                 "transfer ended by the client"
             )
         }
         Some(Outcome::TimedOut) => line!(warn, "timeout", 0u16, "transfer failed"),
         Some(Outcome::ProtocolViolation) => {
-            line!(warn, "protocol-violation", 4u16, "transfer failed")
+            line!(warn, "protocol_violation", 4u16, "transfer failed")
         }
         Some(Outcome::Aborted(c)) => line!(warn, "aborted", c.as_u16(), "transfer failed"),
         Some(Outcome::Unanswered) => line!(debug, "unanswered", 0u16, "transfer dropped"),
@@ -1162,5 +1205,6 @@ fn log_end(end: &End<'_>, now: Instant, quiet: bool) {
     }
 }
 
+mod observe;
 #[cfg(test)]
 mod tests;

@@ -175,6 +175,7 @@ fn a_request_handed_over_that_the_service_cannot_place_gets_an_error_and_its_pla
         next_token: 0,
         buf: vec![0u8; 2048],
         logs: Logs::default(),
+        observer: None,
     };
     let h = svc.rx.try_recv().unwrap();
     svc.join_rfc2090(-1, h);

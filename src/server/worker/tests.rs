@@ -67,6 +67,8 @@ fn rig(adm: AdmissionConfig) -> Rig {
         admission: Admission::new(adm),
         workers: 1,
         fault: None,
+        metrics: None,
+        draining: None,
     });
     let sock = sys::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = sock.local_addr().unwrap().as_socket().unwrap();
@@ -274,6 +276,8 @@ fn large_windows_are_sent_in_bounded_builds() {
         admission: Admission::new(AdmissionConfig::for_descriptors(100)),
         workers: 1,
         fault: None,
+        metrics: None,
+        draining: None,
     });
     let sock = sys::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = sock.local_addr().unwrap().as_socket().unwrap();

@@ -1,0 +1,382 @@
+//! Running ringboot as a service (issue 12): the metrics listener after a transfer, log lines
+//! without colour and with one vocabulary, `ringboot check` exit codes, the privilege drop,
+//! SIGHUP that does not kill, SIGTERM that lets a transfer finish.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// `GET path` on `addr`; the body.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// The metrics address the server logged.
+fn metrics_addr(srv: &Server) -> SocketAddr {
+    assert!(srv.wait_for_log("status page on http://", Duration::from_secs(10)));
+    let line = srv
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("status page on http://"))
+        .unwrap();
+    let at = line.find("metrics on http://").unwrap() + "metrics on http://".len();
+    let rest = &line[at..];
+    rest[..rest.find('/').unwrap()].parse().unwrap()
+}
+
+/// The value of the sample `name` (with its labels as written), if present.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Transfers ended, every outcome.
+fn ended(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("ringboot_tftp_transfers_ended_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn metrics_after_a_transfer() {
+    let files = TestRoot::new();
+    let want = files.add_random("boot/boot.wim", 300_000);
+    let srv = Server::start(files, &["--metrics", "127.0.0.1:0"]);
+    let m = metrics_addr(&srv);
+    let d = RawClient::new(srv.addr())
+        .download(&DownloadSpec::new("boot/boot.wim").blksize(1428))
+        .expect("download");
+    assert_same("boot.wim", &d.data, &want);
+    let _ = RawClient::new(srv.addr()).request(&rrq(b"missing.bin", &[]));
+    // The worker records the end when the last ACK is in: wait for the counters.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = String::new();
+    while Instant::now() < deadline {
+        text = http_get(m, "/metrics");
+        if ended(&text) >= 1.0
+            && sample(
+                &text,
+                "ringboot_tftp_requests_refused_total{reason=\"not_found\"}",
+            ) == Some(1.0)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (name, at_least) in [
+        ("ringboot_tftp_transfers_started_total", 1.0),
+        (
+            "ringboot_tftp_requests_refused_total{reason=\"not_found\"}",
+            1.0,
+        ),
+        ("ringboot_tftp_sent_bytes_total", 300_000.0),
+        ("ringboot_tftp_blocks_sent_total", 211.0),
+    ] {
+        let v = sample(&text, name).unwrap_or_else(|| panic!("no {name}\n{text}"));
+        assert!(v >= at_least, "{name} = {v}, want >= {at_least}\n{text}");
+    }
+    assert_eq!(
+        sample(&text, "ringboot_tftp_transfers_active"),
+        Some(0.0),
+        "{text}"
+    );
+    // The client may close its port before the server has the last ACK (then `aborted`).
+    assert!(ended(&text) >= 1.0, "{text}");
+    let completed = "ringboot_tftp_transfers_ended_total{outcome=\"completed\"}";
+    if sample(&text, completed) == Some(1.0) {
+        for name in [
+            "ringboot_tftp_transfer_duration_seconds_count",
+            "ringboot_tftp_transfer_throughput_bytes_per_second_count",
+        ] {
+            assert_eq!(sample(&text, name), Some(1.0), "{name}\n{text}");
+        }
+    }
+    assert!(text.contains("# TYPE ringboot_tftp_transfers_started_total counter"));
+    let info = text
+        .lines()
+        .find(|l| l.starts_with("ringboot_info{"))
+        .unwrap();
+    assert!(
+        info.contains(&format!(
+            "backend=\"{}\"",
+            srv.log_lines()
+                .iter()
+                .find(|l| l.contains("listening on"))
+                .and_then(|l| l.split("backend=").nth(1))
+                .map(|b| b.split(',').next().unwrap().to_owned())
+                .unwrap()
+        )),
+        "{info}"
+    );
+    assert!(http_get(m, "/").contains("<html"));
+    let json: serde_json::Value = serde_json::from_str(&http_get(m, "/status.json")).unwrap();
+    assert!(json.is_object(), "{json}");
+}
+
+#[test]
+fn log_lines_have_no_colour_and_one_vocabulary() {
+    let files = TestRoot::new();
+    let want = files.add_random("Boot/x64/boot.wim", 100_000);
+    // A pipe, and NO_COLOR unset: still no colour.
+    let srv = Server::start_with(files, &[], &|c| {
+        c.env_remove("NO_COLOR");
+    });
+    // The client's port stays open a moment: a last block resent before the final ACK is in
+    // must not find it closed (the transfer would end `aborted`).
+    let mut client = RawClient::new(srv.addr());
+    let d = client
+        .download(&DownloadSpec::new("boot\\x64\\BOOT.WIM").tsize())
+        .expect("download");
+    std::thread::sleep(Duration::from_millis(300));
+    drop(client);
+    assert_same("boot.wim", &d.data, &want);
+    let _ = RawClient::new(srv.addr()).request(&rrq(b"boot\\x64\\missing.com", &[]));
+    // tftp-hpa answers a refusal with an ERROR to the listening port: not a warning.
+    RawClient::new(srv.addr()).send(&error_packet(
+        ringboot::proto::tftp::packet::ErrorCode::NotDefined,
+        "",
+    ));
+    assert!(srv.wait_for_log("transfer finished", Duration::from_secs(10)));
+    assert!(srv.wait_for_log("request refused", Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(300));
+    let log = srv.log_lines().join("\n");
+    assert!(!log.contains('\x1b'), "ANSI escape in a piped log:\n{log}");
+    let started = srv
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("transfer started"))
+        .unwrap_or_else(|| panic!("no INFO transfer started line\n{log}"));
+    assert!(started.contains(" INFO "), "{started}");
+    assert!(started.contains("file=\"Boot/x64/boot.wim\""), "{started}");
+    let ended = srv
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("transfer finished"))
+        .unwrap();
+    for field in [
+        "file=\"Boot/x64/boot.wim\"",
+        "bytes=100000",
+        "duration_ms=",
+        "throughput_bps=",
+        "resent=",
+        "timeouts=",
+        "outcome=\"completed\"",
+        "client=",
+    ] {
+        assert!(ended.contains(field), "{field} missing: {ended}");
+    }
+    let refused = srv
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("request refused"))
+        .unwrap();
+    assert!(refused.contains("reason="), "{refused}");
+    for leak in ["Some(", "None", "PxeMtftp", "error="] {
+        assert!(!log.contains(leak), "{leak} in the log:\n{log}");
+    }
+    assert!(
+        !log.contains("malformed"),
+        "a client's ERROR is normal:\n{log}"
+    );
+}
+
+fn check(args: &[&str]) -> (bool, String) {
+    let out = Command::new(ringboot_bin())
+        .arg("check")
+        .args(args)
+        .output()
+        .expect("run ringboot check");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "exit code {:?}: {text}",
+        out.status
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_exit_codes_and_one_line_per_problem() {
+    let files = TestRoot::new();
+    files.add("Boot/PXELINUX.0", b"x".to_vec());
+    let root = files.root();
+    let root = root.to_str().unwrap();
+    let (ok, text) = check(&[
+        "--root",
+        root,
+        "--dhcp",
+        "proxy",
+        "--boot-file",
+        "boot/pxelinux.0",
+    ]);
+    assert!(ok, "found case-insensitively: {text}");
+    let (ok, text) = check(&[
+        "--root",
+        root,
+        "--dhcp",
+        "proxy",
+        "--boot-file",
+        "nothere.0",
+    ]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("error:") && l.contains("nothere.0")),
+        "{text}"
+    );
+    let (ok, text) = check(&[
+        "--root",
+        root,
+        "--dhcp",
+        "full",
+        "--dhcp-range",
+        "10.9.0.10,10.9.0.20",
+        "--boot-file",
+        "boot/pxelinux.0",
+    ]);
+    assert!(!ok && text.contains("explicit interface"), "{text}");
+    let (ok, text) = check(&["--root", root, "--boot-file", "boot/pxelinux.0"]);
+    assert!(
+        ok && text
+            .lines()
+            .any(|l| l.starts_with("warning:") && l.contains("--boot-file")),
+        "ignored flags named: {text}"
+    );
+    let (ok, text) = check(&["--root", root, "--mtftp", "gone.wim@239.255.1.1:3001"]);
+    assert!(!ok && text.contains("gone.wim"), "{text}");
+    let (ok, text) = check(&["--root", "/nonexistent-ringboot-root"]);
+    assert!(!ok, "{text}");
+    // Two problems, two lines.
+    let (ok, text) = check(&[
+        "--root",
+        root,
+        "--dhcp",
+        "proxy",
+        "--boot-file",
+        "a.0",
+        "--mtftp",
+        "b.wim@239.255.1.1:3001",
+    ]);
+    assert!(
+        !ok && text.lines().filter(|l| l.starts_with("error:")).count() == 2,
+        "{text}"
+    );
+}
+
+#[test]
+fn drops_root_and_still_serves() {
+    // SAFETY: a plain getter.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: not root");
+        return;
+    }
+    let files = TestRoot::new();
+    let want = files.add_random("boot.wim", 200_000);
+    // The files must be readable by nobody.
+    Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(files.base())
+        .status()
+        .unwrap();
+    let srv = Server::start(files, &["--user", "nobody"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", srv.pid())).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid.split_whitespace().skip(1).all(|u| u != "0"), "{uid}");
+    let caps = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    assert!(
+        caps.ends_with("0000000000000000"),
+        "no capability left without DHCP: {caps}"
+    );
+    let d = RawClient::new(srv.addr())
+        .download(&DownloadSpec::new("boot.wim"))
+        .expect("download as nobody");
+    assert_same("boot.wim", &d.data, &want);
+}
+
+#[test]
+fn sighup_does_not_kill_and_sigterm_exits_0() {
+    let files = TestRoot::new();
+    let want = files.add_random("boot.wim", 100_000);
+    let mut srv = Server::start(files, &[]);
+    // SAFETY: signals to the server we started.
+    unsafe { libc::kill(srv.pid() as i32, libc::SIGHUP) };
+    assert!(srv.wait_for_log("configuration reloaded", Duration::from_secs(10)));
+    srv.assert_alive();
+    let d = RawClient::new(srv.addr())
+        .download(&DownloadSpec::new("boot.wim"))
+        .expect("download");
+    assert_same("boot.wim", &d.data, &want);
+    unsafe { libc::kill(srv.pid() as i32, libc::SIGTERM) };
+    let st = srv
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits after SIGTERM");
+    assert_eq!(st.code(), Some(0), "{}", srv.log_lines().join("\n"));
+}
+
+#[test]
+fn sigterm_lets_a_running_transfer_finish() {
+    let files = TestRoot::new();
+    let want = files.add_random("big.bin", 300 * 512);
+    let mut srv = Server::start(files, &["--drain-timeout", "30"]);
+    // A lockstep download that stops at block 50 until the server drains.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    sock.send_to(&rrq(b"big.bin", &[]), srv.addr()).unwrap();
+    let (mut got, mut next, mut paused) = (Vec::new(), 1u16, false);
+    let mut buf = [0u8; 1024];
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end {
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        assert!(n >= 4 && buf[1] == 3, "not DATA: {:?}", &buf[..n.min(40)]);
+        let block = u16::from_be_bytes([buf[2], buf[3]]);
+        if block == next {
+            got.extend_from_slice(&buf[4..n]);
+            next += 1;
+        }
+        if block == 50 && !paused {
+            paused = true;
+            // SAFETY: a signal to the server we started.
+            unsafe { libc::kill(srv.pid() as i32, libc::SIGTERM) };
+            assert!(srv.wait_for_log("refusing new requests", Duration::from_secs(10)));
+            // A new request is refused while the running one goes on.
+            let r = RawClient::new(srv.addr()).request(&rrq(b"big.bin", &[]));
+            let text = format!("{r:?}");
+            assert!(text.contains("shutting down"), "{text}");
+        }
+        sock.send_to(&[0, 4, buf[2], buf[3]], from).unwrap();
+        if block + 1 == next && n < 4 + 512 {
+            break;
+        }
+    }
+    assert_same("big.bin", &got, &want);
+    let st = srv
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits once drained");
+    assert_eq!(st.code(), Some(0));
+    assert!(srv
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("every transfer finished")));
+}
