@@ -72,6 +72,9 @@ label_enum! {
     pub enum Outcome: "outcome" {
         /// The client acknowledged the last block.
         Completed => "completed",
+        /// Every block was sent and the client then left without its final ACK reaching the
+        /// server (lost, or crossed by a tail probe): a completed download, not confirmed.
+        Unconfirmed => "completed_unconfirmed",
         /// The client ended the transfer after the OACK: the firmware size probe (not a failure).
         Probe => "probe",
         /// The client sent an ERROR during the transfer.

@@ -41,6 +41,7 @@ impl Observer {
         let s = t.stats();
         let outcome = match t.outcome() {
             Some(Outcome::Completed) => MOutcome::Completed,
+            Some(Outcome::Unconfirmed) => MOutcome::Unconfirmed,
             Some(Outcome::ProbeEnded(_)) => MOutcome::Probe,
             Some(Outcome::ClientError(_)) => MOutcome::ClientError,
             Some(Outcome::TimedOut) => MOutcome::Timeout,
@@ -111,7 +112,11 @@ impl Core {
         let Some(slot) = self.slots.get_mut(id.index()).and_then(|s| s.as_mut()) else {
             return;
         };
-        let Some(io) = slot.io.as_deref_mut().filter(|io| slot.id == id && !io.announced) else {
+        let Some(io) = slot
+            .io
+            .as_deref_mut()
+            .filter(|io| slot.id == id && !io.announced)
+        else {
             return;
         };
         let Some(t) = self.endpoint.transfer(id) else {
