@@ -1120,10 +1120,11 @@ fn log_end(end: &End<'_>, now: Instant, quiet: bool) {
     let bytes = s.bytes_acked;
     let resent = s.blocks_resent;
     let timeouts = s.timeouts;
+    let spurious = s.probes_spurious;
     macro_rules! line {
         ($lvl:ident, $outcome:expr, $code:expr, $msg:literal) => {
             tracing::$lvl!(
-                %client, file, bytes, blksize, windowsize, duration_ms, resent, timeouts, srtt_us,
+                %client, file, bytes, blksize, windowsize, duration_ms, resent, timeouts, spurious, srtt_us,
                 outcome = $outcome, code = $code, reason = io.reason.unwrap_or(""), $msg
             )
         };
