@@ -362,12 +362,28 @@ pub(crate) fn run(mut core: Core, ring: IoUring, shutdown: &Shutdown) -> io::Res
     let cap = drv.ring.completion().capacity();
     let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(cap);
     let mut listen_errors = LogLimit::default();
+    // Timers were held back last round for input that was already there.
+    let mut held = false;
     loop {
         if let Some(e) = core.take_injected_error() {
             return Err(e);
         }
         let now = Instant::now();
-        core.run_timers(now, &mut drv);
+        // Input before timers: on a busy worker, ACKs that arrived before a deadline may sit in
+        // the ring's deferred work; surface them and handle them first, so the server does not
+        // take its own backlog for a lost packet (a spurious probe or resend). Once in a row at
+        // most, so timers are never starved.
+        held = !held && core.next_deadline().is_some_and(|t| t <= now) && {
+            let zero = Timespec::new();
+            let _ = drv
+                .ring
+                .submitter()
+                .submit_with_args(1, &SubmitArgs::new().timespec(&zero));
+            !drv.ring.completion().is_empty()
+        };
+        if !held {
+            core.run_timers(now, &mut drv);
+        }
         bufs.publish();
         let r = if !drv.ring.completion().is_empty() {
             drv.ring.submit()

@@ -1163,10 +1163,11 @@ fn log_end(end: &End<'_>, now: Instant, quiet: bool) {
     let resent = s.blocks_resent;
     let timeouts = s.timeouts;
     let throughput_bps = bytes.saturating_mul(8_000) / duration_ms.max(1);
+    let spurious = s.probes_spurious;
     macro_rules! line {
         ($lvl:ident, $outcome:expr, $code:expr, $msg:literal) => {
             tracing::$lvl!(
-                %client, file, bytes, duration_ms, throughput_bps, resent, timeouts, blksize, windowsize, srtt_us,
+                %client, file, bytes, duration_ms, throughput_bps, resent, timeouts, spurious, blksize, windowsize, srtt_us,
                 outcome = $outcome, code = $code, reason = io.reason.unwrap_or(""), $msg
             )
         };

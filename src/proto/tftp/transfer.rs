@@ -31,6 +31,7 @@
 use super::block::BlockNum;
 use super::options::Negotiated;
 use super::packet::{emit_error, ErrorCode, Packet};
+use crate::proto::cc::probe::{eifel_response, ProbeCheck, Verdict};
 use crate::proto::{Payload, Transmit};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -40,6 +41,8 @@ const GRANULARITY: Duration = Duration::from_millis(1);
 /// Floor of the probe timeout: a probe costs one block, so it may follow a LAN's sub-millisecond
 /// round trip closely.
 const PTO_FLOOR: Duration = Duration::from_micros(250);
+/// Decay of the recent longest round trip per sample: 1/this (it halves in about 44 windows).
+const PEAK_DECAY: u32 = 64;
 /// Retransmission timeout before the first round trip is measured (RFC 6298 §2.1 says 1 s).
 const INITIAL_RTO: Duration = Duration::from_secs(1);
 /// Resends of the first response (OACK or block 1) before the client's first ACK; after them the
@@ -129,6 +132,10 @@ pub struct TransferStats {
     pub bytes_acked: u64,
     /// Smoothed round trip, once measured.
     pub srtt: Option<Duration>,
+    /// Tail-loss probes that the client's ACKs showed were not needed (the original had
+    /// arrived; its ACK was late), and those that were.
+    pub probes_spurious: u64,
+    pub probes_genuine: u64,
 }
 
 /// RFC 6298 retransmission timer. Backoff doubles the timeout on each expiry and decays one step each
@@ -142,6 +149,15 @@ struct RttEstimator {
     backoff: u32,
     min: Duration,
     max: Duration,
+    /// Shortest clean sample: the path's round trip without queueing.
+    min_rtt: Option<Duration>,
+    /// Recent longest round trip: the largest sample (or late round trip of a spurious probe),
+    /// decaying by 1/[`PEAK_DECAY`] per sample. On a busy host (a CPU-starved client or server)
+    /// round trips are heavy-tailed, and a timer below the tail only draws duplicate ACKs.
+    peak: Duration,
+    /// Stretch of both timeouts after spurious probes in a row ([`ProbeCheck::pto_factor`]);
+    /// back to 1 after a probe that was needed.
+    pto_factor: u32,
 }
 
 impl RttEstimator {
@@ -154,11 +170,15 @@ impl RttEstimator {
             backoff: 0,
             min,
             max,
+            min_rtt: None,
+            peak: Duration::ZERO,
+            pto_factor: 1,
         }
     }
 
+    /// The retransmission timeout: the base, stretched after spurious probes, backed off.
     fn rto(&self) -> Duration {
-        (self.base * (1u32 << self.backoff)).min(self.max)
+        (self.base * self.pto_factor * (1u32 << self.backoff)).min(self.max)
     }
 
     /// Probe timeout: two smoothed round trips, or the round trip plus four deviations when the
@@ -166,15 +186,28 @@ impl RttEstimator {
     /// ACKs), at least [`PTO_FLOOR`], at most the RTO.
     fn pto(&self) -> Duration {
         match self.srtt {
-            Some(s) => (s * 2)
-                .max(s + self.rttvar * 4)
+            Some(s) => ((s * 2).max(s + self.rttvar * 4).max(self.peak_margin()) * self.pto_factor)
                 .max(PTO_FLOOR)
                 .min(self.rto()),
             None => self.rto(),
         }
     }
 
+    /// 5/4 of the recent longest round trip.
+    fn peak_margin(&self) -> Duration {
+        self.peak + self.peak / 4
+    }
+
+    /// RFC 6298's `srtt + max(G, 4 rttvar)`, and at least [`Self::peak_margin`].
+    fn set_base(&mut self) {
+        let s = self.srtt.unwrap_or(self.peak);
+        let b = (s + GRANULARITY.max(self.rttvar * 4)).max(self.peak_margin());
+        self.base = b.clamp(self.min, self.max);
+    }
+
     fn sample(&mut self, r: Duration) {
+        self.min_rtt = Some(self.min_rtt.map_or(r, |m| m.min(r)));
+        self.peak = (self.peak - self.peak / PEAK_DECAY).max(r);
         match self.srtt {
             None => {
                 self.srtt = Some(r);
@@ -186,8 +219,20 @@ impl RttEstimator {
                 self.srtt = Some((s * 7 + r) / 8);
             }
         }
-        let s = self.srtt.unwrap_or(r);
-        self.base = (s + GRANULARITY.max(self.rttvar * 4)).clamp(self.min, self.max);
+        self.set_base();
+    }
+
+    /// A probe was spurious: the original's ACK came `late` after its send. The Eifel response
+    /// (RFC 4015 §2): the path's delay is that now, so the smoothed round trip and its variation
+    /// rise to it (and the timeouts with them); the backoff taken since goes back to `backoff`.
+    fn undo(&mut self, late: Duration, backoff: u32, pto_factor: u32) {
+        let (srtt, rttvar) = eifel_response(self.srtt.unwrap_or(late), self.rttvar, late);
+        self.srtt = Some(srtt);
+        self.rttvar = rttvar;
+        self.peak = self.peak.max(late);
+        self.set_base();
+        self.backoff = self.backoff.min(backoff);
+        self.pto_factor = pto_factor;
     }
 
     fn backoff(&mut self) {
@@ -263,6 +308,10 @@ pub struct Transfer {
     in_flight: Option<InFlight>,
     /// A tail-loss probe went out since the last progress.
     probed: bool,
+    /// Judges the last probe by the ACKs that follow it (spurious or needed).
+    probe_check: ProbeCheck,
+    /// The backoff before the last probe's timer expiry (restored when it was spurious).
+    probe_backoff: u32,
     /// The client acknowledged something: it receives at its address (not a spoofed source).
     verified: bool,
     /// Resends of the first response so far, while not `verified` (at most [`PRE_ACK_RESENDS`]).
@@ -308,6 +357,8 @@ impl Transfer {
             silence_budget: max * cfg.retries,
             in_flight: None,
             probed: false,
+            probe_check: ProbeCheck::new(),
+            probe_backoff: 0,
             verified: false,
             first_resends: 0,
             reported: false,
@@ -379,6 +430,8 @@ impl Transfer {
         TransferStats {
             bytes_acked: (self.acked * self.blksize).min(self.content_len),
             srtt: self.rtt.srtt,
+            probes_spurious: self.probe_check.counts().0,
+            probes_genuine: self.probe_check.counts().1,
             ..self.stats
         }
     }
@@ -442,9 +495,13 @@ impl Transfer {
             }
             Phase::Sending => {
                 let fwd = BlockNum::from_index(self.acked).distance_to(block) as u64;
-                // fwd == 0: a duplicate ACK. Never answer it with data (RFC 1123 §4.2.3.1).
                 // fwd beyond what was sent: stale or bogus, ignore.
-                if fwd == 0 || fwd > self.sent_hi - self.acked {
+                if fwd > self.sent_hi - self.acked {
+                    return;
+                }
+                self.judge_probe(self.acked + fwd, now);
+                // fwd == 0: a duplicate ACK. Never answer it with data (RFC 1123 §4.2.3.1).
+                if fwd == 0 {
                     return;
                 }
                 self.acked += fwd;
@@ -462,6 +519,18 @@ impl Transfer {
                 }
             }
             Phase::Closing(_) | Phase::Done(_) => {}
+        }
+    }
+
+    /// Feed an ACK of absolute index `index` to the probe check, and act on its verdict.
+    fn judge_probe(&mut self, index: u64, now: Instant) {
+        match self.probe_check.on_ack(now, index, self.rtt.min_rtt) {
+            Verdict::Pending => {}
+            Verdict::Genuine => self.rtt.pto_factor = self.probe_check.pto_factor(),
+            Verdict::Spurious { late_rtt } => {
+                self.rtt
+                    .undo(late_rtt, self.probe_backoff, self.probe_check.pto_factor());
+            }
         }
     }
 
@@ -532,10 +601,18 @@ impl Transfer {
             );
             return;
         }
-        self.in_flight = None;
+        let orig = self.in_flight.take();
         // The probe is one block: it does not back the timer off; a full resend does.
         if self.phase != Phase::Sending || self.probed {
+            if self.probe_check.on_rto() == Verdict::Genuine {
+                self.rtt.pto_factor = self.probe_check.pto_factor();
+            }
             self.rtt.backoff();
+        } else {
+            self.probe_backoff = self.rtt.backoff;
+            if let Some(f) = orig {
+                self.probe_check.on_probe(now, self.sent_hi, f.sent_at);
+            }
         }
         self.pending = match self.phase {
             Phase::AwaitOackAck => Pending::Oack,

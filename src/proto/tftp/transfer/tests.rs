@@ -365,6 +365,84 @@ fn last_block_is_resent_alone_after_a_timeout() {
     assert_eq!(t.outcome(), Some(Outcome::Completed));
 }
 
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A window-4 download of 100 blocks on a 1 ms path, up to the probe of block 8 (the ACK of
+/// window 5-8 is late). Returns the transfer, the probe's instant and the window's send instant.
+fn probed_transfer(t0: Instant) -> (Transfer, Instant, Instant) {
+    let mut t = Transfer::new(cfg(b"windowsize\x004\x00", 51_000), t0);
+    drain(&mut t, t0); // OACK
+    ack(&mut t, 0, t0 + ms(1));
+    drain(&mut t, t0 + ms(1));
+    ack(&mut t, 4, t0 + ms(2));
+    let sent = t0 + ms(2);
+    assert_eq!(
+        drain(&mut t, sent),
+        [Payload::Blocks { first: 5, count: 4 }]
+    );
+    let d = t.poll_timeout().unwrap();
+    assert!(d - sent < ms(10), "{:?}", d - sent);
+    t.handle_timeout(d);
+    assert_eq!(drain(&mut t, d), [Payload::Blocks { first: 8, count: 1 }]);
+    (t, d, sent)
+}
+
+#[test]
+fn a_spurious_probe_is_detected_and_stretches_the_timers() {
+    // The client had block 8 all along (its ACK was 30 ms late: a CPU-starved client or
+    // server): the late ACK, then the client's re-ACK of the probe's duplicate.
+    let t0 = crate::sim_origin();
+    let (mut t, d, sent) = probed_transfer(t0);
+    let pto_before = d - sent;
+    let late = sent + ms(30);
+    ack(&mut t, 8, late);
+    assert_eq!(
+        drain(&mut t, late),
+        [Payload::Blocks { first: 9, count: 4 }]
+    );
+    ack(&mut t, 8, late); // re-ACK of the duplicate
+    assert!(
+        drain(&mut t, late).is_empty(),
+        "a duplicate ACK draws no data"
+    );
+    assert_eq!(
+        (t.stats().probes_spurious, t.stats().probes_genuine),
+        (1, 0)
+    );
+    // The timers now cover the late round trip, with a margin: the next windows are not probed
+    // when the client is that slow again.
+    let now = late + ms(1);
+    ack(&mut t, 12, now);
+    drain(&mut t, now);
+    let pto = t.poll_timeout().unwrap() - now;
+    assert!(pto >= ms(30) * 5 / 4, "{pto:?}");
+    assert!(pto > pto_before * 4, "{pto:?} vs {pto_before:?}");
+    let timeouts = t.stats().timeouts;
+    ack(&mut t, 16, now + ms(30));
+    assert_eq!(t.stats().timeouts, timeouts);
+}
+
+#[test]
+fn a_needed_probe_counts_as_genuine_and_keeps_the_timers() {
+    // Block 8 was lost: the probe fills it, the client ACKs 8 once, then the next window.
+    let t0 = crate::sim_origin();
+    let (mut t, d, sent) = probed_transfer(t0);
+    let pto_before = d - sent;
+    let now = d + ms(1);
+    ack(&mut t, 8, now);
+    drain(&mut t, now);
+    ack(&mut t, 12, now + ms(1));
+    assert_eq!(
+        (t.stats().probes_spurious, t.stats().probes_genuine),
+        (0, 1)
+    );
+    drain(&mut t, now + ms(1));
+    let pto = t.poll_timeout().unwrap() - (now + ms(1));
+    assert!(pto <= pto_before * 2, "{pto:?} vs {pto_before:?}");
+}
+
 /// A windowed download of 10 blocks (window 4) whose client acknowledged up to block 8 and was
 /// sent blocks 9 and 10: every block has gone out.
 fn all_sent_transfer(t0: Instant) -> Transfer {
