@@ -11,18 +11,18 @@
 //! (DHCP, multicast) that fails, panics or ends on its own stops the process: one ERROR line
 //! naming it and why, then exit code 1 (a supervisor restarts it); nothing stops silently.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use ringboot::config::cli::{self, Cmd, TestFault};
 use ringboot::config::{self, Config, LogConfig, LogFormat};
 use ringboot::dhcp::DhcpMode;
+use ringboot::engine::ctl::{self, CtlService, Signals};
+use ringboot::engine::{Control, Flow};
 use ringboot::server::mcast;
 use ringboot::server::{self as srv, AdmissionConfig, Fault, Server, ServerConfig, Shutdown};
 use ringboot::store::{self, Store};
 use std::num::NonZeroUsize;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tracing::{error, info, warn};
@@ -86,10 +86,7 @@ static PANICS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 
 /// Threads whose end the main loop watches and reports itself (workers, services).
 fn watched(thread: &str) -> bool {
-    thread.starts_with("ringboot-w")
-        || thread == "ringboot-mcast"
-        || thread == "dhcp"
-        || thread == "ringboot-fault"
+    thread.starts_with("ringboot-w") || thread == ctl::THREAD || thread == "ringboot-fault"
 }
 
 /// Panics go to the log: a watched thread's panic is reported (with its place) by the line
@@ -155,76 +152,6 @@ impl Service {
     }
 }
 
-/// The signals that end the server, blocked in every thread and read from a signalfd.
-fn stop_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        set
-    }
-}
-
-fn block_stop_signals() -> Result<()> {
-    let set = stop_signals();
-    // SAFETY: `set` is initialised.
-    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if r != 0 {
-        bail!(
-            "cannot block SIGINT/SIGTERM: {}",
-            std::io::Error::from_raw_os_error(r)
-        );
-    }
-    Ok(())
-}
-
-fn signalfd() -> Result<OwnedFd> {
-    let set = stop_signals();
-    // SAFETY: valid set; the result is checked before being owned.
-    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
-    if fd < 0 {
-        bail!(
-            "cannot create a signalfd: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    // SAFETY: fresh descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Wait up to `ms` for a stop signal; its name when one came.
-fn wait_signal(fd: &OwnedFd, ms: i32) -> Option<&'static str> {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let r = unsafe { libc::poll(&mut p, 1, ms) };
-    if r <= 0 {
-        return None;
-    }
-    // SAFETY: signalfd_siginfo is plain data; we read at most its size.
-    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-    let n = unsafe {
-        libc::read(
-            fd.as_raw_fd(),
-            (&mut info as *mut libc::signalfd_siginfo).cast(),
-            std::mem::size_of::<libc::signalfd_siginfo>(),
-        )
-    };
-    if n <= 0 {
-        return None;
-    }
-    Some(match info.ssi_signo as i32 {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        _ => "a signal",
-    })
-}
-
 /// The transfer caps: the configured ones, or defaults sized to the descriptor limit; caps
 /// above what the descriptors allow are lowered (with a warning), so an overload is refused with
 /// an ERROR rather than failing with `EMFILE` everywhere.
@@ -267,7 +194,7 @@ fn resolve_host(config: &mut Config) -> Result<()> {
         return Ok(());
     }
     let ifs = if dhcp.needs_addresses() {
-        ringboot::dhcp::sys::interfaces().context("listing network interfaces (getifaddrs)")?
+        ringboot::sys::iface::interfaces().context("listing network interfaces (getifaddrs)")?
     } else {
         Vec::new()
     };
@@ -355,32 +282,30 @@ fn serve(
     )?;
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     let n = server.workers();
-    let sigfd = signalfd()?;
     let shutdown = Shutdown::new().context("cannot create the shutdown eventfd")?;
-    let mut services = Vec::new();
+    // The control engine: signals, the multicast service, the DHCP responder.
+    let mut hosted = vec![CtlService::Signals(
+        Signals::new(&[]).context("cannot create a signalfd")?,
+    )];
     if mc.enabled() {
-        let (handle, thread) = mcast::spawn(mc, store, shutdown.clone())
-            .context("cannot start the multicast service")?;
+        let (handle, svc) = mcast::bind(mc, store).context("cannot start the multicast service")?;
         server.set_multicast(handle);
-        services.push(Service {
-            name: "multicast service",
-            thread: "ringboot-mcast",
-            handle: Some(thread),
-        });
+        hosted.push(CtlService::Multicast(Box::new(svc)));
     }
-    let dhcp_stop = Arc::new(AtomicBool::new(false));
     if dhcp.mode != DhcpMode::Off {
         let mode = dhcp.mode;
-        services.push(Service {
-            name: "DHCP responder",
-            thread: "dhcp",
-            handle: Some(
-                ringboot::dhcp::spawn(dhcp, dhcp_stop.clone())
-                    .context("cannot start the DHCP responder")?,
-            ),
-        });
+        let responder = ringboot::dhcp::bind(dhcp).context("cannot start the DHCP responder")?;
+        hosted.push(CtlService::Dhcp(Box::new(responder)));
         info!(mode = %mode, "DHCP responder started");
     }
+    let (controls, control_rx) = std::sync::mpsc::channel();
+    // Every control goes to this thread, which decides (the hook for reload and the like).
+    let mut ctl = ctl::spawn(hosted, move |c| {
+        let _ = controls.send(c);
+        Flow::Continue
+    })
+    .context("cannot start the control engine")?;
+    let mut services = Vec::new();
     if let Some(f @ (TestFault::ServiceExit | TestFault::ServicePanic)) = fault {
         let t = std::thread::Builder::new()
             .name("ringboot-fault".into())
@@ -405,9 +330,14 @@ fn serve(
     );
     let mut failure = None;
     loop {
-        if let Some(sig) = wait_signal(&sigfd, 200) {
-            info!("received {sig}; shutting down");
-            break;
+        match control_rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Control::Stop(sig)) => {
+                info!("received {sig}; shutting down");
+                break;
+            }
+            // No other signal is forwarded yet (the place where SIGHUP reload plugs in).
+            Ok(Control::Signal(_)) => {}
+            Err(_) => {}
         }
         if let Some(e) = running.poll_failure() {
             let place = match &e {
@@ -415,6 +345,18 @@ fn serve(
                 _ => String::new(),
             };
             failure = Some(format!("{e}{place}"));
+            break;
+        }
+        if let Some(end) = ctl.ended() {
+            failure = Some(match end {
+                Ok(Ok(())) => "the control engine stopped unexpectedly".to_string(),
+                Ok(Err(f)) => f.to_string(),
+                Err(p) => format!(
+                    "the control engine panicked{}: {}",
+                    panic_place(ctl::THREAD),
+                    srv::panic_message(&*p)
+                ),
+            });
             break;
         }
         if let Some(why) = services.iter_mut().find_map(Service::ended) {
@@ -426,8 +368,9 @@ fn serve(
     if let Some(why) = &failure {
         error!("{why}; stopping ringboot (exit code 1)");
     }
-    dhcp_stop.store(true, Ordering::SeqCst);
     let joined = running.join();
+    // After the workers: the multicast service takes no more hand-offs, DHCP saves its leases.
+    let _ = ctl.join();
     for s in &mut services {
         if let Some(h) = s.handle.take() {
             let _ = h.join();
@@ -444,8 +387,8 @@ fn serve(
 fn main() -> ExitCode {
     // Before any thread exists, so every thread inherits the masks.
     store::block_lease_signal();
-    if let Err(e) = block_stop_signals() {
-        eprintln!("ringboot: {e:#}");
+    if let Err(e) = ctl::block_signals(&[]) {
+        eprintln!("ringboot: cannot block SIGINT/SIGTERM: {e}");
         return ExitCode::FAILURE;
     }
     let Cmd::Serve(args) = cli::parse().cmd;

@@ -15,6 +15,7 @@ use ringboot::proto::tftp::client::{Client, ClientError, Event};
 use ringboot::proto::tftp::packet::ErrorCode;
 use ringboot::proto::timer::TimerQueue;
 use ringboot::proto::Transmit;
+use ringboot::sys::poll::{Events, Poller};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::io::ErrorKind;
@@ -407,7 +408,7 @@ struct Engine {
     shared: Arc<Shared>,
     machines: Vec<Machine>,
     timers: TimerQueue<u32>,
-    epfd: i32,
+    poller: Poller,
     tx: Vec<u8>,
     running: usize,
     bytes_unreported: u64,
@@ -421,13 +422,7 @@ const DHCP_TOKEN: u64 = u64::MAX;
 /// Run `specs` to the end (or the deadline) on the calling thread.
 pub fn run_thread(shared: Arc<Shared>, mut specs: Vec<MachineSpec>) -> Vec<MachineResult> {
     specs.sort_by_key(|s| s.start);
-    // SAFETY: plain syscall; the fd is closed at the end of this function.
-    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    assert!(
-        epfd >= 0,
-        "epoll_create1: {}",
-        std::io::Error::last_os_error()
-    );
+    let poller = Poller::new().unwrap_or_else(|e| panic!("epoll_create1: {e}"));
     let now = Instant::now();
     let machines = specs
         .into_iter()
@@ -472,7 +467,7 @@ pub fn run_thread(shared: Arc<Shared>, mut specs: Vec<MachineSpec>) -> Vec<Machi
         shared,
         machines,
         timers: TimerQueue::new(),
-        epfd,
+        poller,
         tx: vec![0u8; 2048],
         bytes_unreported: 0,
         dhcp: None,
@@ -482,8 +477,6 @@ pub fn run_thread(shared: Arc<Shared>, mut specs: Vec<MachineSpec>) -> Vec<Machi
         e.rearm(i);
     }
     e.run();
-    // SAFETY: our own epoll fd.
-    unsafe { libc::close(epfd) };
     let t0 = e.shared.t0;
     let end = Instant::now();
     e.machines
@@ -520,8 +513,7 @@ fn classify(err: &ClientError) -> (String, String) {
 
 impl Engine {
     fn run(&mut self) {
-        let mut events: Vec<libc::epoll_event> =
-            vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+        let mut events = Events::with_capacity(1024);
         let mut rx = RxBatch::new(RX_BATCH);
         while self.running > 0 {
             let now = Instant::now();
@@ -547,25 +539,17 @@ impl Engine {
             let next = next.min(self.shared.deadline);
             let wait = next.saturating_duration_since(Instant::now());
             let ms = wait.as_micros().div_ceil(1000).min(100) as i32;
-            // SAFETY: `events` outlives the call and its length is passed.
-            let n = unsafe {
-                libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as i32, ms)
-            };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == ErrorKind::Interrupted {
-                    continue;
-                }
-                panic!("epoll_wait: {err}");
+            if let Err(err) = self.poller.wait(&mut events, ms) {
+                panic!("waiting for events: {err}");
             }
             let now = Instant::now();
-            for ev in &events[..n as usize] {
-                if ev.u64 == DHCP_TOKEN {
+            for ev in events.iter() {
+                if ev.token == DHCP_TOKEN {
                     self.on_dhcp_readable(now);
                     continue;
                 }
-                let i = ev.u64 as usize;
-                if ev.events & libc::EPOLLERR as u32 != 0 {
+                let i = ev.token as usize;
+                if ev.error {
                     self.on_socket_error(i, now);
                 }
                 self.on_readable(i, &mut rx, now);
@@ -686,15 +670,8 @@ impl Engine {
         };
         let _ = sock.set_nonblocking(true);
         recv_icmp_errors(&sock);
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: i as u64,
-        };
-        // SAFETY: valid epoll fd, valid socket fd, valid event pointer.
-        let rc =
-            unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, sock.as_raw_fd(), &mut ev) };
-        if rc != 0 {
-            let detail = format!("epoll_ctl: {}", std::io::Error::last_os_error());
+        if let Err(e) = self.poller.add(sock.as_raw_fd(), i as u64) {
+            let detail = format!("epoll_ctl: {e}");
             return self.finish(
                 i,
                 now,
@@ -1123,12 +1100,7 @@ impl Engine {
             }
         };
         for fd in port.fds() {
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: DHCP_TOKEN,
-            };
-            // SAFETY: valid epoll fd, valid socket fd, valid event pointer.
-            unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+            let _ = self.poller.add(fd, DHCP_TOKEN);
         }
         for (i, m) in self.machines.iter().enumerate() {
             if let Some(spec) = &m.spec.dhcp {

@@ -197,7 +197,7 @@ fn dhcp_interface_ready(interface: &str) -> Result<()> {
     if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
         bail!("--dhcp-interface {interface}: no such interface here (`ip link` lists them)");
     }
-    let ifs = ringboot::dhcp::sys::interfaces().context("listing interface addresses")?;
+    let ifs = ringboot::sys::iface::interfaces().context("listing interface addresses")?;
     if !ifs.iter().any(|i| i.name == interface) {
         bail!(
             "--dhcp-interface {interface} has no IPv4 address or is down. The machines' leases \

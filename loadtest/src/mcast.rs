@@ -36,6 +36,7 @@ use ringboot::proto::rng::Rng;
 use ringboot::proto::tftp::BlockSize;
 use ringboot::proto::timer::TimerQueue;
 use ringboot::proto::Transmit;
+use ringboot::sys::poll::{Events, Poller};
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -257,24 +258,12 @@ fn classify(why: &McClientError) -> &'static str {
     }
 }
 
-fn epoll_add(epfd: i32, fd: i32, token: u64) -> std::io::Result<()> {
-    let mut ev = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: token,
-    };
-    // SAFETY: valid epoll fd, valid socket fd, valid event pointer.
-    if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 struct Engine {
     sh: Arc<Shared>,
     members: Vec<Member>,
     groups: Vec<Option<Group>>,
     timers: TimerQueue<u32>,
-    epfd: i32,
+    poller: Poller,
     tx: Vec<u8>,
     running: usize,
     late_waiting: usize,
@@ -283,13 +272,7 @@ struct Engine {
 }
 
 fn run_thread(sh: Arc<Shared>, specs: Vec<Spec>) -> (Vec<MachineResult>, ThreadStats) {
-    // SAFETY: plain syscall; closed at the end of this function.
-    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    assert!(
-        epfd >= 0,
-        "epoll_create1: {}",
-        std::io::Error::last_os_error()
-    );
+    let poller = Poller::new().unwrap_or_else(|e| panic!("epoll_create1: {e}"));
     let members: Vec<Member> = specs
         .into_iter()
         .map(|spec| {
@@ -321,7 +304,7 @@ fn run_thread(sh: Arc<Shared>, specs: Vec<Spec>) -> (Vec<MachineResult>, ThreadS
         sh,
         groups: Vec::new(),
         timers: TimerQueue::new(),
-        epfd,
+        poller,
         tx: vec![0u8; 2048],
         bytes_unreported: 0,
         stats: ThreadStats::default(),
@@ -330,8 +313,6 @@ fn run_thread(sh: Arc<Shared>, specs: Vec<Spec>) -> (Vec<MachineResult>, ThreadS
         e.rearm(i);
     }
     e.run();
-    // SAFETY: our own epoll fd.
-    unsafe { libc::close(epfd) };
     let t0 = e.sh.t0;
     let end = Instant::now();
     let results = e
@@ -359,7 +340,7 @@ fn run_thread(sh: Arc<Shared>, specs: Vec<Spec>) -> (Vec<MachineResult>, ThreadS
 
 impl Engine {
     fn run(&mut self) {
-        let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut events = Events::with_capacity(256);
         let mut rx = RxBatch::new(RX_BATCH);
         let mut ubuf = vec![0u8; MAX_DGRAM];
         while self.running > 0 {
@@ -396,23 +377,15 @@ impl Engine {
             }
             let wait = next.saturating_duration_since(Instant::now());
             let ms = wait.as_micros().div_ceil(1000).min(100) as i32;
-            // SAFETY: `events` outlives the call and its length is passed.
-            let n = unsafe {
-                libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as i32, ms)
-            };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == ErrorKind::Interrupted {
-                    continue;
-                }
-                panic!("epoll_wait: {err}");
+            if let Err(err) = self.poller.wait(&mut events, ms) {
+                panic!("waiting for events: {err}");
             }
             let now = Instant::now();
-            for ev in &events[..n as usize] {
-                if ev.u64 >= GROUP_TOKEN {
-                    self.on_group(ev.u64 - GROUP_TOKEN, &mut rx, now);
+            for ev in events.iter() {
+                if ev.token >= GROUP_TOKEN {
+                    self.on_group(ev.token - GROUP_TOKEN, &mut rx, now);
                 } else {
-                    let i = ev.u64 as usize;
+                    let i = ev.token as usize;
                     self.on_unicast(i, &mut ubuf, now);
                     self.rearm(i);
                 }
@@ -491,7 +464,7 @@ impl Engine {
         };
         let _ = sock.set_nonblocking(true);
         big_rcvbuf(sock.as_raw_fd());
-        if let Err(e) = epoll_add(self.epfd, sock.as_raw_fd(), i as u64) {
+        if let Err(e) = self.poller.add(sock.as_raw_fd(), i as u64) {
             return self.fail(i, now, "socket", format!("epoll_ctl: {e}"));
         }
         let sh = self.sh.clone();
@@ -550,7 +523,7 @@ impl Engine {
                         self.groups.push(None);
                         self.groups.len() - 1
                     });
-                if let Err(e) = epoll_add(self.epfd, sock.as_raw_fd(), GROUP_TOKEN + g as u64) {
+                if let Err(e) = self.poller.add(sock.as_raw_fd(), GROUP_TOKEN + g as u64) {
                     self.fail(i, now, "socket", format!("epoll_ctl: {e}"));
                     return false;
                 }

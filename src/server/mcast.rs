@@ -38,7 +38,7 @@
 //!   life: start, members, master changes, and at the end the blocks and bytes it sent, which show
 //!   the file went out about once per session rather than once per client.
 
-use super::sys;
+use crate::engine::{Io, Service};
 use crate::proto::mtftp::session::{
     blksize_bucket, JoinError, Joined, LeaveReason, Session, SessionConfig, SessionEvent,
     BLKSIZE_BUCKETS,
@@ -50,19 +50,17 @@ use crate::proto::tftp::packet::{data_header, emit_error, ErrorCode, Mode, Packe
 use crate::proto::tftp::BlockNum;
 use crate::proto::{Payload, Transmit};
 use crate::store::{Content, Store};
+use crate::sys::poll::EventFd;
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::mem::zeroed;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
-
-use super::Shutdown;
 
 /// Groups of the pool used at most (a /20).
 const MAX_GROUPS: u32 = 4096;
@@ -451,7 +449,7 @@ struct Handoff {
 #[derive(Clone)]
 pub struct McHandle {
     tx: Sender<Handoff>,
-    wake: Arc<OwnedFd>,
+    wake: Arc<EventFd>,
     admission: Arc<Mutex<Admission>>,
 }
 
@@ -473,9 +471,7 @@ impl McHandle {
         };
         match self.tx.try_send(Handoff { join: j, ticket }) {
             Ok(()) => {
-                let one: u64 = 1;
-                // SAFETY: 8 bytes to our eventfd.
-                unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+                self.wake.notify();
                 Ok(())
             }
             Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => {
@@ -512,16 +508,14 @@ enum Key {
     },
 }
 
-const TOKEN_SHUTDOWN: u64 = u64::MAX;
-const TOKEN_WAKE: u64 = u64::MAX - 1;
-const TOKEN_MTFTP: u64 = 1 << 62;
+/// Tokens of the wake-up eventfd and of the MTFTP listeners; sessions count up from 0.
+const TOKEN_WAKE: u32 = u32::MAX;
+const TOKEN_MTFTP: u32 = 1 << 30;
+/// The one timer of the service: its turn.
+const TURN: u64 = 0;
 
 /// Bind the MTFTP sockets and start the service thread.
-pub fn spawn(
-    cfg: McConfig,
-    store: Arc<Store>,
-    shutdown: Arc<Shutdown>,
-) -> io::Result<(McHandle, JoinHandle<()>)> {
+pub fn bind(cfg: McConfig, store: Arc<Store>) -> io::Result<(McHandle, McService)> {
     let mut listeners = Vec::new();
     if !cfg.mtftp.is_empty() {
         let addrs = if cfg.listen.is_empty() {
@@ -544,7 +538,7 @@ pub fn spawn(
     let ctrl = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
     ctrl.set_nonblocking(true)?;
     let (tx, rx) = channel::bounded(CHANNEL_CAP);
-    let wake = Arc::new(sys::eventfd()?);
+    let wake = Arc::new(EventFd::new()?);
     let admission = Arc::new(Mutex::new(Admission::new(
         cfg.groups,
         cfg.max_members,
@@ -568,27 +562,21 @@ pub fn spawn(
             "RFC 2090 multicast enabled"
         );
     }
-    let thread = std::thread::Builder::new()
-        .name("ringboot-mcast".into())
-        .spawn(move || {
-            let mut svc = Service {
-                cfg,
-                store,
-                rx,
-                wake,
-                listeners,
-                ctrl,
-                admission,
-                sessions: HashMap::new(),
-                next_token: 0,
-                buf: vec![0u8; 2048],
-                logs: Logs::default(),
-            };
-            if let Err(e) = svc.run(&shutdown) {
-                warn!(error = %e, "multicast service stopped");
-            }
-        })?;
-    Ok((handle, thread))
+    let svc = McService {
+        cfg,
+        store,
+        rx,
+        wake,
+        listeners,
+        ctrl,
+        admission,
+        sessions: HashMap::new(),
+        next_token: 0,
+        buf: vec![0u8; 2048],
+        logs: Logs::default(),
+        tokens: Vec::new(),
+    };
+    Ok((handle, svc))
 }
 
 /// The service's rate-limited log lines (one limiter each).
@@ -643,11 +631,13 @@ impl Logs {
     }
 }
 
-struct Service {
+/// The multicast service: its listeners, its sessions and their sockets. A
+/// [`Service`](crate::engine::Service) of the control engine.
+pub struct McService {
     cfg: McConfig,
     store: Arc<Store>,
     rx: Receiver<Handoff>,
-    wake: Arc<OwnedFd>,
+    wake: Arc<EventFd>,
     listeners: Vec<UdpSocket>,
     ctrl: UdpSocket,
     admission: Arc<Mutex<Admission>>,
@@ -655,88 +645,30 @@ struct Service {
     next_token: u64,
     buf: Vec<u8>,
     logs: Logs,
+    /// The session tokens of one turn, reused.
+    tokens: Vec<u64>,
 }
 
-fn epoll_add(ep: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
-    let mut ev = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: token,
-    };
-    // SAFETY: valid epoll fd and event.
-    if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-impl Service {
-    fn run(&mut self, shutdown: &Shutdown) -> io::Result<()> {
-        // SAFETY: plain syscall; the fd is owned below.
-        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if ep < 0 {
-            return Err(io::Error::last_os_error());
+impl McService {
+    /// After every wake-up (as the loop of its own did): drive every session, flush the log
+    /// summaries, and be called again at the earliest session deadline, or within a second.
+    fn turn(&mut self, io: &mut Io<'_>, now: Instant) {
+        let mut tokens = std::mem::take(&mut self.tokens);
+        tokens.clear();
+        tokens.extend(self.sessions.keys().copied());
+        for &t in &tokens {
+            self.drive(t, now);
         }
-        // SAFETY: ep is a fresh fd we own.
-        let ep_owned: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(ep) };
-        epoll_add(ep, shutdown.fd(), TOKEN_SHUTDOWN)?;
-        epoll_add(ep, self.wake.as_raw_fd(), TOKEN_WAKE)?;
-        for (i, l) in self.listeners.iter().enumerate() {
-            epoll_add(ep, l.as_raw_fd(), TOKEN_MTFTP + i as u64)?;
-        }
-        // SAFETY: zeroed epoll_event is valid.
-        let mut events: [libc::epoll_event; 64] = unsafe { zeroed() };
-        let mut tokens: Vec<u64> = Vec::new();
-        while !shutdown.is_triggered() {
-            let now = Instant::now();
-            let wait_ms = self
-                .sessions
-                .values()
-                .filter_map(|r| r.session.poll_timeout())
-                .min()
-                .map(|d| {
-                    let d = d.saturating_duration_since(now);
-                    // Round up so a deadline is never polled early in a busy loop.
-                    (d.as_micros().div_ceil(1000)).min(1000) as i32
-                })
-                .unwrap_or(1000);
-            // SAFETY: events buffer is valid for 64 entries.
-            let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), 64, wait_ms) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(e);
-            }
-            for ev in &events[..n as usize] {
-                let token = ev.u64;
-                match token {
-                    TOKEN_SHUTDOWN => {}
-                    TOKEN_WAKE => {
-                        let mut v = 0u64;
-                        // SAFETY: reading 8 bytes from our eventfd.
-                        unsafe {
-                            libc::read(self.wake.as_raw_fd(), (&mut v as *mut u64).cast(), 8)
-                        };
-                        while let Ok(h) = self.rx.try_recv() {
-                            self.join_rfc2090(ep, h);
-                        }
-                    }
-                    t if t >= TOKEN_MTFTP => self.mtftp_readable(ep, (t - TOKEN_MTFTP) as usize),
-                    t => self.session_readable(t),
-                }
-            }
-            let now = Instant::now();
-            tokens.clear();
-            tokens.extend(self.sessions.keys().copied());
-            for &t in &tokens {
-                self.drive(t, now);
-            }
-            self.logs.flush(now);
-            lock(&self.admission).flush_logs(now);
-        }
-        drop(ep_owned);
-        Ok(())
+        self.tokens = tokens;
+        self.logs.flush(now);
+        lock(&self.admission).flush_logs(now);
+        let next = self
+            .sessions
+            .values()
+            .filter_map(|r| r.session.poll_timeout())
+            .min();
+        let second = now + Duration::from_secs(1);
+        io.arm(TURN, next.map_or(second, |t| t.min(second)));
     }
 
     fn session_socket(&self, local: IpAddr) -> io::Result<UdpSocket> {
@@ -777,10 +709,10 @@ impl Service {
         }
     }
 
-    fn add_session(&mut self, ep: RawFd, r: Running) -> io::Result<u64> {
+    fn add_session(&mut self, io: &mut Io<'_>, r: Running) -> io::Result<u64> {
         let token = self.next_token;
-        self.next_token += 1;
-        epoll_add(ep, r.sock.as_raw_fd(), token)?;
+        self.next_token = (self.next_token + 1) % TOKEN_MTFTP as u64;
+        io.watch(r.sock.as_raw_fd(), token as u32)?;
         if let Some(suppressed) = self.logs.started.allow(r.started) {
             info!(
                 protocol = ?r.session.config().protocol,
@@ -805,7 +737,7 @@ impl Service {
         }
     }
 
-    fn join_rfc2090(&mut self, ep: RawFd, h: Handoff) {
+    fn join_rfc2090(&mut self, io: &mut Io<'_>, h: Handoff) {
         let Handoff { join: j, ticket: t } = h;
         let now = Instant::now();
         let key = Key::Rfc2090 {
@@ -852,7 +784,7 @@ impl Service {
                         started: now,
                         failed: false,
                     };
-                    self.add_session(ep, r)
+                    self.add_session(io, r)
                 });
                 match started {
                     Ok(token) => token,
@@ -933,7 +865,7 @@ impl Service {
         }
     }
 
-    fn mtftp_readable(&mut self, ep: RawFd, i: usize) {
+    fn mtftp_readable(&mut self, io: &mut Io<'_>, i: usize) {
         for _ in 0..RECV_BATCH {
             let (n, from) = match self.listeners[i].recv_from(&mut self.buf) {
                 Ok(x) => x,
@@ -1014,7 +946,7 @@ impl Service {
                             started: now,
                             failed: false,
                         };
-                        self.add_session(ep, r)
+                        self.add_session(io, r)
                     });
                     match started {
                         Ok(t) => t,
@@ -1202,3 +1134,40 @@ fn send_block(fd: RawFd, hdr: &[u8; 4], payload: &[u8], to: &SockAddr) -> io::Re
 
 #[cfg(test)]
 mod tests;
+
+impl Service for McService {
+    fn name(&self) -> &'static str {
+        "multicast service"
+    }
+
+    fn start(&mut self, io: &mut Io<'_>, now: Instant) -> io::Result<()> {
+        io.watch(self.wake.as_raw_fd(), TOKEN_WAKE)?;
+        for (i, l) in self.listeners.iter().enumerate() {
+            io.watch(l.as_raw_fd(), TOKEN_MTFTP + i as u32)?;
+        }
+        io.arm(TURN, now);
+        Ok(())
+    }
+
+    fn on_readable(&mut self, io: &mut Io<'_>, sub: u32, now: Instant) -> io::Result<()> {
+        match sub {
+            TOKEN_WAKE => {
+                self.wake.drain();
+                while let Ok(h) = self.rx.try_recv() {
+                    self.join_rfc2090(io, h);
+                }
+            }
+            t if t >= TOKEN_MTFTP => self.mtftp_readable(io, (t - TOKEN_MTFTP) as usize),
+            t => self.session_readable(t as u64),
+        }
+        self.turn(io, now);
+        Ok(())
+    }
+
+    fn on_timer(&mut self, io: &mut Io<'_>, _key: u64, now: Instant) -> io::Result<()> {
+        self.turn(io, now);
+        Ok(())
+    }
+
+    fn shutdown(&mut self, _now: Instant) {}
+}

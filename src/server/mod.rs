@@ -22,14 +22,15 @@
 mod epoll;
 pub mod mcast;
 mod send;
-pub(crate) mod sys;
 mod uring;
 mod worker;
 
 /// The caps of `--max-transfers`, `--max-transfers-per-client`, `--client-rate` (defined with
 /// their logic in the endpoint's [`admit`] module).
 pub use crate::proto::tftp::admit::AdmissionConfig;
-pub use sys::PortRange;
+use crate::sys;
+use crate::sys::poll::EventFd;
+pub use crate::sys::socket::PortRange;
 
 use crate::proto::tftp::admit;
 use crate::proto::tftp::options::Limits;
@@ -37,7 +38,7 @@ use crate::store::Store;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -128,12 +129,12 @@ pub fn descriptor_budget(nofile: u64, workers: usize, listen_addrs: usize) -> u6
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit. Returns the soft limit before and after.
 pub fn raise_descriptor_limit() -> io::Result<(u64, u64)> {
-    sys::raise_nofile_limit()
+    sys::socket::raise_nofile_limit()
 }
 
 /// The current soft `RLIMIT_NOFILE`.
 pub fn descriptor_limit() -> io::Result<u64> {
-    sys::nofile_limit().map(|(soft, _)| soft)
+    sys::socket::nofile_limit().map(|(soft, _)| soft)
 }
 
 /// Why the server could not start or stopped.
@@ -202,25 +203,21 @@ fn bind_reason(addr: &SocketAddr, e: &io::Error) -> String {
 /// The shutdown flag and the eventfd that wakes every worker to see it.
 pub struct Shutdown {
     flag: AtomicBool,
-    efd: OwnedFd,
+    efd: EventFd,
 }
 
 impl Shutdown {
     pub fn new() -> io::Result<Arc<Shutdown>> {
         Ok(Arc::new(Shutdown {
             flag: AtomicBool::new(false),
-            efd: sys::eventfd()?,
+            efd: EventFd::new()?,
         }))
     }
 
     /// Ask every worker to stop (they finish within one loop turn).
     pub fn trigger(&self) {
         self.flag.store(true, Ordering::SeqCst);
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes to our eventfd.
-        unsafe {
-            libc::write(self.efd.as_raw_fd(), (&one as *const u64).cast(), 8);
-        }
+        self.efd.notify();
     }
 
     pub fn is_triggered(&self) -> bool {
@@ -250,8 +247,8 @@ impl Server {
         let mut addrs = Vec::new();
         for la in &cfg.listen {
             // The first socket fixes the port (the asked one, or the kernel's pick for port 0).
-            let first = match sys::check_address_free(la.addr)
-                .and_then(|()| sys::listener_socket(la.addr))
+            let first = match sys::socket::check_address_free(la.addr)
+                .and_then(|()| sys::socket::listener_socket(la.addr))
             {
                 Ok(s) => s,
                 Err(e)
@@ -281,7 +278,7 @@ impl Server {
                 addr: bound,
             });
             for w in sockets.iter_mut().skip(1) {
-                let s = sys::listener_socket(bound).map_err(|e| ServerError::Bind {
+                let s = sys::socket::listener_socket(bound).map_err(|e| ServerError::Bind {
                     addr: bound,
                     reason: bind_reason(&bound, &e),
                 })?;
@@ -365,7 +362,7 @@ impl Server {
 
     /// Spawn the workers; returns once every one has set up its backend.
     pub fn start(self, shutdown: Arc<Shutdown>) -> Result<Running, ServerError> {
-        let gso = sys::gso_supported();
+        let gso = sys::socket::gso_supported();
         if !gso {
             warn!("UDP GSO unavailable; sending one datagram per block");
         }

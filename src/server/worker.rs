@@ -40,7 +40,6 @@
 //!   transfer, and the timer queue and maps only grow with the number of transfers.
 
 use super::send::TxBufs;
-use super::sys::{self, PktInfo, PortRange, PortRng, TransferSocketError};
 use crate::proto::ratelog::LogLimit;
 use crate::proto::tftp::endpoint::{
     self, Accept, CloseReason, Decision, Endpoint, Event as EndpointEvent, McRequest, Multicast,
@@ -52,6 +51,9 @@ use crate::proto::tftp::transfer::{Event as TransferEvent, Outcome};
 use crate::proto::timer::TimerQueue;
 use crate::proto::Payload;
 use crate::store::Store;
+use crate::sys;
+use crate::sys::cmsg::PktInfo;
+use crate::sys::socket::{PortRange, PortRng, TransferSocketError};
 use socket2::Socket;
 use std::collections::HashMap;
 use std::io;
@@ -408,7 +410,7 @@ impl Core {
         let Some(l) = self.listeners.get(li) else {
             return;
         };
-        if let Err(e) = sys::send_from(l.sock.as_raw_fd(), &self.reply[..len], peer, info) {
+        if let Err(e) = sys::socket::send_from(l.sock.as_raw_fd(), &self.reply[..len], peer, info) {
             debug!(client = %peer, error = %e, "could not send ERROR");
         }
     }
@@ -548,7 +550,7 @@ impl Core {
             }
         };
         let id = accepted.id;
-        let sock = match sys::transfer_socket(
+        let sock = match sys::socket::transfer_socket(
             local,
             ifindex,
             peer,
@@ -644,7 +646,7 @@ impl Core {
                 return m;
             }
         }
-        let m = match sys::interface_mtu(fd, ifindex) {
+        let m = match sys::iface::interface_mtu(fd, ifindex) {
             Ok(m) => Some(m),
             Err(e) => {
                 debug!(ifindex, error = %e, "cannot read the interface MTU");
@@ -968,7 +970,7 @@ impl Core {
             match tx.payload {
                 Payload::Datagram(len) => {
                     if let (Some(s), Some(bytes)) = (&io.sock, io.tx.ctrl.get(..len)) {
-                        if let Err(e) = sys::send_connected(s.as_raw_fd(), bytes) {
+                        if let Err(e) = sys::socket::send_connected(s.as_raw_fd(), bytes) {
                             debug!(client = %io.peer, error = %io::Error::from_raw_os_error(e), "control datagram not sent");
                         }
                     }

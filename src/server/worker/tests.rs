@@ -68,7 +68,7 @@ fn rig(adm: AdmissionConfig) -> Rig {
         workers: 1,
         fault: None,
     });
-    let sock = sys::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+    let sock = sys::socket::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = sock.local_addr().unwrap().as_socket().unwrap();
     let core = Core::new(0, shared, vec![Listener { sock, addr }], true);
     Rig { _dir: dir, core }
@@ -275,7 +275,7 @@ fn large_windows_are_sent_in_bounded_builds() {
         workers: 1,
         fault: None,
     });
-    let sock = sys::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+    let sock = sys::socket::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = sock.local_addr().unwrap().as_socket().unwrap();
     let mut core = Core::new(0, shared, vec![Listener { sock, addr }], false);
     let mut drv = FakeDriver::new(true);
