@@ -7,7 +7,7 @@
 //! - [`sys`]: the one system layer (sockets, control messages, interfaces, epoll).
 //! - [`engine`]: the one event loop and the control engine (`ringboot-ctl`: signals, multicast,
 //!   DHCP).
-//! - [`server`]: the drivers: per-core io_uring workers and the epoll fallback.
+//! - [`engine::workers`]: the drivers: per-core io_uring workers and the epoll fallback.
 //! - [`metrics`]: the metrics registry, the status model and page, and their HTTP machine.
 //! - [`config`]: the one config model (file and flags, merged, validated once).
 
@@ -18,7 +18,6 @@ pub mod engine;
 pub mod fuzzing;
 pub mod metrics;
 pub mod proto;
-pub mod server;
 pub mod store;
 pub mod sys;
 

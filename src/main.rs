@@ -7,7 +7,7 @@
 //!
 //! At start, what the configuration names on this host is looked up (the DHCP interface's
 //! address, the CPU count), the soft descriptor limit is raised to the hard one, and the transfer
-//! caps are sized to it (see `ringboot::server::descriptor_budget`). A worker or service thread
+//! caps are sized to it (see `ringboot::engine::workers::descriptor_budget`). A worker or service thread
 //! (DHCP, multicast) that fails, panics or ends on its own stops the process: one ERROR line
 //! naming it and why, then exit code 1 (a supervisor restarts it); nothing stops silently.
 
@@ -16,9 +16,11 @@ use ringboot::config::cli::{self, Cmd, TestFault};
 use ringboot::config::{self, Config, LogConfig, LogFormat};
 use ringboot::dhcp::DhcpMode;
 use ringboot::engine::ctl::{self, CtlService, Signals};
+use ringboot::engine::mcast;
+use ringboot::engine::workers::{
+    self as srv, AdmissionConfig, Fault, Server, ServerConfig, Shutdown,
+};
 use ringboot::engine::{Control, Flow};
-use ringboot::server::mcast;
-use ringboot::server::{self as srv, AdmissionConfig, Fault, Server, ServerConfig, Shutdown};
 use ringboot::store::{self, Store};
 use std::num::NonZeroUsize;
 use std::process::ExitCode;

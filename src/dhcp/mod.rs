@@ -3,7 +3,7 @@
 //! the client machine) is sans-IO in [`crate::proto::dhcp`]; this module adds the system.
 //!
 //! Contract:
-//! - [`server`] is the thin driver, a service of the control engine: UDP sockets on 67 (and 4011 in proxy mode, 68 in
+//! - [`engine::workers`] is the thin driver, a service of the control engine: UDP sockets on 67 (and 4011 in proxy mode, 68 in
 //!   full mode to notice other servers), replies leave by the interface the request came in on.
 //!   Every request passes [`Admission`](crate::proto::dhcp::limit::Admission) and then
 //!   [`decide_noted`](crate::proto::dhcp::decide::decide_noted) with the [`Policy`] built from

@@ -75,7 +75,7 @@ impl Service for Signals {
 pub enum CtlService {
     Signals(Signals),
     Dhcp(Box<crate::dhcp::Responder>),
-    Multicast(Box<crate::server::mcast::McService>),
+    Multicast(Box<crate::engine::mcast::McService>),
 }
 
 macro_rules! each {

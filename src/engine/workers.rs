@@ -1,4 +1,6 @@
-//! The server drivers: per-core workers over io_uring, or over epoll where io_uring is unavailable.
+//! The TFTP workers (`ringboot-w0..`): one engine thread per core, over io_uring, or over epoll
+//! where io_uring is unavailable (the engine's two backends, [`super::uring`] and
+//! [`super::epoll`]), each running the TFTP service ([`super::tftp::Core`]).
 //!
 //! Contract:
 //! - [`Server::bind`] opens every listening socket (one per worker per listen address, all
@@ -10,7 +12,7 @@
 //!   store is a read-only `Arc`. A request, and the whole transfer it starts, lives on the worker
 //!   whose listening socket received it.
 //! - What a request means is the sans-IO endpoint's ([`crate::proto::tftp::endpoint`]); its
-//!   I/O, the transfer sockets, timers and send building are one code path ([`worker::Core`]);
+//!   I/O, the transfer sockets, timers and send building are one code path ([`tftp::Core`](super::tftp::Core));
 //!   the backends ([`uring`], [`epoll`]) only wait, receive and submit.
 //! - Transfers are capped for the whole server ([`admit`]): in all, per client address, and in new
 //!   transfers per second per address. The defaults follow the descriptor limit
@@ -19,12 +21,6 @@
 //! - A worker that fails or panics is reported by [`Running::poll_failure`] (the binary then stops
 //!   with an error): nothing stops silently.
 
-mod epoll;
-pub mod mcast;
-mod send;
-mod uring;
-mod worker;
-
 /// The caps of `--max-transfers`, `--max-transfers-per-client`, `--client-rate` (defined with
 /// their logic in the endpoint's [`admit`] module).
 pub use crate::proto::tftp::admit::AdmissionConfig;
@@ -32,6 +28,8 @@ use crate::sys;
 use crate::sys::poll::EventFd;
 pub use crate::sys::socket::PortRange;
 
+use super::tftp::{Core, Listener, Shared};
+use super::{epoll, mcast, tftp, uring};
 use crate::proto::tftp::admit;
 use crate::proto::tftp::options::Limits;
 use crate::store::Store;
@@ -44,7 +42,6 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tracing::{info, warn};
-use worker::{Core, Listener, Shared};
 
 /// Which I/O backend to use (`--io-backend`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,9 +110,9 @@ pub enum Fault {
 /// Descriptors a server needs besides its admitted transfer sockets: standard streams, signal
 /// and shutdown descriptors, and per worker its listeners, its ring or epoll descriptor, and the
 /// sockets of transfers dropped to make room that still wait to close
-/// ([`worker::MAX_LINGERING`]).
+/// ([`tftp::MAX_LINGERING`]).
 pub fn fixed_descriptors(workers: usize, listen_addrs: usize) -> u64 {
-    32 + (workers * (listen_addrs + 3 + worker::MAX_LINGERING)) as u64
+    32 + (workers * (listen_addrs + 3 + tftp::MAX_LINGERING)) as u64
 }
 
 /// Descriptors transfer sockets may use under a limit of `nofile`: half of what the fixed ones
@@ -313,7 +310,7 @@ impl Server {
                 }
             },
         };
-        let per = worker::transfer_memory_bound();
+        let per = tftp::transfer_memory_bound();
         info!(
             per_transfer_bytes = per,
             "memory of transfers: at most {} KiB each, {} MiB for {} transfers",

@@ -1,6 +1,8 @@
 use super::*;
 use crate::proto::tftp::admit::{Admission, AdmissionConfig};
 use crate::store::StoreOptions;
+use crate::sys;
+use crate::sys::cmsg::PktInfo;
 use std::net::UdpSocket;
 
 /// A driver that keeps every send in flight and every receive armed until the test says

@@ -8,8 +8,8 @@
 //! fairness) and fires due timers. The wait ends at the earliest timer deadline or when the
 //! shutdown eventfd becomes readable.
 
-use super::worker::{Core, Driver, SendStatus, SlotId};
-use super::Shutdown;
+use super::tftp::{Core, Driver, SendStatus, SlotId};
+use super::workers::Shutdown;
 use crate::proto::ratelog::LogLimit;
 use crate::sys::poll::{self, Events, Poller};
 use crate::sys::{self, cmsg::CmsgBuf, cmsg::PKTINFO_CMSG_SPACE};

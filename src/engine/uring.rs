@@ -22,8 +22,8 @@
 //!   deadline (`IORING_ENTER_EXT_ARG` timeout). Transfer completions of a batch are handled before
 //!   listener completions. Shutdown arrives as a completed poll on the shutdown eventfd.
 
-use super::worker::{Core, Driver, SendStatus, SlotId};
-use super::Shutdown;
+use super::tftp::{Core, Driver, SendStatus, SlotId};
+use super::workers::Shutdown;
 use crate::proto::ratelog::LogLimit;
 use crate::sys::{self, cmsg::PKTINFO_CMSG_SPACE};
 use io_uring::types::{self, BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
