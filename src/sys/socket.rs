@@ -356,6 +356,33 @@ pub(crate) fn errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
+/// A big receive buffer (8 MiB): a window of blocks arrives in one burst. `SO_RCVBUFFORCE` first
+/// (root may exceed `net.core.rmem_max`), else `SO_RCVBUF` (clamped by the kernel).
+pub fn set_big_recv_buffer(sock: &impl AsRawFd) {
+    let want = 8 << 20;
+    let fd = sock.as_raw_fd();
+    if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want).is_err() {
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, want);
+    }
+}
+
+/// A nonblocking socket bound to `group` with `SO_REUSEADDR` and `SO_REUSEPORT` (other machines
+/// and other programs listen on the same port), a big receive buffer, joined to the group on the
+/// loopback interface (the load tester's multicast members).
+pub fn group_socket(group: SocketAddrV4) -> io::Result<std::net::UdpSocket> {
+    let s = Socket::new(
+        Domain::IPV4,
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    set_big_recv_buffer(&s);
+    s.bind(&SockAddr::from(group))?;
+    s.join_multicast_v4(group.ip(), &Ipv4Addr::LOCALHOST)?;
+    Ok(s.into())
+}
+
 /// Whether this kernel accepts `UDP_SEGMENT` (UDP GSO, Linux 4.18+).
 pub(crate) fn gso_supported() -> bool {
     let Ok(s) = Socket::new(Domain::IPV4, Type::DGRAM.cloexec(), Some(Protocol::UDP)) else {
