@@ -1,9 +1,10 @@
 //! The multicast service: runs [`crate::proto::mtftp::session::Session`]s for PXE MTFTP opens and for
-//! RFC 2090 `multicast` requests, on one thread of its own.
+//! RFC 2090 `multicast` requests, a [`Service`] of the control engine (`ringboot-ctl`).
 //!
 //! Contract:
-//! - [`spawn`] binds the PXE MTFTP server port (`--mtftp-port`, on each IPv4 listen address) and
-//!   starts the thread. Unicast workers offer RFC 2090 requests with [`McHandle::submit`].
+//! - [`bind`] binds the PXE MTFTP server port (`--mtftp-port`, on each IPv4 listen address) and
+//!   returns the service for the control engine to host ([`crate::engine::ctl`]); the hand-off
+//!   side (admission, channel) is in [`handoff`]. Unicast workers offer RFC 2090 requests with [`McHandle::submit`].
 //! - **Every RFC 2090 request gets an answer.** `submit` decides admission synchronously, on the
 //!   worker's thread, under one short lock shared with the service (no I/O under it): the block
 //!   size bucket, a session of that file and bucket with room (`--multicast-max-members`), the
@@ -33,15 +34,14 @@
 //!   datagrams read per socket per wake-up (256). Every line a remote peer can cause once per
 //!   datagram (refusals, joins, opens, send and receive failures, sessions that served nobody)
 //!   goes through a [`LogLimit`]: one line, then a count of the ones suppressed.
-//! - Multicast is paced by the session (no per-client flow control exists); this thread only sleeps
-//!   until the earliest session deadline, sends what the sessions produce, and logs each session's
+//! - Multicast is paced by the session (no per-client flow control exists); the engine calls the
+//!   service at the earliest session deadline (or within a second) and after every wake-up, sends what the sessions produce, and logs each session's
 //!   life: start, members, master changes, and at the end the blocks and bytes it sent, which show
 //!   the file went out about once per session rather than once per client.
 
 use crate::engine::{Io, Service};
 use crate::proto::mtftp::session::{
-    blksize_bucket, JoinError, Joined, LeaveReason, Session, SessionConfig, SessionEvent,
-    BLKSIZE_BUCKETS,
+    JoinError, Joined, LeaveReason, Session, SessionConfig, SessionEvent, BLKSIZE_BUCKETS,
 };
 use crate::proto::mtftp::Protocol;
 use crate::proto::ratelog::LogLimit;
@@ -51,14 +51,14 @@ use crate::proto::tftp::BlockNum;
 use crate::proto::{Payload, Transmit};
 use crate::store::{Content, Store};
 use crate::sys::poll::EventFd;
-use crossbeam::channel::{self, Receiver, Sender, TrySendError};
+use crossbeam::channel::{self, Receiver};
 use socket2::{Domain, SockAddr, Socket, Type};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::mem::zeroed;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -191,300 +191,9 @@ pub struct McJoin {
     pub tsize: bool,
 }
 
-/// Why [`McHandle::submit`] did not hand a request over (the worker then serves it by unicast).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// RFC 2090 is not enabled (`--multicast-groups` unset; PXE MTFTP only).
-    Disabled,
-    /// The block size granted is under the smallest bucket (512).
-    BlockSize,
-    /// Every group of the pool is in use.
-    PoolFull,
-    /// The file's session has `--multicast-max-members` members.
-    SessionFull,
-    /// The client's address is in `--multicast-max-per-source` sessions already.
-    SourceCap,
-    /// The hand-over channel is full or the service is gone.
-    Saturated,
-}
-
-impl Refusal {
-    const ALL: [Refusal; 6] = [
-        Refusal::Disabled,
-        Refusal::BlockSize,
-        Refusal::PoolFull,
-        Refusal::SessionFull,
-        Refusal::SourceCap,
-        Refusal::Saturated,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Refusal::Disabled => "RFC 2090 multicast is not enabled",
-            Refusal::BlockSize => "block size under 512",
-            Refusal::PoolFull => "no free multicast group in the pool",
-            Refusal::SessionFull => "the file's multicast session is full",
-            Refusal::SourceCap => "client address at its multicast session limit",
-            Refusal::Saturated => "multicast service saturated",
-        }
-    }
-}
-
-/// A reservation made by [`Admission::admit`], honoured by the service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Ticket {
-    slot: u32,
-    /// Generation of the slot's entry (a slot is reused by later sessions).
-    gen: u64,
-    /// The session's block size.
-    bucket: u16,
-    /// A new membership counted against the caps (false: the client is already a member; a
-    /// resent request, answered again by the session).
-    counted: bool,
-}
-
-#[derive(Debug)]
-struct Entry {
-    /// The file (its `Content` address; some `Arc` of it is alive while the entry is: a request in
-    /// the channel, or the running session).
-    content: usize,
-    bucket: u16,
-    gen: u64,
-    /// Memberships counted: reserved or joined, not yet gone.
-    refs: u32,
-}
-
-/// RFC 2090 admission: groups, sessions and memberships, shared by the workers (deciding) and the
-/// service (giving back). Sans-IO; every table is bounded (see the module docs).
-#[derive(Debug)]
-struct Admission {
-    pool: Option<GroupPool>,
-    slots: Vec<Option<Entry>>,
-    /// Free slots, least recently freed first.
-    free: VecDeque<u32>,
-    by_key: HashMap<(usize, u16), u32>,
-    memberships: HashSet<(SocketAddr, u32)>,
-    per_source: HashMap<IpAddr, u32>,
-    max_members: u32,
-    max_per_source: u32,
-    next_gen: u64,
-    /// One limiter per refusal reason (indexed like [`Refusal::ALL`]).
-    logs: [LogLimit; 6],
-}
-
-impl Admission {
-    fn new(pool: Option<GroupPool>, max_members: usize, max_per_source: usize) -> Self {
-        let n = pool.map_or(0, |p| p.len.min(MAX_GROUPS));
-        Admission {
-            pool,
-            slots: (0..n).map(|_| None).collect(),
-            free: (0..n).collect(),
-            by_key: HashMap::new(),
-            memberships: HashSet::new(),
-            per_source: HashMap::new(),
-            max_members: max_members.clamp(1, u32::MAX as usize) as u32,
-            max_per_source: max_per_source.clamp(1, u32::MAX as usize) as u32,
-            next_gen: 0,
-            logs: Default::default(),
-        }
-    }
-
-    /// Reserve a place for `client` in the session of (`content`, bucket of `granted`).
-    fn admit(
-        &mut self,
-        client: SocketAddr,
-        content: usize,
-        granted: u16,
-    ) -> Result<Ticket, Refusal> {
-        if self.pool.is_none() {
-            return Err(Refusal::Disabled);
-        }
-        let bucket = blksize_bucket(granted).ok_or(Refusal::BlockSize)?;
-        let source_full = self
-            .per_source
-            .get(&client.ip())
-            .is_some_and(|&n| n >= self.max_per_source);
-        let slot = match self.by_key.get(&(content, bucket)) {
-            Some(&slot) => {
-                let e = self.slots[slot as usize].as_ref().expect("keyed slot");
-                if self.memberships.contains(&(client, slot)) {
-                    return Ok(Ticket {
-                        slot,
-                        gen: e.gen,
-                        bucket,
-                        counted: false,
-                    });
-                }
-                if e.refs >= self.max_members {
-                    return Err(Refusal::SessionFull);
-                }
-                if source_full {
-                    return Err(Refusal::SourceCap);
-                }
-                slot
-            }
-            None => {
-                if source_full {
-                    return Err(Refusal::SourceCap);
-                }
-                let slot = self.free.pop_front().ok_or(Refusal::PoolFull)?;
-                self.next_gen += 1;
-                self.slots[slot as usize] = Some(Entry {
-                    content,
-                    bucket,
-                    gen: self.next_gen,
-                    refs: 0,
-                });
-                self.by_key.insert((content, bucket), slot);
-                slot
-            }
-        };
-        let e = self.slots[slot as usize].as_mut().expect("slot in use");
-        e.refs += 1;
-        self.memberships.insert((client, slot));
-        *self.per_source.entry(client.ip()).or_insert(0) += 1;
-        Ok(Ticket {
-            slot,
-            gen: e.gen,
-            bucket,
-            counted: true,
-        })
-    }
-
-    fn entry(&mut self, slot: u32, gen: u64) -> Option<&mut Entry> {
-        self.slots
-            .get_mut(slot as usize)?
-            .as_mut()
-            .filter(|e| e.gen == gen)
-    }
-
-    /// True while the reservation's session exists (some membership is counted).
-    fn is_live(&mut self, slot: u32, gen: u64) -> bool {
-        self.entry(slot, gen).is_some()
-    }
-
-    /// `client`'s membership of the session in `slot` is over (or its reservation unused). Frees
-    /// the group with the last one. Idempotent.
-    fn release(&mut self, slot: u32, gen: u64, client: SocketAddr) {
-        if self.entry(slot, gen).is_none() || !self.memberships.remove(&(client, slot)) {
-            return;
-        }
-        if let Some(n) = self.per_source.get_mut(&client.ip()) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_source.remove(&client.ip());
-            }
-        }
-        let e = self.entry(slot, gen).expect("checked");
-        e.refs -= 1;
-        if e.refs == 0 {
-            let key = (e.content, e.bucket);
-            self.slots[slot as usize] = None;
-            self.by_key.remove(&key);
-            self.free.push_back(slot);
-        }
-    }
-
-    /// A resent request whose membership had ended meanwhile joined the session again: count it
-    /// (no cap: it held this place a moment ago). False when the session is gone.
-    fn adopt(&mut self, slot: u32, gen: u64, client: SocketAddr) -> bool {
-        if self.entry(slot, gen).is_none() {
-            return false;
-        }
-        if !self.memberships.insert((client, slot)) {
-            return true;
-        }
-        self.entry(slot, gen).expect("checked").refs += 1;
-        *self.per_source.entry(client.ip()).or_insert(0) += 1;
-        true
-    }
-
-    fn group(&self, slot: u32) -> Option<Ipv4Addr> {
-        self.pool.map(|p| p.nth(slot))
-    }
-
-    /// Groups in use.
-    fn groups_in_use(&self) -> usize {
-        self.slots.len() - self.free.len()
-    }
-
-    fn log_refusal(&mut self, r: Refusal, j: &McJoin, now: Instant) {
-        let i = Refusal::ALL.iter().position(|&x| x == r).expect("listed");
-        let Some(suppressed) = self.logs[i].allow(now) else {
-            return;
-        };
-        let (client, file, reason) = (j.client, j.content.display_path(), r.as_str());
-        match r {
-            Refusal::PoolFull | Refusal::Saturated => {
-                warn!(%client, file, reason, suppressed, "RFC 2090 request served by unicast")
-            }
-            _ => info!(%client, file, reason, suppressed, "RFC 2090 request served by unicast"),
-        }
-    }
-
-    fn flush_logs(&mut self, now: Instant) {
-        for (i, l) in self.logs.iter_mut().enumerate() {
-            if let Some(n) = l.flush(now) {
-                info!(
-                    reason = Refusal::ALL[i].as_str(),
-                    suppressed = n,
-                    "RFC 2090 requests served by unicast (lines suppressed)"
-                );
-            }
-        }
-    }
-}
-
-fn lock(m: &Mutex<Admission>) -> MutexGuard<'_, Admission> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A request on its way to the service, with its reservation.
-struct Handoff {
-    join: McJoin,
-    ticket: Ticket,
-}
-
-/// Where workers send RFC 2090 requests.
-#[derive(Clone)]
-pub struct McHandle {
-    tx: Sender<Handoff>,
-    wake: Arc<EventFd>,
-    admission: Arc<Mutex<Admission>>,
-}
-
-impl McHandle {
-    /// Offer an RFC 2090 request. `Ok`: it is admitted and handed over; the service answers it
-    /// (OACK, or an ERROR if it then cannot place it). `Err`: nothing was taken and the caller
-    /// serves it as plain unicast TFTP (why is logged here, rate-limited). See the module docs.
-    pub fn submit(&self, j: McJoin, now: Instant) -> Result<(), Refusal> {
-        let id = Arc::as_ptr(&j.content) as usize;
-        let ticket = {
-            let mut a = lock(&self.admission);
-            match a.admit(j.client, id, j.blksize.get()) {
-                Ok(t) => t,
-                Err(r) => {
-                    a.log_refusal(r, &j, now);
-                    return Err(r);
-                }
-            }
-        };
-        match self.tx.try_send(Handoff { join: j, ticket }) {
-            Ok(()) => {
-                self.wake.notify();
-                Ok(())
-            }
-            Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => {
-                let mut a = lock(&self.admission);
-                if h.ticket.counted {
-                    a.release(h.ticket.slot, h.ticket.gen, h.join.client);
-                }
-                a.log_refusal(Refusal::Saturated, &h.join, now);
-                Err(Refusal::Saturated)
-            }
-        }
-    }
-}
+mod handoff;
+use handoff::{lock, Admission, Handoff};
+pub use handoff::{McHandle, Refusal};
 
 struct Running {
     session: Session,

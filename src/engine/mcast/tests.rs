@@ -1,3 +1,4 @@
+use super::handoff::Ticket;
 use super::*;
 
 #[test]
