@@ -6,8 +6,8 @@
 //! TFTP codec, the transfer and multicast machines, the DHCP wire and decision) are used directly
 //! by the targets and need nothing here.
 
-use crate::server::sys;
 use crate::store::{path, LookupError};
+use crate::sys;
 use std::net::{IpAddr, SocketAddr};
 
 /// `store::path::decode`: a wire filename to its checked components.
@@ -21,23 +21,23 @@ pub fn decode_path_joined(raw: &[u8]) -> Result<String, LookupError> {
 }
 
 /// Room the driver gives received control data (and a packet-info send).
-pub const PKTINFO_CMSG_SPACE: usize = sys::PKTINFO_CMSG_SPACE;
+pub const PKTINFO_CMSG_SPACE: usize = sys::cmsg::PKTINFO_CMSG_SPACE;
 
-/// `server::sys::parse_pktinfo`: the local address and interface index from received control
+/// `server::sys::cmsg::parse_pktinfo`: the local address and interface index from received control
 /// data.
 pub fn parse_pktinfo(control: &[u8]) -> Option<(IpAddr, u32)> {
-    sys::parse_pktinfo(control).map(|p| (p.local, p.ifindex))
+    sys::cmsg::parse_pktinfo(control).map(|p| (p.local, p.ifindex))
 }
 
-/// `server::sys::put_pktinfo_cmsg`: the control message that makes a reply leave from `local`;
+/// `server::sys::cmsg::put_pktinfo_cmsg`: the control message that makes a reply leave from `local`;
 /// returns its length (0: none needed).
 pub fn put_pktinfo_cmsg(buf: &mut [u8], local: IpAddr, ifindex: u32) -> usize {
-    sys::put_pktinfo_cmsg(buf, &sys::PktInfo { local, ifindex })
+    sys::cmsg::put_pktinfo_cmsg(buf, &sys::cmsg::PktInfo { local, ifindex })
 }
 
-/// `server::sys::parse_sockaddr`: a peer address as `recvmsg` or io_uring wrote it.
+/// `server::sys::cmsg::parse_sockaddr`: a peer address as `recvmsg` or io_uring wrote it.
 pub fn parse_sockaddr(raw: &[u8]) -> Option<SocketAddr> {
-    sys::parse_sockaddr(raw)
+    sys::cmsg::parse_sockaddr(raw)
 }
 
 /// The kernel's bytes for `addr` (`sockaddr_in` / `sockaddr_in6`), to check round trips.

@@ -13,7 +13,7 @@
 //!
 //! At start, what the configuration names on this host is looked up (the DHCP interface's
 //! address, the CPU count), the soft descriptor limit is raised to the hard one, and the transfer
-//! caps are sized to it (see `ringboot::server::descriptor_budget`). A worker or service thread
+//! caps are sized to it (see `ringboot::engine::workers::descriptor_budget`). A worker or service thread
 //! (DHCP, multicast) that fails, panics or ends on its own stops the process: one ERROR line
 //! naming it and why, then exit code 1 (a supervisor restarts it); nothing stops silently.
 
@@ -22,9 +22,13 @@ use ringboot::config::cli::{self, Cmd, TestFault};
 use ringboot::config::{self, Config, LogConfig};
 use ringboot::dhcp::DhcpMode;
 use ringboot::dhcp::{Hooks, PolicySlot};
+use ringboot::engine::ctl::{self, CtlService, Signals};
+use ringboot::engine::mcast;
+use ringboot::engine::workers::{
+    self as srv, AdmissionConfig, Fault, Server, ServerConfig, Shutdown,
+};
+use ringboot::engine::{Control, Flow};
 use ringboot::metrics::{Info, Registry, Status};
-use ringboot::server::mcast;
-use ringboot::server::{self as srv, AdmissionConfig, Fault, Server, ServerConfig, Shutdown};
 use ringboot::service::privileges::{self, Cap};
 use ringboot::service::{self, LevelHandle};
 use ringboot::store::{self, Store};
@@ -78,10 +82,7 @@ static PANICS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 
 /// Threads whose end the main loop watches and reports itself (workers, services).
 fn watched(thread: &str) -> bool {
-    thread.starts_with("ringboot-w")
-        || thread == "ringboot-mcast"
-        || thread == "dhcp"
-        || thread == "ringboot-fault"
+    thread.starts_with("ringboot-w") || thread == ctl::THREAD || thread == "ringboot-fault"
 }
 
 /// Panics go to the log: a watched thread's panic is reported (with its place) by the line
@@ -147,45 +148,6 @@ impl Service {
     }
 }
 
-/// The signals the main thread waits for (SIGINT, SIGTERM: stop; SIGHUP: reload), blocked in
-/// every thread so that only `sigtimedwait` here receives them.
-fn service_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        set
-    }
-}
-
-fn block_service_signals() -> Result<()> {
-    let set = service_signals();
-    // SAFETY: `set` is initialised.
-    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if r != 0 {
-        bail!(
-            "cannot block SIGINT/SIGTERM/SIGHUP: {}",
-            std::io::Error::from_raw_os_error(r)
-        );
-    }
-    Ok(())
-}
-
-/// Wait up to `ms` for one of the service signals (blocked, so taken here and nowhere else).
-fn wait_signal(ms: u64) -> Option<libc::c_int> {
-    let set = service_signals();
-    let ts = libc::timespec {
-        tv_sec: (ms / 1000) as libc::time_t,
-        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
-    };
-    // SAFETY: valid set and timeout; no siginfo wanted.
-    let r = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
-    (r > 0).then_some(r)
-}
-
 /// The transfer caps: the configured ones, or defaults sized to the descriptor limit; caps
 /// above what the descriptors allow are lowered (with a warning), so an overload is refused with
 /// an ERROR rather than failing with `EMFILE` everywhere.
@@ -228,7 +190,7 @@ fn resolve_host(config: &mut Config) -> Result<()> {
         return Ok(());
     }
     let ifs = if dhcp.needs_addresses() {
-        ringboot::dhcp::sys::interfaces().context("listing network interfaces (getifaddrs)")?
+        ringboot::sys::iface::interfaces().context("listing network interfaces (getifaddrs)")?
     } else {
         Vec::new()
     };
@@ -468,18 +430,16 @@ fn serve(
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     let n = server.workers();
     let shutdown = Shutdown::new().context("cannot create the shutdown eventfd")?;
-    let mut services = Vec::new();
+    // The control engine: signals, the multicast service, the DHCP responder.
+    let mut hosted = vec![CtlService::Signals(
+        Signals::new(&[libc::SIGHUP]).context("cannot create a signalfd")?,
+    )];
     if mc.enabled() {
-        let (handle, thread) = mcast::spawn_with(mc, store, shutdown.clone(), Some(status.clone()))
+        let (handle, mc_svc) = mcast::bind_with(mc, store, Some(status.clone()))
             .context("cannot start the multicast service")?;
         server.set_multicast(handle);
-        services.push(Service {
-            name: "multicast service",
-            thread: "ringboot-mcast",
-            handle: Some(thread),
-        });
+        hosted.push(CtlService::Multicast(Box::new(mc_svc)));
     }
-    let dhcp_stop = Arc::new(AtomicBool::new(false));
     let dhcp_reload = Arc::new(PolicySlot::default());
     let dhcp_on = dhcp.mode != DhcpMode::Off;
     if dhcp_on {
@@ -488,14 +448,9 @@ fn serve(
             status: Some(status.clone()),
             reload: dhcp_reload.clone(),
         };
-        services.push(Service {
-            name: "DHCP responder",
-            thread: "dhcp",
-            handle: Some(
-                ringboot::dhcp::spawn_with(dhcp, dhcp_stop.clone(), hooks)
-                    .context("cannot start the DHCP responder")?,
-            ),
-        });
+        let responder =
+            ringboot::dhcp::bind_with(dhcp, hooks).context("cannot start the DHCP responder")?;
+        hosted.push(CtlService::Dhcp(Box::new(responder)));
         info!(mode = %mode, "DHCP responder started");
     }
     let http_stop = Arc::new(AtomicBool::new(false));
@@ -507,6 +462,14 @@ fn serve(
         info!(addr = %bound, "metrics on http://{bound}/metrics, status page on http://{bound}/");
         http = Some(thread);
     }
+    let (controls, control_rx) = std::sync::mpsc::channel();
+    // Every control goes to this thread, which decides (the hook for reload and the like).
+    let mut ctl = ctl::spawn(hosted, move |c| {
+        let _ = controls.send(c);
+        Flow::Continue
+    })
+    .context("cannot start the control engine")?;
+    let mut services = Vec::new();
     if let Some(f @ (TestFault::ServiceExit | TestFault::ServicePanic)) = fault {
         let t = std::thread::Builder::new()
             .name("ringboot-fault".into())
@@ -543,9 +506,9 @@ fn serve(
             Err(e) => {
                 error!(reason = %e, "cannot drop root; stopping");
                 shutdown.trigger();
-                dhcp_stop.store(true, Ordering::SeqCst);
                 http_stop.store(true, Ordering::SeqCst);
                 let _ = running.join();
+                let _ = ctl.join();
                 return Ok(ExitCode::FAILURE);
             }
         }
@@ -565,17 +528,12 @@ fn serve(
     let mut failure = None;
     let mut drain_until: Option<std::time::Instant> = None;
     loop {
-        match wait_signal(200) {
-            Some(libc::SIGHUP) => {
+        match control_rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Control::Signal(libc::SIGHUP)) => {
                 info!("received SIGHUP; reloading the configuration");
                 reload(&mut live);
             }
-            Some(sig) if drain_until.is_none() => {
-                let name = if sig == libc::SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
-                };
+            Ok(Control::Stop(name)) if drain_until.is_none() => {
                 let active = registry.totals().active();
                 if active == 0 || svc.drain.is_zero() {
                     info!("received {name}; shutting down");
@@ -590,11 +548,11 @@ fn serve(
                 draining.store(true, Ordering::SeqCst);
                 drain_until = Some(std::time::Instant::now() + svc.drain);
             }
-            Some(_) => {
+            Ok(Control::Stop(_)) => {
                 info!("received a second stop signal; shutting down now");
                 break;
             }
-            None => {}
+            Ok(Control::Signal(_)) | Err(_) => {}
         }
         if let Some(t) = drain_until {
             let active = registry.totals().active();
@@ -615,6 +573,18 @@ fn serve(
             failure = Some(format!("{e}{place}"));
             break;
         }
+        if let Some(end) = ctl.ended() {
+            failure = Some(match end {
+                Ok(Ok(())) => "the control engine stopped unexpectedly".to_string(),
+                Ok(Err(f)) => f.to_string(),
+                Err(p) => format!(
+                    "the control engine panicked{}: {}",
+                    panic_place(ctl::THREAD),
+                    srv::panic_message(&*p)
+                ),
+            });
+            break;
+        }
         if let Some(why) = services.iter_mut().find_map(Service::ended) {
             failure = Some(why);
             break;
@@ -624,9 +594,10 @@ fn serve(
     if let Some(why) = &failure {
         error!("{why}; stopping ringboot (exit code 1)");
     }
-    dhcp_stop.store(true, Ordering::SeqCst);
     http_stop.store(true, Ordering::SeqCst);
     let joined = running.join();
+    // After the workers: the multicast service takes no more hand-offs, DHCP saves its leases.
+    let _ = ctl.join();
     for s in &mut services {
         if let Some(h) = s.handle.take() {
             let _ = h.join();
@@ -646,8 +617,8 @@ fn serve(
 fn main() -> ExitCode {
     // Before any thread exists, so every thread inherits the masks.
     store::block_lease_signal();
-    if let Err(e) = block_service_signals() {
-        eprintln!("ringboot: {e:#}");
+    if let Err(e) = ctl::block_signals(&[libc::SIGHUP]) {
+        eprintln!("ringboot: cannot block SIGINT/SIGTERM/SIGHUP: {e}");
         return ExitCode::FAILURE;
     }
     let args = match cli::parse().cmd {

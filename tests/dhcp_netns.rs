@@ -33,8 +33,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Namespaces and processes of one test, removed on drop.
@@ -43,8 +41,8 @@ struct Lab {
     namespaces: Vec<String>,
     children: Vec<Child>,
     dir: tempfile::TempDir,
-    shutdown: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    /// In-process responders (each on its own control engine).
+    threads: Vec<ringboot::engine::ctl::Ctl>,
 }
 
 impl Lab {
@@ -55,7 +53,6 @@ impl Lab {
             namespaces: vec![],
             children: vec![],
             dir: tempfile::tempdir().unwrap(),
-            shutdown: Arc::new(AtomicBool::new(false)),
             threads: vec![],
         }
     }
@@ -119,7 +116,6 @@ impl Lab {
             println!("ringboot has no --dhcp flags yet: running ringboot::dhcp::spawn in-process in {ns}");
             let (mode, iface, range) =
                 (mode.to_owned(), iface.to_owned(), range.map(str::to_owned));
-            let shutdown = self.shutdown.clone();
             let lease = state.join("dhcp.leases");
             let h = in_netns(ns, move || {
                 let cfg = DhcpConfig {
@@ -131,7 +127,7 @@ impl Lab {
                     ..DhcpConfig::default()
                 };
                 // spawn fills the address and mask from the interface.
-                ringboot::dhcp::spawn(cfg, shutdown).expect("spawn")
+                ringboot::dhcp::spawn(cfg).expect("spawn")
             });
             self.threads.push(h);
         }
@@ -196,11 +192,10 @@ impl Lab {
             self.spawn_real(ns, &args);
         } else {
             println!("ringboot has no --config [dhcp] yet: running ringboot::dhcp::spawn in-process in {ns}");
-            let shutdown = self.shutdown.clone();
             let text = config.to_owned();
             let h = in_netns(ns, move || {
                 let cfg = DhcpConfig::from_toml_document(&text).expect("config");
-                ringboot::dhcp::spawn(cfg, shutdown).expect("spawn")
+                ringboot::dhcp::spawn(cfg).expect("spawn")
             });
             self.threads.push(h);
             std::thread::sleep(Duration::from_millis(500));
@@ -220,7 +215,6 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        self.shutdown.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -419,15 +413,13 @@ fn full_mode_gives_udhcpc_an_address_and_the_boot_file() {
 
 /// Stop the responder and start it again on the bridge (a restart: leases come from the file).
 fn lab_restart_on_bridge(lab: &mut Lab, s: &str, server: Ipv4Addr, range: &str) {
-    lab.shutdown.store(true, Ordering::Relaxed);
     for t in lab.threads.drain(..) {
-        t.join().unwrap();
+        t.join().unwrap().unwrap();
     }
     for mut c in lab.children.drain(..) {
         let _ = c.kill();
         let _ = c.wait();
     }
-    lab.shutdown = Arc::new(AtomicBool::new(false));
     lab.start_ringboot(s, "full", "rbbr", Some(range), server);
 }
 

@@ -216,7 +216,7 @@ impl DhcpPort {
     /// Bind `0.0.0.0:68` and an ephemeral port on `interface`, both nonblocking.
     pub fn open(interface: &str) -> std::io::Result<DhcpPort> {
         let dev = Some(interface);
-        let bcast: UdpSocket = ringboot::dhcp::sys::udp_socket(68, dev)
+        let bcast: UdpSocket = ringboot::sys::socket::dhcp_socket(68, dev)
             .map_err(|e| {
                 std::io::Error::new(
                     e.kind(),
@@ -226,7 +226,7 @@ impl DhcpPort {
                 )
             })?
             .into();
-        let boot: UdpSocket = ringboot::dhcp::sys::udp_socket(0, dev)?.into();
+        let boot: UdpSocket = ringboot::sys::socket::dhcp_socket(0, dev)?.into();
         Ok(DhcpPort {
             bcast,
             boot,

@@ -1,26 +1,28 @@
-//! The storm driver: many emulated machines multiplexed on one thread with epoll and the core's
-//! timer queue.
+//! The unicast storm: many emulated machines multiplexed on one thread, a [`Fleet`] of the load
+//! tester's one engine ([`crate::drive`]: ringboot's poller and the core's timer queue).
 //!
 //! Each machine owns one nonblocking UDP socket at a time, bound to its own 127.x.y.z address and an
 //! ephemeral port; a new phase (the real RRQ after a firmware's size probe) opens a new socket, as
 //! firmware does. The protocol itself is [`ringboot::proto::tftp::client::Client`]; this module only moves
 //! datagrams, injects seeded impairments between the socket and the state machine, checks the bytes
-//! and keeps time. There is no thread per client and no sleep: every wait is an epoll timeout computed
+//! and keeps time. There is no thread per client and no sleep: every wait is the engine's timeout computed
 //! from the earliest timer (client retransmission, delayed delivery, phase start, arrival).
 
 use crate::dhcp::{DhcpClient, DhcpPort};
+use crate::drive::{self, Counters, Fleet, Live, MachineResult, Outcome};
 use crate::plan::{Expect, Step};
 use ringboot::proto::rng::Rng;
 use ringboot::proto::tftp::client::{Client, ClientError, Event};
 use ringboot::proto::tftp::packet::ErrorCode;
 use ringboot::proto::timer::TimerQueue;
 use ringboot::proto::Transmit;
+use ringboot::sys::poll::{Event as Ready, Poller};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,35 +57,6 @@ pub struct Shared {
     pub dhcp: Option<crate::dhcp::Setup>,
 }
 
-/// Counters the progress display and the throughput sampler read while the storm runs.
-#[derive(Default)]
-pub struct Live {
-    pub started: AtomicU64,
-    pub completed: AtomicU64,
-    pub failed: AtomicU64,
-    pub vanished: AtomicU64,
-    pub bytes: AtomicU64,
-    /// Set by the main thread to stop every engine early (Ctrl-C is not handled; this is for errors).
-    pub abort: AtomicBool,
-    /// Absent-server detection ([`crate::server_check`]).
-    pub server: ServerSigns,
-}
-
-/// What the machines have heard from the server so far: enough for the main thread to tell
-/// "no server there" from "a slow server" early.
-#[derive(Default)]
-pub struct ServerSigns {
-    /// Microseconds after `t0` of the first TFTP request sent, plus one (0: none yet).
-    pub first_request_us: AtomicU64,
-    /// Transfers (phases) that got any datagram back from the server.
-    pub answered: AtomicU64,
-    /// Requests to the server's request port answered by an ICMP error (port, host or network
-    /// unreachable) before any datagram came back.
-    pub unreachable: AtomicU64,
-    /// Set by the main thread when it stopped the run for want of a server: why.
-    pub verdict: std::sync::Mutex<Option<String>>,
-}
-
 /// One emulated machine to run.
 pub struct MachineSpec {
     pub index: usize,
@@ -95,151 +68,14 @@ pub struct MachineSpec {
     pub dhcp: Option<crate::dhcp::Spec>,
 }
 
-/// How a machine ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Completed,
-    /// Short reason (the key in the failure table) and a detail for the first example.
-    Failed {
-        reason: String,
-        detail: String,
-    },
-    /// Left on purpose in the middle of a download (`--vanish`).
-    Vanished,
-}
-
-/// Per-machine counters.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Counters {
-    /// In-order DATA blocks delivered.
-    pub blocks: u64,
-    /// DATA blocks that arrived again (retransmitted or duplicated).
-    pub duplicates: u64,
-    /// DATA blocks ahead of the expected one (a gap: loss or reordering).
-    pub out_of_order: u64,
-    pub timeouts: u64,
-    pub acks_sent: u64,
-    /// Transfers (phases) started, probes included.
-    pub requests: u64,
-    /// Steps that ended in the expected "file not found".
-    pub misses: u64,
-    pub dropped_in: u64,
-    pub dropped_acks: u64,
-    pub duplicated: u64,
-    pub reordered: u64,
-    /// Packets from a port other than the transfer's (the client answers them with ERROR 5).
-    pub foreign: u64,
-    /// Packets dropped because a slow client's queue was full.
-    pub overflow: u64,
-}
-
-impl Counters {
-    pub fn add(&mut self, o: &Counters) {
-        self.blocks += o.blocks;
-        self.duplicates += o.duplicates;
-        self.out_of_order += o.out_of_order;
-        self.timeouts += o.timeouts;
-        self.acks_sent += o.acks_sent;
-        self.requests += o.requests;
-        self.misses += o.misses;
-        self.dropped_in += o.dropped_in;
-        self.dropped_acks += o.dropped_acks;
-        self.duplicated += o.duplicated;
-        self.reordered += o.reordered;
-        self.foreign += o.foreign;
-        self.overflow += o.overflow;
-    }
-}
-
-/// What one machine did.
-#[derive(Clone, Debug)]
-pub struct MachineResult {
-    pub index: usize,
-    pub outcome: Outcome,
-    /// First packet, relative to `t0` (None: never started).
-    pub started: Option<Duration>,
-    pub ended: Duration,
-    /// First in-order DATA block, relative to `t0`.
-    pub first_data: Option<Duration>,
-    pub bytes: u64,
-    pub counters: Counters,
-    /// The `--dhcp` phase (None without one).
-    pub dhcp: Option<crate::dhcp::Outcome>,
-}
-
 /// A reordered packet is released after the next one, or after this long without a next one.
 const REORDER_HOLD: Duration = Duration::from_millis(10);
 /// A slow client queues at most this many packets (its socket buffer), then drops.
 const SLOW_QUEUE: usize = 256;
-pub(crate) const MAX_DGRAM: usize = 65536;
+pub(crate) use ringboot::sys::recv::MAX_DGRAM;
+use ringboot::sys::recv::{recv_icmp_errors, take_queued_error, RecvBatch as RxBatch};
 /// Datagrams taken from one socket per `recvmmsg` call.
 const RX_BATCH: usize = 8;
-
-/// Buffers for one `recvmmsg` call (one syscall for a whole window instead of one per block).
-/// Shared by the unicast engine and the multicast mode.
-pub(crate) struct RxBatch {
-    batch: usize,
-    bufs: Vec<u8>,
-    names: Vec<libc::sockaddr_storage>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-}
-
-impl RxBatch {
-    /// Room for `batch` datagrams per call.
-    pub(crate) fn new(batch: usize) -> Self {
-        RxBatch {
-            batch,
-            bufs: vec![0u8; batch * MAX_DGRAM],
-            // SAFETY (these three): all-zero is a valid value for these plain C structs.
-            names: (0..batch).map(|_| unsafe { std::mem::zeroed() }).collect(),
-            iovs: (0..batch).map(|_| unsafe { std::mem::zeroed() }).collect(),
-            hdrs: (0..batch).map(|_| unsafe { std::mem::zeroed() }).collect(),
-        }
-    }
-
-    /// Receive up to `batch` datagrams without blocking; returns how many.
-    pub(crate) fn recv(&mut self, fd: i32) -> std::io::Result<usize> {
-        for k in 0..self.batch {
-            self.iovs[k] = libc::iovec {
-                // SAFETY: in bounds: bufs holds batch * MAX_DGRAM bytes.
-                iov_base: unsafe { self.bufs.as_mut_ptr().add(k * MAX_DGRAM) }.cast(),
-                iov_len: MAX_DGRAM,
-            };
-            // SAFETY: all-zero is a valid msghdr; the pointers set below outlive the call.
-            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-            h.msg_name = (&mut self.names[k] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-            h.msg_iov = &mut self.iovs[k];
-            h.msg_iovlen = 1;
-            self.hdrs[k] = libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            };
-        }
-        // SAFETY: every header points into buffers owned by self, sized as declared.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                self.batch as u32,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-
-    /// Datagram `k` of the last call and where it came from.
-    pub(crate) fn get(&self, k: usize) -> (&[u8], Option<SocketAddr>) {
-        let len = (self.hdrs[k].msg_len as usize).min(MAX_DGRAM);
-        let data = &self.bufs[k * MAX_DGRAM..k * MAX_DGRAM + len];
-        (data, sockaddr_to_std(&self.names[k]))
-    }
-}
 
 /// Errors that say the destination cannot be reached at all (not a passing shortage).
 fn unreachable_errno(errno: Option<i32>) -> bool {
@@ -247,88 +83,6 @@ fn unreachable_errno(errno: Option<i32>) -> bool {
         errno,
         Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EADDRNOTAVAIL)
     )
-}
-
-/// Ask the kernel to queue ICMP errors on this unconnected socket (`IP_RECVERR`,
-/// `IPV6_RECVERR`; without it Linux reports them only to connected sockets).
-fn recv_icmp_errors(sock: &UdpSocket) {
-    let (level, name) = match sock.local_addr() {
-        Ok(SocketAddr::V6(_)) => (libc::IPPROTO_IPV6, libc::IPV6_RECVERR),
-        _ => (libc::IPPROTO_IP, libc::IP_RECVERR),
-    };
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt reads one c_int from a live variable.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            level,
-            name,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-}
-
-/// One entry of the socket's error queue (`MSG_ERRQUEUE`): its errno and the destination of
-/// the datagram that caused it. None when the queue is empty.
-fn take_queued_error(fd: i32) -> Option<(i32, Option<SocketAddr>)> {
-    let mut data = [0u8; 64];
-    let mut control = [0u64; 64];
-    // SAFETY: all-zero is a valid value for these plain C structs.
-    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
-    };
-    // SAFETY: as above.
-    let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-    h.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
-    h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-    h.msg_iov = &mut iov;
-    h.msg_iovlen = 1;
-    h.msg_control = control.as_mut_ptr().cast();
-    h.msg_controllen = std::mem::size_of_val(&control);
-    // SAFETY: every pointer in `h` points to a live local buffer of the declared size.
-    let n = unsafe { libc::recvmsg(fd, &mut h, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return None;
-    }
-    let mut errno = 0;
-    // SAFETY: the CMSG_* walk stays within msg_controllen bytes the kernel filled in.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&h);
-        while !c.is_null() {
-            let (level, kind) = ((*c).cmsg_level, (*c).cmsg_type);
-            let ours = (level == libc::IPPROTO_IP && kind == libc::IP_RECVERR)
-                || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_RECVERR);
-            let need = libc::CMSG_LEN(std::mem::size_of::<libc::sock_extended_err>() as u32);
-            if ours && (*c).cmsg_len as usize >= need as usize {
-                let ee: libc::sock_extended_err =
-                    std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                errno = ee.ee_errno as i32;
-            }
-            c = libc::CMSG_NXTHDR(&h, c);
-        }
-    }
-    Some((errno, sockaddr_to_std(&name)))
-}
-
-fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match ss.ss_family as i32 {
-        libc::AF_INET => {
-            // SAFETY: the family says this storage holds a sockaddr_in.
-            let a: &libc::sockaddr_in = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
-            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
-            Some(SocketAddr::new(ip.into(), u16::from_be(a.sin_port)))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says this storage holds a sockaddr_in6.
-            let a: &libc::sockaddr_in6 = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
-            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
-            Some(SocketAddr::new(ip.into(), u16::from_be(a.sin6_port)))
-        }
-        _ => None,
-    }
 }
 
 enum Run {
@@ -407,7 +161,9 @@ struct Engine {
     shared: Arc<Shared>,
     machines: Vec<Machine>,
     timers: TimerQueue<u32>,
-    epfd: i32,
+    poller: Poller,
+    /// The receive batch, reused (taken while a machine reads).
+    rx: Option<RxBatch>,
     tx: Vec<u8>,
     running: usize,
     bytes_unreported: u64,
@@ -421,13 +177,7 @@ const DHCP_TOKEN: u64 = u64::MAX;
 /// Run `specs` to the end (or the deadline) on the calling thread.
 pub fn run_thread(shared: Arc<Shared>, mut specs: Vec<MachineSpec>) -> Vec<MachineResult> {
     specs.sort_by_key(|s| s.start);
-    // SAFETY: plain syscall; the fd is closed at the end of this function.
-    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    assert!(
-        epfd >= 0,
-        "epoll_create1: {}",
-        std::io::Error::last_os_error()
-    );
+    let poller = Poller::new().unwrap_or_else(|e| panic!("epoll_create1: {e}"));
     let now = Instant::now();
     let machines = specs
         .into_iter()
@@ -472,7 +222,8 @@ pub fn run_thread(shared: Arc<Shared>, mut specs: Vec<MachineSpec>) -> Vec<Machi
         shared,
         machines,
         timers: TimerQueue::new(),
-        epfd,
+        poller,
+        rx: Some(RxBatch::new(RX_BATCH)),
         tx: vec![0u8; 2048],
         bytes_unreported: 0,
         dhcp: None,
@@ -481,9 +232,7 @@ pub fn run_thread(shared: Arc<Shared>, mut specs: Vec<MachineSpec>) -> Vec<Machi
     for i in 0..e.machines.len() {
         e.rearm(i);
     }
-    e.run();
-    // SAFETY: our own epoll fd.
-    unsafe { libc::close(epfd) };
+    drive::run(&mut e, 1024);
     let t0 = e.shared.t0;
     let end = Instant::now();
     e.machines
@@ -518,63 +267,57 @@ fn classify(err: &ClientError) -> (String, String) {
     }
 }
 
-impl Engine {
-    fn run(&mut self) {
-        let mut events: Vec<libc::epoll_event> =
-            vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
-        let mut rx = RxBatch::new(RX_BATCH);
-        while self.running > 0 {
-            let now = Instant::now();
-            if now >= self.shared.deadline || self.shared.live.abort.load(Relaxed) {
-                self.stop_all(now);
-                break;
-            }
-            // Timers due.
-            while let Some(i) = self.timers.pop_expired(now) {
-                let i = i as usize;
-                self.service(i, now);
-                self.rearm(i);
-            }
-            self.report_bytes();
-            if self.running == 0 {
-                break;
-            }
-            // Sleep until the next timer, a datagram, or at most 100 ms (to see the deadline).
-            let next = self
-                .timers
-                .next_deadline()
-                .unwrap_or(now + Duration::from_millis(100));
-            let next = next.min(self.shared.deadline);
-            let wait = next.saturating_duration_since(Instant::now());
-            let ms = wait.as_micros().div_ceil(1000).min(100) as i32;
-            // SAFETY: `events` outlives the call and its length is passed.
-            let n = unsafe {
-                libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as i32, ms)
-            };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == ErrorKind::Interrupted {
-                    continue;
-                }
-                panic!("epoll_wait: {err}");
-            }
-            let now = Instant::now();
-            for ev in &events[..n as usize] {
-                if ev.u64 == DHCP_TOKEN {
-                    self.on_dhcp_readable(now);
-                    continue;
-                }
-                let i = ev.u64 as usize;
-                if ev.events & libc::EPOLLERR as u32 != 0 {
-                    self.on_socket_error(i, now);
-                }
-                self.on_readable(i, &mut rx, now);
-                self.rearm(i);
-            }
-        }
-        self.report_bytes();
+impl Fleet for Engine {
+    fn timers(&mut self) -> &mut TimerQueue<u32> {
+        &mut self.timers
     }
 
+    fn poller(&self) -> &Poller {
+        &self.poller
+    }
+
+    fn running(&self) -> usize {
+        self.running
+    }
+
+    fn deadline(&self) -> Instant {
+        self.shared.deadline
+    }
+
+    fn aborted(&self) -> bool {
+        self.shared.live.abort.load(Relaxed)
+    }
+
+    fn stop_all(&mut self, now: Instant) {
+        Engine::stop_all(self, now)
+    }
+
+    fn on_timer(&mut self, i: usize, now: Instant) {
+        self.service(i, now);
+        self.rearm(i);
+    }
+
+    fn on_ready(&mut self, ev: Ready, now: Instant) {
+        if ev.token == DHCP_TOKEN {
+            self.on_dhcp_readable(now);
+            return;
+        }
+        let i = ev.token as usize;
+        if ev.error {
+            self.on_socket_error(i, now);
+        }
+        let mut rx = self.rx.take().unwrap_or_else(|| RxBatch::new(RX_BATCH));
+        self.on_readable(i, &mut rx, now);
+        self.rx = Some(rx);
+        self.rearm(i);
+    }
+
+    fn report_bytes(&mut self) {
+        Engine::report_bytes(self)
+    }
+}
+
+impl Engine {
     fn report_bytes(&mut self) {
         if self.bytes_unreported > 0 {
             self.shared
@@ -686,15 +429,8 @@ impl Engine {
         };
         let _ = sock.set_nonblocking(true);
         recv_icmp_errors(&sock);
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: i as u64,
-        };
-        // SAFETY: valid epoll fd, valid socket fd, valid event pointer.
-        let rc =
-            unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, sock.as_raw_fd(), &mut ev) };
-        if rc != 0 {
-            let detail = format!("epoll_ctl: {}", std::io::Error::last_os_error());
+        if let Err(e) = self.poller.add(sock.as_raw_fd(), i as u64) {
+            let detail = format!("epoll_ctl: {e}");
             return self.finish(
                 i,
                 now,
@@ -1110,112 +846,4 @@ impl Machine {
 
 /// The `--dhcp` phase: machines share this thread's [`DhcpPort`]; each runs its own
 /// [`DhcpClient`] and starts its TFTP steps, to the server the answer named, once it has a lease.
-impl Engine {
-    fn open_dhcp(&mut self) {
-        let Some(setup) = self.shared.dhcp.clone() else {
-            return;
-        };
-        let mut port = match DhcpPort::open(&setup.interface) {
-            Ok(p) => p,
-            Err(e) => {
-                self.dhcp = Some(Err(e.to_string()));
-                return;
-            }
-        };
-        for fd in port.fds() {
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: DHCP_TOKEN,
-            };
-            // SAFETY: valid epoll fd, valid socket fd, valid event pointer.
-            unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        }
-        for (i, m) in self.machines.iter().enumerate() {
-            if let Some(spec) = &m.spec.dhcp {
-                port.register(spec, i);
-            }
-        }
-        self.dhcp = Some(Ok(port));
-    }
-
-    fn start_dhcp(&mut self, i: usize, now: Instant) {
-        let (Some(setup), Some(spec)) = (&self.shared.dhcp, self.machines[i].spec.dhcp) else {
-            return;
-        };
-        if let Some(Err(e)) = &self.dhcp {
-            let detail = e.clone();
-            return self.finish(
-                i,
-                now,
-                Outcome::Failed {
-                    reason: "socket".into(),
-                    detail,
-                },
-            );
-        }
-        self.machines[i].dhcp = Some(DhcpClient::new(spec, setup, now));
-        self.dhcp_progress(i, now);
-    }
-
-    /// Send what machine `i`'s exchange has to send; when it ended, start its TFTP steps or fail.
-    fn dhcp_progress(&mut self, i: usize, now: Instant) {
-        let Some(d) = self.machines[i].dhcp.as_mut() else {
-            return;
-        };
-        if let Some(Ok(port)) = &mut self.dhcp {
-            port.flush(d, now);
-        }
-        let Some(result) = d.outcome() else {
-            return;
-        };
-        let setup = self.shared.dhcp.as_ref().expect("a DHCP phase has a setup");
-        let result = match result {
-            Ok(l) => setup.tftp_server(l).map(|s| (l.clone(), s)),
-            Err(f) => Err(f.clone()),
-        };
-        let (retransmits, naks) = (d.retransmits(), d.naks());
-        let m = &mut self.machines[i];
-        m.dhcp = None;
-        let mut out = crate::dhcp::Outcome {
-            retransmits,
-            naks,
-            ..Default::default()
-        };
-        match result {
-            Ok((lease, server)) => {
-                out.duration = m.started.map(|s| now - s);
-                out.address = Some(lease.address);
-                out.tftp_server = match server.ip() {
-                    IpAddr::V4(v4) => Some(v4),
-                    IpAddr::V6(_) => None,
-                };
-                m.server = Some(server);
-                m.dhcp_out = Some(out);
-                m.next_phase_at = Some(now);
-            }
-            Err(f) => {
-                m.dhcp_out = Some(out);
-                let (reason, detail) = (f.reason().to_string(), f.to_string());
-                self.finish(i, now, Outcome::Failed { reason, detail });
-            }
-        }
-    }
-
-    fn on_dhcp_readable(&mut self, now: Instant) {
-        let Some(Ok(port)) = self.dhcp.as_mut() else {
-            return;
-        };
-        let mut hit = Vec::new();
-        let machines = &mut self.machines;
-        port.recv(|i, from, datagram| {
-            if let Some(d) = machines.get_mut(i).and_then(|m| m.dhcp.as_mut()) {
-                d.handle_datagram(now, from, datagram);
-                hit.push(i);
-            }
-        });
-        for i in hit {
-            self.dhcp_progress(i, now);
-            self.rearm(i);
-        }
-    }
-}
+mod dhcp_phase;

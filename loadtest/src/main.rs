@@ -10,6 +10,7 @@
 //! usage or setup error.
 
 mod dhcp;
+mod drive;
 mod engine;
 mod mcast;
 mod plan;
@@ -18,7 +19,8 @@ mod report;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
-use engine::{Impair, Live, MachineSpec, Shared};
+use drive::Live;
+use engine::{Impair, MachineSpec, Shared};
 use plan::{Checker, Identity, ProfileKind, Scenario, Step, StepSpec};
 use ringboot::proto::rng::Rng;
 use std::io::{IsTerminal, Write};
@@ -197,7 +199,7 @@ fn dhcp_interface_ready(interface: &str) -> Result<()> {
     if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
         bail!("--dhcp-interface {interface}: no such interface here (`ip link` lists them)");
     }
-    let ifs = ringboot::dhcp::sys::interfaces().context("listing interface addresses")?;
+    let ifs = ringboot::sys::iface::interfaces().context("listing interface addresses")?;
     if !ifs.iter().any(|i| i.name == interface) {
         bail!(
             "--dhcp-interface {interface} has no IPv4 address or is down. The machines' leases \
@@ -476,17 +478,11 @@ fn run(a: Args) -> Result<bool> {
         live: Live::default(),
         dhcp: dhcp_setup.clone(),
     });
-    let handles: Vec<_> = per_thread
-        .into_iter()
-        .enumerate()
-        .map(|(k, specs)| {
-            let sh = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("engine-{k}"))
-                .spawn(move || engine::run_thread(sh, specs))
-                .expect("spawn an engine thread")
-        })
-        .collect();
+    let body = {
+        let sh = shared.clone();
+        move |specs| engine::run_thread(sh.clone(), specs)
+    };
+    let handles = drive::spawn("engine", per_thread, body);
 
     let check = ServerCheck {
         server: match (&a.server, &dhcp_setup) {
@@ -498,8 +494,8 @@ fn run(a: Args) -> Result<bool> {
     let mut samples = watch(&handles, &shared.live, t0, a.clients, a.quiet, Some(&check));
     let live = &shared.live;
     let mut results = Vec::with_capacity(a.clients);
-    for h in handles {
-        results.extend(h.join().map_err(|_| anyhow!("an engine thread panicked"))?);
+    for r in drive::join(handles)? {
+        results.extend(r);
     }
     let elapsed = t0.elapsed().as_secs_f64();
     samples.push(sample(live, elapsed));
@@ -588,7 +584,7 @@ pub(crate) struct ServerCheck {
 /// Before that, an ICMP error to a request (port, host or network unreachable) decides at once,
 /// and complete silence decides `silence` after the first request.
 pub(crate) fn server_verdict(
-    signs: &engine::ServerSigns,
+    signs: &drive::ServerSigns,
     since_t0: Duration,
     check: &ServerCheck,
 ) -> Option<String> {
@@ -748,7 +744,7 @@ mod tests {
             server: "10.0.0.1:69".into(),
             silence: silence.map(Duration::from_secs),
         };
-        let s = engine::ServerSigns::default();
+        let s = drive::ServerSigns::default();
         let at = Duration::from_secs;
         // Nothing sent yet: nothing to decide.
         assert_eq!(server_verdict(&s, at(60), &check(Some(6))), None);

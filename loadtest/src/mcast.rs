@@ -1,6 +1,6 @@
 //! Multicast client modes (`--multicast rfc2090|pxe`): a classroom of machines fed by one stream,
-//! on the same model as [`crate::engine`] (epoll, the core's timer queue, no thread per machine,
-//! no sleep).
+//! a [`Fleet`] of the same engine as [`crate::engine`] ([`crate::drive`]: ringboot's poller, the
+//! core's timer queue, no thread per machine, no sleep).
 //!
 //! Contract:
 //! - The protocol is ringboot's sans-IO [`McClient`]; this module moves datagrams, injects the seeded
@@ -26,7 +26,9 @@
 //!   protocol, groups, group datagrams received by the sockets and handed to machines, master
 //!   turns and opens.
 
-use crate::engine::{Counters, Live, MachineResult, Outcome, RxBatch, MAX_DGRAM};
+use crate::drive::{self, Fleet};
+use crate::drive::{Counters, Live, MachineResult, Outcome};
+use crate::engine::MAX_DGRAM;
 use crate::plan::{Checker, Expect};
 use crate::report;
 use crate::Args;
@@ -36,9 +38,12 @@ use ringboot::proto::rng::Rng;
 use ringboot::proto::tftp::BlockSize;
 use ringboot::proto::timer::TimerQueue;
 use ringboot::proto::Transmit;
+use ringboot::sys::poll::{Event, Poller};
+use ringboot::sys::recv::RecvBatch as RxBatch;
+use ringboot::sys::socket::{group_socket, set_big_recv_buffer};
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -182,73 +187,6 @@ const GROUP_TOKEN: u64 = 1 << 40;
 /// How often threads look whether late joiners may start.
 const LATE_POLL: Duration = Duration::from_millis(5);
 
-fn setsockopt_int(fd: i32, level: i32, name: i32, v: i32) -> std::io::Result<()> {
-    // SAFETY: an int option of the size given, on a socket we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&v as *const i32).cast(),
-            std::mem::size_of::<i32>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// A big receive buffer: a window of blocks arrives in one burst (root may exceed rmem_max).
-fn big_rcvbuf(fd: i32) {
-    let want = 8 << 20;
-    if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want).is_err() {
-        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, want);
-    }
-}
-
-/// A nonblocking socket bound to `group` with SO_REUSEADDR and SO_REUSEPORT (other machines and
-/// other programs listen on the same port) and joined to it on the loopback interface.
-fn group_socket(group: SocketAddrV4) -> std::io::Result<UdpSocket> {
-    // SAFETY: plain syscall; the fd is owned by the UdpSocket at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd nobody else owns.
-    let sock = unsafe { UdpSocket::from_raw_fd(fd) };
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-    big_rcvbuf(fd);
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: group.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*group.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: a sockaddr_in of the size given.
-    let rc = unsafe {
-        libc::bind(
-            fd,
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    sock.join_multicast_v4(group.ip(), &Ipv4Addr::LOCALHOST)?;
-    Ok(sock)
-}
-
 fn classify(why: &McClientError) -> &'static str {
     match why {
         McClientError::TimedOut => "timeout",
@@ -257,24 +195,15 @@ fn classify(why: &McClientError) -> &'static str {
     }
 }
 
-fn epoll_add(epfd: i32, fd: i32, token: u64) -> std::io::Result<()> {
-    let mut ev = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: token,
-    };
-    // SAFETY: valid epoll fd, valid socket fd, valid event pointer.
-    if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 struct Engine {
     sh: Arc<Shared>,
     members: Vec<Member>,
     groups: Vec<Option<Group>>,
     timers: TimerQueue<u32>,
-    epfd: i32,
+    poller: Poller,
+    /// The receive batch of group sockets and the unicast buffer, reused.
+    rx: Option<RxBatch>,
+    ubuf: Vec<u8>,
     tx: Vec<u8>,
     running: usize,
     late_waiting: usize,
@@ -283,13 +212,7 @@ struct Engine {
 }
 
 fn run_thread(sh: Arc<Shared>, specs: Vec<Spec>) -> (Vec<MachineResult>, ThreadStats) {
-    // SAFETY: plain syscall; closed at the end of this function.
-    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    assert!(
-        epfd >= 0,
-        "epoll_create1: {}",
-        std::io::Error::last_os_error()
-    );
+    let poller = Poller::new().unwrap_or_else(|e| panic!("epoll_create1: {e}"));
     let members: Vec<Member> = specs
         .into_iter()
         .map(|spec| {
@@ -321,7 +244,9 @@ fn run_thread(sh: Arc<Shared>, specs: Vec<Spec>) -> (Vec<MachineResult>, ThreadS
         sh,
         groups: Vec::new(),
         timers: TimerQueue::new(),
-        epfd,
+        poller,
+        rx: Some(RxBatch::new(RX_BATCH)),
+        ubuf: vec![0u8; MAX_DGRAM],
         tx: vec![0u8; 2048],
         bytes_unreported: 0,
         stats: ThreadStats::default(),
@@ -329,9 +254,7 @@ fn run_thread(sh: Arc<Shared>, specs: Vec<Spec>) -> (Vec<MachineResult>, ThreadS
     for i in 0..e.members.len() {
         e.rearm(i);
     }
-    e.run();
-    // SAFETY: our own epoll fd.
-    unsafe { libc::close(epfd) };
+    drive::run(&mut e, 256);
     let t0 = e.sh.t0;
     let end = Instant::now();
     let results = e
@@ -357,70 +280,69 @@ fn run_thread(sh: Arc<Shared>, specs: Vec<Spec>) -> (Vec<MachineResult>, ThreadS
     (results, e.stats)
 }
 
-impl Engine {
-    fn run(&mut self) {
-        let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
-        let mut rx = RxBatch::new(RX_BATCH);
-        let mut ubuf = vec![0u8; MAX_DGRAM];
-        while self.running > 0 {
-            let now = Instant::now();
-            if now >= self.sh.deadline || self.sh.live.abort.load(Relaxed) {
-                self.stop_all(now);
-                break;
-            }
-            if self.late_waiting > 0 && self.sh.half.load(Relaxed) {
-                for i in 0..self.members.len() {
-                    if self.members[i].spec.late && matches!(self.members[i].state, State::Waiting)
-                    {
-                        self.start(i, now);
-                        self.rearm(i);
-                    }
-                }
-            }
-            while let Some(i) = self.timers.pop_expired(now) {
-                let i = i as usize;
-                self.service(i, now);
-                self.rearm(i);
-            }
-            self.report_bytes();
-            if self.running == 0 {
-                break;
-            }
-            let mut next = self
-                .timers
-                .next_deadline()
-                .unwrap_or(now + Duration::from_millis(100))
-                .min(self.sh.deadline);
-            if self.late_waiting > 0 {
-                next = next.min(now + LATE_POLL);
-            }
-            let wait = next.saturating_duration_since(Instant::now());
-            let ms = wait.as_micros().div_ceil(1000).min(100) as i32;
-            // SAFETY: `events` outlives the call and its length is passed.
-            let n = unsafe {
-                libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as i32, ms)
-            };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == ErrorKind::Interrupted {
-                    continue;
-                }
-                panic!("epoll_wait: {err}");
-            }
-            let now = Instant::now();
-            for ev in &events[..n as usize] {
-                if ev.u64 >= GROUP_TOKEN {
-                    self.on_group(ev.u64 - GROUP_TOKEN, &mut rx, now);
-                } else {
-                    let i = ev.u64 as usize;
-                    self.on_unicast(i, &mut ubuf, now);
+impl Fleet for Engine {
+    fn timers(&mut self) -> &mut TimerQueue<u32> {
+        &mut self.timers
+    }
+
+    fn poller(&self) -> &Poller {
+        &self.poller
+    }
+
+    fn running(&self) -> usize {
+        self.running
+    }
+
+    fn deadline(&self) -> Instant {
+        self.sh.deadline
+    }
+
+    fn aborted(&self) -> bool {
+        self.sh.live.abort.load(Relaxed)
+    }
+
+    fn stop_all(&mut self, now: Instant) {
+        Engine::stop_all(self, now)
+    }
+
+    /// Late joiners start once half the file has gone by; until then, look every few ms.
+    fn turn(&mut self, now: Instant) -> Option<Instant> {
+        if self.late_waiting > 0 && self.sh.half.load(Relaxed) {
+            for i in 0..self.members.len() {
+                if self.members[i].spec.late && matches!(self.members[i].state, State::Waiting) {
+                    self.start(i, now);
                     self.rearm(i);
                 }
             }
         }
-        self.report_bytes();
+        (self.late_waiting > 0).then(|| now + LATE_POLL)
     }
 
+    fn on_timer(&mut self, i: usize, now: Instant) {
+        self.service(i, now);
+        self.rearm(i);
+    }
+
+    fn on_ready(&mut self, ev: Event, now: Instant) {
+        if ev.token >= GROUP_TOKEN {
+            let mut rx = self.rx.take().unwrap_or_else(|| RxBatch::new(RX_BATCH));
+            self.on_group(ev.token - GROUP_TOKEN, &mut rx, now);
+            self.rx = Some(rx);
+        } else {
+            let i = ev.token as usize;
+            let mut ubuf = std::mem::take(&mut self.ubuf);
+            self.on_unicast(i, &mut ubuf, now);
+            self.ubuf = ubuf;
+            self.rearm(i);
+        }
+    }
+
+    fn report_bytes(&mut self) {
+        Engine::report_bytes(self)
+    }
+}
+
+impl Engine {
     fn report_bytes(&mut self) {
         if self.bytes_unreported > 0 {
             self.sh.live.bytes.fetch_add(self.bytes_unreported, Relaxed);
@@ -490,8 +412,8 @@ impl Engine {
             }
         };
         let _ = sock.set_nonblocking(true);
-        big_rcvbuf(sock.as_raw_fd());
-        if let Err(e) = epoll_add(self.epfd, sock.as_raw_fd(), i as u64) {
+        set_big_recv_buffer(&sock);
+        if let Err(e) = self.poller.add(sock.as_raw_fd(), i as u64) {
             return self.fail(i, now, "socket", format!("epoll_ctl: {e}"));
         }
         let sh = self.sh.clone();
@@ -550,7 +472,7 @@ impl Engine {
                         self.groups.push(None);
                         self.groups.len() - 1
                     });
-                if let Err(e) = epoll_add(self.epfd, sock.as_raw_fd(), GROUP_TOKEN + g as u64) {
+                if let Err(e) = self.poller.add(sock.as_raw_fd(), GROUP_TOKEN + g as u64) {
                     self.fail(i, now, "socket", format!("epoll_ctl: {e}"));
                     return false;
                 }
@@ -802,236 +724,8 @@ impl Engine {
     }
 }
 
-/// `--multicast`: run the machines and report. Returns whether every machine completed (or
-/// vanished on purpose).
-pub fn run(a: &Args, mode: McMode) -> Result<bool> {
-    let mc = &a.mc;
-    for (n, v) in [
-        ("loss", a.loss),
-        ("ack-loss", a.ack_loss),
-        ("vanish", a.vanish),
-        ("join-late", mc.join_late),
-    ] {
-        crate::check_fraction(n, v)?;
-    }
-    if a.dup > 0.0 || a.reorder > 0.0 || a.delay_ms > 0.0 || a.slow_ms > 0.0 {
-        bail!("--dup, --reorder, --delay-ms and --slow-ms are unicast only; --multicast takes --loss, --ack-loss, --vanish, --vanish-master and --join-late");
-    }
-    if a.scenario.is_some() || a.dhcp.is_some() {
-        bail!("--multicast runs one --file per machine, without --scenario or --dhcp");
-    }
-    if a.clients == 0 || a.threads == 0 {
-        bail!("--clients and --threads must be at least 1");
-    }
-    if !(a.deadline > 0.0 && a.deadline.is_finite()) {
-        bail!("--deadline must be positive");
-    }
-    let file = a
-        .file
-        .clone()
-        .ok_or_else(|| anyhow!("--multicast needs --file NAME"))?;
-    if a.manifest.is_some() {
-        bail!("--multicast checks with --verify DIR or not at all (--no-verify): blocks arrive out of order, so a --manifest SHA-256 cannot follow them");
-    }
-    if a.verify.is_none() && !a.no_verify {
-        bail!(
-            "say how downloads are checked: --verify DIR (same files as the server) or --no-verify"
-        );
-    }
-    let server_arg = a
-        .server
-        .clone()
-        .ok_or_else(|| anyhow!("--multicast needs --server ADDR:PORT"))?;
-    let server: SocketAddr = server_arg
-        .to_socket_addrs()
-        .with_context(|| format!("--server '{server_arg}' is not ADDR:PORT"))?
-        .find(|s| s.is_ipv4())
-        .ok_or_else(|| anyhow!("--server '{server_arg}': multicast is IPv4 only"))?;
-    let (open, pxe_group) = match mode {
-        McMode::Rfc2090 => (server, None),
-        McMode::Pxe => {
-            let g = mc
-                .mtftp_group
-                .ok_or_else(|| anyhow!("--multicast pxe needs --mtftp-group GROUP:PORT (the server's --mtftp FILE@GROUP:PORT)"))?;
-            if !g.ip().is_multicast() {
-                bail!("--mtftp-group {g}: not a multicast address");
-            }
-            if a.blksize.is_some() {
-                bail!("PXE MTFTP negotiates no options (512-byte blocks): drop --blksize");
-            }
-            let port = mc.mtftp_port.unwrap_or(server.port());
-            (SocketAddr::new(server.ip(), port), Some(g))
-        }
-    };
-    let expect = match Checker::new(a.verify.clone(), None)?.expect(&file)? {
-        Expect::Bytes(f) => Some(f),
-        _ => None,
-    };
-    let len = expect.as_ref().map(|f| f.len() as u64);
-    if mc.join_late > 0.0 && len.is_none() {
-        bail!("--join-late needs --verify DIR (to know when half the file has gone by)");
-    }
-    let late = (mc.join_late * a.clients as f64).round() as usize;
-    if late >= a.clients && late > 0 {
-        bail!(
-            "--join-late {}: at least one machine must start on time",
-            mc.join_late
-        );
-    }
-    let range = a
-        .source_ips
-        .clone()
-        .unwrap_or_else(|| "127.1.0.0/16".into());
-    let (base, n_ips) = crate::parse_range(&range)?;
-    let offsets = crate::arrivals(&crate::parse_arrival(&a.arrival)?, a.clients, a.seed);
-    let mut per_thread: Vec<Vec<Spec>> = (0..a.threads).map(|_| Vec::new()).collect();
-    for (i, start) in offsets.into_iter().enumerate() {
-        per_thread[i % a.threads].push(Spec {
-            index: i,
-            ip: Ipv4Addr::from(base + (i as u32 % n_ips)),
-            start,
-            late: i >= a.clients - late,
-        });
-    }
-    let defaults = McClientConfig::default();
-    let blksize = match a.blksize {
-        Some(b) => Some(
-            BlockSize::new(b)
-                .ok_or_else(|| anyhow!("--blksize {b} is out of range 8..=65464 (RFC 2348)"))?,
-        ),
-        None => None,
-    };
-    let cfg = McClientConfig {
-        blksize,
-        tsize: true,
-        timeout: a
-            .timeout
-            .map(Duration::from_secs_f64)
-            .unwrap_or(defaults.timeout),
-        retries: a.retries.unwrap_or(defaults.retries),
-        listen_timeout: Duration::from_millis(mc.mtftp_listen_ms),
-        reopen_delay: Duration::from_millis(mc.mtftp_reopen_ms),
-    };
-    // Group sockets per thread, unicast sockets per machine.
-    crate::raise_fd_limit(a.clients as u64 * 2 + 256);
-
-    let cpu0 = crate::cpu_seconds();
-    let started_at = std::time::SystemTime::now();
-    let t0 = Instant::now();
-    let sh = Arc::new(Shared {
-        mode,
-        open,
-        pxe_group,
-        filename: file.clone().into_bytes(),
-        cfg,
-        expect,
-        len,
-        loss: a.loss,
-        ack_loss: a.ack_loss,
-        vanish: a.vanish,
-        vanish_master: mc.vanish_master,
-        sockets: mc.group_sockets,
-        seed: a.seed,
-        t0,
-        deadline: t0 + Duration::from_secs_f64(a.deadline),
-        live: Live::default(),
-        half: AtomicBool::new(false),
-        master_gone: AtomicBool::new(false),
-    });
-    let handles: Vec<_> = per_thread
-        .into_iter()
-        .enumerate()
-        .map(|(k, specs)| {
-            let sh = sh.clone();
-            std::thread::Builder::new()
-                .name(format!("mcast-{k}"))
-                .spawn(move || run_thread(sh, specs))
-                .expect("spawn an engine thread")
-        })
-        .collect();
-
-    let mut samples = crate::watch(&handles, &sh.live, t0, a.clients, a.quiet, None);
-    let live = &sh.live;
-    let mut results = Vec::with_capacity(a.clients);
-    let mut stats = ThreadStats::default();
-    for h in handles {
-        let (r, s) = h.join().map_err(|_| anyhow!("an engine thread panicked"))?;
-        results.extend(r);
-        stats.group_datagrams += s.group_datagrams;
-        stats.group_deliveries += s.group_deliveries;
-        stats.group_sockets += s.group_sockets;
-        stats.master_turns += s.master_turns;
-        stats.opens += s.opens;
-        for g in s.groups {
-            if !stats.groups.contains(&g) {
-                stats.groups.push(g);
-            }
-        }
-    }
-    let elapsed = t0.elapsed().as_secs_f64();
-    samples.push(crate::sample(live, elapsed));
-    results.sort_by_key(|r| r.index);
-    let rep = report::build(
-        &results,
-        &samples,
-        report::Meta {
-            server: open.to_string(),
-            profile: format!("multicast-{}", mode.name()),
-            file: Some(file),
-            scenario: None,
-            threads: a.threads,
-            seed: a.seed,
-            cpu_seconds: crate::cpu_seconds() - cpu0,
-            elapsed,
-            started_at,
-        },
-    );
-    let groups: Vec<String> = stats.groups.iter().map(|g| g.to_string()).collect();
-    let sockets = match mc.group_sockets {
-        GroupSockets::Shared => "shared",
-        GroupSockets::PerMachine => "per-machine",
-    };
-    crate::summary(a, &rep.table());
-    {
-        let line = format!(
-            "  multicast    {} group {}: {} group datagrams received on {} {} socket{}, {} handed to machines; {} master turns, {} opens, {} late\n",
-            mode.name(),
-            if groups.is_empty() { "-".to_string() } else { groups.join(" ") },
-            stats.group_datagrams,
-            stats.group_sockets,
-            sockets,
-            if stats.group_sockets == 1 { "" } else { "s" },
-            stats.group_deliveries,
-            stats.master_turns,
-            stats.opens,
-            late
-        );
-        crate::summary(a, &line);
-    }
-    if let Some(p) = &a.json {
-        let mut v = serde_json::to_value(&rep)?;
-        v["multicast"] = serde_json::json!({
-            "protocol": mode.name(),
-            "groups": groups,
-            "group_sockets": sockets,
-            "group_sockets_opened": stats.group_sockets,
-            "group_datagrams": stats.group_datagrams,
-            "group_deliveries": stats.group_deliveries,
-            "master_turns": stats.master_turns,
-            "opens": stats.opens,
-            "late_joiners": late,
-            "vanish_master": mc.vanish_master,
-        });
-        report::write_text(p, &(serde_json::to_string_pretty(&v)? + "\n"))?;
-    }
-    if let Some(d) = &a.hgrm {
-        rep.write_hgrm(d)?;
-    }
-    if let Some(p) = &a.plot {
-        rep.write_plot(p)?;
-    }
-    Ok(rep.failed == 0)
-}
+mod setup;
+pub use setup::run;
 
 #[cfg(test)]
 mod tests;

@@ -11,8 +11,8 @@ use super::{MaxBlksize, MaxWindow, MaxWindowBytes, McCap, McTimeout, McWindow, M
 use super::{Retries, Timeout, TransferCap, Ttl, Workers};
 use crate::dhcp::config::PoolRange;
 use crate::dhcp::{DhcpConfig, DhcpMode};
-use crate::server::mcast::{GroupPool, MtftpFile};
-use crate::server::{BackendChoice, PortRange};
+use crate::engine::mcast::{GroupPool, MtftpFile};
+use crate::engine::workers::{BackendChoice, PortRange};
 use crate::store::StoreOptions;
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::net::{Ipv4Addr, SocketAddr};

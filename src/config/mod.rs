@@ -21,9 +21,9 @@ pub mod file;
 pub mod value;
 
 use crate::dhcp::{config::MtftpConfig, DhcpConfig, DhcpMode};
+use crate::engine::mcast::{self, McConfig};
+use crate::engine::workers::{BackendChoice, ListenAddr, PortRange};
 use crate::proto::tftp::options::{BlockSize, Limits, WindowSize, MAX_BLKSIZE, MIN_BLKSIZE};
-use crate::server::mcast::{self, McConfig};
-use crate::server::{BackendChoice, ListenAddr, PortRange};
 use crate::store::StoreOptions;
 use cli::ServeArgs;
 use file::FileConfig;

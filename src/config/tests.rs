@@ -3,7 +3,7 @@
 use super::cli::{self, Cmd, ServeArgs};
 use super::*;
 use crate::dhcp::config::PoolRange;
-use crate::dhcp::sys::IfAddr;
+use crate::sys::iface::IfAddr;
 
 /// `ringboot serve ARGS`, parsed as the binary parses it.
 fn args(argv: &[&str]) -> ServeArgs {

@@ -7,7 +7,7 @@
 //! line (see [`super::file`]). Numbers in the file must be TOML integers (`max_blksize = "1468"`
 //! is refused); nothing here does I/O.
 
-use crate::server::BackendChoice;
+use crate::engine::workers::BackendChoice;
 use serde::de::{self, Deserializer, SeqAccess, Unexpected, Visitor};
 use serde::Deserialize;
 use std::fmt;

@@ -10,7 +10,7 @@
 //! - No I/O: [`DhcpConfig::resolve_addresses`] fills the server address, mask and router from a
 //!   list of interface addresses that the caller read from the system at start.
 
-use super::sys::IfAddr;
+use crate::sys::iface::IfAddr;
 use serde::Deserialize;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

@@ -3,16 +3,16 @@
 //! the client machine) is sans-IO in [`crate::proto::dhcp`]; this module adds the system.
 //!
 //! Contract:
-//! - [`server`] is the thin driver: one thread, UDP sockets on 67 (and 4011 in proxy mode, 68 in
+//! - [`engine::workers`] is the thin driver, a service of the control engine: UDP sockets on 67 (and 4011 in proxy mode, 68 in
 //!   full mode to notice other servers), replies leave by the interface the request came in on.
 //!   Every request passes [`Admission`](crate::proto::dhcp::limit::Admission) and then
 //!   [`decide_noted`](crate::proto::dhcp::decide::decide_noted) with the [`Policy`] built from
-//!   the config. Lines a peer can cause per datagram are rate-limited; the thread never ends
+//!   the config. Lines a peer can cause per datagram are rate-limited; it never ends
 //!   silently.
 //! - [`store`] saves the lease table (spare file, fsync, atomic exchange, fsync directory, no new
 //!   descriptor) before the driver sends any ACK whose lease is not yet on disk, several ACKs per
 //!   save (group commit).
-//! - [`sys`] holds the socket and interface calls.
+//! - sockets and interfaces come from [`crate::sys`].
 //! - [`config`] is the `[dhcp]` TOML section and the `--dhcp*` flags; `Policy::from(&config)`
 //!   is what the decision reads.
 //!
@@ -21,13 +21,24 @@
 pub mod config;
 pub mod server;
 pub mod store;
-pub mod sys;
 
 pub use config::{DhcpConfig, DhcpMode};
-pub use server::{spawn, spawn_with, Hooks, PolicySlot, SpawnError};
+pub use server::{bind, bind_with, Hooks, PolicySlot, Responder, SpawnError};
 pub use store::{LeaseFileError, LeaseStore};
 
+use crate::engine::ctl::{self, Ctl, CtlService};
+use crate::engine::Flow;
 use crate::proto::dhcp::Policy;
+
+/// Run the responder alone on a control engine (for an embedder without the binary, and the
+/// tests); [`Ctl::join`] stops it after a last save.
+pub fn spawn(cfg: DhcpConfig) -> Result<Ctl, SpawnError> {
+    let responder = bind(cfg)?;
+    ctl::spawn(vec![CtlService::Dhcp(Box::new(responder))], |_| {
+        Flow::Continue
+    })
+    .map_err(SpawnError::Engine)
+}
 
 impl From<&DhcpConfig> for Policy {
     /// The decision's part of a (validated) `[dhcp]` configuration.

@@ -1,7 +1,8 @@
 //! The DHCP driver: sockets, the lease file and the clock around [`decide_noted`].
 //!
 //! Contract:
-//! - One thread. UDP sockets on `0.0.0.0:67` (always), `0.0.0.0:4011` (proxy mode) and
+//! - A [`Service`] of the control engine (`ringboot-ctl`, [`crate::engine::ctl`]): it never
+//!   waits itself; the engine calls it when a socket is readable and every 250 ms. UDP sockets on `0.0.0.0:67` (always), `0.0.0.0:4011` (proxy mode) and
 //!   `0.0.0.0:68` (full mode, to notice other DHCP servers), each with `SO_BROADCAST`,
 //!   `IP_PKTINFO` and `SO_BINDTODEVICE` when an interface is configured.
 //! - A broadcast reply leaves by the interface the request came in on (`IP_PKTINFO` with
@@ -26,14 +27,14 @@
 //!   table of [`OTHER_SERVERS`] entries (the oldest goes first), so forged replies from random
 //!   ids cost a bounded table and a rate-limited line.
 //! - Nothing is allocated per datagram beyond dhcproto's decode and the encoded reply: the
-//!   receive buffer, the poll set and the queue of waiting replies are reused.
-//! - The thread ends within half a second of `shutdown` being set (after a last save). It never
-//!   ends silently: a loop error (the sockets cannot be polled any more) is logged at ERROR
-//!   before the thread returns, and a panic is logged at ERROR and carried on to `join`.
+//!   receive buffer and the queue of waiting replies are reused.
+//! - When its engine stops, a last save ([`Service::shutdown`]). It never ends silently: the
+//!   engine names it in the failure that stops the process, and a panic is logged at ERROR and
+//!   carried on to the thread's watcher.
 
 use super::config::{ConfigError, DhcpConfig};
 use super::store::{LeaseFileError, LeaseStore};
-use super::sys::{self, IfAddr, RecvInfo};
+use crate::engine::{Io, Service};
 use crate::proto::dhcp::decide::{
     client_key, decide_noted, mac_str, Context, Destination, Note, ServerPort,
 };
@@ -45,14 +46,12 @@ use crate::proto::ratelog::LogLimit;
 pub use observe::{Hooks, PolicySlot};
 
 mod observe;
+use crate::sys::{self, iface::IfAddr, socket::RecvInfo};
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use socket2::Socket;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime};
 
 /// How often full mode looks for another DHCP server.
@@ -67,30 +66,20 @@ pub const MAX_PENDING: usize = 64;
 pub const OTHER_SERVERS: usize = 16;
 /// The drop summary's interval.
 pub const DROP_SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
-/// Consecutive poll failures after which the thread gives up.
-const POLL_FAILURES: u32 = 10;
 
-/// Start the responder on its own thread. `Off` returns a thread that ends at once (a caller
-/// that treats the end of a service thread as fatal starts none for `Off`). Otherwise the thread
-/// ends only after `shutdown`, or after logging at ERROR why it stopped (see the module
-/// contract). Errors name what to fix: a port in use, missing privileges, an interface without
-/// address, a bad config, an unreadable lease file.
-pub fn spawn(cfg: DhcpConfig, shutdown: Arc<AtomicBool>) -> Result<JoinHandle<()>, SpawnError> {
-    spawn_with(cfg, shutdown, Hooks::default())
+/// Bind the responder's sockets and load its leases: a [`Responder`] for an engine to host
+/// (`ringboot-ctl`, see [`crate::engine::ctl`]). `Off` is the caller's to skip. Errors name what
+/// to fix: a port in use, missing privileges, an interface without address, a bad config, an
+/// unreadable lease file.
+pub fn bind(cfg: DhcpConfig) -> Result<Responder, SpawnError> {
+    bind_with(cfg, Hooks::default())
 }
 
-/// [`spawn`], reporting to `hooks` (metrics, status page, reload: see [`observe`]).
-pub fn spawn_with(
-    cfg: DhcpConfig,
-    shutdown: Arc<AtomicBool>,
-    hooks: Hooks,
-) -> Result<JoinHandle<()>, SpawnError> {
+/// [`bind`], reporting to `hooks` (metrics, status page, reload: see [`observe`]).
+pub fn bind_with(cfg: DhcpConfig, hooks: Hooks) -> Result<Responder, SpawnError> {
     let mut cfg = cfg;
-    if cfg.mode == DhcpMode::Off {
-        return Ok(std::thread::spawn(|| {}));
-    }
     let ifs = if cfg.needs_addresses() {
-        sys::interfaces().map_err(|e| {
+        sys::iface::interfaces().map_err(|e| {
             SpawnError::Interface(format!("listing network interfaces (getifaddrs): {e}"))
         })?
     } else {
@@ -99,17 +88,17 @@ pub fn spawn_with(
     cfg.resolve_addresses(&ifs)?;
     let policy = Policy::from(&cfg);
     let dev = cfg.interface.as_deref();
-    let s67 = sys::udp_socket(67, dev).map_err(|source| SpawnError::Port67 {
+    let s67 = sys::socket::dhcp_socket(67, dev).map_err(|source| SpawnError::Port67 {
         on: dev.map(|d| format!(" on {d}")).unwrap_or_default(),
         source,
     })?;
     let s4011 = if cfg.mode == DhcpMode::Proxy {
-        Some(sys::udp_socket(4011, dev).map_err(SpawnError::Port4011)?)
+        Some(sys::socket::dhcp_socket(4011, dev).map_err(SpawnError::Port4011)?)
     } else {
         None
     };
     let s68 = if cfg.mode == DhcpMode::Full && cfg.detect_other_servers {
-        match sys::udp_socket(68, dev) {
+        match sys::socket::dhcp_socket(68, dev) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!("cannot listen on UDP port 68 to watch for other DHCP servers ({e}); going on without");
@@ -135,19 +124,16 @@ pub fn spawn_with(
         if s4011.is_some() { " and 4011" } else { "" }
     );
     let now = Instant::now();
-    let mut driver = Driver {
+    Ok(Responder {
         admission: Admission::new(cfg.client_rate, cfg.segment_rate, now),
         policy,
-        pollfds: [sys::pollin(&s67); 3],
-        which: [Which::S67; 3],
-        npoll: 0,
         cfg,
         s67,
         s4011,
         s68,
         store,
         state,
-        ifs: sys::interfaces().unwrap_or_default(),
+        ifs: sys::iface::interfaces().unwrap_or_default(),
         ifs_at: now,
         drops: Drops::new(),
         logs: Logs::new(),
@@ -157,41 +143,8 @@ pub fn spawn_with(
         next_probe: now,
         others: OtherServers::default(),
         observer: observe::Observer::new(hooks),
-    };
-    driver.npoll = 1;
-    if let Some(s) = &driver.s4011 {
-        driver.pollfds[driver.npoll] = sys::pollin(s);
-        driver.which[driver.npoll] = Which::S4011;
-        driver.npoll += 1;
-    }
-    if let Some(s) = &driver.s68 {
-        driver.pollfds[driver.npoll] = sys::pollin(s);
-        driver.which[driver.npoll] = Which::S68;
-        driver.npoll += 1;
-    }
-    let handle = std::thread::Builder::new()
-        .name("dhcp".into())
-        .spawn(move || {
-            match std::panic::catch_unwind(AssertUnwindSafe(|| driver.run(&shutdown))) {
-                Ok(Ok(())) => tracing::info!("DHCP responder stopped"),
-                Ok(Err(e)) => tracing::error!(
-                    "DHCP responder stopped: {e}; DHCP clients get no answer until ringboot is restarted"
-                ),
-                Err(panic) => {
-                    let msg = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "(no message)".into());
-                    tracing::error!(
-                        "DHCP responder panicked: {msg}; DHCP clients get no answer until ringboot is restarted (please report this)"
-                    );
-                    std::panic::resume_unwind(panic);
-                }
-            }
-        })
-        .map_err(SpawnError::Thread)?;
-    Ok(handle)
+        buf: vec![0u8; 2048].into_boxed_slice(),
+    })
 }
 
 /// Why the responder did not start; each names what to fix.
@@ -215,17 +168,8 @@ pub enum SpawnError {
     Port4011(#[source] io::Error),
     #[error(transparent)]
     Leases(#[from] LeaseFileError),
-    #[error("starting the DHCP thread")]
-    Thread(#[source] io::Error),
-}
-
-/// Why the DHCP loop gave up.
-#[derive(Debug, thiserror::Error)]
-pub enum LoopError {
-    #[error("polling the DHCP sockets failed {POLL_FAILURES} times in a row: {0}")]
-    Poll(#[source] io::Error),
-    #[error("a DHCP socket is no longer valid (poll reported POLLNVAL)")]
-    SocketInvalid,
+    #[error("starting the DHCP responder's engine")]
+    Engine(#[source] io::Error),
 }
 
 /// Why a datagram (or a reply) was dropped: one counter each.
@@ -338,10 +282,9 @@ enum Kind {
     SaveFailed,
     SendFailed,
     RecvFailed,
-    PollFailed,
 }
 
-const KINDS: usize = 9;
+const KINDS: usize = 8;
 
 /// What a kind's summary line says after its count.
 const KIND_SUMMARY: [&str; KINDS] = [
@@ -353,7 +296,6 @@ const KIND_SUMMARY: [&str; KINDS] = [
     "more lease-file saves failed",
     "more DHCP replies could not be sent",
     "more DHCP receive errors",
-    "more DHCP poll errors",
 ];
 
 struct Logs([LogLimit; KINDS]);
@@ -420,7 +362,9 @@ struct Outgoing {
     lease: Option<Ipv4Addr>,
 }
 
-struct Driver {
+/// The DHCP responder: its sockets, its lease table and file, its admission and logs. A
+/// [`Service`] of the control engine.
+pub struct Responder {
     cfg: DhcpConfig,
     /// What the decision reads (from `cfg`; replaced on reload).
     policy: Policy,
@@ -428,9 +372,6 @@ struct Driver {
     s67: Socket,
     s4011: Option<Socket>,
     s68: Option<Socket>,
-    pollfds: [libc::pollfd; 3],
-    which: [Which; 3],
-    npoll: usize,
     store: Option<LeaseStore>,
     state: LeaseState,
     ifs: Vec<IfAddr>,
@@ -444,13 +385,15 @@ struct Driver {
     probe_xid: Option<(u32, Instant)>,
     next_probe: Instant,
     others: OtherServers,
+    /// The receive buffer, reused.
+    buf: Box<[u8]>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Which {
-    S67,
-    S4011,
-    S68,
+    S67 = 0,
+    S4011 = 1,
+    S68 = 2,
 }
 
 /// The boot file of a reply, for the DEBUG line.
@@ -466,7 +409,7 @@ fn send_on(s67: &Socket, s4011: Option<&Socket>, logs: &mut Logs, out: &Outgoing
         ServerPort::Dhcp => s67,
         ServerPort::BootServer => s4011.unwrap_or(s67),
     };
-    if let Err(e) = sys::send(sock, &out.bytes, out.dest, out.ifindex, out.src) {
+    if let Err(e) = sys::socket::send_v4(sock, &out.bytes, out.dest, out.ifindex, out.src) {
         if let Some(n) = logs.allow(Kind::SendFailed, now) {
             tracing::warn!(to = %out.dest, suppressed = n, "sending a DHCP reply failed: {e}");
         }
@@ -551,7 +494,7 @@ fn log_note(logs: &mut Logs, note: Note, req: &Message, now: Instant) {
     }
 }
 
-impl Driver {
+impl Responder {
     fn sock(&self, w: Which) -> &Socket {
         match w {
             Which::S67 => &self.s67,
@@ -560,79 +503,55 @@ impl Driver {
         }
     }
 
-    fn run(&mut self, shutdown: &AtomicBool) -> Result<(), LoopError> {
-        let mut buf = vec![0u8; 2048];
-        let mut poll_failures = 0u32;
-        while !shutdown.load(Ordering::Relaxed) {
-            let now = Instant::now();
-            if self.s68.is_some() && now >= self.next_probe {
-                self.probe();
-                self.next_probe = now + PROBE_INTERVAL;
-            }
-            self.drops.tick(now);
-            self.logs.tick(now);
-            if self.state.is_dirty() {
-                // A save that failed last turn is tried again.
-                self.commit(now);
-            }
-            let npoll = self.npoll;
-            match sys::poll(&mut self.pollfds[..npoll], 250) {
-                Ok(_) => poll_failures = 0,
-                Err(e) => {
-                    poll_failures += 1;
-                    if poll_failures >= POLL_FAILURES {
-                        return Err(LoopError::Poll(e));
-                    }
-                    if let Some(n) = self.logs.allow(Kind::PollFailed, now) {
-                        tracing::error!(suppressed = n, "DHCP poll failed: {e}");
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-            }
-            for i in 0..npoll {
-                let revents = self.pollfds[i].revents;
-                if revents & libc::POLLNVAL != 0 {
-                    return Err(LoopError::SocketInvalid);
-                }
-                if revents & (libc::POLLIN | libc::POLLERR) == 0 {
-                    continue;
-                }
-                let w = self.which[i];
-                // A bounded batch so one socket cannot starve the others.
-                for _ in 0..BATCH {
-                    let r = sys::recv(self.sock(w), &mut buf);
-                    match r {
-                        Ok(info) => {
-                            if info.len > buf.len() {
-                                self.drops.count(Drop::TooLong, Instant::now());
-                                continue;
-                            }
-                            let data = &buf[..info.len];
-                            match w {
-                                Which::S68 => self.observe(data, &info),
-                                Which::S67 => self.handle(data, &info, ServerPort::Dhcp),
-                                Which::S4011 => self.handle(data, &info, ServerPort::BootServer),
-                            }
-                            if self.pending.len() >= MAX_PENDING {
-                                self.commit(Instant::now());
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            if let Some(n) = self.logs.allow(Kind::RecvFailed, Instant::now()) {
-                                tracing::warn!(suppressed = n, "DHCP receive failed: {e}");
-                            }
-                            break;
-                        }
-                    }
-                }
-            }
-            self.commit(Instant::now());
+    /// Work due at `now`: the probe for other servers, the log summaries, a save that failed
+    /// last time.
+    fn tick(&mut self, now: Instant) {
+        if self.s68.is_some() && now >= self.next_probe {
+            self.probe();
+            self.next_probe = now + PROBE_INTERVAL;
         }
+        self.drops.tick(now);
+        self.logs.tick(now);
+        if self.state.is_dirty() {
+            // A save that failed last turn is tried again.
+            self.commit(now);
+        }
+    }
+
+    /// Read a bounded batch from socket `w` (so one socket cannot starve the others), then save
+    /// once and send the replies that waited for it (group commit).
+    fn read(&mut self, w: Which) {
+        let mut buf = std::mem::take(&mut self.buf);
+        for _ in 0..BATCH {
+            let r = sys::socket::recv_v4(self.sock(w), &mut buf);
+            match r {
+                Ok(info) => {
+                    if info.len > buf.len() {
+                        self.drops.count(Drop::TooLong, Instant::now());
+                        continue;
+                    }
+                    let data = &buf[..info.len];
+                    match w {
+                        Which::S68 => self.observe(data, &info),
+                        Which::S67 => self.handle(data, &info, ServerPort::Dhcp),
+                        Which::S4011 => self.handle(data, &info, ServerPort::BootServer),
+                    }
+                    if self.pending.len() >= MAX_PENDING {
+                        self.commit(Instant::now());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if let Some(n) = self.logs.allow(Kind::RecvFailed, Instant::now()) {
+                        tracing::warn!(suppressed = n, "DHCP receive failed: {e}");
+                    }
+                    break;
+                }
+            }
+        }
+        self.buf = buf;
         self.commit(Instant::now());
-        Ok(())
     }
 
     /// The address and netmask of interface `ifindex`.
@@ -646,7 +565,7 @@ impl Driver {
             return Some(i);
         }
         if self.ifs_at.elapsed() > Duration::from_secs(2) {
-            self.ifs = sys::interfaces().unwrap_or_default();
+            self.ifs = sys::iface::interfaces().unwrap_or_default();
             self.ifs_at = Instant::now();
         }
         find(&self.ifs)
@@ -758,7 +677,7 @@ impl Driver {
 
     /// Group commit (see [`group_commit`]), with the store, the sockets and the logs.
     fn commit(&mut self, now: Instant) {
-        let Driver {
+        let Responder {
             state,
             pending,
             store,
@@ -871,7 +790,7 @@ impl Driver {
             .collect();
         for i in targets {
             let dest = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
-            if let Err(e) = sys::send(s68, &bytes, dest, i.index, i.addr) {
+            if let Err(e) = sys::socket::send_v4(s68, &bytes, dest, i.index, i.addr) {
                 tracing::debug!(interface = %i.name, "DHCP probe not sent: {e}");
             } else {
                 tracing::debug!(interface = %i.name, "probing for other DHCP servers");
@@ -889,3 +808,47 @@ fn rand_xid() -> u32 {
 
 #[cfg(test)]
 mod tests;
+
+/// The responder's timer: the tick (probe, log summaries, retried save).
+const TICK: u64 = 0;
+/// How often the tick runs.
+const TICK_INTERVAL: Duration = Duration::from_millis(250);
+
+impl Service for Responder {
+    fn name(&self) -> &'static str {
+        "DHCP responder"
+    }
+
+    fn start(&mut self, io: &mut Io<'_>, now: Instant) -> io::Result<()> {
+        io.watch(self.s67.as_raw_fd(), Which::S67 as u32)?;
+        if let Some(s) = &self.s4011 {
+            io.watch(s.as_raw_fd(), Which::S4011 as u32)?;
+        }
+        if let Some(s) = &self.s68 {
+            io.watch(s.as_raw_fd(), Which::S68 as u32)?;
+        }
+        io.arm(TICK, now);
+        Ok(())
+    }
+
+    fn on_readable(&mut self, _io: &mut Io<'_>, sub: u32, _now: Instant) -> io::Result<()> {
+        let w = match sub {
+            0 => Which::S67,
+            1 => Which::S4011,
+            _ => Which::S68,
+        };
+        self.read(w);
+        Ok(())
+    }
+
+    fn on_timer(&mut self, io: &mut Io<'_>, _key: u64, now: Instant) -> io::Result<()> {
+        self.tick(now);
+        io.arm(TICK, now + TICK_INTERVAL);
+        Ok(())
+    }
+
+    fn shutdown(&mut self, now: Instant) {
+        self.commit(now);
+        tracing::info!("DHCP responder stopped");
+    }
+}

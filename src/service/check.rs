@@ -59,7 +59,7 @@ pub fn host_problems(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
     }
     if d.mode != DhcpMode::Off {
         if let Some(name) = &d.interface {
-            match crate::dhcp::sys::interfaces() {
+            match crate::sys::iface::interfaces() {
                 Ok(ifs) => {
                     if !ifs.iter().any(|i| &i.name == name) {
                         errors.push(Problem::whole(format!(

@@ -1,8 +1,18 @@
-//! One file's shared content: its key and version, the bytes (heap snapshot, map or netascii
-//! source), the read lease and watch it holds, revocation and the send bracket (see the store's
-//! contract in `mod.rs`).
+//! One file's bytes as served ([`Content`]): a heap snapshot, a shared memory map, or (netascii)
+//! a descriptor to convert from; its identity ([`Key`]), its [`Version`], and the state the lease
+//! and inotify watchers change (revoked, suspect, senders in flight). See the contract of
+//! [`super`] for what each kind guarantees.
 
-use super::*;
+use super::{jail, lease, watch, CHANGED_LOG};
+use memmap2::Mmap;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Key {

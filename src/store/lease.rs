@@ -43,6 +43,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use libc::c_int;
 
 use super::{Content, RateLog};
+use crate::engine::{Engine, Flow, Io, Service};
 
 /// `F_SETSIG` from `<asm-generic/fcntl.h>` (not exported by the libc crate for Linux).
 const F_SETSIG: c_int = 10;
@@ -284,85 +285,141 @@ fn install_handler(sig: c_int, replace: bool) -> io::Result<()> {
     Ok(())
 }
 
-fn watch_loop(signals: Option<(RawFd, RawFd)>) {
-    let mut pfd = Vec::with_capacity(3);
-    let none = libc::pollfd {
-        fd: -1,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let (sfd, pipe) = signals.unwrap_or((-1, -1));
-    pfd.push(libc::pollfd { fd: sfd, ..none });
-    pfd.push(libc::pollfd { fd: pipe, ..none });
-    pfd.push(libc::pollfd {
-        fd: super::watch::raw_fd().unwrap_or(-1),
-        ..none
-    });
-    loop {
-        let timeout = if RETRY.load(Ordering::SeqCst) {
-            1000
-        } else {
-            -1
-        };
-        // SAFETY: `pfd` holds valid entries (a negative fd is ignored by poll).
-        let r = unsafe { libc::poll(pfd.as_mut_ptr(), pfd.len() as libc::nfds_t, timeout) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                tracing::error!(error = %e, "the file watcher cannot wait for events");
-                return;
+/// The watcher as a service of its own engine (thread `ringboot-watch`): the signalfd of lease
+/// breaks, the read end of the handler's pipe, the inotify descriptor; a retry every second while
+/// some broken lease waits to be taken again without inotify.
+struct FileWatcher {
+    sfd: RawFd,
+    pipe: RawFd,
+    /// Descriptors whose lease broke, gathered per wake-up (reused).
+    fds: Vec<RawFd>,
+}
+
+const SUB_SIGNALS: u32 = 0;
+const SUB_PIPE: u32 = 1;
+const SUB_INOTIFY: u32 = 2;
+/// The retry timer.
+const RETRY_TIMER: u64 = 0;
+
+impl FileWatcher {
+    fn read_signals(&mut self) {
+        loop {
+            // SAFETY: signalfd_siginfo is plain data; read fills whole records.
+            let mut info: [libc::signalfd_siginfo; 8] = unsafe { std::mem::zeroed() };
+            // SAFETY: reads into a local buffer of the given size.
+            let n = unsafe {
+                libc::read(
+                    self.sfd,
+                    info.as_mut_ptr().cast(),
+                    std::mem::size_of_val(&info),
+                )
+            };
+            if n <= 0 {
+                break;
             }
-            continue;
-        }
-        if pfd[2].revents != 0 {
-            super::watch::sync();
-        }
-        let mut fds = Vec::new();
-        if sfd >= 0 {
-            loop {
-                // SAFETY: signalfd_siginfo is plain data; read fills whole records.
-                let mut info: [libc::signalfd_siginfo; 8] = unsafe { std::mem::zeroed() };
-                // SAFETY: reads into a local buffer of the given size.
-                let n = unsafe {
-                    libc::read(sfd, info.as_mut_ptr().cast(), std::mem::size_of_val(&info))
-                };
-                if n <= 0 {
-                    break;
-                }
-                let count = n as usize / std::mem::size_of::<libc::signalfd_siginfo>();
-                for i in &info[..count] {
-                    fds.push(if i.ssi_signo == libc::SIGIO as u32 {
-                        -1
-                    } else {
-                        i.ssi_fd
-                    });
-                }
+            let count = n as usize / std::mem::size_of::<libc::signalfd_siginfo>();
+            for i in &info[..count] {
+                self.fds.push(if i.ssi_signo == libc::SIGIO as u32 {
+                    -1
+                } else {
+                    i.ssi_fd
+                });
             }
         }
-        if pipe >= 0 {
-            loop {
-                let mut buf = [0u8; 256];
-                // SAFETY: reads into a local buffer.
-                let n = unsafe { libc::read(pipe, buf.as_mut_ptr().cast(), buf.len()) };
-                if n <= 0 {
-                    break;
-                }
-                // Each write is 4 bytes, below PIPE_BUF, so records are never split.
-                for c in buf[..n as usize].chunks_exact(4) {
-                    fds.push(c_int::from_ne_bytes([c[0], c[1], c[2], c[3]]));
-                }
+    }
+
+    fn read_pipe(&mut self) {
+        loop {
+            let mut buf = [0u8; 256];
+            // SAFETY: reads into a local buffer.
+            let n = unsafe { libc::read(self.pipe, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            // Each write is 4 bytes, below PIPE_BUF, so records are never split.
+            for c in buf[..n as usize].chunks_exact(4) {
+                self.fds
+                    .push(c_int::from_ne_bytes([c[0], c[1], c[2], c[3]]));
             }
         }
-        for fd in fds {
+    }
+
+    fn retry(&mut self, io: &mut Io<'_>, now: std::time::Instant) {
+        if RETRY.load(Ordering::SeqCst) {
+            retry_relets();
+            io.arm(RETRY_TIMER, now + std::time::Duration::from_secs(1));
+        }
+    }
+}
+
+impl Service for FileWatcher {
+    fn name(&self) -> &'static str {
+        "file watcher"
+    }
+
+    fn start(&mut self, io: &mut Io<'_>, _now: std::time::Instant) -> io::Result<()> {
+        if self.sfd >= 0 {
+            io.watch(self.sfd, SUB_SIGNALS)?;
+        }
+        if self.pipe >= 0 {
+            io.watch(self.pipe, SUB_PIPE)?;
+        }
+        if let Some(fd) = super::watch::raw_fd() {
+            io.watch(fd, SUB_INOTIFY)?;
+        }
+        Ok(())
+    }
+
+    fn on_readable(
+        &mut self,
+        io: &mut Io<'_>,
+        sub: u32,
+        now: std::time::Instant,
+    ) -> io::Result<()> {
+        match sub {
+            SUB_INOTIFY => super::watch::sync(),
+            SUB_SIGNALS => self.read_signals(),
+            _ => self.read_pipe(),
+        }
+        let mut fds = std::mem::take(&mut self.fds);
+        for fd in fds.drain(..) {
             #[cfg(test)]
             if fd == STOP_FOR_TEST {
-                return;
+                return Err(io::Error::other("stopped for a test"));
             }
             handle_break(fd);
         }
-        if RETRY.load(Ordering::SeqCst) {
-            retry_relets();
+        self.fds = fds;
+        self.retry(io, now);
+        Ok(())
+    }
+
+    fn on_timer(&mut self, io: &mut Io<'_>, _key: u64, now: std::time::Instant) -> io::Result<()> {
+        self.retry(io, now);
+        Ok(())
+    }
+
+    fn shutdown(&mut self, _now: std::time::Instant) {}
+}
+
+fn watch_loop(signals: Option<(RawFd, RawFd)>) {
+    let (sfd, pipe) = signals.unwrap_or((-1, -1));
+    let watcher = FileWatcher {
+        sfd,
+        pipe,
+        fds: Vec::new(),
+    };
+    let run = Engine::new().and_then(|mut e| {
+        e.add(watcher)?;
+        Ok(e)
+    });
+    match run {
+        Ok(mut engine) => {
+            if let Err(e) = engine.run(|_| Flow::Continue) {
+                tracing::debug!("the file watcher's engine ended: {e}");
+            }
         }
+        Err(e) => tracing::error!(error = %e, "the file watcher cannot wait for events"),
     }
 }
 

@@ -79,14 +79,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use memmap2::{Advice, Mmap, MmapOptions};
+use memmap2::{Advice, MmapOptions};
 
 use crate::proto::ratelog::LogLimit;
 use crate::proto::tftp::packet::{ErrorCode, Mode};

@@ -2,6 +2,7 @@ use super::*;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 fn opts(small_file_limit: u64, leases: bool) -> StoreOptions {

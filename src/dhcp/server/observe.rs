@@ -8,7 +8,7 @@
 //! line (the decision: mac, ip, arch, vendor/user class, mode, boot file, server); the
 //! admission rate limits bound how many there can be.
 
-use super::Driver;
+use super::Responder as Driver;
 use crate::metrics::{ArchClass, DhcpMode as MMode, DhcpType, DhcpView, Recorder, Status};
 use crate::proto::dhcp::decide::mac_str;
 use crate::proto::dhcp::policy::{DhcpMode, Policy};

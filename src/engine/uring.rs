@@ -22,10 +22,10 @@
 //!   deadline (`IORING_ENTER_EXT_ARG` timeout). Transfer completions of a batch are handled before
 //!   listener completions. Shutdown arrives as a completed poll on the shutdown eventfd.
 
-use super::sys::{self, PKTINFO_CMSG_SPACE};
-use super::worker::{Core, Driver, SendStatus, SlotId};
-use super::Shutdown;
+use super::tftp::{Core, Driver, SendStatus, SlotId};
+use super::workers::Shutdown;
 use crate::proto::ratelog::LogLimit;
+use crate::sys::{self, cmsg::PKTINFO_CMSG_SPACE};
 use io_uring::types::{self, BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use std::io;
@@ -472,8 +472,8 @@ pub(crate) fn run(mut core: Core, ring: IoUring, shutdown: &Shutdown) -> io::Res
                     let data = bufs.get(bid, res as usize);
                     match RecvMsgOut::parse(data, &listen_msg) {
                         Ok(out) => {
-                            let peer = sys::parse_sockaddr(out.name_data());
-                            let info = sys::parse_pktinfo(out.control_data());
+                            let peer = sys::cmsg::parse_sockaddr(out.name_data());
+                            let info = sys::cmsg::parse_pktinfo(out.control_data());
                             core.on_request(
                                 li,
                                 out.payload_data(),

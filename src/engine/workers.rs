@@ -1,4 +1,6 @@
-//! The server drivers: per-core workers over io_uring, or over epoll where io_uring is unavailable.
+//! The TFTP workers (`ringboot-w0..`): one engine thread per core, over io_uring, or over epoll
+//! where io_uring is unavailable (the engine's two backends, [`super::uring`] and
+//! [`super::epoll`]), each running the TFTP service ([`super::tftp::Core`]).
 //!
 //! Contract:
 //! - [`Server::bind`] opens every listening socket (one per worker per listen address, all
@@ -10,7 +12,7 @@
 //!   store is a read-only `Arc`. A request, and the whole transfer it starts, lives on the worker
 //!   whose listening socket received it.
 //! - What a request means is the sans-IO endpoint's ([`crate::proto::tftp::endpoint`]); its
-//!   I/O, the transfer sockets, timers and send building are one code path ([`worker::Core`]);
+//!   I/O, the transfer sockets, timers and send building are one code path ([`tftp::Core`](super::tftp::Core));
 //!   the backends ([`uring`], [`epoll`]) only wait, receive and submit.
 //! - Transfers are capped for the whole server ([`admit`]): in all, per client address, and in new
 //!   transfers per second per address. The defaults follow the descriptor limit
@@ -19,31 +21,27 @@
 //! - A worker that fails or panics is reported by [`Running::poll_failure`] (the binary then stops
 //!   with an error): nothing stops silently.
 
-mod epoll;
-pub mod mcast;
-mod send;
-pub(crate) mod sys;
-mod uring;
-mod worker;
-
 /// The caps of `--max-transfers`, `--max-transfers-per-client`, `--client-rate` (defined with
 /// their logic in the endpoint's [`admit`] module).
 pub use crate::proto::tftp::admit::AdmissionConfig;
-pub use sys::PortRange;
+use crate::sys;
+use crate::sys::poll::EventFd;
+pub use crate::sys::socket::PortRange;
 
+use super::tftp::{Core, Listener, Shared};
+use super::{epoll, mcast, tftp, uring};
 use crate::proto::tftp::admit;
 use crate::proto::tftp::options::Limits;
 use crate::store::Store;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tracing::{info, warn};
-use worker::{Core, Listener, Shared};
 
 /// Which I/O backend to use (`--io-backend`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,9 +110,9 @@ pub enum Fault {
 /// Descriptors a server needs besides its admitted transfer sockets: standard streams, signal
 /// and shutdown descriptors, and per worker its listeners, its ring or epoll descriptor, and the
 /// sockets of transfers dropped to make room that still wait to close
-/// ([`worker::MAX_LINGERING`]).
+/// ([`tftp::MAX_LINGERING`]).
 pub fn fixed_descriptors(workers: usize, listen_addrs: usize) -> u64 {
-    32 + (workers * (listen_addrs + 3 + worker::MAX_LINGERING)) as u64
+    32 + (workers * (listen_addrs + 3 + tftp::MAX_LINGERING)) as u64
 }
 
 /// Descriptors transfer sockets may use under a limit of `nofile`: half of what the fixed ones
@@ -128,12 +126,12 @@ pub fn descriptor_budget(nofile: u64, workers: usize, listen_addrs: usize) -> u6
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit. Returns the soft limit before and after.
 pub fn raise_descriptor_limit() -> io::Result<(u64, u64)> {
-    sys::raise_nofile_limit()
+    sys::socket::raise_nofile_limit()
 }
 
 /// The current soft `RLIMIT_NOFILE`.
 pub fn descriptor_limit() -> io::Result<u64> {
-    sys::nofile_limit().map(|(soft, _)| soft)
+    sys::socket::nofile_limit().map(|(soft, _)| soft)
 }
 
 /// Why the server could not start or stopped.
@@ -199,25 +197,21 @@ fn bind_reason(addr: &SocketAddr, e: &io::Error) -> String {
 /// The shutdown flag and the eventfd that wakes every worker to see it.
 pub struct Shutdown {
     flag: AtomicBool,
-    efd: OwnedFd,
+    efd: EventFd,
 }
 
 impl Shutdown {
     pub fn new() -> io::Result<Arc<Shutdown>> {
         Ok(Arc::new(Shutdown {
             flag: AtomicBool::new(false),
-            efd: sys::eventfd()?,
+            efd: EventFd::new()?,
         }))
     }
 
     /// Ask every worker to stop (they finish within one loop turn).
     pub fn trigger(&self) {
         self.flag.store(true, Ordering::SeqCst);
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes to our eventfd.
-        unsafe {
-            libc::write(self.efd.as_raw_fd(), (&one as *const u64).cast(), 8);
-        }
+        self.efd.notify();
     }
 
     pub fn is_triggered(&self) -> bool {
@@ -247,8 +241,8 @@ impl Server {
         let mut addrs = Vec::new();
         for la in &cfg.listen {
             // The first socket fixes the port (the asked one, or the kernel's pick for port 0).
-            let first = match sys::check_address_free(la.addr)
-                .and_then(|()| sys::listener_socket(la.addr))
+            let first = match sys::socket::check_address_free(la.addr)
+                .and_then(|()| sys::socket::listener_socket(la.addr))
             {
                 Ok(s) => s,
                 Err(e)
@@ -278,7 +272,7 @@ impl Server {
                 addr: bound,
             });
             for w in sockets.iter_mut().skip(1) {
-                let s = sys::listener_socket(bound).map_err(|e| ServerError::Bind {
+                let s = sys::socket::listener_socket(bound).map_err(|e| ServerError::Bind {
                     addr: bound,
                     reason: bind_reason(&bound, &e),
                 })?;
@@ -313,7 +307,7 @@ impl Server {
                 }
             },
         };
-        let per = worker::transfer_memory_bound();
+        let per = tftp::transfer_memory_bound();
         info!(
             per_transfer_bytes = per,
             "memory of transfers: at most {} KiB each, {} MiB for {} transfers",
@@ -379,7 +373,7 @@ impl Server {
 
     /// Spawn the workers; returns once every one has set up its backend.
     pub fn start(self, shutdown: Arc<Shutdown>) -> Result<Running, ServerError> {
-        let gso = sys::gso_supported();
+        let gso = sys::socket::gso_supported();
         if !gso {
             warn!("UDP GSO unavailable; sending one datagram per block");
         }

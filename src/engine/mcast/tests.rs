@@ -1,3 +1,4 @@
+use super::handoff::Ticket;
 use super::*;
 
 #[test]
@@ -146,7 +147,7 @@ fn a_request_handed_over_that_the_service_cannot_place_gets_an_error_and_its_pla
     };
     let (tx, rx) = channel::bounded(4);
     let admission = Arc::new(Mutex::new(Admission::new(cfg.groups, 256, 4)));
-    let wake = Arc::new(sys::eventfd().unwrap());
+    let wake = Arc::new(crate::sys::poll::EventFd::new().unwrap());
     let handle = McHandle {
         tx,
         wake: wake.clone(),
@@ -163,7 +164,7 @@ fn a_request_handed_over_that_the_service_cannot_place_gets_an_error_and_its_pla
     };
     assert!(handle.submit(join, Instant::now()).is_ok());
     assert_eq!(lock(&admission).groups_in_use(), 1);
-    let mut svc = Service {
+    let mut svc = McService {
         cfg,
         store,
         rx,
@@ -176,9 +177,10 @@ fn a_request_handed_over_that_the_service_cannot_place_gets_an_error_and_its_pla
         buf: vec![0u8; 2048],
         logs: Logs::default(),
         observer: None,
+        tokens: Vec::new(),
     };
     let h = svc.rx.try_recv().unwrap();
-    svc.join_rfc2090(-1, h);
+    crate::engine::with_test_io(|io| svc.join_rfc2090(io, h));
     client_sock
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -200,7 +202,7 @@ fn a_full_channel_takes_nothing_and_says_so() {
     let admission = Arc::new(Mutex::new(Admission::new(pool("239.255.42.0/30"), 256, 4)));
     let handle = McHandle {
         tx,
-        wake: Arc::new(sys::eventfd().unwrap()),
+        wake: Arc::new(crate::sys::poll::EventFd::new().unwrap()),
         admission: admission.clone(),
     };
     let dir = tempfile::tempdir().unwrap();

@@ -8,13 +8,14 @@
 //! fairness) and fires due timers. The wait ends at the earliest timer deadline or when the
 //! shutdown eventfd becomes readable.
 
-use super::sys::{self, CmsgBuf, PKTINFO_CMSG_SPACE};
-use super::worker::{Core, Driver, SendStatus, SlotId};
-use super::Shutdown;
+use super::tftp::{Core, Driver, SendStatus, SlotId};
+use super::workers::Shutdown;
 use crate::proto::ratelog::LogLimit;
+use crate::sys::poll::{self, Events, Poller};
+use crate::sys::{self, cmsg::CmsgBuf, cmsg::PKTINFO_CMSG_SPACE};
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 use tracing::{debug, warn};
 
@@ -36,32 +37,16 @@ fn untag(t: u64) -> (u64, u16, u32) {
 }
 
 struct EpollDriver {
-    ep: OwnedFd,
-}
-
-impl EpollDriver {
-    fn ctl(&self, op: i32, fd: RawFd, data: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: data,
-        };
-        // SAFETY: valid epoll descriptor and event struct.
-        let r = unsafe { libc::epoll_ctl(self.ep.as_raw_fd(), op, fd, &mut ev) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
+    ep: Poller,
 }
 
 impl Driver for EpollDriver {
     fn watch(&mut self, id: SlotId, fd: RawFd) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, tag(KIND_XFER, id.gen, id.idx))
+        self.ep.add(fd, tag(KIND_XFER, id.gen, id.idx))
     }
 
     fn unwatch(&mut self, _id: SlotId, fd: RawFd) -> bool {
-        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0);
+        let _ = self.ep.delete(fd);
         true
     }
 
@@ -82,7 +67,11 @@ impl Driver for EpollDriver {
                 i += r as usize;
                 continue;
             }
-            let e = if r == 0 { libc::EAGAIN } else { sys::errno() };
+            let e = if r == 0 {
+                libc::EAGAIN
+            } else {
+                sys::socket::errno()
+            };
             if e == libc::EINTR {
                 continue;
             }
@@ -101,31 +90,19 @@ struct Rx {
 
 /// Run one worker on epoll until `shutdown`.
 pub(crate) fn run(mut core: Core, shutdown: &Shutdown) -> io::Result<()> {
-    // SAFETY: plain syscall; the result is checked before being owned.
-    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if ep < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptor.
-    let mut drv = EpollDriver {
-        ep: unsafe { OwnedFd::from_raw_fd(ep) },
-    };
+    let mut drv = EpollDriver { ep: Poller::new()? };
     for (i, l) in core.listeners().iter().enumerate() {
-        drv.ctl(
-            libc::EPOLL_CTL_ADD,
-            l.sock.as_raw_fd(),
-            tag(KIND_LISTEN, 0, i as u32),
-        )?;
+        drv.ep
+            .add(l.sock.as_raw_fd(), tag(KIND_LISTEN, 0, i as u32))?;
     }
-    drv.ctl(libc::EPOLL_CTL_ADD, shutdown.fd(), tag(KIND_WAKE, 0, 0))?;
+    drv.ep.add(shutdown.fd(), tag(KIND_WAKE, 0, 0))?;
     let mut rx = Rx {
         buf: Box::new([0; RX_BUF]),
         control: CmsgBuf::new(),
         // SAFETY: all-zero is a valid sockaddr_storage.
         name: unsafe { zeroed() },
     };
-    // SAFETY: all-zero is a valid epoll_event.
-    let mut events: Vec<libc::epoll_event> = vec![unsafe { zeroed() }; 256];
+    let mut events = Events::with_capacity(256);
     let mut listen_errors = LogLimit::default();
     loop {
         if shutdown.is_triggered() {
@@ -136,41 +113,17 @@ pub(crate) fn run(mut core: Core, shutdown: &Shutdown) -> io::Result<()> {
         }
         let now = Instant::now();
         core.run_timers(now, &mut drv);
-        let timeout_ms = match core.next_deadline() {
-            None => -1,
-            Some(t) => {
-                let d = t.saturating_duration_since(Instant::now());
-                // Round up: waking early only spins.
-                let ms = d.as_nanos().div_ceil(1_000_000);
-                ms.min(i32::MAX as u128) as i32
-            }
-        };
-        // SAFETY: events is a live buffer of the given length.
-        let n = unsafe {
-            libc::epoll_wait(
-                drv.ep.as_raw_fd(),
-                events.as_mut_ptr(),
-                events.len() as i32,
-                timeout_ms,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(e);
-        }
-        let ready = &events[..n as usize];
+        let timeout_ms = poll::timeout_ms(core.next_deadline(), Instant::now());
+        drv.ep.wait(&mut events, timeout_ms)?;
         // Transfer sockets first, then the listeners.
-        for ev in ready {
-            let (kind, gen, idx) = untag(ev.u64);
+        for ev in events.iter() {
+            let (kind, gen, idx) = untag(ev.token);
             if kind == KIND_XFER {
                 read_transfer(&mut core, &mut drv, &mut rx, SlotId { idx, gen });
             }
         }
-        for ev in ready {
-            let (kind, _, idx) = untag(ev.u64);
+        for ev in events.iter() {
+            let (kind, _, idx) = untag(ev.token);
             if kind == KIND_LISTEN {
                 read_listener(
                     &mut core,
@@ -202,7 +155,7 @@ fn read_transfer(core: &mut Core, drv: &mut EpollDriver, rx: &mut Rx, id: SlotId
         };
         let now = Instant::now();
         if r < 0 {
-            match sys::errno() {
+            match sys::socket::errno() {
                 libc::EAGAIN | libc::EINTR => return,
                 e => {
                     core.on_transfer_error(id, e, now, drv);
@@ -244,7 +197,7 @@ fn read_listener(
             (r, msg)
         };
         if r < 0 {
-            match sys::errno() {
+            match sys::socket::errno() {
                 libc::EAGAIN | libc::EINTR => return,
                 e => {
                     if let Some(n) = errors.allow(Instant::now()) {
@@ -262,9 +215,9 @@ fn read_listener(
                 (msg.msg_namelen as usize).min(size_of::<libc::sockaddr_storage>()),
             )
         };
-        let peer = sys::parse_sockaddr(name);
+        let peer = sys::cmsg::parse_sockaddr(name);
         let clen = msg.msg_controllen.min(PKTINFO_CMSG_SPACE);
-        let info = sys::parse_pktinfo(&rx.control.0[..clen]);
+        let info = sys::cmsg::parse_pktinfo(&rx.control.0[..clen]);
         let truncated = msg.msg_flags & libc::MSG_TRUNC != 0;
         let len = (r as usize).min(RX_BUF);
         if info.is_none() {

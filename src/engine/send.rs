@@ -28,12 +28,12 @@
 //!   Before the window that holds a transfer's last block is sent, `Content::verify_unchanged` is
 //!   asked: a file changed meanwhile ends the transfer with an ERROR instead of completing it.
 
-use super::sys::{put_gso_cmsg, CmsgBuf, GSO_CMSG_SPACE};
 use crate::proto::tftp::netascii::{encode_step, EncodePos};
 use crate::proto::tftp::packet::data_header;
 use crate::proto::tftp::transfer::Transfer;
 use crate::proto::tftp::BlockNum;
 use crate::store::Content;
+use crate::sys::cmsg::{put_gso_cmsg, CmsgBuf, GSO_CMSG_SPACE};
 use std::mem::{size_of, zeroed};
 
 /// The file changed while being sent (ERROR message and log reason).

@@ -1,197 +1,26 @@
-//! Thin, checked wrappers over the Linux socket calls the workers need.
+//! UDP sockets, with the options each service needs, and the datagram calls that take no ring.
 //!
 //! Contract:
-//! - Sockets are created nonblocking and close-on-exec. Listening sockets carry `SO_REUSEPORT` and
-//!   ask for the packet info of every datagram (`IP_PKTINFO` / `IPV6_RECVPKTINFO`), so a worker learns
-//!   the local address and the incoming interface of each request. Transfer sockets are bound to that
-//!   local address, `connect()`ed to the client and, unless fragmentation is allowed, never fragment
-//!   (`IP_PMTUDISC_DO`, `IPV6_DONTFRAG`).
-//! - Control messages are parsed from byte slices with bounds checks only ([`parse_pktinfo`] never
-//!   panics, whatever the kernel or a test hands it) and built into caller-owned aligned buffers.
+//! - Sockets are created nonblocking and close-on-exec. TFTP listening sockets carry
+//!   `SO_REUSEPORT` and ask for the packet info of every datagram (`IP_PKTINFO` /
+//!   `IPV6_RECVPKTINFO`), so a worker learns the local address and the incoming interface of each
+//!   request. Transfer sockets are bound to that local address, `connect()`ed to the client and,
+//!   unless fragmentation is allowed, never fragment (`IP_PMTUDISC_DO`, `IPV6_DONTFRAG`). DHCP
+//!   sockets ([`dhcp_socket`]) carry `SO_BROADCAST`, `SO_REUSEADDR`, `IP_PKTINFO` and, when asked,
+//!   `SO_BINDTODEVICE`.
+//! - Packet info is built and parsed by [`super::cmsg`] only.
 //! - Nothing here allocates on a per-datagram path.
 
+use super::cmsg::{self, CmsgBuf, PktInfo, PKTINFO_CMSG_SPACE};
 use crate::proto::rng::Rng;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
 
 /// Socket buffer size asked for (the kernel clamps it to `net.core.[rw]mem_max`).
 pub(crate) const SOCKET_BUFFER: usize = 4 << 20;
-
-/// Size of `struct cmsghdr` on this platform, and the alignment of control data.
-const CMSG_HDR: usize = size_of::<libc::cmsghdr>();
-const CMSG_ALIGN_TO: usize = size_of::<usize>();
-
-const fn cmsg_align(n: usize) -> usize {
-    (n + CMSG_ALIGN_TO - 1) & !(CMSG_ALIGN_TO - 1)
-}
-
-/// `CMSG_SPACE(n)`.
-pub(crate) const fn cmsg_space(n: usize) -> usize {
-    cmsg_align(CMSG_HDR) + cmsg_align(n)
-}
-
-/// `CMSG_LEN(n)`.
-const fn cmsg_len(n: usize) -> usize {
-    cmsg_align(CMSG_HDR) + n
-}
-
-/// Room for one packet-info control message of either family, with slack for one more message.
-pub(crate) const PKTINFO_CMSG_SPACE: usize = 64;
-const _: () = assert!(cmsg_space(size_of::<libc::in6_pktinfo>()) <= PKTINFO_CMSG_SPACE);
-
-/// An 8-byte aligned control-message buffer.
-#[derive(Clone, Copy)]
-#[repr(C, align(8))]
-pub(crate) struct CmsgBuf<const N: usize>(pub [u8; N]);
-
-impl<const N: usize> CmsgBuf<N> {
-    pub(crate) const fn new() -> Self {
-        CmsgBuf([0; N])
-    }
-}
-
-/// Space for the `UDP_SEGMENT` control message of one GSO send.
-pub(crate) const GSO_CMSG_SPACE: usize = cmsg_space(size_of::<u16>());
-
-/// Where a datagram arrived: the local (destination) address and the incoming interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct PktInfo {
-    /// The local address the request was addressed to (for IPv4, the kernel's `ipi_spec_dst`: the
-    /// address a reply should come from, which is the destination for unicast).
-    pub local: IpAddr,
-    /// Incoming interface index (0 when unknown).
-    pub ifindex: u32,
-}
-
-/// Write one control message (`level`, `ty`, `data`) at the start of `buf`; returns its space.
-/// `None` when `buf` is too small.
-fn put_cmsg(buf: &mut [u8], level: i32, ty: i32, data: &[u8]) -> Option<usize> {
-    let space = cmsg_space(data.len());
-    if buf.len() < space {
-        return None;
-    }
-    buf[..space].fill(0);
-    let len = cmsg_len(data.len());
-    buf[..size_of::<usize>()].copy_from_slice(&len.to_ne_bytes());
-    let lvl_at = size_of::<usize>();
-    buf[lvl_at..lvl_at + 4].copy_from_slice(&level.to_ne_bytes());
-    buf[lvl_at + 4..lvl_at + 8].copy_from_slice(&ty.to_ne_bytes());
-    let d = cmsg_align(CMSG_HDR);
-    buf[d..d + data.len()].copy_from_slice(data);
-    Some(space)
-}
-
-/// Write the `SOL_UDP/UDP_SEGMENT` message that makes one `sendmsg` a GSO send of `segment`-byte
-/// datagrams. Returns the control length.
-pub(crate) fn put_gso_cmsg(buf: &mut CmsgBuf<GSO_CMSG_SPACE>, segment: u16) -> usize {
-    // The buffer is exactly the right size, so this cannot fail.
-    put_cmsg(
-        &mut buf.0,
-        libc::SOL_UDP,
-        libc::UDP_SEGMENT,
-        &segment.to_ne_bytes(),
-    )
-    .unwrap_or(0)
-}
-
-/// Write a packet-info message that makes a reply leave from `info.local`. Returns the control
-/// length, 0 when no message is needed (unspecified or multicast local address).
-pub(crate) fn put_pktinfo_cmsg(buf: &mut [u8], info: &PktInfo) -> usize {
-    match info.local {
-        IpAddr::V4(a) if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() => {
-            // in_pktinfo { int ipi_ifindex; in_addr ipi_spec_dst; in_addr ipi_addr; }
-            let mut d = [0u8; 12];
-            d[4..8].copy_from_slice(&a.octets());
-            put_cmsg(buf, libc::IPPROTO_IP, libc::IP_PKTINFO, &d).unwrap_or(0)
-        }
-        IpAddr::V6(a) if !a.is_unspecified() && !a.is_multicast() => {
-            // in6_pktinfo { in6_addr ipi6_addr; unsigned ipi6_ifindex; }
-            let mut d = [0u8; 20];
-            d[..16].copy_from_slice(&a.octets());
-            let ifindex = if is_unicast_link_local(&a) {
-                info.ifindex
-            } else {
-                0
-            };
-            d[16..20].copy_from_slice(&ifindex.to_ne_bytes());
-            put_cmsg(buf, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &d).unwrap_or(0)
-        }
-        _ => 0,
-    }
-}
-
-/// Find the packet info in received control data. Never panics; unknown messages are skipped.
-pub(crate) fn parse_pktinfo(control: &[u8]) -> Option<PktInfo> {
-    let mut at = 0usize;
-    let hdr = cmsg_align(CMSG_HDR);
-    while control.len().saturating_sub(at) >= hdr {
-        let word = |o: usize, n: usize| &control[at + o..at + o + n];
-        let len = usize::from_ne_bytes(word(0, size_of::<usize>()).try_into().ok()?);
-        let level = i32::from_ne_bytes(word(size_of::<usize>(), 4).try_into().ok()?);
-        let ty = i32::from_ne_bytes(word(size_of::<usize>() + 4, 4).try_into().ok()?);
-        if len < hdr || len > control.len() - at {
-            return None;
-        }
-        let data = &control[at + hdr..at + len];
-        if level == libc::IPPROTO_IP && ty == libc::IP_PKTINFO && data.len() >= 12 {
-            let ifindex = i32::from_ne_bytes(data[0..4].try_into().ok()?);
-            let spec_dst = Ipv4Addr::new(data[4], data[5], data[6], data[7]);
-            let dst = Ipv4Addr::new(data[8], data[9], data[10], data[11]);
-            let local = if spec_dst.is_unspecified() {
-                dst
-            } else {
-                spec_dst
-            };
-            return Some(PktInfo {
-                local: IpAddr::V4(local),
-                ifindex: ifindex.max(0) as u32,
-            });
-        }
-        if level == libc::IPPROTO_IPV6 && ty == libc::IPV6_PKTINFO && data.len() >= 20 {
-            let octets: [u8; 16] = data[0..16].try_into().ok()?;
-            let ifindex = u32::from_ne_bytes(data[16..20].try_into().ok()?);
-            return Some(PktInfo {
-                local: IpAddr::V6(Ipv6Addr::from(octets)),
-                ifindex,
-            });
-        }
-        at += cmsg_align(len);
-    }
-    None
-}
-
-/// Decode a `sockaddr_in` / `sockaddr_in6` from raw bytes (as `recvmsg` or io_uring wrote it).
-pub(crate) fn parse_sockaddr(raw: &[u8]) -> Option<SocketAddr> {
-    let family = u16::from_ne_bytes(raw.get(0..2)?.try_into().ok()?);
-    match family as i32 {
-        libc::AF_INET => {
-            let port = u16::from_be_bytes(raw.get(2..4)?.try_into().ok()?);
-            let ip: [u8; 4] = raw.get(4..8)?.try_into().ok()?;
-            Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port)))
-        }
-        libc::AF_INET6 => {
-            let port = u16::from_be_bytes(raw.get(2..4)?.try_into().ok()?);
-            // Kept as the kernel stored it, like std and socket2 (so it round trips).
-            let flow = u32::from_ne_bytes(raw.get(4..8)?.try_into().ok()?);
-            let ip: [u8; 16] = raw.get(8..24)?.try_into().ok()?;
-            let scope = u32::from_ne_bytes(raw.get(24..28)?.try_into().ok()?);
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(ip),
-                port,
-                flow,
-                scope,
-            )))
-        }
-        _ => None,
-    }
-}
-
-pub(crate) fn is_unicast_link_local(a: &Ipv6Addr) -> bool {
-    (a.segments()[0] & 0xffc0) == 0xfe80
-}
 
 fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: a plain int option on a valid descriptor.
@@ -377,7 +206,7 @@ pub(crate) fn transfer_socket(
         match local {
             IpAddr::V4(a) => SocketAddr::V4(SocketAddrV4::new(a, port)),
             IpAddr::V6(a) => {
-                let scope = if is_unicast_link_local(&a) {
+                let scope = if cmsg::is_unicast_link_local(&a) {
                     ifindex
                 } else {
                     0
@@ -443,7 +272,7 @@ pub(crate) fn send_from(
 ) -> io::Result<()> {
     let dst = SockAddr::from(*peer);
     let mut control = CmsgBuf::<PKTINFO_CMSG_SPACE>::new();
-    let clen = info.map_or(0, |i| put_pktinfo_cmsg(&mut control.0, i));
+    let clen = info.map_or(0, |i| cmsg::put_pktinfo_cmsg(&mut control.0, i));
     let mut iov = libc::iovec {
         iov_base: payload.as_ptr() as *mut libc::c_void,
         iov_len: payload.len(),
@@ -527,24 +356,31 @@ pub(crate) fn errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
-/// MTU of interface `ifindex`, asked through any socket `fd` (`SIOCGIFMTU`).
-pub(crate) fn interface_mtu(fd: RawFd, ifindex: u32) -> io::Result<u32> {
-    if ifindex == 0 {
-        return Err(io::Error::from_raw_os_error(libc::ENODEV));
+/// A big receive buffer (8 MiB): a window of blocks arrives in one burst. `SO_RCVBUFFORCE` first
+/// (root may exceed `net.core.rmem_max`), else `SO_RCVBUF` (clamped by the kernel).
+pub fn set_big_recv_buffer(sock: &impl AsRawFd) {
+    let want = 8 << 20;
+    let fd = sock.as_raw_fd();
+    if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want).is_err() {
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, want);
     }
-    // SAFETY: `ifreq` is plain data; if_indextoname writes at most IF_NAMESIZE bytes into
-    // `ifr_name`, and the ioctl reads the name and writes the `ifru_mtu` member.
-    unsafe {
-        let mut req: libc::ifreq = zeroed();
-        if libc::if_indextoname(ifindex, req.ifr_name.as_mut_ptr()).is_null() {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::ioctl(fd, libc::SIOCGIFMTU as _, &mut req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mtu = req.ifr_ifru.ifru_mtu;
-        u32::try_from(mtu).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-    }
+}
+
+/// A nonblocking socket bound to `group` with `SO_REUSEADDR` and `SO_REUSEPORT` (other machines
+/// and other programs listen on the same port), a big receive buffer, joined to the group on the
+/// loopback interface (the load tester's multicast members).
+pub fn group_socket(group: SocketAddrV4) -> io::Result<std::net::UdpSocket> {
+    let s = Socket::new(
+        Domain::IPV4,
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    set_big_recv_buffer(&s);
+    s.bind(&SockAddr::from(group))?;
+    s.join_multicast_v4(group.ip(), &Ipv4Addr::LOCALHOST)?;
+    Ok(s.into())
 }
 
 /// Whether this kernel accepts `UDP_SEGMENT` (UDP GSO, Linux 4.18+).
@@ -555,113 +391,119 @@ pub(crate) fn gso_supported() -> bool {
     setsockopt_int(s.as_raw_fd(), libc::SOL_UDP, libc::UDP_SEGMENT, 1200).is_ok()
 }
 
-/// A nonblocking eventfd, for waking workers at shutdown.
-pub(crate) fn eventfd() -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: plain syscall; the result is checked before being owned.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
+/// A nonblocking UDP socket bound to `0.0.0.0:port` with `SO_BROADCAST`, `SO_REUSEADDR`,
+/// `IP_PKTINFO`, and `SO_BINDTODEVICE` when `device` is given.
+pub fn dhcp_socket(port: u16, device: Option<&str>) -> io::Result<Socket> {
+    let s = Socket::new(
+        Domain::IPV4,
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    if let Some(dev) = device {
+        s.bind_device(Some(dev.as_bytes()))?;
+    }
+    setsockopt_int(s.as_raw_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+    s.bind(&SockAddr::from(SocketAddrV4::new(
+        Ipv4Addr::UNSPECIFIED,
+        port,
+    )))?;
+    Ok(s)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecvInfo {
+    pub len: usize,
+    pub source: SocketAddrV4,
+    /// Incoming interface (0 if the kernel did not say).
+    pub ifindex: u32,
+    /// The local address the kernel would answer from on that interface (`ipi_spec_dst`).
+    pub local: Ipv4Addr,
+}
+
+/// `recvmsg` one IPv4 datagram with its packet info. `WouldBlock` when none is waiting.
+pub fn recv_v4(sock: &Socket, buf: &mut [u8]) -> io::Result<RecvInfo> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: zeroed plain C structs.
+    let mut from: libc::sockaddr_in = unsafe { zeroed() };
+    let mut cbuf = CmsgBuf::<PKTINFO_CMSG_SPACE>::new();
+    // SAFETY: zeroed msghdr, then every pointer set to live buffers of the sizes given.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = &mut from as *mut _ as *mut libc::c_void;
+    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.0.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = PKTINFO_CMSG_SPACE as _;
+    // SAFETY: msg points to live buffers for the duration of the call.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
+    if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: fd is a fresh descriptor we own.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    let source = SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)),
+        u16::from_be(from.sin_port),
+    );
+    let control = &cbuf.0[..(msg.msg_controllen as usize).min(PKTINFO_CMSG_SPACE)];
+    let (ifindex, local) = match cmsg::parse_pktinfo(control) {
+        // The address a reply would come from: a unicast one, else the kernel's choice.
+        Some(PktInfo {
+            local: IpAddr::V4(a),
+            ifindex,
+        }) if !a.is_broadcast() && !a.is_multicast() => (ifindex, a),
+        Some(p) => (p.ifindex, Ipv4Addr::UNSPECIFIED),
+        None => (0, Ipv4Addr::UNSPECIFIED),
+    };
+    Ok(RecvInfo {
+        len: n as usize,
+        source,
+        ifindex,
+        local,
+    })
+}
+
+/// `sendmsg` `data` to `dest`, leaving by interface `ifindex` (0: let routing decide) from
+/// source address `src` (unspecified: the kernel picks).
+pub fn send_v4(
+    sock: &Socket,
+    data: &[u8],
+    dest: SocketAddrV4,
+    ifindex: u32,
+    src: Ipv4Addr,
+) -> io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let to = SockAddr::from(dest);
+    let mut cbuf = CmsgBuf::<PKTINFO_CMSG_SPACE>::new();
+    // SAFETY: zeroed msghdr, pointers set below to live buffers.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = to.as_ptr() as *mut libc::c_void;
+    msg.msg_namelen = to.len();
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if ifindex != 0 || !src.is_unspecified() {
+        let clen = cmsg::put_pktinfo_v4(&mut cbuf.0, ifindex, src);
+        msg.msg_control = cbuf.0.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = clen as _;
+    }
+    // SAFETY: msg points to live buffers for the duration of the call.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::UdpSocket;
-
-    #[test]
-    fn cmsg_round_trip_v4_and_v6() {
-        let mut buf = CmsgBuf::<PKTINFO_CMSG_SPACE>::new();
-        let v4 = PktInfo {
-            local: "127.0.0.7".parse().unwrap(),
-            ifindex: 1,
-        };
-        let n = put_pktinfo_cmsg(&mut buf.0, &v4);
-        assert_eq!(n, cmsg_space(12));
-        // The builder leaves ifindex 0 (any interface); parsing reads spec_dst.
-        assert_eq!(
-            parse_pktinfo(&buf.0[..n]),
-            Some(PktInfo { ifindex: 0, ..v4 })
-        );
-        let v6 = PktInfo {
-            local: "fe80::1".parse().unwrap(),
-            ifindex: 3,
-        };
-        let n = put_pktinfo_cmsg(&mut buf.0, &v6);
-        assert_eq!(n, cmsg_space(20));
-        assert_eq!(parse_pktinfo(&buf.0[..n]), Some(v6));
-        let unspecified = PktInfo {
-            local: "0.0.0.0".parse().unwrap(),
-            ifindex: 0,
-        };
-        assert_eq!(put_pktinfo_cmsg(&mut buf.0, &unspecified), 0);
-    }
-
-    #[test]
-    fn parse_never_panics_on_garbage() {
-        assert_eq!(parse_pktinfo(&[]), None);
-        assert_eq!(parse_pktinfo(&[0xff; 7]), None);
-        assert_eq!(parse_pktinfo(&[0xff; 64]), None);
-        // cmsg_len of 0 must not loop forever.
-        assert_eq!(parse_pktinfo(&[0; 64]), None);
-        // A truncated pktinfo (len claims more than there is).
-        let mut buf = CmsgBuf::<PKTINFO_CMSG_SPACE>::new();
-        let v6 = PktInfo {
-            local: "::1".parse().unwrap(),
-            ifindex: 1,
-        };
-        let n = put_pktinfo_cmsg(&mut buf.0, &v6);
-        assert_eq!(parse_pktinfo(&buf.0[..n - 8]), None);
-        for cut in 0..n {
-            let _ = parse_pktinfo(&buf.0[..cut]);
-        }
-        assert_eq!(parse_sockaddr(&[]), None);
-        assert_eq!(parse_sockaddr(&[2, 0, 0]), None);
-    }
-
-    #[test]
-    fn skips_unknown_cmsg() {
-        let mut buf = [0u8; 128];
-        let a = put_cmsg(&mut buf, libc::SOL_SOCKET, libc::SO_TIMESTAMP, &[1; 16]).unwrap();
-        let v4 = PktInfo {
-            local: "10.0.0.1".parse().unwrap(),
-            ifindex: 0,
-        };
-        let b = put_pktinfo_cmsg(&mut buf[a..], &v4);
-        assert_eq!(parse_pktinfo(&buf[..a + b]), Some(v4));
-    }
-
-    #[test]
-    fn gso_cmsg_layout() {
-        let mut buf = CmsgBuf::<GSO_CMSG_SPACE>::new();
-        let n = put_gso_cmsg(&mut buf, 1472);
-        assert_eq!(n, GSO_CMSG_SPACE);
-        let hdr = cmsg_align(CMSG_HDR);
-        assert_eq!(&buf.0[hdr..hdr + 2], &1472u16.to_ne_bytes());
-        assert_eq!(
-            usize::from_ne_bytes(buf.0[..8].try_into().unwrap()),
-            cmsg_len(2)
-        );
-    }
-
-    #[test]
-    fn sockaddr_decoding() {
-        let a: SocketAddr = "192.0.2.1:4444".parse().unwrap();
-        let sa = SockAddr::from(a);
-        // SAFETY: SockAddr exposes `len` valid bytes at `as_ptr`.
-        let raw =
-            unsafe { std::slice::from_raw_parts(sa.as_ptr().cast::<u8>(), sa.len() as usize) };
-        assert_eq!(parse_sockaddr(raw), Some(a));
-        let b: SocketAddr = "[fe80::2%7]:69".parse().unwrap();
-        let sb = SockAddr::from(b);
-        // SAFETY: as above.
-        let raw =
-            unsafe { std::slice::from_raw_parts(sb.as_ptr().cast::<u8>(), sb.len() as usize) };
-        assert_eq!(parse_sockaddr(raw), Some(b));
-    }
 
     #[test]
     fn port_range_candidates_cover_once() {
@@ -753,16 +595,31 @@ mod tests {
     }
 
     #[test]
-    fn loopback_mtu_and_pktinfo() {
-        // ifindex of "lo".
-        // SAFETY: NUL-terminated literal.
-        let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
-        if lo == 0 {
-            return;
-        }
-        let s = listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
-        let mtu = interface_mtu(s.as_raw_fd(), lo).unwrap();
-        assert!(mtu >= 1280);
-        assert!(interface_mtu(s.as_raw_fd(), 0).is_err());
+    fn dhcp_send_and_receive_pktinfo_on_loopback() {
+        let a = dhcp_socket(0, None).unwrap();
+        let port = a.local_addr().unwrap().as_socket_ipv4().unwrap().port();
+        let b = dhcp_socket(0, None).unwrap();
+        let lo = crate::sys::iface::interfaces()
+            .unwrap()
+            .into_iter()
+            .find(|i| i.addr.is_loopback())
+            .unwrap();
+        send_v4(
+            &b,
+            b"hello",
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+            lo.index,
+            Ipv4Addr::LOCALHOST,
+        )
+        .unwrap();
+        let poller = crate::sys::poll::Poller::new().unwrap();
+        poller.add(a.as_raw_fd(), 1).unwrap();
+        let mut ev = crate::sys::poll::Events::with_capacity(1);
+        assert_eq!(poller.wait(&mut ev, 1000).unwrap(), 1);
+        let mut buf = [0u8; 64];
+        let info = recv_v4(&a, &mut buf).unwrap();
+        assert_eq!(&buf[..info.len], b"hello");
+        assert_eq!(info.ifindex, lo.index);
+        assert_eq!(info.local, Ipv4Addr::LOCALHOST);
     }
 }

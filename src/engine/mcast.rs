@@ -1,9 +1,10 @@
 //! The multicast service: runs [`crate::proto::mtftp::session::Session`]s for PXE MTFTP opens and for
-//! RFC 2090 `multicast` requests, on one thread of its own.
+//! RFC 2090 `multicast` requests, a [`Service`] of the control engine (`ringboot-ctl`).
 //!
 //! Contract:
-//! - [`spawn`] binds the PXE MTFTP server port (`--mtftp-port`, on each IPv4 listen address) and
-//!   starts the thread. Unicast workers offer RFC 2090 requests with [`McHandle::submit`].
+//! - [`bind`] binds the PXE MTFTP server port (`--mtftp-port`, on each IPv4 listen address) and
+//!   returns the service for the control engine to host ([`crate::engine::ctl`]); the hand-off
+//!   side (admission, channel) is in [`handoff`]. Unicast workers offer RFC 2090 requests with [`McHandle::submit`].
 //! - **Every RFC 2090 request gets an answer.** `submit` decides admission synchronously, on the
 //!   worker's thread, under one short lock shared with the service (no I/O under it): the block
 //!   size bucket, a session of that file and bucket with room (`--multicast-max-members`), the
@@ -33,15 +34,14 @@
 //!   datagrams read per socket per wake-up (256). Every line a remote peer can cause once per
 //!   datagram (refusals, joins, opens, send and receive failures, sessions that served nobody)
 //!   goes through a [`LogLimit`]: one line, then a count of the ones suppressed.
-//! - Multicast is paced by the session (no per-client flow control exists); this thread only sleeps
-//!   until the earliest session deadline, sends what the sessions produce, and logs each session's
+//! - Multicast is paced by the session (no per-client flow control exists); the engine calls the
+//!   service at the earliest session deadline (or within a second) and after every wake-up, sends what the sessions produce, and logs each session's
 //!   life: start, members, master changes, and at the end the blocks and bytes it sent, which show
 //!   the file went out about once per session rather than once per client.
 
-use super::sys;
+use crate::engine::{Io, Service};
 use crate::proto::mtftp::session::{
-    blksize_bucket, JoinError, Joined, LeaveReason, Session, SessionConfig, SessionEvent,
-    BLKSIZE_BUCKETS,
+    JoinError, Joined, LeaveReason, Session, SessionConfig, SessionEvent, BLKSIZE_BUCKETS,
 };
 use crate::proto::mtftp::Protocol;
 use crate::proto::ratelog::LogLimit;
@@ -50,19 +50,17 @@ use crate::proto::tftp::packet::{data_header, emit_error, ErrorCode, Mode, Packe
 use crate::proto::tftp::BlockNum;
 use crate::proto::{Payload, Transmit};
 use crate::store::{Content, Store};
-use crossbeam::channel::{self, Receiver, Sender, TrySendError};
+use crate::sys::poll::EventFd;
+use crossbeam::channel::{self, Receiver};
 use socket2::{Domain, SockAddr, Socket, Type};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::mem::zeroed;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
-
-use super::Shutdown;
 
 /// Groups of the pool used at most (a /20).
 const MAX_GROUPS: u32 = 4096;
@@ -193,302 +191,9 @@ pub struct McJoin {
     pub tsize: bool,
 }
 
-/// Why [`McHandle::submit`] did not hand a request over (the worker then serves it by unicast).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// RFC 2090 is not enabled (`--multicast-groups` unset; PXE MTFTP only).
-    Disabled,
-    /// The block size granted is under the smallest bucket (512).
-    BlockSize,
-    /// Every group of the pool is in use.
-    PoolFull,
-    /// The file's session has `--multicast-max-members` members.
-    SessionFull,
-    /// The client's address is in `--multicast-max-per-source` sessions already.
-    SourceCap,
-    /// The hand-over channel is full or the service is gone.
-    Saturated,
-}
-
-impl Refusal {
-    const ALL: [Refusal; 6] = [
-        Refusal::Disabled,
-        Refusal::BlockSize,
-        Refusal::PoolFull,
-        Refusal::SessionFull,
-        Refusal::SourceCap,
-        Refusal::Saturated,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Refusal::Disabled => "RFC 2090 multicast is not enabled",
-            Refusal::BlockSize => "block size under 512",
-            Refusal::PoolFull => "no free multicast group in the pool",
-            Refusal::SessionFull => "the file's multicast session is full",
-            Refusal::SourceCap => "client address at its multicast session limit",
-            Refusal::Saturated => "multicast service saturated",
-        }
-    }
-}
-
-/// A reservation made by [`Admission::admit`], honoured by the service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Ticket {
-    slot: u32,
-    /// Generation of the slot's entry (a slot is reused by later sessions).
-    gen: u64,
-    /// The session's block size.
-    bucket: u16,
-    /// A new membership counted against the caps (false: the client is already a member; a
-    /// resent request, answered again by the session).
-    counted: bool,
-}
-
-#[derive(Debug)]
-struct Entry {
-    /// The file (its `Content` address; some `Arc` of it is alive while the entry is: a request in
-    /// the channel, or the running session).
-    content: usize,
-    bucket: u16,
-    gen: u64,
-    /// Memberships counted: reserved or joined, not yet gone.
-    refs: u32,
-}
-
-/// RFC 2090 admission: groups, sessions and memberships, shared by the workers (deciding) and the
-/// service (giving back). Sans-IO; every table is bounded (see the module docs).
-#[derive(Debug)]
-struct Admission {
-    pool: Option<GroupPool>,
-    slots: Vec<Option<Entry>>,
-    /// Free slots, least recently freed first.
-    free: VecDeque<u32>,
-    by_key: HashMap<(usize, u16), u32>,
-    memberships: HashSet<(SocketAddr, u32)>,
-    per_source: HashMap<IpAddr, u32>,
-    max_members: u32,
-    max_per_source: u32,
-    next_gen: u64,
-    /// One limiter per refusal reason (indexed like [`Refusal::ALL`]).
-    logs: [LogLimit; 6],
-}
-
-impl Admission {
-    fn new(pool: Option<GroupPool>, max_members: usize, max_per_source: usize) -> Self {
-        let n = pool.map_or(0, |p| p.len.min(MAX_GROUPS));
-        Admission {
-            pool,
-            slots: (0..n).map(|_| None).collect(),
-            free: (0..n).collect(),
-            by_key: HashMap::new(),
-            memberships: HashSet::new(),
-            per_source: HashMap::new(),
-            max_members: max_members.clamp(1, u32::MAX as usize) as u32,
-            max_per_source: max_per_source.clamp(1, u32::MAX as usize) as u32,
-            next_gen: 0,
-            logs: Default::default(),
-        }
-    }
-
-    /// Reserve a place for `client` in the session of (`content`, bucket of `granted`).
-    fn admit(
-        &mut self,
-        client: SocketAddr,
-        content: usize,
-        granted: u16,
-    ) -> Result<Ticket, Refusal> {
-        if self.pool.is_none() {
-            return Err(Refusal::Disabled);
-        }
-        let bucket = blksize_bucket(granted).ok_or(Refusal::BlockSize)?;
-        let source_full = self
-            .per_source
-            .get(&client.ip())
-            .is_some_and(|&n| n >= self.max_per_source);
-        let slot = match self.by_key.get(&(content, bucket)) {
-            Some(&slot) => {
-                let e = self.slots[slot as usize].as_ref().expect("keyed slot");
-                if self.memberships.contains(&(client, slot)) {
-                    return Ok(Ticket {
-                        slot,
-                        gen: e.gen,
-                        bucket,
-                        counted: false,
-                    });
-                }
-                if e.refs >= self.max_members {
-                    return Err(Refusal::SessionFull);
-                }
-                if source_full {
-                    return Err(Refusal::SourceCap);
-                }
-                slot
-            }
-            None => {
-                if source_full {
-                    return Err(Refusal::SourceCap);
-                }
-                let slot = self.free.pop_front().ok_or(Refusal::PoolFull)?;
-                self.next_gen += 1;
-                self.slots[slot as usize] = Some(Entry {
-                    content,
-                    bucket,
-                    gen: self.next_gen,
-                    refs: 0,
-                });
-                self.by_key.insert((content, bucket), slot);
-                slot
-            }
-        };
-        let e = self.slots[slot as usize].as_mut().expect("slot in use");
-        e.refs += 1;
-        self.memberships.insert((client, slot));
-        *self.per_source.entry(client.ip()).or_insert(0) += 1;
-        Ok(Ticket {
-            slot,
-            gen: e.gen,
-            bucket,
-            counted: true,
-        })
-    }
-
-    fn entry(&mut self, slot: u32, gen: u64) -> Option<&mut Entry> {
-        self.slots
-            .get_mut(slot as usize)?
-            .as_mut()
-            .filter(|e| e.gen == gen)
-    }
-
-    /// True while the reservation's session exists (some membership is counted).
-    fn is_live(&mut self, slot: u32, gen: u64) -> bool {
-        self.entry(slot, gen).is_some()
-    }
-
-    /// `client`'s membership of the session in `slot` is over (or its reservation unused). Frees
-    /// the group with the last one. Idempotent.
-    fn release(&mut self, slot: u32, gen: u64, client: SocketAddr) {
-        if self.entry(slot, gen).is_none() || !self.memberships.remove(&(client, slot)) {
-            return;
-        }
-        if let Some(n) = self.per_source.get_mut(&client.ip()) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_source.remove(&client.ip());
-            }
-        }
-        let e = self.entry(slot, gen).expect("checked");
-        e.refs -= 1;
-        if e.refs == 0 {
-            let key = (e.content, e.bucket);
-            self.slots[slot as usize] = None;
-            self.by_key.remove(&key);
-            self.free.push_back(slot);
-        }
-    }
-
-    /// A resent request whose membership had ended meanwhile joined the session again: count it
-    /// (no cap: it held this place a moment ago). False when the session is gone.
-    fn adopt(&mut self, slot: u32, gen: u64, client: SocketAddr) -> bool {
-        if self.entry(slot, gen).is_none() {
-            return false;
-        }
-        if !self.memberships.insert((client, slot)) {
-            return true;
-        }
-        self.entry(slot, gen).expect("checked").refs += 1;
-        *self.per_source.entry(client.ip()).or_insert(0) += 1;
-        true
-    }
-
-    fn group(&self, slot: u32) -> Option<Ipv4Addr> {
-        self.pool.map(|p| p.nth(slot))
-    }
-
-    /// Groups in use.
-    fn groups_in_use(&self) -> usize {
-        self.slots.len() - self.free.len()
-    }
-
-    fn log_refusal(&mut self, r: Refusal, j: &McJoin, now: Instant) {
-        let i = Refusal::ALL.iter().position(|&x| x == r).expect("listed");
-        let Some(suppressed) = self.logs[i].allow(now) else {
-            return;
-        };
-        let (client, file, reason) = (j.client, j.content.display_path(), r.as_str());
-        match r {
-            Refusal::PoolFull | Refusal::Saturated => {
-                warn!(%client, file, reason, suppressed, "RFC 2090 request served by unicast")
-            }
-            _ => info!(%client, file, reason, suppressed, "RFC 2090 request served by unicast"),
-        }
-    }
-
-    fn flush_logs(&mut self, now: Instant) {
-        for (i, l) in self.logs.iter_mut().enumerate() {
-            if let Some(n) = l.flush(now) {
-                info!(
-                    reason = Refusal::ALL[i].as_str(),
-                    suppressed = n,
-                    "RFC 2090 requests served by unicast (lines suppressed)"
-                );
-            }
-        }
-    }
-}
-
-fn lock(m: &Mutex<Admission>) -> MutexGuard<'_, Admission> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A request on its way to the service, with its reservation.
-struct Handoff {
-    join: McJoin,
-    ticket: Ticket,
-}
-
-/// Where workers send RFC 2090 requests.
-#[derive(Clone)]
-pub struct McHandle {
-    tx: Sender<Handoff>,
-    wake: Arc<OwnedFd>,
-    admission: Arc<Mutex<Admission>>,
-}
-
-impl McHandle {
-    /// Offer an RFC 2090 request. `Ok`: it is admitted and handed over; the service answers it
-    /// (OACK, or an ERROR if it then cannot place it). `Err`: nothing was taken and the caller
-    /// serves it as plain unicast TFTP (why is logged here, rate-limited). See the module docs.
-    pub fn submit(&self, j: McJoin, now: Instant) -> Result<(), Refusal> {
-        let id = Arc::as_ptr(&j.content) as usize;
-        let ticket = {
-            let mut a = lock(&self.admission);
-            match a.admit(j.client, id, j.blksize.get()) {
-                Ok(t) => t,
-                Err(r) => {
-                    a.log_refusal(r, &j, now);
-                    return Err(r);
-                }
-            }
-        };
-        match self.tx.try_send(Handoff { join: j, ticket }) {
-            Ok(()) => {
-                let one: u64 = 1;
-                // SAFETY: 8 bytes to our eventfd.
-                unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
-                Ok(())
-            }
-            Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => {
-                let mut a = lock(&self.admission);
-                if h.ticket.counted {
-                    a.release(h.ticket.slot, h.ticket.gen, h.join.client);
-                }
-                a.log_refusal(Refusal::Saturated, &h.join, now);
-                Err(Refusal::Saturated)
-            }
-        }
-    }
-}
+mod handoff;
+use handoff::{lock, Admission, Handoff};
+pub use handoff::{McHandle, Refusal};
 
 struct Running {
     session: Session,
@@ -512,26 +217,23 @@ enum Key {
     },
 }
 
-const TOKEN_SHUTDOWN: u64 = u64::MAX;
-const TOKEN_WAKE: u64 = u64::MAX - 1;
-const TOKEN_MTFTP: u64 = 1 << 62;
+/// Tokens of the wake-up eventfd and of the MTFTP listeners; sessions count up from 0.
+const TOKEN_WAKE: u32 = u32::MAX;
+const TOKEN_MTFTP: u32 = 1 << 30;
+/// The one timer of the service: its turn.
+const TURN: u64 = 0;
 
 /// Bind the MTFTP sockets and start the service thread.
-pub fn spawn(
-    cfg: McConfig,
-    store: Arc<Store>,
-    shutdown: Arc<Shutdown>,
-) -> io::Result<(McHandle, JoinHandle<()>)> {
-    spawn_with(cfg, store, shutdown, None)
+pub fn bind(cfg: McConfig, store: Arc<Store>) -> io::Result<(McHandle, McService)> {
+    bind_with(cfg, store, None)
 }
 
-/// [`spawn`], recording into `status` (`--metrics`).
-pub fn spawn_with(
+/// [`bind`], recording into `status` (`--metrics`).
+pub fn bind_with(
     cfg: McConfig,
     store: Arc<Store>,
-    shutdown: Arc<Shutdown>,
     status: Option<Arc<crate::metrics::Status>>,
-) -> io::Result<(McHandle, JoinHandle<()>)> {
+) -> io::Result<(McHandle, McService)> {
     let mut listeners = Vec::new();
     if !cfg.mtftp.is_empty() {
         let addrs = if cfg.listen.is_empty() {
@@ -554,7 +256,7 @@ pub fn spawn_with(
     let ctrl = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
     ctrl.set_nonblocking(true)?;
     let (tx, rx) = channel::bounded(CHANNEL_CAP);
-    let wake = Arc::new(sys::eventfd()?);
+    let wake = Arc::new(EventFd::new()?);
     let admission = Arc::new(Mutex::new(Admission::new(
         cfg.groups,
         cfg.max_members,
@@ -578,28 +280,22 @@ pub fn spawn_with(
             "RFC 2090 multicast enabled"
         );
     }
-    let thread = std::thread::Builder::new()
-        .name("ringboot-mcast".into())
-        .spawn(move || {
-            let mut svc = Service {
-                cfg,
-                store,
-                rx,
-                wake,
-                listeners,
-                ctrl,
-                admission,
-                sessions: HashMap::new(),
-                next_token: 0,
-                buf: vec![0u8; 2048],
-                logs: Logs::default(),
-                observer: status.as_deref().map(observe::Observer::new),
-            };
-            if let Err(e) = svc.run(&shutdown) {
-                warn!(reason = %e, "multicast service stopped");
-            }
-        })?;
-    Ok((handle, thread))
+    let svc = McService {
+        cfg,
+        store,
+        rx,
+        wake,
+        listeners,
+        ctrl,
+        admission,
+        sessions: HashMap::new(),
+        next_token: 0,
+        buf: vec![0u8; 2048],
+        logs: Logs::default(),
+        tokens: Vec::new(),
+        observer: status.as_deref().map(observe::Observer::new),
+    };
+    Ok((handle, svc))
 }
 
 /// The service's rate-limited log lines (one limiter each).
@@ -654,11 +350,13 @@ impl Logs {
     }
 }
 
-struct Service {
+/// The multicast service: its listeners, its sessions and their sockets. A
+/// [`Service`](crate::engine::Service) of the control engine.
+pub struct McService {
     cfg: McConfig,
     store: Arc<Store>,
     rx: Receiver<Handoff>,
-    wake: Arc<OwnedFd>,
+    wake: Arc<EventFd>,
     listeners: Vec<UdpSocket>,
     ctrl: UdpSocket,
     admission: Arc<Mutex<Admission>>,
@@ -667,89 +365,31 @@ struct Service {
     buf: Vec<u8>,
     logs: Logs,
     observer: Option<observe::Observer>,
+    /// The session tokens of one turn, reused.
+    tokens: Vec<u64>,
 }
 
-fn epoll_add(ep: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
-    let mut ev = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: token,
-    };
-    // SAFETY: valid epoll fd and event.
-    if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-impl Service {
-    fn run(&mut self, shutdown: &Shutdown) -> io::Result<()> {
-        // SAFETY: plain syscall; the fd is owned below.
-        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if ep < 0 {
-            return Err(io::Error::last_os_error());
+impl McService {
+    /// After every wake-up (as the loop of its own did): drive every session, flush the log
+    /// summaries, and be called again at the earliest session deadline, or within a second.
+    fn turn(&mut self, io: &mut Io<'_>, now: Instant) {
+        let mut tokens = std::mem::take(&mut self.tokens);
+        tokens.clear();
+        tokens.extend(self.sessions.keys().copied());
+        for &t in &tokens {
+            self.drive(t, now);
         }
-        // SAFETY: ep is a fresh fd we own.
-        let ep_owned: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(ep) };
-        epoll_add(ep, shutdown.fd(), TOKEN_SHUTDOWN)?;
-        epoll_add(ep, self.wake.as_raw_fd(), TOKEN_WAKE)?;
-        for (i, l) in self.listeners.iter().enumerate() {
-            epoll_add(ep, l.as_raw_fd(), TOKEN_MTFTP + i as u64)?;
-        }
-        // SAFETY: zeroed epoll_event is valid.
-        let mut events: [libc::epoll_event; 64] = unsafe { zeroed() };
-        let mut tokens: Vec<u64> = Vec::new();
-        while !shutdown.is_triggered() {
-            let now = Instant::now();
-            let wait_ms = self
-                .sessions
-                .values()
-                .filter_map(|r| r.session.poll_timeout())
-                .min()
-                .map(|d| {
-                    let d = d.saturating_duration_since(now);
-                    // Round up so a deadline is never polled early in a busy loop.
-                    (d.as_micros().div_ceil(1000)).min(1000) as i32
-                })
-                .unwrap_or(1000);
-            // SAFETY: events buffer is valid for 64 entries.
-            let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), 64, wait_ms) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(e);
-            }
-            for ev in &events[..n as usize] {
-                let token = ev.u64;
-                match token {
-                    TOKEN_SHUTDOWN => {}
-                    TOKEN_WAKE => {
-                        let mut v = 0u64;
-                        // SAFETY: reading 8 bytes from our eventfd.
-                        unsafe {
-                            libc::read(self.wake.as_raw_fd(), (&mut v as *mut u64).cast(), 8)
-                        };
-                        while let Ok(h) = self.rx.try_recv() {
-                            self.join_rfc2090(ep, h);
-                        }
-                    }
-                    t if t >= TOKEN_MTFTP => self.mtftp_readable(ep, (t - TOKEN_MTFTP) as usize),
-                    t => self.session_readable(t),
-                }
-            }
-            let now = Instant::now();
-            tokens.clear();
-            tokens.extend(self.sessions.keys().copied());
-            for &t in &tokens {
-                self.drive(t, now);
-            }
-            self.logs.flush(now);
-            lock(&self.admission).flush_logs(now);
-            self.observe(now);
-        }
-        drop(ep_owned);
-        Ok(())
+        self.tokens = tokens;
+        self.logs.flush(now);
+        lock(&self.admission).flush_logs(now);
+        self.observe(now);
+        let next = self
+            .sessions
+            .values()
+            .filter_map(|r| r.session.poll_timeout())
+            .min();
+        let second = now + Duration::from_secs(1);
+        io.arm(TURN, next.map_or(second, |t| t.min(second)));
     }
 
     fn session_socket(&self, local: IpAddr) -> io::Result<UdpSocket> {
@@ -790,10 +430,10 @@ impl Service {
         }
     }
 
-    fn add_session(&mut self, ep: RawFd, r: Running) -> io::Result<u64> {
+    fn add_session(&mut self, io: &mut Io<'_>, r: Running) -> io::Result<u64> {
         let token = self.next_token;
-        self.next_token += 1;
-        epoll_add(ep, r.sock.as_raw_fd(), token)?;
+        self.next_token = (self.next_token + 1) % TOKEN_MTFTP as u64;
+        io.watch(r.sock.as_raw_fd(), token as u32)?;
         if let Some(suppressed) = self.logs.started.allow(r.started) {
             info!(
                 protocol = match r.session.config().protocol { Protocol::PxeMtftp => "pxe_mtftp", Protocol::Rfc2090 => "rfc2090" },
@@ -818,7 +458,7 @@ impl Service {
         }
     }
 
-    fn join_rfc2090(&mut self, ep: RawFd, h: Handoff) {
+    fn join_rfc2090(&mut self, io: &mut Io<'_>, h: Handoff) {
         let Handoff { join: j, ticket: t } = h;
         let now = Instant::now();
         let key = Key::Rfc2090 {
@@ -865,7 +505,7 @@ impl Service {
                         started: now,
                         failed: false,
                     };
-                    self.add_session(ep, r)
+                    self.add_session(io, r)
                 });
                 match started {
                     Ok(token) => token,
@@ -946,7 +586,7 @@ impl Service {
         }
     }
 
-    fn mtftp_readable(&mut self, ep: RawFd, i: usize) {
+    fn mtftp_readable(&mut self, io: &mut Io<'_>, i: usize) {
         for _ in 0..RECV_BATCH {
             let (n, from) = match self.listeners[i].recv_from(&mut self.buf) {
                 Ok(x) => x,
@@ -1027,7 +667,7 @@ impl Service {
                             started: now,
                             failed: false,
                         };
-                        self.add_session(ep, r)
+                        self.add_session(io, r)
                     });
                     match started {
                         Ok(t) => t,
@@ -1223,3 +863,40 @@ fn send_block(fd: RawFd, hdr: &[u8; 4], payload: &[u8], to: &SockAddr) -> io::Re
 mod observe;
 #[cfg(test)]
 mod tests;
+
+impl Service for McService {
+    fn name(&self) -> &'static str {
+        "multicast service"
+    }
+
+    fn start(&mut self, io: &mut Io<'_>, now: Instant) -> io::Result<()> {
+        io.watch(self.wake.as_raw_fd(), TOKEN_WAKE)?;
+        for (i, l) in self.listeners.iter().enumerate() {
+            io.watch(l.as_raw_fd(), TOKEN_MTFTP + i as u32)?;
+        }
+        io.arm(TURN, now);
+        Ok(())
+    }
+
+    fn on_readable(&mut self, io: &mut Io<'_>, sub: u32, now: Instant) -> io::Result<()> {
+        match sub {
+            TOKEN_WAKE => {
+                self.wake.drain();
+                while let Ok(h) = self.rx.try_recv() {
+                    self.join_rfc2090(io, h);
+                }
+            }
+            t if t >= TOKEN_MTFTP => self.mtftp_readable(io, (t - TOKEN_MTFTP) as usize),
+            t => self.session_readable(t as u64),
+        }
+        self.turn(io, now);
+        Ok(())
+    }
+
+    fn on_timer(&mut self, io: &mut Io<'_>, _key: u64, now: Instant) -> io::Result<()> {
+        self.turn(io, now);
+        Ok(())
+    }
+
+    fn shutdown(&mut self, _now: Instant) {}
+}

@@ -1,6 +1,8 @@
 use super::*;
 use crate::proto::tftp::admit::{Admission, AdmissionConfig};
 use crate::store::StoreOptions;
+use crate::sys;
+use crate::sys::cmsg::PktInfo;
 use std::net::UdpSocket;
 
 /// A driver that keeps every send in flight and every receive armed until the test says
@@ -70,7 +72,7 @@ fn rig(adm: AdmissionConfig) -> Rig {
         metrics: None,
         draining: None,
     });
-    let sock = sys::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+    let sock = sys::socket::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = sock.local_addr().unwrap().as_socket().unwrap();
     let core = Core::new(0, shared, vec![Listener { sock, addr }], true);
     Rig { _dir: dir, core }
@@ -279,7 +281,7 @@ fn large_windows_are_sent_in_bounded_builds() {
         metrics: None,
         draining: None,
     });
-    let sock = sys::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+    let sock = sys::socket::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = sock.local_addr().unwrap().as_socket().unwrap();
     let mut core = Core::new(0, shared, vec![Listener { sock, addr }], false);
     let mut drv = FakeDriver::new(true);

@@ -146,7 +146,7 @@ impl Core {
         li: usize,
         data: &[u8],
         peer: &std::net::SocketAddr,
-        info: Option<&super::PktInfo>,
+        info: Option<&crate::sys::cmsg::PktInfo>,
     ) -> bool {
         let on = self
             .shared

@@ -1,7 +1,7 @@
 //! What the multicast service tells the metrics registry (`--metrics`): sessions and members by
 //! protocol once a second, and each session's bytes when it ends. Nothing per datagram.
 
-use super::{Running, Service};
+use super::{McService as Service, Running};
 use crate::metrics::{McProtocol, Recorder, Status};
 use crate::proto::mtftp::Protocol;
 use std::time::{Duration, Instant};

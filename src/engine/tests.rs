@@ -1,0 +1,105 @@
+use super::*;
+use crate::sys::poll::EventFd;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A service that counts wake-ups of an eventfd, ticks a timer and asks to stop after `stop_at`
+/// ticks.
+struct Probe {
+    fd: EventFd,
+    reads: usize,
+    ticks: usize,
+    stop_at: usize,
+    fail_on_read: bool,
+    shut: mpsc::Sender<&'static str>,
+}
+
+impl Service for Probe {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+    fn start(&mut self, io: &mut Io<'_>, now: Instant) -> io::Result<()> {
+        io.watch(self.fd.as_raw_fd(), 7)?;
+        io.arm(1, now + Duration::from_millis(1));
+        Ok(())
+    }
+    fn on_readable(&mut self, _io: &mut Io<'_>, sub: u32, _now: Instant) -> io::Result<()> {
+        assert_eq!(sub, 7);
+        self.fd.drain();
+        self.reads += 1;
+        if self.fail_on_read {
+            return Err(io::Error::other("boom"));
+        }
+        Ok(())
+    }
+    fn on_timer(&mut self, io: &mut Io<'_>, key: u64, now: Instant) -> io::Result<()> {
+        assert_eq!(key, 1);
+        self.ticks += 1;
+        if self.ticks == self.stop_at {
+            io.control(Control::Stop("test"));
+        } else {
+            io.arm(1, now + Duration::from_millis(1));
+        }
+        Ok(())
+    }
+    fn shutdown(&mut self, _now: Instant) {
+        let _ = self.shut.send("shut");
+    }
+}
+
+fn probe(stop_at: usize, fail_on_read: bool) -> (Probe, mpsc::Receiver<&'static str>) {
+    let (tx, rx) = mpsc::channel();
+    (
+        Probe {
+            fd: EventFd::new().unwrap(),
+            reads: 0,
+            ticks: 0,
+            stop_at,
+            fail_on_read,
+            shut: tx,
+        },
+        rx,
+    )
+}
+
+#[test]
+fn timers_fire_and_a_control_stops_the_engine() {
+    let mut e = Engine::<Probe>::new().unwrap();
+    let (p, shut) = probe(5, false);
+    e.add(p).unwrap();
+    let mut seen = Vec::new();
+    e.run(|c| {
+        seen.push(c);
+        Flow::Stop
+    })
+    .unwrap();
+    assert_eq!(seen, vec![Control::Stop("test")]);
+    assert_eq!(e.services[0].ticks, 5);
+    assert_eq!(shut.try_recv(), Ok("shut"));
+}
+
+#[test]
+fn a_failing_service_stops_the_engine_with_its_name() {
+    let mut e = Engine::<Probe>::new().unwrap();
+    let (p, shut) = probe(usize::MAX, true);
+    p.fd.notify();
+    e.add(p).unwrap();
+    let err = e.run(|_| Flow::Continue).unwrap_err();
+    assert_eq!(err.to_string(), "the probe stopped: boom");
+    assert_eq!(shut.try_recv(), Ok("shut"));
+}
+
+#[test]
+fn a_stopper_stops_it_from_another_thread() {
+    let mut e = Engine::<Probe>::new().unwrap();
+    let (p, _shut) = probe(usize::MAX, false);
+    e.add(p).unwrap();
+    let stop = e.stopper();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        stop.stop();
+    });
+    e.run(|_| Flow::Continue).unwrap();
+    t.join().unwrap();
+    assert!(e.services[0].ticks >= 1);
+}
