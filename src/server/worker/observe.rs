@@ -111,7 +111,11 @@ impl Core {
         let Some(slot) = self.slots.get_mut(id.index()).and_then(|s| s.as_mut()) else {
             return;
         };
-        let Some(io) = slot.io.as_deref_mut().filter(|io| slot.id == id && !io.announced) else {
+        let Some(io) = slot
+            .io
+            .as_deref_mut()
+            .filter(|io| slot.id == id && !io.announced)
+        else {
             return;
         };
         let Some(t) = self.endpoint.transfer(id) else {
