@@ -231,7 +231,7 @@ fn check(args: &cli::ServeArgs) -> ExitCode {
     for e in &errors {
         println!("error: {e}");
     }
-    if config.dhcp.mode == DhcpMode::Full {
+    if config.dhcp.mode == DhcpMode::Full && errors.is_empty() {
         if let Err(e) = service::lock_leases(&config.dhcp.lease_path()) {
             println!("error: {e}");
             return ExitCode::FAILURE;
@@ -340,10 +340,11 @@ fn serve(
         warn!("{w}");
     }
     if !errors.is_empty() {
+        // One ERROR line per problem, then exit code 1 (what `ringboot check` would say).
         for e in &errors {
             error!("{e}");
         }
-        bail!("{}", errors.join("; "));
+        return Ok(ExitCode::FAILURE);
     }
     let _lease_lock = if config.dhcp.mode == DhcpMode::Full {
         Some(service::lock_leases(&config.dhcp.lease_path()).map_err(anyhow::Error::msg)?)

@@ -248,7 +248,7 @@ fn sessions(srv: &Server, file: &str, at_least: usize) -> Vec<SessionLog> {
             .log_lines()
             .iter()
             .filter(|l| {
-                l.contains("multicast session finished") && l.contains(&format!("file={file} "))
+                l.contains("multicast session finished") && l.contains(&format!("file=\"{file}\" "))
             })
             .map(|l| SessionLog {
                 members: field(l, "members"),

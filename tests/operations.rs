@@ -263,6 +263,8 @@ fn check_exit_codes_and_one_line_per_problem() {
     );
     let (ok, text) = check(&["--root", root, "--mtftp", "gone.wim@239.255.1.1:3001"]);
     assert!(!ok && text.contains("gone.wim"), "{text}");
+    let (ok, text) = check(&["--root", root, "--user", "no-such-user-rb"]);
+    assert!(!ok && text.contains("no such user"), "{text}");
     let (ok, text) = check(&["--root", "/nonexistent-ringboot-root"]);
     assert!(!ok, "{text}");
     // Two problems, two lines.

@@ -4,8 +4,9 @@
 //! nothing bound or written): the root is a readable directory; the DHCP boot file and every
 //! rule's boot file exist under the root as the server's case-insensitive lookup finds them
 //! (URLs are not checked); every `--mtftp` file exists; the DHCP interface exists and has an
-//! IPv4 address; the lease file's directory exists. Errors stop `serve` too; warnings are
-//! logged. One [`Problem`] per line.
+//! IPv4 address; the lease file's directory exists (and is the `--user`'s to write); the
+//! `--user` and `--group` exist. Errors stop `serve` too; warnings are logged. One [`Problem`]
+//! per line.
 
 use crate::config::{Config, Problem};
 use crate::dhcp::DhcpMode;
@@ -80,7 +81,31 @@ pub fn host_problems(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
                         "the lease file's directory {} does not exist: create it or give --dhcp-lease-file",
                         dir.display()
                     )));
+                } else if let Some(user) = &config.service.user {
+                    // Leases are saved by renaming a new file into the directory, after --user.
+                    use std::os::unix::fs::MetadataExt;
+                    if let (Ok((uid, _)), Ok(m)) =
+                        (super::privileges::lookup_user(user), std::fs::metadata(dir))
+                    {
+                        if uid != 0 && m.uid() != uid && m.mode() & 0o002 == 0 {
+                            errors.push(Problem::whole(format!(
+                                "--user {user}: the lease directory {} is not writable by that user: `chown {user} {}` or give --dhcp-lease-file in a directory it owns",
+                                dir.display(),
+                                dir.display()
+                            )));
+                        }
+                    }
                 }
+            }
+        }
+    }
+    if let Some(user) = &config.service.user {
+        if let Err(e) = super::privileges::lookup_user(user) {
+            errors.push(Problem::whole(e.to_string()));
+        }
+        if let Some(group) = &config.service.group {
+            if let Err(e) = super::privileges::lookup_group(group) {
+                errors.push(Problem::whole(e.to_string()));
             }
         }
     }
