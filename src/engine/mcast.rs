@@ -822,6 +822,8 @@ impl McService {
                 bytes_sent = st.bytes_sent,
                 file_bytes = r.content.len(),
                 resent = st.blocks_resent,
+                listeners_asked = st.listeners_asked,
+                listeners_silent = st.listeners_silent,
                 timeouts = st.timeouts,
                 duration_ms = r.started.elapsed().as_millis() as u64,
                 groups_in_use,

@@ -10,12 +10,20 @@
 //!   member), and [`Session::poll_event`] (who joined, left, became master). Every packet must leave from
 //!   the same socket (address and port): RFC 2090 clients (atftp) drop data whose source differs
 //!   from the OACK's.
-//! - Blocks go to the group in windows of `window` blocks between master ACKs, paced to `rate`
-//!   bytes per second (multicast has no per-client flow control). The window ends when the master
-//!   acknowledges its last block; a timeout resends from the block after the master's last ACK.
-//!   The wait for the master's ACK backs off: `timeout`, then 2x, 4x, at most 8x, and falls back
-//!   to `timeout` when the master makes progress; after `retries` resends without an ACK the
-//!   master counts as vanished.
+//! - One pass through the file goes to the group, paced to `rate` bytes per second and clocked by
+//!   the master's ACKs: at most `window` blocks not yet acknowledged (an ACK that moves the
+//!   master's position by n frees n). Masters ACK their highest contiguous block (atftp; iPXE and
+//!   EDK2 for PXE MTFTP too), so an ACK shows the master's first gap. A gap in what was sent and
+//!   not on its way (older than the newest `inflight` sends) is repaired: that block alone goes to
+//!   the group, before the stream goes on; the stream is never rewound, so a repair goes out once
+//!   for everyone who lost it. A gap right after the last repair doubles the next run (up to
+//!   `window`): a late joiner gets what it missed at the stream's pace, not a block per RTT. After
+//!   the pass only repairs go out, one master's gaps after another's.
+//! - Timing: the retransmission wait follows the master's RTT (RFC 6298 smoothing, at least
+//!   [`MIN_RTO`], at most `timeout`; `timeout` until measured; no sample from the first ACK after
+//!   a timeout). When it passes without an ACK, the master's first gap goes again and the
+//!   window's credit comes back; the wait backs off 2x, 4x, at most 8x, and falls back when the
+//!   master acknowledges; after `retries` such waits the master counts as vanished.
 //! - RFC 2090: each joiner gets an OACK `multicast=addr,port,mc`; the first becomes master (mc=1), the
 //!   others are passive (mc=0). When the master is done (ACKs the last block) or vanishes (silent for
 //!   the retry budget; a newly named master is asked at a steady pace, without backoff), the next
@@ -37,9 +45,16 @@
 //!   [`UNCONFIRMED_RETRIES`] times, `timeout` apart (each new opener restarts that count), then
 //!   the session ends. A re-open by an opener repeats its block 1 at most once per `timeout`.
 //!   Once a master has acknowledged, opens are not answered ([`JoinError::Busy`]): those clients
-//!   hear the stream, fall back to listening and re-open after it ends (PXE spec; iPXE falls
-//!   back to plain TFTP after 3 opens without an answer). The session ends with its master.
-//! - Bounded: members (RFC 2090: `max_members`; PXE: [`MAX_CANDIDATES`]), control packets queued
+//!   hear the stream and are remembered as listeners (at most [`MAX_LISTENERS`]). When the master
+//!   is done or vanished, the next listener is asked to be master (block 1 unicast, a short wait
+//!   from the RTT, [`UNCONFIRMED_RETRIES`] resends): it acknowledges its first gap and the
+//!   repairs go on in the same session, rather than a new pass from block 1. A listener that does
+//!   not answer has most likely everything (counted in [`SessionStats::listeners_silent`], not
+//!   as vanished); after [`SILENT_LISTENERS`] of them in a row the others are taken as done. The
+//!   master re-opening is answered again (block 1, at most once per `timeout`). The session ends
+//!   when no master and no listener is left.
+//! - Bounded: members (RFC 2090: `max_members`; PXE: [`MAX_CANDIDATES`]), listeners
+//!   ([`MAX_LISTENERS`]), repair runs queued, control packets queued
 //!   (one per member at most), events queued ([`EVENT_CAP`], the excess dropped and counted in
 //!   [`SessionStats::events_dropped`]; a driver that drains after every call never loses one).
 //! - Block numbers wrap past 65535 to 0 (iPXE accepts it), so large files are served, not refused.
@@ -79,6 +94,22 @@ pub const UNCONFIRMED_RETRIES: u32 = 2;
 
 /// Largest backoff of the window-resend timer, as a power of two of `timeout` (8x).
 const MAX_BACKOFF_SHIFT: u32 = 3;
+
+/// Smallest retransmission wait once the master's RTT is measured.
+pub const MIN_RTO: Duration = Duration::from_millis(5);
+
+/// Repair runs queued at most (more are learned again from the master's next ACK).
+const REPAIR_RUNS: usize = 64;
+
+/// Sends remembered for telling a block on its way from a lost one.
+const RECENT_RUNS: usize = 1024;
+
+/// PXE MTFTP: listeners remembered at most (opens while a master was established), to be asked
+/// to be master in turn.
+pub const MAX_LISTENERS: usize = 4096;
+
+/// PXE MTFTP: listeners asked in a row without an answer before the others are taken as done.
+pub const SILENT_LISTENERS: u32 = 4;
 
 /// Events queued for [`Session::poll_event`] at most.
 pub const EVENT_CAP: usize = 64;
@@ -184,6 +215,11 @@ pub struct SessionStats {
     /// Of the blocks sent, those sent again.
     pub blocks_resent: u64,
     pub timeouts: u32,
+    /// PXE MTFTP: listeners asked to be master (block 1 unicast) after the first master.
+    pub listeners_asked: u32,
+    /// Of those, the ones that did not answer (done already, most likely: not counted as
+    /// vanished).
+    pub listeners_silent: u32,
     /// Joins refused because the session was full.
     pub joins_refused: u32,
     /// Events not queued because the driver did not drain [`Session::poll_event`].
@@ -220,6 +256,8 @@ pub enum JoinError {
 enum Pending {
     /// RFC 2090 OACK to a member, naming it master or not.
     Oack { to: SocketAddr, master: bool },
+    /// RFC 2090: queue the passive OACK to `to` again (sent twice, the copy after the others).
+    OackAgain { to: SocketAddr },
     /// PXE MTFTP: block 1 unicast to an opener.
     FirstBlock { to: SocketAddr },
 }
@@ -227,7 +265,7 @@ enum Pending {
 impl Pending {
     fn to(&self) -> SocketAddr {
         match *self {
-            Pending::Oack { to, .. } | Pending::FirstBlock { to } => to,
+            Pending::Oack { to, .. } | Pending::OackAgain { to } | Pending::FirstBlock { to } => to,
         }
     }
 }
@@ -257,13 +295,42 @@ pub struct Session {
     newest_open: Option<Instant>,
     /// Highest contiguous index the current master acknowledged.
     acked: u64,
-    /// Next index to send in the current window, and the window's last index.
-    next: u64,
-    window_end: u64,
+    /// The stream: the next index of the pass through the file (past the end: the pass is done,
+    /// only repairs go out).
+    cursor: u64,
+    /// Blocks sent that the master has not acknowledged yet (flow control: at most `window`).
+    inflight: u64,
+    /// Repairs to send before the stream goes on: runs `(first, count)`, at most [`REPAIR_RUNS`].
+    repairs: VecDeque<(u64, u64)>,
+    /// The master's last repair run: its first and last index, and its length (runs of gaps
+    /// double it, up to `window`).
+    repair_lo: u64,
+    repair_hi: u64,
+    burst: u64,
+    /// The last sends `(first, count, when)`, at most [`RECENT_RUNS`]: what went less than a
+    /// retransmission wait ago may still be on its way to the master.
+    recent: VecDeque<(u64, u64, Instant)>,
     /// Highest index ever sent (for resend accounting).
     sent_hi: u64,
-    /// Awaiting the master's first ACK after naming it (RFC 2090) — no data until then.
+    /// RTT of the master: smoothed, its variation, and the send an ACK is timed from (none for
+    /// the first ACK after a timeout: it may answer a resend, Karn's rule).
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    probe: Option<Instant>,
+    karn: bool,
+    /// When the master last acknowledged (or was named): it vanishes only after `retries` waits
+    /// and at least `(retries + 1) x timeout` of silence, however short its RTT.
+    heard_at: Instant,
+    /// The master's position is not known yet: RFC 2090, awaiting its first ACK after naming it
+    /// (no data until then); PXE MTFTP, a listener asked to be master.
     awaiting_master: bool,
+    /// PXE MTFTP: listeners that opened while a master was established (at most
+    /// [`MAX_LISTENERS`]), asked in turn to be master (block 1 unicast) so their gaps are learned.
+    listeners: VecDeque<SocketAddr>,
+    /// PXE MTFTP: the openers now are listeners asked to be master, not first openers.
+    promoting: bool,
+    /// PXE MTFTP: listeners asked in a row that did not answer.
+    silent_in_a_row: u32,
     /// Control packets queued (OACKs to several joiners may wait).
     pending: VecDeque<Pending>,
     events: VecDeque<SessionEvent>,
@@ -271,10 +338,8 @@ pub struct Session {
     next_send_at: Instant,
     /// Retransmission deadline while waiting for the master.
     deadline: Option<Instant>,
-    /// The current wait for the master's ACK of a window (backs off on timeouts).
+    /// The current wait for the master's ACK (backs off on timeouts).
     rto: Duration,
-    /// The master ACK already answered by an immediate resend (RFC 2090 repeated ACK).
-    fast_resent: Option<u64>,
     tries: u32,
     over: bool,
     stats: SessionStats,
@@ -295,15 +360,27 @@ impl Session {
             confirmed: false,
             newest_open: None,
             acked: 0,
-            next: 1,
-            window_end: 0,
+            cursor: 1,
+            inflight: 0,
+            repairs: VecDeque::new(),
+            repair_lo: 0,
+            repair_hi: 0,
+            burst: 1,
+            recent: VecDeque::new(),
             sent_hi: 0,
+            srtt: None,
+            rttvar: Duration::ZERO,
+            probe: None,
+            karn: false,
+            heard_at: now,
             awaiting_master: false,
+            listeners: VecDeque::new(),
+            promoting: false,
+            silent_in_a_row: 0,
             pending: VecDeque::new(),
             events: VecDeque::new(),
             next_send_at: now,
             deadline: None,
-            fast_resent: None,
             tries: 0,
             over: false,
             stats: SessionStats::default(),
@@ -395,62 +472,17 @@ impl Session {
                 if self.master.is_none() {
                     self.name_master(addr, now);
                 } else {
+                    // Twice: a passive member whose OACK is lost hears nothing of the pass until
+                    // it asks again (seconds later): all of the file would go again for it.
                     self.pending.push_back(Pending::Oack {
                         to: addr,
                         master: false,
                     });
+                    self.pending.push_back(Pending::OackAgain { to: addr });
                 }
                 Ok(Joined::New)
             }
         }
-    }
-
-    /// PXE MTFTP open. See the module docs.
-    fn open(&mut self, addr: SocketAddr, now: Instant) -> Result<Joined, JoinError> {
-        if self.confirmed {
-            return Err(JoinError::Busy);
-        }
-        if let Some(i) = self.members.iter().position(|m| m.addr == addr) {
-            // A re-open by a candidate: its block 1 may be lost. Once per timeout at most.
-            let due = self.members[i]
-                .first_sent
-                .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.timeout);
-            if due && !self.pending.contains(&Pending::FirstBlock { to: addr }) {
-                self.members[i].first_sent = Some(now);
-                self.pending.push_back(Pending::FirstBlock { to: addr });
-            }
-            return Ok(Joined::Again);
-        }
-        // The newest opener gets `timeout / 4` to acknowledge its block 1 before another may try:
-        // openers arriving together (a classroom powered on at once) get one master, not several.
-        if self
-            .newest_open
-            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.timeout / 4)
-        {
-            return Err(JoinError::Busy);
-        }
-        self.newest_open = Some(now);
-        if self.members.len() >= MAX_CANDIDATES {
-            let old = self.members.remove(0);
-            self.pending.retain(|p| p.to() != old.addr);
-            self.event(SessionEvent::Left {
-                addr: old.addr,
-                reason: LeaveReason::Superseded,
-            });
-        }
-        self.members.push(Member {
-            addr,
-            served: true,
-            first_sent: Some(now),
-        });
-        self.stats.members_joined += 1;
-        self.event(SessionEvent::Joined(addr));
-        self.master = Some(addr);
-        // Each new opener gets the whole (short) unconfirmed budget to acknowledge.
-        self.tries = 0;
-        self.deadline = Some(now + self.cfg.timeout);
-        self.pending.push_back(Pending::FirstBlock { to: addr });
-        Ok(Joined::New)
     }
 
     fn name_master(&mut self, addr: SocketAddr, now: Instant) {
@@ -459,28 +491,13 @@ impl Session {
             m.served = true;
         }
         self.event(SessionEvent::Master(addr));
-        self.awaiting_master = true;
-        self.window_end = 0;
-        self.tries = 0;
+        self.new_master();
         self.pending.retain(|p| p.to() != addr);
         self.pending.push_back(Pending::Oack {
             to: addr,
             master: true,
         });
         self.deadline = Some(now + self.cfg.timeout);
-    }
-
-    /// Resume sending after index `acked` with a fresh window.
-    fn start_from(&mut self, acked: u64, now: Instant) {
-        self.acked = acked;
-        self.next = acked + 1;
-        self.window_end = (acked + self.cfg.window.get() as u64).min(self.total_blocks);
-        self.awaiting_master = false;
-        self.tries = 0;
-        self.rto = self.cfg.timeout;
-        // No deadline while the window goes out (paced); poll_transmit arms it after the last block.
-        let _ = now;
-        self.deadline = None;
     }
 
     /// Feed a datagram from `from` (a member, or a stranger) on the session socket.
@@ -501,33 +518,19 @@ impl Session {
                 };
                 self.stats.acks += 1;
                 if pxe && !self.confirmed {
-                    // The stream to the group starts now, from block 1.
+                    // The stream to the group starts now (a first master: from block 1; a
+                    // listener asked to be master: it goes on, and its gaps are repaired).
                     idx = self.confirm(from);
-                    self.start_from(0, now);
+                    self.awaiting_master = true;
                 }
                 if index >= self.total_blocks {
                     self.member_done(idx, now);
                 } else if !is_master {
                     // Passive members stay silent until named; ignore anything else they send.
-                } else if self.awaiting_master || index >= self.window_end {
+                } else if self.awaiting_master {
                     self.start_from(index, now);
-                } else if index > self.acked {
-                    // Progress inside the window (PXE masters ACK every block): keep going.
-                    self.acked = index;
-                    self.tries = 0;
-                    self.rto = self.cfg.timeout;
-                } else if index == self.acked
-                    && self.cfg.protocol == Protocol::Rfc2090
-                    && self.next > self.window_end
-                    && self.fast_resent != Some(index)
-                {
-                    // The RFC 2090 master ACKs its first gap after every block: the same ACK
-                    // again once the window is out means it heard a later block but not
-                    // `acked + 1`. Resend from there now rather than after a timeout (once per
-                    // gap: the other repeats are already in flight).
-                    self.fast_resent = Some(index);
-                    self.rewind();
-                    self.deadline = None;
+                } else {
+                    self.master_ack(index, now);
                 }
             }
             Ok(Packet::Error { .. }) => self.member_gone(idx, now, LeaveReason::Aborted),
@@ -542,6 +545,10 @@ impl Session {
     /// listeners from now on. Returns its index in `members`.
     fn confirm(&mut self, from: SocketAddr) -> usize {
         self.confirmed = true;
+        let promoted = std::mem::take(&mut self.promoting);
+        if promoted {
+            self.silent_in_a_row = 0;
+        }
         let others: Vec<SocketAddr> = self
             .members
             .iter()
@@ -556,7 +563,7 @@ impl Session {
         }
         self.members.retain(|m| m.addr == from);
         self.pending.retain(|p| p.to() == from);
-        if self.master != Some(from) {
+        if self.master != Some(from) || promoted {
             self.stats.master_changes += 1;
         }
         self.master = Some(from);
@@ -619,10 +626,11 @@ impl Session {
     fn next_master(&mut self, now: Instant) {
         match self.cfg.protocol {
             Protocol::PxeMtftp => {
-                // Before anyone acknowledged, another opener may still claim the role.
+                // Before anyone acknowledged, another opener may still claim the role; after,
+                // the next listener is asked.
                 match self.members.last() {
                     Some(m) if !self.confirmed => self.master = Some(m.addr),
-                    _ => self.finish(),
+                    _ => self.promote(now),
                 }
             }
             Protocol::Rfc2090 => {
@@ -665,8 +673,7 @@ impl Session {
         if self.over {
             return None;
         }
-        let pace = (!self.awaiting_master && self.master.is_some() && self.next <= self.window_end)
-            .then_some(self.next_send_at);
+        let pace = self.can_send().then_some(self.next_send_at);
         match (self.deadline, pace) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -680,16 +687,43 @@ impl Session {
         }
         self.stats.timeouts += 1;
         self.tries += 1;
+        self.probe = None;
+        self.karn = true;
         let unconfirmed = self.cfg.protocol == Protocol::PxeMtftp && !self.confirmed;
         let budget = if unconfirmed {
             self.cfg.retries.min(UNCONFIRMED_RETRIES)
         } else {
             self.cfg.retries
         };
-        if self.tries > budget {
+        if unconfirmed && self.promoting && self.tries > budget {
+            // The listeners asked did not answer: the next one.
+            self.stats.listeners_silent += self.members.len() as u32;
+            self.silent_in_a_row += 1;
+            if self.silent_in_a_row >= SILENT_LISTENERS {
+                // Those remembered are most likely done; one that is not re-opens on its own.
+                self.listeners.clear();
+            }
+            self.members.clear();
+            self.master = None;
+            self.pending.clear();
+            return self.promote(now);
+        }
+        let silent = now.saturating_duration_since(self.heard_at);
+        let long_silent = silent >= self.cfg.timeout * (self.cfg.retries + 1);
+        if self.tries > budget && (unconfirmed || self.awaiting_master || long_silent) {
             if unconfirmed {
-                // No opener ever acknowledged: they all go (spoofed, or gone); the session ends.
-                self.finish();
+                // No opener acknowledged: they all go (spoofed, or gone); the next listener is
+                // asked, or the session ends.
+                for m in std::mem::take(&mut self.members) {
+                    self.stats.members_vanished += 1;
+                    self.event(SessionEvent::Left {
+                        addr: m.addr,
+                        reason: LeaveReason::Vanished,
+                    });
+                }
+                self.master = None;
+                self.pending.clear();
+                self.promote(now);
             } else if let Some(idx) = self
                 .master
                 .and_then(|a| self.members.iter().position(|m| m.addr == a))
@@ -701,7 +735,7 @@ impl Session {
             }
             return;
         }
-        if self.awaiting_master {
+        if self.awaiting_master && !unconfirmed {
             if let Some(m) = self.master {
                 if !self.pending.iter().any(|p| p.to() == m) {
                     self.pending.push_back(Pending::Oack {
@@ -726,28 +760,21 @@ impl Session {
                     self.pending.push_back(Pending::FirstBlock { to });
                 }
             }
-            self.deadline = Some(now + self.cfg.timeout);
+            let wait = if self.promoting {
+                self.promote_wait()
+            } else {
+                self.cfg.timeout
+            };
+            self.deadline = Some(now + wait);
             return;
         }
-        self.rewind();
-        self.rto = self.cfg.timeout * (1 << self.tries.min(MAX_BACKOFF_SHIFT));
-        // Until the resent window is out; poll_transmit re-arms it (with `rto`) after its last
-        // block.
+        // The master is silent: what it lacks (blocks, or its ACKs) may be lost. Its first gap
+        // again, and the window's credit back; the wait backs off.
+        self.inflight = 0;
+        self.recent.clear();
+        self.rto = self.rto_base() * (1 << self.tries.min(MAX_BACKOFF_SHIFT));
+        self.queue_repair(now);
         self.deadline = Some(now + self.rto);
-    }
-
-    /// Resend a window from the block after the master's last ACK.
-    fn rewind(&mut self) {
-        self.next = self.acked + 1;
-        self.window_end = (self.acked + self.cfg.window.get() as u64).min(self.total_blocks);
-        if self.cfg.protocol == Protocol::PxeMtftp && self.acked == 0 {
-            // The master's ACK of block 1 (or block 1 itself) was lost: its copy again.
-            if let Some(to) = self.master {
-                if !self.pending.contains(&Pending::FirstBlock { to }) {
-                    self.pending.push_back(Pending::FirstBlock { to });
-                }
-            }
-        }
     }
 
     /// Next thing to send; control datagrams are written into `buf` (>= 512 bytes).
@@ -761,51 +788,18 @@ impl Session {
                     dest: to,
                     payload: Payload::Datagram(self.write_oack(buf, master)),
                 },
+                Pending::OackAgain { to } => {
+                    // After the others' first OACKs: the copy of a passive member's.
+                    self.pending.push_back(Pending::Oack { to, master: false });
+                    return self.poll_transmit(now, buf);
+                }
                 Pending::FirstBlock { to } => Transmit {
                     dest: to,
                     payload: Payload::Blocks { first: 1, count: 1 },
                 },
             });
         }
-        if self.awaiting_master || self.master.is_none() || self.next > self.window_end {
-            return None;
-        }
-        if now < self.next_send_at {
-            return None;
-        }
-        // Token bucket: as many blocks as the rate allows by `now`, with at most 1 ms of burst credit.
-        let mut count = self.window_end + 1 - self.next;
-        if self.cfg.rate > 0 {
-            let per_block = Duration::from_secs_f64(self.blksize as f64 / self.cfg.rate as f64);
-            let earliest = now.checked_sub(BURST).unwrap_or(now);
-            let start = self.next_send_at.max(earliest);
-            let allowed = (now.saturating_duration_since(start).as_secs_f64()
-                / per_block.as_secs_f64().max(1e-9)) as u64
-                + 1;
-            count = count.min(allowed);
-            self.next_send_at = start + per_block.mul_f64(count as f64);
-        }
-        let first = self.next;
-        self.next += count;
-        let resent = self.sent_hi.saturating_sub(first - 1).min(count);
-        self.sent_hi = self.sent_hi.max(first + count - 1);
-        self.stats.blocks_sent += count;
-        self.stats.blocks_resent += resent;
-        let (off, _) = self.block_range(first);
-        let (last_off, last_len) = self.block_range(first + count - 1);
-        self.stats.bytes_sent += last_off + last_len as u64 - off;
-        if self.next > self.window_end {
-            // The window is out: now the master has the current (backed-off) wait to
-            // acknowledge it.
-            self.deadline = Some(now + self.rto);
-        }
-        Some(Transmit {
-            dest: self.cfg.group,
-            payload: Payload::Blocks {
-                first,
-                count: count as u32,
-            },
-        })
+        self.send_blocks(now)
     }
 
     fn write_oack(&self, buf: &mut [u8], master: bool) -> usize {
@@ -839,6 +833,8 @@ fn format_mc(buf: &mut [u8; 64], group: SocketAddr, master: bool) -> &[u8] {
     let n = cur.position() as usize;
     &buf[..n]
 }
+
+mod stream;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,293 @@
+//! The stream of a [`Session`]: flow control by the master's ACKs, repairs of its gaps, RTT
+//! timing, and PXE MTFTP opens and listeners asked to be master. See the module docs of
+//! [`super`](crate::proto::mtftp::session) for the contract.
+
+use super::*;
+
+impl Session {
+    /// PXE MTFTP open. See the module docs.
+    pub(super) fn open(&mut self, addr: SocketAddr, now: Instant) -> Result<Joined, JoinError> {
+        if self.confirmed {
+            if self.master == Some(addr) {
+                // The master re-opened (it heard nothing for a while): it is master again once
+                // it has block 1 unicast, at most once per timeout.
+                let due = self.members[0]
+                    .first_sent
+                    .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.timeout);
+                if due && !self.pending.contains(&Pending::FirstBlock { to: addr }) {
+                    self.members[0].first_sent = Some(now);
+                    self.pending.push_back(Pending::FirstBlock { to: addr });
+                }
+                return Ok(Joined::Again);
+            }
+            self.remember(addr);
+            return Err(JoinError::Busy);
+        }
+        if let Some(i) = self.members.iter().position(|m| m.addr == addr) {
+            // A re-open by a candidate: its block 1 may be lost. Once per timeout at most.
+            let due = self.members[i]
+                .first_sent
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.timeout);
+            if due && !self.pending.contains(&Pending::FirstBlock { to: addr }) {
+                self.members[i].first_sent = Some(now);
+                self.pending.push_back(Pending::FirstBlock { to: addr });
+            }
+            return Ok(Joined::Again);
+        }
+        // The newest opener gets `timeout / 4` to acknowledge its block 1 before another may try:
+        // openers arriving together (a classroom powered on at once) get one master, not several.
+        if self
+            .newest_open
+            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.timeout / 4)
+        {
+            self.remember(addr);
+            return Err(JoinError::Busy);
+        }
+        self.newest_open = Some(now);
+        if self.members.len() >= MAX_CANDIDATES {
+            let old = self.members.remove(0);
+            self.pending.retain(|p| p.to() != old.addr);
+            self.event(SessionEvent::Left {
+                addr: old.addr,
+                reason: LeaveReason::Superseded,
+            });
+        }
+        self.members.push(Member {
+            addr,
+            served: true,
+            first_sent: Some(now),
+        });
+        self.stats.members_joined += 1;
+        self.event(SessionEvent::Joined(addr));
+        self.master = Some(addr);
+        // Each new opener gets the whole (short) unconfirmed budget to acknowledge.
+        self.tries = 0;
+        self.deadline = Some(now + self.cfg.timeout);
+        self.pending.push_back(Pending::FirstBlock { to: addr });
+        Ok(Joined::New)
+    }
+
+    /// PXE MTFTP: an opener not answered is a listener: it hears the stream, and is asked to be
+    /// master in turn (its gaps are learned then) rather than starting a new pass at block 1 after
+    /// this one.
+    pub(super) fn remember(&mut self, addr: SocketAddr) {
+        if self.listeners.len() < MAX_LISTENERS && !self.listeners.contains(&addr) {
+            self.listeners.push_back(addr);
+        }
+    }
+
+    /// A new master: its position is unknown until it acknowledges; nothing of the last one's
+    /// repairs or timing applies to it.
+    pub(super) fn new_master(&mut self) {
+        self.awaiting_master = true;
+        self.acked = 0;
+        self.tries = 0;
+        self.inflight = 0;
+        self.repairs.clear();
+        self.repair_lo = 0;
+        self.repair_hi = 0;
+        self.burst = 1;
+        self.probe = None;
+        // The path is much the same for every member: the RTT measured so far stays.
+        self.rto = self.rto_base();
+    }
+
+    /// The master's first ACK: it has everything up to `acked`; the stream goes on where it is
+    /// and its gaps are repaired.
+    pub(super) fn start_from(&mut self, acked: u64, now: Instant) {
+        self.awaiting_master = false;
+        self.heard_at = now;
+        self.acked = acked;
+        self.tries = 0;
+        self.rto = self.rto_base();
+        self.deadline = (self.acked < self.sent_hi).then(|| now + self.rto);
+        self.queue_repair(now);
+    }
+
+    /// The retransmission wait: from the master's measured RTT (`srtt + 4 rttvar`, at least
+    /// [`MIN_RTO`]), never more than the configured timeout; the configured timeout until measured.
+    pub(super) fn rto_base(&self) -> Duration {
+        match self.srtt {
+            Some(s) => (s + 4 * self.rttvar).clamp(MIN_RTO.min(self.cfg.timeout), self.cfg.timeout),
+            None => self.cfg.timeout,
+        }
+    }
+
+    /// An ACK from the master: time it (RFC 6298 smoothing) against the oldest send since the
+    /// last one.
+    pub(super) fn sample_rtt(&mut self, now: Instant) {
+        let Some(sent) = self.probe.take() else {
+            return;
+        };
+        if std::mem::take(&mut self.karn) {
+            return;
+        }
+        let r = now.saturating_duration_since(sent);
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(s) => {
+                let dev = s.abs_diff(r);
+                self.rttvar = (self.rttvar * 3 + dev) / 4;
+                self.srtt = Some((s * 7 + r) / 8);
+            }
+        }
+    }
+
+    /// The master's ACK of `index` (its highest contiguous block, iPXE, EDK2 and atftp alike).
+    pub(super) fn master_ack(&mut self, index: u64, now: Instant) {
+        self.sample_rtt(now);
+        self.heard_at = now;
+        // Flow control: an ACK is at least one block out of the network; progress says how many.
+        let progress = index.saturating_sub(self.acked).max(1);
+        self.inflight = self.inflight.saturating_sub(progress);
+        self.tries = 0;
+        self.rto = self.rto_base();
+        self.acked = self.acked.max(index);
+        self.deadline = (self.acked < self.sent_hi).then(|| now + self.rto);
+        self.queue_repair(now);
+    }
+
+    /// Repair the master's first gap when it lies in what was sent already and is not on its
+    /// way (it lost it, or it joined after it went); runs of gaps (a late joiner) double the run
+    /// up to `window`. The stream is not rewound: repairs go out once, merged with it, and
+    /// everyone missing them hears them too.
+    pub(super) fn queue_repair(&mut self, now: Instant) {
+        let gap = self.acked + 1;
+        if gap > self.sent_hi.min(self.total_blocks)
+            || self.in_flight(gap, now)
+            || self.repairs.iter().any(|r| (r.0..r.0 + r.1).contains(&gap))
+        {
+            return;
+        }
+        let window = self.cfg.window.get() as u64;
+        self.burst = if self.repair_hi > 0 && gap == self.repair_hi + 1 {
+            (self.burst * 2).min(window)
+        } else if (self.repair_lo..=self.repair_hi).contains(&gap) {
+            self.burst // The run was lost: again, as long.
+        } else {
+            1
+        };
+        let count = self.burst.min(self.sent_hi + 1 - gap);
+        if self.repairs.len() < REPAIR_RUNS {
+            self.repairs.push_back((gap, count));
+        }
+        self.repair_lo = gap;
+        self.repair_hi = gap + count - 1;
+    }
+
+    /// Whether block `index` went less than a retransmission wait ago (may be on its way).
+    pub(super) fn in_flight(&self, index: u64, now: Instant) -> bool {
+        let rto = self.rto_base();
+        self.recent
+            .iter()
+            .rev()
+            .take_while(|r| now.saturating_duration_since(r.2) < rto)
+            .any(|r| (r.0..r.0 + r.1).contains(&index))
+    }
+
+    /// PXE MTFTP: ask the next remembered listener to be master (block 1 unicast: iPXE and PXE
+    /// ROMs take a unicast block as "you are master" and ACK their first gap); it confirms like
+    /// a first opener. No listener left: the session is over.
+    pub(super) fn promote(&mut self, now: Instant) {
+        let Some(addr) = self.listeners.pop_front() else {
+            return self.finish();
+        };
+        self.confirmed = false;
+        self.members.clear();
+        self.members.push(Member {
+            addr,
+            served: true,
+            first_sent: Some(now),
+        });
+        self.master = Some(addr);
+        self.stats.listeners_asked += 1;
+        self.promoting = true;
+        self.new_master();
+        self.newest_open = Some(now);
+        self.pending.retain(|p| p.to() == addr);
+        self.pending.push_back(Pending::FirstBlock { to: addr });
+        // A listener that has everything already is gone: do not wait long for it (one that lost
+        // its block 1 re-opens on its own).
+        self.tries = 0;
+        self.deadline = Some(now + self.promote_wait());
+    }
+
+    /// How long a listener asked to be master gets to answer, per try.
+    pub(super) fn promote_wait(&self) -> Duration {
+        match self.srtt {
+            Some(_) => (self.rto_base() * 4).min(self.cfg.timeout),
+            None => self.cfg.timeout,
+        }
+    }
+
+    /// A master is there and acknowledging, the window has room, and there is something to send.
+    pub(super) fn can_send(&self) -> bool {
+        let established = self.master.is_some()
+            && !self.awaiting_master
+            && (self.cfg.protocol == Protocol::Rfc2090 || self.confirmed);
+        established
+            && self.inflight < self.cfg.window.get() as u64
+            && (!self.repairs.is_empty() || self.cursor <= self.total_blocks)
+    }
+
+    /// Blocks to the group: repairs first, then the stream; never more than the window's credit.
+    pub(super) fn send_blocks(&mut self, now: Instant) -> Option<Transmit> {
+        if !self.can_send() || now < self.next_send_at {
+            return None;
+        }
+        // Repairs first, then the stream; never more than the window's credit.
+        let (first, avail) = match self.repairs.front() {
+            Some(&r) => r,
+            None => (self.cursor, self.total_blocks + 1 - self.cursor),
+        };
+        let mut count = avail.min(self.cfg.window.get() as u64 - self.inflight);
+        // Token bucket: as many blocks as the rate allows by `now`, with at most 1 ms of burst credit.
+        if self.cfg.rate > 0 {
+            let per_block = Duration::from_secs_f64(self.blksize as f64 / self.cfg.rate as f64);
+            let earliest = now.checked_sub(BURST).unwrap_or(now);
+            let start = self.next_send_at.max(earliest);
+            let allowed = (now.saturating_duration_since(start).as_secs_f64()
+                / per_block.as_secs_f64().max(1e-9)) as u64
+                + 1;
+            count = count.min(allowed);
+            self.next_send_at = start + per_block.mul_f64(count as f64);
+        }
+        match self.repairs.front_mut() {
+            Some(r) => {
+                r.0 += count;
+                r.1 -= count;
+                if r.1 == 0 {
+                    self.repairs.pop_front();
+                }
+            }
+            None => self.cursor += count,
+        }
+        self.inflight += count;
+        if self.recent.len() >= RECENT_RUNS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((first, count, now));
+        self.probe = self.probe.or(Some(now));
+        let resent = self.sent_hi.saturating_sub(first - 1).min(count);
+        self.sent_hi = self.sent_hi.max(first + count - 1);
+        self.stats.blocks_sent += count;
+        self.stats.blocks_resent += resent;
+        let (off, _) = self.block_range(first);
+        let (last_off, last_len) = self.block_range(first + count - 1);
+        self.stats.bytes_sent += last_off + last_len as u64 - off;
+        if self.deadline.is_none() {
+            // The master has the current (backed-off) wait to acknowledge what went out.
+            self.deadline = Some(now + self.rto);
+        }
+        Some(Transmit {
+            dest: self.cfg.group,
+            payload: Payload::Blocks {
+                first,
+                count: count as u32,
+            },
+        })
+    }
+}
