@@ -17,7 +17,7 @@
 //! (DHCP, multicast) that fails, panics or ends on its own stops the process: one ERROR line
 //! naming it and why, then exit code 1 (a supervisor restarts it); nothing stops silently.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use ringboot::config::cli::{self, Cmd, TestFault};
 use ringboot::config::{self, Config, LogConfig};
 use ringboot::dhcp::DhcpMode;
