@@ -12,7 +12,10 @@
 #![no_main]
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use ringboot::proto::mtftp::session::{Dest, McTransmit, Protocol, Session, SessionConfig};
+use ringboot::proto::mtftp::session::{Session, SessionConfig};
+use ringboot::proto::mtftp::Protocol;
+use ringboot::proto::tftp::options::{BlockSize, WindowSize};
+use ringboot::proto::{Payload, Transmit};
 use ringboot::proto::tftp::packet::{emit_ack, emit_error, ErrorCode, Packet};
 use ringboot::proto::tftp::BlockNum;
 use std::net::SocketAddr;
@@ -28,7 +31,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
     } else {
         Protocol::Rfc2090
     };
-    let blksize = match protocol {
+    let blksize: u16 = match protocol {
         Protocol::PxeMtftp => 512,
         Protocol::Rfc2090 => u.int_in_range(8..=65464)?,
     };
@@ -41,10 +44,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
     };
     let cfg = SessionConfig {
         protocol,
-        blksize,
+        blksize: BlockSize::new(blksize).expect("in range"),
         content_len,
         group: "239.255.1.1:3001".parse().unwrap(),
-        window: u.int_in_range(1..=64)?,
+        window: WindowSize::new(u.int_in_range(1..=64)?).expect("in range"),
         rate: match u.int_in_range(0..=2u8)? {
             0 => 0,
             1 => u64::from(u.int_in_range(1..=u32::MAX)?),
@@ -67,6 +70,8 @@ fn run(u: &mut Unstructured) -> Result<()> {
     };
     let far = cfg.timeout * 64 + per_block + Duration::from_millis(2);
     let mut joined = Vec::new();
+    // Everyone who asked to join (a PXE opener told "busy" is remembered and may be asked later).
+    let mut asked: Vec<SocketAddr> = Vec::new();
     // Events that may open a window of blocks, and the blocks that went to the group.
     let mut openers = 1u64;
     let mut buf = [0u8; 1024];
@@ -77,7 +82,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
         let from = member(who);
         match u.int_in_range(0..=6u8)? {
             0 => {
-                if s.join(from, now).is_ok() && !joined.contains(&from) {
+                if !asked.contains(&from) {
+                    asked.push(from);
+                }
+                if s.join(now, from).is_ok() && !joined.contains(&from) {
                     joined.push(from);
                 }
                 openers += 1;
@@ -87,26 +95,26 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 let block = BlockNum(u.arbitrary()?);
                 let n = emit_ack(&mut buf, block);
                 let d = buf[..n].to_vec();
-                s.handle_datagram(from, &d, now);
+                s.handle_datagram(now, from, &d);
                 openers += 1;
             }
             2 => {
-                let d = Session::block_num(total);
+                let d = BlockNum::from_index(total);
                 let n = emit_ack(&mut buf, d);
                 let d = buf[..n].to_vec();
-                s.handle_datagram(from, &d, now);
+                s.handle_datagram(now, from, &d);
                 openers += 1;
             }
             3 => {
                 let n = emit_error(&mut buf, ErrorCode::NotDefined, "bye");
                 let d = buf[..n].to_vec();
-                s.handle_datagram(from, &d, now);
+                s.handle_datagram(now, from, &d);
                 openers += 1;
             }
             4 => {
                 let len = u.int_in_range(0..=40)?;
                 let d = u.bytes(len)?;
-                s.handle_datagram(from, d, now);
+                s.handle_datagram(now, from, d);
                 openers += 1;
             }
             _ => {
@@ -123,25 +131,26 @@ fn run(u: &mut Unstructured) -> Result<()> {
         while let Some(tx) = s.poll_transmit(now, &mut buf) {
             sent += 1;
             assert!(sent < 100_000, "poll_transmit never ends");
-            match tx {
-                McTransmit::Blocks { dest, first, count } => {
+            let Transmit { dest, payload } = tx;
+            match payload {
+                Payload::Blocks { first, count } => {
                     assert!(count >= 1 && first >= 1, "{first} x {count}");
                     let last = first + u64::from(count) - 1;
                     assert!(last <= total, "blocks {first}..={last} of {total}");
                     let (off, _) = s.block_range(first);
                     let (loff, llen) = s.block_range(last);
                     assert!(off <= loff && loff + llen as u64 <= content_len);
-                    if let Dest::Member(m) = dest {
-                        // PXE MTFTP: block 1 goes unicast to an opener (the master, or one of the
-                        // bounded candidates before anyone has acknowledged).
-                        assert!(joined.contains(&m), "unicast DATA to {m}, who never opened");
+                    if dest != cfg.group {
+                        let m = dest;
+                        // PXE MTFTP: block 1 goes unicast to an opener (the master, one of the
+                        // bounded candidates, or a remembered listener asked in turn).
+                        assert!(asked.contains(&m), "unicast DATA to {m}, who never opened");
                         assert_eq!((first, count), (1, 1), "only block 1 goes unicast");
                     }
                 }
-                McTransmit::Datagram { dest, len } => {
-                    let Dest::Member(m) = dest else {
-                        panic!("control datagram to the group")
-                    };
+                Payload::Datagram(len) => {
+                    assert_ne!(dest, cfg.group, "control datagram to the group");
+                    let m = dest;
                     assert!(joined.contains(&m), "OACK to {m}, who never joined");
                     assert!(len > 0 && len <= buf.len());
                     match Packet::parse(&buf[..len]) {
@@ -155,10 +164,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
         }
         let st = s.stats();
         assert!(
-            st.blocks_sent <= openers * u64::from(cfg.window),
+            st.blocks_sent <= openers * u64::from(cfg.window.get()),
             "{} blocks for {openers} events with window {}",
             st.blocks_sent,
-            cfg.window
+            cfg.window.get()
         );
         match s.poll_timeout() {
             None => {}
