@@ -454,14 +454,12 @@ fn serve(
         hosted.push(CtlService::Dhcp(Box::new(responder)));
         info!(mode = %mode, "DHCP responder started");
     }
-    let http_stop = Arc::new(AtomicBool::new(false));
-    let mut http = None;
     if let Some(addr) = svc.metrics {
-        let (bound, thread) =
-            ringboot::metrics::serve::spawn(addr, status.clone(), http_stop.clone())
-                .with_context(|| format!("cannot listen for metrics on {addr} (--metrics)"))?;
+        let http = ringboot::metrics::serve::HttpService::bind(addr, status.clone())
+            .with_context(|| format!("cannot listen for metrics on {addr} (--metrics)"))?;
+        let bound = http.local_addr();
         info!(addr = %bound, "metrics on http://{bound}/metrics, status page on http://{bound}/");
-        http = Some(thread);
+        hosted.push(CtlService::Http(Box::new(http)));
     }
     let (controls, control_rx) = std::sync::mpsc::channel();
     // Every control goes to this thread, which decides (the hook for reload and the like).
@@ -507,7 +505,6 @@ fn serve(
             Err(e) => {
                 error!(reason = %e, "cannot drop root; stopping");
                 shutdown.trigger();
-                http_stop.store(true, Ordering::SeqCst);
                 let _ = running.join();
                 let _ = ctl.join();
                 return Ok(ExitCode::FAILURE);
@@ -595,7 +592,6 @@ fn serve(
     if let Some(why) = &failure {
         error!("{why}; stopping ringboot (exit code 1)");
     }
-    http_stop.store(true, Ordering::SeqCst);
     let joined = running.join();
     // After the workers: the multicast service takes no more hand-offs, DHCP saves its leases.
     let _ = ctl.join();
@@ -603,9 +599,6 @@ fn serve(
         if let Some(h) = s.handle.take() {
             let _ = h.join();
         }
-    }
-    if let Some(h) = http {
-        let _ = h.join();
     }
     if failure.is_some() {
         return Ok(ExitCode::FAILURE);
