@@ -251,10 +251,16 @@ struct Live {
     config: Config,
     level: LevelHandle,
     dhcp: Arc<PolicySlot>,
+    /// The workers' shared admission (the transfer caps a reload changes), and what its caps
+    /// are sized against: the descriptor limit, the workers, the listen addresses.
+    admission: Arc<ringboot::proto::tftp::admit::Admission>,
+    sizing: (u64, usize, usize),
 }
 
 /// SIGHUP: read the configuration again, validate it as at start, and hand over what can change
-/// while running (DHCP boot rules and boot files, log level). Running transfers and multicast
+/// while running (DHCP boot rules and boot files, log level, the transfer caps
+/// `max_transfers`/`max_transfers_per_client`/`client_rate` for new requests; `max_transfers` at
+/// most its value at start). Running transfers and multicast
 /// sessions are not touched. An invalid configuration is refused with one line; the old one
 /// keeps running.
 fn reload(live: &mut Live) {
@@ -286,8 +292,25 @@ fn reload(live: &mut Live) {
     if next.listen != old.listen {
         restart.push("listen");
     }
-    if next.limits != old.limits || next.caps != old.caps || next.min_rto != old.min_rto {
-        restart.push("transfer limits");
+    if next.limits != old.limits || next.min_rto != old.min_rto {
+        restart.push("transfer options (block size, window, timeout, retries, min RTO)");
+    }
+    if next.caps != old.caps {
+        let (nofile, workers, listen) = live.sizing;
+        let want = admission(&next.caps, nofile, workers, listen);
+        let now = live.admission.reconfigure(want);
+        info!(
+            max_transfers = now.max_transfers,
+            max_per_client = now.max_per_client,
+            client_rate = now.client_rate,
+            "reload: transfer caps for new requests: {} at once, {} per client address, {} new per second per address",
+            now.max_transfers,
+            now.max_per_client,
+            now.client_rate
+        );
+        if now.max_transfers < want.max_transfers {
+            restart.push("max_transfers above its value at start");
+        }
     }
     if next.multicast.mtftp != old.multicast.mtftp || next.multicast.groups != old.multicast.groups
     {
@@ -319,7 +342,7 @@ fn reload(live: &mut Live) {
             "reload: these settings changed and take effect at the next restart"
         );
     }
-    info!("configuration reloaded (DHCP boot rules, boot files, log level)");
+    info!("configuration reloaded (DHCP boot rules, boot files, log level, transfer caps)");
     live.config = next;
 }
 
@@ -391,6 +414,7 @@ fn serve(
         .map_or(1, NonZeroUsize::get);
     let store = Store::new(&root, store_options)
         .with_context(|| format!("cannot serve {}", root.display()))?;
+    let sizing = (nofile, workers, listen.len());
     let admission = admission(&caps, nofile, workers, listen.len());
     info!(
         max_transfers = admission.max_transfers,
@@ -430,6 +454,7 @@ fn serve(
     server.set_drain(draining.clone());
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     let n = server.workers();
+    let tftp_admission = server.admission();
     let shutdown = Shutdown::new().context("cannot create the shutdown eventfd")?;
     // The control engine: signals, the multicast service, the DHCP responder.
     let mut hosted = vec![CtlService::Signals(
@@ -454,14 +479,12 @@ fn serve(
         hosted.push(CtlService::Dhcp(Box::new(responder)));
         info!(mode = %mode, "DHCP responder started");
     }
-    let http_stop = Arc::new(AtomicBool::new(false));
-    let mut http = None;
     if let Some(addr) = svc.metrics {
-        let (bound, thread) =
-            ringboot::metrics::serve::spawn(addr, status.clone(), http_stop.clone())
-                .with_context(|| format!("cannot listen for metrics on {addr} (--metrics)"))?;
+        let http = ringboot::metrics::serve::HttpService::bind(addr, status.clone())
+            .with_context(|| format!("cannot listen for metrics on {addr} (--metrics)"))?;
+        let bound = http.local_addr();
         info!(addr = %bound, "metrics on http://{bound}/metrics, status page on http://{bound}/");
-        http = Some(thread);
+        hosted.push(CtlService::Http(Box::new(http)));
     }
     let (controls, control_rx) = std::sync::mpsc::channel();
     // Every control goes to this thread, which decides (the hook for reload and the like).
@@ -507,7 +530,6 @@ fn serve(
             Err(e) => {
                 error!(reason = %e, "cannot drop root; stopping");
                 shutdown.trigger();
-                http_stop.store(true, Ordering::SeqCst);
                 let _ = running.join();
                 let _ = ctl.join();
                 return Ok(ExitCode::FAILURE);
@@ -525,6 +547,8 @@ fn serve(
         config: live_config,
         level,
         dhcp: dhcp_reload,
+        admission: tftp_admission,
+        sizing,
     };
     let mut failure = None;
     let mut drain_until: Option<std::time::Instant> = None;
@@ -595,7 +619,6 @@ fn serve(
     if let Some(why) = &failure {
         error!("{why}; stopping ringboot (exit code 1)");
     }
-    http_stop.store(true, Ordering::SeqCst);
     let joined = running.join();
     // After the workers: the multicast service takes no more hand-offs, DHCP saves its leases.
     let _ = ctl.join();
@@ -603,9 +626,6 @@ fn serve(
         if let Some(h) = s.handle.take() {
             let _ = h.join();
         }
-    }
-    if let Some(h) = http {
-        let _ = h.join();
     }
     if failure.is_some() {
         return Ok(ExitCode::FAILURE);

@@ -314,6 +314,40 @@ fn drops_root_and_still_serves() {
     assert_same("boot.wim", &d.data, &want);
 }
 
+/// A SIGHUP reload applies new transfer caps (per client address, rate, global) without a
+/// restart: one INFO line with the caps now in force, no restart warning for them.
+#[test]
+fn sighup_applies_new_transfer_caps() {
+    let files = TestRoot::new();
+    let want = files.add_random("boot.wim", 10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("ringboot.toml");
+    std::fs::write(
+        &conf,
+        "max_transfers = 100\nmax_transfers_per_client = 4\nclient_rate = 0\n",
+    )
+    .unwrap();
+    let srv = Server::start(files, &["--config", conf.to_str().unwrap()]);
+    std::fs::write(
+        &conf,
+        "max_transfers = 50\nmax_transfers_per_client = 2\nclient_rate = 7\n",
+    )
+    .unwrap();
+    // SAFETY: a signal to the server we started.
+    unsafe { libc::kill(srv.pid() as i32, libc::SIGHUP) };
+    assert!(srv.wait_for_log("configuration reloaded", Duration::from_secs(10)));
+    let logs = srv.log_lines().join("\n");
+    assert!(
+        logs.contains("50 at once, 2 per client address, 7 new per second per address"),
+        "{logs}"
+    );
+    assert!(!logs.contains("next restart"), "{logs}");
+    let d = RawClient::new(srv.addr())
+        .download(&DownloadSpec::new("boot.wim"))
+        .expect("download after the reload");
+    assert_same("boot.wim", &d.data, &want);
+}
+
 #[test]
 fn sighup_does_not_kill_and_sigterm_exits_0() {
     let files = TestRoot::new();

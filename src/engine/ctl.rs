@@ -1,5 +1,6 @@
 //! The control engine: the thread `ringboot-ctl`, one [`Engine`] hosting the services that are
-//! not TFTP workers: the process's signals, the multicast service and the DHCP responder.
+//! not TFTP workers: the process's signals, the multicast service, the DHCP responder and the
+//! metrics/status HTTP listener.
 //!
 //! Contract:
 //! - [`Signals`] reads a signalfd of the stop signals (`SIGINT`, `SIGTERM`) and of any signal the
@@ -76,6 +77,8 @@ pub enum CtlService {
     Signals(Signals),
     Dhcp(Box<crate::dhcp::Responder>),
     Multicast(Box<crate::engine::mcast::McService>),
+    /// The metrics/status HTTP listener (`--metrics`).
+    Http(Box<crate::metrics::serve::HttpService>),
 }
 
 macro_rules! each {
@@ -84,6 +87,7 @@ macro_rules! each {
             CtlService::Signals($s) => $e,
             CtlService::Dhcp($s) => $e,
             CtlService::Multicast($s) => $e,
+            CtlService::Http($s) => $e,
         }
     };
 }

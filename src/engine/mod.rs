@@ -15,8 +15,9 @@
 //!   [`Io::control`]; the engine hands each to the caller's callback in [`Engine::run`], which says
 //!   whether to go on. [`Stopper`] stops an engine from another thread.
 //! - Threads: `ringboot-w0..` run the TFTP workers (the io_uring backend, or the epoll fallback
-//!   in [`crate::engine::workers`]); `ringboot-ctl` runs [`ctl`]: signals, the multicast service and the
-//!   DHCP responder; the file watcher of [`crate::store`] runs the same engine on its own thread.
+//!   in [`crate::engine::workers`]); `ringboot-ctl` runs [`ctl`]: signals, the multicast
+//!   service, the DHCP responder and the metrics/status HTTP listener; the file watcher of
+//!   [`crate::store`] runs the same engine on its own thread.
 
 pub mod ctl;
 mod epoll;

@@ -335,6 +335,12 @@ impl Server {
         })
     }
 
+    /// The admission shared by the workers (a reload changes its caps:
+    /// [`Admission::reconfigure`](admit::Admission::reconfigure)).
+    pub fn admission(&self) -> Arc<admit::Admission> {
+        self.shared.admission.clone()
+    }
+
     /// Hand requests carrying the RFC 2090 `multicast` option to this multicast service. Call
     /// before [`start`](Self::start).
     pub fn set_multicast(&mut self, handle: mcast::McHandle) {

@@ -18,9 +18,8 @@
 //!   `publisher.due(now)`: `let mut b = publisher.begin(now); for t in transfers { b.push(&view) }`.
 //! - The HTTP service: a listening TCP socket; per accepted stream a [`http::Connection`]
 //!   driven as its module docs say, with [`Site`] as the handler; a cap on connections (32;
-//!   more are closed); a 1 s timer calling [`Status::tick`]. Today [`serve`] runs it on its own
-//!   thread with std::net (the one driver here that does I/O); it moves onto the control engine
-//!   later.
+//!   more are closed); a 1 s timer calling [`Status::tick`]. [`serve`] is that driver (the one
+//!   file here that does I/O): an engine service hosted by the control engine `ringboot-ctl`.
 //!
 //! ## Metrics
 //!

@@ -24,6 +24,11 @@
 //!   information go first, then (counted in [`Admission::forgotten`]) idle entries with a partly
 //!   spent bucket. Entries with transfers are never dropped, and there are at most `max_transfers`
 //!   of them, so an insert always finds room.
+//! - [`Admission::reconfigure`] (a SIGHUP reload) changes `max_per_client` and `client_rate` for
+//!   every request that follows (read under the lock, once per request), and lowers the global cap
+//!   (`max_transfers`, refused as [`OverCap::Busy`] while the total is at it); the global cap
+//!   cannot rise above its value at start (the shares, descriptors and memory are sized to it).
+//!   Running transfers keep their tickets.
 //! - No clock is read here: `now` comes in. One mutex guards the state (shared memory, no I/O);
 //!   it is taken once per new transfer and once per ended transfer, never per datagram.
 
@@ -120,7 +125,33 @@ struct Entry {
     tat: Instant,
 }
 
+/// The limits in force, with the rate limit's derived durations.
+#[derive(Clone, Copy, Debug)]
+struct Caps {
+    cfg: AdmissionConfig,
+    /// One new transfer's share of the bucket (1 / rate), and the bucket's depth beyond one.
+    interval: Duration,
+    tolerance: Duration,
+}
+
+impl Caps {
+    fn new(cfg: AdmissionConfig) -> Caps {
+        let interval = if cfg.client_rate == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(1) / cfg.client_rate
+        };
+        Caps {
+            cfg,
+            interval,
+            tolerance: interval
+                * (cfg.max_per_client.min(u32::MAX as usize) as u32).saturating_sub(1),
+        }
+    }
+}
+
 struct State {
+    caps: Caps,
     total: usize,
     table: HashMap<u128, Entry>,
     forgotten: u64,
@@ -128,10 +159,8 @@ struct State {
 
 /// The shared admission state. See the module docs.
 pub struct Admission {
+    /// The limits at start (the shares and the table are sized to them).
     cfg: AdmissionConfig,
-    /// One new transfer's share of the bucket (1 / rate), and the bucket's depth beyond one.
-    interval: Duration,
-    tolerance: Duration,
     capacity: usize,
     state: Mutex<State>,
 }
@@ -143,19 +172,12 @@ impl Admission {
             max_per_client: cfg.max_per_client.max(1),
             ..cfg
         };
-        let interval = if cfg.client_rate == 0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs(1) / cfg.client_rate
-        };
         let capacity = cfg.max_transfers + SOURCE_TABLE_SLACK;
         Arc::new(Admission {
             cfg,
-            interval,
-            tolerance: interval
-                * (cfg.max_per_client.min(u32::MAX as usize) as u32).saturating_sub(1),
             capacity,
             state: Mutex::new(State {
+                caps: Caps::new(cfg),
                 total: 0,
                 table: HashMap::with_capacity(capacity),
                 forgotten: 0,
@@ -163,8 +185,26 @@ impl Admission {
         })
     }
 
+    /// The limits at start.
     pub fn config(&self) -> AdmissionConfig {
         self.cfg
+    }
+
+    /// The limits in force (after [`reconfigure`](Self::reconfigure)).
+    pub fn current(&self) -> AdmissionConfig {
+        self.lock().caps.cfg
+    }
+
+    /// Apply `next` to the requests that follow (see the module docs); returns the limits now
+    /// in force (`max_transfers` at most its value at start).
+    pub fn reconfigure(&self, next: AdmissionConfig) -> AdmissionConfig {
+        let cfg = AdmissionConfig {
+            max_transfers: next.max_transfers.clamp(1, self.cfg.max_transfers),
+            max_per_client: next.max_per_client.max(1),
+            client_rate: next.client_rate,
+        };
+        self.lock().caps = Caps::new(cfg);
+        cfg
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -199,21 +239,22 @@ impl Admission {
                 st.forgotten += (before - st.table.len()) as u64;
             }
         }
+        let caps = st.caps;
         let e = st.table.entry(k).or_insert(Entry {
             active: 0,
             tat: now,
         });
-        if e.active as usize >= self.cfg.max_per_client {
+        if e.active as usize >= caps.cfg.max_per_client {
             return Err(OverCap::ClientBusy);
         }
-        if self.interval.is_zero() {
+        if caps.interval.is_zero() {
             return Ok(now);
         }
         let tat = e.tat.max(now);
-        if tat.saturating_duration_since(now) > self.tolerance {
+        if tat.saturating_duration_since(now) > caps.tolerance {
             return Err(OverCap::ClientRate);
         }
-        Ok(tat + self.interval)
+        Ok(tat + caps.interval)
     }
 
     /// Whether `ip` is within its own limits at `now` (nothing is counted).
@@ -226,6 +267,12 @@ impl Admission {
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Ticket, OverCap> {
         let k = key(ip);
         let mut st = self.lock();
+        // Only after a reload lowered it: the shares alone keep the total within the start cap.
+        if st.caps.cfg.max_transfers < self.cfg.max_transfers
+            && st.total >= st.caps.cfg.max_transfers
+        {
+            return Err(OverCap::Busy);
+        }
         let tat = self.check_client(&mut st, k, now)?;
         st.total += 1;
         if let Some(e) = st.table.get_mut(&k) {
@@ -304,6 +351,42 @@ impl std::fmt::Debug for Ticket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reload changes the per-address caps for the next request, lowers the global cap, and
+    /// cannot raise it above its start value; tickets already held stay valid.
+    #[test]
+    fn reconfigure_applies_to_the_next_request() {
+        let a = adm(10, 1, 0);
+        let now = Instant::now();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t1 = a.admit(ip, now).unwrap();
+        assert_eq!(a.admit(ip, now).unwrap_err(), OverCap::ClientBusy);
+        let c = a.reconfigure(AdmissionConfig {
+            max_transfers: 2,
+            max_per_client: 5,
+            client_rate: 0,
+        });
+        assert_eq!(c.max_transfers, 2);
+        assert_eq!(a.current(), c);
+        assert_eq!(
+            a.config().max_transfers,
+            10,
+            "the start limits stay visible"
+        );
+        let t2 = a.admit(ip, now).unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(a.admit(other, now).unwrap_err(), OverCap::Busy);
+        drop(t2);
+        let _t3 = a.admit(other, now).unwrap();
+        let c = a.reconfigure(AdmissionConfig {
+            max_transfers: 1000,
+            max_per_client: 5,
+            client_rate: 0,
+        });
+        assert_eq!(c.max_transfers, 10, "not above the start value");
+        drop(t1);
+        assert_eq!(a.total(), 1);
+    }
 
     fn adm(max: usize, per: usize, rate: u32) -> Arc<Admission> {
         Admission::new(AdmissionConfig {
