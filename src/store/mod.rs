@@ -15,7 +15,7 @@
 //!
 //! netascii is never converted up front: a netascii lookup opens the file for reading, the content
 //! keeps that descriptor (one per netascii transfer; not cached), and the sender converts one window
-//! at a time into the transfer's own buffer (`server/send.rs`), reading the source with `pread`,
+//! at a time into the transfer's own buffer (`engine/send.rs`), reading the source with `pread`,
 //! which returns short or fails on a truncated file instead of faulting. The converted length is
 //! known only at the end, so no tsize is offered for netascii (as tftpd-hpa does).
 //!
