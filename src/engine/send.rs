@@ -5,7 +5,8 @@
 //!   iovecs per block (header, then the slice of the content), one `mmsghdr` and one `UDP_SEGMENT`
 //!   control buffer per call. It is sized once, when the transfer starts, for at most
 //!   [`MAX_TX_BLOCKS`] blocks whatever the window (a larger window goes out in several builds, one
-//!   after the other); building a window never allocates. So a transfer's send state is at most
+//!   after the other); building a window never allocates. It also holds the transfer's control
+//!   datagram buffer and the one `sendmsg` call over it ([`TxBufs::ctrl_msg`]). So a transfer's send state is at most
 //!   [`TxBufs::heap_bytes`]`(MAX_TX_BLOCKS)` (about 10 KiB), whatever `--max-window` allows.
 //! - [`TxBufs::build`] lays out the blocks `first .. first + count` as calls of
 //!   [`blocks_per_call`] consecutive blocks. With GSO, a call of several blocks carries
@@ -101,6 +102,15 @@ pub(crate) struct TxBufs {
     text: Option<Box<TextWindow>>,
     /// Control datagrams (OACK, ERROR) are written here by `poll_transmit`.
     pub ctrl: Box<[u8; 1024]>,
+    /// The one `sendmsg` call of a control datagram (over `ctrl`), at a fixed heap address until
+    /// its completion.
+    ctrl_msg: Box<CtrlMsg>,
+}
+
+/// The call that sends a control datagram: one iovec over [`TxBufs::ctrl`].
+struct CtrlMsg {
+    iov: libc::iovec,
+    msg: libc::mmsghdr,
 }
 
 impl TxBufs {
@@ -121,6 +131,11 @@ impl TxBufs {
             n_calls: 0,
             text: None,
             ctrl: Box::new([0u8; 1024]),
+            ctrl_msg: Box::new(CtrlMsg {
+                iov: zero_iov,
+                // SAFETY: as above.
+                msg: unsafe { zeroed() },
+            }),
         }
     }
 
@@ -137,6 +152,7 @@ impl TxBufs {
                 + size_of::<CmsgBuf<GSO_CMSG_SPACE>>()
                 + size_of::<Call>())
             + 1024
+            + size_of::<CtrlMsg>()
     }
 
     /// Lay out blocks `first .. first + count` of `transfer` over `content` as `sendmsg` calls
@@ -261,6 +277,24 @@ impl TxBufs {
     /// The calls of the last [`build`](Self::build).
     pub(crate) fn msgs(&mut self) -> &mut [libc::mmsghdr] {
         &mut self.msgs[..self.n_calls]
+    }
+
+    /// The `sendmsg` call of the control datagram in the first `len` bytes of
+    /// [`ctrl`](Self::ctrl) (on a connected socket: no address). It stays valid, and `ctrl` must
+    /// not be written, until the call has completed.
+    pub(crate) fn ctrl_msg(&mut self, len: usize) -> &mut libc::mmsghdr {
+        let len = len.min(self.ctrl.len());
+        let c = &mut *self.ctrl_msg;
+        c.iov = libc::iovec {
+            iov_base: self.ctrl.as_mut_ptr().cast(),
+            iov_len: len,
+        };
+        // SAFETY: all-zero is a valid msghdr.
+        c.msg.msg_hdr = unsafe { zeroed() };
+        c.msg.msg_hdr.msg_iov = &mut c.iov;
+        c.msg.msg_hdr.msg_iovlen = 1;
+        c.msg.msg_len = 0;
+        &mut c.msg
     }
 
     /// Layout of call `i` of the last build.
