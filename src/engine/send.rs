@@ -113,6 +113,12 @@ struct CtrlMsg {
     msg: libc::mmsghdr,
 }
 
+// SAFETY: the raw pointers in the built calls point into the TxBufs' own heap buffers and into
+// content its owner keeps alive; they are only dereferenced by sends made (or submitted) by the
+// thread that owns the TxBufs. Moving it to another thread (the multicast service is built on one
+// thread and run on the engine's) moves those buffers with it, unchanged.
+unsafe impl Send for TxBufs {}
+
 impl TxBufs {
     /// Buffers for windows of up to `window` blocks (at most [`MAX_TX_BLOCKS`]).
     pub(crate) fn new(window: usize) -> Self {
@@ -167,12 +173,20 @@ impl TxBufs {
         count: u32,
         gso: bool,
     ) -> Option<usize> {
-        self.layout(transfer, first, count, gso, |index| {
-            let (offset, len) = transfer.block_range(index);
-            let offset = usize::try_from(offset).ok()?;
-            let data = content.get(offset..offset.checked_add(len)?)?;
-            Some((data.as_ptr(), len))
-        })
+        let blksize = transfer.negotiated().blksize.bytes();
+        self.layout(
+            blksize,
+            transfer.total_blocks(),
+            first,
+            count,
+            gso,
+            |index| {
+                let (offset, len) = transfer.block_range(index);
+                let offset = usize::try_from(offset).ok()?;
+                let data = content.get(offset..offset.checked_add(len)?)?;
+                Some((data.as_ptr(), len))
+            },
+        )
     }
 
     /// What the worker calls for each window: [`build`](Self::build) for octet content; for
@@ -202,7 +216,8 @@ impl TxBufs {
                     transfer.set_last_block(last, len);
                 }
                 let t: &TextWindow = &text;
-                self.layout(transfer, first, count, gso, |index| {
+                let total = transfer.total_blocks();
+                self.layout(blksize, total, first, count, gso, |index| {
                     let i = usize::try_from(index.checked_sub(first)?).ok()?;
                     let len = *t.lens.get(i)? as usize;
                     Some((t.buf.get(i * blksize..)?.as_ptr(), len))
@@ -225,14 +240,14 @@ impl TxBufs {
     /// must stay valid as long as the built messages.
     fn layout(
         &mut self,
-        transfer: &Transfer,
+        blksize: usize,
+        total: u64,
         first: u64,
         count: u32,
         gso: bool,
         block: impl Fn(u64) -> Option<(*const u8, usize)>,
     ) -> Option<usize> {
         let count = (count as usize).min(self.capacity()) as u32;
-        let blksize = transfer.negotiated().blksize.bytes();
         let per_call = blocks_per_call(blksize, gso);
         let segment = (4 + blksize) as u16;
         let mut n_calls = 0;
@@ -241,7 +256,7 @@ impl TxBufs {
             for k in 0..call.count as usize {
                 let slot = base + k;
                 let index = call.first + k as u64;
-                if index == 0 || index > transfer.total_blocks() {
+                if index == 0 || index > total {
                     return None;
                 }
                 let (data, len) = block(index)?;
@@ -272,6 +287,40 @@ impl TxBufs {
         }
         self.n_calls = n_calls;
         Some(n_calls)
+    }
+
+    /// Like [`build`](Self::build) for a multicast session's window over its `content`.
+    pub(crate) fn build_session(
+        &mut self,
+        session: &crate::proto::mtftp::session::Session,
+        content: &[u8],
+        first: u64,
+        count: u32,
+        gso: bool,
+    ) -> Option<usize> {
+        let blksize = session.config().blksize.get() as usize;
+        self.layout(
+            blksize,
+            session.total_blocks(),
+            first,
+            count,
+            gso,
+            |index| {
+                let (offset, len) = session.block_range(index);
+                let offset = usize::try_from(offset).ok()?;
+                let data = content.get(offset..offset.checked_add(len)?)?;
+                Some((data.as_ptr(), len))
+            },
+        )
+    }
+
+    /// Address the calls of the last build to `to` (an unconnected socket). `to` must outlive
+    /// their sends (a synchronous caller's).
+    pub(crate) fn address(&mut self, to: &socket2::SockAddr) {
+        for m in &mut self.msgs[..self.n_calls] {
+            m.msg_hdr.msg_name = to.as_ptr() as *mut libc::c_void;
+            m.msg_hdr.msg_namelen = to.len();
+        }
     }
 
     /// The calls of the last [`build`](Self::build).
@@ -307,6 +356,40 @@ impl TxBufs {
         self.call(self.n_calls.checked_sub(1)?)
             .map(|c| c.first + c.count as u64 - 1)
     }
+}
+
+/// Send `msgs` with `sendmmsg` (nonblocking), all of them or up to the first failure:
+/// `Err((call, errno))`.
+pub(crate) fn sendmmsg_all(
+    fd: std::os::fd::RawFd,
+    msgs: &mut [libc::mmsghdr],
+) -> Result<(), (usize, i32)> {
+    let mut i = 0;
+    while i < msgs.len() {
+        let rest = &mut msgs[i..];
+        // SAFETY: the mmsghdrs were built by TxBufs and point to live buffers and content.
+        let r = unsafe {
+            libc::sendmmsg(
+                fd,
+                rest.as_mut_ptr(),
+                rest.len() as libc::c_uint,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if r > 0 {
+            i += r as usize;
+            continue;
+        }
+        let e = if r == 0 {
+            libc::EAGAIN
+        } else {
+            crate::sys::socket::errno()
+        };
+        if e != libc::EINTR {
+            return Err((i, e));
+        }
+    }
+    Ok(())
 }
 
 /// A netascii transfer's converted blocks and the encoder's positions. See the module docs.
@@ -606,6 +689,45 @@ mod tests {
             out.extend(segs);
         }
         out
+    }
+
+    /// A multicast session's window: header + file slice per block, GSO calls, addressed to the
+    /// group (issue 9).
+    #[test]
+    fn session_windows_carry_the_exact_bytes_to_the_group() {
+        use crate::proto::mtftp::session::{Session, SessionConfig};
+        let content: Vec<u8> = (0..3000u32).map(|i| (i * 7 + 3) as u8).collect();
+        let group: std::net::SocketAddr = "239.1.2.3:1758".parse().unwrap();
+        let cfg = SessionConfig::new(
+            crate::proto::mtftp::Protocol::Rfc2090,
+            crate::proto::tftp::options::BlockSize::new(512).unwrap(),
+            content.len() as u64,
+            group,
+        );
+        let session = Session::new(cfg, Instant::now());
+        assert_eq!(session.total_blocks(), 6);
+        for gso in [true, false] {
+            let mut tx = TxBufs::new(MAX_TX_BLOCKS);
+            let calls = tx.build_session(&session, &content, 2, 5, gso).unwrap();
+            assert_eq!(calls, if gso { 1 } else { 5 });
+            let to = socket2::SockAddr::from(group);
+            tx.address(&to);
+            for m in tx.msgs().iter() {
+                assert_eq!(m.msg_hdr.msg_name as *const u8, to.as_ptr() as *const u8);
+                assert_eq!(m.msg_hdr.msg_namelen, to.len());
+            }
+            let got = datagrams(&mut tx, 512);
+            assert_eq!(got.len(), 5);
+            for (k, d) in got.iter().enumerate() {
+                let index = 2 + k as u64;
+                let (off, len) = session.block_range(index);
+                assert_eq!(&d[..4], &data_header(BlockNum::from_index(index)));
+                assert_eq!(&d[4..], &content[off as usize..off as usize + len]);
+            }
+        }
+        // Outside the session: nothing built.
+        let mut tx = TxBufs::new(MAX_TX_BLOCKS);
+        assert!(tx.build_session(&session, &content, 6, 2, true).is_none());
     }
 
     #[test]
