@@ -8,7 +8,7 @@
 //! fairness) and fires due timers. The wait ends at the earliest timer deadline or when the
 //! shutdown eventfd becomes readable.
 
-use super::tftp::{Core, Driver, SendStatus, SlotId};
+use super::tftp::{Core, Driver, SendStatus, SlotId, CTRL_CALL};
 use super::workers::Shutdown;
 use crate::proto::ratelog::LogLimit;
 use crate::sys::poll::{self, Events, Poller};
@@ -78,6 +78,21 @@ impl Driver for EpollDriver {
             return SendStatus::Done(Some((i, e)));
         }
         SendStatus::Done(None)
+    }
+
+    fn send_ctrl(&mut self, _id: SlotId, fd: RawFd, msg: &mut libc::mmsghdr) -> SendStatus {
+        loop {
+            // SAFETY: the msghdr was built by TxBufs and points to its live control buffer.
+            let r =
+                unsafe { libc::sendmsg(fd, &msg.msg_hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+            if r >= 0 {
+                return SendStatus::Done(None);
+            }
+            match sys::socket::errno() {
+                libc::EINTR => continue,
+                e => return SendStatus::Done(Some((CTRL_CALL, e))),
+            }
+        }
     }
 }
 

@@ -38,7 +38,13 @@
 //!   service at the earliest session deadline (or within a second) and after every wake-up, sends what the sessions produce, and logs each session's
 //!   life: start, members, master changes, and at the end the blocks and bytes it sent, which show
 //!   the file went out about once per session rather than once per client.
+//! - A window goes out through the service's one [`TxBufs`] (sessions send synchronously, one at
+//!   a time): header + file slice per block, several blocks per `UDP_SEGMENT` call to the group,
+//!   with `sendmmsg`, inside the `Content::begin_send`/`end_send` bracket. A GSO call the kernel
+//!   refuses (`EINVAL`, `EIO`, `EOPNOTSUPP`) turns GSO off for the service and the window is sent
+//!   again from that call, one datagram per block.
 
+use crate::engine::send::{sendmmsg_all, TxBufs, MAX_TX_BLOCKS};
 use crate::engine::{Io, Service};
 use crate::proto::mtftp::session::{
     JoinError, Joined, LeaveReason, Session, SessionConfig, SessionEvent, BLKSIZE_BUCKETS,
@@ -46,8 +52,7 @@ use crate::proto::mtftp::session::{
 use crate::proto::mtftp::Protocol;
 use crate::proto::ratelog::LogLimit;
 use crate::proto::tftp::options::{BlockSize, WindowSize};
-use crate::proto::tftp::packet::{data_header, emit_error, ErrorCode, Mode, Packet};
-use crate::proto::tftp::BlockNum;
+use crate::proto::tftp::packet::{emit_error, ErrorCode, Mode, Packet};
 use crate::proto::{Payload, Transmit};
 use crate::store::{Content, Store};
 use crate::sys::poll::EventFd;
@@ -55,9 +60,8 @@ use crossbeam::channel::{self, Receiver};
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::collections::HashMap;
 use std::io;
-use std::mem::zeroed;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -189,6 +193,8 @@ pub fn bind_with(
         logs: Logs::default(),
         tokens: Vec::new(),
         observer: status.as_deref().map(observe::Observer::new),
+        tx: TxBufs::new(MAX_TX_BLOCKS),
+        gso: crate::sys::socket::gso_supported(),
     };
     Ok((handle, svc))
 }
@@ -262,6 +268,10 @@ pub struct McService {
     observer: Option<observe::Observer>,
     /// The session tokens of one turn, reused.
     tokens: Vec<u64>,
+    /// The send buffers of windows (sessions send synchronously, one at a time).
+    tx: TxBufs,
+    /// UDP GSO for windows (cleared for good when a GSO send is refused).
+    gso: bool,
 }
 
 impl McService {
@@ -645,26 +655,50 @@ impl McService {
                         break;
                     }
                     let bytes = r.content.bytes();
-                    for i in first..first + count as u64 {
-                        let (off, len) = r.session.block_range(i);
-                        let hdr = data_header(BlockNum::from_index(i));
-                        let payload = &bytes[off as usize..off as usize + len];
-                        if let Err(e) = send_block(r.sock.as_raw_fd(), &hdr, payload, &to) {
-                            if e.raw_os_error() == Some(libc::EFAULT) {
+                    let fd = r.sock.as_raw_fd();
+                    let end = first + count as u64;
+                    let mut next = first;
+                    // In builds of at most MAX_TX_BLOCKS blocks: header + file slice per block,
+                    // several blocks per GSO call; one datagram per block once GSO is refused.
+                    while next < end {
+                        let n = (end - next).min(self.tx.capacity() as u64) as u32;
+                        let built = self.tx.build_session(&r.session, bytes, next, n, self.gso);
+                        if built.is_none() {
+                            break;
+                        }
+                        self.tx.address(&to);
+                        let Err((call, e)) = sendmmsg_all(fd, self.tx.msgs()) else {
+                            next += n as u64;
+                            continue;
+                        };
+                        let c = self.tx.call(call);
+                        match e {
+                            libc::EFAULT => {
                                 // The mapped file was truncated under us.
                                 warn!(
                                     file = r.content.display_path(),
                                     "file changed on the server while multicast; session ended"
                                 );
                                 r.failed = true;
-                                break;
                             }
-                            // Lost like any datagram: the master's ACKs bring it back.
-                            if let Some(suppressed) = self.logs.send_failed.allow(now) {
-                                debug!(reason = %e, suppressed, "multicast block send failed");
+                            libc::EIO | libc::EINVAL | libc::EOPNOTSUPP
+                                if c.is_some_and(|c| c.gso) =>
+                            {
+                                warn!(reason = %io::Error::from_raw_os_error(e), "UDP GSO refused for a multicast window; one datagram per block from now on");
+                                self.gso = false;
+                                if let Some(c) = c {
+                                    next = c.first;
+                                    continue;
+                                }
                             }
-                            break;
+                            _ => {
+                                // Lost like any datagram: the master's ACKs bring it back.
+                                if let Some(suppressed) = self.logs.send_failed.allow(now) {
+                                    debug!(reason = %io::Error::from_raw_os_error(e), suppressed, "multicast block send failed");
+                                }
+                            }
                         }
+                        break;
                     }
                     r.content.end_send();
                 }
@@ -726,34 +760,6 @@ impl McService {
                 "multicast session finished"
             );
         }
-    }
-}
-
-/// One DATA block: header and file slice as two iovecs, never copied together.
-fn send_block(fd: RawFd, hdr: &[u8; 4], payload: &[u8], to: &SockAddr) -> io::Result<()> {
-    let mut iov = [
-        libc::iovec {
-            iov_base: hdr.as_ptr() as *mut libc::c_void,
-            iov_len: 4,
-        },
-        libc::iovec {
-            iov_base: payload.as_ptr() as *mut libc::c_void,
-            iov_len: payload.len(),
-        },
-    ];
-    // SAFETY: all pointers refer to live data for the duration of the call.
-    let r = unsafe {
-        let mut msg: libc::msghdr = zeroed();
-        msg.msg_name = to.as_ptr() as *mut libc::c_void;
-        msg.msg_namelen = to.len();
-        msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = if payload.is_empty() { 1 } else { 2 };
-        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }
 

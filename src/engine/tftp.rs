@@ -17,8 +17,11 @@
 //! - Everything the core asks of the I/O goes through the small [`Driver`] trait: start and stop
 //!   receiving on a transfer socket, and send the `sendmsg` calls of one window. A synchronous
 //!   driver (epoll) reports the result at once; an asynchronous one (io_uring) reports each call's
-//!   completion later through `on_send_complete`. Control datagrams (OACK, ERROR) and refusals are
-//!   rare and are sent directly with a nonblocking `send`.
+//!   completion later through `on_send_complete`. A transfer's control datagrams (OACK, ERROR) go
+//!   through the same driver ([`Driver::send_ctrl`], one call over the transfer's `TxBufs`), and
+//!   only when nothing of the transfer is in flight: one polled while a window is in flight waits
+//!   for it (and its remaining builds), so an ERROR never overtakes DATA; nothing more is polled
+//!   while it waits or is in flight. Refusals (from the listening socket) are sent directly.
 //! - After every input to a transfer, the core drains `poll_transmit`, arms the transfer's
 //!   deadline in the worker's [`TimerQueue`], and when `poll_event` says it is over, closes it.
 //! - A transfer's socket is closed (its descriptor number freed for reuse) only when no operation
@@ -120,7 +123,16 @@ pub(crate) trait Driver {
     /// Send the calls of one window on connected socket `fd`. The `mmsghdr`s (and what they point
     /// to) stay valid until every call has completed.
     fn send(&mut self, id: SlotId, fd: RawFd, msgs: &mut [libc::mmsghdr]) -> SendStatus;
+    /// Send one control datagram (OACK, ERROR) on connected socket `fd`. The core submits it only
+    /// when no send of the transfer is in flight, so it leaves after every DATA submitted before
+    /// it. `msg` stays valid until it completes; an asynchronous driver reports that completion
+    /// with call [`CTRL_CALL`]; a failure is reported with call `CTRL_CALL` too.
+    fn send_ctrl(&mut self, id: SlotId, fd: RawFd, msg: &mut libc::mmsghdr) -> SendStatus;
 }
+
+/// The call number of a control datagram's send (window calls are numbered from 0, below
+/// [`super::send::MAX_TX_BLOCKS`]).
+pub(crate) const CTRL_CALL: usize = u16::MAX as usize;
 
 /// A listening socket of this worker.
 pub(crate) struct Listener {
@@ -144,8 +156,14 @@ struct Io {
     tx: TxBufs,
     /// GSO allowed for this transfer (cleared when the path refuses it).
     gso: bool,
-    /// Calls of the current window not yet completed (asynchronous drivers).
+    /// Calls of the current window, or the control datagram, not yet completed (asynchronous
+    /// drivers). Never both: each is submitted only when nothing of the transfer is in flight.
     in_flight: u32,
+    /// The control datagram in `tx.ctrl` is in flight (`tx.ctrl` must not be written).
+    ctrl_in_flight: bool,
+    /// A control datagram (its length in `tx.ctrl`) polled while a window was in flight: it goes
+    /// out once the window (and what is left of it) has completed, so it never overtakes DATA.
+    ctrl_pending: Option<usize>,
     /// First failed call of the window in flight.
     send_failure: Option<(usize, i32)>,
     /// A window polled while another was in flight: sent when it completes (the newest wins).

@@ -6,7 +6,9 @@
 //!   buffers from one provided-buffer ring ([`BufRing`]); a multishot that ends (no `F_MORE`, e.g.
 //!   `ENOBUFS`) is re-armed. Buffers go back to the ring once their completion is handled.
 //! - Windows go out as `SendMsg` SQEs built by the shared [`Core`] (one per GSO call, linked so they
-//!   leave in order). The `mmsghdr`s stay valid until their completions because the core keeps a
+//!   leave in order). A transfer's control datagrams (OACK, ERROR) go out as a `SendMsg` too (call
+//!   [`CTRL_CALL`]), over its `TxBufs`; the core submits one only once the transfer's window has
+//!   completed, so an ERROR never overtakes DATA. The `mmsghdr`s stay valid until their completions because the core keeps a
 //!   transfer's memory while any of its sends is in flight, and queues a newer window meanwhile.
 //! - A closed transfer's multishot receive is cancelled with `AsyncCancel`. The core closes the
 //!   socket only once every operation naming its descriptor has completed: each send's completion
@@ -22,7 +24,7 @@
 //!   deadline (`IORING_ENTER_EXT_ARG` timeout). Transfer completions of a batch are handled before
 //!   listener completions. Shutdown arrives as a completed poll on the shutdown eventfd.
 
-use super::tftp::{Core, Driver, SendStatus, SlotId};
+use super::tftp::{Core, Driver, SendStatus, SlotId, CTRL_CALL};
 use super::workers::Shutdown;
 use crate::proto::ratelog::LogLimit;
 use crate::sys::{self, cmsg::PKTINFO_CMSG_SPACE};
@@ -236,6 +238,20 @@ impl Driver for UringDriver {
             }
         }
         SendStatus::InFlight(n as u32)
+    }
+
+    fn send_ctrl(&mut self, id: SlotId, fd: RawFd, msg: &mut libc::mmsghdr) -> SendStatus {
+        let e = opcode::SendMsg::new(Fd(fd), &msg.msg_hdr)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(ud(KIND_SEND, CTRL_CALL as u16, id));
+        match self.push(&e) {
+            Ok(()) => SendStatus::InFlight(1),
+            Err(err) => SendStatus::Done(Some((
+                CTRL_CALL,
+                err.raw_os_error().unwrap_or(libc::EAGAIN),
+            ))),
+        }
     }
 }
 

@@ -332,24 +332,6 @@ pub(crate) fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     Ok((soft, want))
 }
 
-/// `send()` on a connected socket. Returns the errno on failure.
-pub(crate) fn send_connected(fd: RawFd, payload: &[u8]) -> Result<(), i32> {
-    // SAFETY: payload is a live slice.
-    let r = unsafe {
-        libc::send(
-            fd,
-            payload.as_ptr().cast(),
-            payload.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if r < 0 {
-        Err(errno())
-    } else {
-        Ok(())
-    }
-}
-
 pub(crate) fn errno() -> i32 {
     io::Error::last_os_error()
         .raw_os_error()

@@ -178,6 +178,8 @@ fn a_request_handed_over_that_the_service_cannot_place_gets_an_error_and_its_pla
         logs: Logs::default(),
         observer: None,
         tokens: Vec::new(),
+        tx: crate::engine::send::TxBufs::new(crate::engine::send::MAX_TX_BLOCKS),
+        gso: true,
     };
     let h = svc.rx.try_recv().unwrap();
     crate::engine::with_test_io(|io| svc.join_rfc2090(io, h));

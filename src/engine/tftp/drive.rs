@@ -2,13 +2,12 @@
 //! completions, windows built into [`TxBufs`] and submitted, control datagrams (OACK, ERROR),
 //! the close of a transfer and its end-of-transfer line (see the contract of [`super`]).
 
-use super::{Core, Driver, Io, SendStatus, SlotId, WorkerLogs, FILE_CHANGED};
+use super::{Core, Driver, Io, SendStatus, SlotId, WorkerLogs, CTRL_CALL, FILE_CHANGED};
 use crate::proto::ratelog::LogLimit;
 use crate::proto::tftp::endpoint::TransferId;
 use crate::proto::tftp::packet::ErrorCode;
 use crate::proto::tftp::transfer::{Event as TransferEvent, Outcome};
 use crate::proto::Payload;
-use crate::sys;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
@@ -104,11 +103,16 @@ impl Core {
         };
         let was = io.in_flight;
         io.in_flight = was.saturating_sub(1);
-        if was == 1 {
+        if call == CTRL_CALL {
+            io.ctrl_in_flight = false;
+            if res < 0 {
+                debug!(client = %io.peer, reason = %io::Error::from_raw_os_error(-res), "control datagram not sent");
+            }
+        } else if was == 1 {
             // The window's last completion: the kernel holds none of the file's bytes any more.
             io.content.end_send();
         }
-        if res < 0 {
+        if res < 0 && call != CTRL_CALL {
             let e = -res;
             let replace = match io.send_failure {
                 None => true,
@@ -122,6 +126,11 @@ impl Core {
             return;
         }
         if io.closed {
+            // A control datagram (the ERROR that ended it) waited for the window: it goes now,
+            // and the socket stays open until it has completed too.
+            if let Some(len) = io.ctrl_pending.take() {
+                self.send_ctrl(id, len, drv);
+            }
             self.maybe_free(id);
             return;
         }
@@ -181,6 +190,28 @@ impl Core {
         if disable_worker_gso && self.gso {
             self.gso = false;
             warn!(worker, reason = %err, "UDP GSO send failed; this worker sends one datagram per block from now on");
+        }
+    }
+
+    /// Submit the control datagram in the first `len` bytes of the transfer's `tx.ctrl` (nothing
+    /// of the transfer is in flight: see [`Driver::send_ctrl`]).
+    fn send_ctrl(&mut self, id: TransferId, len: usize, drv: &mut impl Driver) {
+        let Some(io) = self.io_mut(id) else {
+            return;
+        };
+        let Some(fd) = io.sock.as_ref().map(|s| s.as_raw_fd()) else {
+            return;
+        };
+        debug_assert_eq!(io.in_flight, 0);
+        match drv.send_ctrl(id.into(), fd, io.tx.ctrl_msg(len)) {
+            SendStatus::Done(None) => {}
+            SendStatus::Done(Some((_, e))) => {
+                debug!(client = %io.peer, reason = %io::Error::from_raw_os_error(e), "control datagram not sent");
+            }
+            SendStatus::InFlight(n) => {
+                io.in_flight += n;
+                io.ctrl_in_flight = n > 0;
+            }
         }
     }
 
@@ -292,6 +323,14 @@ impl Core {
                     self.send_blocks(id, first, count, drv);
                     continue;
                 }
+                if let Some(len) = io.ctrl_pending.take() {
+                    self.send_ctrl(id, len, drv);
+                    continue;
+                }
+            }
+            if io.ctrl_in_flight || io.ctrl_pending.is_some() {
+                // `tx.ctrl` is in use: nothing more is polled until the control datagram is out.
+                break;
             }
             let Some(transfer) = self.endpoint.transfer_mut(id) else {
                 return;
@@ -301,10 +340,11 @@ impl Core {
             };
             match tx.payload {
                 Payload::Datagram(len) => {
-                    if let (Some(s), Some(bytes)) = (&io.sock, io.tx.ctrl.get(..len)) {
-                        if let Err(e) = sys::socket::send_connected(s.as_raw_fd(), bytes) {
-                            debug!(client = %io.peer, reason = %io::Error::from_raw_os_error(e), "control datagram not sent");
-                        }
+                    if io.in_flight > 0 {
+                        // DATA is in flight: the datagram follows it, never overtakes it.
+                        io.ctrl_pending = Some(len);
+                    } else {
+                        self.send_ctrl(id, len, drv);
                     }
                 }
                 Payload::Blocks { first, count } => {

@@ -263,6 +263,8 @@ impl Core {
             tx: TxBufs::new(window),
             gso: accepted.gso,
             in_flight: 0,
+            ctrl_in_flight: false,
+            ctrl_pending: None,
             send_failure: None,
             pending: None,
             redo: None,

@@ -9,18 +9,33 @@ use std::net::UdpSocket;
 /// otherwise (an io_uring stand-in), or completes them at once (an epoll stand-in).
 struct FakeDriver {
     asynchronous: bool,
+    /// Control datagrams stay in flight too (else they complete at once, really sent).
+    ctrl_async: bool,
     watched: Vec<(SlotId, RawFd)>,
     unwatched: Vec<SlotId>,
     sends: Vec<(SlotId, usize)>,
+    /// Every submission in order.
+    order: Vec<Sub>,
+}
+
+/// A submission seen by the fake driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sub {
+    /// A window of this many calls.
+    Window(usize),
+    /// A control datagram with this opcode.
+    Ctrl(u16),
 }
 
 impl FakeDriver {
     fn new(asynchronous: bool) -> Self {
         FakeDriver {
             asynchronous,
+            ctrl_async: false,
             watched: Vec::new(),
             unwatched: Vec::new(),
             sends: Vec::new(),
+            order: Vec::new(),
         }
     }
 }
@@ -36,8 +51,27 @@ impl Driver for FakeDriver {
     }
     fn send(&mut self, id: SlotId, _fd: RawFd, msgs: &mut [libc::mmsghdr]) -> SendStatus {
         self.sends.push((id, msgs.len()));
+        self.order.push(Sub::Window(msgs.len()));
         if self.asynchronous {
             SendStatus::InFlight(msgs.len() as u32)
+        } else {
+            SendStatus::Done(None)
+        }
+    }
+    fn send_ctrl(&mut self, _id: SlotId, fd: RawFd, msg: &mut libc::mmsghdr) -> SendStatus {
+        // SAFETY: TxBufs built one iovec over its live control buffer.
+        let bytes = unsafe {
+            let iov = &*msg.msg_hdr.msg_iov;
+            std::slice::from_raw_parts(iov.iov_base.cast::<u8>(), iov.iov_len)
+        };
+        self.order
+            .push(Sub::Ctrl(u16::from_be_bytes([bytes[0], bytes[1]])));
+        // Really sent (the clients of these tests read their OACK and ERROR).
+        // SAFETY: as above; sendmsg reads the msghdr only.
+        let r = unsafe { libc::sendmsg(fd, &msg.msg_hdr, libc::MSG_DONTWAIT) };
+        assert!(r >= 0, "control datagram not sent");
+        if self.asynchronous && self.ctrl_async {
+            SendStatus::InFlight(1)
         } else {
             SendStatus::Done(None)
         }
@@ -320,4 +354,72 @@ fn large_windows_are_sent_in_bounded_builds() {
         }
     }
     assert_eq!(total, 1000, "the whole window went out");
+}
+
+/// A control datagram never overtakes DATA: an ERROR polled while a window is in flight is
+/// submitted only once the window has completed, and the socket stays open until the ERROR's own
+/// send has completed too (issue 9; issue 8's rule on closing).
+#[test]
+fn error_after_a_window_is_submitted_after_it() {
+    let mut r = rig(AdmissionConfig::for_descriptors(100));
+    let mut drv = FakeDriver::new(true);
+    drv.ctrl_async = true;
+    let c = client();
+    let now = Instant::now();
+    request(&mut r, &c, &mut drv, now);
+    let (id, fd) = drv.watched[0];
+    let sock_id = identity(fd).unwrap();
+    assert_eq!(drv.order, [Sub::Ctrl(6)], "the OACK");
+    let mut buf = [0u8; 1500];
+    let (n, _) = c.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..2], &[0, 6], "OACK: {:?}", &buf[..n]);
+    // The OACK's completion, then ACK 0: a window goes out and stays in flight.
+    r.core
+        .on_send_complete(id, CTRL_CALL, n as i32, now, &mut drv);
+    r.core
+        .on_transfer_datagram(id, b"\x00\x04\x00\x00", false, now, &mut drv);
+    let calls = drv.sends[0].1;
+    assert_eq!(drv.order, [Sub::Ctrl(6), Sub::Window(calls)]);
+    // The server aborts the transfer (shutdown): its ERROR waits for the window.
+    r.core.shutdown(now, &mut drv);
+    assert!(!r.core.is_live(id));
+    assert_eq!(drv.order.len(), 2, "ERROR submitted over DATA in flight");
+    for call in 0..calls {
+        r.core.on_send_complete(id, call, 1000, now, &mut drv);
+    }
+    assert_eq!(
+        drv.order,
+        [Sub::Ctrl(6), Sub::Window(calls), Sub::Ctrl(5)],
+        "the ERROR follows the window"
+    );
+    let (n, _) = c.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..2], &[0, 5], "ERROR: {:?}", &buf[..n]);
+    r.core.on_recv_ended(id);
+    assert!(r.core.sends_in_flight());
+    assert_eq!(
+        identity(fd),
+        Some(sock_id),
+        "closed with the ERROR in flight"
+    );
+    r.core
+        .on_send_complete(id, CTRL_CALL, n as i32, now, &mut drv);
+    assert!(!r.core.sends_in_flight());
+    assert_eq!(r.core.lingering(), 0);
+    assert_ne!(identity(fd), Some(sock_id), "socket not closed at the end");
+}
+
+/// A synchronous driver (epoll) sends the ERROR at once, in order after the window.
+#[test]
+fn synchronous_driver_sends_the_error_at_once() {
+    let mut r = rig(AdmissionConfig::for_descriptors(100));
+    let mut drv = FakeDriver::new(false);
+    let c = client();
+    let now = Instant::now();
+    request(&mut r, &c, &mut drv, now);
+    let (id, _) = drv.watched[0];
+    r.core
+        .on_transfer_datagram(id, b"\x00\x04\x00\x00", false, now, &mut drv);
+    let calls = drv.sends[0].1;
+    r.core.shutdown(now, &mut drv);
+    assert_eq!(drv.order, [Sub::Ctrl(6), Sub::Window(calls), Sub::Ctrl(5)]);
 }
