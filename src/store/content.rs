@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -59,8 +59,9 @@ pub struct Content {
     pub(super) revoked: AtomicBool,
     /// A writer opened the file (its lease broke) and was not seen closing it since.
     pub(super) suspect: AtomicBool,
-    /// Sends handed to the kernel and not yet completed (see [`Content::begin_send`]).
-    pub(super) senders: AtomicU32,
+    /// Sends handed to the kernel and not yet completed (see [`Content::begin_send`]), striped
+    /// by thread so that workers serving the same file do not share one cache line.
+    pub(super) senders: Senders,
     pub(super) display: String,
     pub(super) key: Key,
     /// The version when loaded.
@@ -155,12 +156,12 @@ impl Content {
     /// sees the writer and checks, or the watcher sees the send and waits for it before the writer
     /// may touch the file.
     pub fn begin_send(&self) -> bool {
-        self.senders.fetch_add(1, Ordering::SeqCst);
+        self.senders.add(1);
         if self.suspect.load(Ordering::SeqCst) {
             self.recheck();
         }
         if self.revoked.load(Ordering::SeqCst) {
-            self.senders.fetch_sub(1, Ordering::SeqCst);
+            self.senders.add(u32::MAX);
             return false;
         }
         true
@@ -168,7 +169,7 @@ impl Content {
 
     /// The send started by a successful [`Content::begin_send`] is over.
     pub fn end_send(&self) {
-        self.senders.fetch_sub(1, Ordering::SeqCst);
+        self.senders.add(u32::MAX);
     }
 
     /// Whether the bytes are still the ones loaded. Call it before sending the window that holds
@@ -272,7 +273,7 @@ impl Content {
     pub(crate) fn suspect_and_drain(&self, limit: std::time::Duration) -> bool {
         self.suspect.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + limit;
-        while self.senders.load(Ordering::SeqCst) != 0 {
+        while self.senders.total() != 0 {
             if Instant::now() >= deadline {
                 return false;
             }
@@ -311,7 +312,7 @@ impl Content {
             data,
             revoked: AtomicBool::new(false),
             suspect: AtomicBool::new(false),
-            senders: AtomicU32::new(0),
+            senders: Senders::default(),
             display,
             key,
             version,
@@ -353,5 +354,43 @@ impl fmt::Debug for Content {
             .field("leased", &self.lease_fd.is_some())
             .field("watched", &self.wd.is_some())
             .finish()
+    }
+}
+
+/// Stripes of the in-flight send count (one per thread, round robin; more threads share).
+const SENDER_STRIPES: usize = 8;
+
+/// A cache line (two, against the adjacent-line prefetcher) of its own per stripe.
+#[repr(align(128))]
+#[derive(Default)]
+struct Stripe(AtomicU32);
+
+/// The count of sends in flight, striped by thread: a worker's begin/end touch only its stripe.
+/// The total is the wrapping sum of the stripes, so an end counted on another thread's stripe
+/// (a send completed elsewhere) still balances. Every access is SeqCst: with the `suspect` flag
+/// this keeps the Dekker handshake of [`Content::begin_send`] (a sender's increment is ordered
+/// before its read of `suspect`, the drain's read of every stripe after its write of it).
+#[derive(Default)]
+pub(super) struct Senders([Stripe; SENDER_STRIPES]);
+
+impl Senders {
+    fn stripe() -> usize {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SENDER_STRIPES;
+        }
+        STRIPE.with(|s| *s)
+    }
+
+    /// Add `n` (wrapping: `u32::MAX` subtracts one) to this thread's stripe.
+    fn add(&self, n: u32) {
+        self.0[Self::stripe()].0.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// Sends in flight across every thread.
+    pub(super) fn total(&self) -> u32 {
+        self.0
+            .iter()
+            .fold(0u32, |t, s| t.wrapping_add(s.0.load(Ordering::SeqCst)))
     }
 }

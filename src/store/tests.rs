@@ -2,7 +2,6 @@ use super::*;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 fn opts(small_file_limit: u64, leases: bool) -> StoreOptions {
@@ -81,7 +80,7 @@ fn a_lease_break_waits_for_sends_in_progress() {
     });
     assert!(c.suspect_and_drain(Duration::from_secs(5)));
     t.join().unwrap();
-    assert_eq!(c.senders.load(Ordering::SeqCst), 0);
+    assert_eq!(c.senders.total(), 0);
     c.revoke_changed("test");
     assert!(!c.begin_send(), "no send begins after the revocation");
     assert!(!c.verify_unchanged());

@@ -357,7 +357,7 @@ mod tests {
     #[test]
     fn reconfigure_applies_to_the_next_request() {
         let a = adm(10, 1, 0);
-        let now = Instant::now();
+        let now = crate::sim_origin();
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let t1 = a.admit(ip, now).unwrap();
         assert_eq!(a.admit(ip, now).unwrap_err(), OverCap::ClientBusy);
