@@ -51,33 +51,7 @@ impl Driver for EpollDriver {
     }
 
     fn send(&mut self, _id: SlotId, fd: RawFd, msgs: &mut [libc::mmsghdr]) -> SendStatus {
-        let mut i = 0;
-        while i < msgs.len() {
-            let rest = &mut msgs[i..];
-            // SAFETY: the mmsghdrs were built by TxBufs and point to live buffers and content.
-            let r = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    rest.as_mut_ptr(),
-                    rest.len() as libc::c_uint,
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            if r > 0 {
-                i += r as usize;
-                continue;
-            }
-            let e = if r == 0 {
-                libc::EAGAIN
-            } else {
-                sys::socket::errno()
-            };
-            if e == libc::EINTR {
-                continue;
-            }
-            return SendStatus::Done(Some((i, e)));
-        }
-        SendStatus::Done(None)
+        SendStatus::Done(super::send::sendmmsg_all(fd, msgs).err())
     }
 
     fn send_ctrl(&mut self, _id: SlotId, fd: RawFd, msg: &mut libc::mmsghdr) -> SendStatus {
