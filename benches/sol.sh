@@ -22,21 +22,12 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
-TARGET=${CARGO_TARGET_DIR:-$REPO/target}
-RINGBOOT=${RINGBOOT_BIN:-$TARGET/release/ringboot}
-LOADTEST=${LOADTEST_BIN:-$TARGET/release/ringboot-loadtest}
+source "$(dirname "$0")/../loadtest/lib.sh"
 WORK=${SOL_DIR:-/tmp/ringboot-sol}
 ROOT=$WORK/root
-TCK=$(getconf CLK_TCK)
-log() { echo "sol.sh: $*" >&2; }
 
 mkdir -p "$ROOT"
-if [[ ! -x $RINGBOOT || ! -x $LOADTEST ]]; then
-    log "building ringboot and ringboot-loadtest (release)"
-    (cd "$REPO" && cargo build --release -p ringboot -p ringboot-loadtest)
-fi
+build_bins
 SOL=$(cd "$REPO" && cargo bench --bench sol --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
 [[ -x $SOL ]] || { log "could not build benches/sol.rs"; exit 1; }
 
@@ -53,7 +44,6 @@ trap 'exit 130' INT TERM
 
 # utime + stime of a process, in seconds.
 cpu_of() { sed 's/.*) //' "/proc/$1/stat" | awk -v t="$TCK" '{print ($12 + $13) / t}'; }
-json_num() { sed -n "s/^  \"$2\": \([0-9.e+-]*\),\?$/\1/p" "$1" | head -1; }
 
 ROWS=()
 for p in $PROFILES; do
@@ -64,7 +54,7 @@ for p in $PROFILES; do
     sol_bytes=$(sed -n 's/.* bytes=\([0-9]*\).*/\1/p' <<<"$line")
 
     log "== $p: ringboot"
-    ip="127.$((100 + RANDOM % 100)).$((RANDOM % 256)).$((1 + RANDOM % 254))"
+    ip=$(rand_ip)
     port=$((20000 + RANDOM % 30000))
     # shellcheck disable=SC2086
     "$RINGBOOT" serve --root "$ROOT" --listen "$ip:$port" ${RINGBOOT_ARGS:-} >"$WORK/ringboot-$p.log" 2>&1 &
@@ -80,9 +70,9 @@ for p in $PROFILES; do
     c1=$(cpu_of "$SPID")
     kill "$SPID"; wait "$SPID" 2>/dev/null || true; SPID=""
     j=$WORK/loadtest-$p.json
-    bytes=$(json_num "$j" bytes)
-    wall=$(json_num "$j" wall_seconds)
-    lt=$(json_num "$j" loadtest_cpu_share)
+    bytes=$(json_get "$j" bytes)
+    wall=$(json_get "$j" wall_seconds)
+    lt=$(json_get "$j" loadtest_cpu_share)
     ROWS+=("$(awk -v p="$p" -v sg="$sol_gb" -v sw="$sol_wall" -v sb="$sol_bytes" -v c0="$c0" -v c1="$c1" \
         -v b="$bytes" -v w="$wall" -v lt="$lt" 'BEGIN {
             rg = (c1 - c0) / (b / 1e9);

@@ -53,11 +53,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
-TARGET=${CARGO_TARGET_DIR:-$REPO/target}
-RINGBOOT=${RINGBOOT_BIN:-$TARGET/release/ringboot}
-LOADTEST=${LOADTEST_BIN:-$TARGET/release/ringboot-loadtest}
+source "$(dirname "$0")/lib.sh"
 PEERS=${COMPARE_DIR:-/tmp/ringboot-compare}/peers
 WORK=${BOTTLENECK_DIR:-/tmp/ringboot-bottleneck}
 ROOT=$WORK/root
@@ -75,10 +71,8 @@ VC=rbbc$$
 [[ $(id -u) -eq 0 ]] || { echo "bottleneck.sh: run as root (namespaces, tc, port 69)" >&2; exit 2; }
 for t in ip tc nft; do command -v $t >/dev/null || { echo "bottleneck.sh: $t not found (iproute2)" >&2; exit 2; }; done
 mkdir -p "$PEERS" "$ROOT" "$OUT"
-log() { echo "bottleneck.sh: $*" >&2; }
 
 SPID=""
-CG=""
 cleanup() {
     if [[ -n $SPID ]]; then kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; fi
     [[ -z $CG ]] || rmdir "$CG" 2>/dev/null || true
@@ -90,22 +84,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- binaries and peers (as loadtest/compare.sh) -------------------------------------------------
-if [[ ! -x $RINGBOOT || ! -x $LOADTEST ]]; then
-    log "building ringboot and ringboot-loadtest (release)"
-    (cd "$REPO" && cargo build --release -p ringboot -p ringboot-loadtest)
-fi
-fetch() { # fetch DIR PACKAGE...
-    local dir=$1; shift
-    local dl=$WORK/debs
-    rm -rf "$dl"; mkdir -p "$dl" "$dir"
-    log "apt-get download $*"
-    if ! (cd "$dl" && apt-get download "$@" >/dev/null 2>&1); then
-        apt-get update >/dev/null 2>&1 || true
-        (cd "$dl" && apt-get download "$@" >/dev/null) || log "download of $* failed"
-    fi
-    for d in "$dl"/*.deb; do [[ -f $d ]] && dpkg -x "$d" "$dir"; done
-    rm -rf "$dl"
-}
+build_bins
 # Both peers link libwrap, which this machine may lack: it is unpacked beside them.
 for s in $SERVERS; do
     case $s in
@@ -164,20 +143,7 @@ sent_counters() {
         awk '/packets/ {for (i = 1; i <= NF; i++) { if ($i == "packets") p = $(i+1); if ($i == "bytes") b = $(i+1) }} END {printf "%.0f %.0f\n", b, p}'
 }
 
-# --- server CPU: a cgroup v2 of its own (counts tftpd-hpa's forked children too) ------------------
-CGBASE=""
-for c in /sys/fs/cgroup/unified /sys/fs/cgroup; do
-    if [[ -f $c/cgroup.procs && -f $c/cgroup.controllers ]]; then CGBASE=$c; break; fi
-done
-TCK=$(getconf CLK_TCK)
-cpu_seconds() {
-    if [[ -n $CG ]]; then
-        awk '/^usage_usec/ {print $2 / 1e6}' "$CG/cpu.stat"
-    else
-        sed 's/.*) //' "/proc/$1/stat" | awk -v t="$TCK" '{print ($12 + $13 + $14 + $15) / t}'
-    fi
-}
-
+# --- the server: CPU in a cgroup v2 of its own (counts tftpd-hpa's forked children too) --------
 start_server() { # start_server NAME -> SPID, PORT
     local name=$1
     PORT=69
@@ -207,11 +173,7 @@ start_server() { # start_server NAME -> SPID, PORT
         *) log "unknown server '$name'"; return 1 ;;
     esac
     SPID=$!
-    CG=""
-    if [[ -n $CGBASE ]]; then
-        local g=$CGBASE/ringboot-bottleneck-$$
-        mkdir -p "$g" 2>/dev/null && echo "$SPID" > "$g/cgroup.procs" 2>/dev/null && CG=$g || CG=""
-    fi
+    cg_join "$name" "$SPID"
     for _ in $(seq 40); do
         kill -0 "$SPID" 2>/dev/null || { log "$name exited at start: $(tail -3 "$OUT/$RUN.log" | tr '\n' ' ')"; return 1; }
         if ip netns exec "$NS_C" "$LOADTEST" --server "$SRV_IP:$PORT" --clients 1 --file ready.txt --profile ipxe \
@@ -226,11 +188,8 @@ start_server() { # start_server NAME -> SPID, PORT
 stop_server() {
     [[ -z $SPID ]] || { kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; }
     SPID=""
-    if [[ -n $CG ]]; then for _ in 1 2 3 4 5; do rmdir "$CG" 2>/dev/null && break; sleep 0.2; done; fi
-    CG=""
+    cg_leave
 }
-
-json_num() { sed -n "s/^ *\"$2\": \([0-9.e+-]*\),\?$/\1/p" "$1" | head -1; }
 
 echo ready > "$ROOT/ready.txt"
 ROWS=()

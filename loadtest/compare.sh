@@ -38,21 +38,15 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
+source "$(dirname "$0")/lib.sh"
 WORK=${COMPARE_DIR:-/tmp/ringboot-compare}
 PEERS=$WORK/peers
 ROOT=$WORK/root
 OUT=$WORK/results
-TARGET=${CARGO_TARGET_DIR:-$REPO/target}
-RINGBOOT=${RINGBOOT_BIN:-$TARGET/release/ringboot}
-LOADTEST=${LOADTEST_BIN:-$TARGET/release/ringboot-loadtest}
 # Servers listen on an address of their own in 127/8 so that nothing else on this machine (another
 # server bound with SO_REUSEPORT, say) can share their port.
-rand_ip() { echo "127.$((100 + RANDOM % 100)).$((RANDOM % 256)).$((1 + RANDOM % 254))"; }
 SRV_IP=${SRV_IP:-$(rand_ip)}
 DNSMASQ_ADDR=${DNSMASQ_ADDR:-$(rand_ip)}
-TCK=$(getconf CLK_TCK)
 
 [[ $(id -u) -eq 0 ]] || { echo "compare.sh: run as root (tftpd-hpa chroots, dnsmasq binds port 69)" >&2; exit 2; }
 mkdir -p "$PEERS" "$ROOT" "$OUT"
@@ -69,27 +63,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log() { echo "compare.sh: $*" >&2; }
-
-# --- binaries --------------------------------------------------------------------------------------
-if [[ ! -x $RINGBOOT || ! -x $LOADTEST ]]; then
-    log "building ringboot and ringboot-loadtest (release)"
-    (cd "$REPO" && cargo build --release -p ringboot -p ringboot-loadtest)
-fi
+# --- binaries ---------------------------------------------------------------------------------------
+build_bins
 
 # Each server unpacked into its own folder (atftpd's package also ships an in.tftpd).
-fetch() { # fetch DIR PACKAGE...
-    local dir=$1; shift
-    local dl=$WORK/debs
-    rm -rf "$dl"; mkdir -p "$dl" "$dir"
-    log "apt-get download $*"
-    if ! (cd "$dl" && apt-get download "$@" >/dev/null 2>&1); then
-        apt-get update >/dev/null 2>&1 || true
-        (cd "$dl" && apt-get download "$@" >/dev/null) || log "download of $* failed"
-    fi
-    for d in "$dl"/*.deb; do [[ -f $d ]] && dpkg -x "$d" "$dir"; done
-    rm -rf "$dl"
-}
 install_peers() {
     [[ -x $PEERS/hpa/usr/sbin/in.tftpd ]] || fetch "$PEERS/hpa" tftpd-hpa
     [[ -x $PEERS/atftpd/usr/sbin/atftpd ]] || fetch "$PEERS/atftpd" atftpd
@@ -167,32 +144,6 @@ stop_server() {
     PIDS=("${keep[@]+"${keep[@]}"}")
 }
 
-# Server CPU seconds. Preferred: a cgroup v2 of its own (its cpu.stat counts every descendant, also the
-# per-request children of tftpd-hpa, which ignores SIGCHLD so that /proc's cutime never sees them).
-# Fallback: utime+stime+cutime+cstime from /proc/PID/stat.
-CGBASE=""
-for c in /sys/fs/cgroup/unified /sys/fs/cgroup; do
-    if [[ -f $c/cgroup.procs && -f $c/cgroup.controllers ]]; then CGBASE=$c; break; fi
-done
-CG=""
-cg_join() { # cg_join NAME PID
-    CG=""
-    [[ -n $CGBASE ]] || return 0
-    local g=$CGBASE/ringboot-compare-$1-$$
-    mkdir -p "$g" 2>/dev/null && echo "$2" > "$g/cgroup.procs" 2>/dev/null && CG=$g || CG=""
-}
-cg_leave() {
-    [[ -n $CG ]] || return 0
-    for _ in 1 2 3 4 5; do rmdir "$CG" 2>/dev/null && break; sleep 0.2; done
-    CG=""
-}
-cpu_seconds() {
-    if [[ -n $CG ]]; then
-        awk '/^usage_usec/ {print $2 / 1e6}' "$CG/cpu.stat"
-    else
-        sed 's/.*) //' "/proc/$1/stat" | awk -v t="$TCK" '{print ($12 + $13 + $14 + $15) / t}'
-    fi
-}
 # RSS of the process and its children (tftpd-hpa forks per request), in kB.
 tree_rss() {
     local total=0 r
@@ -201,16 +152,6 @@ tree_rss() {
         total=$((total + ${r:-0}))
     done
     echo "$total"
-}
-
-# json_get FILE KEY [OBJECT]: a number from the loadtest's pretty-printed JSON.
-json_get() {
-    awk -v key="\"$2\":" -v obj="${3:-}" '
-        obj != "" && index($0, "\"" obj "\": {") { inobj = 1; next }
-        inobj && /^  }/ { inobj = 0 }
-        (obj == "" && /^  "/ && $1 == key) || (obj != "" && inobj && $1 == key) {
-            v = $2; sub(/,$/, "", v); print v; exit
-        }' "$1"
 }
 
 ROWS=()
