@@ -18,14 +18,17 @@
 //!   mode, a `[[dhcp.rule]]` for efi-x64 with an iPXE script): BIOS gets `boot_file`, UEFI x64
 //!   the rule's file (on 67 and on 4011), a chainloaded iPXE the script.
 
+#[path = "common/dhcp.rs"]
+mod dhcp;
 #[path = "common/netns.rs"]
 mod netns;
 
+use dhcp::{client_socket, replies};
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
-use netns::{preflight, sh, unique_id};
+use netns::{add_netns, preflight, sh, unique_id, veth};
 use ringboot::dhcp::DhcpConfig;
 use ringboot::proto::dhcp::wire::{self, as_ipxe, pxe_boot_request, pxe_discover, ClientArch};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{SockAddr, Socket};
 use std::ffi::OsString;
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -59,19 +62,9 @@ impl Lab {
 
     fn ns(&mut self, role: &str) -> String {
         let name = format!("rb{role}{}", self.id);
-        sh(&format!("ip netns add {name}"));
-        sh(&format!("ip -n {name} link set lo up"));
+        add_netns(&name);
         self.namespaces.push(name.clone());
         name
-    }
-
-    /// A veth pair: `a` in `ns_a`, `b` in `ns_b`, both up.
-    fn veth(&self, ns_a: &str, a: &str, ns_b: &str, b: &str) {
-        sh(&format!(
-            "ip -n {ns_a} link add {a} type veth peer name {b} netns {ns_b}"
-        ));
-        sh(&format!("ip -n {ns_a} link set {a} up"));
-        sh(&format!("ip -n {ns_b} link set {b} up"));
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -250,38 +243,10 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
 }
 
 /// A UDP socket in the calling thread's namespace, bound to `addr`, on `device`.
-fn client_socket(addr: SocketAddrV4, device: &str) -> Socket {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
-    s.set_reuse_address(true).unwrap();
-    s.set_broadcast(true).unwrap();
-    s.bind_device(Some(device.as_bytes())).unwrap();
-    s.bind(&SockAddr::from(addr)).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    s
-}
-
 /// Send `msg` to `to` and collect the replies with its xid for `wait`.
 fn exchange(s: &Socket, msg: &Message, to: SocketAddrV4, wait: Duration) -> Vec<Message> {
     s.send_to(&wire::encode(msg), &SockAddr::from(to)).unwrap();
-    let end = Instant::now() + wait;
-    let mut out = vec![];
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
-    while Instant::now() < end {
-        if let Ok((n, _)) = s.recv_from(&mut buf) {
-            // SAFETY: recv_from initialized the first n bytes.
-            let bytes: Vec<u8> = buf[..n]
-                .iter()
-                .map(|b| unsafe { b.assume_init() })
-                .collect();
-            if let Ok(m) = wire::parse_any(&bytes) {
-                if bytes[0] == 2 && m.xid() == msg.xid() {
-                    out.push(m);
-                }
-            }
-        }
-    }
-    out
+    replies(s, msg.xid(), wait, usize::MAX)
 }
 
 fn server_id(m: &Message) -> Option<Ipv4Addr> {
@@ -347,7 +312,7 @@ fn full_mode_gives_udhcpc_an_address_and_the_boot_file() {
     let x = 10 + (std::process::id() % 100) as u8;
     let (s, c) = (lab.ns("s"), lab.ns("c"));
     let (si, ci) = (format!("rbs{}", lab.id), format!("rbc{}", lab.id));
-    lab.veth(&s, &si, &c, &ci);
+    veth(&s, &si, &c, &ci);
     let server = Ipv4Addr::new(10, 99, x, 1);
     sh(&format!("ip -n {s} addr add {server}/24 dev {si}"));
     let range = format!("10.99.{x}.100,10.99.{x}.150");
@@ -399,7 +364,7 @@ fn full_mode_gives_udhcpc_an_address_and_the_boot_file() {
     sh(&format!("ip -n {s} addr del {server}/24 dev {si}"));
     sh(&format!("ip -n {s} link set {si} master rbbr"));
     sh(&format!("ip -n {s} addr add {server}/24 dev rbbr"));
-    lab.veth(&s, &s2i, &c2, &c2i);
+    veth(&s, &s2i, &c2, &c2i);
     sh(&format!("ip -n {s} link set {s2i} master rbbr"));
     lab_restart_on_bridge(&mut lab, &s, server, &range);
     let env2 = udhcpc(&c2, &c2i, lab.dir.path(), None);
@@ -439,8 +404,8 @@ fn proxy_mode_beside_dnsmasq() {
     sh(&format!("ip -n {s} addr add {server}/24 dev rbbr"));
     let (sd, dd) = (format!("rbsd{id}"), format!("rbdd{id}"));
     let (sc, cc) = (format!("rbsc{id}"), format!("rbcc{id}"));
-    lab.veth(&s, &sd, &d, &dd);
-    lab.veth(&s, &sc, &c, &cc);
+    veth(&s, &sd, &d, &dd);
+    veth(&s, &sc, &c, &cc);
     sh(&format!("ip -n {s} link set {sd} master rbbr"));
     sh(&format!("ip -n {s} link set {sc} master rbbr"));
     let dhcp = Ipv4Addr::new(10, 99, x, 2);
@@ -584,7 +549,7 @@ fn proxy_mode_from_a_config_file_with_rules_for_efi_x64_and_ipxe() {
     let x = 60 + (std::process::id() % 50) as u8;
     let (s, c) = (lab.ns("s"), lab.ns("c"));
     let (si, ci) = (format!("rbs{}", lab.id), format!("rbc{}", lab.id));
-    lab.veth(&s, &si, &c, &ci);
+    veth(&s, &si, &c, &ci);
     let server = Ipv4Addr::new(10, 99, x, 1);
     let client = Ipv4Addr::new(10, 99, x, 2);
     sh(&format!("ip -n {s} addr add {server}/24 dev {si}"));
@@ -691,7 +656,7 @@ fn sighup_changes_a_boot_rule_while_a_transfer_continues() {
     let x = 110 + (std::process::id() % 50) as u8;
     let (s, c) = (lab.ns("s"), lab.ns("c"));
     let (si, ci) = (format!("rbs{}", lab.id), format!("rbc{}", lab.id));
-    lab.veth(&s, &si, &c, &ci);
+    veth(&s, &si, &c, &ci);
     let server = Ipv4Addr::new(10, 98, x, 1);
     let client = Ipv4Addr::new(10, 98, x, 2);
     sh(&format!("ip -n {s} addr add {server}/24 dev {si}"));

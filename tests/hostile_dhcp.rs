@@ -14,12 +14,17 @@
 //!   descriptor exhaustion (2). `dhcp_ack_throughput` (ignored) measures ACKs per second.
 
 mod common;
+#[path = "common/dhcp.rs"]
+mod dhcp;
 
-use common::netns::{preflight, sh, unique_id, Netns};
+use common::netns::{preflight, sh, unique_id, veth, Netns};
 use common::{die_with_parent, ringboot_bin};
-use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, OptionCode};
-use ringboot::proto::dhcp::wire::{self, as_ipxe, pxe_discover, pxe_request, ClientArch};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use dhcp::{client_socket, replies};
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, OptionCode};
+use ringboot::proto::dhcp::wire::{
+    self, as_ipxe, client_message, pxe_discover, pxe_request, ClientArch,
+};
+use socket2::{SockAddr, Socket};
 use std::ffi::OsString;
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -47,12 +52,7 @@ impl Segment {
         let c = Netns::new("hc");
         let id = unique_id();
         let (si, ci) = (format!("rhs{id}"), format!("rhc{id}"));
-        sh(&format!(
-            "ip -n {} link add {si} type veth peer name {ci} netns {}",
-            s.name, c.name
-        ));
-        sh(&format!("ip -n {} link set {si} up", s.name));
-        sh(&format!("ip -n {} link set {ci} up", c.name));
+        veth(&s.name, &si, &c.name, &ci);
         let server = if prefix == 16 {
             Ipv4Addr::new(10, 97, 0, 1)
         } else {
@@ -171,22 +171,37 @@ impl Segment {
 
     /// Run `f` on a thread inside the client namespace.
     fn in_client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let name = self.c.name.clone();
-        std::thread::spawn(move || {
-            enter(&name);
-            f()
-        })
-        .join()
-        .unwrap()
+        self.spawn_in_client(f).join().unwrap()
     }
 
     /// A thread inside the client namespace, running until it returns.
-    fn spawn_in_client(&self, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+    fn spawn_in_client<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let name = self.c.name.clone();
         std::thread::spawn(move || {
             enter(&name);
             f()
         })
+    }
+
+    /// Start [`flood_discovers`] on a thread in the client namespace.
+    fn flood(&self, per_sec: u64, max: u64, same_mac: bool) -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (ci, st, sn) = (self.ci.clone(), stop.clone(), sent.clone());
+        let thread =
+            self.spawn_in_client(move || flood_discovers(ci, per_sec, max, same_mac, st, sn));
+        Flood { stop, sent, thread }
+    }
+
+    /// The last `n` lines of the server's log, for a failure message.
+    fn log_tail(&self, n: usize) -> String {
+        let logs = self.logs();
+        let mut tail: Vec<&str> = logs.lines().rev().take(n).collect();
+        tail.reverse();
+        tail.join("\n")
     }
 
     /// The client interface's MAC address.
@@ -278,17 +293,7 @@ fn enter(name: &str) {
 
 /// A UDP socket on `device` in the calling thread's namespace, bound to `0.0.0.0:port`.
 fn udp_on(device: &str, port: u16) -> Socket {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
-    s.set_reuse_address(true).unwrap();
-    s.set_broadcast(true).unwrap();
-    s.bind_device(Some(device.as_bytes())).unwrap();
-    s.bind(&SockAddr::from(SocketAddrV4::new(
-        Ipv4Addr::UNSPECIFIED,
-        port,
-    )))
-    .unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    let s = client_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port), device);
     s.set_send_buffer_size(4 << 20).unwrap();
     s
 }
@@ -300,52 +305,13 @@ fn send(s: &Socket, m: &Message, to: SocketAddrV4) {
     let _ = s.send_to(&wire::encode(m), &SockAddr::from(to));
 }
 
-/// The first reply with `xid` that arrives within `wait` (as a list: empty or one).
-fn replies(s: &Socket, xid: u32, wait: Duration) -> Vec<Message> {
-    let end = Instant::now() + wait;
-    let mut out = vec![];
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
-    while Instant::now() < end {
-        if let Ok((n, _)) = s.recv_from(&mut buf) {
-            // SAFETY: recv_from initialized the first n bytes.
-            let bytes: Vec<u8> = buf[..n]
-                .iter()
-                .map(|b| unsafe { b.assume_init() })
-                .collect();
-            if let Ok(m) = wire::parse_any(&bytes) {
-                if bytes[0] == 2 && m.xid() == xid {
-                    out.push(m);
-                    break;
-                }
-            }
-        }
-    }
-    out
-}
-
 fn mac_n(prefix: u8, n: u32) -> [u8; 6] {
     let b = n.to_be_bytes();
     [0x02, prefix, b[0], b[1], b[2], b[3]]
 }
 
-/// A plain DHCP client message (no PXE options) from `mac`.
-fn plain(ty: MessageType, mac: [u8; 6], xid: u32) -> Message {
-    let mut m = Message::new_with_id(
-        xid,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        &mac,
-    );
-    m.set_htype(HType::Eth)
-        .set_flags(Flags::default().set_broadcast());
-    m.opts_mut().insert(DhcpOption::MessageType(ty));
-    m
-}
-
 fn decline(mac: [u8; 6], client_id: Option<&[u8]>, ip: Ipv4Addr, server: Ipv4Addr) -> Message {
-    let mut m = plain(MessageType::Decline, mac, 0xdec1);
+    let mut m = client_message(MessageType::Decline, mac, 0xdec1);
     m.set_flags(Flags::default());
     m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
     m.opts_mut().insert(DhcpOption::ServerIdentifier(server));
@@ -441,6 +407,24 @@ fn forged_decline_does_not_evict_the_holder() {
     );
 }
 
+/// A running [`flood_discovers`]: how many it sent so far; stopped and joined by [`Flood::stop`].
+struct Flood {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Flood {
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+    }
+}
+
 /// Send DISCOVERs from fresh random-looking MACs at about `per_sec` until `stop`, at most
 /// `max` of them; returns how many were sent.
 fn flood_discovers(
@@ -467,7 +451,7 @@ fn flood_discovers(
         } else {
             (n as u32).wrapping_mul(2_654_435_761) ^ seed
         };
-        let mut d = plain(
+        let mut d = client_message(
             MessageType::Discover,
             mac_n(0xf1, id),
             n as u32 ^ 0x5a5a_0000,
@@ -491,30 +475,19 @@ fn udhcpc_gets_a_lease_during_a_discover_flood_from_random_macs() {
     let mut seg = Segment::new(24);
     let range = format!("{},{}", seg.addr(100), seg.addr(110));
     seg.start_full(&range, None);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let (ci, st, sn) = (seg.ci.clone(), stop.clone(), sent.clone());
     // 300 DISCOVERs a second, under the default segment rate: this is about the pool, not
     // about the rate limit. At most 30 s.
-    let flood = seg.spawn_in_client(move || flood_discovers(ci, 300, 9_000, false, st, sn));
+    let flood = seg.flood(300, 9_000, false);
     // The pool is full of the flood's offers before the real client asks.
-    assert!(eventually(Duration::from_secs(10), || sent
-        .load(Ordering::Relaxed)
-        > 300));
+    assert!(eventually(Duration::from_secs(10), || flood.sent() > 300));
     let got = seg.udhcpc(8);
-    let flood_sent = sent.load(Ordering::Relaxed);
-    stop.store(true, Ordering::Relaxed);
-    flood.join().unwrap();
+    let flood_sent = flood.sent();
+    flood.stop();
     println!("flood: {flood_sent} DISCOVERs sent while udhcpc ran");
     let ip = got.unwrap_or_else(|| {
         panic!(
             "udhcpc got no address during the flood\n{}",
-            seg.logs()
-                .lines()
-                .rev()
-                .take(30)
-                .collect::<Vec<_>>()
-                .join("\n")
+            seg.log_tail(30)
         )
     });
     assert!(seg.lease_of(ip).is_some_and(|l| l.ends_with(" bound")));
@@ -536,15 +509,10 @@ fn other_clients_get_leases_while_one_mac_floods() {
     let mut seg = Segment::new(24);
     let range = format!("{},{}", seg.addr(100), seg.addr(150));
     seg.start_full(&range, None);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let (ci, st, sn) = (seg.ci.clone(), stop.clone(), sent.clone());
-    let flood = seg.spawn_in_client(move || flood_discovers(ci, 60_000, 1_500_000, true, st, sn));
-    assert!(eventually(Duration::from_secs(10), || sent
-        .load(Ordering::Relaxed)
-        > 60_000));
+    let flood = seg.flood(60_000, 1_500_000, true);
+    assert!(eventually(Duration::from_secs(10), || flood.sent() > 60_000));
     let t0 = Instant::now();
-    let before = sent.load(Ordering::Relaxed);
+    let before = flood.sent();
     let ci = seg.ci.clone();
     let (leases, answered) = seg.in_client(move || {
         let s = udp_on(&ci, 68);
@@ -555,13 +523,12 @@ fn other_clients_get_leases_while_one_mac_floods() {
         for i in 0..30u32 {
             let d = pxe_discover(mac_n(0x33, i), ClientArch::BIOS, 0x9900 + i);
             send(&s, &d, BCAST67);
-            answered += replies(&s, 0x9900 + i, Duration::from_millis(300)).len();
+            answered += replies(&s, 0x9900 + i, Duration::from_millis(300), 1).len();
         }
         (leases, answered)
     });
-    let rate = (sent.load(Ordering::Relaxed) - before) as f64 / t0.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    flood.join().unwrap();
+    let rate = (flood.sent() - before) as f64 / t0.elapsed().as_secs_f64();
+    flood.stop();
     println!("flood from one MAC: {rate:.0} requests/s; leases {leases:?}; {answered}/30 DISCOVERs answered");
     for l in seg.logs().lines().filter(|l| l.contains("dropped DHCP")) {
         println!("server: {l}");
@@ -570,12 +537,7 @@ fn other_clients_get_leases_while_one_mac_floods() {
         let ip = l.unwrap_or_else(|| {
             panic!(
                 "client {n} got no address while one MAC flooded\n{}",
-                seg.logs()
-                    .lines()
-                    .rev()
-                    .take(30)
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                seg.log_tail(30)
             )
         });
         assert!(seg.lease_of(ip).is_some_and(|l| l.ends_with(" bound")));
@@ -597,7 +559,7 @@ fn dora(s: &Socket, mac: [u8; 6], xid: u32) -> Option<Ipv4Addr> {
     for attempt in 0..4 {
         let d = pxe_discover(mac, ClientArch::BIOS, xid + attempt);
         send(s, &d, BCAST67);
-        let Some(offer) = replies(s, xid + attempt, Duration::from_secs(1)).pop() else {
+        let Some(offer) = replies(s, xid + attempt, Duration::from_secs(1), 1).pop() else {
             continue;
         };
         if offer.opts().msg_type() != Some(MessageType::Offer) {
@@ -605,7 +567,7 @@ fn dora(s: &Socket, mac: [u8; 6], xid: u32) -> Option<Ipv4Addr> {
         }
         let r = pxe_request(&offer, mac, ClientArch::BIOS, xid + attempt);
         send(s, &r, BCAST67);
-        if let Some(ack) = replies(s, xid + attempt, Duration::from_secs(2)).pop() {
+        if let Some(ack) = replies(s, xid + attempt, Duration::from_secs(2), 1).pop() {
             if ack.opts().msg_type() == Some(MessageType::Ack) {
                 return Some(ack.yiaddr());
             }
@@ -642,7 +604,7 @@ fn floods_of_log_worthy_packets_give_a_handful_of_lines() {
         }
         // 2,000 OFFERs from random other servers, to ports 68 and 67.
         for n in 0..2000u32 {
-            let mut o = plain(MessageType::Offer, mac_n(0xc0, n), n);
+            let mut o = client_message(MessageType::Offer, mac_n(0xc0, n), n);
             o.set_opcode(dhcproto::v4::Opcode::BootReply);
             o.set_yiaddr(Ipv4Addr::new(10, 200, (n >> 8) as u8, n as u8));
             o.opts_mut()
@@ -820,7 +782,7 @@ fn dhcp_ack_throughput() {
         let request = |n: u32| {
             // INIT-REBOOT style REQUEST for a distinct free address: one bind each.
             let ip = Ipv4Addr::new(10, 97, 1 + (n / 250) as u8, (n % 250) as u8 + 1);
-            let mut r = plain(MessageType::Request, mac_n(0x77, n), 0x7700_0000 + n);
+            let mut r = client_message(MessageType::Request, mac_n(0x77, n), 0x7700_0000 + n);
             r.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
             r
         };

@@ -48,6 +48,46 @@ pub(crate) trait Fleet {
     fn report_bytes(&mut self);
 }
 
+/// The [`Fleet`] methods that every engine answers the same way, from its fields `timers`,
+/// `poller`, `running` and `$shared` (`deadline`, `live.abort`) and its own `stop_all`, `service`
+/// and `rearm`. Used inside `impl Fleet for ...`.
+macro_rules! fleet_common {
+    ($shared:ident) => {
+        fn timers(&mut self) -> &mut ringboot::proto::timer::TimerQueue<u32> {
+            &mut self.timers
+        }
+
+        fn poller(&self) -> &ringboot::sys::poll::Poller {
+            &self.poller
+        }
+
+        fn running(&self) -> usize {
+            self.running
+        }
+
+        fn deadline(&self) -> std::time::Instant {
+            self.$shared.deadline
+        }
+
+        fn aborted(&self) -> bool {
+            self.$shared
+                .live
+                .abort
+                .load(std::sync::atomic::Ordering::Relaxed)
+        }
+
+        fn stop_all(&mut self, now: std::time::Instant) {
+            Self::stop_all(self, now)
+        }
+
+        fn on_timer(&mut self, i: usize, now: std::time::Instant) {
+            self.service(i, now);
+            self.rearm(i);
+        }
+    };
+}
+pub(crate) use fleet_common;
+
 /// Run `fleet` to the end (every machine done) or to the deadline.
 pub(crate) fn run(fleet: &mut impl Fleet, events: usize) {
     let mut events = Events::with_capacity(events);
@@ -212,4 +252,30 @@ pub struct MachineResult {
     pub counters: Counters,
     /// The `--dhcp` phase (None without one).
     pub dhcp: Option<crate::dhcp::Outcome>,
+}
+
+impl MachineResult {
+    /// Machine `index` at the end of the run (`end`), its times (`started`, `first_data`, `ended`)
+    /// made relative to `t0`; with no outcome it was still running at the deadline. No bytes, no
+    /// counters and no DHCP phase yet: the engine adds its own.
+    pub(crate) fn at_end(
+        index: usize,
+        outcome: Option<Outcome>,
+        [started, first_data, ended]: [Option<Instant>; 3],
+        (t0, end): (Instant, Instant),
+    ) -> MachineResult {
+        MachineResult {
+            index,
+            outcome: outcome.unwrap_or_else(|| Outcome::Failed {
+                reason: "deadline".into(),
+                detail: "still running at the deadline".into(),
+            }),
+            started: started.map(|s| s - t0),
+            ended: ended.unwrap_or(end) - t0,
+            first_data: first_data.map(|s| s - t0),
+            bytes: 0,
+            counters: Counters::default(),
+            dhcp: None,
+        }
+    }
 }

@@ -238,20 +238,18 @@ pub fn run_thread(shared: Arc<Shared>, mut specs: Vec<MachineSpec>) -> Vec<Machi
     e.machines
         .into_iter()
         .map(|m| MachineResult {
-            index: m.spec.index,
-            outcome: match m.run {
-                Run::Done(o) => o,
-                _ => Outcome::Failed {
-                    reason: "deadline".into(),
-                    detail: "still running at the deadline".into(),
-                },
-            },
-            started: m.started.map(|s| s - t0),
-            ended: m.ended.unwrap_or(end) - t0,
-            first_data: m.first_data.map(|s| s - t0),
             bytes: m.bytes,
             counters: m.counters,
             dhcp: m.dhcp_out,
+            ..MachineResult::at_end(
+                m.spec.index,
+                match m.run {
+                    Run::Done(o) => Some(o),
+                    _ => None,
+                },
+                [m.started, m.first_data, m.ended],
+                (t0, end),
+            )
         })
         .collect()
 }
@@ -268,34 +266,7 @@ fn classify(err: &ClientError) -> (String, String) {
 }
 
 impl Fleet for Engine {
-    fn timers(&mut self) -> &mut TimerQueue<u32> {
-        &mut self.timers
-    }
-
-    fn poller(&self) -> &Poller {
-        &self.poller
-    }
-
-    fn running(&self) -> usize {
-        self.running
-    }
-
-    fn deadline(&self) -> Instant {
-        self.shared.deadline
-    }
-
-    fn aborted(&self) -> bool {
-        self.shared.live.abort.load(Relaxed)
-    }
-
-    fn stop_all(&mut self, now: Instant) {
-        Engine::stop_all(self, now)
-    }
-
-    fn on_timer(&mut self, i: usize, now: Instant) {
-        self.service(i, now);
-        self.rearm(i);
-    }
+    drive::fleet_common!(shared);
 
     fn on_ready(&mut self, ev: Ready, now: Instant) {
         if ev.token == DHCP_TOKEN {

@@ -261,49 +261,24 @@ fn run_thread(sh: Arc<Shared>, specs: Vec<Spec>) -> (Vec<MachineResult>, ThreadS
         .members
         .into_iter()
         .map(|m| MachineResult {
-            index: m.spec.index,
-            outcome: match m.state {
-                State::Done(o) => o,
-                _ => Outcome::Failed {
-                    reason: "deadline".into(),
-                    detail: "still running at the deadline".into(),
-                },
-            },
-            started: m.started.map(|s| s - t0),
-            ended: m.ended.unwrap_or(end) - t0,
-            first_data: m.first_data.map(|s| s - t0),
             bytes: m.received,
             counters: m.counters,
-            dhcp: None,
+            ..MachineResult::at_end(
+                m.spec.index,
+                match m.state {
+                    State::Done(o) => Some(o),
+                    _ => None,
+                },
+                [m.started, m.first_data, m.ended],
+                (t0, end),
+            )
         })
         .collect();
     (results, e.stats)
 }
 
 impl Fleet for Engine {
-    fn timers(&mut self) -> &mut TimerQueue<u32> {
-        &mut self.timers
-    }
-
-    fn poller(&self) -> &Poller {
-        &self.poller
-    }
-
-    fn running(&self) -> usize {
-        self.running
-    }
-
-    fn deadline(&self) -> Instant {
-        self.sh.deadline
-    }
-
-    fn aborted(&self) -> bool {
-        self.sh.live.abort.load(Relaxed)
-    }
-
-    fn stop_all(&mut self, now: Instant) {
-        Engine::stop_all(self, now)
-    }
+    drive::fleet_common!(sh);
 
     /// Late joiners start once half the file has gone by; until then, look every few ms.
     fn turn(&mut self, now: Instant) -> Option<Instant> {
@@ -316,11 +291,6 @@ impl Fleet for Engine {
             }
         }
         (self.late_waiting > 0).then(|| now + LATE_POLL)
-    }
-
-    fn on_timer(&mut self, i: usize, now: Instant) {
-        self.service(i, now);
-        self.rearm(i);
     }
 
     fn on_ready(&mut self, ev: Event, now: Instant) {

@@ -20,26 +20,16 @@
 #[path = "../../tests/common/netns.rs"]
 mod netns;
 
-use netns::{preflight, sh, unique_id};
+mod common;
+
+use common::content;
+use netns::{add_netns, preflight, sh, unique_id, veth};
 use serde_json::Value;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
-
-/// Deterministic pseudo-random bytes.
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
 
 fn has_dhcp_flags(bin: &Path) -> bool {
     Command::new(bin)
@@ -100,19 +90,9 @@ impl Lab {
 
     fn ns(&mut self, role: &str) -> String {
         let name = format!("rbl{role}{}", self.id);
-        sh(&format!("ip netns add {name}"));
+        add_netns(&name);
         self.namespaces.push(name.clone());
-        sh(&format!("ip -n {name} link set lo up"));
         name
-    }
-
-    /// A veth pair `a` (in `ns_a`) - `b` (in `ns_b`), both up.
-    fn veth(&self, ns_a: &str, a: &str, ns_b: &str, b: &str) {
-        sh(&format!(
-            "ip -n {ns_a} link add {a} type veth peer name {b} netns {ns_b}"
-        ));
-        sh(&format!("ip -n {ns_a} link set {a} up"));
-        sh(&format!("ip -n {ns_b} link set {b} up"));
     }
 
     /// `ip -n <ns> <cmd>`.
@@ -245,7 +225,7 @@ fn full_mode_storm_of_100_machines_completes() {
     let x = 10 + std::process::id() % 200;
     let (s, c) = (lab.ns("s"), lab.ns("c"));
     let (si, ci) = (format!("rbls{}", lab.id), format!("rblc{}", lab.id));
-    lab.veth(&s, &si, &c, &ci);
+    veth(&s, &si, &c, &ci);
     let server = format!("10.99.{x}.1");
     sh(&format!("ip -n {s} addr add {server}/24 dev {si}"));
     // The machines' TFTP traffic leaves from the client namespace's one address.
@@ -353,8 +333,8 @@ fn proxy_mode_beside_dnsmasq_goes_through_port_4011() {
         format!("rblsc{id}"),
         format!("rblcc{id}"),
     );
-    lab.veth(&s, &sd, &d, &dd);
-    lab.veth(&s, &sc, &c, &cc);
+    veth(&s, &sd, &d, &dd);
+    veth(&s, &sc, &c, &cc);
     sh(&format!("ip -n {s} link set {sd} master rblbr"));
     sh(&format!("ip -n {s} link set {sc} master rblbr"));
     sh(&format!("ip -n {d} addr add 10.99.{x}.2/24 dev {dd}"));
@@ -437,7 +417,7 @@ fn interface_without_an_address_is_a_clear_usage_error() {
     let mut lab = Lab::new();
     let c = lab.ns("n");
     let (a, b) = (format!("rbna{}", lab.id), format!("rbnb{}", lab.id));
-    lab.veth(&c, &a, &c, &b);
+    veth(&c, &a, &c, &b);
     for iface in [a.as_str(), "rbl-missing0"] {
         let (out, _) = lab.loadtest(
             &c,

@@ -15,8 +15,12 @@
 //! taken from the PATH, /usr/sbin or `apt-get download` + `dpkg -x`; without it that test is skipped
 //! with the reason printed.
 
+mod common;
+
+use common::content;
 use ringboot::proto::tftp::packet::{Mode, OptionWriter, Packet};
 use serde_json::Value;
+use std::ffi::OsStr;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -51,19 +55,6 @@ fn fresh_addr() -> String {
     );
     let s = UdpSocket::bind(format!("{ip}:0")).unwrap();
     format!("{ip}:{}", s.local_addr().unwrap().port())
-}
-
-/// Deterministic pseudo-random bytes (so a failure reproduces).
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
 }
 
 /// A served tree (world-readable so servers that drop privileges can read it).
@@ -274,12 +265,30 @@ struct Run {
     json: Value,
 }
 
-fn loadtest(addr: &str, args: &[&str]) -> Run {
+/// `--server ADDR --clients N --file FILE --profile P`, then `more`: the storm most tests run.
+fn storm(addr: &str, clients: u32, file: &str, profile: &str, more: &[&str]) -> Vec<String> {
+    let n = clients.to_string();
+    [
+        "--server",
+        addr,
+        "--clients",
+        &n,
+        "--file",
+        file,
+        "--profile",
+        profile,
+    ]
+    .iter()
+    .chain(more)
+    .map(|a| a.to_string())
+    .collect()
+}
+
+/// Run the load tester with `args` (`--server` among them) and a JSON report; read it.
+fn loadtest<S: AsRef<OsStr>>(args: &[S]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("out.json");
     let out = Command::new(env!("CARGO_BIN_EXE_ringboot-loadtest"))
-        .arg("--server")
-        .arg(addr)
         .args(args)
         .arg("--json")
         .arg(&json)
@@ -323,30 +332,29 @@ fn assert_all_complete(r: &Run, clients: u64, bytes_each: u64) {
 
 const MIB2: usize = 2 << 20;
 
+/// 200 uefi machines fetch `images/boot.img` (2 MiB, in `root`) from `addr` with 2 % loss; every
+/// one must complete byte-exact.
+fn uefi_200_with_2_percent_loss(addr: &str, root: &Path, deadline: &str) -> Run {
+    let rootp = root.to_str().unwrap();
+    let more = [
+        "--loss",
+        "0.02",
+        "--verify",
+        rootp,
+        "--deadline",
+        deadline,
+        "--quiet",
+    ];
+    let r = loadtest(&storm(addr, 200, "images/boot.img", "uefi", &more));
+    assert_all_complete(&r, 200, MIB2 as u64);
+    r
+}
+
 #[test]
 fn ringboot_200_uefi_clients_with_2_percent_loss_complete_byte_exact() {
     let root = make_root(&[("images/boot.img", MIB2)]);
     let srv = start_ringboot(root.path());
-    let rootp = root.path().to_str().unwrap();
-    let r = loadtest(
-        &srv.addr,
-        &[
-            "--clients",
-            "200",
-            "--file",
-            "images/boot.img",
-            "--profile",
-            "uefi",
-            "--loss",
-            "0.02",
-            "--verify",
-            rootp,
-            "--deadline",
-            "40",
-            "--quiet",
-        ],
-    );
-    assert_all_complete(&r, 200, MIB2 as u64);
+    let r = uefi_200_with_2_percent_loss(&srv.addr, root.path(), "40");
     assert!(r.json["impairments"]["dropped_data"].as_u64().unwrap() > 0);
 }
 
@@ -361,22 +369,21 @@ fn ringboot_pxelinux_scenario_with_expected_misses() {
     ]);
     let srv = start_ringboot(root.path());
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/pxelinux.toml");
-    let r = loadtest(
+    let r = loadtest(&[
+        "--server",
         &srv.addr,
-        &[
-            "--clients",
-            "20",
-            "--scenario",
-            scenario.to_str().unwrap(),
-            "--verify",
-            root.path().to_str().unwrap(),
-            "--deadline",
-            "30",
-            "--quiet",
-            "--loss",
-            "0.01",
-        ],
-    );
+        "--clients",
+        "20",
+        "--scenario",
+        scenario.to_str().unwrap(),
+        "--verify",
+        root.path().to_str().unwrap(),
+        "--deadline",
+        "30",
+        "--quiet",
+        "--loss",
+        "0.01",
+    ]);
     let per_machine = 42_000 + 120_000 + 300 + 300_000 + 500_000;
     assert_all_complete(&r, 20, per_machine);
     assert_eq!(r.json["expected_misses"], 20 * 10);
@@ -390,22 +397,9 @@ fn corrupted_verify_file_is_reported_failed_with_nonzero_exit() {
     bytes[123_456] ^= 0x5a;
     std::fs::write(bad.path().join("boot.img"), &bytes).unwrap();
     let srv = start_ringboot(root.path());
-    let r = loadtest(
-        &srv.addr,
-        &[
-            "--clients",
-            "5",
-            "--file",
-            "boot.img",
-            "--profile",
-            "ipxe",
-            "--verify",
-            bad.path().to_str().unwrap(),
-            "--deadline",
-            "20",
-            "--quiet",
-        ],
-    );
+    let badp = bad.path().to_str().unwrap();
+    let more = ["--verify", badp, "--deadline", "20", "--quiet"];
+    let r = loadtest(&storm(&srv.addr, 5, "boot.img", "ipxe", &more));
     assert_eq!(r.out.status.code(), Some(1));
     assert_eq!(r.json["completed"], 0);
     assert_eq!(r.json["failed"], 5);
@@ -413,22 +407,14 @@ fn corrupted_verify_file_is_reported_failed_with_nonzero_exit() {
     // A manifest with the wrong digest fails the same way.
     let manifest = bad.path().join("SHA256SUMS");
     std::fs::write(&manifest, format!("{}  boot.img\n", "00".repeat(32))).unwrap();
-    let r = loadtest(
-        &srv.addr,
-        &[
-            "--clients",
-            "3",
-            "--file",
-            "boot.img",
-            "--profile",
-            "bios",
-            "--manifest",
-            manifest.to_str().unwrap(),
-            "--deadline",
-            "20",
-            "--quiet",
-        ],
-    );
+    let more = [
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--deadline",
+        "20",
+        "--quiet",
+    ];
+    let r = loadtest(&storm(&srv.addr, 3, "boot.img", "bios", &more));
     assert_eq!(r.out.status.code(), Some(1));
     assert_eq!(r.json["failures"]["sha256-mismatch"], 3);
 }
@@ -437,15 +423,12 @@ fn corrupted_verify_file_is_reported_failed_with_nonzero_exit() {
 fn vanishing_clients_are_counted_apart_and_do_not_fail_the_run() {
     let root = make_root(&[("boot.img", 1 << 20)]);
     let srv = start_ringboot(root.path());
-    let r = loadtest(
+    let r = loadtest(&storm(
         &srv.addr,
+        30,
+        "boot.img",
+        "uefi",
         &[
-            "--clients",
-            "30",
-            "--file",
-            "boot.img",
-            "--profile",
-            "uefi",
             "--vanish",
             "0.3",
             "--seed",
@@ -462,7 +445,7 @@ fn vanishing_clients_are_counted_apart_and_do_not_fail_the_run() {
             "--ack-loss",
             "0.01",
         ],
-    );
+    ));
     let j = &r.json;
     let vanished = j["vanished"].as_u64().unwrap();
     assert!(vanished > 0 && vanished < 30, "{j:#}");
@@ -485,31 +468,12 @@ fn tftpd_hpa_200_uefi_clients_with_2_percent_loss() {
             return;
         }
     };
-    let rootp = root.path().to_str().unwrap();
-    let r = loadtest(
-        &srv.addr,
-        &[
-            "--clients",
-            "200",
-            "--file",
-            "images/boot.img",
-            "--profile",
-            "uefi",
-            "--loss",
-            "0.02",
-            "--verify",
-            rootp,
-            "--deadline",
-            "50",
-            "--quiet",
-        ],
-    );
-    assert_all_complete(&r, 200, MIB2 as u64);
+    uefi_200_with_2_percent_loss(&srv.addr, root.path(), "50");
 }
 
 /// Run the load tester with `args` in a fresh working directory; returns its output and the
 /// time it took.
-fn loadtest_raw(args: &[&str], cwd: &Path) -> (Output, Duration) {
+fn loadtest_raw<S: AsRef<OsStr>>(args: &[S], cwd: &Path) -> (Output, Duration) {
     let t = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_ringboot-loadtest"))
         .args(args)
@@ -526,24 +490,22 @@ fn json_to_stdout_summary_wording_and_plot() {
     let cwd = tempfile::tempdir().unwrap();
     let plot = cwd.path().join("storm.svg");
     let (out, _) = loadtest_raw(
-        &[
-            "--server",
+        &storm(
             &srv.addr,
-            "--clients",
-            "4",
-            "--file",
+            4,
             "boot/winpe.wim",
-            "--profile",
             "uefi",
-            "--verify",
-            root.path().to_str().unwrap(),
-            "--deadline",
-            "30",
-            "--json",
-            "-",
-            "--plot",
-            plot.to_str().unwrap(),
-        ],
+            &[
+                "--verify",
+                root.path().to_str().unwrap(),
+                "--deadline",
+                "30",
+                "--json",
+                "-",
+                "--plot",
+                plot.to_str().unwrap(),
+            ],
+        ),
         cwd.path(),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -581,22 +543,8 @@ fn absent_server_is_reported_at_once_from_icmp_port_unreachable() {
     // A port nothing listens on: bound, then released.
     let addr = fresh_addr();
     let cwd = tempfile::tempdir().unwrap();
-    let (out, took) = loadtest_raw(
-        &[
-            "--server",
-            &addr,
-            "--clients",
-            "5",
-            "--file",
-            "boot.wim",
-            "--profile",
-            "uefi",
-            "--no-verify",
-            "--json",
-            "-",
-        ],
-        cwd.path(),
-    );
+    let more = ["--no-verify", "--json", "-"];
+    let (out, took) = loadtest_raw(&storm(&addr, 5, "boot.wim", "uefi", &more), cwd.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let j: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -613,24 +561,8 @@ fn silent_server_is_reported_after_the_silence_limit() {
     let hole = UdpSocket::bind(fresh_addr()).unwrap();
     let addr = hole.local_addr().unwrap().to_string();
     let cwd = tempfile::tempdir().unwrap();
-    let (out, took) = loadtest_raw(
-        &[
-            "--server",
-            &addr,
-            "--clients",
-            "3",
-            "--file",
-            "boot.wim",
-            "--profile",
-            "uefi",
-            "--no-verify",
-            "--silence-limit",
-            "2",
-            "--json",
-            "-",
-        ],
-        cwd.path(),
-    );
+    let more = ["--no-verify", "--silence-limit", "2", "--json", "-"];
+    let (out, took) = loadtest_raw(&storm(&addr, 3, "boot.wim", "uefi", &more), cwd.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let j: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -765,17 +765,7 @@ impl Responder {
         let xid = rand_xid();
         let mut mac = [0x02, 0x72, 0x62, 0, 0, 0];
         mac[3..].copy_from_slice(&xid.to_be_bytes()[1..]);
-        let mut m = dhcproto::v4::Message::new_with_id(
-            xid,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            &mac,
-        );
-        m.set_flags(dhcproto::v4::Flags::default().set_broadcast());
-        m.opts_mut()
-            .insert(DhcpOption::MessageType(MessageType::Discover));
+        let m = wire::client_message(MessageType::Discover, mac, xid);
         let bytes = wire::encode(&m);
         self.probe_xid = Some((xid, Instant::now()));
         let targets: Vec<IfAddr> = self

@@ -7,6 +7,7 @@
 //! - [`Netns::new`] creates a namespace with `lo` up and deletes it on drop, also when the test
 //!   panics. Names carry the PID and a counter ([`unique_id`]), so parallel tests and parallel
 //!   test binaries never collide.
+//! - [`add_netns`] and [`veth`] for tests that keep their own list of namespaces.
 //! - [`Netns::enter`] moves the calling thread (only) into the namespace: processes it spawns
 //!   afterwards start there.
 
@@ -71,6 +72,21 @@ pub fn unique_id() -> String {
     )
 }
 
+/// Add namespace `name` with `lo` up; deleting it is the caller's ([`Netns`] does it on drop).
+pub fn add_netns(name: &str) {
+    sh(&format!("ip netns add {name}"));
+    sh(&format!("ip -n {name} link set lo up"));
+}
+
+/// A veth pair: `a` in namespace `ns_a`, `b` in `ns_b`, both up.
+pub fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) {
+    sh(&format!(
+        "ip -n {ns_a} link add {a} type veth peer name {b} netns {ns_b}"
+    ));
+    sh(&format!("ip -n {ns_a} link set {a} up"));
+    sh(&format!("ip -n {ns_b} link set {b} up"));
+}
+
 /// A namespace with `lo` up, deleted on drop.
 pub struct Netns {
     pub name: String,
@@ -82,8 +98,7 @@ impl Netns {
         let ns = Netns {
             name: format!("rb{role}{}", unique_id()),
         };
-        sh(&format!("ip netns add {}", ns.name));
-        sh(&format!("ip -n {} link set lo up", ns.name));
+        add_netns(&ns.name);
         ns
     }
 

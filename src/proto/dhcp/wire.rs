@@ -395,7 +395,9 @@ pub fn machine_id(mac: [u8; 6]) -> Vec<u8> {
     v
 }
 
-fn firmware_base(mac: [u8; 6], arch: ClientArch, xid: u32, ty: MessageType) -> Message {
+/// A client message of type `ty` from `mac` (Ethernet, broadcast flag, no address yet) with no
+/// option but the type: what a plain DHCP client sends, and the base of the firmware's messages.
+pub fn client_message(ty: MessageType, mac: [u8; 6], xid: u32) -> Message {
     let mut m = Message::new_with_id(
         xid,
         Ipv4Addr::UNSPECIFIED,
@@ -406,13 +408,18 @@ fn firmware_base(mac: [u8; 6], arch: ClientArch, xid: u32, ty: MessageType) -> M
     );
     m.set_htype(HType::Eth)
         .set_flags(Flags::default().set_broadcast());
+    m.opts_mut().insert(DhcpOption::MessageType(ty));
+    m
+}
+
+fn firmware_base(mac: [u8; 6], arch: ClientArch, xid: u32, ty: MessageType) -> Message {
+    let mut m = client_message(ty, mac, xid);
     let undi = if arch == ClientArch::BIOS {
         "002001"
     } else {
         "003000"
     };
     let o = m.opts_mut();
-    o.insert(DhcpOption::MessageType(ty));
     o.insert(DhcpOption::MaxMessageSize(1472));
     o.insert(DhcpOption::ParameterRequestList(
         PRL.iter().map(|c| OptionCode::from(*c)).collect(),
