@@ -6,7 +6,8 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use ringboot::metrics::http::{Connection, Limits};
 use ringboot::metrics::{
-    ArchClass, DhcpMode, DhcpType, DhcpView, Info, Outcome, Registry, Site, Status, TransferView,
+    ArchClass, DhcpMode, DhcpType, DhcpView, Info, Outcome, Registry, Site, Status,
+    TransferPublisher, TransferView,
 };
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,37 @@ fn record(c: &mut Criterion) {
     g.finish();
 }
 
+/// The time of `iters` rounds of two threads that each run what `setup` returns (`setup` runs on
+/// the thread itself, before the common start; spawning and set-up are not counted).
+fn two_threads<S, W>(iters: u64, setup: S) -> Duration
+where
+    S: Fn() -> W + Clone + Send + 'static,
+    W: FnOnce(),
+{
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let start = Arc::new(Barrier::new(3));
+        let hs: Vec<_> = (0..2)
+            .map(|_| {
+                let setup = setup.clone();
+                let start = Arc::clone(&start);
+                std::thread::spawn(move || {
+                    let work = setup();
+                    start.wait();
+                    work();
+                })
+            })
+            .collect();
+        start.wait();
+        let t = Instant::now();
+        for h in hs {
+            h.join().unwrap();
+        }
+        total += t.elapsed();
+    }
+    total
+}
+
 /// Two threads each add 1 a million times: into their own shards, or into one shared atomic.
 fn contention(c: &mut Criterion) {
     const OPS: u64 = 1_000_000;
@@ -49,62 +81,46 @@ fn contention(c: &mut Criterion) {
     g.bench_function("per_thread_shards", |b| {
         b.iter_custom(|iters| {
             let r = Arc::new(Registry::new(Info::default()));
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let start = Arc::new(Barrier::new(3));
-                let hs: Vec<_> = (0..2)
-                    .map(|_| {
-                        let r = Arc::clone(&r);
-                        let start = Arc::clone(&start);
-                        std::thread::spawn(move || {
-                            let w = r.recorder();
-                            start.wait();
-                            for _ in 0..OPS {
-                                w.data_sent(1, black_box(512));
-                            }
-                        })
-                    })
-                    .collect();
-                start.wait();
-                let t = Instant::now();
-                for h in hs {
-                    h.join().unwrap();
+            two_threads(iters, move || {
+                let w = r.recorder();
+                move || {
+                    for _ in 0..OPS {
+                        w.data_sent(1, black_box(512));
+                    }
                 }
-                total += t.elapsed();
-            }
-            total
+            })
         })
     });
     g.bench_function("one_shared_atomic", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let shared = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-                let start = Arc::new(Barrier::new(3));
-                let hs: Vec<_> = (0..2)
-                    .map(|_| {
-                        let shared = Arc::clone(&shared);
-                        let start = Arc::clone(&start);
-                        std::thread::spawn(move || {
-                            start.wait();
-                            for _ in 0..OPS {
-                                shared[0].fetch_add(1, Ordering::Relaxed);
-                                shared[1].fetch_add(black_box(512), Ordering::Relaxed);
-                            }
-                        })
-                    })
-                    .collect();
-                start.wait();
-                let t = Instant::now();
-                for h in hs {
-                    h.join().unwrap();
+            let shared = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+            two_threads(iters, move || {
+                let shared = Arc::clone(&shared);
+                move || {
+                    for _ in 0..OPS {
+                        shared[0].fetch_add(1, Ordering::Relaxed);
+                        shared[1].fetch_add(black_box(512), Ordering::Relaxed);
+                    }
                 }
-                total += t.elapsed();
-            }
-            total
+            })
         })
     });
     g.finish();
+}
+
+/// One batch at `now` of a worker's running transfers, one per name (started at `t0`).
+fn publish(p: &mut TransferPublisher, now: Instant, names: &[String], t0: Instant) {
+    let mut batch = p.begin(now);
+    for (i, name) in names.iter().enumerate() {
+        batch.push(&TransferView {
+            id: i as u64,
+            client: ([10, 0, (i >> 8) as u8, i as u8], 2000).into(),
+            file: name.as_bytes(),
+            bytes_done: i as u64 * 1000,
+            size: Some(400 << 20),
+            started: t0,
+        });
+    }
 }
 
 fn serve(c: &mut Criterion) {
@@ -128,32 +144,12 @@ fn serve(c: &mut Criterion) {
         let mut now = t0;
         b.iter(|| {
             now += Duration::from_secs(1);
-            let mut batch = pubs[0].begin(now);
-            for (i, name) in names.iter().enumerate() {
-                batch.push(&TransferView {
-                    id: i as u64,
-                    client: ([10, 0, (i >> 8) as u8, i as u8], 2000).into(),
-                    file: name.as_bytes(),
-                    bytes_done: i as u64 * 1000,
-                    size: Some(400 << 20),
-                    started: t0,
-                });
-            }
+            publish(&mut pubs[0], now, &names, t0);
         })
     });
     let now = t0 + Duration::from_secs(10_000);
     for p in &mut pubs {
-        let mut batch = p.begin(now);
-        for (i, name) in names.iter().enumerate() {
-            batch.push(&TransferView {
-                id: i as u64,
-                client: ([10, 0, (i >> 8) as u8, i as u8], 2000).into(),
-                file: name.as_bytes(),
-                bytes_done: i as u64 * 1000,
-                size: Some(400 << 20),
-                started: t0,
-            });
-        }
+        publish(p, now, &names, t0);
     }
     for i in 0..60u8 {
         status.record_dhcp(

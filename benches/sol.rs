@@ -98,6 +98,19 @@ fn check(rc: libc::c_int, what: &str) -> io::Result<libc::c_int> {
     Ok(rc)
 }
 
+/// Wait (at most a second) for input on `ep`; the indexes of the ready descriptors.
+fn ready(
+    ep: i32,
+    events: &mut [libc::epoll_event],
+) -> io::Result<impl Iterator<Item = usize> + '_> {
+    // SAFETY: epoll_wait into our buffer.
+    let n = check(
+        unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 1000) },
+        "epoll_wait",
+    )?;
+    Ok(events[..n as usize].iter().map(|ev| ev.u64 as usize))
+}
+
 /// An epoll instance watching `fds` for input, with the fd's index as its token.
 fn epoll(fds: &[i32]) -> io::Result<i32> {
     // SAFETY: plain epoll calls on descriptors we own.
@@ -260,13 +273,7 @@ fn server(fds: Vec<i32>, a: &Args) -> io::Result<(f64, u64)> {
     let mut left = flows.iter().filter(|f| !f.done).count();
     let mut ack = [0u8; 16];
     while left > 0 {
-        // SAFETY: epoll_wait into our buffer.
-        let n = check(
-            unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 1000) },
-            "epoll_wait",
-        )?;
-        for ev in &events[..n as usize] {
-            let i = ev.u64 as usize;
+        for i in ready(ep, &mut events)? {
             let fd = fds[i];
             // One receive per ACK, until the socket is empty.
             loop {
@@ -318,12 +325,7 @@ fn client(fds: Vec<i32>, a: &Args) -> io::Result<(f64, u64)> {
     let mut bytes = 0u64;
     let ack = [0u8, 4, 0, 0];
     while left > 0 {
-        let n = check(
-            unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 1000) },
-            "epoll_wait",
-        )?;
-        for ev in &events[..n as usize] {
-            let i = ev.u64 as usize;
+        for i in ready(ep, &mut events)? {
             loop {
                 for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
                     m.msg_hdr.msg_iov = v;

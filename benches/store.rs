@@ -5,19 +5,17 @@
 //! (PXELINUX tries about ten per boot), here in a directory of 20,000 entries.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+#[path = "common/store_tree.rs"]
+mod store_tree;
+
 use ringboot::proto::tftp::packet::Mode;
 use ringboot::store::{Store, StoreOptions};
 use std::hint::black_box;
 use std::time::Duration;
+use store_tree::store_tree;
 
 fn store(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("pxelinux.0"), vec![1u8; 40_000]).unwrap();
-    std::fs::write(dir.path().join("boot.wim"), vec![2u8; 4 << 20]).unwrap();
-    std::fs::create_dir(dir.path().join("big")).unwrap();
-    for i in 0..20_000 {
-        std::fs::write(dir.path().join(format!("big/File{i:05}.cfg")), b"x").unwrap();
-    }
+    let dir = store_tree();
     let s = Store::new(dir.path(), StoreOptions::default()).unwrap();
     // Warm the cache (and, where there is one, the directory index).
     s.lookup(b"pxelinux.0", Mode::Octet).unwrap();

@@ -1,18 +1,16 @@
 //! Times store lookups by hand (a noisy machine makes criterion's numbers drift between runs;
 //! run two builds of this side by side instead):
 //! `cargo run --release --example lookup_loop [iterations]`.
+#[path = "../benches/common/store_tree.rs"]
+mod store_tree;
+
 use ringboot::proto::tftp::packet::Mode;
 use ringboot::store::{Store, StoreOptions};
 use std::time::Instant;
+use store_tree::store_tree;
 
 fn main() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("pxelinux.0"), vec![1u8; 40_000]).unwrap();
-    std::fs::write(dir.path().join("boot.wim"), vec![2u8; 4 << 20]).unwrap();
-    std::fs::create_dir(dir.path().join("big")).unwrap();
-    for i in 0..20_000 {
-        std::fs::write(dir.path().join(format!("big/File{i:05}.cfg")), b"x").unwrap();
-    }
+    let dir = store_tree();
     // Let the directory's mtime settle (an index is not kept for a directory changed < 2 s ago).
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let s = Store::new(dir.path(), StoreOptions::default()).unwrap();

@@ -148,6 +148,19 @@ impl Service {
     }
 }
 
+/// One line with the transfer caps `a` (at start, and after a reload under `what`).
+fn log_caps(what: &str, a: &AdmissionConfig) {
+    info!(
+        max_transfers = a.max_transfers,
+        max_per_client = a.max_per_client,
+        client_rate = a.client_rate,
+        "{what}: {} at once, {} per client address, {} new per second per address",
+        a.max_transfers,
+        a.max_per_client,
+        a.client_rate
+    );
+}
+
 /// The transfer caps: the configured ones, or defaults sized to the descriptor limit; caps
 /// above what the descriptors allow are lowered (with a warning), so an overload is refused with
 /// an ERROR rather than failing with `EMFILE` everywhere.
@@ -299,15 +312,7 @@ fn reload(live: &mut Live) {
         let (nofile, workers, listen) = live.sizing;
         let want = admission(&next.caps, nofile, workers, listen);
         let now = live.admission.reconfigure(want);
-        info!(
-            max_transfers = now.max_transfers,
-            max_per_client = now.max_per_client,
-            client_rate = now.client_rate,
-            "reload: transfer caps for new requests: {} at once, {} per client address, {} new per second per address",
-            now.max_transfers,
-            now.max_per_client,
-            now.client_rate
-        );
+        log_caps("reload: transfer caps for new requests", &now);
         if now.max_transfers < want.max_transfers {
             restart.push("max_transfers above its value at start");
         }
@@ -416,15 +421,7 @@ fn serve(
         .with_context(|| format!("cannot serve {}", root.display()))?;
     let sizing = (nofile, workers, listen.len());
     let admission = admission(&caps, nofile, workers, listen.len());
-    info!(
-        max_transfers = admission.max_transfers,
-        max_per_client = admission.max_per_client,
-        client_rate = admission.client_rate,
-        "transfer caps: {} at once, {} per client address, {} new per second per address",
-        admission.max_transfers,
-        admission.max_per_client,
-        admission.client_rate
-    );
+    log_caps("transfer caps", &admission);
     let server_fault = match fault {
         Some(TestFault::WorkerPanic) => Some(Fault::WorkerPanic),
         Some(TestFault::WorkerError) => Some(Fault::WorkerError),

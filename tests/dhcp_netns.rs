@@ -23,9 +23,9 @@ mod dhcp;
 #[path = "common/netns.rs"]
 mod netns;
 
-use dhcp::{client_socket, replies};
+use dhcp::{client_socket, replies, udhcpc_hook};
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
-use netns::{add_netns, preflight, sh, unique_id, veth};
+use netns::{preflight, sh, veth};
 use ringboot::dhcp::DhcpConfig;
 use ringboot::proto::dhcp::wire::{self, as_ipxe, pxe_boot_request, pxe_discover, ClientArch};
 use socket2::{SockAddr, Socket};
@@ -34,41 +34,36 @@ use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Namespaces and processes of one test, removed on drop.
+/// A [`netns::Lab`] and the in-process responders it started, stopped first on drop.
 struct Lab {
-    id: String,
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-    dir: tempfile::TempDir,
+    lab: netns::Lab,
     /// In-process responders (each on its own control engine).
     threads: Vec<ringboot::engine::ctl::Ctl>,
 }
 
+impl std::ops::Deref for Lab {
+    type Target = netns::Lab;
+    fn deref(&self) -> &netns::Lab {
+        &self.lab
+    }
+}
+
+impl std::ops::DerefMut for Lab {
+    fn deref_mut(&mut self) -> &mut netns::Lab {
+        &mut self.lab
+    }
+}
+
 impl Lab {
     fn new() -> Lab {
-        let id = unique_id();
         Lab {
-            id,
-            namespaces: vec![],
-            children: vec![],
-            dir: tempfile::tempdir().unwrap(),
+            lab: netns::Lab::new("rb"),
             threads: vec![],
         }
-    }
-
-    fn ns(&mut self, role: &str) -> String {
-        let name = format!("rb{role}{}", self.id);
-        add_netns(&name);
-        self.namespaces.push(name.clone());
-        name
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
     }
 
     /// Start the responder in `ns`: the real binary if it has the flags, else in-process.
@@ -207,16 +202,10 @@ impl Lab {
 }
 
 impl Drop for Lab {
+    /// The responders first; then the lab's processes and namespaces (its own drop).
     fn drop(&mut self) {
         for t in self.threads.drain(..) {
             let _ = t.join();
-        }
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
 }
@@ -249,6 +238,26 @@ fn exchange(s: &Socket, msg: &Message, to: SocketAddrV4, wait: Duration) -> Vec<
     replies(s, msg.xid(), wait, usize::MAX)
 }
 
+/// The first answer to an EFI x64 boot-server REQUEST (with sub-option 71) that a client with
+/// address `client`, on `iface` in namespace `ns`, sends from port 4011 to `server`:4011.
+fn boot_server_ack(
+    ns: &str,
+    iface: &str,
+    (client, server): (Ipv4Addr, Ipv4Addr),
+    mac: [u8; 6],
+    xid: u32,
+    wait: Duration,
+) -> Option<Message> {
+    let iface = iface.to_owned();
+    in_netns(ns, move || {
+        let sock = client_socket(SocketAddrV4::new(client, 4011), &iface);
+        let r = pxe_boot_request(mac, ClientArch::EFI_X64, xid, client, Some((0, 0)));
+        exchange(&sock, &r, SocketAddrV4::new(server, 4011), wait)
+    })
+    .into_iter()
+    .next()
+}
+
 fn server_id(m: &Message) -> Option<Ipv4Addr> {
     match m.opts().get(OptionCode::ServerIdentifier) {
         Some(DhcpOption::ServerIdentifier(s)) => Some(*s),
@@ -270,17 +279,7 @@ fn vendor(m: &Message) -> Vec<u8> {
 }
 
 fn udhcpc(ns: &str, iface: &str, script_dir: &Path, vendor_class: Option<&str>) -> String {
-    let out = script_dir.join(format!("udhcpc-{iface}.env"));
-    let script = script_dir.join(format!("udhcpc-{iface}.sh"));
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n[ \"$1\" = bound ] && env > '{}'\nexit 0\n",
-            out.display()
-        ),
-    )
-    .unwrap();
-    sh(&format!("chmod +x '{}'", script.display()));
+    let (script, out) = udhcpc_hook(script_dir, &format!("udhcpc-{iface}"));
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, "busybox", "udhcpc", "-i", iface])
         .args(["-O", "bootfile", "-q", "-n", "-t", "6", "-T", "1", "-s"])
@@ -517,24 +516,12 @@ fn proxy_mode_beside_dnsmasq() {
 
     // The client takes dnsmasq's address and asks ringboot's boot server on port 4011 from 4011.
     sh(&format!("ip -n {c} addr add {addr}/24 dev {cc}"));
-    let cc3 = cc.clone();
-    let acks = in_netns(&c, move || {
-        let sock = client_socket(SocketAddrV4::new(addr, 4011), &cc3);
-        let r = pxe_boot_request(mac, ClientArch::EFI_X64, 0x7000, addr, Some((0, 0)));
-        exchange(
-            &sock,
-            &r,
-            SocketAddrV4::new(server, 4011),
-            Duration::from_secs(2),
-        )
-    });
-    let ack = acks
-        .first()
+    let ack = boot_server_ack(&c, &cc, (addr, server), mac, 0x7000, Duration::from_secs(2))
         .unwrap_or_else(|| panic!("no port-4011 ACK\n{}", lab.logs()));
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
-    assert_eq!(file_of(ack), "pxelinux.0");
+    assert_eq!(file_of(&ack), "pxelinux.0");
     assert_eq!(
-        vendor(ack),
+        vendor(&ack),
         [71, 4, 0, 0, 0, 0, 255],
         "sub-option 71 echoed"
     );
@@ -626,23 +613,12 @@ ipxe_script = "{script}"
     );
 
     // UEFI asks the boot server on 4011 and gets the rule's file too.
-    let ci3 = ci.clone();
-    let acks = in_netns(&c, move || {
-        let sock = client_socket(SocketAddrV4::new(client, 4011), &ci3);
-        let r = pxe_boot_request(mac, ClientArch::EFI_X64, 0x8004, client, Some((0, 0)));
-        exchange(
-            &sock,
-            &r,
-            SocketAddrV4::new(server, 4011),
-            Duration::from_millis(700),
-        )
-    });
-    let ack = acks
-        .first()
+    let wait = Duration::from_millis(700);
+    let ack = boot_server_ack(&c, &ci, (client, server), mac, 0x8004, wait)
         .unwrap_or_else(|| panic!("no port-4011 ACK\n{}", lab.logs()));
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
-    assert_eq!(file_of(ack), "ipxe.efi");
-    assert_eq!(vendor(ack), [71, 4, 0, 0, 0, 0, 255]);
+    assert_eq!(file_of(&ack), "ipxe.efi");
+    assert_eq!(vendor(&ack), [71, 4, 0, 0, 0, 0, 255]);
 }
 
 /// SIGHUP (issue 12): a reload changes a boot rule while a transfer continues byte-exact; a

@@ -19,7 +19,7 @@ mod dhcp;
 
 use common::netns::{preflight, sh, unique_id, veth, Netns};
 use common::{die_with_parent, ringboot_bin};
-use dhcp::{client_socket, replies};
+use dhcp::{client_socket, replies, udhcpc_hook};
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, OptionCode};
 use ringboot::proto::dhcp::wire::{
     self, as_ipxe, client_message, pxe_discover, pxe_request, ClientArch,
@@ -225,18 +225,7 @@ impl Segment {
 
     /// busybox udhcpc in the client namespace; the address it got, if any.
     fn udhcpc(&self, tries: u32) -> Option<Ipv4Addr> {
-        let out = self.path("udhcpc.env");
-        let _ = std::fs::remove_file(&out);
-        let script = self.path("udhcpc.sh");
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\n[ \"$1\" = bound ] && env > '{}'\nexit 0\n",
-                out.display()
-            ),
-        )
-        .unwrap();
-        sh(&format!("chmod +x '{}'", script.display()));
+        let (script, out) = udhcpc_hook(self.dir.path(), "udhcpc");
         let mut cmd = Command::new("ip");
         cmd.args([
             "netns",

@@ -14,21 +14,22 @@
 //! counter, live only inside the namespaces (nothing routes out) and are deleted by the guard's
 //! Drop, as is every process started here (by its PID).
 //!
-//! The ringboot binary: `RINGBOOT_BIN`, else the newest one in this test's target directory that
-//! has the `--dhcp` flags, else one built now (`cargo build -p ringboot --bin ringboot`).
+//! The ringboot binary: `RINGBOOT_BIN`, else the newest one in the target directories
+//! (`common::target_dirs`) when it has the `--dhcp` flags, else one built now
+//! (`cargo build -p ringboot --bin ringboot`).
 
 #[path = "../../tests/common/netns.rs"]
 mod netns;
 
 mod common;
 
-use common::content;
-use netns::{add_netns, preflight, sh, unique_id, veth};
+use common::{content, ringboot_bin};
+use netns::{preflight, sh, veth};
 use serde_json::Value;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn has_dhcp_flags(bin: &Path) -> bool {
@@ -38,70 +39,30 @@ fn has_dhcp_flags(bin: &Path) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--dhcp-range"))
 }
 
-/// The ringboot binary; see the module docs.
-fn ringboot_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("RINGBOOT_BIN") {
-        return PathBuf::from(p);
+/// A [`netns::Lab`] with the load tester's ways to start things in it.
+struct Lab(netns::Lab);
+
+impl std::ops::Deref for Lab {
+    type Target = netns::Lab;
+    fn deref(&self) -> &netns::Lab {
+        &self.0
     }
-    // <target>/<profile>/deps/dhcp-xxxx
-    let target = std::env::current_exe()
-        .ok()
-        .and_then(|e| Some(e.parent()?.parent()?.parent()?.to_path_buf()))
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let mut found: Vec<(std::time::SystemTime, PathBuf)> = ["debug", "release"]
-        .iter()
-        .map(|p| target.join(p).join("ringboot"))
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .collect();
-    found.sort();
-    if let Some((_, p)) = found.pop().filter(|(_, p)| has_dhcp_flags(p)) {
-        return p;
-    }
-    let own = target.join("loadtest-ringboot");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .args(["build", "-p", "ringboot", "--bin", "ringboot"])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .env("CARGO_TARGET_DIR", &own)
-        .status()
-        .expect("run cargo build -p ringboot");
-    assert!(st.success(), "cargo build -p ringboot failed");
-    own.join("debug").join("ringboot")
 }
 
-/// Namespaces and processes of one test, removed on drop.
-struct Lab {
-    id: String,
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-    dir: tempfile::TempDir,
+impl std::ops::DerefMut for Lab {
+    fn deref_mut(&mut self) -> &mut netns::Lab {
+        &mut self.0
+    }
 }
 
 impl Lab {
     fn new() -> Lab {
-        let id = unique_id();
-        Lab {
-            id,
-            namespaces: vec![],
-            children: vec![],
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn ns(&mut self, role: &str) -> String {
-        let name = format!("rbl{role}{}", self.id);
-        add_netns(&name);
-        self.namespaces.push(name.clone());
-        name
+        Lab(netns::Lab::new("rbl"))
     }
 
     /// `ip -n <ns> <cmd>`.
     fn ns_ip(&self, ns: &str, cmd: &str) {
         sh(&format!("ip -n {ns} {cmd}"));
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
     }
 
     /// Start `args` inside `ns`, output to `<log>.log`; killed with this test.
@@ -149,7 +110,7 @@ impl Lab {
     /// ringboot in `ns` serving `root` on `addr:6969` with `dhcp` flags. The emulated machines
     /// share the client namespace's one address, so the per-address caps are lifted.
     fn ringboot(&mut self, ns: &str, addr: &str, root: &Path, dhcp: &[&str]) {
-        let bin = ringboot_bin();
+        let bin = ringboot_bin(has_dhcp_flags);
         let listen = format!("{addr}:6969");
         let mut args = vec![
             bin.to_str().unwrap(),
@@ -184,18 +145,6 @@ impl Lab {
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(Value::Null);
         (out, rep)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
     }
 }
 

@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::content;
+use common::{content, ringboot_bin, target_dirs};
 use ringboot::proto::tftp::packet::{Mode, OptionWriter, Packet};
 use serde_json::Value;
 use std::ffi::OsStr;
@@ -103,59 +103,8 @@ fn wait_ready(addr: &str, child: &mut Child) -> bool {
     false
 }
 
-fn target_dirs() -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    // <target>/<profile>/deps/storm-xxxx
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(t) = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .and_then(|d| d.parent())
-        {
-            v.push(t.to_path_buf());
-        }
-    }
-    if let Ok(t) = std::env::var("CARGO_TARGET_DIR") {
-        v.push(PathBuf::from(t));
-    }
-    v.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    v
-}
-
-/// The newest ringboot binary around, or one built now.
-fn ringboot_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("RINGBOOT_BIN") {
-        return PathBuf::from(p);
-    }
-    let mut found: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
-    for t in target_dirs() {
-        for prof in ["debug", "release"] {
-            let p = t.join(prof).join("ringboot");
-            if let Ok(m) = std::fs::metadata(&p).and_then(|m| m.modified()) {
-                found.push((m, p));
-            }
-        }
-    }
-    found.sort();
-    if let Some((_, p)) = found.pop() {
-        return p;
-    }
-    // Not built by this test run: build it in a separate target dir (no lock contention with the
-    // cargo that runs us).
-    let target = target_dirs()[0].join("loadtest-ringboot");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .args(["build", "-p", "ringboot", "--bin", "ringboot"])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .env("CARGO_TARGET_DIR", &target)
-        .status()
-        .expect("run cargo build -p ringboot");
-    assert!(st.success(), "cargo build -p ringboot failed");
-    target.join("debug").join("ringboot")
-}
-
 fn start_ringboot(root: &Path) -> Server {
-    let bin = ringboot_bin();
+    let bin = ringboot_bin(|_| true);
     for _ in 0..3 {
         let addr = fresh_addr();
         let mut child = Command::new(&bin)

@@ -416,14 +416,12 @@ mod tests {
             ..DhcpConfig::default()
         };
         cfg.validate().unwrap();
-        cfg.mtftp.push(MtftpConfig {
-            file: "pxelinux.0".into(),
-            group: Ipv4Addr::new(239, 255, 1, 1),
-            client_port: 3001,
-            server_port: 1759,
-            listen_timeout: 1,
-            reopen_delay: 2,
-        });
+        cfg.mtftp.push(MtftpConfig::new(
+            "pxelinux.0",
+            Ipv4Addr::new(239, 255, 1, 1),
+            3001,
+            1759,
+        ));
         match cfg.validate() {
             Err(ConfigError::Option43TooLong { len, .. }) => assert!(len > 255, "{len}"),
             other => panic!("{other:?}"),

@@ -285,15 +285,7 @@ impl LeaseStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::dhcp::leases::ClientKey;
-    use std::net::Ipv4Addr;
-
-    fn key(n: u8) -> ClientKey {
-        ClientKey::new(None, 1, &[0x52, 0x54, 0, 0, 0, n])
-    }
-    fn ip(n: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 0, 0, n)
-    }
+    use crate::proto::dhcp::leases::fixtures::{ip, key};
 
     #[test]
     fn store_save_load() {

@@ -48,6 +48,13 @@ fn new_udp_socket(addr: &SocketAddr) -> io::Result<Socket> {
     )
 }
 
+/// A nonblocking IPv4 UDP socket with `SO_REUSEADDR`, not bound yet.
+fn reusable_v4_socket() -> io::Result<Socket> {
+    let s = new_udp_socket(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
+    s.set_reuse_address(true)?;
+    Ok(s)
+}
+
 /// A listening socket of one worker: `SO_REUSEPORT`, packet info on, large buffers, bound to `addr`.
 pub(crate) fn listener_socket(addr: SocketAddr) -> io::Result<Socket> {
     let s = new_udp_socket(&addr)?;
@@ -352,12 +359,7 @@ pub fn set_big_recv_buffer(sock: &impl AsRawFd) {
 /// and other programs listen on the same port), a big receive buffer, joined to the group on the
 /// loopback interface (the load tester's multicast members).
 pub fn group_socket(group: SocketAddrV4) -> io::Result<std::net::UdpSocket> {
-    let s = Socket::new(
-        Domain::IPV4,
-        Type::DGRAM.nonblocking().cloexec(),
-        Some(Protocol::UDP),
-    )?;
-    s.set_reuse_address(true)?;
+    let s = reusable_v4_socket()?;
     s.set_reuse_port(true)?;
     set_big_recv_buffer(&s);
     s.bind(&SockAddr::from(group))?;
@@ -376,12 +378,7 @@ pub(crate) fn gso_supported() -> bool {
 /// A nonblocking UDP socket bound to `0.0.0.0:port` with `SO_BROADCAST`, `SO_REUSEADDR`,
 /// `IP_PKTINFO`, and `SO_BINDTODEVICE` when `device` is given.
 pub fn dhcp_socket(port: u16, device: Option<&str>) -> io::Result<Socket> {
-    let s = Socket::new(
-        Domain::IPV4,
-        Type::DGRAM.nonblocking().cloexec(),
-        Some(Protocol::UDP),
-    )?;
-    s.set_reuse_address(true)?;
+    let s = reusable_v4_socket()?;
     s.set_broadcast(true)?;
     if let Some(dev) = device {
         s.bind_device(Some(dev.as_bytes()))?;

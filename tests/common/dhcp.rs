@@ -10,6 +10,7 @@ use dhcproto::v4::Message;
 use ringboot::proto::dhcp::wire;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// A UDP socket on `device` bound to `addr` (address reuse, broadcast allowed).
@@ -44,4 +45,27 @@ pub fn replies(s: &Socket, xid: u32, wait: Duration, max: usize) -> Vec<Message>
         }
     }
     out
+}
+
+/// A busybox `udhcpc -s` hook `dir/<name>.sh` that writes its environment to `dir/<name>.env`
+/// once a lease is bound; returns (hook, env file). The env file is removed first.
+pub fn udhcpc_hook(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let out = dir.join(format!("{name}.env"));
+    let _ = std::fs::remove_file(&out);
+    let script = dir.join(format!("{name}.sh"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = bound ] && env > '{}'\nexit 0\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let st = std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(st.success(), "chmod +x {}", script.display());
+    (script, out)
 }

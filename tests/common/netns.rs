@@ -1,5 +1,5 @@
 //! Network-namespace plumbing shared by the namespace tests of both crates (`tests/` includes it
-//! through `common`, `loadtest/tests/dhcp.rs` by `#[path]`). Only std and libc.
+//! through `common`, `loadtest/tests/dhcp.rs` by `#[path]`). Only std, libc and tempfile.
 //!
 //! Contract:
 //! - [`preflight`]: false with "skipped: <why>" printed when not root or a tool is missing; under
@@ -7,6 +7,8 @@
 //! - [`Netns::new`] creates a namespace with `lo` up and deletes it on drop, also when the test
 //!   panics. Names carry the PID and a counter ([`unique_id`]), so parallel tests and parallel
 //!   test binaries never collide.
+//! - [`Lab`]: the namespaces, processes and scratch folder of one test; on drop the processes
+//!   are killed (by PID) and waited for, then the namespaces deleted.
 //! - [`add_netns`] and [`veth`] for tests that keep their own list of namespaces.
 //! - [`Netns::enter`] moves the calling thread (only) into the namespace: processes it spawns
 //!   afterwards start there.
@@ -14,7 +16,8 @@
 #![allow(dead_code)]
 
 use std::os::fd::AsRawFd;
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -129,5 +132,55 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+    }
+}
+
+/// Namespaces and processes of one test, removed on drop.
+pub struct Lab {
+    /// Unique among concurrent tests ([`unique_id`]); names of namespaces and interfaces carry it.
+    pub id: String,
+    /// Namespace names are `<prefix><role><id>`.
+    prefix: String,
+    namespaces: Vec<String>,
+    /// Processes to kill (by PID) and wait for when the lab goes.
+    pub children: Vec<Child>,
+    /// Scratch folder (files served, logs, lease files).
+    pub dir: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn new(prefix: &str) -> Lab {
+        Lab {
+            id: unique_id(),
+            prefix: prefix.to_owned(),
+            namespaces: vec![],
+            children: vec![],
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A new namespace `<prefix><role><id>` with `lo` up, deleted with the lab.
+    pub fn ns(&mut self, role: &str) -> String {
+        let name = format!("{}{role}{}", self.prefix, self.id);
+        self.namespaces.push(name.clone());
+        add_netns(&name);
+        name
+    }
+
+    /// `name` in the scratch folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
     }
 }

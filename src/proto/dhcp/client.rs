@@ -489,6 +489,19 @@ mod tests {
         }
     }
 
+    /// The network's DHCP server (addresses, no boot file) at `OTHER` and ringboot's proxyDHCP
+    /// (`grubx64.efi`) at `SERVER`.
+    fn proxy_net() -> Net {
+        let mut addr = full_policy();
+        addr.boot_file = None;
+        let proxy = Policy {
+            mode: DhcpMode::Proxy,
+            boot_file: Some("grubx64.efi".into()),
+            ..Policy::default()
+        };
+        Net::new(vec![Server::new(addr, OTHER), Server::new(proxy, SERVER)])
+    }
+
     fn full_policy() -> Policy {
         Policy {
             mode: DhcpMode::Full,
@@ -668,14 +681,7 @@ mod tests {
     #[test]
     fn proxy_mode_takes_the_address_from_one_and_the_file_from_4011() {
         // The network's DHCP server (no PXE data) and ringboot's proxyDHCP.
-        let mut addr = full_policy();
-        addr.boot_file = None;
-        let proxy = Policy {
-            mode: DhcpMode::Proxy,
-            boot_file: Some("grubx64.efi".into()),
-            ..Policy::default()
-        };
-        let mut net = Net::new(vec![Server::new(addr, OTHER), Server::new(proxy, SERVER)]);
+        let mut net = proxy_net();
         // The first boot-server REQUEST (datagram 4: DISCOVER, 2 OFFERs, REQUEST, ACK, ...) is
         // answered but the answer is lost: sent again.
         net.lose = |n| n == 6;
@@ -791,14 +797,7 @@ mod tests {
         assert!(c.is_finished() && c.poll_timeout().is_none());
         assert!(c.poll_transmit(net.now, &mut net.buf).is_none());
         // A boot server that never answers.
-        let mut addr = full_policy();
-        addr.boot_file = None;
-        let proxy = Policy {
-            mode: DhcpMode::Proxy,
-            boot_file: Some("grubx64.efi".into()),
-            ..Policy::default()
-        };
-        let mut net = Net::new(vec![Server::new(addr, OTHER), Server::new(proxy, SERVER)]);
+        let mut net = proxy_net();
         net.servers[1].ip = Ipv4Addr::new(10, 0, 0, 3); // port 4011 goes nowhere
         net.servers[1].edit = Some(|m| {
             m.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));

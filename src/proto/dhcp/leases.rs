@@ -572,16 +572,27 @@ pub struct ParseError {
     pub text: String,
 }
 
+/// Clients and addresses for the tests of the lease table and of its file.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
+    use super::ClientKey;
+    use std::net::Ipv4Addr;
 
-    fn key(n: u8) -> ClientKey {
+    /// Client `n`: hardware address 52:54:00:00:00:n.
+    pub(crate) fn key(n: u8) -> ClientKey {
         ClientKey::new(None, 1, &[0x52, 0x54, 0, 0, 0, n])
     }
-    fn ip(n: u8) -> Ipv4Addr {
+
+    /// 10.0.0.n.
+    pub(crate) fn ip(n: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 0, 0, n)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{ip, key};
+    use super::*;
 
     #[test]
     fn keys() {

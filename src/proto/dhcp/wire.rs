@@ -572,14 +572,8 @@ mod tests {
     fn vendor_options_bytes() {
         let v = pxe_vendor_options("PXE", None).unwrap();
         assert_eq!(v, [6, 1, 8, 10, 4, 0, b'P', b'X', b'E', 255]);
-        let m = MtftpConfig {
-            file: "f".into(),
-            group: Ipv4Addr::new(239, 255, 1, 1),
-            client_port: 3001,
-            server_port: 1759,
-            listen_timeout: 1,
-            reopen_delay: 2,
-        };
+        // Listen and re-open delays at their defaults: 1 and 2 s.
+        let m = MtftpConfig::new("f", Ipv4Addr::new(239, 255, 1, 1), 3001, 1759);
         let v = pxe_vendor_options("PXE", Some(&m)).unwrap();
         assert_eq!(
             v,

@@ -454,14 +454,12 @@ fn rules_by_arch_mac_and_subnet() {
 #[test]
 fn mtftp_tags_come_with_discovery_control() {
     let mut cfg = proxy_cfg();
-    cfg.mtftp.push(MtftpConfig {
-        file: "pxelinux.0".into(),
-        group: Ipv4Addr::new(239, 255, 1, 1),
-        client_port: 3001,
-        server_port: 1759,
-        listen_timeout: 1,
-        reopen_delay: 2,
-    });
+    cfg.mtftp.push(MtftpConfig::new(
+        "pxelinux.0",
+        Ipv4Addr::new(239, 255, 1, 1),
+        3001,
+        1759,
+    ));
     let (out, _) = run(&bios_discover(), &ctx67(), &mut LeaseState::new(), &cfg).unwrap();
     let v = opt(&out, 43).unwrap();
     assert_eq!(wire::find_sub_option(&v, 1), Some(&[239, 255, 1, 1][..]));
