@@ -34,7 +34,7 @@ use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,17 @@ impl Lab {
             lab: netns::Lab::new("rb"),
             threads: vec![],
         }
+    }
+
+    /// `root/` with each of `files` (its own name as content) and an empty `state/`; the root.
+    fn served(&self, files: &[&str]) -> PathBuf {
+        let root = self.path("root");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(self.path("state")).unwrap();
+        for f in files {
+            std::fs::write(root.join(f), f).unwrap();
+        }
+        root
     }
 
     /// Start the responder in `ns`: the real binary if it has the flags, else in-process.
@@ -238,6 +249,15 @@ fn exchange(s: &Socket, msg: &Message, to: SocketAddrV4, wait: Duration) -> Vec<
     replies(s, msg.xid(), wait, usize::MAX)
 }
 
+/// `<net>.1/24` on the server end `si` (in `s`) and `<net>.2/24` on the client end `ci` (in `c`).
+fn addresses(s: &str, si: &str, c: &str, ci: &str, net: [u8; 3]) -> (Ipv4Addr, Ipv4Addr) {
+    let server = Ipv4Addr::new(net[0], net[1], net[2], 1);
+    let client = Ipv4Addr::new(net[0], net[1], net[2], 2);
+    sh(&format!("ip -n {s} addr add {server}/24 dev {si}"));
+    sh(&format!("ip -n {c} addr add {client}/24 dev {ci}"));
+    (server, client)
+}
+
 /// The first answer to an EFI x64 boot-server REQUEST (with sub-option 71) that a client with
 /// address `client`, on `iface` in namespace `ns`, sends from port 4011 to `server`:4011.
 fn boot_server_ack(
@@ -309,9 +329,7 @@ fn full_mode_gives_udhcpc_an_address_and_the_boot_file() {
     }
     let mut lab = Lab::new();
     let x = 10 + (std::process::id() % 100) as u8;
-    let (s, c) = (lab.ns("s"), lab.ns("c"));
-    let (si, ci) = (format!("rbs{}", lab.id), format!("rbc{}", lab.id));
-    veth(&s, &si, &c, &ci);
+    let (s, c, si, ci) = lab.server_and_client();
     let server = Ipv4Addr::new(10, 99, x, 1);
     sh(&format!("ip -n {s} addr add {server}/24 dev {si}"));
     let range = format!("10.99.{x}.100,10.99.{x}.150");
@@ -534,19 +552,9 @@ fn proxy_mode_from_a_config_file_with_rules_for_efi_x64_and_ipxe() {
     }
     let mut lab = Lab::new();
     let x = 60 + (std::process::id() % 50) as u8;
-    let (s, c) = (lab.ns("s"), lab.ns("c"));
-    let (si, ci) = (format!("rbs{}", lab.id), format!("rbc{}", lab.id));
-    veth(&s, &si, &c, &ci);
-    let server = Ipv4Addr::new(10, 99, x, 1);
-    let client = Ipv4Addr::new(10, 99, x, 2);
-    sh(&format!("ip -n {s} addr add {server}/24 dev {si}"));
-    sh(&format!("ip -n {c} addr add {client}/24 dev {ci}"));
-    let root = lab.path("root");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::create_dir_all(lab.path("state")).unwrap();
-    for f in ["pxelinux.0", "ipxe.efi"] {
-        std::fs::write(root.join(f), f).unwrap();
-    }
+    let (s, c, si, ci) = lab.server_and_client();
+    let (server, client) = addresses(&s, &si, &c, &ci, [10, 99, x]);
+    lab.served(&["pxelinux.0", "ipxe.efi"]);
     let script = format!("http://{server}/boot.ipxe");
     lab.start_ringboot_config(
         &s,
@@ -630,19 +638,9 @@ fn sighup_changes_a_boot_rule_while_a_transfer_continues() {
     }
     let mut lab = Lab::new();
     let x = 110 + (std::process::id() % 50) as u8;
-    let (s, c) = (lab.ns("s"), lab.ns("c"));
-    let (si, ci) = (format!("rbs{}", lab.id), format!("rbc{}", lab.id));
-    veth(&s, &si, &c, &ci);
-    let server = Ipv4Addr::new(10, 98, x, 1);
-    let client = Ipv4Addr::new(10, 98, x, 2);
-    sh(&format!("ip -n {s} addr add {server}/24 dev {si}"));
-    sh(&format!("ip -n {c} addr add {client}/24 dev {ci}"));
-    let root = lab.path("root");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::create_dir_all(lab.path("state")).unwrap();
-    for f in ["pxelinux.0", "ipxe.efi", "shim.efi"] {
-        std::fs::write(root.join(f), f).unwrap();
-    }
+    let (s, c, si, ci) = lab.server_and_client();
+    let (server, _) = addresses(&s, &si, &c, &ci, [10, 98, x]);
+    let root = lab.served(&["pxelinux.0", "ipxe.efi", "shim.efi"]);
     let big: Vec<u8> = (0..600 * 512u32).map(|i| (i * 7 + i / 511) as u8).collect();
     std::fs::write(root.join("big.bin"), &big).unwrap();
     let config = |efi: &str| {

@@ -19,7 +19,7 @@ mod dhcp;
 
 use common::netns::{preflight, sh, unique_id, veth, Netns};
 use common::{die_with_parent, ringboot_bin};
-use dhcp::{client_socket, replies, udhcpc_hook};
+use dhcp::{client_socket, recv_reply, replies, udhcpc_hook};
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, OptionCode};
 use ringboot::proto::dhcp::wire::{
     self, as_ipxe, client_message, pxe_discover, pxe_request, ClientArch,
@@ -77,6 +77,14 @@ impl Segment {
             dir,
             child: None,
         }
+    }
+
+    /// A /24 segment with the server in full mode, pool `.100` to `.<last>`.
+    fn full(last: u8) -> Segment {
+        let mut seg = Segment::new(24);
+        let range = format!("{},{}", seg.addr(100), seg.addr(last));
+        seg.start_full(&range, None);
+        seg
     }
 
     /// An address of the segment's /24 (or /16) with last octet `n`.
@@ -194,6 +202,13 @@ impl Segment {
         let thread =
             self.spawn_in_client(move || flood_discovers(ci, per_sec, max, same_mac, st, sn));
         Flood { stop, sent, thread }
+    }
+
+    /// `got` is an address whose lease is bound; without one, panic with `missing` and the end
+    /// of the server's log.
+    fn assert_bound(&self, got: Option<Ipv4Addr>, missing: &str) {
+        let ip = got.unwrap_or_else(|| panic!("{missing}\n{}", self.log_tail(30)));
+        assert!(self.lease_of(ip).is_some_and(|l| l.ends_with(" bound")));
     }
 
     /// The last `n` lines of the server's log, for a failure message.
@@ -329,9 +344,7 @@ fn forged_decline_does_not_evict_the_holder() {
     if !preflight(&["ip", "busybox"], "busybox iproute2") {
         return;
     }
-    let mut seg = Segment::new(24);
-    let range = format!("{},{}", seg.addr(100), seg.addr(150));
-    seg.start_full(&range, None);
+    let seg = Segment::full(150);
     let ip = seg
         .udhcpc(6)
         .unwrap_or_else(|| panic!("udhcpc got no lease\n{}", seg.logs()));
@@ -461,9 +474,7 @@ fn udhcpc_gets_a_lease_during_a_discover_flood_from_random_macs() {
     if !preflight(&["ip", "busybox"], "busybox iproute2") {
         return;
     }
-    let mut seg = Segment::new(24);
-    let range = format!("{},{}", seg.addr(100), seg.addr(110));
-    seg.start_full(&range, None);
+    let seg = Segment::full(110);
     // 300 DISCOVERs a second, under the default segment rate: this is about the pool, not
     // about the rate limit. At most 30 s.
     let flood = seg.flood(300, 9_000, false);
@@ -473,13 +484,7 @@ fn udhcpc_gets_a_lease_during_a_discover_flood_from_random_macs() {
     let flood_sent = flood.sent();
     flood.stop();
     println!("flood: {flood_sent} DISCOVERs sent while udhcpc ran");
-    let ip = got.unwrap_or_else(|| {
-        panic!(
-            "udhcpc got no address during the flood\n{}",
-            seg.log_tail(30)
-        )
-    });
-    assert!(seg.lease_of(ip).is_some_and(|l| l.ends_with(" bound")));
+    seg.assert_bound(got, "udhcpc got no address during the flood");
     assert!(
         seg.lines_with("is full") <= 20,
         "pool-full lines are rate-limited: {}",
@@ -495,9 +500,7 @@ fn other_clients_get_leases_while_one_mac_floods() {
     if !preflight(&["ip"], "iproute2") {
         return;
     }
-    let mut seg = Segment::new(24);
-    let range = format!("{},{}", seg.addr(100), seg.addr(150));
-    seg.start_full(&range, None);
+    let seg = Segment::full(150);
     let flood = seg.flood(60_000, 1_500_000, true);
     assert!(eventually(Duration::from_secs(10), || flood.sent() > 60_000));
     let t0 = Instant::now();
@@ -522,14 +525,11 @@ fn other_clients_get_leases_while_one_mac_floods() {
     for l in seg.logs().lines().filter(|l| l.contains("dropped DHCP")) {
         println!("server: {l}");
     }
-    for (n, l) in leases.iter().enumerate() {
-        let ip = l.unwrap_or_else(|| {
-            panic!(
-                "client {n} got no address while one MAC flooded\n{}",
-                seg.log_tail(30)
-            )
-        });
-        assert!(seg.lease_of(ip).is_some_and(|l| l.ends_with(" bound")));
+    for (n, &l) in leases.iter().enumerate() {
+        seg.assert_bound(
+            l,
+            &format!("client {n} got no address while one MAC flooded"),
+        );
     }
     assert!(
         answered >= 20,
@@ -572,9 +572,7 @@ fn floods_of_log_worthy_packets_give_a_handful_of_lines() {
     if !preflight(&["ip"], "iproute2") {
         return;
     }
-    let mut seg = Segment::new(24);
-    let range = format!("{},{}", seg.addr(100), seg.addr(101));
-    seg.start_full(&range, None);
+    let seg = Segment::full(101);
     let ci = seg.ci.clone();
     let bound = seg.in_client(move || {
         let s = udp_on(&ci, 68);
@@ -779,30 +777,19 @@ fn dhcp_ack_throughput() {
         let mut outstanding: Vec<(u32, Instant)> = Vec::with_capacity(window);
         let (mut next, mut acks) = (0u32, 0u32);
         let t0 = Instant::now();
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
         while acks < total && t0.elapsed() < Duration::from_secs(120) {
             while outstanding.len() < window && next < total {
                 send(&s, &request(next), BCAST67);
                 outstanding.push((next, Instant::now()));
                 next += 1;
             }
-            if let Ok((n, _)) = s.recv_from(&mut buf) {
-                // SAFETY: recv_from initialized the first n bytes.
-                let b: Vec<u8> = buf[..n]
-                    .iter()
-                    .map(|x| unsafe { x.assume_init() })
-                    .collect();
-                if let Ok(m) = wire::parse_any(&b) {
-                    let i = m.xid().wrapping_sub(0x7700_0000);
-                    if b[0] == 2
-                        && i < total
-                        && m.opts().msg_type() == Some(MessageType::Ack)
-                        && !acked[i as usize]
-                    {
-                        acked[i as usize] = true;
-                        acks += 1;
-                        outstanding.retain(|(x, _)| *x != i);
-                    }
+            if let Some(m) = recv_reply(&s) {
+                let i = m.xid().wrapping_sub(0x7700_0000);
+                if i < total && m.opts().msg_type() == Some(MessageType::Ack) && !acked[i as usize]
+                {
+                    acked[i as usize] = true;
+                    acks += 1;
+                    outstanding.retain(|(x, _)| *x != i);
                 }
             }
             // A request (or its ACK) lost: send it again, like a client.

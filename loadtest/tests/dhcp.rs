@@ -172,9 +172,7 @@ fn full_mode_storm_of_100_machines_completes() {
     }
     let mut lab = Lab::new();
     let x = 10 + std::process::id() % 200;
-    let (s, c) = (lab.ns("s"), lab.ns("c"));
-    let (si, ci) = (format!("rbls{}", lab.id), format!("rblc{}", lab.id));
-    veth(&s, &si, &c, &ci);
+    let (s, c, si, ci) = lab.server_and_client();
     let server = format!("10.99.{x}.1");
     sh(&format!("ip -n {s} addr add {server}/24 dev {si}"));
     // The machines' TFTP traffic leaves from the client namespace's one address.

@@ -25,23 +25,26 @@ pub fn client_socket(addr: SocketAddrV4, device: &str) -> Socket {
     s
 }
 
+/// One datagram from `s` (waiting at most its read timeout), if it is a DHCP server reply (op 2).
+pub fn recv_reply(s: &Socket) -> Option<Message> {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+    let (n, _) = s.recv_from(&mut buf).ok()?;
+    // SAFETY: recv_from initialized the first n bytes.
+    let bytes: Vec<u8> = buf[..n]
+        .iter()
+        .map(|b| unsafe { b.assume_init() })
+        .collect();
+    let m = wire::parse_any(&bytes).ok()?;
+    (bytes[0] == 2).then_some(m)
+}
+
 /// The server replies (op 2) with `xid` that arrive on `s` within `wait`, at most `max` of them.
 pub fn replies(s: &Socket, xid: u32, wait: Duration, max: usize) -> Vec<Message> {
     let end = Instant::now() + wait;
     let mut out = vec![];
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
     while Instant::now() < end && out.len() < max {
-        if let Ok((n, _)) = s.recv_from(&mut buf) {
-            // SAFETY: recv_from initialized the first n bytes.
-            let bytes: Vec<u8> = buf[..n]
-                .iter()
-                .map(|b| unsafe { b.assume_init() })
-                .collect();
-            if let Ok(m) = wire::parse_any(&bytes) {
-                if bytes[0] == 2 && m.xid() == xid {
-                    out.push(m);
-                }
-            }
+        if let Some(m) = recv_reply(s).filter(|m| m.xid() == xid) {
+            out.push(m);
         }
     }
     out

@@ -167,6 +167,18 @@ impl Lab {
         name
     }
 
+    /// A server namespace `<prefix>s<id>` and a client namespace `<prefix>c<id>`, joined by a
+    /// veth pair whose ends have the same names as their namespaces: `(s, c, s_end, c_end)`.
+    pub fn server_and_client(&mut self) -> (String, String, String, String) {
+        let (s, c) = (self.ns("s"), self.ns("c"));
+        let (si, ci) = (
+            format!("{}s{}", self.prefix, self.id),
+            format!("{}c{}", self.prefix, self.id),
+        );
+        veth(&s, &si, &c, &ci);
+        (s, c, si, ci)
+    }
+
     /// `name` in the scratch folder.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
