@@ -25,7 +25,7 @@ mod netns;
 
 use dhcp::{client_socket, replies, udhcpc_hook};
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
-use netns::{preflight, sh, veth};
+use netns::{dhcp_flags, preflight, sh, veth};
 use ringboot::dhcp::DhcpConfig;
 use ringboot::proto::dhcp::wire::{self, as_ipxe, pxe_boot_request, pxe_discover, ClientArch};
 use socket2::{SockAddr, Socket};
@@ -93,16 +93,11 @@ impl Lab {
         std::fs::create_dir_all(&state).unwrap();
         if binary_has_dhcp_flags() {
             let mut args: Vec<OsString> = vec!["--root".into(), root.into()];
-            for a in [
-                "--listen",
-                &format!("{addr}:6969"),
-                "--dhcp",
-                mode,
-                "--dhcp-interface",
-                iface,
-                "--boot-file",
-                "pxelinux.0",
-            ] {
+            let listen = format!("{addr}:6969");
+            for a in ["--listen", &listen]
+                .into_iter()
+                .chain(dhcp_flags(mode, iface))
+            {
                 args.push(a.into());
             }
             if let Some(r) = range {

@@ -17,7 +17,7 @@ mod common;
 #[path = "common/dhcp.rs"]
 mod dhcp;
 
-use common::netns::{preflight, sh, unique_id, veth, Netns};
+use common::netns::{dhcp_flags, preflight, sh, unique_id, veth, Netns};
 use common::{die_with_parent, ringboot_bin};
 use dhcp::{client_socket, recv_reply, replies, udhcpc_hook};
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, OptionCode};
@@ -140,16 +140,7 @@ impl Segment {
     fn start_full(&mut self, range: &str, nofile: Option<u32>) {
         let si = self.si.clone();
         self.start(
-            &[
-                "--dhcp",
-                "full",
-                "--dhcp-interface",
-                &si,
-                "--boot-file",
-                "pxelinux.0",
-                "--dhcp-range",
-                range,
-            ],
+            &[&dhcp_flags("full", &si)[..], &["--dhcp-range", range]].concat(),
             nofile,
         );
     }

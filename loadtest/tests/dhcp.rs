@@ -24,7 +24,7 @@ mod netns;
 mod common;
 
 use common::{content, ringboot_bin};
-use netns::{preflight, sh, veth};
+use netns::{dhcp_flags, preflight, sh, veth};
 use serde_json::Value;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -185,17 +185,11 @@ fn full_mode_storm_of_100_machines_completes() {
         &server,
         &root,
         &[
-            "--dhcp",
-            "full",
-            "--dhcp-interface",
-            &si,
-            "--boot-file",
-            "pxelinux.0",
-            "--dhcp-range",
-            &range,
-            "--dhcp-lease-file",
-            leases.to_str().unwrap(),
-        ],
+            &dhcp_flags("full", &si)[..],
+            &["--dhcp-range", &range],
+            &["--dhcp-lease-file", leases.to_str().unwrap()],
+        ]
+        .concat(),
     );
 
     let t = Instant::now();
@@ -311,19 +305,7 @@ fn proxy_mode_beside_dnsmasq_goes_through_port_4011() {
     );
     lab.wait_log("dnsmasq", "DHCP, IP range");
     let root = served_root(&lab);
-    lab.ringboot(
-        &s,
-        &server,
-        &root,
-        &[
-            "--dhcp",
-            "proxy",
-            "--dhcp-interface",
-            "rblbr",
-            "--boot-file",
-            "pxelinux.0",
-        ],
-    );
+    lab.ringboot(&s, &server, &root, &dhcp_flags("proxy", "rblbr"));
     let tftp = format!("{server}:6969");
     let (out, rep) = lab.loadtest(
         &c,

@@ -522,26 +522,14 @@ mod tests {
         let range = PortRange::new(port, port).unwrap();
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut cursor = PortRng::new();
-        let err = transfer_socket(
-            "127.0.0.1".parse().unwrap(),
-            0,
-            peer,
-            Some(range),
-            &mut cursor,
-            false,
-        )
-        .unwrap_err();
+        let mut take = || {
+            let local = "127.0.0.1".parse().unwrap();
+            transfer_socket(local, 0, peer, Some(range), &mut cursor, false)
+        };
+        let err = take().unwrap_err();
         assert!(matches!(err, TransferSocketError::NoFreePort));
         drop(hold);
-        let s = transfer_socket(
-            "127.0.0.1".parse().unwrap(),
-            0,
-            peer,
-            Some(range),
-            &mut cursor,
-            false,
-        )
-        .unwrap();
+        let s = take().unwrap();
         let local = s.local_addr().unwrap().as_socket().unwrap();
         assert_eq!(local.port(), port);
         assert_eq!(s.peer_addr().unwrap().as_socket(), Some(peer));

@@ -571,6 +571,14 @@ pub struct GetOpts {
 }
 
 impl GetOpts {
+    /// For clients that have no windowsize option and speak octet mode only.
+    fn assert_octet_without_windowsize(&self, client: &str) {
+        assert!(
+            self.windowsize.is_none() && !self.netascii,
+            "{client}: no windowsize"
+        );
+    }
+
     pub fn blksize(n: u16) -> Self {
         GetOpts {
             blksize: Some(n),
@@ -727,10 +735,7 @@ pub fn client_get(
             run_with_timeout(cmd, None, CLIENT_LIMIT)
         }
         Client::Curl => {
-            assert!(
-                opts.windowsize.is_none() && !opts.netascii,
-                "curl: no windowsize"
-            );
+            opts.assert_octet_without_windowsize("curl");
             let mut cmd = Command::new("curl");
             cmd.args(["-s", "-S", "--max-time", "40", "-o", local_s]);
             if opts.no_options {
@@ -743,10 +748,7 @@ pub fn client_get(
             run_with_timeout(cmd, None, CLIENT_LIMIT)
         }
         Client::Busybox => {
-            assert!(
-                opts.windowsize.is_none() && !opts.netascii,
-                "busybox: no windowsize"
-            );
+            opts.assert_octet_without_windowsize("busybox");
             let mut cmd = Command::new("busybox");
             cmd.args(["tftp", "-g", "-r", remote, "-l", local_s]);
             if let Some(b) = opts.blksize {

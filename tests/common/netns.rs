@@ -10,6 +10,7 @@
 //! - [`Lab`]: the namespaces, processes and scratch folder of one test; on drop the processes
 //!   are killed (by PID) and waited for, then the namespaces deleted.
 //! - [`add_netns`] and [`veth`] for tests that keep their own list of namespaces.
+//! - [`dhcp_flags`]: the `ringboot serve` flags with which every DHCP lab starts the responder.
 //! - [`Netns::enter`] moves the calling thread (only) into the namespace: processes it spawns
 //!   afterwards start there.
 
@@ -88,6 +89,18 @@ pub fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) {
     ));
     sh(&format!("ip -n {ns_a} link set {a} up"));
     sh(&format!("ip -n {ns_b} link set {b} up"));
+}
+
+/// `--dhcp MODE --dhcp-interface IFACE --boot-file pxelinux.0`: the responder of a DHCP lab.
+pub fn dhcp_flags<'a>(mode: &'a str, iface: &'a str) -> [&'a str; 6] {
+    [
+        "--dhcp",
+        mode,
+        "--dhcp-interface",
+        iface,
+        "--boot-file",
+        "pxelinux.0",
+    ]
 }
 
 /// A namespace with `lo` up, deleted on drop.
