@@ -1,6 +1,7 @@
 //! Running ringboot as a service (issue 12): the metrics listener after a transfer, log lines
 //! without colour and with one vocabulary, `ringboot check` exit codes, the privilege drop,
-//! SIGHUP that does not kill, SIGTERM that lets a transfer finish.
+//! SIGHUP that does not kill and reloads (transfer options, caps above the start value), SIGTERM
+//! that lets a transfer finish (its resent request a duplicate, not a refusal).
 
 mod common;
 
@@ -400,6 +401,9 @@ fn sigterm_lets_a_running_transfer_finish() {
             let r = RawClient::new(srv.addr()).request(&rrq(b"big.bin", &[]));
             let text = format!("{r:?}");
             assert!(text.contains("shutting down"), "{text}");
+            // The running transfer's request again (a client that resends it): the duplicate
+            // it is, never an ERROR (the loop takes nothing but DATA).
+            sock.send_to(&rrq(b"big.bin", &[]), srv.addr()).unwrap();
         }
         sock.send_to(&[0, 4, buf[2], buf[3]], from).unwrap();
         if block + 1 == next && n < 4 + 512 {
@@ -415,4 +419,136 @@ fn sigterm_lets_a_running_transfer_finish() {
         .log_lines()
         .iter()
         .any(|l| l.contains("every transfer finished")));
+}
+
+/// A lockstep download (window 1) driven by hand: `start` sends the request and takes the first
+/// DATA (after acknowledging the OACK); `step` acknowledges the last block and takes the next.
+struct Lockstep {
+    sock: std::net::UdpSocket,
+    tid: Option<SocketAddr>,
+    got: Vec<u8>,
+    next: u16,
+    blksize: usize,
+    done: bool,
+}
+
+impl Lockstep {
+    fn start(server: SocketAddr, name: &[u8], blksize: u16) -> Lockstep {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let b = blksize.to_string();
+        sock.send_to(&rrq(name, &[("blksize", b.as_bytes())]), server)
+            .unwrap();
+        let mut l = Lockstep {
+            sock,
+            tid: None,
+            got: Vec::new(),
+            next: 1,
+            blksize: 512,
+            done: false,
+        };
+        let mut buf = [0u8; 2048];
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            let Ok((n, from)) = l.sock.recv_from(&mut buf) else {
+                continue;
+            };
+            match Reply::parse(&buf[..n]) {
+                Reply::Oack(opts) => {
+                    l.blksize = oack_get(&opts, "blksize").unwrap().parse().unwrap();
+                    l.tid = Some(from);
+                    l.sock.send_to(&ack(0), from).unwrap();
+                }
+                Reply::Data { .. } => {
+                    l.take(&buf[..n], from);
+                    return l;
+                }
+                r => panic!("{r:?}"),
+            }
+        }
+        panic!("no first block");
+    }
+
+    fn take(&mut self, d: &[u8], from: SocketAddr) {
+        let block = u16::from_be_bytes([d[2], d[3]]);
+        if block == self.next {
+            self.got.extend_from_slice(&d[4..]);
+            self.next += 1;
+            self.tid = Some(from);
+            self.done = d.len() - 4 < self.blksize;
+        }
+    }
+
+    /// Acknowledge what was taken and take the next block; false once the last was taken.
+    fn step(&mut self) -> bool {
+        let tid = self.tid.unwrap();
+        self.sock.send_to(&ack(self.next - 1), tid).unwrap();
+        if self.done {
+            return false;
+        }
+        let mut buf = [0u8; 2048];
+        let end = Instant::now() + Duration::from_secs(10);
+        let want = self.next;
+        while Instant::now() < end && self.next == want {
+            match self.sock.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    assert_eq!(buf[1], 3, "not DATA: {:?}", Reply::parse(&buf[..n]));
+                    assert_eq!(n - 4 <= self.blksize, true);
+                    self.take(&buf[..n], from);
+                }
+                Err(_) => {
+                    self.sock.send_to(&ack(self.next - 1), tid).unwrap();
+                }
+            }
+        }
+        assert_ne!(self.next, want, "block {want} never came");
+        true
+    }
+}
+
+/// A SIGHUP reload changes the transfer options and raises `max_transfers` above its start
+/// value for new requests, while a paused running transfer goes on with what it negotiated.
+#[test]
+fn sighup_changes_blksize_and_raises_max_transfers_for_new_requests_only() {
+    let files = TestRoot::new();
+    let want = files.add_random("boot.wim", 40 * 1428 + 77);
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("ringboot.toml");
+    std::fs::write(
+        &conf,
+        "max_blksize = 1428\nmax_transfers = 1\nmax_transfers_per_client = 8\nclient_rate = 0\n",
+    )
+    .unwrap();
+    let srv = Server::start(
+        files,
+        &["--config", conf.to_str().unwrap(), "--workers", "1"],
+    );
+    // A running transfer, paused after its first block, holds the one place.
+    let mut running = Lockstep::start(srv.addr(), b"boot.wim", 1428);
+    assert_eq!(running.blksize, 1428);
+    let r = RawClient::new(srv.addr()).request(&rrq(b"boot.wim", &[]));
+    assert!(format!("{r:?}").contains("too many transfers"), "{r:?}");
+    std::fs::write(
+        &conf,
+        "max_blksize = 512\nmax_window = 2\nmax_transfers = 4\nmax_transfers_per_client = 8\nclient_rate = 0\n",
+    )
+    .unwrap();
+    // SAFETY: a signal to the server we started.
+    unsafe { libc::kill(srv.pid() as i32, libc::SIGHUP) };
+    assert!(srv.wait_for_log("configuration reloaded", Duration::from_secs(10)));
+    let logs = srv.log_lines().join("\n");
+    assert!(!logs.contains("next restart"), "{logs}");
+    assert!(logs.contains("4 at once"), "{logs}");
+    assert!(logs.contains("transfer options for new requests"), "{logs}");
+    // A new request now gets a place, and at most the new block size and window.
+    let d = RawClient::new(srv.addr())
+        .download(&DownloadSpec::new("boot.wim").blksize(1428).windowsize(8))
+        .expect("download after the reload");
+    assert_same("boot.wim", &d.data, &want);
+    assert_eq!((d.blksize, d.window), (512, 2));
+    // The paused transfer goes on with its own block size, byte for byte.
+    while running.step() {}
+    assert_eq!(running.blksize, 1428);
+    assert_same("boot.wim (running)", &running.got, &want);
 }
