@@ -494,7 +494,7 @@ impl Lockstep {
             match self.sock.recv_from(&mut buf) {
                 Ok((n, from)) => {
                     assert_eq!(buf[1], 3, "not DATA: {:?}", Reply::parse(&buf[..n]));
-                    assert_eq!(n - 4 <= self.blksize, true);
+                    assert!(n - 4 <= self.blksize, "a block larger than negotiated");
                     self.take(&buf[..n], from);
                 }
                 Err(_) => {
@@ -551,4 +551,110 @@ fn sighup_changes_blksize_and_raises_max_transfers_for_new_requests_only() {
     while running.step() {}
     assert_eq!(running.blksize, 1428);
     assert_same("boot.wim (running)", &running.got, &want);
+}
+
+/// DHCP messages the proxy does not answer are counted by reason: a client that is not PXE
+/// (`not_pxe`) and a datagram that does not parse (`malformed`). In a namespace of its own
+/// (`lo` only), so port 67 is nobody else's.
+#[test]
+fn dhcp_ignored_by_reason_in_the_metrics() {
+    use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType};
+    if !common::netns::preflight(&["ip"], "iproute2") {
+        return;
+    }
+    bounded(Duration::from_secs(60), || {
+        let ns = common::netns::Netns::new("op");
+        ns.enter();
+        let files = TestRoot::new();
+        files.add("pxelinux.0", vec![1; 100]);
+        let args = [
+            "--dhcp",
+            "proxy",
+            "--dhcp-interface",
+            "lo",
+            "--boot-file",
+            "pxelinux.0",
+            "--metrics",
+            "127.0.0.1:0",
+        ];
+        let srv = Server::start(files, &args);
+        let m = metrics_addr(&srv);
+        let mut plain = Message::new_with_id(
+            0x1234_5678,
+            [0; 4].into(),
+            [0; 4].into(),
+            [0; 4].into(),
+            [0; 4].into(),
+            &[2, 0, 0, 0, 0, 1],
+        );
+        plain
+            .set_htype(HType::Eth)
+            .set_flags(Flags::default().set_broadcast());
+        plain
+            .opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Discover));
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to: SocketAddr = "127.0.0.1:67".parse().unwrap();
+        let end = Instant::now() + Duration::from_secs(20);
+        let want = [
+            "ringboot_dhcp_ignored_total{reason=\"not_pxe\"}",
+            "ringboot_dhcp_ignored_total{reason=\"malformed\"}",
+        ];
+        let mut text = String::new();
+        while Instant::now() < end {
+            sock.send_to(&ringboot::proto::dhcp::wire::encode(&plain), to)
+                .unwrap();
+            sock.send_to(&[1, 1, 6, 0, 9, 9], to).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            text = http_get(m, "/metrics");
+            if want
+                .iter()
+                .all(|n| sample(&text, n).is_some_and(|v| v >= 1.0))
+            {
+                break;
+            }
+        }
+        for n in want {
+            assert!(sample(&text, n).is_some_and(|v| v >= 1.0), "{n}\n{text}");
+        }
+    });
+}
+
+/// `/metrics` counts a running transfer's bytes as it goes (not only at its end), and the time
+/// to first block once the client acknowledged block 1.
+#[test]
+fn bytes_sent_grow_during_a_transfer() {
+    let files = TestRoot::new();
+    let want = files.add_random("big.bin", 200 * 512);
+    let srv = Server::start(files, &["--metrics", "127.0.0.1:0"]);
+    let m = metrics_addr(&srv);
+    let mut running = Lockstep::start(srv.addr(), b"big.bin", 512);
+    for _ in 0..40 {
+        assert!(running.step());
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut text = String::new();
+    while Instant::now() < end {
+        text = http_get(m, "/metrics");
+        if sample(&text, "ringboot_tftp_sent_bytes_total").is_some_and(|v| v >= 40.0 * 512.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        sample(&text, "ringboot_tftp_transfers_active"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "ringboot_tftp_sent_bytes_total").is_some_and(|v| v >= 40.0 * 512.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "ringboot_tftp_first_block_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+    while running.step() {}
+    assert_same("big.bin", &running.got, &want);
 }
