@@ -330,10 +330,7 @@ fn reload(live: &mut Live) {
     }
     if plan.multicast {
         if let Some(mc) = &live.multicast {
-            mc.reload(service::reload::live_multicast(
-                &old.multicast,
-                &next.multicast,
-            ));
+            mc.reload(old.multicast.with_session_settings(&next.multicast));
             applied.push("multicast (MTFTP files, session settings)");
         }
     }
@@ -374,7 +371,7 @@ fn reload(live: &mut Live) {
     keep.service.user = old.service.user.clone();
     keep.service.group = old.service.group.clone();
     keep.multicast = if plan.multicast {
-        service::reload::live_multicast(&old.multicast, &keep.multicast)
+        old.multicast.with_session_settings(&keep.multicast)
     } else {
         old.multicast.clone()
     };

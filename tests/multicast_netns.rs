@@ -676,27 +676,7 @@ fn pxe_spoofed_open_does_not_keep_a_real_client_from_its_file() {
 
 /// `GET path` on the metrics listener the server logged (from this thread's namespace).
 fn http_get(srv: &Server, path: &str) -> String {
-    use std::io::{Read, Write};
-    assert!(srv.wait_for_log("status page on http://", Duration::from_secs(10)));
-    let line = srv
-        .log_lines()
-        .into_iter()
-        .find(|l| l.contains("metrics on http://"))
-        .unwrap();
-    let rest = &line[line.find("metrics on http://").unwrap() + "metrics on http://".len()..];
-    let addr: SocketAddr = rest[..rest.find('/').unwrap()].parse().unwrap();
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
+    common::http::http_get(common::http::metrics_addr(srv), path)
 }
 
 /// `/metrics` sample `name` (labels as written), polled until it is at least `want`.
@@ -704,11 +684,7 @@ fn metric_reaches(srv: &Server, name: &str, want: f64) -> bool {
     let end = Instant::now() + Duration::from_secs(10);
     while Instant::now() < end {
         let text = http_get(srv, "/metrics");
-        let v = text
-            .lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
-        if v.is_some_and(|v| v >= want) {
+        if common::http::sample(&text, name).is_some_and(|v| v >= want) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(100));

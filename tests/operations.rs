@@ -5,48 +5,11 @@
 
 mod common;
 
+use common::http::{http_get, metrics_addr, sample};
 use common::*;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// `GET path` on `addr`; the body.
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("a response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
-}
-
-/// The metrics address the server logged.
-fn metrics_addr(srv: &Server) -> SocketAddr {
-    assert!(srv.wait_for_log("status page on http://", Duration::from_secs(10)));
-    let line = srv
-        .log_lines()
-        .into_iter()
-        .find(|l| l.contains("status page on http://"))
-        .unwrap();
-    let at = line.find("metrics on http://").unwrap() + "metrics on http://".len();
-    let rest = &line[at..];
-    rest[..rest.find('/').unwrap()].parse().unwrap()
-}
-
-/// The value of the sample `name` (with its labels as written), if present.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 /// Transfers ended, every outcome.
 fn ended(text: &str) -> f64 {
@@ -315,6 +278,15 @@ fn drops_root_and_still_serves() {
     assert_same("boot.wim", &d.data, &want);
 }
 
+/// Write `text` to the config file `conf`, send SIGHUP, wait for the reload; the log so far.
+fn reload_with(srv: &Server, conf: &std::path::Path, text: &str) -> String {
+    std::fs::write(conf, text).unwrap();
+    // SAFETY: a signal to the server we started.
+    unsafe { libc::kill(srv.pid() as i32, libc::SIGHUP) };
+    assert!(srv.wait_for_log("configuration reloaded", Duration::from_secs(10)));
+    srv.log_lines().join("\n")
+}
+
 /// A SIGHUP reload applies new transfer caps (per client address, rate, global) without a
 /// restart: one INFO line with the caps now in force, no restart warning for them.
 #[test]
@@ -329,15 +301,11 @@ fn sighup_applies_new_transfer_caps() {
     )
     .unwrap();
     let srv = Server::start(files, &["--config", conf.to_str().unwrap()]);
-    std::fs::write(
+    let logs = reload_with(
+        &srv,
         &conf,
         "max_transfers = 50\nmax_transfers_per_client = 2\nclient_rate = 7\n",
-    )
-    .unwrap();
-    // SAFETY: a signal to the server we started.
-    unsafe { libc::kill(srv.pid() as i32, libc::SIGHUP) };
-    assert!(srv.wait_for_log("configuration reloaded", Duration::from_secs(10)));
-    let logs = srv.log_lines().join("\n");
+    );
     assert!(
         logs.contains("50 at once, 2 per client address, 7 new per second per address"),
         "{logs}"
@@ -529,15 +497,11 @@ fn sighup_changes_blksize_and_raises_max_transfers_for_new_requests_only() {
     assert_eq!(running.blksize, 1428);
     let r = RawClient::new(srv.addr()).request(&rrq(b"boot.wim", &[]));
     assert!(format!("{r:?}").contains("too many transfers"), "{r:?}");
-    std::fs::write(
+    let logs = reload_with(
+        &srv,
         &conf,
         "max_blksize = 512\nmax_window = 2\nmax_transfers = 4\nmax_transfers_per_client = 8\nclient_rate = 0\n",
-    )
-    .unwrap();
-    // SAFETY: a signal to the server we started.
-    unsafe { libc::kill(srv.pid() as i32, libc::SIGHUP) };
-    assert!(srv.wait_for_log("configuration reloaded", Duration::from_secs(10)));
-    let logs = srv.log_lines().join("\n");
+    );
     assert!(!logs.contains("next restart"), "{logs}");
     assert!(logs.contains("4 at once"), "{logs}");
     assert!(logs.contains("transfer options for new requests"), "{logs}");

@@ -7,7 +7,7 @@
 //! - the transfer options of new requests (`[limits]`: max block size, window, window bytes,
 //!   timeout, retries, fragmentation; the RTO floor);
 //! - the transfer caps (`max_transfers` up to the descriptor ceiling, per client, rate);
-//! - the multicast session settings of new sessions ([`live_multicast`]: the MTFTP file list,
+//! - the multicast session settings of new sessions ([`crate::engine::mcast::McConfig::with_session_settings`]: the MTFTP file list,
 //!   rate, window, timeout, retries, TTL, interface, loopback) when the multicast service runs
 //!   and, for a non-empty MTFTP list, has its MTFTP port bound;
 //! - the drain timeout.
@@ -18,7 +18,6 @@
 //! listen addresses and member caps, and turning multicast or MTFTP on where it was off).
 
 use crate::config::Config;
-use crate::engine::mcast::McConfig;
 
 /// What a reload does (see the module docs).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,22 +34,6 @@ pub struct Plan {
     pub drain: bool,
     /// Settings that changed and take effect at the next restart only.
     pub restart: Vec<&'static str>,
-}
-
-/// The multicast settings a running service takes for new sessions: `next`'s session settings
-/// and MTFTP list, with what is bound or sized at start kept from `old`.
-pub fn live_multicast(old: &McConfig, next: &McConfig) -> McConfig {
-    McConfig {
-        mtftp: next.mtftp.clone(),
-        rate: next.rate,
-        window: next.window,
-        timeout: next.timeout,
-        retries: next.retries,
-        ttl: next.ttl,
-        interface: next.interface,
-        loopback: next.loopback,
-        ..old.clone()
-    }
 }
 
 /// What changes from `old` to `next` (see the module docs). `multicast_running`: the multicast
@@ -90,7 +73,7 @@ pub fn plan(old: &Config, next: &Config, multicast_running: bool) -> Plan {
             || n.max_per_source != o.max_per_source,
         "multicast groups/ports/listen/member caps",
     );
-    let live = live_multicast(o, n);
+    let live = o.with_session_settings(n);
     let mc_changed = live.mtftp != o.mtftp
         || live.rate != o.rate
         || live.window != o.window

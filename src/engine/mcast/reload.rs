@@ -22,6 +22,25 @@ impl McHandle {
     }
 }
 
+impl McConfig {
+    /// What a running service takes from `next` at a reload: the MTFTP list and the session
+    /// settings (rate, window, timeout, retries, TTL, interface, loopback), with what is bound
+    /// or sized at start (ports, groups, listen addresses, member caps) kept from `self`.
+    pub fn with_session_settings(&self, next: &McConfig) -> McConfig {
+        McConfig {
+            mtftp: next.mtftp.clone(),
+            rate: next.rate,
+            window: next.window,
+            timeout: next.timeout,
+            retries: next.retries,
+            ttl: next.ttl,
+            interface: next.interface,
+            loopback: next.loopback,
+            ..self.clone()
+        }
+    }
+}
+
 impl McService {
     /// Take the settings of a reload, if one was handed over (see the module docs).
     pub(super) fn take_reload(&mut self) {
@@ -46,18 +65,7 @@ impl McService {
                 }
             };
         }
-        let next = *next;
-        self.cfg = McConfig {
-            mtftp: next.mtftp,
-            rate: next.rate,
-            window: next.window,
-            timeout: next.timeout,
-            retries: next.retries,
-            ttl: next.ttl,
-            interface: next.interface,
-            loopback: next.loopback,
-            ..self.cfg.clone()
-        };
+        self.cfg = self.cfg.with_session_settings(&next);
         for f in &self.cfg.mtftp {
             info!(file = f.file.as_str(), group = %f.group, client_port = f.client_port, port = self.cfg.mtftp_port, "PXE MTFTP enabled");
         }

@@ -54,7 +54,7 @@ fn mtftp_list_applies_when_the_service_runs_with_its_port_bound() {
     ]);
     let p = plan(&old, &next, true);
     assert!(p.multicast && p.restart.is_empty(), "{p:?}");
-    let live = live_multicast(&old.multicast, &next.multicast);
+    let live = old.multicast.with_session_settings(&next.multicast);
     assert_eq!(live.mtftp.len(), 2);
     // Emptied: the port stays bound, every open is refused.
     let p = plan(&next, &config(&[]), true);
