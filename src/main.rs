@@ -5,8 +5,9 @@
 //! (`--metrics`), drops root (`--user`), logs `listening on ADDR[, ADDR...] (backend=...,
 //! workers=N)` once every worker is ready, and runs until SIGINT or SIGTERM: new requests are
 //! refused, running transfers finish for `--drain-timeout`, exit code 0. SIGHUP reloads the
-//! configuration (DHCP boot rules and boot files, log level) without touching running transfers;
-//! an invalid one is refused with one line. The signals are blocked in every thread and taken by
+//! configuration (see `ringboot::service::reload`: DHCP boot rules and boot files, log level,
+//! transfer options and caps, the MTFTP list and multicast session settings, for what follows)
+//! without touching running transfers or sessions; an invalid one is refused with one line. The signals are blocked in every thread and taken by
 //! the main thread with `sigtimedwait`. A usage error exits with code 2 (clap's message); a
 //! configuration that cannot be used exits with code 1 and one line per problem
 //! (`ringboot: FILE:LINE:COLUMN: KEY: what is wrong`).

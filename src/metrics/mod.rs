@@ -33,7 +33,7 @@
 //! | `ringboot_tftp_transfers_started_total` | counter | | unicast transfers accepted |
 //! | `ringboot_tftp_transfers_ended_total` | counter | `outcome`: [`Outcome`] | transfers ended |
 //! | `ringboot_tftp_requests_refused_total` | counter | `reason`: [`RefuseReason`] | requests answered with an ERROR |
-//! | `ringboot_tftp_sent_bytes_total` | counter | | file bytes in DATA, resends included |
+//! | `ringboot_tftp_sent_bytes_total` | counter | | file bytes in DATA, resends included; a running transfer's counted once a second |
 //! | `ringboot_tftp_blocks_sent_total` | counter | | DATA blocks, resends included |
 //! | `ringboot_tftp_blocks_resent_total` | counter | | DATA blocks sent again |
 //! | `ringboot_tftp_timeouts_total` | counter | | retransmission timeouts |
