@@ -5,8 +5,9 @@
 //! (`--metrics`), drops root (`--user`), logs `listening on ADDR[, ADDR...] (backend=...,
 //! workers=N)` once every worker is ready, and runs until SIGINT or SIGTERM: new requests are
 //! refused, running transfers finish for `--drain-timeout`, exit code 0. SIGHUP reloads the
-//! configuration (DHCP boot rules and boot files, log level) without touching running transfers;
-//! an invalid one is refused with one line. The signals are blocked in every thread and taken by
+//! configuration (see `ringboot::service::reload`: DHCP boot rules and boot files, log level,
+//! transfer options and caps, the MTFTP list and multicast session settings, for what follows)
+//! without touching running transfers or sessions; an invalid one is refused with one line. The signals are blocked in every thread and taken by
 //! the main thread with `sigtimedwait`. A usage error exits with code 2 (clap's message); a
 //! configuration that cannot be used exits with code 1 and one line per problem
 //! (`ringboot: FILE:LINE:COLUMN: KEY: what is wrong`).
@@ -267,15 +268,19 @@ struct Live {
     /// The workers' shared admission (the transfer caps a reload changes), and what its caps
     /// are sized against: the descriptor limit, the workers, the listen addresses.
     admission: Arc<ringboot::proto::tftp::admit::Admission>,
+    /// The transfer options the workers take for new requests.
+    settings: Option<Arc<ringboot::engine::settings::Settings>>,
+    /// The multicast service, when it runs.
+    multicast: Option<mcast::McHandle>,
     sizing: (u64, usize, usize),
 }
 
 /// SIGHUP: read the configuration again, validate it as at start, and hand over what can change
-/// while running (DHCP boot rules and boot files, log level, the transfer caps
-/// `max_transfers`/`max_transfers_per_client`/`client_rate` for new requests; `max_transfers` at
-/// most its value at start). Running transfers and multicast
-/// sessions are not touched. An invalid configuration is refused with one line; the old one
-/// keeps running.
+/// while running ([`service::reload::plan`] says what: DHCP boot rules and boot files, log
+/// level, transfer options and caps for new requests, the MTFTP list and multicast session
+/// settings for new sessions, the drain timeout); the rest is named as waiting for a restart.
+/// Running transfers and multicast sessions are not touched. An invalid configuration is
+/// refused with one line; the old one keeps running.
 fn reload(live: &mut Live) {
     let (mut next, warnings) = match config::load(&live.args) {
         Ok(c) => c,
@@ -298,57 +303,91 @@ fn reload(live: &mut Live) {
         warn!("{w}");
     }
     let old = &live.config;
-    let mut restart = Vec::new();
-    if next.root != old.root {
-        restart.push("root");
+    let plan = service::reload::plan(old, &next, live.multicast.is_some());
+    let mut applied = Vec::new();
+    if plan.transfer_options {
+        if let Some(s) = &live.settings {
+            let l = next.limits;
+            s.replace(ringboot::engine::settings::Tunables {
+                limits: l,
+                min_rto: next.min_rto,
+            });
+            info!(
+                max_blksize = l.max_blksize.get(),
+                max_window = l.max_window.get(),
+                max_window_bytes = l.max_window_bytes,
+                timeout_ms = l.timeout.as_millis() as u64,
+                retries = l.retries,
+                min_rto_ms = next.min_rto.as_millis() as u64,
+                "reload: transfer options for new requests"
+            );
+            applied.push("transfer options");
+        }
     }
-    if next.listen != old.listen {
-        restart.push("listen");
-    }
-    if next.limits != old.limits || next.min_rto != old.min_rto {
-        restart.push("transfer options (block size, window, timeout, retries, min RTO)");
-    }
-    if next.caps != old.caps {
+    if plan.caps {
         let (nofile, workers, listen) = live.sizing;
         let want = admission(&next.caps, nofile, workers, listen);
         let now = live.admission.reconfigure(want);
+        if let Some(s) = &live.settings {
+            s.touch();
+        }
         log_caps("reload: transfer caps for new requests", &now);
-        if now.max_transfers < want.max_transfers {
-            restart.push("max_transfers above its value at start");
+        applied.push("transfer caps");
+    }
+    if plan.multicast {
+        if let Some(mc) = &live.multicast {
+            mc.reload(old.multicast.with_session_settings(&next.multicast));
+            applied.push("multicast (MTFTP files, session settings)");
         }
     }
-    if next.multicast.mtftp != old.multicast.mtftp || next.multicast.groups != old.multicast.groups
-    {
-        restart.push("multicast");
-    }
-    if next.dhcp.mode != old.dhcp.mode || next.dhcp.interface != old.dhcp.interface {
-        restart.push("dhcp mode/interface");
-    }
-    if next.service != old.service {
-        restart.push("metrics/user/group/drain_timeout");
-    }
-    if next.dhcp != old.dhcp && old.dhcp.mode != DhcpMode::Off {
+    if plan.dhcp && old.dhcp.mode != DhcpMode::Off {
         live.dhcp
             .replace(ringboot::proto::dhcp::policy::Policy::from(&next.dhcp));
+        applied.push("DHCP boot rules and files");
     }
-    if next.log.verbose != old.log.verbose {
+    if plan.log_level {
         match service::filter(next.log.verbose) {
-            Ok(f) => {
-                if let Err(e) = live.level.reload(f) {
-                    warn!(reason = %e, "the log level could not be changed");
-                }
-            }
+            Ok(f) => match live.level.reload(f) {
+                Ok(()) => applied.push("log level"),
+                Err(e) => warn!(reason = %e, "the log level could not be changed"),
+            },
             Err(e) => warn!(reason = %e, "the log level could not be changed"),
         }
     }
-    if !restart.is_empty() {
+    if plan.drain {
+        applied.push("drain timeout");
+    }
+    if !plan.restart.is_empty() {
         warn!(
-            settings = %restart.join(", "),
+            settings = %plan.restart.join(", "),
             "reload: these settings changed and take effect at the next restart"
         );
     }
-    info!("configuration reloaded (DHCP boot rules, boot files, log level, transfer caps)");
-    live.config = next;
+    // What waits for a restart stays as it runs (and is named again by the next reload).
+    let mut keep = next;
+    keep.root = old.root.clone();
+    keep.listen = old.listen.clone();
+    keep.workers = old.workers;
+    keep.backend = old.backend;
+    keep.port_range = old.port_range;
+    keep.store = old.store.clone();
+    keep.dhcp.mode = old.dhcp.mode;
+    keep.dhcp.interface = old.dhcp.interface.clone();
+    keep.service.metrics = old.service.metrics;
+    keep.service.user = old.service.user.clone();
+    keep.service.group = old.service.group.clone();
+    keep.multicast = if plan.multicast {
+        old.multicast.with_session_settings(&keep.multicast)
+    } else {
+        old.multicast.clone()
+    };
+    let applied = if applied.is_empty() {
+        "nothing changed".to_string()
+    } else {
+        applied.join(", ")
+    };
+    info!(applied = %applied, "configuration reloaded ({applied})");
+    live.config = keep;
 }
 
 /// Run the server with a loaded configuration until a stop signal or a failure.
@@ -421,6 +460,7 @@ fn serve(
         .with_context(|| format!("cannot serve {}", root.display()))?;
     let sizing = (nofile, workers, listen.len());
     let admission = admission(&caps, nofile, workers, listen.len());
+    let ceiling = srv::descriptor_budget(nofile, workers, listen.len()).max(1) as usize;
     log_caps("transfer caps", &admission);
     let server_fault = match fault {
         Some(TestFault::WorkerPanic) => Some(Fault::WorkerPanic),
@@ -436,6 +476,7 @@ fn serve(
             port_range,
             backend,
             admission,
+            max_transfers_ceiling: ceiling.max(admission.max_transfers),
             fault: server_fault,
         },
         store.clone(),
@@ -452,6 +493,8 @@ fn serve(
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     let n = server.workers();
     let tftp_admission = server.admission();
+    let tftp_settings = server.settings();
+    let mut mc_handle = None;
     let shutdown = Shutdown::new().context("cannot create the shutdown eventfd")?;
     // The control engine: signals, the multicast service, the DHCP responder.
     let mut hosted = vec![CtlService::Signals(
@@ -460,6 +503,7 @@ fn serve(
     if mc.enabled() {
         let (handle, mc_svc) = mcast::bind_with(mc, store, Some(status.clone()))
             .context("cannot start the multicast service")?;
+        mc_handle = Some(handle.clone());
         server.set_multicast(handle);
         hosted.push(CtlService::Multicast(Box::new(mc_svc)));
     }
@@ -545,6 +589,8 @@ fn serve(
         level,
         dhcp: dhcp_reload,
         admission: tftp_admission,
+        settings: tftp_settings,
+        multicast: mc_handle,
         sizing,
     };
     let mut failure = None;
@@ -557,18 +603,19 @@ fn serve(
             }
             Ok(Control::Stop(name)) if drain_until.is_none() => {
                 let active = registry.totals().active();
-                if active == 0 || svc.drain.is_zero() {
+                let drain = live.config.service.drain;
+                if active == 0 || drain.is_zero() {
                     info!("received {name}; shutting down");
                     break;
                 }
                 info!(
                     active,
-                    drain_timeout_s = svc.drain.as_secs(),
+                    drain_timeout_s = drain.as_secs(),
                     "received {name}; refusing new requests, letting {active} running transfers finish (at most {} s; the same signal again stops at once)",
-                    svc.drain.as_secs()
+                    drain.as_secs()
                 );
                 draining.store(true, Ordering::SeqCst);
-                drain_until = Some(std::time::Instant::now() + svc.drain);
+                drain_until = Some(std::time::Instant::now() + drain);
             }
             Ok(Control::Stop(_)) => {
                 info!("received a second stop signal; shutting down now");

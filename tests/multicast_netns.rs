@@ -669,3 +669,118 @@ fn pxe_spoofed_open_does_not_keep_a_real_client_from_its_file() {
             .any(|l| l.contains("multicast master changed") && l.contains("master=127.1.")));
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Running it as a service (issue 12): the MTFTP list reloads, refusals and sessions are seen
+// ---------------------------------------------------------------------------------------------
+
+/// `GET path` on the metrics listener the server logged (from this thread's namespace).
+fn http_get(srv: &Server, path: &str) -> String {
+    common::http::http_get(common::http::metrics_addr(srv), path)
+}
+
+/// `/metrics` sample `name` (labels as written), polled until it is at least `want`.
+fn metric_reaches(srv: &Server, name: &str, want: f64) -> bool {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        let text = http_get(srv, "/metrics");
+        if common::http::sample(&text, name).is_some_and(|v| v >= want) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// A SIGHUP reload of the MTFTP list: a file added is served over PXE MTFTP by a new session, a
+/// file removed is refused to new opens, and the running session is not touched. On the way:
+/// multicast refusals by reason in `/metrics`, and the running session (file, protocol, group,
+/// members, bytes) in `/status.json`.
+#[test]
+fn mtftp_list_reload_refusals_and_sessions_on_the_status_page() {
+    in_netns(|| {
+        let files = TestRoot::new();
+        files.add_random("pxe.bin", 2 * MIB);
+        files.add_random("new.bin", 200_000);
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("ringboot.toml");
+        std::fs::write(&conf, format!("mtftp = [\"{PXE_FILE}\"]\n")).unwrap();
+        let c = conf.to_str().unwrap().to_owned();
+        let srv = serve_pool(
+            files,
+            "239.255.42.0/24",
+            &[
+                "--config",
+                &c,
+                "--metrics",
+                "127.0.0.1:0",
+                "--multicast-rate",
+                "1",
+            ],
+        );
+        let mtftp: SocketAddr = "127.0.0.1:1759".parse().unwrap();
+        // Not in the list yet: refused, and counted.
+        let r = RawClient::new(mtftp).request(&rrq(b"new.bin", &[]));
+        assert!(format!("{r:?}").contains("no MTFTP for this file"), "{r:?}");
+        assert!(metric_reaches(
+            &srv,
+            "ringboot_multicast_refused_total{reason=\"no_mtftp\"}",
+            1.0
+        ));
+        // RFC 2090 with a block size under 512: served by unicast, counted as block_size.
+        let r = RawClient::new(srv.addr()).request(&mc_rrq("new.bin", 256));
+        assert!(matches!(r, Some((Reply::Oack(_), _))), "{r:?}");
+        assert!(metric_reaches(
+            &srv,
+            "ringboot_multicast_refused_total{reason=\"block_size\"}",
+            1.0
+        ));
+        // A PXE MTFTP session of pxe.bin at 1 Mbit/s: its opener gets block 1 and acknowledges.
+        let mut opener = RawClient::new(mtftp);
+        let r = opener.request(&rrq(b"pxe.bin", &[]));
+        let Some((Reply::Data { block: 1, .. }, from)) = r else {
+            panic!("no block 1: {r:?}");
+        };
+        opener.send_to(&ack(1), from);
+        let end = Instant::now() + Duration::from_secs(10);
+        let mut json = String::new();
+        while Instant::now() < end {
+            json = http_get(&srv, "/status.json");
+            if json.contains("\"protocol\":\"pxe_mtftp\"") && json.contains("pxe.bin") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let s = &v["multicast"][0];
+        assert_eq!(s["file"], "pxe.bin", "{json}");
+        assert_eq!(s["group"], "239.255.1.1:3001", "{json}");
+        assert!(s["members"].as_u64() >= Some(1), "{json}");
+        assert_eq!(s["size"].as_u64(), Some(2 * MIB as u64), "{json}");
+        // Reload: new.bin in, pxe.bin out.
+        std::fs::write(&conf, "mtftp = [\"new.bin@239.255.1.2:3002\"]\n").unwrap();
+        // SAFETY: a signal to the server we started.
+        unsafe { libc::kill(srv.pid() as i32, libc::SIGHUP) };
+        assert!(srv.wait_for_log("multicast settings reloaded", Duration::from_secs(10)));
+        let logs = srv.log_lines().join("\n");
+        assert!(!logs.contains("next restart"), "{logs}");
+        let r = RawClient::new(mtftp).request(&rrq(b"pxe.bin", &[]));
+        assert!(format!("{r:?}").contains("no MTFTP for this file"), "{r:?}");
+        let args = [
+            "--multicast",
+            "pxe",
+            "--mtftp-group",
+            "239.255.1.2:3002",
+            "--mtftp-port",
+            "1759",
+            "--mtftp-listen-ms",
+            "200",
+            "--clients",
+            "2",
+            "--file",
+            "new.bin",
+        ];
+        storm_within(&srv, &args, 30).assert_outcome(2, 0);
+        assert!(!sessions(&srv, "new.bin", 1).is_empty());
+    });
+}

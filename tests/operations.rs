@@ -1,51 +1,15 @@
 //! Running ringboot as a service (issue 12): the metrics listener after a transfer, log lines
 //! without colour and with one vocabulary, `ringboot check` exit codes, the privilege drop,
-//! SIGHUP that does not kill, SIGTERM that lets a transfer finish.
+//! SIGHUP that does not kill and reloads (transfer options, caps above the start value), SIGTERM
+//! that lets a transfer finish (its resent request a duplicate, not a refusal).
 
 mod common;
 
+use common::http::{http_get, metrics_addr, sample};
 use common::*;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// `GET path` on `addr`; the body.
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("a response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
-}
-
-/// The metrics address the server logged.
-fn metrics_addr(srv: &Server) -> SocketAddr {
-    assert!(srv.wait_for_log("status page on http://", Duration::from_secs(10)));
-    let line = srv
-        .log_lines()
-        .into_iter()
-        .find(|l| l.contains("status page on http://"))
-        .unwrap();
-    let at = line.find("metrics on http://").unwrap() + "metrics on http://".len();
-    let rest = &line[at..];
-    rest[..rest.find('/').unwrap()].parse().unwrap()
-}
-
-/// The value of the sample `name` (with its labels as written), if present.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 /// Transfers ended, every outcome.
 fn ended(text: &str) -> f64 {
@@ -314,6 +278,15 @@ fn drops_root_and_still_serves() {
     assert_same("boot.wim", &d.data, &want);
 }
 
+/// Write `text` to the config file `conf`, send SIGHUP, wait for the reload; the log so far.
+fn reload_with(srv: &Server, conf: &std::path::Path, text: &str) -> String {
+    std::fs::write(conf, text).unwrap();
+    // SAFETY: a signal to the server we started.
+    unsafe { libc::kill(srv.pid() as i32, libc::SIGHUP) };
+    assert!(srv.wait_for_log("configuration reloaded", Duration::from_secs(10)));
+    srv.log_lines().join("\n")
+}
+
 /// A SIGHUP reload applies new transfer caps (per client address, rate, global) without a
 /// restart: one INFO line with the caps now in force, no restart warning for them.
 #[test]
@@ -328,15 +301,11 @@ fn sighup_applies_new_transfer_caps() {
     )
     .unwrap();
     let srv = Server::start(files, &["--config", conf.to_str().unwrap()]);
-    std::fs::write(
+    let logs = reload_with(
+        &srv,
         &conf,
         "max_transfers = 50\nmax_transfers_per_client = 2\nclient_rate = 7\n",
-    )
-    .unwrap();
-    // SAFETY: a signal to the server we started.
-    unsafe { libc::kill(srv.pid() as i32, libc::SIGHUP) };
-    assert!(srv.wait_for_log("configuration reloaded", Duration::from_secs(10)));
-    let logs = srv.log_lines().join("\n");
+    );
     assert!(
         logs.contains("50 at once, 2 per client address, 7 new per second per address"),
         "{logs}"
@@ -400,6 +369,9 @@ fn sigterm_lets_a_running_transfer_finish() {
             let r = RawClient::new(srv.addr()).request(&rrq(b"big.bin", &[]));
             let text = format!("{r:?}");
             assert!(text.contains("shutting down"), "{text}");
+            // The running transfer's request again (a client that resends it): the duplicate
+            // it is, never an ERROR (the loop takes nothing but DATA).
+            sock.send_to(&rrq(b"big.bin", &[]), srv.addr()).unwrap();
         }
         sock.send_to(&[0, 4, buf[2], buf[3]], from).unwrap();
         if block + 1 == next && n < 4 + 512 {
@@ -415,4 +387,238 @@ fn sigterm_lets_a_running_transfer_finish() {
         .log_lines()
         .iter()
         .any(|l| l.contains("every transfer finished")));
+}
+
+/// A lockstep download (window 1) driven by hand: `start` sends the request and takes the first
+/// DATA (after acknowledging the OACK); `step` acknowledges the last block and takes the next.
+struct Lockstep {
+    sock: std::net::UdpSocket,
+    tid: Option<SocketAddr>,
+    got: Vec<u8>,
+    next: u16,
+    blksize: usize,
+    done: bool,
+}
+
+impl Lockstep {
+    fn start(server: SocketAddr, name: &[u8], blksize: u16) -> Lockstep {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let b = blksize.to_string();
+        sock.send_to(&rrq(name, &[("blksize", b.as_bytes())]), server)
+            .unwrap();
+        let mut l = Lockstep {
+            sock,
+            tid: None,
+            got: Vec::new(),
+            next: 1,
+            blksize: 512,
+            done: false,
+        };
+        let mut buf = [0u8; 2048];
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            let Ok((n, from)) = l.sock.recv_from(&mut buf) else {
+                continue;
+            };
+            match Reply::parse(&buf[..n]) {
+                Reply::Oack(opts) => {
+                    l.blksize = oack_get(&opts, "blksize").unwrap().parse().unwrap();
+                    l.tid = Some(from);
+                    l.sock.send_to(&ack(0), from).unwrap();
+                }
+                Reply::Data { .. } => {
+                    l.take(&buf[..n], from);
+                    return l;
+                }
+                r => panic!("{r:?}"),
+            }
+        }
+        panic!("no first block");
+    }
+
+    fn take(&mut self, d: &[u8], from: SocketAddr) {
+        let block = u16::from_be_bytes([d[2], d[3]]);
+        if block == self.next {
+            self.got.extend_from_slice(&d[4..]);
+            self.next += 1;
+            self.tid = Some(from);
+            self.done = d.len() - 4 < self.blksize;
+        }
+    }
+
+    /// Acknowledge what was taken and take the next block; false once the last was taken.
+    fn step(&mut self) -> bool {
+        let tid = self.tid.unwrap();
+        self.sock.send_to(&ack(self.next - 1), tid).unwrap();
+        if self.done {
+            return false;
+        }
+        let mut buf = [0u8; 2048];
+        let end = Instant::now() + Duration::from_secs(10);
+        let want = self.next;
+        while Instant::now() < end && self.next == want {
+            match self.sock.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    assert_eq!(buf[1], 3, "not DATA: {:?}", Reply::parse(&buf[..n]));
+                    assert!(n - 4 <= self.blksize, "a block larger than negotiated");
+                    self.take(&buf[..n], from);
+                }
+                Err(_) => {
+                    self.sock.send_to(&ack(self.next - 1), tid).unwrap();
+                }
+            }
+        }
+        assert_ne!(self.next, want, "block {want} never came");
+        true
+    }
+}
+
+/// A SIGHUP reload changes the transfer options and raises `max_transfers` above its start
+/// value for new requests, while a paused running transfer goes on with what it negotiated.
+#[test]
+fn sighup_changes_blksize_and_raises_max_transfers_for_new_requests_only() {
+    let files = TestRoot::new();
+    let want = files.add_random("boot.wim", 40 * 1428 + 77);
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("ringboot.toml");
+    std::fs::write(
+        &conf,
+        "max_blksize = 1428\nmax_transfers = 1\nmax_transfers_per_client = 8\nclient_rate = 0\n",
+    )
+    .unwrap();
+    let srv = Server::start(
+        files,
+        &["--config", conf.to_str().unwrap(), "--workers", "1"],
+    );
+    // A running transfer, paused after its first block, holds the one place.
+    let mut running = Lockstep::start(srv.addr(), b"boot.wim", 1428);
+    assert_eq!(running.blksize, 1428);
+    let r = RawClient::new(srv.addr()).request(&rrq(b"boot.wim", &[]));
+    assert!(format!("{r:?}").contains("too many transfers"), "{r:?}");
+    let logs = reload_with(
+        &srv,
+        &conf,
+        "max_blksize = 512\nmax_window = 2\nmax_transfers = 4\nmax_transfers_per_client = 8\nclient_rate = 0\n",
+    );
+    assert!(!logs.contains("next restart"), "{logs}");
+    assert!(logs.contains("4 at once"), "{logs}");
+    assert!(logs.contains("transfer options for new requests"), "{logs}");
+    // A new request now gets a place, and at most the new block size and window.
+    let d = RawClient::new(srv.addr())
+        .download(&DownloadSpec::new("boot.wim").blksize(1428).windowsize(8))
+        .expect("download after the reload");
+    assert_same("boot.wim", &d.data, &want);
+    assert_eq!((d.blksize, d.window), (512, 2));
+    // The paused transfer goes on with its own block size, byte for byte.
+    while running.step() {}
+    assert_eq!(running.blksize, 1428);
+    assert_same("boot.wim (running)", &running.got, &want);
+}
+
+/// DHCP messages the proxy does not answer are counted by reason: a client that is not PXE
+/// (`not_pxe`) and a datagram that does not parse (`malformed`). In a namespace of its own
+/// (`lo` only), so port 67 is nobody else's.
+#[test]
+fn dhcp_ignored_by_reason_in_the_metrics() {
+    use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType};
+    if !common::netns::preflight(&["ip"], "iproute2") {
+        return;
+    }
+    bounded(Duration::from_secs(60), || {
+        let ns = common::netns::Netns::new("op");
+        ns.enter();
+        let files = TestRoot::new();
+        files.add("pxelinux.0", vec![1; 100]);
+        let args = [
+            "--dhcp",
+            "proxy",
+            "--dhcp-interface",
+            "lo",
+            "--boot-file",
+            "pxelinux.0",
+            "--metrics",
+            "127.0.0.1:0",
+        ];
+        let srv = Server::start(files, &args);
+        let m = metrics_addr(&srv);
+        let mut plain = Message::new_with_id(
+            0x1234_5678,
+            [0; 4].into(),
+            [0; 4].into(),
+            [0; 4].into(),
+            [0; 4].into(),
+            &[2, 0, 0, 0, 0, 1],
+        );
+        plain
+            .set_htype(HType::Eth)
+            .set_flags(Flags::default().set_broadcast());
+        plain
+            .opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Discover));
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to: SocketAddr = "127.0.0.1:67".parse().unwrap();
+        let end = Instant::now() + Duration::from_secs(20);
+        let want = [
+            "ringboot_dhcp_ignored_total{reason=\"not_pxe\"}",
+            "ringboot_dhcp_ignored_total{reason=\"malformed\"}",
+        ];
+        let mut text = String::new();
+        while Instant::now() < end {
+            sock.send_to(&ringboot::proto::dhcp::wire::encode(&plain), to)
+                .unwrap();
+            sock.send_to(&[1, 1, 6, 0, 9, 9], to).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            text = http_get(m, "/metrics");
+            if want
+                .iter()
+                .all(|n| sample(&text, n).is_some_and(|v| v >= 1.0))
+            {
+                break;
+            }
+        }
+        for n in want {
+            assert!(sample(&text, n).is_some_and(|v| v >= 1.0), "{n}\n{text}");
+        }
+    });
+}
+
+/// `/metrics` counts a running transfer's bytes as it goes (not only at its end), and the time
+/// to first block once the client acknowledged block 1.
+#[test]
+fn bytes_sent_grow_during_a_transfer() {
+    let files = TestRoot::new();
+    let want = files.add_random("big.bin", 200 * 512);
+    let srv = Server::start(files, &["--metrics", "127.0.0.1:0"]);
+    let m = metrics_addr(&srv);
+    let mut running = Lockstep::start(srv.addr(), b"big.bin", 512);
+    for _ in 0..40 {
+        assert!(running.step());
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut text = String::new();
+    while Instant::now() < end {
+        text = http_get(m, "/metrics");
+        if sample(&text, "ringboot_tftp_sent_bytes_total").is_some_and(|v| v >= 40.0 * 512.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        sample(&text, "ringboot_tftp_transfers_active"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "ringboot_tftp_sent_bytes_total").is_some_and(|v| v >= 40.0 * 512.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "ringboot_tftp_first_block_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+    while running.step() {}
+    assert_same("big.bin", &running.got, &want);
 }

@@ -527,7 +527,7 @@ impl Responder {
             match r {
                 Ok(info) => {
                     if info.len > buf.len() {
-                        self.drops.count(Drop::TooLong, Instant::now());
+                        self.dropped(Drop::TooLong, Instant::now());
                         continue;
                     }
                     let data = &buf[..info.len];
@@ -577,7 +577,7 @@ impl Responder {
         // decoding.
         if let Some((htype, chaddr, _)) = wire::peek_request(data) {
             if let Err(why) = self.admission.admit_client(now, htype, chaddr) {
-                self.drops.count(Drop::Refused(why), now);
+                self.dropped(Drop::Refused(why), now);
                 return;
             }
         }
@@ -589,7 +589,7 @@ impl Responder {
                 return;
             }
             Err(m) => {
-                self.drops.count(Drop::Malformed(m), now);
+                self.dropped(Drop::Malformed(m), now);
                 return;
             }
         };
@@ -600,7 +600,7 @@ impl Responder {
         }
         let known = self.store.is_some() && self.state.knows(&client_key(&req));
         if let Err(why) = self.admission.admit_segment(now, req.giaddr(), known) {
-            self.drops.count(Drop::Refused(why), now);
+            self.dropped(Drop::Refused(why), now);
             return;
         }
         let iface = self.iface(info.ifindex);
@@ -610,7 +610,7 @@ impl Responder {
             .or(iface.map(|i| i.0))
             .unwrap_or(info.local);
         if server_ip.is_unspecified() {
-            self.drops.count(Drop::NoLocalAddress, now);
+            self.dropped(Drop::NoLocalAddress, now);
             return;
         }
         let netmask = self
@@ -631,6 +631,7 @@ impl Responder {
             log_note(&mut self.logs, note, &req, now);
         }
         let Some(reply) = decision.reply else {
+            self.note_unanswered(&req, decision.note.as_ref());
             tracing::trace!(client = %mac_str(req.chaddr()), msg_type = req.opts().msg_type().map_or(0, u8::from), "DHCP request not answered");
             return;
         };

@@ -114,6 +114,8 @@ enum Key {
         slot: u32,
         gen: u64,
     },
+    /// A PXE MTFTP session whose file a reload removed (or moved): no new opens join it.
+    Retired,
 }
 
 /// Tokens of the wake-up eventfd and of the MTFTP listeners; sessions count up from 0.
@@ -520,6 +522,7 @@ impl McService {
             let content = match self.store.lookup(req.filename, Mode::Octet) {
                 Ok(c) => c,
                 Err(e) => {
+                    self.observe_refusal(crate::metrics::McRefusal::NotFound);
                     if let Some(suppressed) = self.logs.open_refused.allow(now) {
                         info!(client = %from, file = String::from_utf8_lossy(req.filename).as_ref(), reason = %e, suppressed, "MTFTP open refused");
                     }
@@ -536,6 +539,7 @@ impl McService {
                     .is_ok_and(|c| Arc::ptr_eq(&c, &content))
             });
             let Some(which) = which else {
+                self.observe_refusal(crate::metrics::McRefusal::NoMtftp);
                 if let Some(suppressed) = self.logs.no_mtftp.allow(now) {
                     info!(client = %from, file = String::from_utf8_lossy(req.filename).as_ref(), suppressed, "MTFTP open for a file without MTFTP settings refused");
                 }
@@ -764,6 +768,7 @@ impl McService {
 }
 
 mod observe;
+mod reload;
 #[cfg(test)]
 mod tests;
 
@@ -785,6 +790,7 @@ impl Service for McService {
         match sub {
             TOKEN_WAKE => {
                 self.wake.drain();
+                self.take_reload();
                 while let Ok(h) = self.rx.try_recv() {
                     self.join_rfc2090(io, h);
                 }

@@ -23,6 +23,7 @@ pub mod ctl;
 mod epoll;
 pub mod mcast;
 mod send;
+pub mod settings;
 pub mod tftp;
 mod uring;
 pub mod workers;

@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     pub multicast: Option<super::mcast::McHandle>,
     /// Caps on transfers, shared by every worker.
     pub admission: Arc<crate::proto::tftp::admit::Admission>,
+    /// The options a reload changes for new requests (`None`: `limits` and `min_rto` for good).
+    pub settings: Option<Arc<super::settings::Settings>>,
     /// Number of workers (each holds its share of `--max-transfers`).
     pub workers: usize,
     /// A fault to inject (tests of the failure handling only).
@@ -183,6 +185,8 @@ struct Io {
     lingering: bool,
     /// Its `transfer started` line is written (at the first acknowledged data).
     announced: bool,
+    /// DATA already counted in the metrics (blocks, bytes), once a second while it runs.
+    counted: (u64, u64),
 }
 
 struct Slot {
@@ -304,6 +308,8 @@ pub(crate) struct Core {
     reply: [u8; 516],
     /// Metrics and status (`--metrics`), when on.
     observer: Option<observe::Observer>,
+    /// The generation of `shared.settings` the endpoint has.
+    settings_seen: u64,
 }
 
 impl Core {
@@ -338,7 +344,32 @@ impl Core {
             injected: None,
             reply: [0; 516],
             observer: observe::Observer::new(shared_metrics.as_deref()),
+            settings_seen: 0,
         }
+    }
+
+    /// Before a new request: take the options and the share of the caps of a reload, if one
+    /// happened since the last request (one atomic load otherwise).
+    fn take_settings(&mut self) {
+        let Some(s) = &self.shared.settings else {
+            return;
+        };
+        let g = s.generation();
+        if g == self.settings_seen {
+            return;
+        }
+        self.settings_seen = g;
+        let t = s.current();
+        let share = self
+            .shared
+            .admission
+            .current()
+            .share(self.worker, self.shared.workers);
+        self.endpoint.reconfigure(endpoint::EndpointConfig {
+            limits: t.limits,
+            min_rto: t.min_rto,
+            share,
+        });
     }
 
     pub(crate) fn worker(&self) -> usize {

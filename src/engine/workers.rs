@@ -93,6 +93,9 @@ pub struct ServerConfig {
     pub backend: BackendChoice,
     /// Caps on transfers (see [`admit`]).
     pub admission: AdmissionConfig,
+    /// The most `max_transfers` a reload may raise it to (what the descriptors allow; see
+    /// [`admit::Admission::with_ceiling`]).
+    pub max_transfers_ceiling: usize,
     /// A fault to inject, for tests of the failure handling (`--fault`, hidden).
     pub fault: Option<Fault>,
 }
@@ -322,7 +325,13 @@ impl Server {
                 min_rto: cfg.min_rto,
                 port_range: cfg.port_range,
                 multicast: None,
-                admission: admit::Admission::new(cfg.admission),
+                admission: admit::Admission::with_ceiling(cfg.admission, cfg.max_transfers_ceiling),
+                settings: Some(Arc::new(super::settings::Settings::new(
+                    super::settings::Tunables {
+                        limits: cfg.limits,
+                        min_rto: cfg.min_rto,
+                    },
+                ))),
                 workers,
                 fault: cfg.fault,
                 metrics: None,
@@ -339,6 +348,12 @@ impl Server {
     /// [`Admission::reconfigure`](admit::Admission::reconfigure)).
     pub fn admission(&self) -> Arc<admit::Admission> {
         self.shared.admission.clone()
+    }
+
+    /// The transfer options the workers take for new requests (a reload replaces them:
+    /// [`Settings::replace`](super::settings::Settings::replace)).
+    pub fn settings(&self) -> Option<Arc<super::settings::Settings>> {
+        self.shared.settings.clone()
     }
 
     /// Hand requests carrying the RFC 2090 `multicast` option to this multicast service. Call

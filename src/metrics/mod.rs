@@ -33,7 +33,7 @@
 //! | `ringboot_tftp_transfers_started_total` | counter | | unicast transfers accepted |
 //! | `ringboot_tftp_transfers_ended_total` | counter | `outcome`: [`Outcome`] | transfers ended |
 //! | `ringboot_tftp_requests_refused_total` | counter | `reason`: [`RefuseReason`] | requests answered with an ERROR |
-//! | `ringboot_tftp_sent_bytes_total` | counter | | file bytes in DATA, resends included |
+//! | `ringboot_tftp_sent_bytes_total` | counter | | file bytes in DATA, resends included; a running transfer's counted once a second |
 //! | `ringboot_tftp_blocks_sent_total` | counter | | DATA blocks, resends included |
 //! | `ringboot_tftp_blocks_resent_total` | counter | | DATA blocks sent again |
 //! | `ringboot_tftp_timeouts_total` | counter | | retransmission timeouts |
@@ -46,7 +46,7 @@
 //! | `ringboot_multicast_sessions` | gauge | `protocol`: [`McProtocol`] | sessions running |
 //! | `ringboot_multicast_members` | gauge | `protocol` | members of those sessions |
 //! | `ringboot_multicast_sent_bytes_total` | counter | `protocol` | file bytes sent to groups, resends included |
-//! | `ringboot_multicast_refused_total` | counter | `reason`: [`McRefusal`] | multicast requests served by unicast instead |
+//! | `ringboot_multicast_refused_total` | counter | `reason`: [`McRefusal`] | multicast requests not served by multicast (RFC 2090: unicast instead; MTFTP: ERROR) |
 //!
 //! Label values: `outcome` = completed, probe, client_error, timeout, protocol_violation,
 //! aborted, unanswered; TFTP `reason` = not_found, bad_name, forbidden, file_busy, read_error,
@@ -55,7 +55,8 @@
 //! full; `arch` = bios, efi_ia32, efi_x64 (option 93 = 7 or 9), efi_arm32, efi_arm64, http_ia32,
 //! http_x64, http_arm32, http_arm64, other, none; DHCP `reason` = malformed, rate_limited,
 //! not_pxe, not_for_us, pool_exhausted, other; `protocol` = pxe_mtftp, rfc2090; multicast
-//! `reason` = disabled, block_size, pool_full, session_full, source_cap, saturated.
+//! `reason` = disabled, block_size, pool_full, session_full, source_cap, saturated, not_found,
+//! no_mtftp.
 //!
 //! The encoding is written here rather than through `prometheus-client`: that crate's metric
 //! types are single shared atomics (every worker would write the same cache line) and its encoder

@@ -692,7 +692,7 @@ impl Totals {
         labelled(
             out,
             "ringboot_multicast_refused_total",
-            "Requests for multicast served by unicast instead, by reason.",
+            "Requests for multicast not served by multicast, by reason (RFC 2090: served by unicast instead; PXE MTFTP: refused).",
             McRefusal::ALL
                 .iter()
                 .map(|r| (*r, self.mc_refused[r.index()])),

@@ -156,14 +156,82 @@ struct TransferRow {
     rate: u64,
 }
 
+/// A published row: an id (with its start, to tell a reused id), and the bytes whose rate the
+/// page shows.
+trait Row: Copy {
+    fn id(&self) -> u64;
+    fn started(&self) -> Instant;
+    fn bytes(&self) -> u64;
+    fn set_rate(&mut self, rate: u64);
+}
+
+impl Row for TransferRow {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn started(&self) -> Instant {
+        self.started
+    }
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    fn set_rate(&mut self, rate: u64) {
+        self.rate = rate;
+    }
+}
+
+/// One publisher's rows: the latest batch, the one before (for the rates), when each was made.
 #[derive(Debug)]
-struct TransferSlot {
+struct Slot<R> {
     at: Option<Instant>,
     count: u64,
-    rows: Vec<TransferRow>,
-    prev: Vec<TransferRow>,
+    rows: Vec<R>,
+    prev: Vec<R>,
     prev_at: Option<Instant>,
 }
+
+impl<R: Row> Slot<R> {
+    /// Rows allocated at start: publishing never allocates.
+    fn with_capacity(rows: usize) -> Self {
+        Slot {
+            at: None,
+            count: 0,
+            rows: Vec::with_capacity(rows),
+            prev: Vec::with_capacity(rows),
+            prev_at: None,
+        }
+    }
+
+    /// A new batch: the latest rows become the previous ones.
+    fn begin(&mut self) {
+        std::mem::swap(&mut self.rows, &mut self.prev);
+        self.rows.clear();
+        self.prev_at = self.at;
+        self.count = 0;
+    }
+
+    /// The batch is complete at `now`: each row's rate since the previous batch (or its start).
+    fn finish(&mut self, now: Instant) {
+        self.rows.sort_unstable_by_key(|r| r.id());
+        for r in &mut self.rows {
+            let before = self
+                .prev
+                .binary_search_by_key(&r.id(), |p| p.id())
+                .ok()
+                .map(|i| &self.prev[i])
+                .filter(|p| p.started() == r.started());
+            r.set_rate(match (before, self.prev_at) {
+                (Some(p), Some(at)) if now > at => {
+                    per_second(r.bytes().saturating_sub(p.bytes()), now - at)
+                }
+                _ => per_second(r.bytes(), since_start(now, r.started())),
+            });
+        }
+        self.at = Some(now);
+    }
+}
+
+type TransferSlot = Slot<TransferRow>;
 
 #[derive(Debug)]
 struct TransferBoard(Mutex<TransferSlot>);
@@ -190,11 +258,7 @@ impl TransferPublisher {
     pub fn begin(&mut self, now: Instant) -> TransferBatch<'_> {
         self.next = Some(now + PUBLISH_INTERVAL);
         let mut slot = lock(&self.board.0);
-        let slot_ref = &mut *slot;
-        std::mem::swap(&mut slot_ref.rows, &mut slot_ref.prev);
-        slot_ref.rows.clear();
-        slot_ref.prev_at = slot_ref.at;
-        slot_ref.count = 0;
+        slot.begin();
         TransferBatch { slot, now }
     }
 }
@@ -230,24 +294,7 @@ fn per_second(bytes: u64, over: Duration) -> u64 {
 
 impl Drop for TransferBatch<'_> {
     fn drop(&mut self) {
-        let now = self.now;
-        let slot = &mut *self.slot;
-        slot.rows.sort_unstable_by_key(|r| r.id);
-        for r in &mut slot.rows {
-            let before = slot
-                .prev
-                .binary_search_by_key(&r.id, |p| p.id)
-                .ok()
-                .map(|i| &slot.prev[i])
-                .filter(|p| p.started == r.started);
-            r.rate = match (before, slot.prev_at) {
-                (Some(p), Some(at)) if now > at => {
-                    per_second(r.bytes.saturating_sub(p.bytes), now - at)
-                }
-                _ => per_second(r.bytes, since_start(now, r.started)),
-            };
-        }
-        slot.at = Some(now);
+        self.slot.finish(self.now);
     }
 }
 
@@ -301,14 +348,22 @@ struct SessionRow {
     rate: u64,
 }
 
-#[derive(Debug)]
-struct SessionSlot {
-    at: Option<Instant>,
-    count: u64,
-    rows: Vec<SessionRow>,
-    prev: Vec<SessionRow>,
-    prev_at: Option<Instant>,
+impl Row for SessionRow {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn started(&self) -> Instant {
+        self.started
+    }
+    fn bytes(&self) -> u64 {
+        self.bytes_sent
+    }
+    fn set_rate(&mut self, rate: u64) {
+        self.rate = rate;
+    }
 }
+
+type SessionSlot = Slot<SessionRow>;
 
 #[derive(Debug)]
 struct SessionBoard(Mutex<SessionSlot>);
@@ -335,11 +390,7 @@ impl McPublisher {
     pub fn begin(&mut self, now: Instant) -> McBatch<'_> {
         self.next = Some(now + PUBLISH_INTERVAL);
         let mut slot = lock(&self.board.0);
-        let s = &mut *slot;
-        std::mem::swap(&mut s.rows, &mut s.prev);
-        s.rows.clear();
-        s.prev_at = s.at;
-        s.count = 0;
+        slot.begin();
         McBatch {
             slot,
             now,
@@ -394,24 +445,7 @@ impl McBatch<'_> {
 
 impl Drop for McBatch<'_> {
     fn drop(&mut self) {
-        let now = self.now;
-        let slot = &mut *self.slot;
-        slot.rows.sort_unstable_by_key(|r| r.id);
-        for r in &mut slot.rows {
-            let before = slot
-                .prev
-                .binary_search_by_key(&r.id, |p| p.id)
-                .ok()
-                .map(|i| &slot.prev[i])
-                .filter(|p| p.started == r.started);
-            r.rate = match (before, slot.prev_at) {
-                (Some(p), Some(at)) if now > at => {
-                    per_second(r.bytes_sent.saturating_sub(p.bytes_sent), now - at)
-                }
-                _ => per_second(r.bytes_sent, since_start(now, r.started)),
-            };
-        }
-        slot.at = Some(now);
+        self.slot.finish(self.now);
     }
 }
 
@@ -525,26 +559,18 @@ impl Status {
 
     /// A publisher for one worker's transfers (once per worker, at start).
     pub fn transfer_publisher(&self) -> TransferPublisher {
-        let board = Arc::new(TransferBoard(Mutex::new(TransferSlot {
-            at: None,
-            count: 0,
-            rows: Vec::with_capacity(ROWS_PER_WORKER),
-            prev: Vec::with_capacity(ROWS_PER_WORKER),
-            prev_at: None,
-        })));
+        let board = Arc::new(TransferBoard(Mutex::new(TransferSlot::with_capacity(
+            ROWS_PER_WORKER,
+        ))));
         lock(&self.transfers).push(Arc::clone(&board));
         TransferPublisher { board, next: None }
     }
 
     /// A publisher for the multicast service's sessions (once, at start).
     pub fn multicast_publisher(&self) -> McPublisher {
-        let board = Arc::new(SessionBoard(Mutex::new(SessionSlot {
-            at: None,
-            count: 0,
-            rows: Vec::with_capacity(SESSIONS_LISTED),
-            prev: Vec::with_capacity(SESSIONS_LISTED),
-            prev_at: None,
-        })));
+        let board = Arc::new(SessionBoard(Mutex::new(SessionSlot::with_capacity(
+            SESSIONS_LISTED,
+        ))));
         lock(&self.sessions).push(Arc::clone(&board));
         McPublisher { board, next: None }
     }

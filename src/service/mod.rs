@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod privileges;
+pub mod reload;
 
 use crate::config::{LogConfig, LogFormat};
 use std::fs::{File, OpenOptions};
@@ -11,7 +12,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
+use tracing_subscriber::{reload as filter_reload, EnvFilter, Layer, Registry};
 
 /// Colour only for a person at a terminal: stderr is a terminal and `NO_COLOR` is unset or
 /// empty (<https://no-color.org>).
@@ -54,7 +55,7 @@ pub fn filter(verbose: u8) -> Result<EnvFilter, String> {
 }
 
 /// Changes the log level of a running process (SIGHUP).
-pub type LevelHandle = reload::Handle<EnvFilter, Registry>;
+pub type LevelHandle = filter_reload::Handle<EnvFilter, Registry>;
 
 /// Install the global subscriber writing to `writer`: the format of `log`, colour as
 /// [`use_colour`] says, no timestamps [`under_journald`]. Returns the level handle.
@@ -62,7 +63,7 @@ pub fn init_logging<W>(log: &LogConfig, writer: W) -> Result<LevelHandle, String
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let (filter, handle) = reload::Layer::new(filter(log.verbose)?);
+    let (filter, handle) = filter_reload::Layer::new(filter(log.verbose)?);
     let ansi = use_colour();
     let journal = under_journald();
     let fmt: Box<dyn Layer<_> + Send + Sync> = match (log.format, journal) {

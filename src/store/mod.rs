@@ -99,7 +99,7 @@ pub const HEAP_BUDGET: usize = 256 << 20;
 const READ_ATTEMPTS: usize = 3;
 
 /// How a [`Store`] serves files.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreOptions {
     /// Files of at most this many bytes are copied into memory instead of mapped. Default 64 KiB.
     pub small_file_limit: u64,

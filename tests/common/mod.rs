@@ -16,6 +16,7 @@
 
 #![allow(dead_code)]
 
+pub mod http;
 pub mod netns;
 
 use ringboot::proto::tftp::client::{

@@ -9,8 +9,10 @@
 //! admission rate limits bound how many there can be.
 
 use super::Responder as Driver;
-use crate::metrics::{ArchClass, DhcpMode as MMode, DhcpType, DhcpView, Recorder, Status};
-use crate::proto::dhcp::decide::mac_str;
+use crate::metrics::{
+    ArchClass, DhcpIgnored, DhcpMode as MMode, DhcpType, DhcpView, Recorder, Status,
+};
+use crate::proto::dhcp::decide::{mac_str, Note};
 use crate::proto::dhcp::policy::{DhcpMode, Policy};
 use crate::proto::dhcp::wire::ClientInfo;
 use dhcproto::v4::Message;
@@ -76,6 +78,35 @@ fn msg_type(t: Option<MessageType>) -> DhcpType {
 }
 
 impl Driver {
+    /// A datagram dropped before any decision: counted for the summary line and the metrics.
+    pub(super) fn dropped(&mut self, why: super::Drop, now: Instant) {
+        self.drops.count(why, now);
+        if let Some(r) = &self.observer.rec {
+            r.dhcp_ignored(match why {
+                super::Drop::Malformed(_) | super::Drop::TooLong => DhcpIgnored::Malformed,
+                super::Drop::Refused(_) => DhcpIgnored::RateLimited,
+                super::Drop::NoLocalAddress | super::Drop::AckNotSaved => DhcpIgnored::Other,
+            });
+        }
+    }
+
+    /// A request decided without a reply: why, for the metrics (a proxy ignores clients that
+    /// are not PXE; a request for another server, or that no rule matched, is not for us).
+    pub(super) fn note_unanswered(&self, req: &Message, note: Option<&Note<'_>>) {
+        let Some(r) = &self.observer.rec else {
+            return;
+        };
+        let why = match note {
+            Some(Note::PoolFull { .. }) => DhcpIgnored::PoolExhausted,
+            Some(_) => DhcpIgnored::Other,
+            None if self.cfg.mode == DhcpMode::Proxy && !ClientInfo::of(req).pxe => {
+                DhcpIgnored::NotPxe
+            }
+            None => DhcpIgnored::NotForUs,
+        };
+        r.dhcp_ignored(why);
+    }
+
     /// Take a reloaded policy, if one was handed over since the last decision.
     pub(super) fn take_reload(&mut self) {
         let g = self.observer.reload.generation.load(Ordering::Acquire);

@@ -2,7 +2,7 @@
 //! admission they share (groups, sessions, memberships: bounded tables) and the channel with its
 //! eventfd wake-up (see the contract of [`super`]).
 
-use super::{GroupPool, McJoin, MAX_GROUPS};
+use super::{GroupPool, McConfig, McJoin, MAX_GROUPS};
 use crate::proto::mtftp::session::blksize_bucket;
 use crate::proto::ratelog::LogLimit;
 use crate::sys::poll::EventFd;
@@ -92,6 +92,8 @@ pub(super) struct Admission {
     pub(super) next_gen: u64,
     /// One limiter per refusal reason (indexed like [`Refusal::ALL`]).
     pub(super) logs: [LogLimit; 6],
+    /// Settings of a reload, for the service to take ([`McHandle::reload`]).
+    pub(super) reload: Option<Box<McConfig>>,
 }
 
 impl Admission {
@@ -108,6 +110,7 @@ impl Admission {
             max_per_source: max_per_source.clamp(1, u32::MAX as usize) as u32,
             next_gen: 0,
             logs: Default::default(),
+            reload: None,
         }
     }
 

@@ -1,14 +1,20 @@
-//! What the multicast service tells the metrics registry (`--metrics`): sessions and members by
-//! protocol once a second, and each session's bytes when it ends. Nothing per datagram.
+//! What the multicast service tells the metrics registry and the status page (`--metrics`):
+//! sessions and members by protocol, and every running session (file, protocol, group, members
+//! with the master marked, bytes sent, progress) for the page and `/status.json`, once a second;
+//! each session's bytes when it ends; refusals by reason. Nothing per datagram.
 
 use super::{McService as Service, Running};
-use crate::metrics::{McProtocol, Recorder, Status};
+use crate::metrics::status::MEMBERS_LISTED;
+use crate::metrics::{
+    McProtocol, McPublisher, McRefusal, MemberView, Recorder, SessionView, Status,
+};
 use crate::proto::mtftp::Protocol;
 use std::time::{Duration, Instant};
 
-/// The service's recorder and when it next sets the gauges.
+/// The service's recorder, its status publisher and when it next sets the gauges.
 pub(super) struct Observer {
     rec: Recorder,
+    publisher: McPublisher,
     next: Instant,
 }
 
@@ -16,6 +22,7 @@ impl Observer {
     pub(super) fn new(status: &Status) -> Observer {
         Observer {
             rec: status.registry().recorder(),
+            publisher: status.multicast_publisher(),
             next: Instant::now(),
         }
     }
@@ -47,6 +54,39 @@ impl Service {
         for p in [McProtocol::PxeMtftp, McProtocol::Rfc2090] {
             let (s, m) = counts[p as usize];
             o.rec.set_multicast(p, s, m);
+        }
+        let mut batch = o.publisher.begin(now);
+        for (&token, r) in &self.sessions {
+            let st = r.session.stats();
+            let size = r.content.len();
+            // Distinct blocks sent so far, as bytes: the stream's reach in the file.
+            let blocks = st.blocks_sent.saturating_sub(st.blocks_resent);
+            let blksize = u64::from(r.session.config().blksize.get());
+            batch.session(&SessionView {
+                id: token,
+                protocol: protocol(r),
+                file: r.content.display_path().as_bytes(),
+                group: r.group,
+                size,
+                position: blocks.saturating_mul(blksize).min(size),
+                bytes_sent: st.bytes_sent,
+                members: r.session.members(),
+                started: r.started,
+            });
+            let master = r.session.master();
+            for addr in r.session.member_addrs().take(MEMBERS_LISTED) {
+                batch.member(MemberView {
+                    addr,
+                    master: master == Some(addr),
+                });
+            }
+        }
+    }
+
+    /// A PXE MTFTP open refused.
+    pub(super) fn observe_refusal(&self, why: McRefusal) {
+        if let Some(o) = &self.observer {
+            o.rec.multicast_refused(why);
         }
     }
 

@@ -284,7 +284,7 @@ impl Core {
 
     /// Drain the transfer's transmits, then close it if it is over, else re-arm its timer.
     pub(super) fn drive(&mut self, id: TransferId, now: Instant, drv: &mut impl Driver) {
-        self.announce(id);
+        self.announce(id, now);
         loop {
             let Some(slot) = self.slots.get_mut(id.index()).and_then(|s| s.as_mut()) else {
                 return;
@@ -435,11 +435,7 @@ impl Core {
             };
             log_end(&end, now, quiet || logged.is_none());
             if let Some(o) = &self.observer {
-                o.ended(
-                    transfer,
-                    io.content.transfer_len(),
-                    now.saturating_duration_since(started),
-                );
+                o.ended(transfer, io, now.saturating_duration_since(started));
             }
         }
         if let (true, Some(n)) = (quiet, logged) {

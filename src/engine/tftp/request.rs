@@ -83,6 +83,7 @@ impl Core {
         if self.draining(li, data, &peer, info.as_ref()) {
             return;
         }
+        self.take_settings();
         let Some(listener) = self.listeners.get(li) else {
             return;
         };
@@ -152,6 +153,7 @@ impl Core {
         let ifindex = info.map_or(0, |i| i.ifindex);
         let mtu = self.mtu(ifindex, listen_fd, now);
         let mode = incoming.mode();
+        let observer = &self.observer;
         let accepted = match &self.shared.multicast {
             Some(mc) => {
                 // The service decides its own admission, synchronously: handed over, it answers
@@ -165,7 +167,9 @@ impl Core {
                         blksize: r.blksize,
                         tsize: r.tsize,
                     };
-                    mc.submit(join, now).is_ok()
+                    mc.submit(join, now)
+                        .map_err(|r| observer.as_ref().map(|o| o.mc_refused(r)))
+                        .is_ok()
                 };
                 let offer: &mut dyn Multicast = &mut offer;
                 self.endpoint
@@ -188,7 +192,7 @@ impl Core {
                 let n = r.emit(&mut self.reply);
                 self.send_reply(li, n, &peer, info.as_ref());
                 if let Some(n) = self.logs.allow(|l| &mut l.over_cap, now) {
-                    let c = self.shared.admission.config();
+                    let c = self.shared.admission.current();
                     warn!(
                         worker = self.worker,
                         client = %peer,
@@ -210,7 +214,7 @@ impl Core {
             peer,
             self.shared.port_range,
             &mut self.port_rng,
-            self.shared.limits.allow_fragmentation,
+            self.endpoint.config().limits.allow_fragmentation,
         ) {
             Ok(s) => s,
             Err(e) => {
@@ -275,6 +279,7 @@ impl Core {
             recv_armed: true,
             lingering: false,
             announced: false,
+            counted: (0, 0),
         });
         let idx = id.index();
         if self.slots.len() <= idx {

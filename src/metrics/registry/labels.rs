@@ -192,7 +192,8 @@ label_enum! {
 }
 
 label_enum! {
-    /// Why a request for multicast was served by unicast instead (label `reason`).
+    /// Why a request for multicast was not served by multicast (label `reason`): RFC 2090
+    /// requests are then served by unicast; PXE MTFTP opens get an ERROR.
     pub enum McRefusal: "reason" {
         Disabled => "disabled",
         BlockSize => "block_size",
@@ -200,5 +201,9 @@ label_enum! {
         SessionFull => "session_full",
         SourceCap => "source_cap",
         Saturated => "saturated",
+        /// PXE MTFTP: the file is not served (not found, forbidden).
+        NotFound => "not_found",
+        /// PXE MTFTP: the file has no MTFTP settings (not in the `--mtftp` list).
+        NoMtftp => "no_mtftp",
     }
 }

@@ -327,3 +327,45 @@ fn history_spreads_late_ticks_and_is_bounded() {
     }
     assert_eq!(h.samples.len(), HISTORY_SECONDS);
 }
+
+/// A session's rate comes from its previous batch (the same code as a transfer's), its members
+/// are listed with the master marked, and it leaves the page with its publisher's next batch.
+#[test]
+fn multicast_sessions_rate_members_and_end() {
+    let t0 = crate::sim_origin();
+    let s = status(t0);
+    let mut mc = s.multicast_publisher();
+    let session = |sent: u64| SessionView {
+        id: 7,
+        protocol: McProtocol::PxeMtftp,
+        file: b"boot.wim",
+        group: "239.255.1.1:3001".parse().unwrap(),
+        size: 10_000_000,
+        position: sent,
+        bytes_sent: sent,
+        members: 3,
+        started: t0,
+    };
+    for (at, sent) in [(1, 1_000_000), (3, 5_000_000)] {
+        let mut b = mc.begin(t0 + Duration::from_secs(at));
+        b.session(&session(sent));
+        b.member(MemberView {
+            addr: "10.0.0.5:2000".parse().unwrap(),
+            master: true,
+        });
+    }
+    let v = json(&s, t0 + Duration::from_secs(3));
+    let m = &v["multicast"][0];
+    assert_eq!(m["rate"], 2_000_000, "{m}");
+    assert_eq!(
+        (m["file"].as_str(), m["members"].as_u64()),
+        (Some("boot.wim"), Some(3))
+    );
+    assert_eq!(m["listed"][0]["master"], true);
+    assert_eq!(m["group"], "239.255.1.1:3001");
+    drop(mc.begin(t0 + Duration::from_secs(4)));
+    assert_eq!(
+        json(&s, t0 + Duration::from_secs(4))["multicast"],
+        Value::Array(vec![])
+    );
+}

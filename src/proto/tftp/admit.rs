@@ -18,17 +18,21 @@
 //!   change.
 //! - A "client address" is an IPv4 address, or the /64 prefix of an IPv6 address (one host can
 //!   own a whole /64).
-//! - The per-address table is bounded: at most `max_transfers + SOURCE_TABLE_SLACK` entries, held
+//! - The per-address table is bounded: at most `ceiling + SOURCE_TABLE_SLACK` entries (the
+//!   ceiling of `max_transfers`, see below; allocated as it fills), held
 //!   in a map with random hash keys. An entry carries information only while its address has
 //!   transfers or a bucket that is not yet full again; when the table is full, entries without
 //!   information go first, then (counted in [`Admission::forgotten`]) idle entries with a partly
-//!   spent bucket. Entries with transfers are never dropped, and there are at most `max_transfers`
+//!   spent bucket. Entries with transfers are never dropped, and there are at most the ceiling
 //!   of them, so an insert always finds room.
-//! - [`Admission::reconfigure`] (a SIGHUP reload) changes `max_per_client` and `client_rate` for
-//!   every request that follows (read under the lock, once per request), and lowers the global cap
-//!   (`max_transfers`, refused as [`OverCap::Busy`] while the total is at it); the global cap
-//!   cannot rise above its value at start (the shares, descriptors and memory are sized to it).
-//!   Running transfers keep their tickets.
+//! - [`Admission::reconfigure`] (a SIGHUP reload) changes the caps for every request that
+//!   follows (read under the lock, once per request). `max_transfers` may rise up to the
+//!   *ceiling* given at start ([`Admission::with_ceiling`]: what the descriptor limit allows;
+//!   nothing is preallocated per transfer, the table and the workers' slots grow on demand), and
+//!   the workers take their new share ([`Admission::current`] + [`AdmissionConfig::share`]) at
+//!   their next request; lowered below its start value it is also enforced here (refused as
+//!   [`OverCap::Busy`] while the total is at it), so a worker that has not yet taken its smaller
+//!   share cannot exceed it. Running transfers keep their tickets.
 //! - No clock is read here: `now` comes in. One mutex guards the state (shared memory, no I/O);
 //!   it is taken once per new transfer and once per ended transfer, never per datagram.
 
@@ -159,14 +163,22 @@ struct State {
 
 /// The shared admission state. See the module docs.
 pub struct Admission {
-    /// The limits at start (the shares and the table are sized to them).
+    /// The limits at start.
     cfg: AdmissionConfig,
-    capacity: usize,
+    /// The most `max_transfers` a reload may set.
+    ceiling: usize,
     state: Mutex<State>,
 }
 
 impl Admission {
+    /// The admission of `cfg`, whose `max_transfers` a reload may not raise.
     pub fn new(cfg: AdmissionConfig) -> Arc<Admission> {
+        Self::with_ceiling(cfg, cfg.max_transfers)
+    }
+
+    /// The admission of `cfg`, whose `max_transfers` a reload may raise up to `ceiling` (at
+    /// least the start value).
+    pub fn with_ceiling(cfg: AdmissionConfig, ceiling: usize) -> Arc<Admission> {
         let cfg = AdmissionConfig {
             max_transfers: cfg.max_transfers.max(1),
             max_per_client: cfg.max_per_client.max(1),
@@ -175,7 +187,7 @@ impl Admission {
         let capacity = cfg.max_transfers + SOURCE_TABLE_SLACK;
         Arc::new(Admission {
             cfg,
-            capacity,
+            ceiling: ceiling.max(cfg.max_transfers),
             state: Mutex::new(State {
                 caps: Caps::new(cfg),
                 total: 0,
@@ -195,11 +207,16 @@ impl Admission {
         self.lock().caps.cfg
     }
 
+    /// The most `max_transfers` a reload may set.
+    pub fn ceiling(&self) -> usize {
+        self.ceiling
+    }
+
     /// Apply `next` to the requests that follow (see the module docs); returns the limits now
-    /// in force (`max_transfers` at most its value at start).
+    /// in force (`max_transfers` at most the ceiling).
     pub fn reconfigure(&self, next: AdmissionConfig) -> AdmissionConfig {
         let cfg = AdmissionConfig {
-            max_transfers: next.max_transfers.clamp(1, self.cfg.max_transfers),
+            max_transfers: next.max_transfers.clamp(1, self.ceiling),
             max_per_client: next.max_per_client.max(1),
             client_rate: next.client_rate,
         };
@@ -223,17 +240,20 @@ impl Admission {
         self.lock().forgotten
     }
 
-    /// Entries in the per-address table (at most `max_transfers + SOURCE_TABLE_SLACK`).
+    /// Entries in the per-address table (at most `ceiling + SOURCE_TABLE_SLACK`).
     pub fn tracked(&self) -> usize {
         self.lock().table.len()
     }
 
     /// Check the per-address limits for `k` at `now`; on success the entry's new bucket time.
     fn check_client(&self, st: &mut State, k: u128, now: Instant) -> Result<Instant, OverCap> {
-        if !st.table.contains_key(&k) && st.table.len() >= self.capacity {
+        // Entries with transfers are at most the ceiling (whatever the reloads did): room is
+        // always found.
+        let capacity = self.ceiling + SOURCE_TABLE_SLACK;
+        if !st.table.contains_key(&k) && st.table.len() >= capacity {
             // Entries whose bucket is full and that hold nothing carry no information.
             st.table.retain(|_, e| e.active > 0 || e.tat > now);
-            if st.table.len() >= self.capacity {
+            if st.table.len() >= capacity {
                 let before = st.table.len();
                 st.table.retain(|_, e| e.active > 0);
                 st.forgotten += (before - st.table.len()) as u64;
@@ -353,7 +373,7 @@ mod tests {
     use super::*;
 
     /// A reload changes the per-address caps for the next request, lowers the global cap, and
-    /// cannot raise it above its start value; tickets already held stay valid.
+    /// cannot raise it above its ceiling (here the start value); tickets already held stay valid.
     #[test]
     fn reconfigure_applies_to_the_next_request() {
         let a = adm(10, 1, 0);
@@ -383,9 +403,36 @@ mod tests {
             max_per_client: 5,
             client_rate: 0,
         });
-        assert_eq!(c.max_transfers, 10, "not above the start value");
+        assert_eq!(
+            c.max_transfers, 10,
+            "not above the start value (the ceiling)"
+        );
         drop(t1);
         assert_eq!(a.total(), 1);
+    }
+
+    #[test]
+    fn reconfigure_raises_up_to_the_ceiling() {
+        let t0 = crate::sim_origin();
+        let a = Admission::with_ceiling(
+            AdmissionConfig {
+                max_transfers: 1,
+                max_per_client: 8,
+                client_rate: 0,
+            },
+            3,
+        );
+        let _t1 = a.admit(ip("10.0.0.1"), t0).unwrap();
+        let c = a.reconfigure(AdmissionConfig {
+            max_transfers: 100,
+            max_per_client: 8,
+            client_rate: 0,
+        });
+        assert_eq!(c.max_transfers, 3, "clamped to the ceiling");
+        assert_eq!(a.current().share(0, 1), 3, "the worker's share follows");
+        let _t2 = a.admit(ip("10.0.0.1"), t0).unwrap();
+        let _t3 = a.admit(ip("10.0.0.2"), t0).unwrap();
+        assert_eq!(a.total(), 3);
     }
 
     fn adm(max: usize, per: usize, rate: u32) -> Arc<Admission> {

@@ -371,6 +371,25 @@ impl Endpoint {
         &self.cfg
     }
 
+    /// New limits and share for the requests that follow (a reload); running transfers keep
+    /// what they negotiated. A share below the transfers held only refuses (or makes room
+    /// among them) until enough have ended.
+    pub fn reconfigure(&mut self, cfg: EndpointConfig) {
+        self.cfg = EndpointConfig {
+            share: cfg.share.max(1),
+            ..cfg
+        };
+    }
+
+    /// `datagram` from `peer` is a resend of the request of a live transfer (what
+    /// [`handle_request`](Self::handle_request) would answer with [`Decision::Duplicate`]).
+    pub fn is_resend(&self, peer: SocketAddr, datagram: &[u8]) -> bool {
+        self.by_peer
+            .get(&peer)
+            .and_then(|&id| self.entry(id))
+            .is_some_and(|e| e.live && *e.request == *datagram)
+    }
+
     /// The caps shared with the other workers.
     pub fn admission(&self) -> &Arc<Admission> {
         &self.admission

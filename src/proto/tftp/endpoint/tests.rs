@@ -511,3 +511,39 @@ fn sim_a_spoofed_request_draws_the_pre_ack_budget_and_no_error() {
         assert_eq!(s.endpoint.held(), 0);
     }
 }
+
+/// A reload's new limits and share apply to the next request only; a running transfer keeps
+/// what it negotiated. A resent request of a live transfer is recognised without deciding.
+#[test]
+fn reconfigure_applies_to_the_next_request_and_resends_are_recognised() {
+    let now = crate::sim_origin();
+    let mut e = endpoint(1, 4, 0);
+    let (a, b) = (addr(10, 2000), addr(11, 2000));
+    let first = rrq("f", &[("blksize", "1400")]);
+    let id = unicast(accept(&mut e, now, a, &first, 100_000)).id;
+    assert!(e.is_resend(a, &first));
+    assert!(!e.is_resend(a, &rrq("g", &[])) && !e.is_resend(b, &first));
+    verify(&mut e, id, now);
+    assert!(matches!(
+        refused(accept(&mut e, now, b, &rrq("f", &[]), 10)),
+        Refusal::OverCap(_)
+    ));
+    e.reconfigure(EndpointConfig {
+        limits: Limits {
+            max_blksize: BlockSize::new(512).unwrap(),
+            ..Limits::default()
+        },
+        min_rto: Duration::from_millis(2),
+        share: 2,
+    });
+    let second = unicast(accept(
+        &mut e,
+        now,
+        b,
+        &rrq("f", &[("blksize", "1400")]),
+        10,
+    ))
+    .id;
+    assert_eq!(e.transfer(second).unwrap().negotiated().blksize.get(), 512);
+    assert_eq!(e.transfer(id).unwrap().negotiated().blksize.get(), 1400);
+}
