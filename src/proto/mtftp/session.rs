@@ -46,8 +46,9 @@
 //!   the session ends. A re-open by an opener repeats its block 1 at most once per `timeout`.
 //!   Once a master has acknowledged, opens are not answered ([`JoinError::Busy`]): those clients
 //!   hear the stream and are remembered as listeners (at most [`MAX_LISTENERS`]). When the master
-//!   is done or vanished, the next listener is asked to be master (block 1 unicast, a short wait
-//!   from the RTT, [`UNCONFIRMED_RETRIES`] resends): it acknowledges its first gap and the
+//!   is done or vanished, the next listener is asked to be master (block 1 unicast, a wait of
+//!   `timeout` but at least [`PROMOTE_WAIT_MIN`], doubled per try, [`UNCONFIRMED_RETRIES`]
+//!   resends: firmware still working through the stream answers late): it acknowledges its first gap and the
 //!   repairs go on in the same session, rather than a new pass from block 1. A listener that does
 //!   not answer has most likely everything (counted in [`SessionStats::listeners_silent`], not
 //!   as vanished); after [`SILENT_LISTENERS`] of them in a row the others are taken as done. The
@@ -107,6 +108,9 @@ const RECENT_RUNS: usize = 1024;
 /// PXE MTFTP: listeners remembered at most (opens while a master was established), to be asked
 /// to be master in turn.
 pub const MAX_LISTENERS: usize = 4096;
+
+/// PXE MTFTP: the shortest wait, per try, for a listener asked to be master (block 1 unicast).
+pub const PROMOTE_WAIT_MIN: Duration = Duration::from_secs(1);
 
 /// PXE MTFTP: listeners asked in a row without an answer before the others are taken as done.
 pub const SILENT_LISTENERS: u32 = 4;
@@ -556,6 +560,10 @@ impl Session {
             .filter(|&a| a != from)
             .collect();
         for addr in others {
+            // It had block 1 unicast, so it takes itself for master and waits for repairs
+            // that the stream does not send it: it is asked in turn like any listener (found
+            // with two iPXE guests opening together: the one left out kept a gap to the end).
+            self.remember(addr);
             self.event(SessionEvent::Left {
                 addr,
                 reason: LeaveReason::Superseded,

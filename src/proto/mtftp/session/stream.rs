@@ -215,12 +215,16 @@ impl Session {
         self.deadline = Some(now + self.promote_wait());
     }
 
-    /// How long a listener asked to be master gets to answer, per try.
+    /// How long a listener asked to be master gets to answer, this try: the configured timeout
+    /// but at least [`PROMOTE_WAIT_MIN`], doubled at each try (1 + 2 + 4 s by default). Not the
+    /// master's round trip: a listener asked is often still working through the stream it heard
+    /// (iPXE under QEMU on a loaded machine answered 2-4 s late), and when the session gave up on
+    /// it and closed, its ACK met a closed port and iPXE's fallback to plain TFTP kept the MTFTP
+    /// block map: a corrupt file. Waiting longer for a listener that has everything already
+    /// costs only the idle tail of the session (at most [`SILENT_LISTENERS`] of these waits in a
+    /// row, three block-1 datagrams each).
     pub(super) fn promote_wait(&self) -> Duration {
-        match self.srtt {
-            Some(_) => (self.rto_base() * 4).min(self.cfg.timeout),
-            None => self.cfg.timeout,
-        }
+        self.cfg.timeout.max(PROMOTE_WAIT_MIN) * (1 << self.tries.min(UNCONFIRMED_RETRIES))
     }
 
     /// A master is there and acknowledging, the window has room, and there is something to send.
