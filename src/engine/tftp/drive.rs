@@ -3,6 +3,7 @@
 //! the close of a transfer and its end-of-transfer line (see the contract of [`super`]).
 
 use super::{Core, Driver, Io, SendStatus, SlotId, WorkerLogs, CTRL_CALL, FILE_CHANGED};
+use crate::engine::links::Locked;
 use crate::proto::ratelog::LogLimit;
 use crate::proto::tftp::endpoint::TransferId;
 use crate::proto::tftp::packet::ErrorCode;
@@ -335,7 +336,8 @@ impl Core {
             let Some(transfer) = self.endpoint.transfer_mut(id) else {
                 return;
             };
-            let Some(tx) = transfer.poll_transmit(now, &mut io.tx.ctrl[..]) else {
+            let mut link = Locked(&io.link);
+            let Some(tx) = transfer.poll_transmit_paced(now, &mut io.tx.ctrl[..], &mut link) else {
                 break;
             };
             match tx.payload {
@@ -349,7 +351,14 @@ impl Core {
                 }
                 Payload::Blocks { first, count } => {
                     if io.in_flight > 0 {
-                        io.pending = Some((first, count));
+                        // The newest run wins, but the next piece of a paced window joins the
+                        // one waiting before it (both were granted; neither may be lost).
+                        io.pending = match io.pending {
+                            Some((f, n)) if f + u64::from(n) == first => {
+                                Some((f, n.saturating_add(count)))
+                            }
+                            _ => Some((first, count)),
+                        };
                     } else {
                         self.send_blocks(id, first, count, drv);
                     }

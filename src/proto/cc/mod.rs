@@ -70,10 +70,11 @@
 //! OACK window policy ([`LinkCc::window_hint`]).
 //!
 //! # Calling contract (what the engine and the machines do)
-//! - One [`LinkCc`] per outgoing interface and engine thread. With several worker threads on one
-//!   interface, give each its share of the operator cap with [`LinkCc::set_cap`] (e.g. the cap x
-//!   the worker's flows / all flows, refreshed when flows start and end); the estimates of the
-//!   workers all follow the one queue they share.
+//! - One [`LinkCc`] per outgoing interface for the whole server, shared by every worker thread
+//!   behind a lock (`engine::links`: one controller sees every flow of the interface, so loss
+//!   episodes, the fair quantum and an operator cap need no per-worker split). A caller enters it
+//!   once per ACK and once per grant, never per datagram. A transfer drives it through
+//!   `Transfer::poll_transmit_paced` (`proto::tftp::transfer::pace`).
 //! - One [`FlowCc`] per flow (a unicast transfer, a multicast session), made with
 //!   [`FlowCc::new`]; it needs no registration and no removal (the link counts the flows that
 //!   used it in the last two phases).
