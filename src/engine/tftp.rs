@@ -153,7 +153,8 @@ const MTU_CACHE_TTL: Duration = Duration::from_secs(60);
 struct Io {
     content: Arc<crate::store::Content>,
     /// The congestion controller of the interface the transfer sends on ([`super::links`]).
-    link: super::links::SharedLink,
+    /// `None`: not paced (loopback without a cap).
+    link: Option<super::links::SharedLink>,
     /// `None` once closed (the slot lingers while sends are in flight).
     sock: Option<Socket>,
     peer: SocketAddr,

@@ -336,8 +336,11 @@ impl Core {
             let Some(transfer) = self.endpoint.transfer_mut(id) else {
                 return;
             };
-            let mut link = Locked(&io.link);
-            let Some(tx) = transfer.poll_transmit_paced(now, &mut io.tx.ctrl[..], &mut link) else {
+            let polled = match &io.link {
+                Some(l) => transfer.poll_transmit_paced(now, &mut io.tx.ctrl[..], &mut Locked(l)),
+                None => transfer.poll_transmit(now, &mut io.tx.ctrl[..]),
+            };
+            let Some(tx) = polled else {
                 break;
             };
             match tx.payload {
