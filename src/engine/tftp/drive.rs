@@ -489,10 +489,22 @@ fn log_end(end: &End<'_>, now: Instant, quiet: bool) {
     let timeouts = s.timeouts;
     let throughput_bps = bytes.saturating_mul(8_000) / duration_ms.max(1);
     let spurious = s.probes_spurious;
+    // Pacing: the waits of this transfer, and its interface's controller now (0 bit/s: open).
+    let paced_waits = t.cc_stats().waits;
+    let (link_bps, link_loss_cuts, link_delay_cuts) = io.link.as_deref().map_or((0, 0, 0), |l| {
+        let l = crate::engine::links::lock(l);
+        let st = l.stats();
+        (
+            l.pacing_rate().map_or(0, |r| r.bits_per_sec()),
+            st.congestion_events,
+            st.delay_cuts,
+        )
+    });
     macro_rules! line {
         ($lvl:ident, $outcome:expr, $code:expr, $msg:literal) => {
             tracing::$lvl!(
                 %client, file, bytes, duration_ms, throughput_bps, resent, timeouts, spurious, blksize, windowsize, srtt_us,
+                paced_waits, link_bps, link_loss_cuts, link_delay_cuts,
                 outcome = $outcome, code = $code, reason = io.reason.unwrap_or(""), $msg
             )
         };
