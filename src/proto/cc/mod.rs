@@ -320,6 +320,11 @@ impl LinkCc {
         }
     }
 
+    /// The operator cap (`--rate-limit`), if any.
+    pub fn cap(&self) -> Option<Rate> {
+        self.cfg.cap
+    }
+
     /// The bottleneck estimate (`None` while open: no congestion seen lately).
     pub fn estimate(&self) -> Option<Rate> {
         self.est

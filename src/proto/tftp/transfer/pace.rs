@@ -24,6 +24,11 @@
 //!   handed to the controller at the next paced poll (the driver polls after every input).
 //! - While the link is open and the flow has no ceiling, every grant is `Send(all)`: the
 //!   transmits are exactly those of [`Transfer::poll_transmit`], with no timer and no wait.
+//! - A lockstep transfer (window 1) is paced only by an operator cap, never by the estimate: it
+//!   has one block in flight, clocked by its client's ACK, so it cannot burst, and a pacer slot
+//!   would only add a round of the pacer to every round trip (measured: 100 iPXE machines through
+//!   400 Mbit/s fell from 91% to 73% of the link when paced; docs/benchmarks.md). Its ACKs and
+//!   losses still feed the link.
 
 use super::{Pending, Phase, Transfer};
 use crate::proto::cc::{wire_bytes, AckSample, FlowStats, Grant, LinkCc};
@@ -55,6 +60,7 @@ impl Transfer {
         ) && self.pace_at.is_none_or(|t| now >= t);
         let mut grant = None;
         if data_due || self.cc_ack.is_some() || self.cc_loss {
+            let lockstep = self.window == 1;
             let want = self.blocks_due();
             let block = self.block_wire();
             let (ack, loss) = (self.cc_ack.take(), std::mem::take(&mut self.cc_loss));
@@ -66,7 +72,8 @@ impl Transfer {
                 if loss {
                     cc.on_loss(now, l);
                 }
-                (data_due && want > 0).then(|| cc.poll_send(now, l, want, block))
+                let paced = !lockstep || l.cap().is_some();
+                (data_due && want > 0 && paced).then(|| cc.poll_send(now, l, want, block))
             });
         }
         let pace_at = self.pace_at;

@@ -425,3 +425,16 @@ fn operator_cap_binds_on_an_open_link() {
         b.last_done
     );
 }
+
+#[test]
+fn lockstep_is_paced_by_a_cap_only() {
+    // 30 lockstep flows into a queue of 8 frames: losses, maybe a bound link, never a wait.
+    let b = Bench::new(100, 8, None, storm(30, 1, 100, 5)).run(Duration::from_secs(60));
+    b.check_all_ended();
+    assert_eq!(b.link.stats().waits, 0, "{:?}", b.link.stats());
+    // Under an operator cap they are paced like everyone else.
+    let cap = Some(Rate::from_bits_per_sec(20_000_000));
+    let b = Bench::new(1000, 1000, cap, storm(30, 1, 100, 5)).run(Duration::from_secs(60));
+    b.check_all_ended();
+    assert!(b.link.stats().waits > 0);
+}
