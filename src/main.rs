@@ -452,7 +452,17 @@ fn serve(
         dhcp,
         log: _,
         service: svc,
+        rate_limits,
     } = config;
+    // Checked to exist by the preflight; an interface gone since is an error too.
+    let mut caps_by_index = Vec::new();
+    for r in &rate_limits {
+        let index = ringboot::sys::iface::index_of(&r.iface)
+            .with_context(|| format!("--rate-limit: there is no interface {:?}", r.iface))?;
+        // Wire bytes: the controller counts what the interface carries, headers included.
+        caps_by_index.push((index, r.rate));
+        info!(interface = r.iface.as_str(), rate = %r.rate, "rate limit: DATA out of {} paced at {} at most", r.iface, r.rate);
+    }
     let workers = workers
         .or_else(|| std::thread::available_parallelism().ok())
         .map_or(1, NonZeroUsize::get);
@@ -478,6 +488,7 @@ fn serve(
             admission,
             max_transfers_ceiling: ceiling.max(admission.max_transfers),
             fault: server_fault,
+            rate_limits: caps_by_index,
         },
         store.clone(),
     )?;

@@ -92,6 +92,11 @@ pub struct ServeArgs {
     /// port (the kernel's random choice).
     #[arg(long, value_name = "LOW:HIGH")]
     pub port_range: Option<PortRange>,
+    /// Cap the DATA sent out of interface IFACE at RATE bit/s on the wire (e.g. eth0=400M,
+    /// eth1=1G); repeat for several interfaces. Binds even on an empty link; without it the
+    /// server paces only once it sees congestion.
+    #[arg(long, value_name = "IFACE=RATE")]
+    pub rate_limit: Option<Vec<super::value::RateLimit>>,
     /// Transfers at once, all clients together; over it a request gets ERROR 0. Default: sized
     /// to the descriptor limit (half of what is left after the fixed descriptors), at most 4096.
     #[arg(long, value_name = "N")]

@@ -55,6 +55,9 @@ pub struct FileConfig {
     /// `--port-range`, `"LOW:HIGH"`.
     #[serde(default, deserialize_with = "value::parsed")]
     pub port_range: Option<PortRange>,
+    /// `--rate-limit`: `"IFACE=RATE"` or a list (`["eth0=400M", "eth1=1G"]`).
+    #[serde(default, deserialize_with = "value::parsed_list")]
+    pub rate_limit: Option<Vec<value::RateLimit>>,
     /// `--max-transfers`.
     pub max_transfers: Option<TransferCap>,
     /// `--max-transfers-per-client`.

@@ -193,6 +193,9 @@ pub struct Config {
     pub dhcp: DhcpConfig,
     pub log: LogConfig,
     pub service: ServiceConfig,
+    /// Operator caps per outgoing interface (`--rate-limit`), one per interface; the names are
+    /// resolved (and checked to exist) at start.
+    pub rate_limits: Vec<value::RateLimit>,
 }
 
 /// Where a problem is in the config file.
@@ -364,6 +367,7 @@ pub fn merge(file: FileConfig, cli: &ServeArgs) -> FileConfig {
         min_rto: c.min_rto.or(file.min_rto),
         retries: c.retries.or(file.retries),
         port_range: c.port_range.or(file.port_range),
+        rate_limit: c.rate_limit.or(file.rate_limit),
         max_transfers: c.max_transfers.or(file.max_transfers),
         max_transfers_per_client: c.max_transfers_per_client.or(file.max_transfers_per_client),
         client_rate: c.client_rate.or(file.client_rate),
@@ -438,6 +442,15 @@ pub fn build(s: FileConfig) -> Result<(Config, Vec<Problem>), ConfigErrors> {
         max_per_client: s.max_transfers_per_client.map(Ranged::as_usize),
         client_rate: s.client_rate.unwrap_or(d.client_rate),
     };
+    let rate_limits = s.rate_limit.unwrap_or_default();
+    for (i, r) in rate_limits.iter().enumerate() {
+        if rate_limits[..i].iter().any(|o| o.iface == r.iface) {
+            errors.push(Problem::whole(format!(
+                "--rate-limit names interface {:?} twice: give one rate per interface",
+                r.iface
+            )));
+        }
+    }
     let mut store = StoreOptions::default();
     if let Some(n) = s.small_file_limit {
         store.small_file_limit = n;
@@ -583,6 +596,7 @@ pub fn build(s: FileConfig) -> Result<(Config, Vec<Problem>), ConfigErrors> {
             group: s.group,
             drain: s.drain_timeout.unwrap_or(d.drain_timeout).get(),
         },
+        rate_limits,
     };
     Ok((config, warnings))
 }

@@ -563,3 +563,42 @@ fn metrics_listen_and_service_settings() {
     let (c, _) = load_with("root = \"/r\"", &all).unwrap();
     assert_eq!(c.dhcp.interface, None);
 }
+
+#[test]
+fn rate_limits_from_the_file_and_the_command_line() {
+    use crate::proto::cc::Rate;
+    let c = config(
+        "root = \"/srv\"\nrate_limit = [\"eth0=400M\", \"eth1=1G\"]\n",
+        &[],
+    );
+    let got: Vec<(&str, Rate)> = c
+        .rate_limits
+        .iter()
+        .map(|r| (r.iface.as_str(), r.rate))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("eth0", Rate::from_bits_per_sec(400_000_000)),
+            ("eth1", Rate::from_bits_per_sec(1_000_000_000))
+        ]
+    );
+    // A list of one as one string; the command line replaces the file's list.
+    let c = config(
+        "root = \"/srv\"\nrate_limit = \"eth0=400M\"\n",
+        &["--rate-limit", "lo=100M", "--rate-limit", "eth2=2.5G"],
+    );
+    assert_eq!(c.rate_limits.len(), 2);
+    assert_eq!(c.rate_limits[0].iface, "lo");
+    assert!(config("root = \"/srv\"\n", &[]).rate_limits.is_empty());
+    let e = refused("root = \"/srv\"\nrate_limit = [\"eth0=4X\"]\n", &[]);
+    assert!(e[0].contains("is not a rate"), "{e:?}");
+    let e = refused("root = \"/srv\"\nrate_limit = [\"eth0\"]\n", &[]);
+    assert!(e[0].contains("IFACE=RATE"), "{e:?}");
+    let e = refused(
+        "root = \"/srv\"\nrate_limit = [\"eth0=1G\", \"eth0=2G\"]\n",
+        &[],
+    );
+    assert!(e[0].contains("twice"), "{e:?}");
+    assert!(usage_error(&["--root", "/srv", "--rate-limit", "eth0=fast"]).contains("rate"));
+}

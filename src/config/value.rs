@@ -494,3 +494,31 @@ mod tests {
         assert_eq!(value_name(&BackendChoice::Fallback), "fallback");
     }
 }
+
+/// `--rate-limit IFACE=RATE`: an operator cap on the DATA the server sends out of one interface,
+/// in bit/s on the wire (`400M`, `1G`; see [`Rate`](crate::proto::cc::Rate)'s parser). The
+/// interface is checked to exist at start and by `ringboot check`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub iface: String,
+    pub rate: crate::proto::cc::Rate,
+}
+
+impl std::str::FromStr for RateLimit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (iface, rate) = s.split_once('=').ok_or_else(|| {
+            format!("'{s}' is not IFACE=RATE (e.g. eth0=400M: at most 400 Mbit/s out of eth0)")
+        })?;
+        let iface = iface.trim();
+        if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']) {
+            return Err(format!("'{iface}' is not an interface name (e.g. eth0)"));
+        }
+        let rate = rate.parse().map_err(|e| format!("{e}"))?;
+        Ok(RateLimit {
+            iface: iface.to_string(),
+            rate,
+        })
+    }
+}

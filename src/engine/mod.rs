@@ -21,6 +21,7 @@
 
 pub mod ctl;
 mod epoll;
+pub(crate) mod links;
 pub mod mcast;
 mod send;
 pub mod settings;

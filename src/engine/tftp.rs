@@ -81,6 +81,8 @@ pub(crate) struct Shared {
     pub metrics: Option<Arc<crate::metrics::Status>>,
     /// Set at SIGTERM: new requests are refused while running transfers finish.
     pub draining: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The congestion controller of each outgoing interface, shared by every worker.
+    pub links: Arc<super::links::Links>,
 }
 
 /// A transfer's place in the worker's table (the endpoint's [`TransferId`] in the form the
@@ -152,6 +154,9 @@ const MTU_CACHE_TTL: Duration = Duration::from_secs(60);
 /// The I/O half of a transfer (its protocol half is the endpoint's).
 struct Io {
     content: Arc<crate::store::Content>,
+    /// The congestion controller of the interface the transfer sends on ([`super::links`]).
+    /// `None`: not paced (loopback without a cap).
+    link: Option<super::links::SharedLink>,
     /// `None` once closed (the slot lingers while sends are in flight).
     sock: Option<Socket>,
     peer: SocketAddr,

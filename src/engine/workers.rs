@@ -98,6 +98,9 @@ pub struct ServerConfig {
     pub max_transfers_ceiling: usize,
     /// A fault to inject, for tests of the failure handling (`--fault`, hidden).
     pub fault: Option<Fault>,
+    /// Operator caps of outgoing interfaces (`--rate-limit`): interface index and rate in wire
+    /// bytes per second.
+    pub rate_limits: Vec<(u32, crate::proto::cc::Rate)>,
 }
 
 /// Faults a test can inject into a running server (hidden `--fault` flag), to check that a
@@ -336,6 +339,7 @@ impl Server {
                 fault: cfg.fault,
                 metrics: None,
                 draining: None,
+                links: Arc::new(super::links::Links::new(cfg.rate_limits.iter().copied())),
             }),
             sockets,
             addrs,

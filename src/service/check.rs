@@ -58,6 +58,14 @@ pub fn host_problems(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
     for m in &config.multicast.mtftp {
         file("--mtftp file", &m.file, &mut errors);
     }
+    for r in &config.rate_limits {
+        if crate::sys::iface::index_of(&r.iface).is_none() {
+            errors.push(Problem::whole(format!(
+                "--rate-limit {}={}: there is no interface {:?} (see `ip link`)",
+                r.iface, r.rate, r.iface
+            )));
+        }
+    }
     if d.mode != DhcpMode::Off {
         if let Some(name) = &d.interface {
             match crate::sys::iface::interfaces() {

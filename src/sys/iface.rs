@@ -67,6 +67,15 @@ pub fn interfaces() -> io::Result<Vec<IfAddr>> {
     Ok(out)
 }
 
+/// Index of the interface named `name` (`if_nametoindex(3)`), whatever its addresses; `None`
+/// when there is none of that name.
+pub fn index_of(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: c is a NUL-terminated string that outlives the call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
 /// MTU of interface `ifindex`, asked through any socket `fd` (`SIOCGIFMTU`).
 pub fn interface_mtu(fd: RawFd, ifindex: u32) -> io::Result<u32> {
     if ifindex == 0 {

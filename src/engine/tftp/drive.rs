@@ -3,6 +3,7 @@
 //! the close of a transfer and its end-of-transfer line (see the contract of [`super`]).
 
 use super::{Core, Driver, Io, SendStatus, SlotId, WorkerLogs, CTRL_CALL, FILE_CHANGED};
+use crate::engine::links::Locked;
 use crate::proto::ratelog::LogLimit;
 use crate::proto::tftp::endpoint::TransferId;
 use crate::proto::tftp::packet::ErrorCode;
@@ -335,7 +336,11 @@ impl Core {
             let Some(transfer) = self.endpoint.transfer_mut(id) else {
                 return;
             };
-            let Some(tx) = transfer.poll_transmit(now, &mut io.tx.ctrl[..]) else {
+            let polled = match &io.link {
+                Some(l) => transfer.poll_transmit_paced(now, &mut io.tx.ctrl[..], &mut Locked(l)),
+                None => transfer.poll_transmit(now, &mut io.tx.ctrl[..]),
+            };
+            let Some(tx) = polled else {
                 break;
             };
             match tx.payload {
@@ -349,7 +354,14 @@ impl Core {
                 }
                 Payload::Blocks { first, count } => {
                     if io.in_flight > 0 {
-                        io.pending = Some((first, count));
+                        // The newest run wins, but the next piece of a paced window joins the
+                        // one waiting before it (both were granted; neither may be lost).
+                        io.pending = match io.pending {
+                            Some((f, n)) if f + u64::from(n) == first => {
+                                Some((f, n.saturating_add(count)))
+                            }
+                            _ => Some((first, count)),
+                        };
                     } else {
                         self.send_blocks(id, first, count, drv);
                     }
@@ -473,10 +485,22 @@ fn log_end(end: &End<'_>, now: Instant, quiet: bool) {
     let timeouts = s.timeouts;
     let throughput_bps = bytes.saturating_mul(8_000) / duration_ms.max(1);
     let spurious = s.probes_spurious;
+    // Pacing: the waits of this transfer, and its interface's controller now (0 bit/s: open).
+    let paced_waits = t.cc_stats().waits;
+    let (link_bps, link_loss_cuts, link_delay_cuts) = io.link.as_deref().map_or((0, 0, 0), |l| {
+        let l = crate::engine::links::lock(l);
+        let st = l.stats();
+        (
+            l.pacing_rate().map_or(0, |r| r.bits_per_sec()),
+            st.congestion_events,
+            st.delay_cuts,
+        )
+    });
     macro_rules! line {
         ($lvl:ident, $outcome:expr, $code:expr, $msg:literal) => {
             tracing::$lvl!(
                 %client, file, bytes, duration_ms, throughput_bps, resent, timeouts, spurious, blksize, windowsize, srtt_us,
+                paced_waits, link_bps, link_loss_cuts, link_delay_cuts,
                 outcome = $outcome, code = $code, reason = io.reason.unwrap_or(""), $msg
             )
         };

@@ -262,6 +262,7 @@ impl Core {
         let window = (negotiated.windowsize.get() as usize).min(0x7fff);
         let io = Box::new(Io {
             content,
+            link: self.shared.links.get(ifindex, local),
             sock: Some(sock),
             peer,
             tx: TxBufs::new(window),

@@ -106,6 +106,7 @@ fn rig(adm: AdmissionConfig) -> Rig {
         fault: None,
         metrics: None,
         draining: None,
+        links: Default::default(),
     });
     let sock = sys::socket::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = sock.local_addr().unwrap().as_socket().unwrap();
@@ -316,6 +317,7 @@ fn large_windows_are_sent_in_bounded_builds() {
         fault: None,
         metrics: None,
         draining: None,
+        links: Default::default(),
     });
     let sock = sys::socket::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = sock.local_addr().unwrap().as_socket().unwrap();
@@ -424,4 +426,76 @@ fn synchronous_driver_sends_the_error_at_once() {
     let calls = drv.sends[0].1;
     r.core.shutdown(now, &mut drv);
     assert_eq!(drv.order, [Sub::Ctrl(6), Sub::Window(calls), Sub::Ctrl(5)]);
+}
+
+/// With an operator cap on the interface, the driver sends a window in paced pieces: each
+/// piece is one build of at most the pacer's quantum, the rest waits in the transfer, and the
+/// worker's one timer queue wakes it (never armed in the past) until the whole window is out.
+#[test]
+fn a_capped_interface_paces_a_window_in_pieces_through_the_timer_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.bin"), vec![7u8; 1 << 20]).unwrap();
+    let store = Store::new(dir.path(), StoreOptions::default()).unwrap();
+    // 10 Mbit/s: a quantum of 250 µs is under two blocks, so every piece is two blocks.
+    let cap = crate::proto::cc::Rate::from_bits_per_sec(10_000_000);
+    let shared = Arc::new(Shared {
+        store,
+        limits: Limits::default(),
+        min_rto: Duration::from_millis(2),
+        port_range: None,
+        multicast: None,
+        admission: Admission::new(AdmissionConfig::for_descriptors(100)),
+        workers: 1,
+        fault: None,
+        metrics: None,
+        draining: None,
+        links: Arc::new(crate::engine::links::Links::new([(0, cap)])),
+    });
+    let sock = sys::socket::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut core = Core::new(0, shared, vec![Listener { sock, addr }], false);
+    let mut drv = FakeDriver::new(true);
+    let c = client();
+    let info = PktInfo {
+        local: "127.0.0.1".parse().unwrap(),
+        ifindex: 0,
+    };
+    let mut now = Instant::now();
+    core.on_request(
+        0,
+        RRQ,
+        false,
+        Some(c.local_addr().unwrap()),
+        Some(info),
+        now,
+        &mut drv,
+    );
+    let (id, _) = drv.watched[0];
+    core.on_transfer_datagram(id, b"\x00\x04\x00\x00", false, now, &mut drv);
+    let mut total = 0;
+    let mut pieces = 0;
+    for _ in 0..200 {
+        // Complete what is in flight; then wake the transfer when its timer is due.
+        if let Some(&(_, n)) = drv.sends.last() {
+            if pieces < drv.sends.len() {
+                pieces = drv.sends.len();
+                assert!(n <= 2, "a piece is at most the quantum: {n} blocks");
+                total += n;
+                for call in 0..n {
+                    core.on_send_complete(id, call, 1472, now, &mut drv);
+                }
+            }
+        }
+        if total >= 64 {
+            break;
+        }
+        let due = core
+            .next_deadline()
+            .expect("a paced transfer has its timer armed");
+        assert!(due > now, "never armed in the past");
+        now = due;
+        core.run_timers(now, &mut drv);
+    }
+    assert_eq!(total, 64, "the whole window went out, in pieces");
+    assert!(pieces >= 32);
 }

@@ -110,8 +110,17 @@ impl FlowCc {
                 return Grant::Wait(at);
             }
             self.reserved = None;
-            let n = n.min(blocks);
-            return self.granted(now, link, n, block_bytes);
+            // Claimed late (a starved driver woke long after the slot): the link time is gone,
+            // and sending now with every other late claim would be a burst the queue cannot
+            // hold. Within [`LATE_CLAIM`] of its slot it goes; later, it queues again.
+            let late = link.v_served.saturating_sub(start);
+            let limit = link
+                .pacing_rate()
+                .map_or(u64::MAX, |r| r.bytes_in(LATE_CLAIM));
+            if late <= limit {
+                let n = n.min(blocks);
+                return self.granted(now, link, n, block_bytes);
+            }
         }
         let own = self.own_rate();
         if let (Some(_), Some(t)) = (own, self.own_next) {

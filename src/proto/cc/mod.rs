@@ -70,10 +70,11 @@
 //! OACK window policy ([`LinkCc::window_hint`]).
 //!
 //! # Calling contract (what the engine and the machines do)
-//! - One [`LinkCc`] per outgoing interface and engine thread. With several worker threads on one
-//!   interface, give each its share of the operator cap with [`LinkCc::set_cap`] (e.g. the cap x
-//!   the worker's flows / all flows, refreshed when flows start and end); the estimates of the
-//!   workers all follow the one queue they share.
+//! - One [`LinkCc`] per outgoing interface for the whole server, shared by every worker thread
+//!   behind a lock (`engine::links`: one controller sees every flow of the interface, so loss
+//!   episodes, the fair quantum and an operator cap need no per-worker split). A caller enters it
+//!   once per ACK and once per grant, never per datagram. A transfer drives it through
+//!   `Transfer::poll_transmit_paced` (`proto::tftp::transfer::pace`).
 //! - One [`FlowCc`] per flow (a unicast transfer, a multicast session), made with
 //!   [`FlowCc::new`]; it needs no registration and no removal (the link counts the flows that
 //!   used it in the last two phases).
@@ -120,6 +121,9 @@ const LOSS_CUT: (u64, u64) = (17, 20);
 /// Pacing quantum: the bytes one grant may carry are what the rate sends in this time (at least
 /// two blocks, at most [`MAX_QUANTUM`]).
 pub const QUANTUM_TIME: Duration = Duration::from_micros(250);
+/// A pacer slot claimed later than this after it came due is given up and queued again (see
+/// [`FlowCc::poll_send`]): bounds the burst after a driver was starved.
+pub const LATE_CLAIM: Duration = Duration::from_millis(1);
 /// Largest quantum in bytes (one GSO call is at most 64 KiB anyway).
 pub const MAX_QUANTUM: u64 = 64 * 1024;
 /// Standing queueing delay the link keeps below, until a loss teaches a smaller one.
@@ -317,6 +321,11 @@ impl LinkCc {
             (Some(e), Some(c)) => Some(e.min(c)),
             (e, c) => e.or(c),
         }
+    }
+
+    /// The operator cap (`--rate-limit`), if any.
+    pub fn cap(&self) -> Option<Rate> {
+        self.cfg.cap
     }
 
     /// The bottleneck estimate (`None` while open: no congestion seen lately).

@@ -32,6 +32,7 @@ use super::block::BlockNum;
 use super::options::Negotiated;
 use super::packet::{emit_error, ErrorCode, Packet};
 use crate::proto::cc::probe::{eifel_response, ProbeCheck, Verdict};
+use crate::proto::cc::{AckSample, FlowCc, Grant};
 use crate::proto::{Payload, Transmit};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -264,6 +265,14 @@ enum Pending {
     Window {
         from: u64,
     },
+    /// The rest of a window that the pacer split ([`pace`]): blocks `from ..= end` of the window
+    /// that began at `start`; `clean`: no block of it was sent before.
+    Rest {
+        from: u64,
+        end: u64,
+        start: u64,
+        clean: bool,
+    },
     /// Tail-loss probe: the last block sent, alone.
     Probe {
         index: u64,
@@ -319,6 +328,13 @@ pub struct Transfer {
     /// [`Event::Ended`] was taken by the driver.
     reported: bool,
     stats: TransferStats,
+    /// Pacing (see [`pace`]): the flow's congestion state, what the ACKs since the last paced
+    /// poll told it, and when the pacer lets the pending DATA go.
+    cc: FlowCc,
+    cc_ack: Option<AckSample>,
+    cc_loss: bool,
+    pace_at: Option<Instant>,
+    last_send: Option<Instant>,
 }
 
 impl Transfer {
@@ -363,6 +379,11 @@ impl Transfer {
             first_resends: 0,
             reported: false,
             stats: TransferStats::default(),
+            cc: FlowCc::new(),
+            cc_ack: None,
+            cc_loss: false,
+            pace_at: None,
+            last_send: None,
         }
     }
 
@@ -440,7 +461,10 @@ impl Transfer {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::Done(_) => None,
-            _ => self.deadline,
+            _ => match (self.deadline, self.pace_at) {
+                (Some(d), Some(p)) => Some(d.min(p)),
+                (d, p) => d.or(p),
+            },
         }
     }
 
@@ -487,7 +511,8 @@ impl Transfer {
                 if block != BlockNum::ZERO {
                     return;
                 }
-                self.take_sample(0, now);
+                let rtt = self.take_sample(0, now);
+                self.note_ack(0, rtt, now, false);
                 self.verified = true;
                 self.phase = Phase::Sending;
                 self.progress(now);
@@ -506,7 +531,11 @@ impl Transfer {
                 }
                 self.acked += fwd;
                 self.verified = true;
-                self.take_sample(self.acked, now);
+                let rtt = self.take_sample(self.acked, now);
+                // An ACK short of what was sent, before the end: the transfer goes back to the
+                // block after it (a loss signalled by a gap).
+                let gap = self.acked < self.sent_hi && self.acked < self.total_blocks;
+                self.note_ack(fwd, rtt, now, gap);
                 self.progress(now);
                 if self.acked == self.total_blocks {
                     self.finish(Outcome::Completed);
@@ -526,7 +555,10 @@ impl Transfer {
     fn judge_probe(&mut self, index: u64, now: Instant) {
         match self.probe_check.on_ack(now, index, self.rtt.min_rtt) {
             Verdict::Pending => {}
-            Verdict::Genuine => self.rtt.pto_factor = self.probe_check.pto_factor(),
+            Verdict::Genuine => {
+                self.rtt.pto_factor = self.probe_check.pto_factor();
+                self.cc_loss = true;
+            }
             Verdict::Spurious { late_rtt } => {
                 self.rtt
                     .undo(late_rtt, self.probe_backoff, self.probe_check.pto_factor());
@@ -574,6 +606,10 @@ impl Transfer {
 
     /// Call when the instant from [`poll_timeout`](Self::poll_timeout) has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.pace_at.is_some_and(|p| now >= p) {
+            // The pacer's wait is over: the next paced poll asks for the grant again.
+            self.pace_at = None;
+        }
         match (self.phase, self.deadline) {
             (Phase::AwaitOackAck | Phase::Sending, Some(d)) if now >= d => {}
             _ => return,
@@ -606,6 +642,10 @@ impl Transfer {
         if self.phase != Phase::Sending || self.probed {
             if self.probe_check.on_rto() == Verdict::Genuine {
                 self.rtt.pto_factor = self.probe_check.pto_factor();
+            }
+            if self.phase == Phase::Sending {
+                // The probe did not help: a full resend, a loss for the controller.
+                self.cc_loss = true;
             }
             self.rtt.backoff();
         } else {
@@ -663,15 +703,22 @@ impl Transfer {
 
     /// Next thing to send (to the client), writing control datagrams into `buf` (at least 512
     /// bytes).
+    /// Not paced: every window goes whole, at once (see [`poll_transmit_paced`](Self::poll_transmit_paced)).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        let payload = self.poll_payload(now, buf)?;
+        let payload = self.poll_payload(now, buf, &mut |n| Grant::Send(n))?;
         Some(Transmit {
             dest: self.peer,
             payload,
         })
     }
 
-    fn poll_payload(&mut self, now: Instant, buf: &mut [u8]) -> Option<Payload> {
+    /// `grant(blocks)`: how many of the `blocks` DATA blocks due may go now ([`pace`]).
+    fn poll_payload(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        grant: &mut dyn FnMut(u32) -> Grant,
+    ) -> Option<Payload> {
         match std::mem::replace(&mut self.pending, Pending::Nothing) {
             Pending::Nothing => None,
             Pending::Oack => {
@@ -683,7 +730,7 @@ impl Transfer {
                             ErrorCode::NotDefined,
                             "internal error: OACK too large",
                         );
-                        return self.poll_payload(now, buf);
+                        return self.poll_payload(now, buf, grant);
                     }
                 };
                 let clean = self.stats.timeouts == 0;
@@ -692,18 +739,20 @@ impl Transfer {
             }
             Pending::Window { from } => {
                 let end = (from + self.window - 1).min(self.total_blocks);
-                let count = end + 1 - from;
-                let resent = self.sent_hi.saturating_sub(from - 1).min(count);
-                self.stats.blocks_sent += count;
-                self.stats.blocks_resent += resent;
-                self.sent_hi = self.sent_hi.max(end);
-                self.arm(now, from, end, resent == 0);
-                Some(Payload::Blocks {
-                    first: from,
-                    count: count as u32,
-                })
+                self.send_run(now, from, end, from, true, grant)
             }
+            Pending::Rest {
+                from,
+                end,
+                start,
+                clean,
+            } => self.send_run(now, from, end, start, clean, grant),
             Pending::Probe { index } => {
+                if let Grant::Wait(t) = grant(1) {
+                    return self.wait(t, Pending::Probe { index });
+                }
+                self.pace_at = None;
+                self.last_send = Some(now);
                 self.stats.blocks_sent += 1;
                 self.stats.blocks_resent += 1;
                 self.arm(now, index, index, false);
@@ -739,13 +788,16 @@ impl Transfer {
         self.deadline = Some(now + wait);
     }
 
-    fn take_sample(&mut self, acked: u64, now: Instant) {
-        if let Some(f) = self.in_flight {
-            // Any ACK inside a window sent once measures a round trip (Karn's rule excludes resends).
-            if f.clean && (f.start..=f.end).contains(&acked) {
-                self.rtt.sample(now.saturating_duration_since(f.sent_at));
-            }
+    /// A round-trip sample, when the ACK of `acked` gives one (returned for the controller).
+    fn take_sample(&mut self, acked: u64, now: Instant) -> Option<Duration> {
+        let f = self.in_flight?;
+        // Any ACK inside a window sent once measures a round trip (Karn's rule excludes resends).
+        if f.clean && (f.start..=f.end).contains(&acked) {
+            let r = now.saturating_duration_since(f.sent_at);
+            self.rtt.sample(r);
+            return Some(r);
         }
+        None
     }
 
     fn progress(&mut self, now: Instant) {
@@ -759,14 +811,17 @@ impl Transfer {
         self.phase = Phase::Closing(outcome);
         self.pending = Pending::Error { code, message };
         self.deadline = None;
+        self.pace_at = None;
     }
 
     fn finish(&mut self, outcome: Outcome) {
         self.phase = Phase::Done(outcome);
         self.pending = Pending::Nothing;
         self.deadline = None;
+        self.pace_at = None;
     }
 }
 
+pub mod pace;
 #[cfg(test)]
 mod tests;
