@@ -445,6 +445,7 @@ fn a_capped_interface_paces_a_window_in_pieces_through_the_timer_queue() {
         port_range: None,
         multicast: None,
         admission: Admission::new(AdmissionConfig::for_descriptors(100)),
+        settings: None,
         workers: 1,
         fault: None,
         metrics: None,
