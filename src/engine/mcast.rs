@@ -104,6 +104,9 @@ struct Running {
     started: Instant,
     /// Ended by a send error (file truncated).
     failed: bool,
+    /// RFC 2090: the admission was told the session takes no new member (block numbers wrap and
+    /// the stream started: [`JoinError::Late`]); later requests go to unicast.
+    closed: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -409,6 +412,7 @@ impl McService {
                         key,
                         started: now,
                         failed: false,
+                        closed: false,
                     };
                     self.add_session(io, r)
                 });
@@ -444,6 +448,7 @@ impl McService {
                 let file = r.content.display_path().to_owned();
                 let msg = match e {
                     JoinError::Full => "multicast session full",
+                    JoinError::Late => "multicast session past its start; ask again",
                     JoinError::Busy | JoinError::Over => "multicast session ended; ask again",
                 };
                 self.not_placed(j.client, &file, msg, now);
@@ -458,6 +463,12 @@ impl McService {
         let Some(r) = self.sessions.get_mut(&token) else {
             return;
         };
+        if !r.closed && !r.session.admits_joiners() {
+            r.closed = true;
+            if let Key::Rfc2090 { slot, gen } = r.key {
+                lock(&self.admission).close(slot, gen);
+            }
+        }
         let file = r.content.display_path();
         let pxe = r.session.config().protocol == Protocol::PxeMtftp;
         while let Some(ev) = r.session.poll_event() {
@@ -571,6 +582,7 @@ impl McService {
                             key,
                             started: now,
                             failed: false,
+                            closed: false,
                         };
                         self.add_session(io, r)
                     });

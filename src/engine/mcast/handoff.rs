@@ -28,16 +28,20 @@ pub enum Refusal {
     SourceCap,
     /// The hand-over channel is full or the service is gone.
     Saturated,
+    /// The file's session has started and its block numbers wrap (more than 65535 blocks): a
+    /// joiner could not tell which wrap it hears (RFC 2090 carries no position).
+    Late,
 }
 
 impl Refusal {
-    pub(super) const ALL: [Refusal; 6] = [
+    pub(super) const ALL: [Refusal; 7] = [
         Refusal::Disabled,
         Refusal::BlockSize,
         Refusal::PoolFull,
         Refusal::SessionFull,
         Refusal::SourceCap,
         Refusal::Saturated,
+        Refusal::Late,
     ];
 
     pub(super) fn as_str(self) -> &'static str {
@@ -48,6 +52,7 @@ impl Refusal {
             Refusal::SessionFull => "the file's multicast session is full",
             Refusal::SourceCap => "client address at its multicast session limit",
             Refusal::Saturated => "multicast service saturated",
+            Refusal::Late => "the file's multicast session started and its block numbers wrap",
         }
     }
 }
@@ -74,6 +79,8 @@ pub(super) struct Entry {
     pub(super) gen: u64,
     /// Memberships counted: reserved or joined, not yet gone.
     pub(super) refs: u32,
+    /// The session takes no new member ([`Refusal::Late`]); members' resent requests still go to it.
+    pub(super) closed: bool,
 }
 
 /// RFC 2090 admission: groups, sessions and memberships, shared by the workers (deciding) and the
@@ -91,7 +98,7 @@ pub(super) struct Admission {
     pub(super) max_per_source: u32,
     pub(super) next_gen: u64,
     /// One limiter per refusal reason (indexed like [`Refusal::ALL`]).
-    pub(super) logs: [LogLimit; 6],
+    pub(super) logs: [LogLimit; 7],
 }
 
 impl Admission {
@@ -137,6 +144,9 @@ impl Admission {
                         counted: false,
                     });
                 }
+                if e.closed {
+                    return Err(Refusal::Late);
+                }
                 if e.refs >= self.max_members {
                     return Err(Refusal::SessionFull);
                 }
@@ -156,6 +166,7 @@ impl Admission {
                     bucket,
                     gen: self.next_gen,
                     refs: 0,
+                    closed: false,
                 });
                 self.by_key.insert((content, bucket), slot);
                 slot
@@ -204,6 +215,13 @@ impl Admission {
             self.slots[slot as usize] = None;
             self.by_key.remove(&key);
             self.free.push_back(slot);
+        }
+    }
+
+    /// The session in `slot` takes no new member from now on ([`Refusal::Late`]).
+    pub(super) fn close(&mut self, slot: u32, gen: u64) {
+        if let Some(e) = self.entry(slot, gen) {
+            e.closed = true;
         }
     }
 

@@ -58,6 +58,16 @@
 //!   (one per member at most), events queued ([`EVENT_CAP`], the excess dropped and counted in
 //!   [`SessionStats::events_dropped`]; a driver that drains after every call never loses one).
 //! - Block numbers wrap past 65535 to 0 (iPXE accepts it), so large files are served, not refused.
+//!   RFC 2090 carries no position, so a client can place a number only by following the stream
+//!   from block 1: a file of more than 65535 blocks admits members only until its first block
+//!   goes out; a later joiner is refused with [`JoinError::Late`] ([`Session::admits_joiners`])
+//!   and the driver serves it by unicast (RFC 2090 lets a server ignore the option; atftp and
+//!   iPXE then download as plain TFTP). PXE MTFTP listeners cannot be refused (they hear the
+//!   group before they open): clients that place a number after the block received last (the
+//!   [`client`](super::client) model) get a late start and the repairs of the beginning
+//!   byte-exact; iPXE places a number in the 65536-block span of its first gap, so an iPXE
+//!   listener that starts hearing past block 65535 misplaces what it hears (docs: keep PXE MTFTP
+//!   files under 32 MiB, or use RFC 2090 or unicast for larger ones).
 //! - The session never reads file bytes: DATA is described by block index, like unicast transfers.
 
 use super::Protocol;
@@ -222,6 +232,9 @@ pub struct SessionStats {
     pub listeners_silent: u32,
     /// Joins refused because the session was full.
     pub joins_refused: u32,
+    /// RFC 2090 joins refused because the file's block numbers wrap and the stream had started
+    /// ([`JoinError::Late`]).
+    pub joins_late: u32,
     /// Events not queued because the driver did not drain [`Session::poll_event`].
     pub events_dropped: u32,
     /// ACKs taken from members (a session whose members never acknowledged served nobody).
@@ -250,6 +263,11 @@ pub enum JoinError {
     /// RFC 2090: `max_members` reached.
     #[error("the session is full")]
     Full,
+    /// RFC 2090: the file has more than 65535 blocks and the stream has started: a joiner could
+    /// not tell which wrap a block number is in (the protocol carries no position). Serve it by
+    /// unicast (RFC 2090 lets a server ignore the option).
+    #[error("the session's block numbers wrap and its stream has started")]
+    Late,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -414,6 +432,13 @@ impl Session {
         self.members.iter().map(|m| m.addr)
     }
 
+    /// RFC 2090: whether a new member may join. Not once the stream of a file of more than 65535
+    /// blocks has started ([`JoinError::Late`]): block numbers carry no wrap, so only members
+    /// that heard the stream from block 1 can place what they hear.
+    pub fn admits_joiners(&self) -> bool {
+        !self.over && (self.total_blocks <= 0xffff || self.sent_hi == 0)
+    }
+
     /// True once every member is done or gone.
     pub fn is_over(&self) -> bool {
         self.over
@@ -457,6 +482,10 @@ impl Session {
                         self.pending.push_back(Pending::Oack { to: addr, master });
                     }
                     return Ok(Joined::Again);
+                }
+                if !self.admits_joiners() {
+                    self.stats.joins_late += 1;
+                    return Err(JoinError::Late);
                 }
                 if self.members.len() >= self.cfg.max_members.max(1) {
                     self.stats.joins_refused += 1;

@@ -348,29 +348,54 @@ fn rfc2090_past_32768_blocks_members_that_finish_together_are_all_done() {
 }
 
 #[test]
-fn rfc2090_past_65535_blocks_late_joiners_and_loss_complete() {
-    // Block numbers wrap; late joiners become masters with their first gap at the start, and
-    // masters jump from an early gap to the end.
-    let len = 1428 * 70_000;
+fn rfc2090_past_65535_blocks_late_joiners_are_refused_and_members_with_loss_complete() {
+    // Block numbers wrap: members from the start complete under loss (masters jump from an early
+    // gap to the end); a joiner once the stream has started cannot place what it hears (no
+    // position in RFC 2090) and is refused (served by unicast); a resent request of a member is
+    // still answered. blksize 8 keeps 70 000 blocks small.
+    let len = 8 * 70_000 + 5;
     let mut w = world(Protocol::Rfc2090, len, 6, 0);
+    w.s.cfg.blksize = BlockSize::new(8).unwrap();
+    w.s = Session::new(w.s.cfg, w.now);
+    let blocks = w.s.total_blocks() as usize;
+    assert!(blocks > 0xffff);
+    for sim in &mut w.sims {
+        sim.have = vec![false; blocks];
+    }
     for i in 0..3 {
         w.sims[i].loss = 20;
+        assert!(w.s.admits_joiners());
         w.s.join(w.now, addr(i as u16)).unwrap();
     }
-    let half = w.now + Duration::from_millis(1000);
-    w.run(half);
-    assert!(!w.s.is_over());
+    let soon = w.now + Duration::from_millis(100);
+    w.run(soon);
+    assert!(!w.s.is_over() && w.s.stats().blocks_sent > 0);
+    assert!(!w.s.admits_joiners());
     for i in 3..6 {
-        w.s.join(w.now, addr(i)).unwrap();
+        assert_eq!(w.s.join(w.now, addr(i)), Err(JoinError::Late));
+        w.sims[i as usize].gone = true;
     }
+    assert_eq!(w.s.join(w.now, addr(1)), Ok(Joined::Again));
     let end = w.now + Duration::from_secs(600);
     w.run(end);
     assert!(w.s.is_over());
-    for (i, sim) in w.sims.iter().enumerate() {
-        assert!(sim.complete(), "member {i} incomplete");
+    for sim in &w.sims[..3] {
+        assert!(sim.complete(), "member {} incomplete", sim.at);
     }
     let st = w.s.stats();
-    assert_eq!((st.members_done, st.members_vanished), (6, 0), "{st:?}");
+    assert_eq!((st.members_done, st.members_vanished), (3, 0), "{st:?}");
+    assert_eq!((st.members_joined, st.joins_late), (3, 3), "{st:?}");
+}
+
+#[test]
+fn rfc2090_under_65536_blocks_late_joiners_are_admitted() {
+    let len = 1428 * 1000;
+    let mut w = world(Protocol::Rfc2090, len, 2, 0);
+    w.s.join(w.now, addr(0)).unwrap();
+    let soon = w.now + Duration::from_millis(5);
+    w.run(soon);
+    assert!(w.s.stats().blocks_sent > 0 && w.s.admits_joiners());
+    assert_eq!(w.s.join(w.now, addr(1)), Ok(Joined::New));
 }
 
 #[test]
