@@ -47,7 +47,8 @@
 use crate::engine::send::{sendmmsg_all, TxBufs, MAX_TX_BLOCKS};
 use crate::engine::{Io, Service};
 use crate::proto::mtftp::session::{
-    JoinError, Joined, LeaveReason, Session, SessionConfig, SessionEvent, BLKSIZE_BUCKETS,
+    JoinError, Joined, LeaveReason, Session, SessionConfig, SessionEvent, SlowPolicy,
+    BLKSIZE_BUCKETS,
 };
 use crate::proto::mtftp::Protocol;
 use crate::proto::ratelog::LogLimit;
@@ -331,6 +332,8 @@ impl McService {
             group,
             window: WindowSize::new(self.cfg.window).unwrap_or(WindowSize::ONE),
             rate: self.cfg.rate,
+            min_rate: self.cfg.min_rate,
+            slow: self.cfg.slow,
             timeout: self.cfg.timeout,
             retries: self.cfg.retries,
             tsize_in_oack: tsize,
@@ -490,7 +493,16 @@ impl McService {
                 }
                 SessionEvent::Left { addr, reason } => {
                     if let Key::Rfc2090 { slot, gen } = r.key {
-                        lock(&self.admission).release(slot, gen, addr);
+                        let mut a = lock(&self.admission);
+                        a.release(slot, gen, addr);
+                        if reason == LeaveReason::Slow {
+                            a.mark_slow(addr.ip());
+                        }
+                    }
+                    if reason == LeaveReason::Slow {
+                        if let Some(suppressed) = self.logs.left.allow(now) {
+                            info!(file, group = %r.group, client = %addr, min_rate = r.session.config().min_rate, suppressed, "multicast master too slow for the floor rate: ERROR sent, served by unicast when it asks again");
+                        }
                     }
                     if matches!(reason, LeaveReason::Vanished | LeaveReason::Aborted) {
                         if let Some(suppressed) = self.logs.left.allow(now) {

@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tracing::{info, warn};
 
+/// Client addresses remembered as too slow for multicast (the oldest forgotten first).
+pub const SLOW_REMEMBERED: usize = 1024;
+
 /// Why [`McHandle::submit`] did not hand a request over (the worker then serves it by unicast).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -31,10 +34,13 @@ pub enum Refusal {
     /// The file's session has started and its block numbers wrap (more than 65535 blocks): a
     /// joiner could not tell which wrap it hears (RFC 2090 carries no position).
     Late,
+    /// The client was sent away from a session as too slow (`--multicast-slow-receivers
+    /// unicast`); its next request goes to unicast.
+    Slow,
 }
 
 impl Refusal {
-    pub(super) const ALL: [Refusal; 7] = [
+    pub(super) const ALL: [Refusal; 8] = [
         Refusal::Disabled,
         Refusal::BlockSize,
         Refusal::PoolFull,
@@ -42,6 +48,7 @@ impl Refusal {
         Refusal::SourceCap,
         Refusal::Saturated,
         Refusal::Late,
+        Refusal::Slow,
     ];
 
     pub(super) fn as_str(self) -> &'static str {
@@ -53,6 +60,7 @@ impl Refusal {
             Refusal::SourceCap => "client address at its multicast session limit",
             Refusal::Saturated => "multicast service saturated",
             Refusal::Late => "the file's multicast session started and its block numbers wrap",
+            Refusal::Slow => "the client was too slow for a multicast session",
         }
     }
 }
@@ -98,7 +106,10 @@ pub(super) struct Admission {
     pub(super) max_per_source: u32,
     pub(super) next_gen: u64,
     /// One limiter per refusal reason (indexed like [`Refusal::ALL`]).
-    pub(super) logs: [LogLimit; 7],
+    pub(super) logs: [LogLimit; 8],
+    /// Addresses sent away from a session as too slow, oldest first (at most [`SLOW_REMEMBERED`]):
+    /// their next request is served by unicast.
+    pub(super) slow: VecDeque<IpAddr>,
 }
 
 impl Admission {
@@ -115,6 +126,7 @@ impl Admission {
             max_per_source: max_per_source.clamp(1, u32::MAX as usize) as u32,
             next_gen: 0,
             logs: Default::default(),
+            slow: VecDeque::new(),
         }
     }
 
@@ -129,6 +141,10 @@ impl Admission {
             return Err(Refusal::Disabled);
         }
         let bucket = blksize_bucket(granted).ok_or(Refusal::BlockSize)?;
+        if let Some(i) = self.slow.iter().position(|&a| a == client.ip()) {
+            self.slow.remove(i);
+            return Err(Refusal::Slow);
+        }
         let source_full = self
             .per_source
             .get(&client.ip())
@@ -215,6 +231,16 @@ impl Admission {
             self.slots[slot as usize] = None;
             self.by_key.remove(&key);
             self.free.push_back(slot);
+        }
+    }
+
+    /// `client` was sent away from a session as too slow: its next request goes to unicast.
+    pub(super) fn mark_slow(&mut self, client: IpAddr) {
+        if !self.slow.contains(&client) {
+            if self.slow.len() >= SLOW_REMEMBERED {
+                self.slow.pop_front();
+            }
+            self.slow.push_back(client);
         }
     }
 

@@ -138,6 +138,8 @@ fn a_request_handed_over_that_the_service_cannot_place_gets_an_error_and_its_pla
         interface: None,
         loopback: true,
         rate: 0,
+        min_rate: 1_000_000,
+        slow: SlowPolicy::Pace,
         window: 16,
         timeout: Duration::from_millis(200),
         retries: 5,

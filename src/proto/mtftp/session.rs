@@ -19,6 +19,13 @@
 //!   for everyone who lost it. A gap right after the last repair doubles the next run (up to
 //!   `window`): a late joiner gets what it missed at the stream's pace, not a block per RTT. After
 //!   the pass only repairs go out, one master's gaps after another's.
+//! - Rate ([`rate`]): paced at a rate that follows the master's ACKs, per round trip: a standing
+//!   queue (the round trip above the shortest by [`QUEUE_TARGET`]) steps it down by 1/16,
+//!   persistent loss (in [`LOSSY_PERIODS`] of 8 round trips, or a timeout) by 1/8 (1/2), a clean
+//!   round trip up by 1/16; between `min_rate` and `rate` (none: unpaced until trouble). A master
+//!   that would take it below `min_rate` for [`SLOW_STRIKES`] round trips in a row is slow:
+//!   [`SlowPolicy::Pace`] keeps the room at the floor; [`SlowPolicy::Unicast`] sends it an ERROR
+//!   ([`LeaveReason::Slow`]; never the last member) and names the next master.
 //! - Timing: the retransmission wait follows the master's RTT (RFC 6298 smoothing, at least
 //!   [`MIN_RTO`], at most `timeout`; `timeout` until measured; no sample from the first ACK after
 //!   a timeout). When it passes without an ACK, the master's first gap goes again and the
@@ -72,7 +79,7 @@
 
 use super::Protocol;
 use crate::proto::tftp::options::{BlockSize, WindowSize};
-use crate::proto::tftp::packet::{OptionWriter, Packet};
+use crate::proto::tftp::packet::{emit_error, ErrorCode, OptionWriter, Packet};
 use crate::proto::tftp::BlockNum;
 use crate::proto::{Payload, Transmit};
 use std::collections::VecDeque;
@@ -146,8 +153,13 @@ pub struct SessionConfig {
     pub group: SocketAddr,
     /// Blocks sent between two master ACKs.
     pub window: WindowSize,
-    /// Pacing: payload bytes per second (0: unpaced).
+    /// Pacing ceiling: payload bytes per second (0: none). The rate follows the master's
+    /// feedback below it ([`rate`]).
     pub rate: u64,
+    /// The floor of the rate ([`DEFAULT_MIN_RATE`]).
+    pub min_rate: u64,
+    /// What to do with a master too slow for `min_rate`.
+    pub slow: SlowPolicy,
     /// Retransmission timeout for a window not acknowledged by the master (the first wait; it
     /// backs off up to 8x while the master stays silent).
     pub timeout: Duration,
@@ -175,6 +187,8 @@ impl SessionConfig {
             group,
             window: WINDOW,
             rate: 0,
+            min_rate: DEFAULT_MIN_RATE,
+            slow: SlowPolicy::Pace,
             timeout: Duration::from_millis(200),
             retries: 5,
             tsize_in_oack: false,
@@ -195,6 +209,8 @@ pub enum LeaveReason {
     /// PXE MTFTP: another opener acknowledged first, or a newer opener took its place among the
     /// candidates. It hears the stream from the group like any listener.
     Superseded,
+    /// Too slow for the floor rate under [`SlowPolicy::Unicast`]: it was sent an ERROR.
+    Slow,
 }
 
 /// What happened to the members, for the driver's bookkeeping and logs.
@@ -230,6 +246,8 @@ pub struct SessionStats {
     /// Of those, the ones that did not answer (done already, most likely: not counted as
     /// vanished).
     pub listeners_silent: u32,
+    /// Masters sent away as too slow ([`SlowPolicy::Unicast`]).
+    pub members_slow: u32,
     /// Joins refused because the session was full.
     pub joins_refused: u32,
     /// RFC 2090 joins refused because the file's block numbers wrap and the stream had started
@@ -278,12 +296,17 @@ enum Pending {
     OackAgain { to: SocketAddr },
     /// PXE MTFTP: block 1 unicast to an opener.
     FirstBlock { to: SocketAddr },
+    /// ERROR to a master sent away as too slow.
+    Slow { to: SocketAddr },
 }
 
 impl Pending {
     fn to(&self) -> SocketAddr {
         match *self {
-            Pending::Oack { to, .. } | Pending::OackAgain { to } | Pending::FirstBlock { to } => to,
+            Pending::Oack { to, .. }
+            | Pending::OackAgain { to }
+            | Pending::FirstBlock { to }
+            | Pending::Slow { to } => to,
         }
     }
 }
@@ -361,6 +384,10 @@ pub struct Session {
     tries: u32,
     over: bool,
     stats: SessionStats,
+    /// The rate from the master's feedback.
+    ctl: RateCtl,
+    /// The stream's end when the master was named: its gaps past it are its own losses.
+    named_hi: u64,
 }
 
 impl Session {
@@ -402,6 +429,8 @@ impl Session {
             tries: 0,
             over: false,
             stats: SessionStats::default(),
+            ctl: RateCtl::new(&cfg, now),
+            named_hi: 0,
         }
     }
 
@@ -411,6 +440,11 @@ impl Session {
 
     pub fn stats(&self) -> SessionStats {
         self.stats
+    }
+
+    /// The pacing rate now, payload bytes per second (0: unpaced).
+    pub fn rate(&self) -> u64 {
+        self.ctl.rate()
     }
 
     pub fn total_blocks(&self) -> u64 {
@@ -638,8 +672,10 @@ impl Session {
 
     fn member_gone(&mut self, idx: usize, now: Instant, reason: LeaveReason) {
         let m = self.members.remove(idx);
-        if reason != LeaveReason::Done {
-            self.stats.members_vanished += 1;
+        match reason {
+            LeaveReason::Done => {}
+            LeaveReason::Slow => self.stats.members_slow += 1,
+            _ => self.stats.members_vanished += 1,
         }
         self.pending.retain(|p| p.to() != m.addr);
         self.event(SessionEvent::Left {
@@ -709,103 +745,6 @@ impl Session {
         }
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let Some(d) = self.deadline else { return };
-        if now < d || self.over {
-            return;
-        }
-        self.stats.timeouts += 1;
-        self.tries += 1;
-        self.probe = None;
-        self.karn = true;
-        let unconfirmed = self.cfg.protocol == Protocol::PxeMtftp && !self.confirmed;
-        let budget = if unconfirmed {
-            self.cfg.retries.min(UNCONFIRMED_RETRIES)
-        } else {
-            self.cfg.retries
-        };
-        if unconfirmed && self.promoting && self.tries > budget {
-            // The listeners asked did not answer: the next one.
-            self.stats.listeners_silent += self.members.len() as u32;
-            self.silent_in_a_row += 1;
-            if self.silent_in_a_row >= SILENT_LISTENERS {
-                // Those remembered are most likely done; one that is not re-opens on its own.
-                self.listeners.clear();
-            }
-            self.members.clear();
-            self.master = None;
-            self.pending.clear();
-            return self.promote(now);
-        }
-        let silent = now.saturating_duration_since(self.heard_at);
-        let long_silent = silent >= self.cfg.timeout * (self.cfg.retries + 1);
-        if self.tries > budget && (unconfirmed || self.awaiting_master || long_silent) {
-            if unconfirmed {
-                // No opener acknowledged: they all go (spoofed, or gone); the next listener is
-                // asked, or the session ends.
-                for m in std::mem::take(&mut self.members) {
-                    self.stats.members_vanished += 1;
-                    self.event(SessionEvent::Left {
-                        addr: m.addr,
-                        reason: LeaveReason::Vanished,
-                    });
-                }
-                self.master = None;
-                self.pending.clear();
-                self.promote(now);
-            } else if let Some(idx) = self
-                .master
-                .and_then(|a| self.members.iter().position(|m| m.addr == a))
-            {
-                // The master vanished.
-                self.member_gone(idx, now, LeaveReason::Vanished);
-            } else {
-                self.finish();
-            }
-            return;
-        }
-        if self.awaiting_master && !unconfirmed {
-            if let Some(m) = self.master {
-                if !self.pending.iter().any(|p| p.to() == m) {
-                    self.pending.push_back(Pending::Oack {
-                        to: m,
-                        master: true,
-                    });
-                }
-            }
-            // A named master that never answered may be long gone (passive members leave
-            // without a word): every member waits while it is asked, so ask at a steady pace,
-            // not backing off.
-            self.deadline = Some(now + self.cfg.timeout);
-            return;
-        }
-        if unconfirmed {
-            // Every opener may have lost its unicast block 1 (or its ACK): once more each, at a
-            // steady pace; still nothing to the group.
-            for i in 0..self.members.len() {
-                let to = self.members[i].addr;
-                self.members[i].first_sent = Some(now);
-                if !self.pending.contains(&Pending::FirstBlock { to }) {
-                    self.pending.push_back(Pending::FirstBlock { to });
-                }
-            }
-            let wait = if self.promoting {
-                self.promote_wait()
-            } else {
-                self.cfg.timeout
-            };
-            self.deadline = Some(now + wait);
-            return;
-        }
-        // The master is silent: what it lacks (blocks, or its ACKs) may be lost. Its first gap
-        // again, and the window's credit back; the wait backs off.
-        self.inflight = 0;
-        self.recent.clear();
-        self.rto = self.rto_base() * (1 << self.tries.min(MAX_BACKOFF_SHIFT));
-        self.queue_repair(now);
-        self.deadline = Some(now + self.rto);
-    }
-
     /// Next thing to send; control datagrams are written into `buf` (>= 512 bytes).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if self.over {
@@ -825,6 +764,10 @@ impl Session {
                 Pending::FirstBlock { to } => Transmit {
                     dest: to,
                     payload: Payload::Blocks { first: 1, count: 1 },
+                },
+                Pending::Slow { to } => Transmit {
+                    dest: to,
+                    payload: Payload::Datagram(emit_error(buf, ErrorCode::NotDefined, SLOW_ERROR)),
                 },
             });
         }
@@ -863,7 +806,13 @@ fn format_mc(buf: &mut [u8; 64], group: SocketAddr, master: bool) -> &[u8] {
     &buf[..n]
 }
 
+mod rate;
 mod stream;
+
+use rate::RateCtl;
+pub use rate::{
+    SlowPolicy, DEFAULT_MIN_RATE, LOSSY_PERIODS, QUEUE_TARGET, SLOW_ERROR, SLOW_STRIKES,
+};
 
 #[cfg(test)]
 mod tests;

@@ -20,6 +20,8 @@ fn cfg(protocol: Protocol, len: u64) -> SessionConfig {
         group: "239.255.1.1:3001".parse().unwrap(),
         window: WindowSize::new(8).unwrap(),
         rate: 50_000_000,
+        min_rate: 1_000_000,
+        slow: crate::proto::mtftp::session::SlowPolicy::Pace,
         timeout: Duration::from_millis(50),
         retries: 4,
         tsize_in_oack: true,
@@ -92,6 +94,12 @@ impl sim::Node for Sim {
             Ok(Packet::Data { data, .. }) => {
                 let index = u64::from_be_bytes(data[..8].try_into().unwrap());
                 self.deliver_block(index);
+            }
+            Ok(Packet::Error { .. }) => {
+                // Sent away (too slow): it gives up on the session, as atftp and iPXE do.
+                assert_eq!(to, self.at, "ERROR to the group");
+                self.gone = true;
+                self.master = false;
             }
             other => panic!("{other:?}"),
         }
@@ -738,4 +746,61 @@ fn pxe_candidates_are_bounded() {
         s.handle_timeout(now);
         while s.poll_event().is_some() {}
     }
+}
+
+/// Three RFC 2090 members, the first (the first master) losing 30% of what it receives however
+/// slow the stream: under `policy`, the session's events, stats and members.
+fn slow_master(policy: SlowPolicy) -> World {
+    let len = 1428 * 4000;
+    let mut w = world(Protocol::Rfc2090, len, 3, 0);
+    w.s.cfg.min_rate = 20_000_000;
+    w.s.cfg.slow = policy;
+    w.s = Session::new(w.s.cfg, w.now);
+    w.sims[0].loss = 300;
+    for i in 0..3 {
+        w.s.join(w.now, addr(i)).unwrap();
+    }
+    let end = w.now + Duration::from_secs(600);
+    w.run(end);
+    assert!(w.s.is_over());
+    w
+}
+
+#[test]
+fn slow_master_under_pace_holds_the_room_at_the_floor_and_everyone_completes() {
+    let w = slow_master(SlowPolicy::Pace);
+    let st = w.s.stats();
+    assert_eq!((st.members_done, st.members_slow), (3, 0), "{st:?}");
+    assert!(w.sims.iter().all(|m| m.complete()));
+    assert_eq!(w.s.rate(), 20_000_000, "at the floor");
+}
+
+#[test]
+fn slow_master_under_unicast_is_sent_an_error_and_the_room_goes_on() {
+    let w = slow_master(SlowPolicy::Unicast);
+    let st = w.s.stats();
+    assert_eq!((st.members_done, st.members_slow), (2, 1), "{st:?}");
+    assert_eq!(w.left(LeaveReason::Slow), 1);
+    assert!(w.sims[0].gone && !w.sims[0].complete(), "sent away");
+    assert!(w.sims[1].complete() && w.sims[2].complete());
+    assert!(
+        w.s.rate() > 20_000_000,
+        "the room's rate recovered: {}",
+        w.s.rate()
+    );
+}
+
+#[test]
+fn a_slow_master_alone_is_never_sent_away() {
+    let len = 1428 * 2000;
+    let mut w = world(Protocol::Rfc2090, len, 1, 0);
+    w.s.cfg.min_rate = 20_000_000;
+    w.s.cfg.slow = SlowPolicy::Unicast;
+    w.s = Session::new(w.s.cfg, w.now);
+    w.sims[0].loss = 300;
+    w.s.join(w.now, addr(0)).unwrap();
+    let end = w.now + Duration::from_secs(600);
+    w.run(end);
+    assert!(w.sims[0].complete());
+    assert_eq!(w.s.stats().members_slow, 0);
 }

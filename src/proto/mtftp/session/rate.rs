@@ -1,0 +1,220 @@
+//! The session's rate, from the master's feedback, and the slow-receiver policy. See the module
+//! docs of [`super`](crate::proto::mtftp::session) for the contract.
+//!
+//! The master's ACKs are the only feedback a multicast session has (passive members are silent),
+//! so the rate follows the master, in periods of one smoothed round trip (at least [`MIN_RTO`]),
+//! each closed by the first master ACK after it ends:
+//! - **Queue**: the shortest round trip of the period above the shortest the session has seen by
+//!   more than [`QUEUE_TARGET`] (or that base, if longer) means a queue builds on the path: the
+//!   rate steps down by 1/16.
+//! - **Persistent loss**: a master loses blocks now and then (a busy socket buffer, a flaky port)
+//!   whatever the rate, and slowing the whole room for that only costs time; losses in at least
+//!   [`LOSSY_PERIODS`] of the last 8 periods (or a timeout) are taken as too fast: down by 1/8
+//!   (1/2 for a timeout), from what the master received in the period if that is lower.
+//! - **Otherwise** the rate creeps up by 1/16 per period, up to the ceiling (`--multicast-rate`;
+//!   unpaced once past it when there is none).
+//! - Never below the floor (`--multicast-min-rate`). A period that wanted to go below it is a
+//!   strike against the master; a clean one clears them. [`SlowPolicy::Pace`]: the room stays at
+//!   the floor while that master is master. [`SlowPolicy::Unicast`]: after [`SLOW_STRIKES`] in a
+//!   row the master is sent an ERROR and leaves ([`LeaveReason::Slow`]); the next member is master
+//!   and the room goes on at its pace. The driver serves that client by unicast when it asks again.
+
+use super::*;
+
+/// A queue of this much above the base round trip (or of the base itself, if longer) is one the
+/// session built.
+pub const QUEUE_TARGET: Duration = Duration::from_millis(2);
+
+/// Periods with a loss, of the last 8, that make loss persistent.
+pub const LOSSY_PERIODS: u32 = 5;
+
+/// Periods in a row that wanted a rate below the floor before [`SlowPolicy::Unicast`] drops the
+/// master.
+pub const SLOW_STRIKES: u32 = 4;
+
+/// Default of [`SessionConfig::min_rate`]: 1 MB/s (8 Mbit/s).
+pub const DEFAULT_MIN_RATE: u64 = 1_000_000;
+
+/// The message of the ERROR to a master sent away as too slow.
+pub const SLOW_ERROR: &str = "too slow for the multicast session; download by unicast";
+
+/// Rate of an unpaced session, as far as the controller is concerned (10 GB/s).
+const UNPACED: u64 = 10_000_000_000;
+
+/// What to do with a master too slow for the floor rate (`--multicast-slow-receivers`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SlowPolicy {
+    /// Keep the room at its pace, down to the floor.
+    #[default]
+    Pace,
+    /// ERROR to it (it leaves the session; the driver serves it by unicast when it asks again),
+    /// so the room keeps its rate.
+    Unicast,
+}
+
+impl std::str::FromStr for SlowPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pace" => Ok(SlowPolicy::Pace),
+            "unicast" => Ok(SlowPolicy::Unicast),
+            _ => Err(format!("expected pace or unicast, got {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for SlowPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SlowPolicy::Pace => "pace",
+            SlowPolicy::Unicast => "unicast",
+        })
+    }
+}
+
+/// The rate controller of one session.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RateCtl {
+    /// Payload bytes per second now.
+    rate: u64,
+    ceiling: u64,
+    floor: u64,
+    /// The current period: when it ends, when it began, what the master acknowledged in it, the
+    /// shortest round trip, whether the master lost something.
+    ends: Option<Instant>,
+    began: Instant,
+    acked: u64,
+    min_rtt: Option<Duration>,
+    lost: bool,
+    /// Loss of the last 8 periods, a bit each (newest lowest).
+    history: u8,
+    /// The shortest round trip seen (the path without a queue).
+    base_rtt: Option<Duration>,
+    pub(super) strikes: u32,
+}
+
+impl RateCtl {
+    pub(super) fn new(cfg: &SessionConfig, now: Instant) -> Self {
+        let ceiling = if cfg.rate == 0 { UNPACED } else { cfg.rate };
+        RateCtl {
+            rate: ceiling,
+            ceiling,
+            floor: cfg.min_rate.min(ceiling),
+            ends: None,
+            began: now,
+            acked: 0,
+            min_rtt: None,
+            lost: false,
+            history: 0,
+            base_rtt: None,
+            strikes: 0,
+        }
+    }
+
+    /// The pacing rate (0: unpaced).
+    pub(super) fn rate(&self) -> u64 {
+        if self.rate >= UNPACED {
+            0
+        } else {
+            self.rate
+        }
+    }
+
+    /// A new master: nothing of the last one's losses holds against it.
+    pub(super) fn new_master(&mut self) {
+        self.history = 0;
+        self.strikes = 0;
+        self.lost = false;
+        self.ends = None;
+    }
+
+    /// The master lost a block sent while it was master.
+    pub(super) fn on_loss(&mut self) {
+        self.lost = true;
+    }
+
+    /// The master was silent for a retransmission wait: half the rate at once.
+    pub(super) fn on_timeout(&mut self) {
+        if self.rate <= self.floor {
+            self.strikes += 1;
+        }
+        self.lost = true;
+        self.set(self.rate / 2);
+    }
+
+    /// A master ACK: `acked` bytes newly acknowledged, `rtt` if measured. Returns true when the
+    /// master has been too slow for the floor for [`SLOW_STRIKES`] periods in a row (see
+    /// [`Self::is_slow`]).
+    pub(super) fn on_ack(
+        &mut self,
+        now: Instant,
+        acked: u64,
+        rtt: Option<Duration>,
+        srtt: Option<Duration>,
+    ) -> bool {
+        self.acked += acked;
+        if let Some(r) = rtt {
+            self.min_rtt = Some(self.min_rtt.map_or(r, |m| m.min(r)));
+            self.base_rtt = Some(self.base_rtt.map_or(r, |m| m.min(r)));
+        }
+        let Some(ends) = self.ends else {
+            self.start(now, srtt);
+            return false;
+        };
+        if now < ends {
+            return false;
+        }
+        let took = now.saturating_duration_since(self.began).max(MIN_RTO);
+        let delivered = (self.acked as f64 / took.as_secs_f64()) as u64;
+        self.history = (self.history << 1) | u8::from(self.lost);
+        let queue = match (self.min_rtt, self.base_rtt) {
+            (Some(m), Some(b)) => m > b + QUEUE_TARGET.max(b),
+            _ => false,
+        };
+        let lossy = self.history.count_ones() >= LOSSY_PERIODS;
+        // At the floor already, a period with a loss or a queue is a strike; a clean one clears.
+        if self.rate <= self.floor && (self.lost || queue) {
+            self.strikes += 1;
+        } else if !self.lost && !queue {
+            self.strikes = 0;
+        }
+        let wanted = if lossy {
+            // From what got through, if the rate was above it.
+            self.rate.min(delivered.max(self.floor)) / 8 * 7
+        } else if queue {
+            self.rate / 16 * 15
+        } else if self.lost {
+            self.rate
+        } else {
+            self.rate.saturating_add(self.rate / 16)
+        };
+        self.set(wanted);
+        if lossy {
+            // One reaction per loss history.
+            self.history = 0;
+        }
+        self.start(now, srtt);
+        self.strikes >= SLOW_STRIKES
+    }
+
+    /// The master has been too slow for the floor for [`SLOW_STRIKES`] periods (or timeouts).
+    pub(super) fn is_slow(&self) -> bool {
+        self.strikes >= SLOW_STRIKES
+    }
+
+    fn start(&mut self, now: Instant, srtt: Option<Duration>) {
+        self.began = now;
+        self.ends = Some(now + srtt.unwrap_or(MIN_RTO).max(MIN_RTO));
+        self.acked = 0;
+        self.min_rtt = None;
+        self.lost = false;
+    }
+
+    fn set(&mut self, rate: u64) {
+        self.rate = rate.clamp(self.floor.max(1), self.ceiling);
+    }
+}
+
+#[cfg(test)]
+#[path = "rate_tests.rs"]
+mod tests;
