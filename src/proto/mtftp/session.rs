@@ -353,12 +353,10 @@ pub struct Session {
     recent: VecDeque<(u64, u64, Instant)>,
     /// Highest index ever sent (for resend accounting).
     sent_hi: u64,
-    /// RTT of the master: smoothed, its variation, and the send an ACK is timed from (none for
-    /// the first ACK after a timeout: it may answer a resend, Karn's rule).
+    /// RTT of the master, smoothed, and its variation (samples from [`rate`]: a fresh block to
+    /// the first ACK covering it, none across a loss or a timeout).
     srtt: Option<Duration>,
     rttvar: Duration,
-    probe: Option<Instant>,
-    karn: bool,
     /// When the master last acknowledged (or was named): it vanishes only after `retries` waits
     /// and at least `(retries + 1) x timeout` of silence, however short its RTT.
     heard_at: Instant,
@@ -415,8 +413,6 @@ impl Session {
             sent_hi: 0,
             srtt: None,
             rttvar: Duration::ZERO,
-            probe: None,
-            karn: false,
             heard_at: now,
             awaiting_master: false,
             listeners: VecDeque::new(),
@@ -811,8 +807,11 @@ mod stream;
 
 use rate::RateCtl;
 pub use rate::{
-    SlowPolicy, DEFAULT_MIN_RATE, LOSSY_PERIODS, QUEUE_TARGET, SLOW_ERROR, SLOW_STRIKES,
+    SlowPolicy, DEFAULT_MIN_RATE, LOSSY_PERIODS, MIN_PERIOD, MIN_TARGET, QUEUE_TARGET, SLOW_ERROR,
+    SLOW_STRIKES,
 };
 
+#[cfg(test)]
+mod bottleneck_tests;
 #[cfg(test)]
 mod tests;

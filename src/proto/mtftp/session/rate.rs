@@ -2,16 +2,21 @@
 //! docs of [`super`](crate::proto::mtftp::session) for the contract.
 //!
 //! The master's ACKs are the only feedback a multicast session has (passive members are silent),
-//! so the rate follows the master, in periods of one smoothed round trip (at least [`MIN_RTO`]),
-//! each closed by the first master ACK after it ends:
+//! so the rate follows the master, in periods of one smoothed round trip (at least
+//! [`MIN_PERIOD`]), each closed by the first master ACK after it ends. Round trips are timed
+//! from the send of a fresh block to the first ACK that covers it, one at a time, none across a
+//! timeout (Karn).
 //! - **Queue**: the shortest round trip of the period above the shortest the session has seen by
-//!   more than [`QUEUE_TARGET`] (or that base, if longer) means a queue builds on the path: the
-//!   rate steps down by 1/16.
+//!   more than the target ([`QUEUE_TARGET`] at first) means a queue builds on the path: the rate
+//!   steps down by 1/16.
+//! - **Own loss**: a loss in a period whose every round trip saw a queue (the shortest
+//!   [`MIN_TARGET`] above the base) is the session's overflowing it: down by 1/8, and the target becomes half the queue
+//!   seen, so the next approach stops below the overflow.
 //! - **Persistent loss**: a master loses blocks now and then (a busy socket buffer, a flaky port)
 //!   whatever the rate, and slowing the whole room for that only costs time; losses in at least
 //!   [`LOSSY_PERIODS`] of the last 8 periods (or a timeout) are taken as too fast: down by 1/8
-//!   (1/2 for a timeout), from what the master received in the period if that is lower.
-//! - **Otherwise** the rate creeps up by 1/16 per period, up to the ceiling (`--multicast-rate`;
+//!   (1/2 for a timeout).
+//! - **Otherwise** the rate creeps up by 1/32 per period, up to the ceiling (`--multicast-rate`;
 //!   unpaced once past it when there is none).
 //! - Never below the floor (`--multicast-min-rate`). A period that wanted to go below it is a
 //!   strike against the master; a clean one clears them. [`SlowPolicy::Pace`]: the room stays at
@@ -21,9 +26,15 @@
 
 use super::*;
 
-/// A queue of this much above the base round trip (or of the base itself, if longer) is one the
-/// session built.
+/// A queue of this much above the base round trip is one the session built (at first; a loss
+/// that comes with a queue teaches half of that queue, at least [`MIN_TARGET`]).
 pub const QUEUE_TARGET: Duration = Duration::from_millis(2);
+
+/// The smallest queue target, and the least queue that makes a loss the session's own.
+pub const MIN_TARGET: Duration = Duration::from_micros(100);
+
+/// A rate period lasts a smoothed round trip, at least this.
+pub const MIN_PERIOD: Duration = Duration::from_millis(5);
 
 /// Periods with a loss, of the last 8, that make loss persistent.
 pub const LOSSY_PERIODS: u32 = 5;
@@ -83,9 +94,17 @@ pub(super) struct RateCtl {
     /// shortest round trip, whether the master lost something.
     ends: Option<Instant>,
     began: Instant,
-    acked: u64,
     min_rtt: Option<Duration>,
+    max_rtt: Option<Duration>,
     lost: bool,
+    /// The block whose first ACK is timed, and when it went; the round trip timed last.
+    probe: Option<(u64, Instant)>,
+    sample: Option<Duration>,
+    /// The highest block sent, and what it was at the last step down.
+    sent_hi: u64,
+    cut_hi: u64,
+    /// Queueing delay above the base round trip that counts as a standing queue (learned).
+    target: Duration,
     /// Loss of the last 8 periods, a bit each (newest lowest).
     history: u8,
     /// The shortest round trip seen (the path without a queue).
@@ -102,11 +121,16 @@ impl RateCtl {
             floor: cfg.min_rate.min(ceiling),
             ends: None,
             began: now,
-            acked: 0,
+            probe: None,
+            sample: None,
+            sent_hi: 0,
+            cut_hi: 0,
             min_rtt: None,
+            max_rtt: None,
             lost: false,
             history: 0,
             base_rtt: None,
+            target: QUEUE_TARGET,
             strikes: 0,
         }
     }
@@ -126,11 +150,35 @@ impl RateCtl {
         self.strikes = 0;
         self.lost = false;
         self.ends = None;
+        self.probe = None;
     }
 
-    /// The master lost a block sent while it was master.
-    pub(super) fn on_loss(&mut self) {
-        self.lost = true;
+    /// Blocks up to `last` went out: time the first ACK that covers them, if none is timed.
+    pub(super) fn on_send(&mut self, now: Instant, last: u64) {
+        self.sent_hi = self.sent_hi.max(last);
+        if self.probe.is_none() {
+            self.probe = Some((last, now));
+        }
+    }
+
+    /// The master lost block `index`, sent while it was master. Losses of blocks sent before
+    /// the last step down belong to what it reacted to already.
+    pub(super) fn on_loss(&mut self, index: u64) {
+        // The probe's ACK may now wait for a repair: a long sample, harmless to the period's
+        // shortest (what the queue signal reads).
+        if index > self.cut_hi {
+            self.lost = true;
+        }
+    }
+
+    /// No round trip timed across a timeout (the ACK may answer a resend).
+    pub(super) fn forget_probe(&mut self) {
+        self.probe = None;
+    }
+
+    /// The round trip the last ACK timed, once.
+    pub(super) fn take_sample(&mut self) -> Option<Duration> {
+        self.sample.take()
     }
 
     /// The master was silent for a retransmission wait: half the rate at once.
@@ -139,23 +187,23 @@ impl RateCtl {
             self.strikes += 1;
         }
         self.lost = true;
+        self.probe = None;
+        self.cut_hi = self.sent_hi;
         self.set(self.rate / 2);
     }
 
-    /// A master ACK: `acked` bytes newly acknowledged, `rtt` if measured. Returns true when the
-    /// master has been too slow for the floor for [`SLOW_STRIKES`] periods in a row (see
-    /// [`Self::is_slow`]).
-    pub(super) fn on_ack(
-        &mut self,
-        now: Instant,
-        acked: u64,
-        rtt: Option<Duration>,
-        srtt: Option<Duration>,
-    ) -> bool {
-        self.acked += acked;
-        if let Some(r) = rtt {
-            self.min_rtt = Some(self.min_rtt.map_or(r, |m| m.min(r)));
-            self.base_rtt = Some(self.base_rtt.map_or(r, |m| m.min(r)));
+    /// A master ACK of `index` (its highest contiguous block). Returns true when the master has
+    /// been too slow for the floor for [`SLOW_STRIKES`] periods in a row (see [`Self::is_slow`]).
+    pub(super) fn on_ack(&mut self, now: Instant, index: u64, srtt: Option<Duration>) -> bool {
+        if let Some((i, sent)) = self.probe {
+            if index >= i {
+                self.probe = None;
+                let r = now.saturating_duration_since(sent);
+                self.sample = Some(r);
+                self.min_rtt = Some(self.min_rtt.map_or(r, |m| m.min(r)));
+                self.max_rtt = Some(self.max_rtt.map_or(r, |m| m.max(r)));
+                self.base_rtt = Some(self.base_rtt.map_or(r, |m| m.min(r)));
+            }
         }
         let Some(ends) = self.ends else {
             self.start(now, srtt);
@@ -164,14 +212,17 @@ impl RateCtl {
         if now < ends {
             return false;
         }
-        let took = now.saturating_duration_since(self.began).max(MIN_RTO);
-        let delivered = (self.acked as f64 / took.as_secs_f64()) as u64;
         self.history = (self.history << 1) | u8::from(self.lost);
-        let queue = match (self.min_rtt, self.base_rtt) {
-            (Some(m), Some(b)) => m > b + QUEUE_TARGET.max(b),
-            _ => false,
-        };
-        let lossy = self.history.count_ones() >= LOSSY_PERIODS;
+        let base = self.base_rtt.unwrap_or_default();
+        let queue = self.min_rtt.is_some_and(|m| m > base + self.target);
+        // A loss in a period whose every round trip saw a queue is the session's own: learn to
+        // keep the queue below half of what it was when it overflowed.
+        let own_loss = self.lost && self.min_rtt.is_some_and(|m| m > base + MIN_TARGET);
+        if own_loss {
+            let seen = self.min_rtt.unwrap_or_default().saturating_sub(base);
+            self.target = (seen / 2).clamp(MIN_TARGET, QUEUE_TARGET);
+        }
+        let lossy = own_loss || self.history.count_ones() >= LOSSY_PERIODS;
         // At the floor already, a period with a loss or a queue is a strike; a clean one clears.
         if self.rate <= self.floor && (self.lost || queue) {
             self.strikes += 1;
@@ -179,15 +230,17 @@ impl RateCtl {
             self.strikes = 0;
         }
         let wanted = if lossy {
-            // From what got through, if the rate was above it.
-            self.rate.min(delivered.max(self.floor)) / 8 * 7
+            self.rate / 8 * 7
         } else if queue {
             self.rate / 16 * 15
         } else if self.lost {
             self.rate
         } else {
-            self.rate.saturating_add(self.rate / 16)
+            self.rate.saturating_add(self.rate / 32)
         };
+        if lossy || queue {
+            self.cut_hi = self.sent_hi;
+        }
         self.set(wanted);
         if lossy {
             // One reaction per loss history.
@@ -204,9 +257,9 @@ impl RateCtl {
 
     fn start(&mut self, now: Instant, srtt: Option<Duration>) {
         self.began = now;
-        self.ends = Some(now + srtt.unwrap_or(MIN_RTO).max(MIN_RTO));
-        self.acked = 0;
+        self.ends = Some(now + srtt.unwrap_or_default().max(MIN_PERIOD));
         self.min_rtt = None;
+        self.max_rtt = None;
         self.lost = false;
     }
 

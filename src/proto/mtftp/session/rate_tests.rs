@@ -1,6 +1,13 @@
 use super::*;
 
-fn ctl(rate: u64, floor: u64) -> (RateCtl, Instant) {
+/// A controller and its virtual clock.
+struct T {
+    c: RateCtl,
+    now: Instant,
+    index: u64,
+}
+
+fn ctl(rate: u64, floor: u64) -> T {
     let now = crate::sim_origin();
     let cfg = SessionConfig {
         rate,
@@ -12,88 +19,102 @@ fn ctl(rate: u64, floor: u64) -> (RateCtl, Instant) {
             "239.255.1.1:3001".parse().unwrap(),
         )
     };
-    (RateCtl::new(&cfg, now), now)
+    let mut c = RateCtl::new(&cfg, now);
+    c.on_ack(now, 0, None);
+    T { c, now, index: 0 }
 }
 
-/// One period of 10 ms: ACKs of `bytes` in all, with round trips `rtt`, a loss if `lost`.
-fn period(c: &mut RateCtl, now: &mut Instant, bytes: u64, rtt: Duration, lost: bool) -> bool {
-    let srtt = Some(Duration::from_millis(10));
-    if lost {
-        c.on_loss();
+impl T {
+    /// One period: 10 blocks timed one after the other with round trip `rtt`, 1 ms apart, each
+    /// after a loss if `lost`.
+    /// True if the master came out slow.
+    fn period(&mut self, rtt: Duration, lost: bool) -> bool {
+        let srtt = Some(Duration::from_millis(10));
+        let mut slow = false;
+        for _ in 0..10 {
+            if lost {
+                self.c.on_loss(self.index + 1);
+            }
+            self.index += 1;
+            self.c.on_send(self.now, self.index);
+            self.now += rtt;
+            slow |= self.c.on_ack(self.now, self.index, srtt);
+            self.now += Duration::from_millis(1);
+        }
+        slow
     }
-    let slow = c.on_ack(*now, bytes / 2, Some(rtt), srtt);
-    *now += Duration::from_millis(10);
-    slow | c.on_ack(*now, bytes / 2, Some(rtt), srtt)
 }
+
+const MS: Duration = Duration::from_millis(1);
 
 #[test]
 fn a_random_loss_now_and_then_keeps_the_rate() {
-    let (mut c, mut now) = ctl(10_000_000, 1_000_000);
-    c.on_ack(now, 0, None, None);
+    let mut t = ctl(10_000_000, 1_000_000);
     for i in 0..200 {
-        period(
-            &mut c,
-            &mut now,
-            100_000,
-            Duration::from_millis(1),
-            i % 4 == 0,
-        );
+        t.period(MS / 2, i % 4 == 0);
     }
-    assert_eq!(c.rate(), 10_000_000);
+    assert_eq!(t.c.rate(), 10_000_000);
 }
 
 #[test]
-fn persistent_loss_steps_down_to_what_gets_through_then_creeps_back() {
-    let (mut c, mut now) = ctl(10_000_000, 1_000_000);
-    c.on_ack(now, 0, None, None);
-    // The master gets 2 MB/s (20 kB per 10 ms) and loses in every period.
+fn persistent_loss_steps_down_then_the_rate_creeps_back() {
+    let mut t = ctl(10_000_000, 1_000_000);
     for _ in 0..40 {
-        period(&mut c, &mut now, 20_000, Duration::from_millis(1), true);
+        t.period(MS / 2, true);
     }
-    assert!(
-        c.rate() < 2_000_000 && c.rate() >= 1_000_000,
-        "{}",
-        c.rate()
-    );
+    let low = t.c.rate();
+    assert!((1_000_000..7_000_000).contains(&low), "{low}");
     for _ in 0..200 {
-        period(&mut c, &mut now, 20_000, Duration::from_millis(1), false);
+        t.period(MS / 2, false);
     }
-    assert_eq!(c.rate(), 10_000_000, "back to the ceiling");
+    assert_eq!(t.c.rate(), 10_000_000, "back to the ceiling");
 }
 
 #[test]
-fn a_growing_queue_steps_down_without_loss() {
-    let (mut c, mut now) = ctl(10_000_000, 1_000_000);
-    c.on_ack(now, 0, Some(Duration::from_millis(1)), None);
-    period(&mut c, &mut now, 100_000, Duration::from_millis(1), false);
-    let before = c.rate();
-    period(&mut c, &mut now, 100_000, Duration::from_millis(8), false);
-    assert_eq!(c.rate(), before / 16 * 15);
+fn a_standing_queue_steps_down_without_loss() {
+    let mut t = ctl(10_000_000, 1_000_000);
+    t.period(MS / 2, false);
+    let before = t.c.rate();
+    t.period(MS * 8, false);
+    assert!(t.c.rate() < before, "{} {before}", t.c.rate());
+}
+
+#[test]
+fn a_loss_with_a_queue_is_the_sessions_own_cut_at_once_and_the_target_learned() {
+    let mut t = ctl(10_000_000, 1_000_000);
+    t.period(MS / 2, false);
+    let before = t.c.rate();
+    // 1 ms of queue, then the loss: one period is enough.
+    t.period(MS / 2 + MS, true);
+    assert!(t.c.rate() <= before / 8 * 7, "{} {before}", t.c.rate());
+    assert_eq!(t.c.target, MS / 2, "half the queue seen");
 }
 
 #[test]
 fn unpaced_without_a_ceiling_until_trouble() {
-    let (mut c, mut now) = ctl(0, 1_000_000);
-    assert_eq!(c.rate(), 0);
-    c.on_timeout();
-    assert!(c.rate() > 0, "paced after a timeout");
-    c.on_ack(now, 0, None, None);
+    let mut t = ctl(0, 1_000_000);
+    assert_eq!(t.c.rate(), 0);
+    t.c.on_timeout();
+    assert!(t.c.rate() > 0, "paced after a timeout");
     for _ in 0..400 {
-        period(&mut c, &mut now, 100_000, Duration::from_millis(1), false);
+        t.period(MS / 2, false);
     }
-    assert_eq!(c.rate(), 0, "unpaced again");
+    assert_eq!(t.c.rate(), 0, "unpaced again");
 }
 
 #[test]
 fn a_master_that_cannot_keep_the_floor_strikes_out_and_a_new_master_starts_clean() {
-    let (mut c, mut now) = ctl(10_000_000, 5_000_000);
-    c.on_ack(now, 0, None, None);
+    let mut t = ctl(10_000_000, 5_000_000);
     let mut slow = false;
     for _ in 0..60 {
-        slow |= period(&mut c, &mut now, 5_000, Duration::from_millis(1), true);
+        slow |= t.period(MS / 2, true);
     }
-    assert_eq!(c.rate(), 5_000_000, "held at the floor");
-    assert!(slow && c.is_slow());
-    c.new_master();
-    assert!(!c.is_slow());
+    assert!(
+        t.c.rate() <= 5_000_000 / 16 * 17,
+        "near the floor: {}",
+        t.c.rate()
+    );
+    assert!(slow && t.c.is_slow());
+    t.c.new_master();
+    assert!(!t.c.is_slow());
 }

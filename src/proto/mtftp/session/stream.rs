@@ -13,8 +13,7 @@ impl Session {
         }
         self.stats.timeouts += 1;
         self.tries += 1;
-        self.probe = None;
-        self.karn = true;
+        self.ctl.forget_probe();
         let unconfirmed = self.cfg.protocol == Protocol::PxeMtftp && !self.confirmed;
         let budget = if unconfirmed {
             self.cfg.retries.min(UNCONFIRMED_RETRIES)
@@ -189,7 +188,6 @@ impl Session {
         self.repair_lo = 0;
         self.repair_hi = 0;
         self.burst = 1;
-        self.probe = None;
         self.ctl.new_master();
         self.named_hi = self.sent_hi;
         // The path is much the same for every member: the RTT measured so far stays.
@@ -217,14 +215,9 @@ impl Session {
         }
     }
 
-    /// An ACK from the master: time it (RFC 6298 smoothing) against the oldest send since the
-    /// last one.
-    pub(super) fn sample_rtt(&mut self, now: Instant) -> Option<Duration> {
-        let sent = self.probe.take()?;
-        if std::mem::take(&mut self.karn) {
-            return None;
-        }
-        let r = now.saturating_duration_since(sent);
+    /// After an ACK from the master: the round trip it timed, if any, smoothed (RFC 6298).
+    pub(super) fn sample_rtt(&mut self) -> Option<Duration> {
+        let r = self.ctl.take_sample()?;
         match self.srtt {
             None => {
                 self.srtt = Some(r);
@@ -241,8 +234,8 @@ impl Session {
 
     /// The master's ACK of `index` (its highest contiguous block, iPXE, EDK2 and atftp alike).
     pub(super) fn master_ack(&mut self, index: u64, now: Instant) {
-        let rtt = self.sample_rtt(now);
-        let newly = index.saturating_sub(self.acked) * self.blksize;
+        let slow = self.ctl.on_ack(now, index, self.srtt);
+        self.sample_rtt();
         self.heard_at = now;
         // Flow control: an ACK is at least one block out of the network; progress says how many.
         let progress = index.saturating_sub(self.acked).max(1);
@@ -253,9 +246,9 @@ impl Session {
         self.deadline = (self.acked < self.sent_hi).then(|| now + self.rto);
         // A gap in what went out while it was master is its own loss (not a late start).
         if self.queue_repair(now) && self.acked >= self.named_hi {
-            self.ctl.on_loss();
+            self.ctl.on_loss(self.acked + 1);
         }
-        if self.ctl.on_ack(now, newly, rtt, self.srtt) {
+        if slow {
             self.send_away_slow(now);
         }
     }
@@ -402,8 +395,11 @@ impl Session {
             self.recent.pop_front();
         }
         self.recent.push_back((first, count, now));
-        self.probe = self.probe.or(Some(now));
         let resent = self.sent_hi.saturating_sub(first - 1).min(count);
+        if resent == 0 {
+            // Only fresh blocks are timed (Karn).
+            self.ctl.on_send(now, first + count - 1);
+        }
         self.sent_hi = self.sent_hi.max(first + count - 1);
         self.stats.blocks_sent += count;
         self.stats.blocks_resent += resent;
