@@ -13,9 +13,9 @@
 //!   [`MIN_TARGET`] above the base) is the session's overflowing it: down by 1/8, and the target becomes half the queue
 //!   seen, so the next approach stops below the overflow.
 //! - **Persistent loss**: a master loses blocks now and then (a busy socket buffer, a flaky port)
-//!   whatever the rate, and slowing the whole room for that only costs time; losses in at least
-//!   [`LOSSY_PERIODS`] of the last 8 periods (or a timeout) are taken as too fast: down by 1/8
-//!   (1/2 for a timeout).
+//!   whatever the rate, and slowing the whole room for that only costs time; periods that lost
+//!   1 block in [`LOSSY_SHARE`] or more, in at least [`LOSSY_PERIODS`] of the last 8 (or a
+//!   timeout counts as such a loss), are taken as too fast: down by 1/8.
 //! - **Otherwise** the rate creeps up by 1/32 per period, up to the ceiling (`--multicast-rate`;
 //!   unpaced once past it when there is none).
 //! - Never below the floor (`--multicast-min-rate`). A period that wanted to go below it is a
@@ -36,8 +36,12 @@ pub const MIN_TARGET: Duration = Duration::from_micros(100);
 /// A rate period lasts a smoothed round trip, at least this.
 pub const MIN_PERIOD: Duration = Duration::from_millis(5);
 
-/// Periods with a loss, of the last 8, that make loss persistent.
+/// Periods that lost much, of the last 8, that make loss persistent.
 pub const LOSSY_PERIODS: u32 = 5;
+
+/// A period loses much when the master lost at least 1 block in this many sent in it: random
+/// loss of a few percent (a busy receiver, a flaky port) is not the rate's doing.
+pub const LOSSY_SHARE: u64 = 16;
 
 /// Periods in a row that wanted a rate below the floor before [`SlowPolicy::Unicast`] drops the
 /// master.
@@ -100,8 +104,13 @@ pub(super) struct RateCtl {
     /// The block whose first ACK is timed, and when it went; the round trip timed last.
     probe: Option<(u64, Instant)>,
     sample: Option<Duration>,
+    /// A loss came while the probe was out: its sample does not go to the smoothed round trip.
+    dirty: bool,
     /// The highest block sent, and what it was at the last step down.
     sent_hi: u64,
+    /// Fresh blocks sent and losses of the master in this period.
+    sent: u64,
+    losses: u64,
     cut_hi: u64,
     /// Queueing delay above the base round trip that counts as a standing queue (learned).
     target: Duration,
@@ -123,8 +132,11 @@ impl RateCtl {
             began: now,
             probe: None,
             sample: None,
+            dirty: false,
             sent_hi: 0,
             cut_hi: 0,
+            sent: 0,
+            losses: 0,
             min_rtt: None,
             max_rtt: None,
             lost: false,
@@ -155,9 +167,11 @@ impl RateCtl {
 
     /// Blocks up to `last` went out: time the first ACK that covers them, if none is timed.
     pub(super) fn on_send(&mut self, now: Instant, last: u64) {
+        self.sent += last.saturating_sub(self.sent_hi);
         self.sent_hi = self.sent_hi.max(last);
         if self.probe.is_none() {
             self.probe = Some((last, now));
+            self.dirty = false;
         }
     }
 
@@ -165,9 +179,11 @@ impl RateCtl {
     /// the last step down belong to what it reacted to already.
     pub(super) fn on_loss(&mut self, index: u64) {
         // The probe's ACK may now wait for a repair: a long sample, harmless to the period's
-        // shortest (what the queue signal reads).
+        // shortest (what the queue signal reads), kept from the smoothed round trip (Karn).
+        self.dirty = true;
         if index > self.cut_hi {
             self.lost = true;
+            self.losses += 1;
         }
     }
 
@@ -181,15 +197,16 @@ impl RateCtl {
         self.sample.take()
     }
 
-    /// The master was silent for a retransmission wait: half the rate at once.
+    /// The master was silent for a retransmission wait: a loss like the others (a lost ACK or
+    /// block with the window's credit spent is common under random loss; halving the rate for
+    /// each one took a lossy PXE room to the floor), and a strike at the floor.
     pub(super) fn on_timeout(&mut self) {
         if self.rate <= self.floor {
             self.strikes += 1;
         }
         self.lost = true;
+        self.losses += 1;
         self.probe = None;
-        self.cut_hi = self.sent_hi;
-        self.set(self.rate / 2);
     }
 
     /// A master ACK of `index` (its highest contiguous block). Returns true when the master has
@@ -199,7 +216,9 @@ impl RateCtl {
             if index >= i {
                 self.probe = None;
                 let r = now.saturating_duration_since(sent);
-                self.sample = Some(r);
+                if !std::mem::take(&mut self.dirty) {
+                    self.sample = Some(r);
+                }
                 self.min_rtt = Some(self.min_rtt.map_or(r, |m| m.min(r)));
                 self.max_rtt = Some(self.max_rtt.map_or(r, |m| m.max(r)));
                 self.base_rtt = Some(self.base_rtt.map_or(r, |m| m.min(r)));
@@ -212,7 +231,9 @@ impl RateCtl {
         if now < ends {
             return false;
         }
-        self.history = (self.history << 1) | u8::from(self.lost);
+        // A period loses much (at least 1 block in [`LOSSY_SHARE`] sent) or not.
+        let much = self.lost && self.losses * LOSSY_SHARE >= self.sent.max(1);
+        self.history = (self.history << 1) | u8::from(much);
         let base = self.base_rtt.unwrap_or_default();
         let queue = self.min_rtt.is_some_and(|m| m > base + self.target);
         // A loss in a period whose every round trip saw a queue is the session's own: learn to
@@ -261,6 +282,8 @@ impl RateCtl {
         self.min_rtt = None;
         self.max_rtt = None;
         self.lost = false;
+        self.losses = 0;
+        self.sent = 0;
     }
 
     fn set(&mut self, rate: u64) {

@@ -94,8 +94,10 @@ fn a_loss_with_a_queue_is_the_sessions_own_cut_at_once_and_the_target_learned() 
 fn unpaced_without_a_ceiling_until_trouble() {
     let mut t = ctl(0, 1_000_000);
     assert_eq!(t.c.rate(), 0);
-    t.c.on_timeout();
-    assert!(t.c.rate() > 0, "paced after a timeout");
+    for _ in 0..10 {
+        t.period(MS / 2, true);
+    }
+    assert!(t.c.rate() > 0, "paced after persistent loss");
     for _ in 0..400 {
         t.period(MS / 2, false);
     }

@@ -751,9 +751,9 @@ fn pxe_candidates_are_bounded() {
 /// Three RFC 2090 members, the first (the first master) losing 30% of what it receives however
 /// slow the stream: under `policy`, the session's events, stats and members.
 fn slow_master(policy: SlowPolicy) -> World {
-    let len = 1428 * 4000;
+    let len = 1428 * 20_000;
     let mut w = world(Protocol::Rfc2090, len, 3, 0);
-    w.s.cfg.min_rate = 20_000_000;
+    w.s.cfg.min_rate = 45_000_000;
     w.s.cfg.slow = policy;
     w.s = Session::new(w.s.cfg, w.now);
     w.sims[0].loss = 300;
@@ -772,7 +772,7 @@ fn slow_master_under_pace_holds_the_room_at_the_floor_and_everyone_completes() {
     let st = w.s.stats();
     assert_eq!((st.members_done, st.members_slow), (3, 0), "{st:?}");
     assert!(w.sims.iter().all(|m| m.complete()));
-    assert_eq!(w.s.rate(), 20_000_000, "at the floor");
+    assert_eq!(w.s.rate(), 45_000_000, "at the floor");
 }
 
 #[test]
@@ -784,7 +784,7 @@ fn slow_master_under_unicast_is_sent_an_error_and_the_room_goes_on() {
     assert!(w.sims[0].gone && !w.sims[0].complete(), "sent away");
     assert!(w.sims[1].complete() && w.sims[2].complete());
     assert!(
-        w.s.rate() > 20_000_000,
+        w.s.rate() > 45_000_000,
         "the room's rate recovered: {}",
         w.s.rate()
     );
