@@ -13,6 +13,7 @@ use crate::dhcp::config::PoolRange;
 use crate::dhcp::{DhcpConfig, DhcpMode};
 use crate::engine::mcast::{GroupPool, MtftpFile};
 use crate::engine::workers::{BackendChoice, PortRange};
+use crate::proto::mtftp::session::SlowPolicy;
 use crate::store::StoreOptions;
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -177,6 +178,14 @@ pub struct ServeArgs {
     /// RFC 2090 sessions one client address may be a member of at once; past that, unicast.
     #[arg(long, value_name = "N")]
     pub multicast_max_per_source: Option<McCap>,
+    /// Floor of a multicast session's rate, in Mbit/s of payload: the rate follows the master's
+    /// ACKs between this and `--multicast-rate`.
+    #[arg(long, value_name = "MBIT")]
+    pub multicast_min_rate: Option<u64>,
+    /// A master too slow for `--multicast-min-rate`: `pace` keeps the room at the floor while it
+    /// is master; `unicast` sends it an ERROR (it leaves; asking again, it is served by unicast).
+    #[arg(long, value_name = "POLICY")]
+    pub multicast_slow_receivers: Option<SlowPolicy>,
 
     /// DHCP responder: proxy (beside an existing DHCP server), full (isolated lab) or off.
     /// Config file: `[dhcp] mode`.
@@ -225,6 +234,11 @@ pub fn shown_defaults() -> Vec<(&'static str, String)> {
         (
             "multicast_max_per_source",
             d.multicast_max_per_source.to_string(),
+        ),
+        ("multicast_min_rate", d.multicast_min_rate.to_string()),
+        (
+            "multicast_slow_receivers",
+            d.multicast_slow_receivers.to_string(),
         ),
         ("dhcp", DhcpConfig::default().mode.to_string()),
         ("drain_timeout", d.drain_timeout.to_string()),

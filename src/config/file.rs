@@ -20,6 +20,7 @@ use super::{Retries, Timeout, TransferCap, Ttl, Workers};
 use crate::dhcp::DhcpConfig;
 use crate::engine::mcast::{GroupPool, MtftpFile};
 use crate::engine::workers::{BackendChoice, PortRange};
+use crate::proto::mtftp::session::SlowPolicy;
 use serde::Deserialize;
 use serde_path_to_error::Segment;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -106,6 +107,11 @@ pub struct FileConfig {
     pub multicast_max_members: Option<McCap>,
     /// `--multicast-max-per-source`.
     pub multicast_max_per_source: Option<McCap>,
+    /// `--multicast-min-rate`, Mbit/s.
+    pub multicast_min_rate: Option<u64>,
+    /// `--multicast-slow-receivers`, `"pace"` or `"unicast"`.
+    #[serde(default, deserialize_with = "value::parsed")]
+    pub multicast_slow_receivers: Option<SlowPolicy>,
     /// The DHCP responder (`--dhcp*` and `--boot-file` set some of its keys).
     pub dhcp: Option<DhcpConfig>,
     /// The metrics and status listener: `listen = "ADDR:PORT"` (`--metrics`).
@@ -426,6 +432,8 @@ multicast_interface = "10.0.0.1"
 multicast_loop = false
 multicast_max_members = 32
 multicast_max_per_source = 2
+multicast_min_rate = 4
+multicast_slow_receivers = "unicast"
 
 [metrics]
 listen = "127.0.0.1:9100"
@@ -439,6 +447,8 @@ listen = "127.0.0.1:9100"
         assert_eq!(f.io_backend, Some(BackendChoice::Fallback));
         assert_eq!(f.log_format, Some(LogFormat::Json));
         assert_eq!(f.multicast_loop, Some(false));
+        assert_eq!(f.multicast_min_rate, Some(4));
+        assert_eq!(f.multicast_slow_receivers, Some(SlowPolicy::Unicast));
         assert_eq!(f.allow_fragmentation, Some(true));
         assert_eq!(f.verbose, Some(1));
         assert!(f.metrics.is_some());

@@ -23,6 +23,7 @@ pub mod value;
 use crate::dhcp::{config::MtftpConfig, DhcpConfig, DhcpMode};
 use crate::engine::mcast::{self, McConfig};
 use crate::engine::workers::{BackendChoice, ListenAddr, PortRange};
+use crate::proto::mtftp::session::SlowPolicy;
 use crate::proto::tftp::options::{BlockSize, Limits, WindowSize, MAX_BLKSIZE, MIN_BLKSIZE};
 use crate::store::StoreOptions;
 use cli::ServeArgs;
@@ -85,6 +86,8 @@ pub struct Defaults {
     pub multicast_loop: bool,
     pub multicast_max_members: McCap,
     pub multicast_max_per_source: McCap,
+    pub multicast_min_rate: u64,
+    pub multicast_slow_receivers: SlowPolicy,
     /// Retransmissions of a multicast window before the master is replaced (not a key).
     pub multicast_retries: u32,
     pub drain_timeout: DrainTimeout,
@@ -110,6 +113,8 @@ pub const DEFAULTS: Defaults = Defaults {
     multicast_loop: true,
     multicast_max_members: Ranged::of(mcast::DEFAULT_MAX_MEMBERS as u64),
     multicast_max_per_source: Ranged::of(mcast::DEFAULT_MAX_PER_SOURCE as u64),
+    multicast_min_rate: 8,
+    multicast_slow_receivers: SlowPolicy::Pace,
     multicast_retries: 5,
     drain_timeout: Secs::of(10),
 };
@@ -391,6 +396,8 @@ pub fn merge(file: FileConfig, cli: &ServeArgs) -> FileConfig {
         multicast_loop: c.multicast_loop.or(file.multicast_loop),
         multicast_max_members: c.multicast_max_members.or(file.multicast_max_members),
         multicast_max_per_source: c.multicast_max_per_source.or(file.multicast_max_per_source),
+        multicast_min_rate: c.multicast_min_rate.or(file.multicast_min_rate),
+        multicast_slow_receivers: c.multicast_slow_receivers.or(file.multicast_slow_receivers),
         dhcp,
         metrics: match c.metrics {
             Some(a) => {
@@ -469,6 +476,13 @@ pub fn build(s: FileConfig) -> Result<(Config, Vec<Problem>), ConfigErrors> {
             .multicast_rate
             .unwrap_or(d.multicast_rate)
             .saturating_mul(1_000_000 / 8),
+        min_rate: s
+            .multicast_min_rate
+            .unwrap_or(d.multicast_min_rate)
+            .saturating_mul(1_000_000 / 8),
+        slow: s
+            .multicast_slow_receivers
+            .unwrap_or(d.multicast_slow_receivers),
         window: s.multicast_window.unwrap_or(d.multicast_window).get() as u16,
         timeout: s
             .multicast_timeout

@@ -47,7 +47,8 @@
 use crate::engine::send::{sendmmsg_all, TxBufs, MAX_TX_BLOCKS};
 use crate::engine::{Io, Service};
 use crate::proto::mtftp::session::{
-    JoinError, Joined, LeaveReason, Session, SessionConfig, SessionEvent, BLKSIZE_BUCKETS,
+    JoinError, Joined, LeaveReason, Session, SessionConfig, SessionEvent, SlowPolicy,
+    BLKSIZE_BUCKETS,
 };
 use crate::proto::mtftp::Protocol;
 use crate::proto::ratelog::LogLimit;
@@ -104,6 +105,9 @@ struct Running {
     started: Instant,
     /// Ended by a send error (file truncated).
     failed: bool,
+    /// RFC 2090: the admission was told the session takes no new member (block numbers wrap and
+    /// the stream started: [`JoinError::Late`]); later requests go to unicast.
+    closed: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -330,6 +334,8 @@ impl McService {
             group,
             window: WindowSize::new(self.cfg.window).unwrap_or(WindowSize::ONE),
             rate: self.cfg.rate,
+            min_rate: self.cfg.min_rate,
+            slow: self.cfg.slow,
             timeout: self.cfg.timeout,
             retries: self.cfg.retries,
             tsize_in_oack: tsize,
@@ -411,6 +417,7 @@ impl McService {
                         key,
                         started: now,
                         failed: false,
+                        closed: false,
                     };
                     self.add_session(io, r)
                 });
@@ -446,6 +453,7 @@ impl McService {
                 let file = r.content.display_path().to_owned();
                 let msg = match e {
                     JoinError::Full => "multicast session full",
+                    JoinError::Late => "multicast session past its start; ask again",
                     JoinError::Busy | JoinError::Over => "multicast session ended; ask again",
                 };
                 self.not_placed(j.client, &file, msg, now);
@@ -460,6 +468,12 @@ impl McService {
         let Some(r) = self.sessions.get_mut(&token) else {
             return;
         };
+        if !r.closed && !r.session.admits_joiners() {
+            r.closed = true;
+            if let Key::Rfc2090 { slot, gen } = r.key {
+                lock(&self.admission).close(slot, gen);
+            }
+        }
         let file = r.content.display_path();
         let pxe = r.session.config().protocol == Protocol::PxeMtftp;
         while let Some(ev) = r.session.poll_event() {
@@ -481,7 +495,16 @@ impl McService {
                 }
                 SessionEvent::Left { addr, reason } => {
                     if let Key::Rfc2090 { slot, gen } = r.key {
-                        lock(&self.admission).release(slot, gen, addr);
+                        let mut a = lock(&self.admission);
+                        a.release(slot, gen, addr);
+                        if reason == LeaveReason::Slow {
+                            a.mark_slow(addr.ip());
+                        }
+                    }
+                    if reason == LeaveReason::Slow {
+                        if let Some(suppressed) = self.logs.left.allow(now) {
+                            info!(file, group = %r.group, client = %addr, min_rate = r.session.config().min_rate, suppressed, "multicast master too slow for the floor rate: ERROR sent, served by unicast when it asks again");
+                        }
                     }
                     if matches!(reason, LeaveReason::Vanished | LeaveReason::Aborted) {
                         if let Some(suppressed) = self.logs.left.allow(now) {
@@ -575,6 +598,7 @@ impl McService {
                             key,
                             started: now,
                             failed: false,
+                            closed: false,
                         };
                         self.add_session(io, r)
                     });

@@ -88,8 +88,12 @@ pub struct McConfig {
     pub interface: Option<Ipv4Addr>,
     /// Deliver our multicast to listeners on this host too (`IP_MULTICAST_LOOP`).
     pub loopback: bool,
-    /// Payload bytes per second per session.
+    /// Payload bytes per second per session at most (0: no cap).
     pub rate: u64,
+    /// Payload bytes per second a session's rate never goes below.
+    pub min_rate: u64,
+    /// What to do with a master too slow for `min_rate`.
+    pub slow: SlowPolicy,
     /// Blocks between master ACKs.
     pub window: u16,
     pub timeout: Duration,

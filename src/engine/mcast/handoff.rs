@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tracing::{info, warn};
 
+/// Client addresses remembered as too slow for multicast (the oldest forgotten first).
+pub const SLOW_REMEMBERED: usize = 1024;
+
 /// Why [`McHandle::submit`] did not hand a request over (the worker then serves it by unicast).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -28,16 +31,24 @@ pub enum Refusal {
     SourceCap,
     /// The hand-over channel is full or the service is gone.
     Saturated,
+    /// The file's session has started and its block numbers wrap (more than 65535 blocks): a
+    /// joiner could not tell which wrap it hears (RFC 2090 carries no position).
+    Late,
+    /// The client was sent away from a session as too slow (`--multicast-slow-receivers
+    /// unicast`); its next request goes to unicast.
+    Slow,
 }
 
 impl Refusal {
-    pub(super) const ALL: [Refusal; 6] = [
+    pub(super) const ALL: [Refusal; 8] = [
         Refusal::Disabled,
         Refusal::BlockSize,
         Refusal::PoolFull,
         Refusal::SessionFull,
         Refusal::SourceCap,
         Refusal::Saturated,
+        Refusal::Late,
+        Refusal::Slow,
     ];
 
     pub(super) fn as_str(self) -> &'static str {
@@ -48,6 +59,8 @@ impl Refusal {
             Refusal::SessionFull => "the file's multicast session is full",
             Refusal::SourceCap => "client address at its multicast session limit",
             Refusal::Saturated => "multicast service saturated",
+            Refusal::Late => "the file's multicast session started and its block numbers wrap",
+            Refusal::Slow => "the client was too slow for a multicast session",
         }
     }
 }
@@ -74,6 +87,8 @@ pub(super) struct Entry {
     pub(super) gen: u64,
     /// Memberships counted: reserved or joined, not yet gone.
     pub(super) refs: u32,
+    /// The session takes no new member ([`Refusal::Late`]); members' resent requests still go to it.
+    pub(super) closed: bool,
 }
 
 /// RFC 2090 admission: groups, sessions and memberships, shared by the workers (deciding) and the
@@ -91,9 +106,12 @@ pub(super) struct Admission {
     pub(super) max_per_source: u32,
     pub(super) next_gen: u64,
     /// One limiter per refusal reason (indexed like [`Refusal::ALL`]).
-    pub(super) logs: [LogLimit; 6],
+    pub(super) logs: [LogLimit; 8],
     /// Settings of a reload, for the service to take ([`McHandle::reload`]).
     pub(super) reload: Option<Box<McConfig>>,
+    /// Addresses sent away from a session as too slow, oldest first (at most [`SLOW_REMEMBERED`]):
+    /// their next request is served by unicast.
+    pub(super) slow: VecDeque<IpAddr>,
 }
 
 impl Admission {
@@ -111,6 +129,7 @@ impl Admission {
             next_gen: 0,
             logs: Default::default(),
             reload: None,
+            slow: VecDeque::new(),
         }
     }
 
@@ -125,6 +144,10 @@ impl Admission {
             return Err(Refusal::Disabled);
         }
         let bucket = blksize_bucket(granted).ok_or(Refusal::BlockSize)?;
+        if let Some(i) = self.slow.iter().position(|&a| a == client.ip()) {
+            self.slow.remove(i);
+            return Err(Refusal::Slow);
+        }
         let source_full = self
             .per_source
             .get(&client.ip())
@@ -139,6 +162,9 @@ impl Admission {
                         bucket,
                         counted: false,
                     });
+                }
+                if e.closed {
+                    return Err(Refusal::Late);
                 }
                 if e.refs >= self.max_members {
                     return Err(Refusal::SessionFull);
@@ -159,6 +185,7 @@ impl Admission {
                     bucket,
                     gen: self.next_gen,
                     refs: 0,
+                    closed: false,
                 });
                 self.by_key.insert((content, bucket), slot);
                 slot
@@ -207,6 +234,23 @@ impl Admission {
             self.slots[slot as usize] = None;
             self.by_key.remove(&key);
             self.free.push_back(slot);
+        }
+    }
+
+    /// `client` was sent away from a session as too slow: its next request goes to unicast.
+    pub(super) fn mark_slow(&mut self, client: IpAddr) {
+        if !self.slow.contains(&client) {
+            if self.slow.len() >= SLOW_REMEMBERED {
+                self.slow.pop_front();
+            }
+            self.slow.push_back(client);
+        }
+    }
+
+    /// The session in `slot` takes no new member from now on ([`Refusal::Late`]).
+    pub(super) fn close(&mut self, slot: u32, gen: u64) {
+        if let Some(e) = self.entry(slot, gen) {
+            e.closed = true;
         }
     }
 

@@ -138,6 +138,8 @@ fn a_request_handed_over_that_the_service_cannot_place_gets_an_error_and_its_pla
         interface: None,
         loopback: true,
         rate: 0,
+        min_rate: 1_000_000,
+        slow: SlowPolicy::Pace,
         window: 16,
         timeout: Duration::from_millis(200),
         retries: 5,
@@ -219,4 +221,19 @@ fn a_full_channel_takes_nothing_and_says_so() {
     };
     assert_eq!(handle.submit(join, Instant::now()), Err(Refusal::Saturated));
     assert_eq!(lock(&admission).groups_in_use(), 0);
+}
+
+#[test]
+fn admission_sends_joiners_of_a_closed_session_to_unicast_but_keeps_its_members() {
+    // A session whose block numbers wrap takes no member once its stream started (the driver
+    // closes it): newcomers are served by unicast, members' resent requests still reach it.
+    let mut a = Admission::new(pool("239.255.42.0/24"), 256, 4);
+    let x = a.admit(client(1, 1000), 1, 1468).unwrap();
+    a.close(x.slot, x.gen);
+    assert_eq!(a.admit(client(2, 1000), 1, 1468), Err(Refusal::Late));
+    let again = a.admit(client(1, 1000), 1, 1468).unwrap();
+    assert_eq!((again.slot, again.counted), (x.slot, false));
+    // When it ends, the next session of the file admits again.
+    a.release(x.slot, x.gen, client(1, 1000));
+    assert!(a.admit(client(2, 1000), 1, 1468).unwrap().counted);
 }

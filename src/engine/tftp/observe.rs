@@ -73,6 +73,8 @@ impl Observer {
             R::SessionFull => M::SessionFull,
             R::SourceCap => M::SourceCap,
             R::Saturated => M::Saturated,
+            R::Late => M::Late,
+            R::Slow => M::Slow,
         });
     }
 

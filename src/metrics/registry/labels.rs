@@ -205,5 +205,9 @@ label_enum! {
         NotFound => "not_found",
         /// PXE MTFTP: the file has no MTFTP settings (not in the `--mtftp` list).
         NoMtftp => "no_mtftp",
+        /// RFC 2090: a late joiner of a session past 65535 blocks (served by unicast).
+        Late => "late",
+        /// RFC 2090: an address sent away from a session as too slow (served by unicast).
+        Slow => "slow",
     }
 }

@@ -579,6 +579,8 @@ mod tests {
             group: GROUP,
             window: WindowSize::new(16).unwrap(),
             rate: 100_000_000,
+            min_rate: 1_000_000,
+            slow: crate::proto::mtftp::session::SlowPolicy::Pace,
             timeout: Duration::from_millis(20),
             retries: 3,
             tsize_in_oack: true,

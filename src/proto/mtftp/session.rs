@@ -19,6 +19,13 @@
 //!   for everyone who lost it. A gap right after the last repair doubles the next run (up to
 //!   `window`): a late joiner gets what it missed at the stream's pace, not a block per RTT. After
 //!   the pass only repairs go out, one master's gaps after another's.
+//! - Rate ([`rate`]): paced at a rate that follows the master's ACKs, per round trip: a standing
+//!   queue (the round trip above the shortest by [`QUEUE_TARGET`]) steps it down by 1/16,
+//!   persistent loss (in [`LOSSY_PERIODS`] of 8 round trips, or a timeout) by 1/8 (1/2), a clean
+//!   round trip up by 1/16; between `min_rate` and `rate` (none: unpaced until trouble). A master
+//!   that would take it below `min_rate` for [`SLOW_STRIKES`] round trips in a row is slow:
+//!   [`SlowPolicy::Pace`] keeps the room at the floor; [`SlowPolicy::Unicast`] sends it an ERROR
+//!   ([`LeaveReason::Slow`]; never the last member) and names the next master.
 //! - Timing: the retransmission wait follows the master's RTT (RFC 6298 smoothing, at least
 //!   [`MIN_RTO`], at most `timeout`; `timeout` until measured; no sample from the first ACK after
 //!   a timeout). When it passes without an ACK, the master's first gap goes again and the
@@ -59,11 +66,21 @@
 //!   (one per member at most), events queued ([`EVENT_CAP`], the excess dropped and counted in
 //!   [`SessionStats::events_dropped`]; a driver that drains after every call never loses one).
 //! - Block numbers wrap past 65535 to 0 (iPXE accepts it), so large files are served, not refused.
+//!   RFC 2090 carries no position, so a client can place a number only by following the stream
+//!   from block 1: a file of more than 65535 blocks admits members only until its first block
+//!   goes out; a later joiner is refused with [`JoinError::Late`] ([`Session::admits_joiners`])
+//!   and the driver serves it by unicast (RFC 2090 lets a server ignore the option; atftp and
+//!   iPXE then download as plain TFTP). PXE MTFTP listeners cannot be refused (they hear the
+//!   group before they open): clients that place a number after the block received last (the
+//!   [`client`](super::client) model) get a late start and the repairs of the beginning
+//!   byte-exact; iPXE places a number in the 65536-block span of its first gap, so an iPXE
+//!   listener that starts hearing past block 65535 misplaces what it hears (docs: keep PXE MTFTP
+//!   files under 32 MiB, or use RFC 2090 or unicast for larger ones).
 //! - The session never reads file bytes: DATA is described by block index, like unicast transfers.
 
 use super::Protocol;
 use crate::proto::tftp::options::{BlockSize, WindowSize};
-use crate::proto::tftp::packet::{OptionWriter, Packet};
+use crate::proto::tftp::packet::{emit_error, ErrorCode, OptionWriter, Packet};
 use crate::proto::tftp::BlockNum;
 use crate::proto::{Payload, Transmit};
 use std::collections::VecDeque;
@@ -140,8 +157,13 @@ pub struct SessionConfig {
     pub group: SocketAddr,
     /// Blocks sent between two master ACKs.
     pub window: WindowSize,
-    /// Pacing: payload bytes per second (0: unpaced).
+    /// Pacing ceiling: payload bytes per second (0: none). The rate follows the master's
+    /// feedback below it ([`rate`]).
     pub rate: u64,
+    /// The floor of the rate ([`DEFAULT_MIN_RATE`]).
+    pub min_rate: u64,
+    /// What to do with a master too slow for `min_rate`.
+    pub slow: SlowPolicy,
     /// Retransmission timeout for a window not acknowledged by the master (the first wait; it
     /// backs off up to 8x while the master stays silent).
     pub timeout: Duration,
@@ -169,6 +191,8 @@ impl SessionConfig {
             group,
             window: WINDOW,
             rate: 0,
+            min_rate: DEFAULT_MIN_RATE,
+            slow: SlowPolicy::Pace,
             timeout: Duration::from_millis(200),
             retries: 5,
             tsize_in_oack: false,
@@ -189,6 +213,8 @@ pub enum LeaveReason {
     /// PXE MTFTP: another opener acknowledged first, or a newer opener took its place among the
     /// candidates. It hears the stream from the group like any listener.
     Superseded,
+    /// Too slow for the floor rate under [`SlowPolicy::Unicast`]: it was sent an ERROR.
+    Slow,
 }
 
 /// What happened to the members, for the driver's bookkeeping and logs.
@@ -224,8 +250,13 @@ pub struct SessionStats {
     /// Of those, the ones that did not answer (done already, most likely: not counted as
     /// vanished).
     pub listeners_silent: u32,
+    /// Masters sent away as too slow ([`SlowPolicy::Unicast`]).
+    pub members_slow: u32,
     /// Joins refused because the session was full.
     pub joins_refused: u32,
+    /// RFC 2090 joins refused because the file's block numbers wrap and the stream had started
+    /// ([`JoinError::Late`]).
+    pub joins_late: u32,
     /// Events not queued because the driver did not drain [`Session::poll_event`].
     pub events_dropped: u32,
     /// ACKs taken from members (a session whose members never acknowledged served nobody).
@@ -254,6 +285,11 @@ pub enum JoinError {
     /// RFC 2090: `max_members` reached.
     #[error("the session is full")]
     Full,
+    /// RFC 2090: the file has more than 65535 blocks and the stream has started: a joiner could
+    /// not tell which wrap a block number is in (the protocol carries no position). Serve it by
+    /// unicast (RFC 2090 lets a server ignore the option).
+    #[error("the session's block numbers wrap and its stream has started")]
+    Late,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,12 +300,17 @@ enum Pending {
     OackAgain { to: SocketAddr },
     /// PXE MTFTP: block 1 unicast to an opener.
     FirstBlock { to: SocketAddr },
+    /// ERROR to a master sent away as too slow.
+    Slow { to: SocketAddr },
 }
 
 impl Pending {
     fn to(&self) -> SocketAddr {
         match *self {
-            Pending::Oack { to, .. } | Pending::OackAgain { to } | Pending::FirstBlock { to } => to,
+            Pending::Oack { to, .. }
+            | Pending::OackAgain { to }
+            | Pending::FirstBlock { to }
+            | Pending::Slow { to } => to,
         }
     }
 }
@@ -316,12 +357,10 @@ pub struct Session {
     recent: VecDeque<(u64, u64, Instant)>,
     /// Highest index ever sent (for resend accounting).
     sent_hi: u64,
-    /// RTT of the master: smoothed, its variation, and the send an ACK is timed from (none for
-    /// the first ACK after a timeout: it may answer a resend, Karn's rule).
+    /// RTT of the master, smoothed, and its variation (samples from [`rate`]: a fresh block to
+    /// the first ACK covering it, none across a loss or a timeout).
     srtt: Option<Duration>,
     rttvar: Duration,
-    probe: Option<Instant>,
-    karn: bool,
     /// When the master last acknowledged (or was named): it vanishes only after `retries` waits
     /// and at least `(retries + 1) x timeout` of silence, however short its RTT.
     heard_at: Instant,
@@ -347,6 +386,10 @@ pub struct Session {
     tries: u32,
     over: bool,
     stats: SessionStats,
+    /// The rate from the master's feedback.
+    ctl: RateCtl,
+    /// The stream's end when the master was named: its gaps past it are its own losses.
+    named_hi: u64,
 }
 
 impl Session {
@@ -374,8 +417,6 @@ impl Session {
             sent_hi: 0,
             srtt: None,
             rttvar: Duration::ZERO,
-            probe: None,
-            karn: false,
             heard_at: now,
             awaiting_master: false,
             listeners: VecDeque::new(),
@@ -388,6 +429,8 @@ impl Session {
             tries: 0,
             over: false,
             stats: SessionStats::default(),
+            ctl: RateCtl::new(&cfg, now),
+            named_hi: 0,
         }
     }
 
@@ -397,6 +440,11 @@ impl Session {
 
     pub fn stats(&self) -> SessionStats {
         self.stats
+    }
+
+    /// The pacing rate now, payload bytes per second (0: unpaced).
+    pub fn rate(&self) -> u64 {
+        self.ctl.rate()
     }
 
     pub fn total_blocks(&self) -> u64 {
@@ -416,6 +464,13 @@ impl Session {
     /// The members still in the session (for a driver that ends it early, to tell them).
     pub fn member_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.members.iter().map(|m| m.addr)
+    }
+
+    /// RFC 2090: whether a new member may join. Not once the stream of a file of more than 65535
+    /// blocks has started ([`JoinError::Late`]): block numbers carry no wrap, so only members
+    /// that heard the stream from block 1 can place what they hear.
+    pub fn admits_joiners(&self) -> bool {
+        !self.over && (self.total_blocks <= 0xffff || self.sent_hi == 0)
     }
 
     /// True once every member is done or gone.
@@ -461,6 +516,10 @@ impl Session {
                         self.pending.push_back(Pending::Oack { to: addr, master });
                     }
                     return Ok(Joined::Again);
+                }
+                if !self.admits_joiners() {
+                    self.stats.joins_late += 1;
+                    return Err(JoinError::Late);
                 }
                 if self.members.len() >= self.cfg.max_members.max(1) {
                     self.stats.joins_refused += 1;
@@ -617,8 +676,10 @@ impl Session {
 
     fn member_gone(&mut self, idx: usize, now: Instant, reason: LeaveReason) {
         let m = self.members.remove(idx);
-        if reason != LeaveReason::Done {
-            self.stats.members_vanished += 1;
+        match reason {
+            LeaveReason::Done => {}
+            LeaveReason::Slow => self.stats.members_slow += 1,
+            _ => self.stats.members_vanished += 1,
         }
         self.pending.retain(|p| p.to() != m.addr);
         self.event(SessionEvent::Left {
@@ -688,103 +749,6 @@ impl Session {
         }
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let Some(d) = self.deadline else { return };
-        if now < d || self.over {
-            return;
-        }
-        self.stats.timeouts += 1;
-        self.tries += 1;
-        self.probe = None;
-        self.karn = true;
-        let unconfirmed = self.cfg.protocol == Protocol::PxeMtftp && !self.confirmed;
-        let budget = if unconfirmed {
-            self.cfg.retries.min(UNCONFIRMED_RETRIES)
-        } else {
-            self.cfg.retries
-        };
-        if unconfirmed && self.promoting && self.tries > budget {
-            // The listeners asked did not answer: the next one.
-            self.stats.listeners_silent += self.members.len() as u32;
-            self.silent_in_a_row += 1;
-            if self.silent_in_a_row >= SILENT_LISTENERS {
-                // Those remembered are most likely done; one that is not re-opens on its own.
-                self.listeners.clear();
-            }
-            self.members.clear();
-            self.master = None;
-            self.pending.clear();
-            return self.promote(now);
-        }
-        let silent = now.saturating_duration_since(self.heard_at);
-        let long_silent = silent >= self.cfg.timeout * (self.cfg.retries + 1);
-        if self.tries > budget && (unconfirmed || self.awaiting_master || long_silent) {
-            if unconfirmed {
-                // No opener acknowledged: they all go (spoofed, or gone); the next listener is
-                // asked, or the session ends.
-                for m in std::mem::take(&mut self.members) {
-                    self.stats.members_vanished += 1;
-                    self.event(SessionEvent::Left {
-                        addr: m.addr,
-                        reason: LeaveReason::Vanished,
-                    });
-                }
-                self.master = None;
-                self.pending.clear();
-                self.promote(now);
-            } else if let Some(idx) = self
-                .master
-                .and_then(|a| self.members.iter().position(|m| m.addr == a))
-            {
-                // The master vanished.
-                self.member_gone(idx, now, LeaveReason::Vanished);
-            } else {
-                self.finish();
-            }
-            return;
-        }
-        if self.awaiting_master && !unconfirmed {
-            if let Some(m) = self.master {
-                if !self.pending.iter().any(|p| p.to() == m) {
-                    self.pending.push_back(Pending::Oack {
-                        to: m,
-                        master: true,
-                    });
-                }
-            }
-            // A named master that never answered may be long gone (passive members leave
-            // without a word): every member waits while it is asked, so ask at a steady pace,
-            // not backing off.
-            self.deadline = Some(now + self.cfg.timeout);
-            return;
-        }
-        if unconfirmed {
-            // Every opener may have lost its unicast block 1 (or its ACK): once more each, at a
-            // steady pace; still nothing to the group.
-            for i in 0..self.members.len() {
-                let to = self.members[i].addr;
-                self.members[i].first_sent = Some(now);
-                if !self.pending.contains(&Pending::FirstBlock { to }) {
-                    self.pending.push_back(Pending::FirstBlock { to });
-                }
-            }
-            let wait = if self.promoting {
-                self.promote_wait()
-            } else {
-                self.cfg.timeout
-            };
-            self.deadline = Some(now + wait);
-            return;
-        }
-        // The master is silent: what it lacks (blocks, or its ACKs) may be lost. Its first gap
-        // again, and the window's credit back; the wait backs off.
-        self.inflight = 0;
-        self.recent.clear();
-        self.rto = self.rto_base() * (1 << self.tries.min(MAX_BACKOFF_SHIFT));
-        self.queue_repair(now);
-        self.deadline = Some(now + self.rto);
-    }
-
     /// Next thing to send; control datagrams are written into `buf` (>= 512 bytes).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if self.over {
@@ -804,6 +768,10 @@ impl Session {
                 Pending::FirstBlock { to } => Transmit {
                     dest: to,
                     payload: Payload::Blocks { first: 1, count: 1 },
+                },
+                Pending::Slow { to } => Transmit {
+                    dest: to,
+                    payload: Payload::Datagram(emit_error(buf, ErrorCode::NotDefined, SLOW_ERROR)),
                 },
             });
         }
@@ -842,7 +810,16 @@ fn format_mc(buf: &mut [u8; 64], group: SocketAddr, master: bool) -> &[u8] {
     &buf[..n]
 }
 
+mod rate;
 mod stream;
 
+use rate::RateCtl;
+pub use rate::{
+    SlowPolicy, DEFAULT_MIN_RATE, LOSSY_PERIODS, MIN_PERIOD, MIN_TARGET, QUEUE_TARGET, SLOW_ERROR,
+    SLOW_STRIKES,
+};
+
+#[cfg(test)]
+mod bottleneck_tests;
 #[cfg(test)]
 mod tests;

@@ -278,3 +278,6 @@ impl Node for McMember {
         self.take_events();
     }
 }
+
+#[cfg(test)]
+mod tests;

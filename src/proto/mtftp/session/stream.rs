@@ -5,6 +5,107 @@
 use super::*;
 
 impl Session {
+    /// Call at [`poll_timeout`](Self::poll_timeout): resends, backoff, vanished masters.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(d) = self.deadline else { return };
+        if now < d || self.over {
+            return;
+        }
+        self.stats.timeouts += 1;
+        self.tries += 1;
+        self.ctl.forget_probe();
+        let unconfirmed = self.cfg.protocol == Protocol::PxeMtftp && !self.confirmed;
+        let budget = if unconfirmed {
+            self.cfg.retries.min(UNCONFIRMED_RETRIES)
+        } else {
+            self.cfg.retries
+        };
+        if unconfirmed && self.promoting && self.tries > budget {
+            // The listeners asked did not answer: the next one.
+            self.stats.listeners_silent += self.members.len() as u32;
+            self.silent_in_a_row += 1;
+            if self.silent_in_a_row >= SILENT_LISTENERS {
+                // Those remembered are most likely done; one that is not re-opens on its own.
+                self.listeners.clear();
+            }
+            self.members.clear();
+            self.master = None;
+            self.pending.clear();
+            return self.promote(now);
+        }
+        let silent = now.saturating_duration_since(self.heard_at);
+        let long_silent = silent >= self.cfg.timeout * (self.cfg.retries + 1);
+        if self.tries > budget && (unconfirmed || self.awaiting_master || long_silent) {
+            if unconfirmed {
+                // No opener acknowledged: they all go (spoofed, or gone); the next listener is
+                // asked, or the session ends.
+                for m in std::mem::take(&mut self.members) {
+                    self.stats.members_vanished += 1;
+                    self.event(SessionEvent::Left {
+                        addr: m.addr,
+                        reason: LeaveReason::Vanished,
+                    });
+                }
+                self.master = None;
+                self.pending.clear();
+                self.promote(now);
+            } else if let Some(idx) = self
+                .master
+                .and_then(|a| self.members.iter().position(|m| m.addr == a))
+            {
+                // The master vanished.
+                self.member_gone(idx, now, LeaveReason::Vanished);
+            } else {
+                self.finish();
+            }
+            return;
+        }
+        if self.awaiting_master && !unconfirmed {
+            if let Some(m) = self.master {
+                if !self.pending.iter().any(|p| p.to() == m) {
+                    self.pending.push_back(Pending::Oack {
+                        to: m,
+                        master: true,
+                    });
+                }
+            }
+            // A named master that never answered may be long gone (passive members leave
+            // without a word): every member waits while it is asked, so ask at a steady pace,
+            // not backing off.
+            self.deadline = Some(now + self.cfg.timeout);
+            return;
+        }
+        if unconfirmed {
+            // Every opener may have lost its unicast block 1 (or its ACK): once more each, at a
+            // steady pace; still nothing to the group.
+            for i in 0..self.members.len() {
+                let to = self.members[i].addr;
+                self.members[i].first_sent = Some(now);
+                if !self.pending.contains(&Pending::FirstBlock { to }) {
+                    self.pending.push_back(Pending::FirstBlock { to });
+                }
+            }
+            let wait = if self.promoting {
+                self.promote_wait()
+            } else {
+                self.cfg.timeout
+            };
+            self.deadline = Some(now + wait);
+            return;
+        }
+        // The master is silent: what it lacks (blocks, or its ACKs) may be lost. Its first gap
+        // again, and the window's credit back; the wait backs off.
+        self.inflight = 0;
+        self.recent.clear();
+        self.rto = self.rto_base() * (1 << self.tries.min(MAX_BACKOFF_SHIFT));
+        self.ctl.on_timeout();
+        if self.ctl.is_slow() && self.send_away_slow(now) {
+            return;
+        }
+        self.queue_repair(now);
+        self.deadline = Some(now + self.rto);
+    }
+
     /// PXE MTFTP open. See the module docs.
     pub(super) fn open(&mut self, addr: SocketAddr, now: Instant) -> Result<Joined, JoinError> {
         if self.confirmed {
@@ -87,7 +188,8 @@ impl Session {
         self.repair_lo = 0;
         self.repair_hi = 0;
         self.burst = 1;
-        self.probe = None;
+        self.ctl.new_master();
+        self.named_hi = self.sent_hi;
         // The path is much the same for every member: the RTT measured so far stays.
         self.rto = self.rto_base();
     }
@@ -113,16 +215,9 @@ impl Session {
         }
     }
 
-    /// An ACK from the master: time it (RFC 6298 smoothing) against the oldest send since the
-    /// last one.
-    pub(super) fn sample_rtt(&mut self, now: Instant) {
-        let Some(sent) = self.probe.take() else {
-            return;
-        };
-        if std::mem::take(&mut self.karn) {
-            return;
-        }
-        let r = now.saturating_duration_since(sent);
+    /// After an ACK from the master: the round trip it timed, if any, smoothed (RFC 6298).
+    pub(super) fn sample_rtt(&mut self) -> Option<Duration> {
+        let r = self.ctl.take_sample()?;
         match self.srtt {
             None => {
                 self.srtt = Some(r);
@@ -134,11 +229,13 @@ impl Session {
                 self.srtt = Some((s * 7 + r) / 8);
             }
         }
+        Some(r)
     }
 
     /// The master's ACK of `index` (its highest contiguous block, iPXE, EDK2 and atftp alike).
     pub(super) fn master_ack(&mut self, index: u64, now: Instant) {
-        self.sample_rtt(now);
+        let slow = self.ctl.on_ack(now, index, self.srtt);
+        self.sample_rtt();
         self.heard_at = now;
         // Flow control: an ACK is at least one block out of the network; progress says how many.
         let progress = index.saturating_sub(self.acked).max(1);
@@ -147,20 +244,46 @@ impl Session {
         self.rto = self.rto_base();
         self.acked = self.acked.max(index);
         self.deadline = (self.acked < self.sent_hi).then(|| now + self.rto);
-        self.queue_repair(now);
+        // A gap in what went out while it was master is its own loss (not a late start).
+        if self.queue_repair(now) && self.acked >= self.named_hi {
+            self.ctl.on_loss(self.acked + 1);
+        }
+        if slow {
+            self.send_away_slow(now);
+        }
+    }
+
+    /// [`SlowPolicy::Unicast`]: the master cannot keep the floor rate: an ERROR to it, and the
+    /// next member is master. Not the last member (there is no room to keep the pace for).
+    /// Returns true when it was sent away.
+    pub(super) fn send_away_slow(&mut self, now: Instant) -> bool {
+        let others = self.members.len() > 1 || !self.listeners.is_empty();
+        let Some(at) = self.master else { return false };
+        let Some(idx) = self.members.iter().position(|m| m.addr == at) else {
+            return false;
+        };
+        if self.cfg.slow != SlowPolicy::Unicast || !others {
+            return false;
+        }
+        self.member_gone(idx, now, LeaveReason::Slow);
+        if !self.over {
+            self.pending.push_back(Pending::Slow { to: at });
+        }
+        true
     }
 
     /// Repair the master's first gap when it lies in what was sent already and is not on its
     /// way (it lost it, or it joined after it went); runs of gaps (a late joiner) double the run
     /// up to `window`. The stream is not rewound: repairs go out once, merged with it, and
     /// everyone missing them hears them too.
-    pub(super) fn queue_repair(&mut self, now: Instant) {
+    /// Returns true when a repair was queued.
+    pub(super) fn queue_repair(&mut self, now: Instant) -> bool {
         let gap = self.acked + 1;
         if gap > self.sent_hi.min(self.total_blocks)
             || self.in_flight(gap, now)
             || self.repairs.iter().any(|r| (r.0..r.0 + r.1).contains(&gap))
         {
-            return;
+            return false;
         }
         let window = self.cfg.window.get() as u64;
         self.burst = if self.repair_hi > 0 && gap == self.repair_hi + 1 {
@@ -176,6 +299,7 @@ impl Session {
         }
         self.repair_lo = gap;
         self.repair_hi = gap + count - 1;
+        true
     }
 
     /// Whether block `index` went less than a retransmission wait ago (may be on its way).
@@ -249,8 +373,9 @@ impl Session {
         };
         let mut count = avail.min(self.cfg.window.get() as u64 - self.inflight);
         // Token bucket: as many blocks as the rate allows by `now`, with at most 1 ms of burst credit.
-        if self.cfg.rate > 0 {
-            let per_block = Duration::from_secs_f64(self.blksize as f64 / self.cfg.rate as f64);
+        let rate = self.ctl.rate();
+        if rate > 0 {
+            let per_block = Duration::from_secs_f64(self.blksize as f64 / rate as f64);
             let earliest = now.checked_sub(BURST).unwrap_or(now);
             let start = self.next_send_at.max(earliest);
             let allowed = (now.saturating_duration_since(start).as_secs_f64()
@@ -274,8 +399,11 @@ impl Session {
             self.recent.pop_front();
         }
         self.recent.push_back((first, count, now));
-        self.probe = self.probe.or(Some(now));
         let resent = self.sent_hi.saturating_sub(first - 1).min(count);
+        if resent == 0 {
+            // Only fresh blocks are timed (Karn).
+            self.ctl.on_send(now, first + count - 1);
+        }
         self.sent_hi = self.sent_hi.max(first + count - 1);
         self.stats.blocks_sent += count;
         self.stats.blocks_resent += resent;

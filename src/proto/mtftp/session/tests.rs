@@ -20,6 +20,8 @@ fn cfg(protocol: Protocol, len: u64) -> SessionConfig {
         group: "239.255.1.1:3001".parse().unwrap(),
         window: WindowSize::new(8).unwrap(),
         rate: 50_000_000,
+        min_rate: 1_000_000,
+        slow: crate::proto::mtftp::session::SlowPolicy::Pace,
         timeout: Duration::from_millis(50),
         retries: 4,
         tsize_in_oack: true,
@@ -92,6 +94,12 @@ impl sim::Node for Sim {
             Ok(Packet::Data { data, .. }) => {
                 let index = u64::from_be_bytes(data[..8].try_into().unwrap());
                 self.deliver_block(index);
+            }
+            Ok(Packet::Error { .. }) => {
+                // Sent away (too slow): it gives up on the session, as atftp and iPXE do.
+                assert_eq!(to, self.at, "ERROR to the group");
+                self.gone = true;
+                self.master = false;
             }
             other => panic!("{other:?}"),
         }
@@ -348,29 +356,54 @@ fn rfc2090_past_32768_blocks_members_that_finish_together_are_all_done() {
 }
 
 #[test]
-fn rfc2090_past_65535_blocks_late_joiners_and_loss_complete() {
-    // Block numbers wrap; late joiners become masters with their first gap at the start, and
-    // masters jump from an early gap to the end.
-    let len = 1428 * 70_000;
+fn rfc2090_past_65535_blocks_late_joiners_are_refused_and_members_with_loss_complete() {
+    // Block numbers wrap: members from the start complete under loss (masters jump from an early
+    // gap to the end); a joiner once the stream has started cannot place what it hears (no
+    // position in RFC 2090) and is refused (served by unicast); a resent request of a member is
+    // still answered. blksize 8 keeps 70 000 blocks small.
+    let len = 8 * 70_000 + 5;
     let mut w = world(Protocol::Rfc2090, len, 6, 0);
+    w.s.cfg.blksize = BlockSize::new(8).unwrap();
+    w.s = Session::new(w.s.cfg, w.now);
+    let blocks = w.s.total_blocks() as usize;
+    assert!(blocks > 0xffff);
+    for sim in &mut w.sims {
+        sim.have = vec![false; blocks];
+    }
     for i in 0..3 {
         w.sims[i].loss = 20;
+        assert!(w.s.admits_joiners());
         w.s.join(w.now, addr(i as u16)).unwrap();
     }
-    let half = w.now + Duration::from_millis(1000);
-    w.run(half);
-    assert!(!w.s.is_over());
+    let soon = w.now + Duration::from_millis(100);
+    w.run(soon);
+    assert!(!w.s.is_over() && w.s.stats().blocks_sent > 0);
+    assert!(!w.s.admits_joiners());
     for i in 3..6 {
-        w.s.join(w.now, addr(i)).unwrap();
+        assert_eq!(w.s.join(w.now, addr(i)), Err(JoinError::Late));
+        w.sims[i as usize].gone = true;
     }
+    assert_eq!(w.s.join(w.now, addr(1)), Ok(Joined::Again));
     let end = w.now + Duration::from_secs(600);
     w.run(end);
     assert!(w.s.is_over());
-    for (i, sim) in w.sims.iter().enumerate() {
-        assert!(sim.complete(), "member {i} incomplete");
+    for sim in &w.sims[..3] {
+        assert!(sim.complete(), "member {} incomplete", sim.at);
     }
     let st = w.s.stats();
-    assert_eq!((st.members_done, st.members_vanished), (6, 0), "{st:?}");
+    assert_eq!((st.members_done, st.members_vanished), (3, 0), "{st:?}");
+    assert_eq!((st.members_joined, st.joins_late), (3, 3), "{st:?}");
+}
+
+#[test]
+fn rfc2090_under_65536_blocks_late_joiners_are_admitted() {
+    let len = 1428 * 1000;
+    let mut w = world(Protocol::Rfc2090, len, 2, 0);
+    w.s.join(w.now, addr(0)).unwrap();
+    let soon = w.now + Duration::from_millis(5);
+    w.run(soon);
+    assert!(w.s.stats().blocks_sent > 0 && w.s.admits_joiners());
+    assert_eq!(w.s.join(w.now, addr(1)), Ok(Joined::New));
 }
 
 #[test]
@@ -741,4 +774,61 @@ fn pxe_openers_answered_together_are_all_served_the_one_left_out_is_asked_in_tur
     );
     assert_eq!(st.listeners_asked, 1, "{st:?}");
     assert_eq!(st.members_done, 2, "{st:?}");
+}
+
+/// Three RFC 2090 members, the first (the first master) losing 30% of what it receives however
+/// slow the stream: under `policy`, the session's events, stats and members.
+fn slow_master(policy: SlowPolicy) -> World {
+    let len = 1428 * 20_000;
+    let mut w = world(Protocol::Rfc2090, len, 3, 0);
+    w.s.cfg.min_rate = 45_000_000;
+    w.s.cfg.slow = policy;
+    w.s = Session::new(w.s.cfg, w.now);
+    w.sims[0].loss = 300;
+    for i in 0..3 {
+        w.s.join(w.now, addr(i)).unwrap();
+    }
+    let end = w.now + Duration::from_secs(600);
+    w.run(end);
+    assert!(w.s.is_over());
+    w
+}
+
+#[test]
+fn slow_master_under_pace_holds_the_room_at_the_floor_and_everyone_completes() {
+    let w = slow_master(SlowPolicy::Pace);
+    let st = w.s.stats();
+    assert_eq!((st.members_done, st.members_slow), (3, 0), "{st:?}");
+    assert!(w.sims.iter().all(|m| m.complete()));
+    assert_eq!(w.s.rate(), 45_000_000, "at the floor");
+}
+
+#[test]
+fn slow_master_under_unicast_is_sent_an_error_and_the_room_goes_on() {
+    let w = slow_master(SlowPolicy::Unicast);
+    let st = w.s.stats();
+    assert_eq!((st.members_done, st.members_slow), (2, 1), "{st:?}");
+    assert_eq!(w.left(LeaveReason::Slow), 1);
+    assert!(w.sims[0].gone && !w.sims[0].complete(), "sent away");
+    assert!(w.sims[1].complete() && w.sims[2].complete());
+    assert!(
+        w.s.rate() > 45_000_000,
+        "the room's rate recovered: {}",
+        w.s.rate()
+    );
+}
+
+#[test]
+fn a_slow_master_alone_is_never_sent_away() {
+    let len = 1428 * 2000;
+    let mut w = world(Protocol::Rfc2090, len, 1, 0);
+    w.s.cfg.min_rate = 20_000_000;
+    w.s.cfg.slow = SlowPolicy::Unicast;
+    w.s = Session::new(w.s.cfg, w.now);
+    w.sims[0].loss = 300;
+    w.s.join(w.now, addr(0)).unwrap();
+    let end = w.now + Duration::from_secs(600);
+    w.run(end);
+    assert!(w.sims[0].complete());
+    assert_eq!(w.s.stats().members_slow, 0);
 }
