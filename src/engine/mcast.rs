@@ -621,11 +621,31 @@ impl McService {
                     }
                 }
             };
+            let mut late = None;
             if let Some(r) = self.sessions.get_mut(&token) {
-                if let Err(e) = r.session.join(now, from) {
-                    if let Some(suppressed) = self.logs.busy.allow(now) {
-                        debug!(client = %from, file = r.content.display_path(), reason = %format!("{e:?}").to_lowercase(), suppressed, "MTFTP open while a master is established: the client listens and re-opens");
+                match r.session.join(now, from) {
+                    Err(JoinError::Late) => late = Some(r.content.display_path().to_owned()),
+                    Err(e) => {
+                        if let Some(suppressed) = self.logs.busy.allow(now) {
+                            debug!(client = %from, file = r.content.display_path(), reason = %format!("{e:?}").to_lowercase(), suppressed, "MTFTP open while a master is established: the client listens and re-opens");
+                        }
                     }
+                    Ok(_) => {}
+                }
+            }
+            if let Some(file) = late {
+                // Past block 65535 of a wrapping file: an ERROR, not a listener that would
+                // misplace what it hears (Session::admits_joiners).
+                let mut out = [0u8; 128];
+                let len = emit_error(
+                    &mut out,
+                    ErrorCode::NotDefined,
+                    "multicast session past block 65535; open again after it, or use TFTP",
+                );
+                let _ = self.listeners[i].send_to(&out[..len], from);
+                self.observe_refusal(crate::metrics::McRefusal::Late);
+                if let Some(suppressed) = self.logs.not_placed.allow(now) {
+                    info!(client = %from, file, suppressed, "MTFTP open refused: the session of this file of more than 65535 blocks is past its start; ERROR sent");
                 }
             }
             self.settle(token, now);

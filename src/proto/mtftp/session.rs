@@ -53,12 +53,14 @@
 //!   the session ends. A re-open by an opener repeats its block 1 at most once per `timeout`.
 //!   Once a master has acknowledged, opens are not answered ([`JoinError::Busy`]): those clients
 //!   hear the stream and are remembered as listeners (at most [`MAX_LISTENERS`]). When the master
-//!   is done or vanished, the next listener is asked to be master (block 1 unicast, a wait of
-//!   `timeout` but at least [`PROMOTE_WAIT_MIN`], doubled per try, [`UNCONFIRMED_RETRIES`]
-//!   resends: firmware still working through the stream answers late): it acknowledges its first gap and the
+//!   is done or vanished, the next listener is asked to be master (block 1 unicast, a short wait
+//!   from the RTT, [`UNCONFIRMED_RETRIES`] resends): it acknowledges its first gap and the
 //!   repairs go on in the same session, rather than a new pass from block 1. A listener that does
 //!   not answer has most likely everything (counted in [`SessionStats::listeners_silent`], not
-//!   as vanished); after [`SILENT_LISTENERS`] of them in a row the others are taken as done. The
+//!   as vanished); after [`SILENT_LISTENERS`] of them in a row the others are taken as done. When
+//!   the listeners run out after silent ones, the session lingers ([`LINGER`]) with its port
+//!   open: firmware still working through the stream answers late (iPXE under QEMU, 2-4 s) and
+//!   re-opens, and is answered like a first opener in the same session. The
 //!   master re-opening is answered again (block 1, at most once per `timeout`). The session ends
 //!   when no master and no listener is left.
 //! - Bounded: members (RFC 2090: `max_members`; PXE: [`MAX_CANDIDATES`]), listeners
@@ -70,12 +72,14 @@
 //!   from block 1: a file of more than 65535 blocks admits members only until its first block
 //!   goes out; a later joiner is refused with [`JoinError::Late`] ([`Session::admits_joiners`])
 //!   and the driver serves it by unicast (RFC 2090 lets a server ignore the option; atftp and
-//!   iPXE then download as plain TFTP). PXE MTFTP listeners cannot be refused (they hear the
-//!   group before they open): clients that place a number after the block received last (the
-//!   [`client`](super::client) model) get a late start and the repairs of the beginning
-//!   byte-exact; iPXE places a number in the 65536-block span of its first gap, so an iPXE
-//!   listener that starts hearing past block 65535 misplaces what it hears (docs: keep PXE MTFTP
-//!   files under 32 MiB, or use RFC 2090 or unicast for larger ones).
+//!   iPXE then download as plain TFTP). PXE MTFTP: iPXE places a number in the 65536-block span
+//!   of its first gap, so an iPXE listener that starts hearing a wrapping file mid-stream would
+//!   misplace what it hears: for such a file an open once a master is established and the
+//!   stream started is refused the same way ([`JoinError::Late`]; the driver sends an ERROR, a
+//!   clean failure the client's script answers with plain TFTP or a later open). A client that
+//!   listens without opening cannot be refused; one that places a number after the block
+//!   received last (the [`client`](super::client) model) still gets a late start and the
+//!   repairs of the beginning byte-exact.
 //! - The session never reads file bytes: DATA is described by block index, like unicast transfers.
 
 use super::Protocol;
@@ -126,8 +130,9 @@ const RECENT_RUNS: usize = 1024;
 /// to be master in turn.
 pub const MAX_LISTENERS: usize = 4096;
 
-/// PXE MTFTP: the shortest wait, per try, for a listener asked to be master (block 1 unicast).
-pub const PROMOTE_WAIT_MIN: Duration = Duration::from_secs(1);
+/// PXE MTFTP: how long a session whose last listeners asked were silent stays open for a late
+/// ACK or re-open before it ends.
+pub const LINGER: Duration = Duration::from_secs(5);
 
 /// PXE MTFTP: listeners asked in a row without an answer before the others are taken as done.
 pub const SILENT_LISTENERS: u32 = 4;
@@ -374,6 +379,8 @@ pub struct Session {
     promoting: bool,
     /// PXE MTFTP: listeners asked in a row that did not answer.
     silent_in_a_row: u32,
+    /// PXE MTFTP: the listeners ran out after silent ones; the session waits [`LINGER`].
+    lingering: bool,
     /// Control packets queued (OACKs to several joiners may wait).
     pending: VecDeque<Pending>,
     events: VecDeque<SessionEvent>,
@@ -422,6 +429,7 @@ impl Session {
             listeners: VecDeque::new(),
             promoting: false,
             silent_in_a_row: 0,
+            lingering: false,
             pending: VecDeque::new(),
             events: VecDeque::new(),
             next_send_at: now,
@@ -466,9 +474,10 @@ impl Session {
         self.members.iter().map(|m| m.addr)
     }
 
-    /// RFC 2090: whether a new member may join. Not once the stream of a file of more than 65535
-    /// blocks has started ([`JoinError::Late`]): block numbers carry no wrap, so only members
-    /// that heard the stream from block 1 can place what they hear.
+    /// Whether a new member (RFC 2090) or listener (PXE MTFTP, once a master is established) may
+    /// join. Not once the stream of a file of more than 65535 blocks has started
+    /// ([`JoinError::Late`]): block numbers carry no wrap, so only members that heard the stream
+    /// from block 1 can place what they hear.
     pub fn admits_joiners(&self) -> bool {
         !self.over && (self.total_blocks <= 0xffff || self.sent_hi == 0)
     }

@@ -11,6 +11,10 @@ impl Session {
         if now < d || self.over {
             return;
         }
+        if self.lingering && self.members.is_empty() {
+            // Nobody re-opened while the session lingered: it is over.
+            return self.finish();
+        }
         self.stats.timeouts += 1;
         self.tries += 1;
         self.ctl.forget_probe();
@@ -120,6 +124,15 @@ impl Session {
                     self.pending.push_back(Pending::FirstBlock { to: addr });
                 }
                 return Ok(Joined::Again);
+            }
+            if !self.admits_joiners() {
+                // A file of more than 65535 blocks whose stream has started: a new listener would
+                // hear block numbers of a later wrap before it has the first 65535 blocks, and
+                // iPXE places a number in the 65536-block span of its first gap, so it would
+                // misplace them (or abort at number 0). An ERROR now is a clean failure its
+                // script can answer (retry, or plain TFTP); it may open again after this session.
+                self.stats.joins_late += 1;
+                return Err(JoinError::Late);
             }
             self.remember(addr);
             return Err(JoinError::Busy);
@@ -317,6 +330,21 @@ impl Session {
     /// a first opener. No listener left: the session is over.
     pub(super) fn promote(&mut self, now: Instant) {
         let Some(addr) = self.listeners.pop_front() else {
+            if self.silent_in_a_row > 0 && !self.lingering {
+                // The last ones asked were silent: most likely done, but firmware still working
+                // through the stream answers late (iPXE under QEMU: 2-4 s). Keep the session and
+                // its port open for [`LINGER`]: a late ACK meets an open port (not an ICMP error,
+                // after which iPXE 2019 fell back to TFTP and kept a corrupt block map), and its
+                // re-open is answered like a first opener's, in this session.
+                self.lingering = true;
+                self.confirmed = false;
+                self.promoting = false;
+                self.master = None;
+                self.members.clear();
+                self.pending.clear();
+                self.deadline = Some(now + LINGER);
+                return;
+            }
             return self.finish();
         };
         self.confirmed = false;
@@ -339,16 +367,13 @@ impl Session {
         self.deadline = Some(now + self.promote_wait());
     }
 
-    /// How long a listener asked to be master gets to answer, this try: the configured timeout
-    /// but at least [`PROMOTE_WAIT_MIN`], doubled at each try (1 + 2 + 4 s by default). Not the
-    /// master's round trip: a listener asked is often still working through the stream it heard
-    /// (iPXE under QEMU on a loaded machine answered 2-4 s late), and when the session gave up on
-    /// it and closed, its ACK met a closed port and iPXE's fallback to plain TFTP kept the MTFTP
-    /// block map: a corrupt file. Waiting longer for a listener that has everything already
-    /// costs only the idle tail of the session (at most [`SILENT_LISTENERS`] of these waits in a
-    /// row, three block-1 datagrams each).
+    /// How long a listener asked to be master gets to answer, per try. A listener that is
+    /// behind and answers later finds the session lingering ([`LINGER`]) and re-opens.
     pub(super) fn promote_wait(&self) -> Duration {
-        self.cfg.timeout.max(PROMOTE_WAIT_MIN) * (1 << self.tries.min(UNCONFIRMED_RETRIES))
+        match self.srtt {
+            Some(_) => (self.rto_base() * 4).min(self.cfg.timeout),
+            None => self.cfg.timeout,
+        }
     }
 
     /// A master is there and acknowledging, the window has room, and there is something to send.

@@ -832,3 +832,28 @@ fn a_slow_master_alone_is_never_sent_away() {
     assert!(w.sims[0].complete());
     assert_eq!(w.s.stats().members_slow, 0);
 }
+
+#[test]
+fn pxe_open_after_the_stream_of_a_wrapping_file_started_gets_late_not_a_listener_seat() {
+    // Over 65535 blocks: a listener that starts hearing mid-stream would misplace the numbers of
+    // the next wrap (iPXE places a number in the span of its first gap), so an open once the
+    // stream is under way is refused (the driver sends an ERROR); under 65536 blocks it listens.
+    for (blocks, late) in [(70_000u64, true), (60_000, false)] {
+        let mut w = world(Protocol::PxeMtftp, 512 * blocks, 2, 0);
+        w.s.join(w.now, addr(0)).unwrap();
+        w.sims[0].master = true;
+        let t = w.now + Duration::from_millis(200);
+        w.run(t);
+        assert!(!w.s.is_over());
+        let got = w.s.join(w.now, addr(1));
+        if late {
+            assert_eq!(got, Err(JoinError::Late), "{blocks} blocks");
+            assert_eq!(w.s.stats().joins_late, 1);
+        } else {
+            assert_eq!(got, Err(JoinError::Busy), "{blocks} blocks: a listener");
+        }
+        // The master goes on either way.
+        w.run(w.now + Duration::from_secs(120));
+        assert!(w.s.is_over() && w.sims[0].complete(), "{blocks} blocks");
+    }
+}
