@@ -15,7 +15,7 @@
 # QUEUE_PKTS full frames, default 64; bucket 32000 bytes as loadtest/bottleneck.sh). The server's
 # 224.0.0.0/4 routes to that veth; on the receivers' side a helper joins the groups on the veth
 # (the load tester joins on lo). Columns then: goodput (file bytes x 8 / wall / MBIT; unicast:
-# all receivers' bytes), the server's UDP bytes / file size (an nft counter on its output hook,
+# the bytes that arrived at all receivers), the server's UDP bytes / file size (an nft counter on its output hook,
 # before the queue, so dropped packets count; a GSO train counts one header) and the packets tbf
 # dropped (loss the run caused itself; a GSO train counts as one). "data goodput" leaves out the
 # PXE client's listen before its first open (LISTEN_MS, the load tester's --mtftp-listen-ms).
@@ -175,13 +175,13 @@ import json, sys
 path, rc, t0, t1, size, name, n, loss, mbit, sent, drops, listen_ms = sys.argv[1:]
 try:
     d = json.load(open(path))
-    wall, done = d["wall_seconds"], d["completed"]
+    wall, done, got = d["wall_seconds"], d["completed"], d["bytes"]
     turns = (d.get("multicast") or {}).get("master_turns", "-")
 except Exception:
-    wall, done, turns = float("nan"), 0, "-"
+    wall, done, turns, got = float("nan"), 0, "-", 0
 row = f"| {name.split('-')[0]} | {n} | {float(loss)*100:g}% | {wall:.2f} | "
 if mbit:
-    total = int(size) * (int(n) if name.startswith("unicast") else 1)
+    total = got if name.startswith("unicast") else int(size)  # unicast: what arrived
     good = total * 8 / wall / (float(mbit) * 1e6) * 100 if wall > 0 else 0
     listen = float(listen_ms) / 1000 if name.startswith("pxe") else 0
     data = total * 8 / (wall - listen) / (float(mbit) * 1e6) * 100 if wall > listen else 0
