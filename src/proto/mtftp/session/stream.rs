@@ -339,6 +339,7 @@ impl Session {
                 self.lingering = true;
                 self.confirmed = false;
                 self.promoting = false;
+                self.new_master();
                 self.master = None;
                 self.members.clear();
                 self.pending.clear();

@@ -857,3 +857,28 @@ fn pxe_open_after_the_stream_of_a_wrapping_file_started_gets_late_not_a_listener
         assert!(w.s.is_over() && w.sims[0].complete(), "{blocks} blocks");
     }
 }
+
+#[test]
+fn pxe_session_lingers_after_silent_listeners_and_a_late_reopen_is_served_in_it() {
+    // A listener busy with its backlog (iPXE under a loaded QEMU) is silent when asked to be
+    // master; the session must not close its port at once: it lingers, and the listener's
+    // re-open a moment later is answered and repaired in the same session.
+    let len = 512 * 4000 + 3;
+    let mut w = world(Protocol::PxeMtftp, len, 2, 0);
+    w.s.join(w.now, addr(0)).unwrap();
+    w.sims[0].master = true;
+    w.run(w.now + Duration::from_millis(20));
+    w.sims[1].gone = true;
+    assert_eq!(w.s.join(w.now, addr(1)), Err(JoinError::Busy));
+    w.run(w.now + Duration::from_secs(2));
+    assert!(w.sims[0].complete());
+    assert!(!w.s.is_over(), "lingering: {:?}", w.s.stats());
+    assert_eq!(w.s.stats().listeners_silent, 1);
+    w.sims[1].gone = false;
+    w.sims[1].master = true;
+    assert_eq!(w.s.join(w.now, addr(1)), Ok(Joined::New));
+    w.run(w.now + Duration::from_secs(30));
+    assert!(w.s.is_over());
+    assert!(w.sims[1].complete(), "gap at {}", w.sims[1].first_gap());
+    assert_eq!(w.s.stats().members_done, 2);
+}
