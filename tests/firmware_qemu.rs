@@ -30,6 +30,8 @@
 //!   in ringboot's log (a missing file: refused with ERROR 1, which is fine) and checks that each
 //!   download finished `completed`.
 //! - Debugging: `RB_CAPTURE=FILE` writes a packet capture of the bridge of the classroom tests.
+//! - One test at a time (`one_lab_at_a_time`): emulated guests of several tests starve each
+//!   other on a small machine.
 //! - Bounded: 300 s per test; the guest is killed when the marker shows. On failure the
 //!   guest's console and the server's log are printed.
 
@@ -52,6 +54,15 @@ const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 const PACKAGES: &str = "qemu-system-x86 ipxe-qemu ovmf ipxe dnsmasq-base iproute2";
+
+/// The firmware tests run one at a time: QEMU emulates the guest CPU (TCG), and guests of
+/// several tests at once on a small machine starve each other for seconds (a starved iPXE
+/// listener answers late; see the classroom test). Held for the whole test; a test that panics
+/// poisons nothing that matters.
+fn one_lab_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LAB.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Skip (printing why) or, under CI as root, fail when a program or firmware file is missing.
 fn runnable(programs: &[&str], files: &[&str]) -> bool {
@@ -301,6 +312,7 @@ fn bios_ipxe_rom_boots_through_full_dhcp_and_a_96_mib_script() {
     if !runnable(&[QEMU, "ip"], &[BIOS_NIC_ROM, IPXE_EFI]) {
         return;
     }
+    let _one_at_a_time = one_lab_at_a_time();
     bounded(LIMIT, || {
         let _lab = enter_lab(1);
         let files = TestRoot::new();
@@ -339,6 +351,7 @@ fn uefi_edk2_pxe_boots_ipxe_efi_through_proxy_dhcp_beside_dnsmasq() {
     if !runnable(&[QEMU, "ip", "dnsmasq"], &[OVMF_CODE, OVMF_VARS, IPXE_EFI]) {
         return;
     }
+    let _one_at_a_time = one_lab_at_a_time();
     bounded(LIMIT, || {
         let _lab = enter_lab(1);
         let files = TestRoot::new();
@@ -430,6 +443,7 @@ fn classroom(guests: usize, loss_per_mille: u32, size: usize, server_args: &[&st
         return;
     }
     let server_args: Vec<String> = server_args.iter().map(|a| a.to_string()).collect();
+    let _one_at_a_time = one_lab_at_a_time();
     bounded(LIMIT, move || {
         let lab = enter_lab(guests);
         // The session sends to the group; the namespace has no default route.
@@ -483,6 +497,7 @@ fn classroom(guests: usize, loss_per_mille: u32, size: usize, server_args: &[&st
         let srv = Server::start(files, &args);
         let _cap = std::env::var("RB_CAPTURE").ok().map(|f| {
             let mut c = Command::new("tcpdump");
+            let f = format!("{f}.{guests}");
             c.args(["-i", "br0", "-n", "-s", "96", "-w", &f]);
             spawn("tcpdump", c, Path::new("/tmp/tcpdump.log"))
         });
