@@ -21,94 +21,16 @@
 
 mod common;
 
+use common::loadtest::{json_num, loadtest_bin};
 use common::netns::{self, preflight, sh, Netns};
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::sync::Mutex;
+use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(180);
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Newest modification time of the files under `dir`.
-fn newest(dir: &Path) -> SystemTime {
-    let mut t = SystemTime::UNIX_EPOCH;
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            let m = if p.is_dir() {
-                newest(&p)
-            } else {
-                e.metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(SystemTime::UNIX_EPOCH)
-            };
-            t = t.max(m);
-        }
-    }
-    t
-}
-
-/// `ringboot-loadtest`: `RINGBOOT_LOADTEST_BIN`, else the one in this test's target directory
-/// when it is newer than the sources, else built into `<target>/bn-loadtest` (as the multicast
-/// namespace tests do).
-fn loadtest_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("RINGBOOT_LOADTEST_BIN") {
-            return PathBuf::from(p);
-        }
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let sources = newest(&repo.join("src")).max(newest(&repo.join("loadtest/src")));
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-        let fresh = |p: &Path| {
-            std::fs::metadata(p)
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t >= sources)
-        };
-        let here = profile_dir.join("ringboot-loadtest");
-        if fresh(&here) {
-            return here;
-        }
-        let release = profile_dir.ends_with("release");
-        let target = profile_dir.parent().unwrap().join("bn-loadtest");
-        let built = target
-            .join(if release { "release" } else { "debug" })
-            .join("ringboot-loadtest");
-        if fresh(&built) {
-            return built;
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "ringboot-loadtest"])
-            .current_dir(repo)
-            .env("CARGO_TARGET_DIR", &target);
-        if release {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("run cargo build -p ringboot-loadtest");
-        assert!(st.success(), "cargo build -p ringboot-loadtest failed");
-        built
-    })
-}
-
-/// A number from the load tester's JSON: the first `"key": N`.
-fn json_num(text: &str, key: &str) -> f64 {
-    let pat = format!("\"{key}\":");
-    let i = text
-        .find(&pat)
-        .unwrap_or_else(|| panic!("no {key} in {text}"))
-        + pat.len();
-    let v: String = text[i..]
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | 'e' | 'E' | '+'))
-        .collect();
-    v.parse()
-        .unwrap_or_else(|_| panic!("{key} is not a number in {text}"))
-}
 
 /// The two namespaces and the shaped link between them.
 struct Link {
@@ -157,7 +79,7 @@ fn link(machines: usize) -> Link {
 fn storm(l: &Link, root: &Path, args: &[&str]) -> String {
     let json = root.parent().unwrap().join("storm.json");
     let _ = std::fs::remove_file(&json);
-    let mut cmd = Command::new(loadtest_bin());
+    let mut cmd = Command::new(loadtest_bin("bn-loadtest"));
     cmd.args([
         "--server",
         &format!("{SERVER_IP}:69"),
@@ -192,7 +114,7 @@ fn storms_through_a_shaped_link_deliver_every_byte() {
         return;
     }
     // Built before entering a namespace: cargo may want the network.
-    let _ = loadtest_bin();
+    let _ = loadtest_bin("bn-loadtest");
     bounded(LIMIT, || {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let l = link(20);

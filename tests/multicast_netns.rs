@@ -23,14 +23,14 @@
 
 mod common;
 
+use common::loadtest::{json_num, loadtest_bin};
 use common::netns::{self, is_root, on_path};
 use common::*;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 const MIB: usize = 1 << 20;
 const LIMIT: Duration = Duration::from_secs(120);
@@ -69,108 +69,28 @@ fn in_netns<F: FnOnce() + Send + 'static>(body: F) {
         return;
     }
     // Built (if need be) before entering the namespace: cargo may want the network.
-    let _ = loadtest_bin();
+    let _ = loadtest_bin("mc-loadtest");
     bounded(LIMIT, move || {
         let Some(_ns) = enter_netns() else { return };
         body();
     });
 }
 
-/// Newest modification time of the files under `dir`.
-fn newest(dir: &Path) -> SystemTime {
-    let mut t = SystemTime::UNIX_EPOCH;
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            let m = if p.is_dir() {
-                newest(&p)
-            } else {
-                e.metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(SystemTime::UNIX_EPOCH)
-            };
-            t = t.max(m);
-        }
+/// [`serve`] over files of pseudo-random bytes: (name, size in bytes).
+fn serve_random(files: &[(&str, usize)], extra: &[&str]) -> Server {
+    let root = TestRoot::new();
+    for &(name, size) in files {
+        root.add_random(name, size);
     }
-    t
+    serve(root, extra)
 }
 
-/// `ringboot-loadtest`, from this test's target directory when it is up to date, else built.
-fn loadtest_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("RINGBOOT_LOADTEST_BIN") {
-            return PathBuf::from(p);
-        }
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let sources = newest(&repo.join("src")).max(newest(&repo.join("loadtest/src")));
-        // <target>/<profile>/deps/multicast_netns-<hash>
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-        let here = profile_dir.join("ringboot-loadtest");
-        let fresh = |p: &Path| {
-            std::fs::metadata(p)
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t >= sources)
-        };
-        if fresh(&here) {
-            return here;
-        }
-        let release = profile_dir.ends_with("release");
-        let target = profile_dir.parent().unwrap().join("mc-loadtest");
-        let built = target
-            .join(if release { "release" } else { "debug" })
-            .join("ringboot-loadtest");
-        if fresh(&built) {
-            return built;
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "ringboot-loadtest"])
-            .current_dir(repo)
-            // A target directory of its own: no wait on the lock of the cargo running us.
-            .env("CARGO_TARGET_DIR", &target);
-        if release {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("run cargo build -p ringboot-loadtest");
-        assert!(st.success(), "cargo build -p ringboot-loadtest failed");
-        built
-    })
-}
-
-/// A number from JSON text: the first `"key": N` (the load tester's top-level fields come first).
-fn json_num(text: &str, key: &str) -> f64 {
-    let pat = format!("\"{key}\":");
-    let i = text
-        .find(&pat)
-        .unwrap_or_else(|| panic!("no {key} in {text}"))
-        + pat.len();
-    let v: String = text[i..]
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | 'e' | 'E' | '+'))
-        .collect();
-    v.parse()
-        .unwrap_or_else(|_| panic!("{key} is not a number in {text}"))
-}
-
-/// Start ringboot with both multicast protocols on, uncapped.
+/// Start ringboot with both multicast protocols on, uncapped: [`serve_pool`] over
+/// 239.255.42.0/24 with `--multicast-timeout 50`, plus `extra`.
 fn serve(files: TestRoot, extra: &[&str]) -> Server {
-    let mut args = vec![
-        "--multicast-groups",
-        "239.255.42.0/24",
-        "--multicast-port",
-        "1758",
-        "--mtftp-port",
-        "1759",
-        "--multicast-rate",
-        "0",
-        "--multicast-timeout",
-        "50",
-    ];
+    let mut args = vec!["--multicast-timeout", "50"];
     args.extend_from_slice(extra);
-    Server::start(files, &args)
+    serve_pool(files, "239.255.42.0/24", &args)
 }
 
 struct Storm {
@@ -202,7 +122,7 @@ fn storm(srv: &Server, args: &[&str]) -> Storm {
 fn storm_within(srv: &Server, args: &[&str], deadline_s: u32) -> Storm {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("out.json");
-    let mut cmd = Command::new(loadtest_bin());
+    let mut cmd = Command::new(loadtest_bin("mc-loadtest"));
     cmd.arg("--server")
         .arg(srv.addr().to_string())
         .arg("--verify")
@@ -286,9 +206,7 @@ fn with(base: &[&'static str], more: &[&'static str]) -> Vec<&'static str> {
 #[test]
 fn rfc2090_twenty_clients_get_64_mib_byte_exact_and_it_goes_out_about_once() {
     in_netns(|| {
-        let files = TestRoot::new();
-        files.add_random("big.bin", 64 * MIB);
-        let srv = serve(files, &[]);
+        let srv = serve_random(&[("big.bin", 64 * MIB)], &[]);
         let r = storm(&srv, &with(&RFC, &["--clients", "20", "--file", "big.bin"]));
         r.assert_outcome(20, 0);
         assert_eq!(r.num("bytes"), 20 * 64 * MIB as u64);
@@ -303,9 +221,7 @@ fn rfc2090_twenty_clients_get_64_mib_byte_exact_and_it_goes_out_about_once() {
 #[test]
 fn pxe_mtftp_twenty_clients_get_30_mib_byte_exact_and_it_goes_out_about_once() {
     in_netns(|| {
-        let files = TestRoot::new();
-        files.add_random("pxe.bin", 30 * MIB);
-        let srv = serve(files, &["--mtftp", PXE_FILE]);
+        let srv = serve_random(&[("pxe.bin", 30 * MIB)], &["--mtftp", PXE_FILE]);
         let r = storm(&srv, &with(&PXE, &["--clients", "20", "--file", "pxe.bin"]));
         r.assert_outcome(20, 0);
         assert_eq!(r.num("bytes"), 20 * 30 * MIB as u64);
@@ -318,9 +234,7 @@ fn pxe_mtftp_twenty_clients_get_30_mib_byte_exact_and_it_goes_out_about_once() {
 #[test]
 fn rfc2090_clients_joining_at_half_complete() {
     in_netns(|| {
-        let files = TestRoot::new();
-        files.add_random("big.bin", 64 * MIB);
-        let srv = serve(files, &[]);
+        let srv = serve_random(&[("big.bin", 64 * MIB)], &[]);
         let args = ["--clients", "20", "--file", "big.bin", "--join-late", "0.5"];
         let r = storm(&srv, &with(&RFC, &args));
         r.assert_outcome(20, 0);
@@ -332,9 +246,7 @@ fn rfc2090_clients_joining_at_half_complete() {
 #[test]
 fn pxe_mtftp_clients_joining_at_half_complete() {
     in_netns(|| {
-        let files = TestRoot::new();
-        files.add_random("pxe.bin", 30 * MIB);
-        let srv = serve(files, &["--mtftp", PXE_FILE]);
+        let srv = serve_random(&[("pxe.bin", 30 * MIB)], &["--mtftp", PXE_FILE]);
         let args = ["--clients", "20", "--file", "pxe.bin", "--join-late", "0.5"];
         let r = storm(&srv, &with(&PXE, &args));
         r.assert_outcome(20, 0);
@@ -348,10 +260,10 @@ fn pxe_mtftp_clients_joining_at_half_complete() {
 #[test]
 fn master_vanishing_mid_stream_does_not_stall_either_protocol() {
     in_netns(|| {
-        let files = TestRoot::new();
-        files.add_random("big.bin", 16 * MIB);
-        files.add_random("pxe.bin", 8 * MIB);
-        let srv = serve(files, &["--mtftp", PXE_FILE]);
+        let srv = serve_random(
+            &[("big.bin", 16 * MIB), ("pxe.bin", 8 * MIB)],
+            &["--mtftp", PXE_FILE],
+        );
         for (proto, file, base) in [("rfc2090", "big.bin", &RFC[..]), ("pxe", "pxe.bin", &PXE)] {
             let args = ["--clients", "20", "--file", file, "--vanish-master"];
             let r = storm(&srv, &with(base, &args));
@@ -374,10 +286,10 @@ fn master_vanishing_mid_stream_does_not_stall_either_protocol() {
 #[test]
 fn five_percent_loss_every_client_completes() {
     in_netns(|| {
-        let files = TestRoot::new();
-        files.add_random("big.bin", 8 * MIB);
-        files.add_random("pxe.bin", 2 * MIB);
-        let srv = serve(files, &["--mtftp", PXE_FILE]);
+        let srv = serve_random(
+            &[("big.bin", 8 * MIB), ("pxe.bin", 2 * MIB)],
+            &["--mtftp", PXE_FILE],
+        );
         let lossy = ["--clients", "20", "--loss", "0.05", "--seed", "5"];
         let r = storm(&srv, &with(&with(&RFC, &lossy), &["--file", "big.bin"]));
         r.assert_outcome(20, 0);
@@ -602,9 +514,7 @@ fn rfc2090_join_flood_from_one_address_is_capped() {
     // One address joining from many ports: it holds --multicast-max-per-source (4) memberships;
     // the other requests are answered by unicast, and the joins make one log line, not fifty.
     in_netns(|| {
-        let files = TestRoot::new();
-        files.add_random("big.bin", MIB);
-        let srv = serve(files, &[]);
+        let srv = serve_random(&[("big.bin", MIB)], &[]);
         let socks: Vec<UdpSocket> = (0..50)
             .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
             .collect();

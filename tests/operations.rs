@@ -184,23 +184,15 @@ fn check_exit_codes_and_one_line_per_problem() {
     files.add("Boot/PXELINUX.0", b"x".to_vec());
     let root = files.root();
     let root = root.to_str().unwrap();
-    let (ok, text) = check(&[
-        "--root",
-        root,
-        "--dhcp",
-        "proxy",
-        "--boot-file",
-        "boot/pxelinux.0",
-    ]);
+    // `check` of a proxy DHCP set-up over `root` whose boot file (and more) is `rest`.
+    let check_proxy = |rest: &[&str]| {
+        let mut args = vec!["--root", root, "--dhcp", "proxy", "--boot-file"];
+        args.extend_from_slice(rest);
+        check(&args)
+    };
+    let (ok, text) = check_proxy(&["boot/pxelinux.0"]);
     assert!(ok, "found case-insensitively: {text}");
-    let (ok, text) = check(&[
-        "--root",
-        root,
-        "--dhcp",
-        "proxy",
-        "--boot-file",
-        "nothere.0",
-    ]);
+    let (ok, text) = check_proxy(&["nothere.0"]);
     assert!(!ok, "{text}");
     assert!(
         text.lines()
@@ -232,16 +224,7 @@ fn check_exit_codes_and_one_line_per_problem() {
     let (ok, text) = check(&["--root", "/nonexistent-ringboot-root"]);
     assert!(!ok, "{text}");
     // Two problems, two lines.
-    let (ok, text) = check(&[
-        "--root",
-        root,
-        "--dhcp",
-        "proxy",
-        "--boot-file",
-        "a.0",
-        "--mtftp",
-        "b.wim@239.255.1.1:3001",
-    ]);
+    let (ok, text) = check_proxy(&["a.0", "--mtftp", "b.wim@239.255.1.1:3001"]);
     assert!(
         !ok && text.lines().filter(|l| l.starts_with("error:")).count() == 2,
         "{text}"
@@ -278,6 +261,22 @@ fn drops_root_and_still_serves() {
     assert_same("boot.wim", &d.data, &want);
 }
 
+/// A server started with `--config` naming a file that holds `text`, and `extra` flags; the
+/// directory of the file (delete on drop) and its path, for [`reload_with`].
+fn start_with_config(
+    files: TestRoot,
+    text: &str,
+    extra: &[&str],
+) -> (Server, tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("ringboot.toml");
+    std::fs::write(&conf, text).unwrap();
+    let mut args = vec!["--config", conf.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let srv = Server::start(files, &args);
+    (srv, dir, conf)
+}
+
 /// Write `text` to the config file `conf`, send SIGHUP, wait for the reload; the log so far.
 fn reload_with(srv: &Server, conf: &std::path::Path, text: &str) -> String {
     std::fs::write(conf, text).unwrap();
@@ -293,14 +292,11 @@ fn reload_with(srv: &Server, conf: &std::path::Path, text: &str) -> String {
 fn sighup_applies_new_transfer_caps() {
     let files = TestRoot::new();
     let want = files.add_random("boot.wim", 10_000);
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("ringboot.toml");
-    std::fs::write(
-        &conf,
+    let (srv, _dir, conf) = start_with_config(
+        files,
         "max_transfers = 100\nmax_transfers_per_client = 4\nclient_rate = 0\n",
-    )
-    .unwrap();
-    let srv = Server::start(files, &["--config", conf.to_str().unwrap()]);
+        &[],
+    );
     let logs = reload_with(
         &srv,
         &conf,
@@ -481,16 +477,10 @@ impl Lockstep {
 fn sighup_changes_blksize_and_raises_max_transfers_for_new_requests_only() {
     let files = TestRoot::new();
     let want = files.add_random("boot.wim", 40 * 1428 + 77);
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("ringboot.toml");
-    std::fs::write(
-        &conf,
-        "max_blksize = 1428\nmax_transfers = 1\nmax_transfers_per_client = 8\nclient_rate = 0\n",
-    )
-    .unwrap();
-    let srv = Server::start(
+    let (srv, _dir, conf) = start_with_config(
         files,
-        &["--config", conf.to_str().unwrap(), "--workers", "1"],
+        "max_blksize = 1428\nmax_transfers = 1\nmax_transfers_per_client = 8\nclient_rate = 0\n",
+        &["--workers", "1"],
     );
     // A running transfer, paused after its first block, holds the one place.
     let mut running = Lockstep::start(srv.addr(), b"boot.wim", 1428);

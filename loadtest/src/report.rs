@@ -3,6 +3,8 @@
 use crate::drive::{Counters, MachineResult, Outcome};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
+/// Jain's fairness index, shared with the congestion controller's simulation.
+pub use ringboot::proto::sim::jain;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -183,21 +185,6 @@ pub fn iface_delta(
         } else {
             0.0
         },
-    }
-}
-
-/// Jain's fairness index: (sum x)^2 / (n sum x^2); 1 for no samples.
-pub fn jain(xs: impl IntoIterator<Item = f64>) -> f64 {
-    let (mut n, mut s, mut s2) = (0.0, 0.0, 0.0);
-    for x in xs {
-        n += 1.0;
-        s += x;
-        s2 += x * x;
-    }
-    if n == 0.0 || s2 == 0.0 {
-        1.0
-    } else {
-        s * s / (n * s2)
     }
 }
 

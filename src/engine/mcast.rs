@@ -110,6 +110,29 @@ struct Running {
     closed: bool,
 }
 
+impl Running {
+    /// A session of `cfg` started at `now`, sending `content` to `group` from `sock`.
+    fn new(
+        cfg: SessionConfig,
+        now: Instant,
+        sock: UdpSocket,
+        content: Arc<Content>,
+        group: SocketAddr,
+        key: Key,
+    ) -> Running {
+        Running {
+            session: Session::new(cfg, now),
+            sock,
+            content,
+            group,
+            key,
+            started: now,
+            failed: false,
+            closed: false,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Key {
     Mtftp(usize),
@@ -371,6 +394,14 @@ impl McService {
         }
     }
 
+    /// The token of the session of `key` that is not over yet, if any.
+    fn live_session(&self, key: Key) -> Option<u64> {
+        self.sessions
+            .iter()
+            .find(|(_, r)| r.key == key && !r.session.is_over())
+            .map(|(t, _)| *t)
+    }
+
     fn join_rfc2090(&mut self, io: &mut Io<'_>, h: Handoff) {
         let Handoff { join: j, ticket: t } = h;
         let now = Instant::now();
@@ -378,12 +409,7 @@ impl McService {
             slot: t.slot,
             gen: t.gen,
         };
-        let existing = self
-            .sessions
-            .iter()
-            .find(|(_, r)| r.key == key && !r.session.is_over())
-            .map(|(t, _)| *t);
-        let token = match existing {
+        let token = match self.live_session(key) {
             Some(t) => t,
             None => {
                 let group = {
@@ -409,16 +435,7 @@ impl McService {
                         group,
                         j.tsize,
                     );
-                    let r = Running {
-                        session: Session::new(cfg, now),
-                        sock,
-                        content: j.content.clone(),
-                        group,
-                        key,
-                        started: now,
-                        failed: false,
-                        closed: false,
-                    };
+                    let r = Running::new(cfg, now, sock, j.content.clone(), group, key);
                     self.add_session(io, r)
                 });
                 match started {
@@ -572,12 +589,7 @@ impl McService {
                 continue;
             };
             let key = Key::Mtftp(which);
-            let existing = self
-                .sessions
-                .iter()
-                .find(|(_, r)| r.key == key && !r.session.is_over())
-                .map(|(t, _)| *t);
-            let token = match existing {
+            let token = match self.live_session(key) {
                 Some(t) => t,
                 None => {
                     let f = &self.cfg.mtftp[which];
@@ -590,16 +602,7 @@ impl McService {
                         false,
                     );
                     let started = self.session_socket(local).and_then(|sock| {
-                        let r = Running {
-                            session: Session::new(cfg, now),
-                            sock,
-                            content,
-                            group,
-                            key,
-                            started: now,
-                            failed: false,
-                            closed: false,
-                        };
+                        let r = Running::new(cfg, now, sock, content, group, key);
                         self.add_session(io, r)
                     });
                     match started {

@@ -187,6 +187,19 @@ impl UringDriver {
         }
     }
 
+    /// Replace `cqes` with up to `cap` completions taken from the ring: (user data, result,
+    /// flags), so the ring is free to the handlers while they run.
+    #[inline]
+    fn reap(&mut self, cqes: &mut Vec<(u64, i32, u32)>, cap: usize) {
+        cqes.clear();
+        cqes.extend(
+            self.ring
+                .completion()
+                .take(cap)
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+    }
+
     fn room(&mut self) -> usize {
         let sq = self.ring.submission();
         sq.capacity() - sq.len()
@@ -429,13 +442,7 @@ pub(crate) fn run(mut core: Core, ring: IoUring, shutdown: &Shutdown) -> io::Res
         if shutdown.is_triggered() {
             break;
         }
-        cqes.clear();
-        cqes.extend(
-            drv.ring
-                .completion()
-                .take(cap)
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
+        drv.reap(&mut cqes, cap);
         // Transfers first, listeners second.
         for &(u, res, flags) in &cqes {
             let (kind, call, id) = un_ud(u);
@@ -528,13 +535,7 @@ pub(crate) fn run(mut core: Core, ring: IoUring, shutdown: &Shutdown) -> io::Res
             .ring
             .submitter()
             .submit_with_args(1, &SubmitArgs::new().timespec(&ts));
-        cqes.clear();
-        cqes.extend(
-            drv.ring
-                .completion()
-                .take(cap)
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
+        drv.reap(&mut cqes, cap);
         for &(u, res, flags) in &cqes {
             let (kind, call, id) = un_ud(u);
             if let Some(bid) = cqueue::buffer_select(flags) {

@@ -742,6 +742,23 @@ impl Node for TftpClient {
 mod mcast;
 pub use mcast::{McMember, McServer};
 
+/// Jain's fairness index of `xs`: (sum x)^2 / (n sum x^2), from 1/n (one takes all) to 1 (all
+/// equal); 1 for no samples or all zero. The congestion controller's simulation and the load
+/// tester's report both rate fairness with it.
+pub fn jain(xs: impl IntoIterator<Item = f64>) -> f64 {
+    let (mut n, mut s, mut s2) = (0.0, 0.0, 0.0);
+    for x in xs {
+        n += 1.0;
+        s += x;
+        s2 += x * x;
+    }
+    if n == 0.0 || s2 == 0.0 {
+        1.0
+    } else {
+        s * s / (n * s2)
+    }
+}
+
 /// An address on the simulated LAN: `10.0.0.x:port`.
 pub fn addr(host: u8, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::from([10, 0, 0, host]), port)

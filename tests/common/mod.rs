@@ -17,6 +17,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod loadtest;
 pub mod netns;
 
 use ringboot::proto::tftp::client::{

@@ -1,4 +1,5 @@
 use super::*;
+use crate::engine::links::Links;
 use crate::proto::tftp::admit::{Admission, AdmissionConfig};
 use crate::store::StoreOptions;
 use crate::sys;
@@ -90,13 +91,19 @@ struct Rig {
     core: Core,
 }
 
+/// A core with GSO over a 1 MiB `a.bin`, the default limits and no interface cap.
 fn rig(adm: AdmissionConfig) -> Rig {
+    rig_with(adm, Limits::default(), Default::default(), true)
+}
+
+/// A core over a 1 MiB `a.bin` with these limits, interface caps and GSO.
+fn rig_with(adm: AdmissionConfig, limits: Limits, links: Arc<Links>, gso: bool) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.bin"), vec![7u8; 1 << 20]).unwrap();
     let store = Store::new(dir.path(), StoreOptions::default()).unwrap();
     let shared = Arc::new(Shared {
         store,
-        limits: Limits::default(),
+        limits,
         min_rto: Duration::from_millis(2),
         port_range: None,
         multicast: None,
@@ -106,24 +113,58 @@ fn rig(adm: AdmissionConfig) -> Rig {
         fault: None,
         metrics: None,
         draining: None,
-        links: Default::default(),
+        links,
     });
     let sock = sys::socket::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = sock.local_addr().unwrap().as_socket().unwrap();
-    let core = Core::new(0, shared, vec![Listener { sock, addr }], true);
+    let core = Core::new(0, shared, vec![Listener { sock, addr }], gso);
     Rig { _dir: dir, core }
+}
+
+/// A rig allowing 100 descriptors, with one transfer requested over `drv` by a loopback
+/// client (returned, with the time of the request).
+fn started(drv: &mut FakeDriver) -> (Rig, UdpSocket, Instant) {
+    let mut r = rig(AdmissionConfig::for_descriptors(100));
+    let c = client();
+    let now = Instant::now();
+    request(&mut r, &c, drv, now);
+    (r, c, now)
+}
+
+/// ACK of block 0 (after the OACK).
+const ACK0: &[u8] = b"\x00\x04\x00\x00";
+/// ERROR 0 "stop": the client aborts.
+const STOP: &[u8] = b"\x00\x05\x00\x00stop\x00";
+
+/// The first transfer's client ACKs block 0 (a window goes out) and then aborts; returns the
+/// transfer's slot, socket and that socket's identity before the abort.
+fn window_then_stop(
+    r: &mut Rig,
+    drv: &mut FakeDriver,
+    now: Instant,
+) -> (SlotId, RawFd, (u64, u64)) {
+    let (id, fd) = drv.watched[0];
+    let sock_id = identity(fd).unwrap();
+    r.core.on_transfer_datagram(id, ACK0, false, now, drv);
+    r.core.on_transfer_datagram(id, STOP, false, now, drv);
+    (id, fd, sock_id)
 }
 
 const RRQ: &[u8] = b"\x00\x01a.bin\x00octet\x00blksize\x001468\x00windowsize\x0064\x00";
 
 fn request(r: &mut Rig, client: &UdpSocket, drv: &mut FakeDriver, now: Instant) {
+    request_with(r, RRQ, client, drv, now);
+}
+
+/// `client` sends `rrq` to the rig's listener, as if received on loopback.
+fn request_with(r: &mut Rig, rrq: &[u8], client: &UdpSocket, drv: &mut FakeDriver, now: Instant) {
     let info = PktInfo {
         local: "127.0.0.1".parse().unwrap(),
         ifindex: 0,
     };
     let peer = client.local_addr().unwrap();
     r.core
-        .on_request(0, RRQ, false, Some(peer), Some(info), now, drv);
+        .on_request(0, rrq, false, Some(peer), Some(info), now, drv);
 }
 
 fn client() -> UdpSocket {
@@ -141,24 +182,19 @@ fn client_at(ip: &str) -> UdpSocket {
 /// it may still be issued (issue 8, defect 6).
 #[test]
 fn socket_stays_open_until_sends_and_receive_end() {
-    let mut r = rig(AdmissionConfig::for_descriptors(100));
     let mut drv = FakeDriver::new(true);
-    let c = client();
-    let now = Instant::now();
-    request(&mut r, &c, &mut drv, now);
+    let (mut r, c, now) = started(&mut drv);
     let (id, fd) = drv.watched[0];
     let sock_id = identity(fd).expect("transfer socket open");
     let mut buf = [0u8; 1500];
     let (n, _) = c.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..2], &[0, 6], "OACK first: {:?}", &buf[..n]);
     // ACK 0: one window of 64 blocks goes out as linked calls that stay in flight.
-    r.core
-        .on_transfer_datagram(id, b"\x00\x04\x00\x00", false, now, &mut drv);
+    r.core.on_transfer_datagram(id, ACK0, false, now, &mut drv);
     let calls = drv.sends[0].1;
     assert!(calls >= 2, "a window of 64 x 1468 bytes is several calls");
     // The client aborts mid-window: the transfer is over, but its socket must stay open.
-    r.core
-        .on_transfer_datagram(id, b"\x00\x05\x00\x00stop\x00", false, now, &mut drv);
+    r.core.on_transfer_datagram(id, STOP, false, now, &mut drv);
     assert_eq!(drv.unwatched, [id]);
     assert!(!r.core.is_live(id));
     assert_eq!(r.core.lingering(), 1);
@@ -182,17 +218,9 @@ fn socket_stays_open_until_sends_and_receive_end() {
 /// The other order: the receive ends first, the sends complete later.
 #[test]
 fn socket_closes_after_the_last_send_when_the_receive_ended_first() {
-    let mut r = rig(AdmissionConfig::for_descriptors(100));
     let mut drv = FakeDriver::new(true);
-    let c = client();
-    let now = Instant::now();
-    request(&mut r, &c, &mut drv, now);
-    let (id, fd) = drv.watched[0];
-    let sock_id = identity(fd).unwrap();
-    r.core
-        .on_transfer_datagram(id, b"\x00\x04\x00\x00", false, now, &mut drv);
-    r.core
-        .on_transfer_datagram(id, b"\x00\x05\x00\x00stop\x00", false, now, &mut drv);
+    let (mut r, _c, now) = started(&mut drv);
+    let (id, fd, sock_id) = window_then_stop(&mut r, &mut drv, now);
     r.core.on_recv_ended(id);
     let calls = drv.sends[0].1;
     for call in 0..calls - 1 {
@@ -206,17 +234,9 @@ fn socket_closes_after_the_last_send_when_the_receive_ended_first() {
 /// A synchronous driver (epoll) frees at once.
 #[test]
 fn synchronous_driver_closes_at_once() {
-    let mut r = rig(AdmissionConfig::for_descriptors(100));
     let mut drv = FakeDriver::new(false);
-    let c = client();
-    let now = Instant::now();
-    request(&mut r, &c, &mut drv, now);
-    let (id, fd) = drv.watched[0];
-    let sock_id = identity(fd).unwrap();
-    r.core
-        .on_transfer_datagram(id, b"\x00\x04\x00\x00", false, now, &mut drv);
-    r.core
-        .on_transfer_datagram(id, b"\x00\x05\x00\x00stop\x00", false, now, &mut drv);
+    let (mut r, _c, now) = started(&mut drv);
+    let (_, fd, sock_id) = window_then_stop(&mut r, &mut drv, now);
     assert_eq!(r.core.lingering(), 0);
     assert_ne!(identity(fd), Some(sock_id));
 }
@@ -254,8 +274,7 @@ fn over_the_cap_an_unanswered_transfer_makes_room() {
         assert_eq!(&buf[..2], &[0, 6]);
         // b answered: it cannot be dropped for a third client, which is refused.
         let (idb, _) = drv.watched[1];
-        r.core
-            .on_transfer_datagram(idb, b"\x00\x04\x00\x00", false, now, &mut drv);
+        r.core.on_transfer_datagram(idb, ACK0, false, now, &mut drv);
         let third = client_at("127.0.0.4");
         request(&mut r, &third, &mut drv, now);
         assert_eq!(drv.watched.len(), 2);
@@ -272,8 +291,7 @@ fn over_the_cap_an_unanswered_transfer_makes_room() {
             (1, 0)
         );
         // b ends: its place comes back, and a new client gets it.
-        r.core
-            .on_transfer_datagram(idb, b"\x00\x05\x00\x00stop\x00", false, now, &mut drv);
+        r.core.on_transfer_datagram(idb, STOP, false, now, &mut drv);
         r.core.on_recv_ended(idb);
         if asynchronous {
             let calls: Vec<usize> = drv
@@ -297,50 +315,20 @@ fn over_the_cap_an_unanswered_transfer_makes_room() {
 /// A window larger than the send buffers goes out in several builds.
 #[test]
 fn large_windows_are_sent_in_bounded_builds() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("a.bin"), vec![7u8; 1 << 20]).unwrap();
-    let store = Store::new(dir.path(), StoreOptions::default()).unwrap();
     let limits = Limits {
         max_window: crate::proto::tftp::options::WindowSize::new(1024).unwrap(),
         max_window_bytes: 1 << 30,
         ..Limits::default()
     };
-    let shared = Arc::new(Shared {
-        store,
-        limits,
-        min_rto: Duration::from_millis(2),
-        port_range: None,
-        multicast: None,
-        admission: Admission::new(AdmissionConfig::for_descriptors(100)),
-        settings: None,
-        workers: 1,
-        fault: None,
-        metrics: None,
-        draining: None,
-        links: Default::default(),
-    });
-    let sock = sys::socket::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = sock.local_addr().unwrap().as_socket().unwrap();
-    let mut core = Core::new(0, shared, vec![Listener { sock, addr }], false);
+    let adm = AdmissionConfig::for_descriptors(100);
+    let mut r = rig_with(adm, limits, Default::default(), false);
     let mut drv = FakeDriver::new(true);
     let c = client();
-    let info = PktInfo {
-        local: "127.0.0.1".parse().unwrap(),
-        ifindex: 0,
-    };
     let rrq = b"\x00\x01a.bin\x00octet\x00blksize\x00512\x00windowsize\x001000\x00";
     let now = Instant::now();
-    core.on_request(
-        0,
-        rrq,
-        false,
-        Some(c.local_addr().unwrap()),
-        Some(info),
-        now,
-        &mut drv,
-    );
+    request_with(&mut r, rrq, &c, &mut drv, now);
     let (id, _) = drv.watched[0];
-    core.on_transfer_datagram(id, b"\x00\x04\x00\x00", false, now, &mut drv);
+    r.core.on_transfer_datagram(id, ACK0, false, now, &mut drv);
     // Without GSO: one call per block, at most MAX_TX_BLOCKS per build.
     let mut total = 0;
     for _ in 0..100 {
@@ -351,7 +339,7 @@ fn large_windows_are_sent_in_bounded_builds() {
         total += n;
         let before = drv.sends.len();
         for call in 0..n {
-            core.on_send_complete(id, call, 516, now, &mut drv);
+            r.core.on_send_complete(id, call, 516, now, &mut drv);
         }
         if drv.sends.len() == before {
             break;
@@ -365,12 +353,9 @@ fn large_windows_are_sent_in_bounded_builds() {
 /// send has completed too (issue 9; issue 8's rule on closing).
 #[test]
 fn error_after_a_window_is_submitted_after_it() {
-    let mut r = rig(AdmissionConfig::for_descriptors(100));
     let mut drv = FakeDriver::new(true);
     drv.ctrl_async = true;
-    let c = client();
-    let now = Instant::now();
-    request(&mut r, &c, &mut drv, now);
+    let (mut r, c, now) = started(&mut drv);
     let (id, fd) = drv.watched[0];
     let sock_id = identity(fd).unwrap();
     assert_eq!(drv.order, [Sub::Ctrl(6)], "the OACK");
@@ -380,8 +365,7 @@ fn error_after_a_window_is_submitted_after_it() {
     // The OACK's completion, then ACK 0: a window goes out and stays in flight.
     r.core
         .on_send_complete(id, CTRL_CALL, n as i32, now, &mut drv);
-    r.core
-        .on_transfer_datagram(id, b"\x00\x04\x00\x00", false, now, &mut drv);
+    r.core.on_transfer_datagram(id, ACK0, false, now, &mut drv);
     let calls = drv.sends[0].1;
     assert_eq!(drv.order, [Sub::Ctrl(6), Sub::Window(calls)]);
     // The server aborts the transfer (shutdown): its ERROR waits for the window.
@@ -415,14 +399,10 @@ fn error_after_a_window_is_submitted_after_it() {
 /// A synchronous driver (epoll) sends the ERROR at once, in order after the window.
 #[test]
 fn synchronous_driver_sends_the_error_at_once() {
-    let mut r = rig(AdmissionConfig::for_descriptors(100));
     let mut drv = FakeDriver::new(false);
-    let c = client();
-    let now = Instant::now();
-    request(&mut r, &c, &mut drv, now);
+    let (mut r, _c, now) = started(&mut drv);
     let (id, _) = drv.watched[0];
-    r.core
-        .on_transfer_datagram(id, b"\x00\x04\x00\x00", false, now, &mut drv);
+    r.core.on_transfer_datagram(id, ACK0, false, now, &mut drv);
     let calls = drv.sends[0].1;
     r.core.shutdown(now, &mut drv);
     assert_eq!(drv.order, [Sub::Ctrl(6), Sub::Window(calls), Sub::Ctrl(5)]);
@@ -433,46 +413,17 @@ fn synchronous_driver_sends_the_error_at_once() {
 /// worker's one timer queue wakes it (never armed in the past) until the whole window is out.
 #[test]
 fn a_capped_interface_paces_a_window_in_pieces_through_the_timer_queue() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("a.bin"), vec![7u8; 1 << 20]).unwrap();
-    let store = Store::new(dir.path(), StoreOptions::default()).unwrap();
     // 10 Mbit/s: a quantum of 250 µs is under two blocks, so every piece is two blocks.
     let cap = crate::proto::cc::Rate::from_bits_per_sec(10_000_000);
-    let shared = Arc::new(Shared {
-        store,
-        limits: Limits::default(),
-        min_rto: Duration::from_millis(2),
-        port_range: None,
-        multicast: None,
-        admission: Admission::new(AdmissionConfig::for_descriptors(100)),
-        settings: None,
-        workers: 1,
-        fault: None,
-        metrics: None,
-        draining: None,
-        links: Arc::new(crate::engine::links::Links::new([(0, cap)])),
-    });
-    let sock = sys::socket::listener_socket("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = sock.local_addr().unwrap().as_socket().unwrap();
-    let mut core = Core::new(0, shared, vec![Listener { sock, addr }], false);
+    let adm = AdmissionConfig::for_descriptors(100);
+    let links = Arc::new(Links::new([(0, cap)]));
+    let mut r = rig_with(adm, Limits::default(), links, false);
     let mut drv = FakeDriver::new(true);
     let c = client();
-    let info = PktInfo {
-        local: "127.0.0.1".parse().unwrap(),
-        ifindex: 0,
-    };
     let mut now = Instant::now();
-    core.on_request(
-        0,
-        RRQ,
-        false,
-        Some(c.local_addr().unwrap()),
-        Some(info),
-        now,
-        &mut drv,
-    );
+    request(&mut r, &c, &mut drv, now);
     let (id, _) = drv.watched[0];
-    core.on_transfer_datagram(id, b"\x00\x04\x00\x00", false, now, &mut drv);
+    r.core.on_transfer_datagram(id, ACK0, false, now, &mut drv);
     let mut total = 0;
     let mut pieces = 0;
     for _ in 0..200 {
@@ -483,19 +434,20 @@ fn a_capped_interface_paces_a_window_in_pieces_through_the_timer_queue() {
                 assert!(n <= 2, "a piece is at most the quantum: {n} blocks");
                 total += n;
                 for call in 0..n {
-                    core.on_send_complete(id, call, 1472, now, &mut drv);
+                    r.core.on_send_complete(id, call, 1472, now, &mut drv);
                 }
             }
         }
         if total >= 64 {
             break;
         }
-        let due = core
+        let due = r
+            .core
             .next_deadline()
             .expect("a paced transfer has its timer armed");
         assert!(due > now, "never armed in the past");
         now = due;
-        core.run_timers(now, &mut drv);
+        r.core.run_timers(now, &mut drv);
     }
     assert_eq!(total, 64, "the whole window went out, in pieces");
     assert!(pieces >= 32);

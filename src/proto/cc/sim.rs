@@ -13,6 +13,7 @@
 use super::gap::{AckAction, GapCheck};
 use super::probe::{eifel_response, ProbeCheck, Verdict};
 use super::{wire_bytes, AckSample, FlowCc, Grant, LinkCc, LinkConfig, Rate};
+use crate::proto::sim::jain;
 use crate::proto::timer::TimerQueue;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -199,21 +200,6 @@ impl Outcome {
                 .map(|f| f[i] as f64)
                 .filter(|&x| x > 0.0),
         )
-    }
-}
-
-/// Jain's fairness index: (sum x)^2 / (n sum x^2); 1 when all are equal.
-pub(crate) fn jain(xs: impl Iterator<Item = f64>) -> f64 {
-    let (mut n, mut s, mut s2) = (0.0, 0.0, 0.0);
-    for x in xs {
-        n += 1.0;
-        s += x;
-        s2 += x * x;
-    }
-    if n == 0.0 || s2 == 0.0 {
-        1.0
-    } else {
-        s * s / (n * s2)
     }
 }
 

@@ -721,6 +721,16 @@ mod tests {
             .map(|t| t.datagram().expect("a datagram"))
     }
 
+    /// An RFC 2090 client of `f` asking for 8-byte blocks, made at the simulation's origin.
+    fn rfc2090_blksize_8() -> (McClient, Instant) {
+        let now = crate::sim_origin();
+        let cfg = McClientConfig {
+            blksize: BlockSize::new(8),
+            ..Default::default()
+        };
+        (McClient::rfc2090(SERVER, b"f", cfg, now), now)
+    }
+
     #[test]
     fn restarted_stream_is_placed_exactly_under_65536_blocks() {
         // PXE, 61 440 blocks: a late listener hears the second half and the short last block; the
@@ -745,12 +755,7 @@ mod tests {
         // RFC 2090, 150 000 blocks of 8 bytes (tsize in the OACK). This member joined after blocks
         // 1-16 went out; at the end a new master restarts the stream at block 1 (number 1 could
         // be 1, 65 537 or 131 073).
-        let now = crate::sim_origin();
-        let cfg = McClientConfig {
-            blksize: BlockSize::new(8),
-            ..Default::default()
-        };
-        let mut c = McClient::rfc2090(SERVER, b"f", cfg, now);
+        let (mut c, now) = rfc2090_blksize_8();
         let tsize = 8 * 149_999 + 3;
         let oack = format!("\0\x06multicast\0239.255.1.1,1758,0\0blksize\08\0tsize\0{tsize}\0");
         feed(&mut c, now, true, oack.as_bytes());
@@ -784,12 +789,7 @@ mod tests {
 
     #[test]
     fn rfc2090_master_acks_first_gap() {
-        let now = crate::sim_origin();
-        let cfg = McClientConfig {
-            blksize: BlockSize::new(8),
-            ..Default::default()
-        };
-        let mut c = McClient::rfc2090(SERVER, b"f", cfg, now);
+        let (mut c, now) = rfc2090_blksize_8();
         let mut buf = [0u8; 600];
         let (to, n) = next(&mut c, now, &mut buf).unwrap();
         assert_eq!(to, SERVER);
@@ -829,12 +829,7 @@ mod tests {
     fn rfc2090_server_ignoring_the_option_means_a_plain_unicast_download() {
         // RFC 2090 lets a server ignore `multicast`: the OACK has none (ringboot when its pool is
         // full or a cap is reached). The client downloads by unicast, ACKing every block.
-        let now = crate::sim_origin();
-        let cfg = McClientConfig {
-            blksize: BlockSize::new(8),
-            ..Default::default()
-        };
-        let mut c = McClient::rfc2090(SERVER, b"f", cfg, now);
+        let (mut c, now) = rfc2090_blksize_8();
         let mut buf = [0u8; 600];
         next(&mut c, now, &mut buf).unwrap();
         let ev = feed(
