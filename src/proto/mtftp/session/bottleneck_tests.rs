@@ -3,8 +3,7 @@
 
 use super::*;
 use crate::proto::tftp::packet::emit_ack;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use crate::proto::timer::EventQueue;
 
 /// Marks an event as an ACK.
 const ACK: u64 = 1 << 63;
@@ -57,7 +56,7 @@ fn through_bottleneck(
     let mut contiguous = 0u64;
     // Events: (when, what): a block reaching the member (its index), or an ACK reaching the
     // session (ACK | the index it acknowledges; the OACK is answered with 0).
-    let mut events: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+    let mut events: EventQueue<u64> = EventQueue::new();
     let mut queue_at: VecDeque<Instant> = VecDeque::new(); // departure instants of queued blocks
     let mut link_free = t0;
     let per_block = Duration::from_secs_f64(blksize as f64 / link as f64);
@@ -71,7 +70,7 @@ fn through_bottleneck(
             match t.payload {
                 Payload::Datagram(_) => {
                     // The OACK: the master ACKs 0 (its first gap) a round trip later.
-                    events.push(Reverse((now + 2 * delay, ACK)));
+                    events.push(now + 2 * delay, ACK);
                 }
                 Payload::Blocks { first, count } => {
                     for i in first..first + count as u64 {
@@ -85,21 +84,20 @@ fn through_bottleneck(
                         }
                         link_free = link_free.max(now) + per_block;
                         queue_at.push_back(link_free);
-                        events.push(Reverse((link_free + delay, i)));
+                        events.push(link_free + delay, i);
                         out.through_late += u64::from(link_free >= half);
                     }
                 }
             }
         }
-        let next = [s.poll_timeout(), events.peek().map(|Reverse((t, _))| *t)]
+        let next = [s.poll_timeout(), events.next_at()]
             .into_iter()
             .flatten()
             .min();
         let Some(next) = next else { break };
         now = next.max(now);
         s.handle_timeout(now);
-        while events.peek().is_some_and(|Reverse((t, _))| *t <= now) {
-            let Reverse((_, what)) = events.pop().unwrap();
+        while let Some((_, what)) = events.pop_due(now) {
             if what & ACK != 0 {
                 let mut ack = [0u8; 4];
                 let n = emit_ack(&mut ack, BlockNum::from_index(what & !ACK));
@@ -114,7 +112,7 @@ fn through_bottleneck(
                 }
             }
             // The ACK travels back (no queue that way).
-            events.push(Reverse((now + delay, ACK | contiguous)));
+            events.push(now + delay, ACK | contiguous);
         }
     }
     out.late = end.saturating_duration_since(half);

@@ -8,8 +8,8 @@ use super::super::*;
 use crate::proto::cc::{LinkCc, LinkConfig, Rate};
 use crate::proto::tftp::options::{negotiate, Limits, RequestOptions};
 use crate::proto::tftp::packet::{emit_ack, OptionList};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use crate::proto::timer::EventQueue;
+use std::collections::VecDeque;
 
 const BLKSIZE: u64 = 1428;
 
@@ -74,8 +74,7 @@ struct Bench {
     delay: Duration,
     loss_per_mille: u64,
     seed: u64,
-    seq: u64,
-    events: BinaryHeap<Reverse<(Instant, u64, Ev)>>,
+    events: EventQueue<Ev>,
     queue: VecDeque<(usize, u64, u64, u64)>,
     link: LinkCc,
     specs: Vec<Spec>,
@@ -102,8 +101,7 @@ impl Bench {
             delay: Duration::from_micros(50),
             loss_per_mille: 0,
             seed: 7,
-            seq: 0,
-            events: BinaryHeap::new(),
+            events: EventQueue::new(),
             queue: VecDeque::new(),
             link: LinkCc::new(LinkConfig {
                 cap,
@@ -143,8 +141,7 @@ impl Bench {
     }
 
     fn at(&mut self, t: Instant, ev: Ev) {
-        self.seq += 1;
-        self.events.push(Reverse((t, self.seq, ev)));
+        self.events.push(t, ev);
     }
 
     fn enqueue(&mut self, f: usize, index: u64, len: u64, wire: u64) {
@@ -259,7 +256,7 @@ impl Bench {
     fn run(mut self, limit: Duration) -> Bench {
         let end = self.t0 + limit;
         let mut steps = 0u64;
-        while let Some(Reverse((t, _, ev))) = self.events.pop() {
+        while let Some((t, ev)) = self.events.pop() {
             assert!(t >= self.now, "time never goes back");
             if t > end {
                 break;
