@@ -394,6 +394,13 @@ impl McService {
         }
     }
 
+    /// Answer an MTFTP open on listener `i` with an ERROR (no session takes it).
+    fn refuse_open(&self, i: usize, to: SocketAddr, code: ErrorCode, message: &str) {
+        let mut out = [0u8; 256];
+        let len = emit_error(&mut out, code, message);
+        let _ = self.listeners[i].send_to(&out[..len], to);
+    }
+
     /// The token of the session of `key` that is not over yet, if any.
     fn live_session(&self, key: Key) -> Option<u64> {
         self.sessions
@@ -566,9 +573,7 @@ impl McService {
                     if let Some(suppressed) = self.logs.open_refused.allow(now) {
                         info!(client = %from, file = String::from_utf8_lossy(req.filename).as_ref(), reason = %e, suppressed, "MTFTP open refused");
                     }
-                    let mut out = [0u8; 256];
-                    let len = emit_error(&mut out, e.error_code(), &e.to_string());
-                    let _ = self.listeners[i].send_to(&out[..len], from);
+                    self.refuse_open(i, from, e.error_code(), &e.to_string());
                     continue;
                 }
             };
@@ -583,9 +588,7 @@ impl McService {
                 if let Some(suppressed) = self.logs.no_mtftp.allow(now) {
                     info!(client = %from, file = String::from_utf8_lossy(req.filename).as_ref(), suppressed, "MTFTP open for a file without MTFTP settings refused");
                 }
-                let mut out = [0u8; 128];
-                let len = emit_error(&mut out, ErrorCode::FileNotFound, "no MTFTP for this file");
-                let _ = self.listeners[i].send_to(&out[..len], from);
+                self.refuse_open(i, from, ErrorCode::FileNotFound, "no MTFTP for this file");
                 continue;
             };
             let key = Key::Mtftp(which);
@@ -609,13 +612,12 @@ impl McService {
                         Ok(t) => t,
                         Err(e) => {
                             // The client re-opens (and iPXE falls back to TFTP after 3 opens).
-                            let mut out = [0u8; 128];
-                            let len = emit_error(
-                                &mut out,
+                            self.refuse_open(
+                                i,
+                                from,
                                 ErrorCode::NotDefined,
                                 "cannot open a multicast session",
                             );
-                            let _ = self.listeners[i].send_to(&out[..len], from);
                             if let Some(suppressed) = self.logs.not_placed.allow(now) {
                                 warn!(client = %from, reason = %e, suppressed, "cannot open a multicast session socket; ERROR sent");
                             }
@@ -639,13 +641,12 @@ impl McService {
             if let Some(file) = late {
                 // Past block 65535 of a wrapping file: an ERROR, not a listener that would
                 // misplace what it hears (Session::admits_joiners).
-                let mut out = [0u8; 128];
-                let len = emit_error(
-                    &mut out,
+                self.refuse_open(
+                    i,
+                    from,
                     ErrorCode::NotDefined,
                     "multicast session past block 65535; open again after it, or use TFTP",
                 );
-                let _ = self.listeners[i].send_to(&out[..len], from);
                 self.observe_refusal(crate::metrics::McRefusal::Late);
                 if let Some(suppressed) = self.logs.not_placed.allow(now) {
                     info!(client = %from, file, suppressed, "MTFTP open refused: the session of this file of more than 65535 blocks is past its start; ERROR sent");
