@@ -98,7 +98,7 @@ impl<'de, const LO: u64, const HI: u64> Deserialize<'de> for Ranged<LO, HI> {
 /// always been); a string with a unit says its own: `"200ms"`, `"3s"`, `"5m"`, `"1h"`, `"2d"`.
 /// The value must be a whole number of the key's unit (`timeout = "1500ms"` is refused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Dur<const UNIT_MS: u64, const LO: u64, const HI: u64>(u64);
+pub struct Dur<const UNIT_MS: u64, const LO: u64, const HI: u64>(Ranged<LO, HI>);
 
 /// A duration counted in seconds, `LO..=HI` of them.
 pub type Secs<const LO: u64, const HI: u64> = Dur<1000, LO, HI>;
@@ -108,23 +108,19 @@ pub type Millis<const LO: u64, const HI: u64> = Dur<1, LO, HI>;
 impl<const UNIT_MS: u64, const LO: u64, const HI: u64> Dur<UNIT_MS, LO, HI> {
     /// `units` of the key's unit; `None` out of range.
     pub const fn new(units: u64) -> Option<Self> {
-        if units >= LO && units <= HI {
-            Some(Dur(units))
-        } else {
-            None
+        match Ranged::new(units) {
+            Some(r) => Some(Dur(r)),
+            None => None,
         }
     }
 
-    /// A value known to be in range (a default).
+    /// A value known to be in range (a default; see [`Ranged::of`]).
     pub const fn of(units: u64) -> Self {
-        match Self::new(units) {
-            Some(d) => d,
-            None => panic!("Dur::of: value out of range"),
-        }
+        Dur(Ranged::of(units))
     }
 
     pub fn get(self) -> Duration {
-        Duration::from_millis(self.0 * UNIT_MS)
+        Duration::from_millis(self.0.get() * UNIT_MS)
     }
 
     fn unit() -> &'static str {

@@ -115,7 +115,7 @@ pub(crate) fn decode(raw: &[u8]) -> Result<RelPath, LookupError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::proto::tftp::packet::ErrorCode;
     use proptest::prelude::*;
@@ -153,69 +153,65 @@ mod tests {
         assert_eq!(code(b"pxe\xfflinux.0"), ErrorCode::AccessViolation);
     }
 
+    /// Names the decoder refuses, each with its reason (a variant without data). The store's
+    /// tests send every one of them to a real root too.
+    pub(in crate::store) const REFUSED: &[(&[u8], LookupError)] = &[
+        (b"a\0b", LookupError::IllegalCharacter),
+        (b"a\nb", LookupError::IllegalCharacter),
+        (b"\x1bx", LookupError::IllegalCharacter),
+        (b"a\x7f", LookupError::IllegalCharacter),
+        (b"\x7f", LookupError::IllegalCharacter),
+        (b"\tx", LookupError::IllegalCharacter),
+        (b"\x80abc", LookupError::IllegalCharacter),
+        (b"\xc3", LookupError::IllegalCharacter),
+        (b"pxelinux.0\0", LookupError::IllegalCharacter),
+        (b"pxe\x01linux.0", LookupError::IllegalCharacter),
+        (b"pxelinux.0\xfe", LookupError::IllegalCharacter),
+        (b"../etc/passwd", LookupError::ParentDirectory),
+        (b"../x", LookupError::ParentDirectory),
+        (b"/../x", LookupError::ParentDirectory),
+        (b"a/../../x", LookupError::ParentDirectory),
+        (b"a/b/..", LookupError::ParentDirectory),
+        (b"..", LookupError::ParentDirectory),
+        (b"..\\x", LookupError::ParentDirectory),
+        (b"\\..\\x", LookupError::ParentDirectory),
+        (b"a\\..\\b", LookupError::ParentDirectory),
+        (b"C:\\x", LookupError::DrivePrefix),
+        (b"c:/x", LookupError::DrivePrefix),
+        (b"\\D:\\boot", LookupError::DrivePrefix),
+        (b"C:", LookupError::DrivePrefix),
+        (b"z:file", LookupError::DrivePrefix),
+        (b"", LookupError::EmptyName),
+        (b"/", LookupError::EmptyName),
+        (b"\\", LookupError::EmptyName),
+        (b"./", LookupError::EmptyName),
+        (b"\xff", LookupError::EmptyName),
+        (b"//.//", LookupError::EmptyName),
+    ];
+
     #[test]
-    fn illegal_characters() {
-        for raw in [
-            &b"a\0b"[..],
-            b"a\nb",
-            b"\x1bx",
-            b"a\x7f",
-            b"\tx",
-            b"\x80abc",
-            b"\xc3",
-        ] {
-            assert!(
-                matches!(decode(raw), Err(LookupError::IllegalCharacter)),
-                "{raw:?}"
+    fn refused_names_give_their_reason_and_code() {
+        for (raw, why) in REFUSED {
+            let e = decode(raw)
+                .err()
+                .unwrap_or_else(|| panic!("{raw:?} decoded"));
+            assert_eq!(
+                std::mem::discriminant(&e),
+                std::mem::discriminant(why),
+                "{raw:?}: {e}"
             );
+            assert_eq!(e.error_code(), why.error_code(), "{raw:?}");
         }
         assert_eq!(
             LookupError::IllegalCharacter.to_string(),
             "illegal character in filename"
         );
-    }
-
-    #[test]
-    fn parent_components_are_refused() {
-        for raw in [
-            &b"../etc/passwd"[..],
-            b"/../x",
-            b"a/../../x",
-            b"a/b/..",
-            b"..",
-            b"\\..\\x",
-            b"a\\..\\b",
-        ] {
-            assert!(
-                matches!(decode(raw), Err(LookupError::ParentDirectory)),
-                "{raw:?}"
-            );
-            assert_eq!(code(raw), ErrorCode::AccessViolation);
+        for why in [LookupError::ParentDirectory, LookupError::DrivePrefix] {
+            assert_eq!(why.error_code(), ErrorCode::AccessViolation);
         }
+        assert_eq!(LookupError::EmptyName.error_code(), ErrorCode::FileNotFound);
         // Names that merely contain dots are fine.
         assert_eq!(ok(b"...x/..y/a.."), "...x/..y/a..");
-    }
-
-    #[test]
-    fn drive_prefixes_are_refused() {
-        for raw in [&b"C:\\x"[..], b"c:/x", b"\\D:\\boot", b"C:", b"z:file"] {
-            assert!(
-                matches!(decode(raw), Err(LookupError::DrivePrefix)),
-                "{raw:?}"
-            );
-        }
-        assert_eq!(code(b"C:\\x"), ErrorCode::AccessViolation);
-    }
-
-    #[test]
-    fn empty_names() {
-        for raw in [&b""[..], b"/", b"\\", b"./", b"\xff", b"//.//"] {
-            assert!(
-                matches!(decode(raw), Err(LookupError::EmptyName)),
-                "{raw:?}"
-            );
-        }
-        assert_eq!(code(b""), ErrorCode::FileNotFound);
     }
 
     #[test]

@@ -107,25 +107,11 @@ fn hostile_names_are_refused() {
     fs::write(outer.path().join("x"), "secret").unwrap();
     fs::write(root.join("pxelinux.0"), "pxe").unwrap();
     let s = Store::new(&root, StoreOptions::default()).unwrap();
-    for name in [
-        &b"../x"[..],
-        b"/../x",
-        b"a/../../x",
-        b"..\\x",
-        b"../etc/passwd",
-    ] {
-        assert_eq!(code(&s, name), ErrorCode::AccessViolation, "{name:?}");
+    // Every name the decoder refuses, refused by a real root with the same code (`../x` and
+    // `..\\x` would reach the file beside the root).
+    for (name, why) in path::tests::REFUSED {
+        assert_eq!(code(&s, name), why.error_code(), "{name:?}");
     }
-    for name in [
-        &b"C:\\x"[..],
-        b"pxelinux.0\0",
-        b"pxe\x01linux.0",
-        b"\x7f",
-        b"pxelinux.0\xfe",
-    ] {
-        assert_eq!(code(&s, name), ErrorCode::AccessViolation, "{name:?}");
-    }
-    assert_eq!(code(&s, b""), ErrorCode::FileNotFound);
     assert_eq!(code(&s, b"nope"), ErrorCode::FileNotFound);
     assert_eq!(
         s.lookup(b"pxelinux.0\xff", Mode::Octet).unwrap().bytes(),

@@ -97,6 +97,28 @@ fn encoded(r: &Registry) -> (BTreeMap<String, String>, BTreeMap<String, f64>, St
     (t, s, out)
 }
 
+/// The samples of histogram `name`: these cumulative buckets (`le`, count), its count where
+/// given, and its sum (to 1e-9).
+fn histogram(
+    s: &BTreeMap<String, f64>,
+    name: &str,
+    buckets: &[(&str, f64)],
+    count: Option<f64>,
+    sum: f64,
+) {
+    for (le, n) in buckets {
+        assert_eq!(
+            s[&format!("{name}_bucket{{le={le}}}")],
+            *n,
+            "{name} le={le}"
+        );
+    }
+    if let Some(count) = count {
+        assert_eq!(s[&format!("{name}_count")], count, "{name}");
+    }
+    assert!((s[&format!("{name}_sum")] - sum).abs() < 1e-9, "{name}");
+}
+
 #[test]
 fn known_values_encode_and_parse_back() {
     let r = Registry::new(Info {
@@ -167,24 +189,29 @@ fn known_values_encode_and_parse_back() {
     assert_eq!(s["ringboot_tftp_blocks_resent_total"], 1.0);
     assert_eq!(s["ringboot_tftp_timeouts_total"], 1.0);
     // Duration: one completed transfer of 200 ms (the probe is not observed).
-    let d = "ringboot_tftp_transfer_duration_seconds";
-    assert_eq!(s[&format!("{d}_bucket{{le=0.1}}")], 0.0);
-    assert_eq!(s[&format!("{d}_bucket{{le=0.25}}")], 1.0);
-    assert_eq!(s[&format!("{d}_bucket{{le=+Inf}}")], 1.0);
-    assert_eq!(s[&format!("{d}_count")], 1.0);
-    assert!((s[&format!("{d}_sum")] - 0.2).abs() < 1e-9);
+    histogram(
+        &s,
+        "ringboot_tftp_transfer_duration_seconds",
+        &[("0.1", 0.0), ("0.25", 1.0), ("+Inf", 1.0)],
+        Some(1.0),
+        0.2,
+    );
     // First block: 3 ms and 2.5 ms (the bound is inclusive: le means <=).
-    let f = "ringboot_tftp_first_block_seconds";
-    assert_eq!(s[&format!("{f}_bucket{{le=0.001}}")], 0.0);
-    assert_eq!(s[&format!("{f}_bucket{{le=0.0025}}")], 1.0);
-    assert_eq!(s[&format!("{f}_bucket{{le=0.005}}")], 2.0);
-    assert_eq!(s[&format!("{f}_count")], 2.0);
-    assert!((s[&format!("{f}_sum")] - 0.0055).abs() < 1e-9);
+    histogram(
+        &s,
+        "ringboot_tftp_first_block_seconds",
+        &[("0.001", 0.0), ("0.0025", 1.0), ("0.005", 2.0)],
+        Some(2.0),
+        0.0055,
+    );
     // Throughput: 1,000,000 bytes in 0.2 s = 5,000,000 B/s.
-    let t = "ringboot_tftp_transfer_throughput_bytes_per_second";
-    assert_eq!(s[&format!("{t}_bucket{{le=1250000}}")], 0.0);
-    assert_eq!(s[&format!("{t}_bucket{{le=6250000}}")], 1.0);
-    assert_eq!(s[&format!("{t}_sum")], 5_000_000.0);
+    histogram(
+        &s,
+        "ringboot_tftp_transfer_throughput_bytes_per_second",
+        &[("1250000", 0.0), ("6250000", 1.0)],
+        None,
+        5_000_000.0,
+    );
     // DHCP: combinations seen only; 9 counts as efi_x64.
     assert_eq!(
         s["ringboot_dhcp_messages_total{type=discover,mode=proxy,arch=efi_x64}"],

@@ -496,33 +496,26 @@ mod tests {
 
     #[test]
     fn malformed() {
-        assert_eq!(Packet::parse(b""), Err(ParseError::TooShort(0)));
-        assert_eq!(Packet::parse(b"\x00"), Err(ParseError::TooShort(1)));
-        assert_eq!(
-            Packet::parse(b"\x00\x09"),
-            Err(ParseError::UnknownOpcode(9))
-        );
-        assert_eq!(
-            Packet::parse(b"\x00\x01abc"),
-            Err(ParseError::MissingFilename)
-        );
-        assert_eq!(
-            Packet::parse(b"\x00\x01a\x00oct"),
-            Err(ParseError::MissingMode)
-        );
-        assert_eq!(
-            Packet::parse(b"\x00\x01a\x00binary\x00"),
-            Err(ParseError::UnknownMode)
-        );
-        assert_eq!(
-            Packet::parse(b"\x00\x01a\x00octet\x00blksize\x00"),
-            Err(ParseError::TruncatedOption)
-        );
-        assert_eq!(
-            Packet::parse(b"\x00\x01a\x00octet\x00blksize\x00512"),
-            Err(ParseError::TruncatedOption)
-        );
-        assert_eq!(Packet::parse(b"\x00\x04\x00"), Err(ParseError::TooShort(3)));
+        let cases: [(&[u8], ParseError); 9] = [
+            (b"", ParseError::TooShort(0)),
+            (b"\x00", ParseError::TooShort(1)),
+            (b"\x00\x09", ParseError::UnknownOpcode(9)),
+            (b"\x00\x01abc", ParseError::MissingFilename),
+            (b"\x00\x01a\x00oct", ParseError::MissingMode),
+            (b"\x00\x01a\x00binary\x00", ParseError::UnknownMode),
+            (
+                b"\x00\x01a\x00octet\x00blksize\x00",
+                ParseError::TruncatedOption,
+            ),
+            (
+                b"\x00\x01a\x00octet\x00blksize\x00512",
+                ParseError::TruncatedOption,
+            ),
+            (b"\x00\x04\x00", ParseError::TooShort(3)),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(Packet::parse(raw), Err(want), "{raw:?}");
+        }
     }
 
     #[test]
