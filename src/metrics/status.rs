@@ -144,40 +144,24 @@ pub struct TransferView<'a> {
     pub started: Instant,
 }
 
+/// What a published transfer adds to its [`Row`] (read by the page only).
 #[derive(Clone, Copy, Debug)]
-struct TransferRow {
-    id: u64,
+pub struct TransferRow {
     client: SocketAddr,
     file: ShortText<NAME_BYTES>,
-    bytes: u64,
     size: Option<u64>,
+}
+
+/// A published row: an id (with its start, to tell a reused id), the bytes whose rate the page
+/// shows, that rate, and what its kind adds (`of`: a [`TransferRow`], a [`SessionRow`]).
+#[derive(Clone, Copy, Debug)]
+struct Row<R> {
+    id: u64,
     started: Instant,
+    bytes: u64,
     /// Bytes per second since the previous batch (or since its start).
     rate: u64,
-}
-
-/// A published row: an id (with its start, to tell a reused id), and the bytes whose rate the
-/// page shows.
-trait Row: Copy {
-    fn id(&self) -> u64;
-    fn started(&self) -> Instant;
-    fn bytes(&self) -> u64;
-    fn set_rate(&mut self, rate: u64);
-}
-
-impl Row for TransferRow {
-    fn id(&self) -> u64 {
-        self.id
-    }
-    fn started(&self) -> Instant {
-        self.started
-    }
-    fn bytes(&self) -> u64 {
-        self.bytes
-    }
-    fn set_rate(&mut self, rate: u64) {
-        self.rate = rate;
-    }
+    of: R,
 }
 
 /// One publisher's rows: the latest batch, the one before (for the rates), when each was made.
@@ -185,12 +169,12 @@ impl Row for TransferRow {
 struct Slot<R> {
     at: Option<Instant>,
     count: u64,
-    rows: Vec<R>,
-    prev: Vec<R>,
+    rows: Vec<Row<R>>,
+    prev: Vec<Row<R>>,
     prev_at: Option<Instant>,
 }
 
-impl<R: Row> Slot<R> {
+impl<R> Slot<R> {
     /// Rows allocated at start: publishing never allocates.
     fn with_capacity(rows: usize) -> Self {
         Slot {
@@ -212,60 +196,78 @@ impl<R: Row> Slot<R> {
 
     /// The batch is complete at `now`: each row's rate since the previous batch (or its start).
     fn finish(&mut self, now: Instant) {
-        self.rows.sort_unstable_by_key(|r| r.id());
+        self.rows.sort_unstable_by_key(|r| r.id);
         for r in &mut self.rows {
             let before = self
                 .prev
-                .binary_search_by_key(&r.id(), |p| p.id())
+                .binary_search_by_key(&r.id, |p| p.id)
                 .ok()
                 .map(|i| &self.prev[i])
-                .filter(|p| p.started() == r.started());
-            r.set_rate(match (before, self.prev_at) {
+                .filter(|p| p.started == r.started);
+            r.rate = match (before, self.prev_at) {
                 (Some(p), Some(at)) if now > at => {
-                    per_second(r.bytes().saturating_sub(p.bytes()), now - at)
+                    per_second(r.bytes.saturating_sub(p.bytes), now - at)
                 }
-                _ => per_second(r.bytes(), since_start(now, r.started())),
-            });
+                _ => per_second(r.bytes, since_start(now, r.started)),
+            };
         }
         self.at = Some(now);
     }
 }
 
-type TransferSlot = Slot<TransferRow>;
-
+/// A publisher's handle on its board: the rows it publishes (a worker's transfers, the multicast
+/// service's sessions) and when its next batch is due (see the module docs).
 #[derive(Debug)]
-struct TransferBoard(Mutex<TransferSlot>);
-
-/// A worker's handle for publishing its transfers (see the module docs).
-#[derive(Debug)]
-pub struct TransferPublisher {
-    board: Arc<TransferBoard>,
+pub struct Publisher<R> {
+    board: Arc<Mutex<Slot<R>>>,
     next: Option<Instant>,
 }
 
-impl TransferPublisher {
+/// A worker's handle for publishing its transfers.
+pub type TransferPublisher = Publisher<TransferRow>;
+/// The multicast service's handle for publishing its sessions.
+pub type McPublisher = Publisher<SessionRow>;
+
+impl<R> Publisher<R> {
+    /// A board of `rows` rows, listed in `boards` (where the page reads it).
+    fn new(boards: &Mutex<Vec<Arc<Mutex<Slot<R>>>>>, rows: usize) -> Self {
+        let board = Arc::new(Mutex::new(Slot::with_capacity(rows)));
+        lock(boards).push(Arc::clone(&board));
+        Publisher { board, next: None }
+    }
+
     /// Whether a batch is due at `now` (once per [`PUBLISH_INTERVAL`]).
     pub fn due(&self, now: Instant) -> bool {
         self.next.is_none_or(|n| now >= n)
     }
 
-    /// When the next batch is due (for the worker's timer), `None`: now.
+    /// When the next batch is due (for the caller's timer), `None`: now.
     pub fn next_due(&self) -> Option<Instant> {
         self.next
     }
 
+    /// The board, its latest rows made the previous ones, for a batch started at `now`.
+    fn slot(&mut self, now: Instant) -> MutexGuard<'_, Slot<R>> {
+        self.next = Some(now + PUBLISH_INTERVAL);
+        let mut slot = lock(&self.board);
+        slot.begin();
+        slot
+    }
+}
+
+impl Publisher<TransferRow> {
     /// Start a batch at `now`: push every running transfer, then drop the batch.
     pub fn begin(&mut self, now: Instant) -> TransferBatch<'_> {
-        self.next = Some(now + PUBLISH_INTERVAL);
-        let mut slot = lock(&self.board.0);
-        slot.begin();
-        TransferBatch { slot, now }
+        TransferBatch {
+            slot: self.slot(now),
+            now,
+        }
     }
 }
 
 /// An open batch of a worker's transfers; publishing completes when it is dropped.
 pub struct TransferBatch<'a> {
-    slot: MutexGuard<'a, TransferSlot>,
+    slot: MutexGuard<'a, Slot<TransferRow>>,
     now: Instant,
 }
 
@@ -274,14 +276,16 @@ impl TransferBatch<'_> {
     pub fn push(&mut self, t: &TransferView<'_>) {
         self.slot.count += 1;
         if self.slot.rows.len() < ROWS_PER_WORKER {
-            self.slot.rows.push(TransferRow {
+            self.slot.rows.push(Row {
                 id: t.id,
-                client: t.client,
-                file: ShortText::new(t.file),
-                bytes: t.bytes_done,
-                size: t.size,
                 started: t.started,
+                bytes: t.bytes_done,
                 rate: 0,
+                of: TransferRow {
+                    client: t.client,
+                    file: ShortText::new(t.file),
+                    size: t.size,
+                },
             });
         }
     }
@@ -333,66 +337,24 @@ pub struct MemberView {
     pub master: bool,
 }
 
+/// A multicast session as published (read by the page only).
+/// What a published multicast session adds to its [`Row`] (read by the page only).
 #[derive(Clone, Copy, Debug)]
-struct SessionRow {
-    id: u64,
+pub struct SessionRow {
     protocol: McProtocol,
     file: ShortText<NAME_BYTES>,
     group: SocketAddr,
     size: u64,
     position: u64,
-    bytes_sent: u64,
     member_count: usize,
     members: [Option<MemberView>; MEMBERS_LISTED],
-    started: Instant,
-    rate: u64,
 }
 
-impl Row for SessionRow {
-    fn id(&self) -> u64 {
-        self.id
-    }
-    fn started(&self) -> Instant {
-        self.started
-    }
-    fn bytes(&self) -> u64 {
-        self.bytes_sent
-    }
-    fn set_rate(&mut self, rate: u64) {
-        self.rate = rate;
-    }
-}
-
-type SessionSlot = Slot<SessionRow>;
-
-#[derive(Debug)]
-struct SessionBoard(Mutex<SessionSlot>);
-
-/// The multicast service's handle for publishing its sessions (see the module docs).
-#[derive(Debug)]
-pub struct McPublisher {
-    board: Arc<SessionBoard>,
-    next: Option<Instant>,
-}
-
-impl McPublisher {
-    /// Whether a batch is due at `now`.
-    pub fn due(&self, now: Instant) -> bool {
-        self.next.is_none_or(|n| now >= n)
-    }
-
-    /// When the next batch is due, `None`: now.
-    pub fn next_due(&self) -> Option<Instant> {
-        self.next
-    }
-
+impl Publisher<SessionRow> {
     /// Start a batch at `now`: push every session (each followed by its members).
     pub fn begin(&mut self, now: Instant) -> McBatch<'_> {
-        self.next = Some(now + PUBLISH_INTERVAL);
-        let mut slot = lock(&self.board.0);
-        slot.begin();
         McBatch {
-            slot,
+            slot: self.slot(now),
             now,
             listing: false,
         }
@@ -401,7 +363,7 @@ impl McPublisher {
 
 /// An open batch of multicast sessions; publishing completes when it is dropped.
 pub struct McBatch<'a> {
-    slot: MutexGuard<'a, SessionSlot>,
+    slot: MutexGuard<'a, Slot<SessionRow>>,
     now: Instant,
     /// Whether the last session pushed is listed (its members go to it).
     listing: bool,
@@ -413,18 +375,20 @@ impl McBatch<'_> {
         self.slot.count += 1;
         self.listing = self.slot.rows.len() < SESSIONS_LISTED;
         if self.listing {
-            self.slot.rows.push(SessionRow {
+            self.slot.rows.push(Row {
                 id: s.id,
-                protocol: s.protocol,
-                file: ShortText::new(s.file),
-                group: s.group,
-                size: s.size,
-                position: s.position,
-                bytes_sent: s.bytes_sent,
-                member_count: s.members,
-                members: [None; MEMBERS_LISTED],
                 started: s.started,
+                bytes: s.bytes_sent,
                 rate: 0,
+                of: SessionRow {
+                    protocol: s.protocol,
+                    file: ShortText::new(s.file),
+                    group: s.group,
+                    size: s.size,
+                    position: s.position,
+                    member_count: s.members,
+                    members: [None; MEMBERS_LISTED],
+                },
             });
         }
     }
@@ -436,7 +400,7 @@ impl McBatch<'_> {
             return;
         }
         if let Some(row) = self.slot.rows.last_mut() {
-            if let Some(free) = row.members.iter_mut().find(|x| x.is_none()) {
+            if let Some(free) = row.of.members.iter_mut().find(|x| x.is_none()) {
                 *free = Some(m);
             }
         }
@@ -533,8 +497,8 @@ impl History {
 pub struct Status {
     registry: Arc<Registry>,
     started: Instant,
-    transfers: Mutex<Vec<Arc<TransferBoard>>>,
-    sessions: Mutex<Vec<Arc<SessionBoard>>>,
+    transfers: Mutex<Vec<Arc<Mutex<Slot<TransferRow>>>>>,
+    sessions: Mutex<Vec<Arc<Mutex<Slot<SessionRow>>>>>,
     dhcp: Mutex<VecDeque<DhcpRow>>,
     history: Mutex<History>,
 }
@@ -559,20 +523,12 @@ impl Status {
 
     /// A publisher for one worker's transfers (once per worker, at start).
     pub fn transfer_publisher(&self) -> TransferPublisher {
-        let board = Arc::new(TransferBoard(Mutex::new(TransferSlot::with_capacity(
-            ROWS_PER_WORKER,
-        ))));
-        lock(&self.transfers).push(Arc::clone(&board));
-        TransferPublisher { board, next: None }
+        Publisher::new(&self.transfers, ROWS_PER_WORKER)
     }
 
     /// A publisher for the multicast service's sessions (once, at start).
     pub fn multicast_publisher(&self) -> McPublisher {
-        let board = Arc::new(SessionBoard(Mutex::new(SessionSlot::with_capacity(
-            SESSIONS_LISTED,
-        ))));
-        lock(&self.sessions).push(Arc::clone(&board));
-        McPublisher { board, next: None }
+        Publisher::new(&self.sessions, SESSIONS_LISTED)
     }
 
     /// One DHCP decision at `now` (the oldest of [`DHCP_RECENT`] is forgotten).
@@ -612,11 +568,11 @@ impl Status {
             at.is_some_and(|a| now.saturating_duration_since(a) <= STALE_AFTER)
         };
 
-        let mut listed: Vec<(Instant, usize, TransferRow)> = Vec::new();
+        let mut listed: Vec<(Instant, usize, Row<TransferRow>)> = Vec::new();
         let mut published = 0u64;
-        let boards: Vec<Arc<TransferBoard>> = lock(&self.transfers).clone();
+        let boards: Vec<Arc<Mutex<Slot<TransferRow>>>> = lock(&self.transfers).clone();
         for (w, b) in boards.iter().enumerate() {
-            let slot = lock(&b.0);
+            let slot = lock(b);
             if fresh(slot.at) {
                 published += slot.count;
                 listed.extend(slot.rows.iter().map(|r| (r.started, w, *r)));
@@ -631,10 +587,10 @@ impl Status {
             listed: listed
                 .iter()
                 .map(|(_, _, r)| TransferJson {
-                    client: r.client.to_string(),
-                    file: r.file.to_display(),
+                    client: r.of.client.to_string(),
+                    file: r.of.file.to_display(),
                     bytes: r.bytes,
-                    size: r.size,
+                    size: r.of.size,
                     rate: r.rate,
                     elapsed_s: secs(now.saturating_duration_since(r.started)),
                 })
@@ -642,23 +598,23 @@ impl Status {
         };
 
         let mut multicast = Vec::new();
-        let boards: Vec<Arc<SessionBoard>> = lock(&self.sessions).clone();
+        let boards: Vec<Arc<Mutex<Slot<SessionRow>>>> = lock(&self.sessions).clone();
         for b in &boards {
-            let slot = lock(&b.0);
+            let slot = lock(b);
             if !fresh(slot.at) {
                 continue;
             }
             for r in &slot.rows {
                 multicast.push(SessionJson {
-                    protocol: r.protocol.as_str(),
-                    file: r.file.to_display(),
-                    group: r.group.to_string(),
-                    size: r.size,
-                    position: r.position,
-                    bytes_sent: r.bytes_sent,
+                    protocol: r.of.protocol.as_str(),
+                    file: r.of.file.to_display(),
+                    group: r.of.group.to_string(),
+                    size: r.of.size,
+                    position: r.of.position,
+                    bytes_sent: r.bytes,
                     rate: r.rate,
-                    members: r.member_count,
-                    listed: r.members.iter().flatten().copied().collect(),
+                    members: r.of.member_count,
+                    listed: r.of.members.iter().flatten().copied().collect(),
                     elapsed_s: secs(now.saturating_duration_since(r.started)),
                 });
             }

@@ -161,33 +161,61 @@ fn known_values_encode_and_parse_back() {
     assert_eq!(types["ringboot_tftp_transfers_ended_total"], "counter");
     assert_eq!(types["ringboot_tftp_transfers_active"], "gauge");
     assert_eq!(types["ringboot_tftp_first_block_seconds"], "histogram");
+    // Counters and gauges: (sample, value).
+    for (sample, want) in [
+        (
+            "ringboot_info{version=1.2.3,backend=io_uring,workers=2}",
+            1.0,
+        ),
+        ("ringboot_tftp_transfers_started_total", 4.0),
+        ("ringboot_tftp_transfers_active", 2.0),
+        (
+            "ringboot_tftp_transfers_ended_total{outcome=completed}",
+            1.0,
+        ),
+        ("ringboot_tftp_transfers_ended_total{outcome=probe}", 1.0),
+        ("ringboot_tftp_transfers_ended_total{outcome=timeout}", 0.0),
+        (
+            "ringboot_tftp_requests_refused_total{reason=not_found}",
+            2.0,
+        ),
+        (
+            "ringboot_tftp_requests_refused_total{reason=client_rate}",
+            1.0,
+        ),
+        ("ringboot_tftp_sent_bytes_total", 6144.0),
+        ("ringboot_tftp_blocks_sent_total", 12.0),
+        ("ringboot_tftp_blocks_resent_total", 1.0),
+        ("ringboot_tftp_timeouts_total", 1.0),
+        // DHCP: combinations seen only; 9 counts as efi_x64.
+        (
+            "ringboot_dhcp_messages_total{type=discover,mode=proxy,arch=efi_x64}",
+            2.0,
+        ),
+        (
+            "ringboot_dhcp_messages_total{type=offer,mode=proxy,arch=efi_x64}",
+            1.0,
+        ),
+        ("ringboot_dhcp_ignored_total{reason=not_pxe}", 1.0),
+        ("ringboot_dhcp_leases{state=in_use}", 3.0),
+        ("ringboot_dhcp_leases{state=free}", 97.0),
+        ("ringboot_multicast_sessions{protocol=rfc2090}", 1.0),
+        ("ringboot_multicast_sessions{protocol=pxe_mtftp}", 0.0),
+        ("ringboot_multicast_members{protocol=rfc2090}", 4.0),
+        (
+            "ringboot_multicast_sent_bytes_total{protocol=rfc2090}",
+            4096.0,
+        ),
+        ("ringboot_multicast_refused_total{reason=pool_full}", 1.0),
+    ] {
+        assert_eq!(s[sample], want, "{sample}");
+    }
     assert_eq!(
-        s["ringboot_info{version=1.2.3,backend=io_uring,workers=2}"],
-        1.0
+        s.keys()
+            .filter(|k| k.starts_with("ringboot_dhcp_messages_total"))
+            .count(),
+        2
     );
-    assert_eq!(s["ringboot_tftp_transfers_started_total"], 4.0);
-    assert_eq!(s["ringboot_tftp_transfers_active"], 2.0);
-    assert_eq!(
-        s["ringboot_tftp_transfers_ended_total{outcome=completed}"],
-        1.0
-    );
-    assert_eq!(s["ringboot_tftp_transfers_ended_total{outcome=probe}"], 1.0);
-    assert_eq!(
-        s["ringboot_tftp_transfers_ended_total{outcome=timeout}"],
-        0.0
-    );
-    assert_eq!(
-        s["ringboot_tftp_requests_refused_total{reason=not_found}"],
-        2.0
-    );
-    assert_eq!(
-        s["ringboot_tftp_requests_refused_total{reason=client_rate}"],
-        1.0
-    );
-    assert_eq!(s["ringboot_tftp_sent_bytes_total"], 6144.0);
-    assert_eq!(s["ringboot_tftp_blocks_sent_total"], 12.0);
-    assert_eq!(s["ringboot_tftp_blocks_resent_total"], 1.0);
-    assert_eq!(s["ringboot_tftp_timeouts_total"], 1.0);
     // Duration: one completed transfer of 200 ms (the probe is not observed).
     histogram(
         &s,
@@ -212,32 +240,6 @@ fn known_values_encode_and_parse_back() {
         None,
         5_000_000.0,
     );
-    // DHCP: combinations seen only; 9 counts as efi_x64.
-    assert_eq!(
-        s["ringboot_dhcp_messages_total{type=discover,mode=proxy,arch=efi_x64}"],
-        2.0
-    );
-    assert_eq!(
-        s["ringboot_dhcp_messages_total{type=offer,mode=proxy,arch=efi_x64}"],
-        1.0
-    );
-    assert_eq!(
-        s.keys()
-            .filter(|k| k.starts_with("ringboot_dhcp_messages_total"))
-            .count(),
-        2
-    );
-    assert_eq!(s["ringboot_dhcp_ignored_total{reason=not_pxe}"], 1.0);
-    assert_eq!(s["ringboot_dhcp_leases{state=in_use}"], 3.0);
-    assert_eq!(s["ringboot_dhcp_leases{state=free}"], 97.0);
-    assert_eq!(s["ringboot_multicast_sessions{protocol=rfc2090}"], 1.0);
-    assert_eq!(s["ringboot_multicast_sessions{protocol=pxe_mtftp}"], 0.0);
-    assert_eq!(s["ringboot_multicast_members{protocol=rfc2090}"], 4.0);
-    assert_eq!(
-        s["ringboot_multicast_sent_bytes_total{protocol=rfc2090}"],
-        4096.0
-    );
-    assert_eq!(s["ringboot_multicast_refused_total{reason=pool_full}"], 1.0);
     // Exact lines, as a scraper sees them.
     for line in [
         "# TYPE ringboot_tftp_transfers_ended_total counter",
