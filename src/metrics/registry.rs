@@ -554,12 +554,14 @@ impl Totals {
         labelled(
             out,
             "ringboot_tftp_transfers_ended_total",
+            "counter",
             "Unicast transfers ended, by outcome.",
             Outcome::ALL.iter().map(|o| (*o, self.ended[o.index()])),
         )?;
         labelled(
             out,
             "ringboot_tftp_requests_refused_total",
+            "counter",
             "Requests refused with an ERROR, by reason.",
             RefuseReason::ALL
                 .iter()
@@ -633,6 +635,7 @@ impl Totals {
         labelled(
             out,
             "ringboot_dhcp_ignored_total",
+            "counter",
             "DHCP messages not answered, by reason.",
             DhcpIgnored::ALL
                 .iter()
@@ -655,35 +658,28 @@ impl Totals {
             self.leases_free
         )?;
 
-        head(
+        labelled(
             out,
             "ringboot_multicast_sessions",
             "gauge",
             "Multicast sessions running now, by protocol.",
+            McProtocol::ALL
+                .iter()
+                .map(|p| (*p, self.mc_sessions[p.index()])),
         )?;
-        for p in McProtocol::ALL {
-            writeln!(
-                out,
-                "ringboot_multicast_sessions{{protocol=\"{p}\"}} {}",
-                self.mc_sessions[p.index()]
-            )?;
-        }
-        head(
+        labelled(
             out,
             "ringboot_multicast_members",
             "gauge",
             "Members of the multicast sessions now, by protocol.",
+            McProtocol::ALL
+                .iter()
+                .map(|p| (*p, self.mc_members[p.index()])),
         )?;
-        for p in McProtocol::ALL {
-            writeln!(
-                out,
-                "ringboot_multicast_members{{protocol=\"{p}\"}} {}",
-                self.mc_members[p.index()]
-            )?;
-        }
         labelled(
             out,
             "ringboot_multicast_sent_bytes_total",
+            "counter",
             "File bytes sent to multicast groups, resends included, by protocol.",
             McProtocol::ALL
                 .iter()
@@ -692,6 +688,7 @@ impl Totals {
         labelled(
             out,
             "ringboot_multicast_refused_total",
+            "counter",
             "Requests for multicast not served by multicast, by reason (RFC 2090: served by unicast instead; PXE MTFTP: refused).",
             McRefusal::ALL
                 .iter()
@@ -711,15 +708,16 @@ fn counter(out: &mut String, name: &str, help: &str, v: u64) -> fmt::Result {
     writeln!(out, "{name} {v}")
 }
 
-/// A counter with one enum label: every value is written, zeros included, so that `rate()`
-/// starts from zero.
+/// A counter or gauge (`kind`) with one enum label: every value is written, zeros included, so
+/// that `rate()` starts from zero.
 fn labelled<L: LabelValue>(
     out: &mut String,
     name: &str,
+    kind: &str,
     help: &str,
     values: impl Iterator<Item = (L, u64)>,
 ) -> fmt::Result {
-    head(out, name, "counter", help)?;
+    head(out, name, kind, help)?;
     for (l, v) in values {
         writeln!(out, "{name}{{{}=\"{}\"}} {v}", L::LABEL, l.value())?;
     }
