@@ -55,24 +55,42 @@ fn sys(what: &'static str, r: libc::c_int) -> Result<(), PrivError> {
     }
 }
 
-/// The uid and primary gid of `user` (a name, or a number).
-pub fn lookup_user(user: &str) -> Result<(u32, u32), PrivError> {
-    let name = CString::new(user).map_err(|_| PrivError::NoUser(user.into()))?;
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
+/// A reentrant NSS lookup's signature (`getpwnam_r`, `getgrnam_r`): name, entry, buffer for its
+/// strings, the buffer's length, where the found entry is put.
+type NssLookup<T> = unsafe extern "C" fn(
+    *const libc::c_char,
+    *mut T,
+    *mut libc::c_char,
+    libc::size_t,
+    *mut *mut T,
+) -> libc::c_int;
+
+/// The entry for `name` found by `lookup`, or `None` (no such entry, or an error); `read` takes
+/// what it needs from it while the buffer its strings point into lives. `T` is the C struct
+/// `lookup` fills (`passwd`, `group`), for which all zero bytes are a valid value.
+fn nss_entry<T, R>(name: &CString, lookup: NssLookup<T>, read: impl FnOnce(&T) -> R) -> Option<R> {
+    // SAFETY: `T` is a plain C struct of integers and pointers (see above).
+    let mut entry: T = unsafe { std::mem::zeroed() };
+    let mut out: *mut T = std::ptr::null_mut();
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: every pointer is valid for the call; `buf` outlives the use of `pw`'s strings.
+    // SAFETY: every pointer is valid for the call; `buf` outlives the use of `entry`'s strings.
     let r = unsafe {
-        libc::getpwnam_r(
+        lookup(
             name.as_ptr(),
-            &mut pw,
+            &mut entry,
             buf.as_mut_ptr(),
             buf.len(),
             &mut out,
         )
     };
-    if r == 0 && !out.is_null() {
-        return Ok((pw.pw_uid, pw.pw_gid));
+    (r == 0 && !out.is_null()).then(|| read(&entry))
+}
+
+/// The uid and primary gid of `user` (a name, or a number).
+pub fn lookup_user(user: &str) -> Result<(u32, u32), PrivError> {
+    let name = CString::new(user).map_err(|_| PrivError::NoUser(user.into()))?;
+    if let Some(ids) = nss_entry(&name, libc::getpwnam_r, |pw| (pw.pw_uid, pw.pw_gid)) {
+        return Ok(ids);
     }
     match user.parse::<u32>() {
         Ok(uid) => Ok((uid, uid)),
@@ -83,21 +101,8 @@ pub fn lookup_user(user: &str) -> Result<(u32, u32), PrivError> {
 /// The gid of `group` (a name, or a number).
 pub fn lookup_group(group: &str) -> Result<u32, PrivError> {
     let name = CString::new(group).map_err(|_| PrivError::NoGroup(group.into()))?;
-    let mut gr: libc::group = unsafe { std::mem::zeroed() };
-    let mut out: *mut libc::group = std::ptr::null_mut();
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: as in `lookup_user`.
-    let r = unsafe {
-        libc::getgrnam_r(
-            name.as_ptr(),
-            &mut gr,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut out,
-        )
-    };
-    if r == 0 && !out.is_null() {
-        return Ok(gr.gr_gid);
+    if let Some(gid) = nss_entry(&name, libc::getgrnam_r, |gr| gr.gr_gid) {
+        return Ok(gid);
     }
     group
         .parse::<u32>()

@@ -462,6 +462,11 @@ mod tests {
         }
     }
 
+    /// The case-insensitive match of `path` (components separated by `/`).
+    fn resolve_ci(j: &Jail, path: &str) -> Option<String> {
+        j.resolve_case_insensitive(&path.split('/').collect::<Vec<_>>())
+    }
+
     #[test]
     fn case_insensitive_both_ways_and_exact_first() {
         let dir = tempfile::tempdir().unwrap();
@@ -473,30 +478,20 @@ mod tests {
         fs::write(root.join("EFI/Microsoft/BOOTMGFW.EFI"), "upper").unwrap();
         fs::write(root.join("Same"), "1").unwrap();
         fs::write(root.join("same"), "2").unwrap();
-        let v = |s: &str| s.split('/').map(str::to_owned).collect::<Vec<_>>();
         for j in jails(root) {
-            assert_eq!(
-                j.resolve_case_insensitive(&v("Boot/BCD")).as_deref(),
-                Some("boot/bcd")
-            );
-            assert_eq!(
-                j.resolve_case_insensitive(&v("efi/microsoft/bootmgfw.efi"))
-                    .as_deref(),
-                Some("EFI/Microsoft/BOOTMGFW.EFI")
-            );
-            assert_eq!(
-                j.resolve_case_insensitive(&v("same")).as_deref(),
-                Some("same")
-            );
-            assert_eq!(
-                j.resolve_case_insensitive(&v("Same")).as_deref(),
-                Some("Same")
-            );
-            assert_eq!(
-                j.resolve_case_insensitive(&v("SAME")).as_deref(),
-                Some("Same")
-            );
-            assert_eq!(j.resolve_case_insensitive(&v("nothing/here")), None);
+            for (asked, found) in [
+                ("Boot/BCD", Some("boot/bcd")),
+                (
+                    "efi/microsoft/bootmgfw.efi",
+                    Some("EFI/Microsoft/BOOTMGFW.EFI"),
+                ),
+                ("same", Some("same")),
+                ("Same", Some("Same")),
+                ("SAME", Some("Same")),
+                ("nothing/here", None),
+            ] {
+                assert_eq!(resolve_ci(&j, asked).as_deref(), found, "{asked}");
+            }
         }
     }
 
@@ -549,40 +544,24 @@ mod tests {
             );
         };
         settle(&root.join("d"), 1_000_000_000);
-        let v = |s: &str| s.split('/').map(str::to_owned).collect::<Vec<_>>();
         let j = Jail::new(&root).unwrap();
-        assert_eq!(
-            j.resolve_case_insensitive(&v("D/f7")).as_deref(),
-            Some("d/F7")
-        );
+        assert_eq!(resolve_ci(&j, "D/f7").as_deref(), Some("d/F7"));
         assert!(j.indexed_dirs() >= 1, "the large directory is indexed");
-        assert_eq!(j.resolve_case_insensitive(&v("d/new")), None);
+        assert_eq!(resolve_ci(&j, "d/new"), None);
         // A new file changes the directory's mtime: the next miss sees it.
         fs::write(root.join("d/NEW"), "x").unwrap();
         settle(&root.join("d"), 1_000_000_100);
-        assert_eq!(
-            j.resolve_case_insensitive(&v("d/new")).as_deref(),
-            Some("d/NEW")
-        );
+        assert_eq!(resolve_ci(&j, "d/new").as_deref(), Some("d/NEW"));
         // Exact name first, then byte order.
         fs::write(root.join("d/new"), "x").unwrap();
         fs::write(root.join("d/New"), "x").unwrap();
         settle(&root.join("d"), 1_000_000_200);
-        assert_eq!(
-            j.resolve_case_insensitive(&v("d/new")).as_deref(),
-            Some("d/new")
-        );
-        assert_eq!(
-            j.resolve_case_insensitive(&v("d/nEw")).as_deref(),
-            Some("d/NEW")
-        );
+        assert_eq!(resolve_ci(&j, "d/new").as_deref(), Some("d/new"));
+        assert_eq!(resolve_ci(&j, "d/nEw").as_deref(), Some("d/NEW"));
         // Without a settled mtime nothing stale is ever used: a fresh directory is read each time.
         fs::create_dir(root.join("fresh")).unwrap();
-        assert_eq!(j.resolve_case_insensitive(&v("fresh/a")), None);
+        assert_eq!(resolve_ci(&j, "fresh/a"), None);
         fs::write(root.join("fresh/A"), "x").unwrap();
-        assert_eq!(
-            j.resolve_case_insensitive(&v("fresh/a")).as_deref(),
-            Some("fresh/A")
-        );
+        assert_eq!(resolve_ci(&j, "fresh/a").as_deref(), Some("fresh/A"));
     }
 }

@@ -443,17 +443,24 @@ fn eventually(cond: impl Fn() -> bool) -> bool {
     true
 }
 
+/// A store with leases over a directory holding one 64 KiB file, `boot.wim` (mapped, not read
+/// into memory), and that file's path; lease signals blocked on this thread.
+fn mapped_boot_wim() -> (tempfile::TempDir, std::path::PathBuf, Arc<Store>) {
+    block_lease_signal();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("boot.wim");
+    fs::write(&p, vec![b'a'; 65_536]).unwrap();
+    let s = Store::new(dir.path(), opts(16, true)).unwrap();
+    (dir, p, s)
+}
+
 /// A rewrite in place (`cp new old`) of a mapped file: the writer is released at once (the
 /// lease break waits only for sends in progress), and the write itself (inotify `IN_MODIFY`)
 /// revokes the content. Where leases cannot be taken (filesystem without lease support, not
 /// the owner) the same holds through inotify alone.
 #[test]
 fn in_place_rewrite_breaks_the_lease() {
-    block_lease_signal();
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("boot.wim");
-    fs::write(&p, vec![b'a'; 65_536]).unwrap();
-    let s = Store::new(dir.path(), opts(16, true)).unwrap();
+    let (_dir, p, s) = mapped_boot_wim();
     let old = s.lookup(b"boot.wim", Mode::Octet).unwrap();
     let leased = old.lease_fd().is_some();
     if leased {
@@ -509,11 +516,7 @@ fn touch(p: &Path) {
 /// the content stays valid and cached, and its lease is taken again once the writer closed.
 #[test]
 fn opening_for_write_or_touch_is_not_a_change() {
-    block_lease_signal();
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("boot.wim");
-    fs::write(&p, vec![b'a'; 65_536]).unwrap();
-    let s = Store::new(dir.path(), opts(16, true)).unwrap();
+    let (dir, p, s) = mapped_boot_wim();
     let c = s.lookup(b"boot.wim", Mode::Octet).unwrap();
     if !c.watched() {
         eprintln!("no inotify here: a touch counts as a change; nothing to check");
