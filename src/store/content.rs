@@ -258,13 +258,13 @@ impl Content {
     }
 
     pub(crate) fn baseline(&self) -> Version {
-        *self.baseline.lock().unwrap_or_else(|e| e.into_inner())
+        *super::lock(&self.baseline)
     }
 
     /// The lease was taken again after the writers closed the file unchanged (`now` is its
     /// version, a touch included).
     pub(crate) fn relet(&self, now: Version) {
-        *self.baseline.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        *super::lock(&self.baseline) = now;
         self.suspect.store(false, Ordering::SeqCst);
     }
 

@@ -11,8 +11,9 @@
 //! miss, as without the cache). The names come from the served tree, not from the network; the
 //! network only chooses which directories are looked at, within the jail.
 
+use super::lock;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// Most directories indexed at once.
@@ -106,13 +107,9 @@ pub(crate) struct DirIndexCache {
 }
 
 impl DirIndexCache {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The index of directory `key` if one was built at this `mtime_ns`.
     pub(crate) fn get(&self, key: DirKey, mtime_ns: i128) -> Option<Arc<DirIndex>> {
-        let mut m = self.lock();
+        let mut m = lock(&self.inner);
         m.tick += 1;
         let tick = m.tick;
         let e = m.map.get_mut(&key)?;
@@ -142,7 +139,7 @@ impl DirIndexCache {
         if now_ns - mtime_ns < RACY.as_nanos() as i128 || index.bytes() > BUDGET / 2 {
             return false;
         }
-        let mut m = self.lock();
+        let mut m = lock(&self.inner);
         m.tick += 1;
         let tick = m.tick;
         let bytes = index.bytes();
@@ -176,7 +173,7 @@ impl DirIndexCache {
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.lock().map.len()
+        lock(&self.inner).map.len()
     }
 }
 

@@ -18,6 +18,7 @@
 //! Errors are plain `io::Error`s with the kernel's errno; `super` turns them into `LookupError`s.
 
 use super::path::RelPath;
+use crate::proto::tftp::packet::Decimal;
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -280,18 +281,8 @@ impl ProcFdPath {
         let mut b = [0u8; 32];
         let prefix = b"/proc/self/fd/";
         b[..prefix.len()].copy_from_slice(prefix);
-        let mut digits = [0u8; 12];
-        let mut n = fd.max(0) as u32;
-        let mut k = digits.len();
-        loop {
-            k -= 1;
-            digits[k] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        let d = &digits[k..];
+        let digits = Decimal::new(u64::from(fd.max(0).unsigned_abs()));
+        let d = digits.as_bytes();
         b[prefix.len()..prefix.len() + d.len()].copy_from_slice(d);
         ProcFdPath(b)
     }

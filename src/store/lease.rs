@@ -81,7 +81,7 @@ struct Started {
 }
 
 fn registry() -> MutexGuard<'static, BTreeMap<RawFd, Weak<Content>>> {
-    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+    super::lock(&REGISTRY)
 }
 
 fn signal_set() -> libc::sigset_t {
@@ -580,7 +580,7 @@ pub(crate) fn with_lease<E>(
 /// A lease was refused for file `id`: WARN once per file (and at most once a second).
 fn warn_refused(id: (u64, u64), name: &str, e: &io::Error) {
     let first = {
-        let mut w = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = super::lock(&WARNED);
         let set = w.get_or_insert_with(HashSet::new);
         if set.contains(&id) {
             false

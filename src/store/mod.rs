@@ -83,7 +83,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use memmap2::{Advice, MmapOptions};
@@ -135,10 +135,7 @@ impl RateLog {
 
     /// `Some(suppressed)` when a line may be written now.
     pub(crate) fn allow(&self) -> Option<u64> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .allow(Instant::now())
+        lock(&self.0).allow(Instant::now())
     }
 }
 
@@ -258,6 +255,12 @@ enum Probe {
     Miss,
 }
 
+/// `m`'s guard, a poisoned lock taken anyway (as every lock of the store is): a panic in one
+/// transfer must not stop the others from being served.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The content cache. Lock order: this lock, then the lease registry's, then the inotify state's.
 #[derive(Default)]
 pub(crate) struct Cache {
@@ -265,12 +268,8 @@ pub(crate) struct Cache {
 }
 
 impl Cache {
-    fn lock(&self) -> MutexGuard<'_, CacheMap> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn get(&self, key: Key, version: Version) -> Probe {
-        let mut m = self.lock();
+        let mut m = lock(&self.map);
         m.tick += 1;
         let tick = m.tick;
         let Some(entry) = m.entries.get_mut(&key) else {
@@ -286,7 +285,7 @@ impl Cache {
 
     /// `content` is still valid at `version`.
     fn confirm(&self, content: &Arc<Content>, version: Version) {
-        let mut m = self.lock();
+        let mut m = lock(&self.map);
         if let Some(e) = m.entries.get_mut(&content.key) {
             if Arc::ptr_eq(&e.content, content) {
                 e.seen = version;
@@ -296,7 +295,7 @@ impl Cache {
 
     /// Caches `content` unless a valid one got there first; returns the one to use.
     fn insert(&self, content: Arc<Content>) -> Arc<Content> {
-        let mut m = self.lock();
+        let mut m = lock(&self.map);
         m.tick += 1;
         let tick = m.tick;
         let key = content.key;
@@ -333,7 +332,7 @@ impl Cache {
 
     /// Drops `content` from the cache if it is the cached one.
     fn remove_exact(&self, content: &Arc<Content>) {
-        let mut m = self.lock();
+        let mut m = lock(&self.map);
         let gone = if m
             .entries
             .get(&content.key)
@@ -349,7 +348,7 @@ impl Cache {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().entries.len()
+        lock(&self.map).entries.len()
     }
 }
 
@@ -399,7 +398,7 @@ impl fmt::Debug for Store {
             .field("opts", &self.opts)
             .field("leases_active", &self.leases)
             .field("watch_active", &self.watch)
-            .field("cached", &self.cache.lock().entries.len())
+            .field("cached", &lock(&self.cache.map).entries.len())
             .finish()
     }
 }

@@ -415,7 +415,7 @@ fn eviction_keeps_held_entries() {
         s.lookup(format!("f{i}").as_bytes(), Mode::Octet).unwrap();
     }
     assert_eq!(s.cache.len(), 10);
-    evict(&mut s.cache.lock(), 4, usize::MAX);
+    evict(&mut lock(&s.cache.map), 4, usize::MAX);
     assert_eq!(s.cache.len(), 3);
     for c in &held {
         assert!(Arc::ptr_eq(
@@ -423,7 +423,7 @@ fn eviction_keeps_held_entries() {
             &s.lookup(c.display_path().as_bytes(), Mode::Octet).unwrap()
         ));
     }
-    evict(&mut s.cache.lock(), usize::MAX, 0);
+    evict(&mut lock(&s.cache.map), usize::MAX, 0);
     assert_eq!(
         s.cache.len(),
         3,
@@ -503,6 +503,12 @@ fn in_place_rewrite_breaks_the_lease() {
 /// What `touch` does: open for writing, set both times to now (`futimens(fd, NULL)`, which
 /// inotify reports as `IN_ATTRIB`; setting the mtime alone, as `touch -m` does, is reported as
 /// `IN_MODIFY` and counts as a change), close.
+/// One byte `b` written in place at `at` (no truncation: a change only the content shows).
+fn write_b_at(p: &Path, at: u64) {
+    let f = fs::OpenOptions::new().write(true).open(p).unwrap();
+    f.write_all_at(b"b", at).unwrap();
+}
+
 fn touch(p: &Path) {
     let f = fs::OpenOptions::new().write(true).open(p).unwrap();
     // SAFETY: an open descriptor; NULL times mean "now" for both.
@@ -556,12 +562,7 @@ fn opening_for_write_or_touch_is_not_a_change() {
     assert!(Arc::ptr_eq(&h, &s2.lookup(b"small", Mode::Octet).unwrap()));
     assert!(!h.is_revoked());
     // A real write to the big one still revokes.
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .write_all_at(b"b", 100)
-        .unwrap();
+    write_b_at(&p, 100);
     assert!(!c.verify_unchanged());
     assert!(c.is_revoked());
 }
@@ -586,12 +587,7 @@ fn stat_check_without_lease_or_watch() {
     assert!(c.lease_fd().is_none() && !c.watched(), "no descriptor kept");
     assert!(c.verify_unchanged());
     // Same size, new bytes: only the stat shows it.
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .write_all_at(b"b", 0)
-        .unwrap();
+    write_b_at(&p, 0);
     assert!(!c.verify_unchanged());
     assert!(c.is_revoked());
     let c = s.lookup(b"img", Mode::Octet).unwrap();
@@ -659,7 +655,7 @@ fn descriptors_only_for_leases() {
     if let Some(fd) = c.lease_fd() {
         assert!(lease::is_registered(fd));
         drop(c);
-        evict(&mut leasing.cache.lock(), 0, 0);
+        evict(&mut lock(&leasing.cache.map), 0, 0);
         assert_eq!(leasing.cache.len(), 0);
         assert!(
             !lease::is_registered(fd),

@@ -94,7 +94,7 @@ pub(crate) fn usable() -> bool {
 }
 
 fn lock(i: &Inotify) -> MutexGuard<'_, State> {
-    i.state.lock().unwrap_or_else(|e| e.into_inner())
+    super::lock(&i.state)
 }
 
 /// Builds a content with `make(wd)` while a watch on the file open as `fd` stands (`wd` is `None`

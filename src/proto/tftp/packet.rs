@@ -445,23 +445,39 @@ impl<'b> OptionWriter<'b> {
 
     /// Append an option with a decimal value, formatted without allocating.
     pub fn option_u64(&mut self, name: &str, value: u64) -> Result<(), BufferTooSmall> {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        let mut v = value;
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.option(name, &digits[i..])
+        self.option(name, Decimal::new(value).as_bytes())
     }
 
     /// Bytes written so far.
     pub fn finish(self) -> usize {
         self.len
+    }
+}
+
+/// A number's decimal digits, formatted on the stack (option values, `/proc/self/fd/N`).
+pub struct Decimal {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    pub fn new(value: u64) -> Decimal {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        let mut v = value;
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        Decimal { digits, start }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.digits[self.start..]
     }
 }
 
@@ -492,6 +508,13 @@ mod tests {
         };
         assert_eq!(r.mode, Mode::Netascii);
         assert!(r.options.is_empty());
+    }
+
+    #[test]
+    fn decimals_fit_every_u64() {
+        for v in [0, 7, 10, 1468, u64::from(u32::MAX), u64::MAX] {
+            assert_eq!(Decimal::new(v).as_bytes(), v.to_string().as_bytes());
+        }
     }
 
     #[test]
