@@ -363,14 +363,16 @@ fn run(a: Args) -> Result<bool> {
                 file: f.clone(),
                 profile: a.profile,
                 miss: false,
-                blksize: a.blksize,
-                windowsize: a.windowsize,
-                tsize: a.tsize,
-                timeout: a.timeout,
-                retries: a.retries,
-                timeout_opt: a.timeout_opt,
-                probe: a.probe,
-                strict: a.lenient_oack.then_some(false),
+                custom: plan::Custom {
+                    blksize: a.blksize,
+                    windowsize: a.windowsize,
+                    tsize: a.tsize,
+                    timeout: a.timeout,
+                    retries: a.retries,
+                    timeout_opt: a.timeout_opt,
+                    probe: a.probe,
+                    strict: a.lenient_oack.then_some(false),
+                },
             }],
             None,
         ),
@@ -378,7 +380,7 @@ fn run(a: Args) -> Result<bool> {
     };
     let phases: Vec<Arc<[plan::Phase]>> = specs
         .iter()
-        .map(|s| plan::phases(s.profile, &s.custom()).map(Arc::from))
+        .map(|s| plan::phases(s.profile, &s.custom).map(Arc::from))
         .collect::<Result<_>>()?;
 
     // Source addresses.

@@ -43,8 +43,9 @@ impl ProfileKind {
     }
 }
 
-/// Options of the `custom` profile (also accepted per scenario step).
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Options of the `custom` profile (also accepted per scenario step, as keys of the step).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct Custom {
     pub blksize: Option<u16>,
     pub windowsize: Option<u16>,
@@ -231,31 +232,10 @@ pub struct StepSpec {
     /// True when the server is expected to answer ERROR 1 (file not found).
     #[serde(default)]
     pub miss: bool,
-    /// Options for profile `custom` (see [`Custom`]).
-    pub blksize: Option<u16>,
-    pub windowsize: Option<u16>,
-    #[serde(default)]
-    pub tsize: bool,
-    pub timeout: Option<f64>,
-    pub retries: Option<u32>,
-    pub timeout_opt: Option<u8>,
-    pub probe: Option<u8>,
-    pub strict: Option<bool>,
-}
-
-impl StepSpec {
-    pub fn custom(&self) -> Custom {
-        Custom {
-            blksize: self.blksize,
-            windowsize: self.windowsize,
-            tsize: self.tsize,
-            timeout: self.timeout,
-            retries: self.retries,
-            timeout_opt: self.timeout_opt,
-            probe: self.probe,
-            strict: self.strict,
-        }
-    }
+    /// Options for profile `custom`, written as keys of the step (`blksize = 1468`). The step
+    /// still refuses a key it does not know: serde reports what no field took.
+    #[serde(flatten)]
+    pub custom: Custom,
 }
 
 impl Scenario {
@@ -268,7 +248,7 @@ impl Scenario {
             bail!("scenario {} has no [[step]]", path.display());
         }
         for st in &s.steps {
-            phases(st.profile, &st.custom())
+            phases(st.profile, &st.custom)
                 .with_context(|| format!("scenario step '{}'", st.file))?;
         }
         Ok(s)
@@ -495,6 +475,27 @@ mod tests {
             phases(ProfileKind::Custom, &c).unwrap()[0].cfg.blksize,
             BlockSize::new(8192)
         );
+    }
+
+    #[test]
+    fn a_step_takes_the_custom_keys_and_refuses_others() {
+        let s: Scenario = toml::from_str(
+            "[[step]]\nfile = \"a\"\nprofile = \"custom\"\nblksize = 1468\ntsize = true\ntimeout = 2\n",
+        )
+        .unwrap();
+        let want = Custom {
+            blksize: Some(1468),
+            tsize: true,
+            timeout: Some(2.0),
+            ..Custom::default()
+        };
+        assert_eq!(s.steps[0].custom, want);
+        assert!(!s.steps[0].miss);
+        let e = toml::from_str::<Scenario>(
+            "[[step]]\nfile = \"a\"\nprofile = \"custom\"\nblksiz = 1468\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("blksiz"), "{e}");
     }
 
     #[test]
