@@ -506,18 +506,20 @@ fn run(a: Args) -> Result<bool> {
         &results,
         &samples,
         report::Meta {
-            server: match (&a.server, &dhcp_setup) {
-                (None, Some(d)) => {
-                    format!("DHCP-named server:{} (via {})", server.port(), d.interface)
-                }
-                _ => server.to_string(),
+            run: report::Run {
+                server: match (&a.server, &dhcp_setup) {
+                    (None, Some(d)) => {
+                        format!("DHCP-named server:{} (via {})", server.port(), d.interface)
+                    }
+                    _ => server.to_string(),
+                },
+                profile: match &scenario_name {
+                    Some(n) => format!("scenario:{n}"),
+                    None => a.profile.name().to_string(),
+                },
+                file: a.file.clone(),
+                scenario: scenario_name,
             },
-            profile: match &scenario_name {
-                Some(n) => format!("scenario:{n}"),
-                None => a.profile.name().to_string(),
-            },
-            file: a.file.clone(),
-            scenario: scenario_name,
             threads: a.threads,
             seed: a.seed,
             cpu_seconds: cpu_seconds() - cpu0,

@@ -64,12 +64,8 @@ impl Report {
             Some(b) => binary_size(b),
             None => "size unknown: nothing completed".into(),
         };
-        let what = match (&self.scenario, &self.file) {
-            (Some(sc), _) => format!("scenario {sc} ({size} per machine)"),
-            (None, Some(f)) => format!("{} '{f}' ({size})", self.profile),
-            _ => self.profile.clone(),
-        };
-        format!("{} × {what} → {}", self.clients, self.server)
+        let what = self.run.what(Some(&size));
+        format!("{} × {what} → {}", self.clients, self.run.server)
     }
 
     /// Date, outcomes, throughput, seed.

@@ -221,13 +221,34 @@ fn network(results: &[MachineResult], c: &Counters, duration_hist: &Histogram<u6
     }
 }
 
-/// The whole report; also the `--json` document.
+/// What ran against what, as the command line named it (the first keys of the report).
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
+pub struct Run {
     pub server: String,
     pub profile: String,
     pub file: Option<String>,
     pub scenario: Option<String>,
+}
+
+impl Run {
+    /// "uefi 'boot.wim'", "scenario winpe" or "uefi"; with `size` ("64.0 MiB") after the file,
+    /// or per machine after a scenario.
+    pub fn what(&self, size: Option<&str>) -> String {
+        match (&self.scenario, &self.file, size) {
+            (Some(sc), _, None) => format!("scenario {sc}"),
+            (Some(sc), _, Some(size)) => format!("scenario {sc} ({size} per machine)"),
+            (None, Some(f), None) => format!("{} '{f}'", self.profile),
+            (None, Some(f), Some(size)) => format!("{} '{f}' ({size})", self.profile),
+            (None, None, _) => self.profile.clone(),
+        }
+    }
+}
+
+/// The whole report; also the `--json` document.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub run: Run,
     pub clients: u64,
     pub completed: u64,
     pub failed: u64,
@@ -283,10 +304,7 @@ pub struct Report {
 
 /// Run description the engine does not know.
 pub struct Meta {
-    pub server: String,
-    pub profile: String,
-    pub file: Option<String>,
-    pub scenario: Option<String>,
+    pub run: Run,
     pub threads: usize,
     pub seed: u64,
     pub cpu_seconds: f64,
@@ -359,10 +377,7 @@ pub fn build(results: &[MachineResult], samples: &[Sample], meta: Meta) -> Repor
         .map(|r| r.bytes)
         .max();
     Report {
-        server: meta.server,
-        profile: meta.profile,
-        file: meta.file,
-        scenario: meta.scenario,
+        run: meta.run,
         clients: results.len() as u64,
         completed,
         failed,
@@ -465,17 +480,13 @@ impl Report {
     /// The summary table.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let what = match (&self.scenario, &self.file) {
-            (Some(sc), _) => format!("scenario {sc}"),
-            (None, Some(f)) => format!("{} '{f}'", self.profile),
-            _ => self.profile.clone(),
-        };
+        let what = self.run.what(None);
         let _ = writeln!(
             s,
             "ringboot-loadtest: {} x {} -> {} (seed {}, {} thread{})",
             self.clients,
             what,
-            self.server,
+            self.run.server,
             self.seed,
             self.threads,
             if self.threads == 1 { "" } else { "s" }

@@ -169,10 +169,12 @@ pub fn run(a: &Args, mode: McMode) -> Result<bool> {
         &results,
         &samples,
         report::Meta {
-            server: open.to_string(),
-            profile: format!("multicast-{}", mode.name()),
-            file: Some(file),
-            scenario: None,
+            run: report::Run {
+                server: open.to_string(),
+                profile: format!("multicast-{}", mode.name()),
+                file: Some(file),
+                scenario: None,
+            },
             threads: a.threads,
             seed: a.seed,
             cpu_seconds: crate::cpu_seconds() - cpu0,

@@ -30,6 +30,32 @@ fn machines_line_is_unambiguous() {
     }
 }
 
+#[test]
+fn the_run_is_named_by_top_level_keys_and_one_phrase() {
+    let r = sample_report();
+    let j = serde_json::to_value(&r).unwrap();
+    assert_eq!(j["server"], "127.0.0.1:6969");
+    assert_eq!(j["profile"], "uefi");
+    assert_eq!(j["file"], "boot.wim");
+    assert!(j["scenario"].is_null() && j.get("run").is_none());
+    assert_eq!(r.run.what(None), "uefi 'boot.wim'");
+    assert_eq!(r.run.what(Some("1 MiB")), "uefi 'boot.wim' (1 MiB)");
+    let scenario = Run {
+        scenario: Some("winpe".into()),
+        ..r.run.clone()
+    };
+    assert_eq!(scenario.what(None), "scenario winpe");
+    assert_eq!(
+        scenario.what(Some("1 MiB")),
+        "scenario winpe (1 MiB per machine)"
+    );
+    let bare = Run {
+        file: None,
+        ..r.run
+    };
+    assert_eq!(bare.what(Some("1 MiB")), "uefi");
+}
+
 fn sample(t: f64, bytes: u64, active: u64) -> Sample {
     Sample { t, bytes, active }
 }
@@ -86,10 +112,12 @@ pub(crate) fn sample_report() -> Report {
         &[failed(0), failed(1)],
         &[sample(0.0, 0, 0), sample(0.25, 0, 2), sample(0.5, 0, 0)],
         Meta {
-            server: "127.0.0.1:6969".into(),
-            profile: "uefi".into(),
-            file: Some("boot.wim".into()),
-            scenario: None,
+            run: Run {
+                server: "127.0.0.1:6969".into(),
+                profile: "uefi".into(),
+                file: Some("boot.wim".into()),
+                scenario: None,
+            },
             threads: 1,
             seed: 1,
             cpu_seconds: 0.01,
