@@ -460,9 +460,8 @@ fn run(a: Args) -> Result<bool> {
     raise_fd_limit(a.clients as u64 * 2 + 256);
 
     let iface0 = iface_before(&a)?;
-    let cpu0 = cpu_seconds();
-    let started_at = SystemTime::now();
-    let t0 = Instant::now();
+    let start = Start::now();
+    let t0 = start.t0;
     let shared = Arc::new(Shared {
         server,
         impair: Impair {
@@ -499,35 +498,21 @@ fn run(a: Args) -> Result<bool> {
     for r in drive::join(handles)? {
         results.extend(r);
     }
-    let elapsed = t0.elapsed().as_secs_f64();
-    samples.push(sample(live, elapsed));
-    results.sort_by_key(|r| r.index);
-    let rep = report::build(
-        &results,
-        &samples,
-        report::Meta {
-            run: report::Run {
-                server: match (&a.server, &dhcp_setup) {
-                    (None, Some(d)) => {
-                        format!("DHCP-named server:{} (via {})", server.port(), d.interface)
-                    }
-                    _ => server.to_string(),
-                },
-                profile: match &scenario_name {
-                    Some(n) => format!("scenario:{n}"),
-                    None => a.profile.name().to_string(),
-                },
-                file: a.file.clone(),
-                scenario: scenario_name,
-            },
-            threads: a.threads,
-            seed: a.seed,
-            cpu_seconds: cpu_seconds() - cpu0,
-            elapsed,
-            started_at,
+    let run = report::Run {
+        server: match (&a.server, &dhcp_setup) {
+            (None, Some(d)) => {
+                format!("DHCP-named server:{} (via {})", server.port(), d.interface)
+            }
+            _ => server.to_string(),
         },
-    );
-    let mut rep = rep;
+        profile: match &scenario_name {
+            Some(n) => format!("scenario:{n}"),
+            None => a.profile.name().to_string(),
+        },
+        file: a.file.clone(),
+        scenario: scenario_name,
+    };
+    let (mut rep, elapsed) = conclude(&a, &start, run, &mut results, &mut samples, live);
     iface_after(&a, iface0, &mut rep)?;
     summary(&a, &rep.table());
     let stopped = live.server.verdict.lock().unwrap().clone();
@@ -620,6 +605,48 @@ pub(crate) fn server_verdict(
 }
 
 /// The live counters now.
+/// When a storm started: by the monotonic clock (its times), the wall clock (the report's
+/// date) and the process's CPU time (its CPU share).
+pub(crate) struct Start {
+    pub t0: Instant,
+    wall: SystemTime,
+    cpu: f64,
+}
+
+impl Start {
+    pub(crate) fn now() -> Start {
+        Start {
+            cpu: cpu_seconds(),
+            wall: SystemTime::now(),
+            t0: Instant::now(),
+        }
+    }
+}
+
+/// The end of a storm: a last sample, the results in machine order, and the report of `run`
+/// with the seconds since the start.
+pub(crate) fn conclude(
+    a: &Args,
+    start: &Start,
+    run: report::Run,
+    results: &mut [drive::MachineResult],
+    samples: &mut Vec<report::Sample>,
+    live: &Live,
+) -> (report::Report, f64) {
+    let elapsed = start.t0.elapsed().as_secs_f64();
+    samples.push(sample(live, elapsed));
+    results.sort_by_key(|r| r.index);
+    let meta = report::Meta {
+        run,
+        threads: a.threads,
+        seed: a.seed,
+        cpu_seconds: cpu_seconds() - start.cpu,
+        elapsed,
+        started_at: start.wall,
+    };
+    (report::build(results, samples, meta), elapsed)
+}
+
 fn sample(live: &Live, t: f64) -> report::Sample {
     let started = live.started.load(Relaxed);
     let ended =

@@ -116,9 +116,8 @@ pub fn run(a: &Args, mode: McMode) -> Result<bool> {
     // Group sockets per thread, unicast sockets per machine.
     crate::raise_fd_limit(a.clients as u64 * 2 + 256);
 
-    let cpu0 = crate::cpu_seconds();
-    let started_at = std::time::SystemTime::now();
-    let t0 = Instant::now();
+    let start = crate::Start::now();
+    let t0 = start.t0;
     let sh = Arc::new(Shared {
         mode,
         open,
@@ -162,26 +161,13 @@ pub fn run(a: &Args, mode: McMode) -> Result<bool> {
             }
         }
     }
-    let elapsed = t0.elapsed().as_secs_f64();
-    samples.push(crate::sample(live, elapsed));
-    results.sort_by_key(|r| r.index);
-    let rep = report::build(
-        &results,
-        &samples,
-        report::Meta {
-            run: report::Run {
-                server: open.to_string(),
-                profile: format!("multicast-{}", mode.name()),
-                file: Some(file),
-                scenario: None,
-            },
-            threads: a.threads,
-            seed: a.seed,
-            cpu_seconds: crate::cpu_seconds() - cpu0,
-            elapsed,
-            started_at,
-        },
-    );
+    let run = report::Run {
+        server: open.to_string(),
+        profile: format!("multicast-{}", mode.name()),
+        file: Some(file),
+        scenario: None,
+    };
+    let (rep, _) = crate::conclude(a, &start, run, &mut results, &mut samples, live);
     let groups: Vec<String> = stats.groups.iter().map(|g| g.to_string()).collect();
     let sockets = match mc.group_sockets {
         GroupSockets::Shared => "shared",
