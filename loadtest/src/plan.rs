@@ -76,6 +76,16 @@ pub struct Phase {
     pub gap_ms: (u64, u64),
 }
 
+impl Phase {
+    /// `cfg` at once: the first phase.
+    fn first(cfg: ClientConfig) -> Phase {
+        Phase {
+            cfg,
+            gap_ms: (0, 0),
+        }
+    }
+}
+
 fn cfg(blksize: Option<u16>, windowsize: Option<u16>, tsize: bool, strict: bool) -> ClientConfig {
     ClientConfig {
         // Callers pass values in range (checked for 'custom').
@@ -99,41 +109,22 @@ pub fn phases(kind: ProfileKind, custom: &Custom) -> Result<Vec<Phase>> {
         );
     }
     Ok(match kind {
-        ProfileKind::Bios => {
-            let mut probe = cfg(None, None, true, false);
-            probe.probe = Some(ProbeEnd::Error0);
-            vec![
-                Phase {
-                    cfg: probe,
-                    gap_ms: (0, 0),
-                },
-                Phase {
-                    cfg: cfg(Some(1456), None, false, false),
-                    gap_ms: (1, 3),
-                },
-            ]
-        }
-        ProfileKind::Uefi => {
-            let mut probe = cfg(Some(1468), Some(4), true, true);
-            probe.probe = Some(ProbeEnd::Error8);
-            vec![
-                Phase {
-                    cfg: probe,
-                    gap_ms: (0, 0),
-                },
-                Phase {
-                    cfg: cfg(Some(1468), Some(4), false, true),
-                    gap_ms: (2, 5),
-                },
-            ]
-        }
+        ProfileKind::Bios => probe_then(
+            cfg(None, None, true, false),
+            ProbeEnd::Error0,
+            cfg(Some(1456), None, false, false),
+            (1, 3),
+        ),
+        ProfileKind::Uefi => probe_then(
+            cfg(Some(1468), Some(4), true, true),
+            ProbeEnd::Error8,
+            cfg(Some(1468), Some(4), false, true),
+            (2, 5),
+        ),
         ProfileKind::Ipxe => {
             let mut c = cfg(Some(1432), None, true, false);
             c.retransmit = Duration::from_secs(1);
-            vec![Phase {
-                cfg: c,
-                gap_ms: (0, 0),
-            }]
+            vec![Phase::first(c)]
         }
         ProfileKind::Custom => {
             if let Some(b) = custom.blksize {
@@ -160,28 +151,32 @@ pub fn phases(kind: ProfileKind, custom: &Custom) -> Result<Vec<Phase>> {
                 c.retries = r;
             }
             c.timeout_option = custom.timeout_opt.map(|t| Duration::from_secs(t.into()));
-            let mut out = Vec::new();
-            if let Some(code) = custom.probe {
-                let mut p = c.clone();
-                p.tsize = true;
-                p.probe = Some(match code {
-                    0 => ProbeEnd::Error0,
-                    8 => ProbeEnd::Error8,
-                    n => bail!("probe must end with ERROR 0 or 8, not {n}"),
-                });
-                out.push(Phase {
-                    cfg: p,
-                    gap_ms: (0, 0),
-                });
-                c.tsize = custom.tsize;
+            match custom.probe {
+                None => vec![Phase::first(c)],
+                Some(code) => {
+                    let end = match code {
+                        0 => ProbeEnd::Error0,
+                        8 => ProbeEnd::Error8,
+                        n => bail!("probe must end with ERROR 0 or 8, not {n}"),
+                    };
+                    probe_then(c.clone(), end, c, (2, 5))
+                }
             }
-            out.push(Phase {
-                cfg: c,
-                gap_ms: if out.is_empty() { (0, 0) } else { (2, 5) },
-            });
-            out
         }
     })
+}
+
+/// What firmware does before it loads a file: a size probe (`probe`, asking tsize) that it ends
+/// with ERROR `end`, then, after a pause drawn from `gap_ms`, the download `then`.
+fn probe_then(
+    mut probe: ClientConfig,
+    end: ProbeEnd,
+    then: ClientConfig,
+    gap_ms: (u64, u64),
+) -> Vec<Phase> {
+    probe.tsize = true;
+    probe.probe = Some(end);
+    vec![Phase::first(probe), Phase { cfg: then, gap_ms }]
 }
 
 /// How a finished download is checked.
