@@ -165,6 +165,27 @@ fn explain(out: &Output, lab: &Lab) -> String {
     )
 }
 
+/// The flags of a storm of `clients` machines that get their addresses by `mode` DHCP through
+/// `iface`, then fetch pxelinux.0; `more` after them.
+fn dhcp_storm<'a>(
+    mode: &'a str,
+    iface: &'a str,
+    clients: &'a str,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let storm = [
+        "--dhcp",
+        mode,
+        "--dhcp-interface",
+        iface,
+        "--clients",
+        clients,
+        "--file",
+        "pxelinux.0",
+    ];
+    [&storm[..], more].concat()
+}
+
 #[test]
 fn full_mode_storm_of_100_machines_completes() {
     if !preflight(&["ip"], "iproute2 dnsmasq-base") {
@@ -196,20 +217,12 @@ fn full_mode_storm_of_100_machines_completes() {
     let tftp = format!("{server}:6969");
     let (out, rep) = lab.loadtest(
         &c,
-        &[
-            "--dhcp",
+        &dhcp_storm(
             "full",
-            "--dhcp-interface",
             &ci,
-            "--server",
-            &tftp,
-            "--clients",
             "100",
-            "--file",
-            "pxelinux.0",
-            "--verify",
-            root.to_str().unwrap(),
-        ],
+            &["--server", &tftp, "--verify", root.to_str().unwrap()],
+        ),
     );
     println!(
         "{}({:.1} s)",
@@ -309,22 +322,19 @@ fn proxy_mode_beside_dnsmasq_goes_through_port_4011() {
     let tftp = format!("{server}:6969");
     let (out, rep) = lab.loadtest(
         &c,
-        &[
-            "--dhcp",
+        &dhcp_storm(
             "proxy",
-            "--dhcp-interface",
             &cc,
-            "--server",
-            &tftp,
-            "--clients",
             "30",
-            "--file",
-            "pxelinux.0",
-            "--profile",
-            "bios",
-            "--verify",
-            root.to_str().unwrap(),
-        ],
+            &[
+                "--server",
+                &tftp,
+                "--profile",
+                "bios",
+                "--verify",
+                root.to_str().unwrap(),
+            ],
+        ),
     );
     println!("{}", String::from_utf8_lossy(&out.stdout));
     let why = format!("{}\ndnsmasq:\n{}", explain(&out, &lab), lab.log("dnsmasq"));
@@ -348,20 +358,7 @@ fn interface_without_an_address_is_a_clear_usage_error() {
     let (a, b) = (format!("rbna{}", lab.id), format!("rbnb{}", lab.id));
     veth(&c, &a, &c, &b);
     for iface in [a.as_str(), "rbl-missing0"] {
-        let (out, _) = lab.loadtest(
-            &c,
-            &[
-                "--dhcp",
-                "full",
-                "--dhcp-interface",
-                iface,
-                "--clients",
-                "2",
-                "--file",
-                "pxelinux.0",
-                "--no-verify",
-            ],
-        );
+        let (out, _) = lab.loadtest(&c, &dhcp_storm("full", iface, "2", &["--no-verify"]));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{iface}: {err}");
         let want = if iface == a {
@@ -377,21 +374,12 @@ fn interface_without_an_address_is_a_clear_usage_error() {
     lab.ns_ip(&c, &format!("addr add 10.99.0.2/24 dev {a}"));
     let (out, rep) = lab.loadtest(
         &c,
-        &[
-            "--dhcp",
+        &dhcp_storm(
             "full",
-            "--dhcp-interface",
             &a,
-            "--dhcp-tries",
-            "1",
-            "--dhcp-timeout",
-            "0.5",
-            "--clients",
             "2",
-            "--file",
-            "pxelinux.0",
-            "--no-verify",
-        ],
+            &["--dhcp-tries", "1", "--dhcp-timeout", "0.5", "--no-verify"],
+        ),
     );
     assert_eq!(
         out.status.code(),
