@@ -199,6 +199,15 @@ const PXE: [&str; 8] = [
 ];
 const PXE_FILE: &str = "pxe.bin@239.255.1.1:3001";
 
+/// ringboot serving `big.bin` (`big` random bytes) by RFC 2090 and `pxe.bin` (`pxe` bytes) by
+/// PXE MTFTP ([`PXE_FILE`]).
+fn serve_both(big: usize, pxe: usize) -> Server {
+    serve_random(
+        &[("big.bin", big), ("pxe.bin", pxe)],
+        &["--mtftp", PXE_FILE],
+    )
+}
+
 fn with(base: &[&'static str], more: &[&'static str]) -> Vec<&'static str> {
     base.iter().chain(more).copied().collect()
 }
@@ -260,10 +269,7 @@ fn pxe_mtftp_clients_joining_at_half_complete() {
 #[test]
 fn master_vanishing_mid_stream_does_not_stall_either_protocol() {
     in_netns(|| {
-        let srv = serve_random(
-            &[("big.bin", 16 * MIB), ("pxe.bin", 8 * MIB)],
-            &["--mtftp", PXE_FILE],
-        );
+        let srv = serve_both(16 * MIB, 8 * MIB);
         for (proto, file, base) in [("rfc2090", "big.bin", &RFC[..]), ("pxe", "pxe.bin", &PXE)] {
             let args = ["--clients", "20", "--file", file, "--vanish-master"];
             let r = storm(&srv, &with(base, &args));
@@ -286,10 +292,7 @@ fn master_vanishing_mid_stream_does_not_stall_either_protocol() {
 #[test]
 fn five_percent_loss_every_client_completes() {
     in_netns(|| {
-        let srv = serve_random(
-            &[("big.bin", 8 * MIB), ("pxe.bin", 2 * MIB)],
-            &["--mtftp", PXE_FILE],
-        );
+        let srv = serve_both(8 * MIB, 2 * MIB);
         let lossy = ["--clients", "20", "--loss", "0.05", "--seed", "5"];
         let r = storm(&srv, &with(&with(&RFC, &lossy), &["--file", "big.bin"]));
         r.assert_outcome(20, 0);
