@@ -503,14 +503,7 @@ mod tests {
     }
 
     fn full_policy() -> Policy {
-        Policy {
-            mode: DhcpMode::Full,
-            boot_file: Some("pxelinux.0".into()),
-            range: Some("10.0.0.100,10.0.0.199".parse().unwrap()),
-            netmask: Some(Ipv4Addr::new(255, 255, 255, 0)),
-            router: Some(SERVER),
-            ..Policy::default()
-        }
+        Policy::full_lab("10.0.0.100,10.0.0.199", SERVER)
     }
 
     /// A responder on the segment: its policy, its lease table and its address.

@@ -387,6 +387,22 @@ impl Policy {
 }
 
 #[cfg(test)]
+impl Policy {
+    /// The tests' isolated lab: full mode handing out `range` of 10.0.0.0/24 with `router` as
+    /// the gateway, and pxelinux.0 to boot.
+    pub(crate) fn full_lab(range: &str, router: Ipv4Addr) -> Policy {
+        Policy {
+            mode: DhcpMode::Full,
+            boot_file: Some("pxelinux.0".into()),
+            range: Some(range.parse().expect("a valid range")),
+            netmask: Some(Ipv4Addr::new(255, 255, 255, 0)),
+            router: Some(router),
+            ..Policy::default()
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -4,14 +4,19 @@ use super::*;
 
 fn full_cfg() -> Policy {
     Policy {
-        mode: DhcpMode::Full,
-        boot_file: Some("pxelinux.0".into()),
-        range: Some("10.0.0.100,10.0.0.102".parse().unwrap()),
-        netmask: Some(Ipv4Addr::new(255, 255, 255, 0)),
-        router: Some(SERVER),
         dns: vec![Ipv4Addr::new(10, 0, 0, 53)],
-        ..Policy::default()
+        ..Policy::full_lab("10.0.0.100,10.0.0.102", SERVER)
     }
+}
+
+/// The lab with one machine, `mac(1)`, bound: the policy, the context, the lease table and the
+/// machine's address.
+fn one_bound() -> (Policy, Context, LeaseState, Ipv4Addr) {
+    let cfg = full_cfg();
+    let c = ctx67();
+    let mut st = LeaseState::new();
+    let a = dora(mac(1), &mut st, &cfg, &c).unwrap();
+    (cfg, c, st, a)
 }
 
 fn mac(n: u8) -> [u8; 6] {
@@ -46,10 +51,7 @@ fn noted<'a>(bytes: &[u8], c: &Context, st: &mut LeaseState, cfg: &'a Policy) ->
 
 #[test]
 fn decline_is_taken_only_from_the_holder_of_the_address() {
-    let cfg = full_cfg();
-    let c = ctx67();
-    let mut st = LeaseState::new();
-    let a = dora(mac(1), &mut st, &cfg, &c).unwrap();
+    let (cfg, c, mut st, a) = one_bound();
     st.take_dirty();
     let other = Ipv4Addr::new(10, 0, 0, 101);
     // Another MAC, the holder's MAC with a client id that is not the holder's, the holder
@@ -234,10 +236,7 @@ fn pool_full_of_leases_is_a_note_not_an_offer() {
 
 #[test]
 fn an_early_renewal_is_answered_from_the_saved_lease_without_a_change() {
-    let cfg = full_cfg();
-    let c = ctx67();
-    let mut st = LeaseState::new();
-    let a = dora(mac(1), &mut st, &cfg, &c).unwrap();
+    let (cfg, c, mut st, a) = one_bound();
     assert!(st.take_dirty());
     assert!(st.is_durable(a));
     let renew = raw(mac(1), 11, 0, a.octets(), [0; 4], &[(53, &[3])]);
