@@ -176,9 +176,7 @@ fn atftp_rollover_windowed() {
         if !Client::Atftp.available() {
             return;
         }
-        let root = TestRoot::new();
-        let big = root.add_random("big.bin", 33 * 1024 * 1024 + 17);
-        let srv = Server::start(root, &[]);
+        let (srv, big) = Server::with_random("big.bin", 33 * 1024 * 1024 + 17, &[]);
         let opts = GetOpts {
             blksize: Some(512),
             windowsize: Some(16),
@@ -221,9 +219,7 @@ fn curl_rollover_33mib() {
         if !Client::Curl.available() {
             return;
         }
-        let root = TestRoot::new();
-        let big = root.add_random("big.bin", 33 * 1024 * 1024 + 17);
-        let srv = Server::start(root, &[]);
+        let (srv, big) = Server::with_random("big.bin", 33 * 1024 * 1024 + 17, &[]);
         check_get(Client::Curl, &srv, "big.bin", &GetOpts::blksize(512), &big);
     });
 }
@@ -332,9 +328,7 @@ fn raw_tsize_in_oack() {
 #[test]
 fn raw_rollover_wraps_to_zero() {
     bounded(TEST_LIMIT, || {
-        let root = TestRoot::new();
-        let big = root.add_random("big.bin", 33 * 1024 * 1024 + 17);
-        let srv = Server::start(root, &[]);
+        let (srv, big) = Server::with_random("big.bin", 33 * 1024 * 1024 + 17, &[]);
         let spec = DownloadSpec::new("big.bin").blksize(512).windowsize(16);
         let d = raw_get(&srv, &spec);
         assert_same("rollover", &d.data, &big);

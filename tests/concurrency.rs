@@ -97,9 +97,7 @@ fn concurrent_curl_downloads() {
 #[test]
 fn duplicate_acks_do_not_double_data() {
     bounded(TEST_LIMIT, || {
-        let root = TestRoot::new();
-        let src = root.add_random("f.bin", 512 * 300 + 7);
-        let srv = Server::start(root, &[]);
+        let (srv, src) = Server::with_random("f.bin", 512 * 300 + 7, &[]);
         for spec in [
             DownloadSpec::new("f.bin").dup_acks(),
             DownloadSpec::new("f.bin").blksize(512).dup_acks(),

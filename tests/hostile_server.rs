@@ -75,9 +75,7 @@ fn lines_after_start(srv: &Server) -> Vec<String> {
 #[test]
 fn unanswered_request_draws_at_most_three_replies() {
     bounded(TEST_LIMIT, || {
-        let root = TestRoot::new();
-        root.add_random("boot.img", 1 << 20);
-        let srv = Server::start(root, &["--timeout", "1"]);
+        let (srv, _) = Server::with_random("boot.img", 1 << 20, &["--timeout", "1"]);
         let plain = socket_at("127.0.0.1");
         let with_opts = socket_at("127.0.0.1");
         plain.send_to(&rrq(b"boot.img", &[]), srv.addr()).unwrap();
@@ -115,9 +113,7 @@ fn unanswered_request_draws_at_most_three_replies() {
 #[test]
 fn repeated_request_draws_no_more_than_the_timer() {
     bounded(TEST_LIMIT, || {
-        let root = TestRoot::new();
-        root.add_random("boot.img", 1 << 20);
-        let srv = Server::start(root, &[]);
+        let (srv, _) = Server::with_random("boot.img", 1 << 20, &[]);
         let victim = socket_at("127.0.0.1");
         let pkt = rrq(b"boot.img", &[]);
         let start = Instant::now();
@@ -178,9 +174,7 @@ fn port_range_ports_are_not_sequential() {
 #[test]
 fn per_client_limits_refuse_a_burst_with_error_0() {
     bounded(TEST_LIMIT, || {
-        let root = TestRoot::new();
-        root.add_random("f.bin", 100_000);
-        let srv = Server::start(root, &["--timeout", "1"]);
+        let (srv, _) = Server::with_random("f.bin", 100_000, &["--timeout", "1"]);
         let socks: Vec<UdpSocket> = (0..300).map(|_| socket_at("127.0.0.1")).collect();
         let start = Instant::now();
         for s in &socks {
@@ -311,9 +305,7 @@ fn descriptor_flood_then_a_real_client_downloads() {
 #[test]
 fn two_thousand_refusals_make_a_handful_of_lines() {
     bounded(TEST_LIMIT, || {
-        let root = TestRoot::new();
-        let src = root.add_random("real.bin", 50_000);
-        let mut srv = Server::start(root, &[]);
+        let (mut srv, src) = Server::with_random("real.bin", 50_000, &[]);
         let mut c = RawClient::new(srv.addr());
         let mut errors = 0;
         for i in 0..2000 {
@@ -342,9 +334,7 @@ fn two_thousand_refusals_make_a_handful_of_lines() {
 /// Start a server with `--fault`, provoke it, and expect exit code 1 with exactly one ERROR
 /// line that names what stopped (issue 8, defect 12).
 fn fault_stops_the_server(fault: &str, provoke: bool, needle: &str) {
-    let root = TestRoot::new();
-    root.add_random("f.bin", 1000);
-    let mut srv = Server::start(root, &["--fault", fault]);
+    let (mut srv, _) = Server::with_random("f.bin", 1000, &["--fault", fault]);
     if provoke {
         RawClient::new(srv.addr()).send(&rrq(b"f.bin", &[]));
     }

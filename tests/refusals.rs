@@ -48,9 +48,7 @@ fn still_serves(srv: &mut Server, name: &str, src: &[u8]) {
 #[test]
 fn wrq_is_access_violation() {
     bounded(TEST_LIMIT, || {
-        let root = TestRoot::new();
-        root.add_random("exists.bin", 100);
-        let srv = Server::start(root, &[]);
+        let (srv, _) = Server::with_random("exists.bin", 100, &[]);
         for (name, opts) in [
             ("upload.bin", vec![]),
             ("exists.bin", vec![]),
@@ -127,9 +125,7 @@ fn path_escapes_are_access_violations() {
 #[test]
 fn odd_names_are_refused() {
     bounded(TEST_LIMIT, || {
-        let root = TestRoot::new();
-        root.add_random("a.bin", 1000);
-        let srv = Server::start(root, &[]);
+        let (srv, _) = Server::with_random("a.bin", 1000, &[]);
         // A NUL inside the name ends the filename on the wire: "a.bin" then mode "junk".
         let mut pkt = vec![0, 1];
         pkt.extend_from_slice(b"a.bin\0junk\0octet\0");
@@ -163,9 +159,7 @@ fn odd_names_are_refused() {
 #[test]
 fn trailing_ff_is_ignored() {
     bounded(TEST_LIMIT, || {
-        let root = TestRoot::new();
-        let src = root.add_random("pxelinux.0", 42_000);
-        let srv = Server::start(root, &[]);
+        let (srv, src) = Server::with_random("pxelinux.0", 42_000, &[]);
         let d = raw_get(&srv, &DownloadSpec::new(b"pxelinux.0\xff"));
         assert_same("pxelinux.0 + 0xFF", &d.data, &src);
         let d = raw_get(
@@ -179,9 +173,7 @@ fn trailing_ff_is_ignored() {
 #[test]
 fn directory_is_not_served() {
     bounded(TEST_LIMIT, || {
-        let root = TestRoot::new();
-        root.add_random("boot/inside.bin", 100);
-        let srv = Server::start(root, &[]);
+        let (srv, _) = Server::with_random("boot/inside.bin", 100, &[]);
         for name in ["boot", "boot/", "/", "", "."] {
             let what = format!("directory {name:?}");
             expect_error(&srv, &rrq(name.as_bytes(), &[]), &[0, 1, 2, 4], &what);
@@ -193,9 +185,7 @@ fn directory_is_not_served() {
 #[test]
 fn malformed_packets_then_still_serves() {
     bounded(TEST_LIMIT, || {
-        let root = TestRoot::new();
-        let src = root.add_random("ok.bin", 200_000);
-        let mut srv = Server::start(root, &[]);
+        let (mut srv, src) = Server::with_random("ok.bin", 200_000, &[]);
         let cases: [(&str, &[u8]); 3] = [
             ("1 byte", &[0x01]),
             ("unknown opcode", &[0x00, 0x09, b'x', 0]),
@@ -234,9 +224,7 @@ fn malformed_packets_then_still_serves() {
 #[test]
 fn garbage_flood_then_still_serves() {
     bounded(TEST_LIMIT, || {
-        let root = TestRoot::new();
-        let src = root.add_random("ok.bin", 500_000);
-        let mut srv = Server::start(root, &[]);
+        let (mut srv, src) = Server::with_random("ok.bin", 500_000, &[]);
         let noise = pattern(10_000 * 8 + 1_000_000);
         let socks: Vec<_> = (0..4).map(|_| RawClient::new(srv.addr())).collect();
         let mut off = 0;
@@ -265,9 +253,7 @@ fn garbage_flood_then_still_serves() {
 #[test]
 fn bios_probe_then_download() {
     bounded(TEST_LIMIT, || {
-        let root = TestRoot::new();
-        let src = root.add_random("pxelinux.0", 26_759);
-        let srv = Server::start(root, &[]);
+        let (srv, src) = Server::with_random("pxelinux.0", 26_759, &[]);
 
         let mut probe = RawClient::new(srv.addr());
         let (reply, tid) = probe
@@ -302,9 +288,7 @@ fn bios_probe_then_download() {
 #[test]
 fn uefi_probe_then_windowed_download() {
     bounded(TEST_LIMIT, || {
-        let root = TestRoot::new();
-        let src = root.add_random("efi/grubx64.efi", 2_538_000);
-        let srv = Server::start(root, &[]);
+        let (srv, src) = Server::with_random("efi/grubx64.efi", 2_538_000, &[]);
         let name = b"efi/grubx64.efi";
 
         let mut probe = RawClient::new(srv.addr());
@@ -370,9 +354,7 @@ fn no_warnings(srv: &Server, what: &str) {
 #[test]
 fn unknown_options_are_not_acknowledged() {
     bounded(TEST_LIMIT, || {
-        let root = TestRoot::new();
-        let src = root.add_random("f.bin", 30_000);
-        let srv = Server::start(root, &[]);
+        let (srv, src) = Server::with_random("f.bin", 30_000, &[]);
 
         let d = raw_get(
             &srv,

@@ -308,6 +308,14 @@ impl Server {
         Self::start_with(files, extra, &|_| {})
     }
 
+    /// [`start`](Self::start) over a root holding one file, `name`, of `size` patterned bytes:
+    /// the server and the file's bytes.
+    pub fn with_random(name: &str, size: usize, extra: &[&str]) -> (Server, Vec<u8>) {
+        let root = TestRoot::new();
+        let bytes = root.add_random(name, size);
+        (Server::start(root, extra), bytes)
+    }
+
     /// [`start`](Self::start), with `prepare` applied to the command first (a `pre_exec` that
     /// lowers `RLIMIT_NOFILE`, say).
     pub fn start_with(files: TestRoot, extra: &[&str], prepare: &dyn Fn(&mut Command)) -> Server {
