@@ -15,6 +15,7 @@
 
 mod common;
 
+use common::special::Specials;
 use common::*;
 use ringboot::proto::tftp::packet::{Mode, Packet};
 use std::fs;
@@ -540,25 +541,10 @@ fn touch_and_open_for_write_do_not_end_a_transfer() {
 fn special_files_are_never_opened() {
     bounded(TEST_LIMIT, || {
         let files = TestRoot::new();
-        let c =
-            |p: PathBuf| std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).unwrap();
-        let fifo = c(files.root().join("fifo"));
-        // SAFETY: valid paths; results checked.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
-        let dev = c(files.root().join("null"));
-        // SAFETY: as above.
-        let have_dev =
-            unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) } == 0;
-        // SAFETY: plain syscalls; results checked.
-        let ino = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        assert!(ino >= 0);
-        for p in [&fifo, &dev] {
-            // SAFETY: as above (the device may be missing without root: ignored).
-            unsafe { libc::inotify_add_watch(ino, p.as_ptr(), libc::IN_OPEN) };
-        }
+        let specials = Specials::make(&files.root());
         let mut srv = Spawned::start(files, &[], Setup::default());
         let mut names = vec![&b"fifo"[..]];
-        if have_dev {
+        if specials.have_dev {
             names.push(b"null");
         } else {
             eprintln!("no device node (needs root): checking the FIFO only");
@@ -572,12 +558,7 @@ fn special_files_are_never_opened() {
                 String::from_utf8_lossy(name)
             );
         }
-        let mut buf = [0u8; 512];
-        // SAFETY: reads into a local buffer.
-        let n = unsafe { libc::read(ino, buf.as_mut_ptr().cast(), buf.len()) };
-        // SAFETY: our descriptor.
-        unsafe { libc::close(ino) };
-        assert!(n <= 0, "the server opened a special file inside the root");
+        specials.assert_never_opened("the server");
         srv.assert_alive();
     });
 }

@@ -385,7 +385,7 @@ fn list_dir(dir: OwnedFd) -> io::Result<Vec<String>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::fs;
     use std::io::Read;
@@ -426,20 +426,31 @@ mod tests {
         eprintln!("openat2 available: {}", j.openat2);
     }
 
-    #[test]
-    fn symlinks_inside_are_followed_outside_refused() {
+    /// A root (`outer/root`) holding `images/a.efi` ("A") and links to it (`rel-in`, `abs-in`,
+    /// `dirlink` to `images`), beside a `secret` ("S") that links lead out to (`rel-out`,
+    /// `abs-out`), with links to the whole system (`slash`, `magic`) and one to itself (`loop`).
+    /// The outer directory (keep it) and the root.
+    pub(in crate::store) fn linked_tree() -> (tempfile::TempDir, PathBuf) {
         let outer = tempfile::tempdir().unwrap();
         let root = outer.path().join("root");
         fs::create_dir_all(root.join("images")).unwrap();
         fs::write(root.join("images/a.efi"), "A").unwrap();
         fs::write(outer.path().join("secret"), "S").unwrap();
-        std::os::unix::fs::symlink("images/a.efi", root.join("rel-in")).unwrap();
-        std::os::unix::fs::symlink(root.join("images/a.efi"), root.join("abs-in")).unwrap();
-        std::os::unix::fs::symlink("images", root.join("dirlink")).unwrap();
-        std::os::unix::fs::symlink("../secret", root.join("rel-out")).unwrap();
-        std::os::unix::fs::symlink(outer.path().join("secret"), root.join("abs-out")).unwrap();
-        std::os::unix::fs::symlink("/", root.join("slash")).unwrap();
-        std::os::unix::fs::symlink("/proc/self/root", root.join("magic")).unwrap();
+        let link = |to: &Path, name: &str| std::os::unix::fs::symlink(to, root.join(name)).unwrap();
+        link(Path::new("images/a.efi"), "rel-in");
+        link(&root.join("images/a.efi"), "abs-in");
+        link(Path::new("images"), "dirlink");
+        link(Path::new("../secret"), "rel-out");
+        link(&outer.path().join("secret"), "abs-out");
+        link(Path::new("/"), "slash");
+        link(Path::new("/proc/self/root"), "magic");
+        link(Path::new("loop"), "loop");
+        (outer, root)
+    }
+
+    #[test]
+    fn symlinks_inside_are_followed_outside_refused() {
+        let (_outer, root) = linked_tree();
         for j in jails(&root) {
             assert_eq!(read(open(&j, "images/a.efi").unwrap()), "A");
             assert_eq!(read(open(&j, "rel-in").unwrap()), "A");
@@ -450,6 +461,7 @@ mod tests {
             assert!(j.open_path("slash/etc/passwd").is_err());
             assert!(j.open_path("magic/etc/passwd").is_err());
             assert_eq!(errno(j.open_path("missing")), libc::ENOENT);
+            assert!(j.open_path("loop").is_err());
         }
     }
 

@@ -1,4 +1,7 @@
 use super::*;
+#[path = "../../tests/common/special.rs"]
+mod special;
+use special::Specials;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -127,24 +130,15 @@ fn hostile_names_are_refused() {
 
 #[test]
 fn symlinks_inside_served_outside_refused() {
-    let outer = tempfile::tempdir().unwrap();
-    let root = outer.path().join("root");
-    fs::create_dir_all(root.join("images")).unwrap();
-    fs::write(root.join("images/k"), "kernel").unwrap();
-    fs::write(outer.path().join("secret"), "secret").unwrap();
-    std::os::unix::fs::symlink("images/k", root.join("vmlinuz")).unwrap();
-    std::os::unix::fs::symlink("../secret", root.join("out")).unwrap();
-    std::os::unix::fs::symlink(outer.path().join("secret"), root.join("abs-out")).unwrap();
-    std::os::unix::fs::symlink("/etc", root.join("etc")).unwrap();
-    std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+    let (_outer, root) = jail::tests::linked_tree();
     let s = Store::new(&root, StoreOptions::default()).unwrap();
-    let c = s.lookup(b"vmlinuz", Mode::Octet).unwrap();
-    assert_eq!(c.bytes(), b"kernel");
+    let c = s.lookup(b"rel-in", Mode::Octet).unwrap();
+    assert_eq!(c.bytes(), b"A");
     assert!(Arc::ptr_eq(
         &c,
-        &s.lookup(b"images/k", Mode::Octet).unwrap()
+        &s.lookup(b"images/a.efi", Mode::Octet).unwrap()
     ));
-    for name in [&b"out"[..], b"abs-out", b"etc/passwd", b"loop"] {
+    for name in [&b"rel-out"[..], b"abs-out", b"slash/etc/passwd", b"loop"] {
         let e = s.lookup(name, Mode::Octet).unwrap_err();
         assert_eq!(e.error_code(), ErrorCode::AccessViolation, "{name:?}: {e}");
     }
@@ -154,25 +148,8 @@ fn symlinks_inside_served_outside_refused() {
 fn only_regular_files_are_served() {
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir(dir.path().join("d")).unwrap();
-    let fifo =
-        std::ffi::CString::new(dir.path().join("fifo").as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid path.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     let _sock = std::os::unix::net::UnixListener::bind(dir.path().join("sock")).unwrap();
-    // A character device (like /dev/null) where the test may create one.
-    let dev =
-        std::ffi::CString::new(dir.path().join("null").as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid path; the result is checked.
-    let have_dev =
-        unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) } == 0;
-    // Watch for opens: an O_PATH open is not one; an open for reading is.
-    // SAFETY: plain syscalls; results checked.
-    let ino = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-    assert!(ino >= 0);
-    for p in [&fifo, &dev] {
-        // SAFETY: a valid path (the device one may not exist: then -1, ignored).
-        unsafe { libc::inotify_add_watch(ino, p.as_ptr(), libc::IN_OPEN) };
-    }
+    let specials = Specials::make(dir.path());
     let s = Store::new(dir.path(), StoreOptions::default()).unwrap();
     let t = Instant::now();
     let mut cases = vec![
@@ -180,7 +157,7 @@ fn only_regular_files_are_served() {
         ("fifo", FileKind::Fifo),
         ("sock", FileKind::Socket),
     ];
-    if have_dev {
+    if specials.have_dev {
         cases.push(("null", FileKind::CharDevice));
     }
     for (name, kind) in cases {
@@ -198,12 +175,7 @@ fn only_regular_files_are_served() {
         t.elapsed() < Duration::from_secs(2),
         "opening a FIFO must not block"
     );
-    let mut buf = [0u8; 256];
-    // SAFETY: reads into a local buffer.
-    let n = unsafe { libc::read(ino, buf.as_mut_ptr().cast(), buf.len()) };
-    // SAFETY: our descriptor.
-    unsafe { libc::close(ino) };
-    assert!(n <= 0, "a FIFO or device inside the root was opened");
+    specials.assert_never_opened("the store");
     assert_eq!(code(&s, b"/"), ErrorCode::FileNotFound);
 }
 

@@ -19,6 +19,7 @@
 pub mod http;
 pub mod loadtest;
 pub mod netns;
+pub mod special;
 
 use ringboot::proto::tftp::client::{
     Client as TftpClient, ClientConfig, ClientError, Event as ClientEvent,
