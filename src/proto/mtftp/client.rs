@@ -706,6 +706,11 @@ mod tests {
     );
 
     /// Feed a datagram from the session, to the group or unicast.
+    /// The file bytes `bytes` at `offset`, as the client hands them out.
+    fn delivered(offset: u64, bytes: &[u8]) -> Option<Data<'_>> {
+        Some(Data { offset, bytes })
+    }
+
     fn feed<'a>(c: &mut McClient, now: Instant, unicast: bool, d: &'a [u8]) -> Option<Data<'a>> {
         let arrival = if unicast {
             Arrival::Unicast
@@ -812,13 +817,7 @@ mod tests {
         next(&mut c, now, &mut buf);
         assert_eq!(&buf[..4], b"\x00\x04\x00\x02");
         let ev = feed(&mut c, now, false, b"\x00\x03\x00\x03xy");
-        assert_eq!(
-            ev,
-            Some(Data {
-                offset: 16,
-                bytes: &b"xy"[..]
-            })
-        );
+        assert_eq!(ev, delivered(16, b"xy"));
         assert_eq!(c.poll_event(), Some(McEvent::Finished));
         assert!(c.is_finished());
         next(&mut c, now, &mut buf);
@@ -847,13 +846,7 @@ mod tests {
         assert_eq!(next(&mut c, now, &mut buf), Some((SESSION, 4)));
         assert_eq!(&buf[..4], b"\x00\x04\x00\x00");
         let ev = feed(&mut c, now, true, b"\x00\x03\x00\x01abcdefgh");
-        assert_eq!(
-            ev,
-            Some(Data {
-                offset: 0,
-                bytes: &b"abcdefgh"[..]
-            })
-        );
+        assert_eq!(ev, delivered(0, b"abcdefgh"));
         next(&mut c, now, &mut buf);
         assert_eq!(&buf[..4], b"\x00\x04\x00\x01");
         feed(&mut c, now, true, b"\x00\x03\x00\x02xy");
