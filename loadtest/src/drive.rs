@@ -195,46 +195,47 @@ pub enum Outcome {
     Vanished,
 }
 
-/// Per-machine counters.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Counters {
-    /// In-order DATA blocks delivered.
-    pub blocks: u64,
-    /// DATA blocks that arrived again (retransmitted or duplicated).
-    pub duplicates: u64,
-    /// DATA blocks ahead of the expected one (a gap: loss or reordering).
-    pub out_of_order: u64,
-    pub timeouts: u64,
-    pub acks_sent: u64,
-    /// Transfers (phases) started, probes included.
-    pub requests: u64,
-    /// Steps that ended in the expected "file not found".
-    pub misses: u64,
-    pub dropped_in: u64,
-    pub dropped_acks: u64,
-    pub duplicated: u64,
-    pub reordered: u64,
-    /// Packets from a port other than the transfer's (the client answers them with ERROR 5).
-    pub foreign: u64,
-    /// Packets dropped because a slow client's queue was full.
-    pub overflow: u64,
+/// A struct of `u64` counters with `add`, which sums another one into it field by field (the
+/// field list is written once, so a new counter cannot be left out of the sum).
+macro_rules! summed_counters {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$doc:meta])* pub $field:ident: u64,)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($(#[$doc])* pub $field: u64,)*
+        }
+
+        impl $name {
+            pub fn add(&mut self, o: &$name) {
+                $(self.$field += o.$field;)*
+            }
+        }
+    };
 }
 
-impl Counters {
-    pub fn add(&mut self, o: &Counters) {
-        self.blocks += o.blocks;
-        self.duplicates += o.duplicates;
-        self.out_of_order += o.out_of_order;
-        self.timeouts += o.timeouts;
-        self.acks_sent += o.acks_sent;
-        self.requests += o.requests;
-        self.misses += o.misses;
-        self.dropped_in += o.dropped_in;
-        self.dropped_acks += o.dropped_acks;
-        self.duplicated += o.duplicated;
-        self.reordered += o.reordered;
-        self.foreign += o.foreign;
-        self.overflow += o.overflow;
+summed_counters! {
+    /// Per-machine counters.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct Counters {
+        /// In-order DATA blocks delivered.
+        pub blocks: u64,
+        /// DATA blocks that arrived again (retransmitted or duplicated).
+        pub duplicates: u64,
+        /// DATA blocks ahead of the expected one (a gap: loss or reordering).
+        pub out_of_order: u64,
+        pub timeouts: u64,
+        pub acks_sent: u64,
+        /// Transfers (phases) started, probes included.
+        pub requests: u64,
+        /// Steps that ended in the expected "file not found".
+        pub misses: u64,
+        pub dropped_in: u64,
+        pub dropped_acks: u64,
+        pub duplicated: u64,
+        pub reordered: u64,
+        /// Packets from a port other than the transfer's (the client answers them with ERROR 5).
+        pub foreign: u64,
+        /// Packets dropped because a slow client's queue was full.
+        pub overflow: u64,
     }
 }
 
