@@ -22,6 +22,14 @@ fn run(args: &[&str]) -> ClientRun {
     run_with_timeout(cmd, None, Duration::from_secs(30))
 }
 
+/// `ringboot serve args`, which must exit with `code` (1: a problem in the configuration, 2: on
+/// the command line).
+fn exits(code: i32, args: &[&str]) -> ClientRun {
+    let r = run(args);
+    assert_eq!(r.status.code(), Some(code), "{}", r.output());
+    r
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -150,8 +158,7 @@ fn a_bad_file_names_each_key_and_line_and_exits_1() {
             root.to_str().unwrap()
         ),
     );
-    let r = run(&["--config", &cfg]);
-    assert_eq!(r.status.code(), Some(1), "{}", r.output());
+    let r = exits(1, &["--config", &cfg]);
     let lines: Vec<&str> = r.stderr.lines().collect();
     assert_eq!(
         lines,
@@ -176,8 +183,7 @@ fn a_syntax_error_names_the_line() {
         "syntax.toml",
         "root = \"/srv\"\nlisten = [\"0.0.0.0:69\"\nmax_blksize = 1468\n",
     );
-    let r = run(&["--config", &cfg]);
-    assert_eq!(r.status.code(), Some(1), "{}", r.output());
+    let r = exits(1, &["--config", &cfg]);
     assert!(
         r.stderr.starts_with(&format!("ringboot: {cfg}:")),
         "{}",
@@ -191,8 +197,7 @@ fn whole_config_problems_are_listed_and_exit_1() {
     let root = dir.path().to_str().unwrap();
     // No root at all.
     let cfg = write(dir.path(), "noroot.toml", "max_blksize = 1468\n");
-    let r = run(&["--config", &cfg]);
-    assert_eq!(r.status.code(), Some(1), "{}", r.output());
+    let r = exits(1, &["--config", &cfg]);
     assert_eq!(
         r.stderr.trim(),
         "ringboot: no directory to serve: give --root DIR or the config key `root`"
@@ -203,8 +208,7 @@ fn whole_config_problems_are_listed_and_exit_1() {
         "dhcp.toml",
         "[dhcp]\nmode = \"proxy\"\nclient_rate = 0\n",
     );
-    let r = run(&["--config", &cfg, "--root", root]);
-    assert_eq!(r.status.code(), Some(1), "{}", r.output());
+    let r = exits(1, &["--config", &cfg, "--root", root]);
     let lines: Vec<&str> = r.stderr.lines().collect();
     assert_eq!(lines.len(), 2, "{}", r.output());
     assert!(
@@ -214,8 +218,10 @@ fn whole_config_problems_are_listed_and_exit_1() {
     );
     assert!(lines[1].contains("[dhcp] client_rate"), "{}", r.output());
     // A file that cannot be read.
-    let r = run(&["--config", "/nonexistent/ringboot.toml", "--root", root]);
-    assert_eq!(r.status.code(), Some(1), "{}", r.output());
+    let r = exits(
+        1,
+        &["--config", "/nonexistent/ringboot.toml", "--root", root],
+    );
     assert!(
         r.stderr
             .starts_with("ringboot: cannot read the config file /nonexistent/ringboot.toml: "),
@@ -229,8 +235,10 @@ fn command_line_errors_keep_clap_format_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_str().unwrap();
     let cfg = write(dir.path(), "ok.toml", "max_blksize = 1468\n");
-    let r = run(&["--config", &cfg, "--root", root, "--max-blksize", "70000"]);
-    assert_eq!(r.status.code(), Some(2), "{}", r.output());
+    let r = exits(
+        2,
+        &["--config", &cfg, "--root", root, "--max-blksize", "70000"],
+    );
     assert!(
         r.stderr.contains(
             "error: invalid value '70000' for '--max-blksize <N>': 70000 is not in 8..=65464"
@@ -238,13 +246,10 @@ fn command_line_errors_keep_clap_format_and_exit_2() {
         "{}",
         r.output()
     );
-    let r = run(&["--root", root, "--allow-fragmentation", "yes"]);
-    assert_eq!(r.status.code(), Some(2), "{}", r.output());
+    let r = exits(2, &["--root", root, "--allow-fragmentation", "yes"]);
     assert!(r.stderr.contains("--allow-fragmentation"), "{}", r.output());
-    let r = run(&["--root", root, "--listen", "127.0.0.1"]);
-    assert_eq!(r.status.code(), Some(2), "{}", r.output());
+    let r = exits(2, &["--root", root, "--listen", "127.0.0.1"]);
     assert!(r.stderr.contains("127.0.0.1:69"), "{}", r.output());
-    let r = run(&[]);
-    assert_eq!(r.status.code(), Some(2), "{}", r.output());
+    let r = exits(2, &[]);
     assert!(r.stderr.contains("--root <DIR>"), "{}", r.output());
 }
