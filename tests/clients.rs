@@ -94,6 +94,26 @@ fn windows_style_names(client: Option<Client>) {
     }
 }
 
+/// 33 MiB + 17 bytes, by `client` with `opts` (blksize 512): 67,585 blocks, the block number
+/// wraps past 65535.
+fn rollover(client: Client, opts: &GetOpts) {
+    if !client.available() {
+        return;
+    }
+    let (srv, big) = Server::with_random("big.bin", 33 * 1024 * 1024 + 17, &[]);
+    check_get(client, &srv, "big.bin", opts, &big);
+}
+
+/// `body` under the test time limit, when `client` is installed (else skipped, with the reason
+/// [`Client::available`] gives).
+fn when_installed(client: Client, body: impl FnOnce() + Send + 'static) {
+    bounded(TEST_LIMIT, move || {
+        if client.available() {
+            body();
+        }
+    });
+}
+
 // ----- tftp-hpa (RFC 1350 only: it sends no options) -----
 
 #[test]
@@ -105,10 +125,7 @@ fn tftp_hpa_edge_sizes() {
 
 #[test]
 fn tftp_hpa_netascii() {
-    bounded(TEST_LIMIT, || {
-        if !Client::TftpHpa.available() {
-            return;
-        }
+    when_installed(Client::TftpHpa, || {
         let root = TestRoot::new();
         // LF line ends, lines long enough that CR LF pairs straddle block boundaries.
         let mut text = Vec::new();
@@ -131,27 +148,40 @@ fn tftp_hpa_windows_style_names() {
     bounded(TEST_LIMIT, || windows_style_names(Some(Client::TftpHpa)));
 }
 
+/// The tests every client that sends options runs, in a module named after it (`atftp::blksizes`):
+/// the edge sizes without options and with blksize 1468, and every block size of [`BLKSIZES`].
+macro_rules! option_client_tests {
+    ($($module:ident: $client:expr;)*) => {$(
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn edge_sizes() {
+                bounded(TEST_LIMIT, || {
+                    super::edge_sizes($client, GetOpts::default());
+                    super::edge_sizes($client, GetOpts::blksize(1468));
+                });
+            }
+
+            #[test]
+            fn blksizes() {
+                bounded(TEST_LIMIT, || super::blksizes($client, &BLKSIZES));
+            }
+        }
+    )*};
+}
+
+option_client_tests! {
+    atftp: Client::Atftp;
+    curl: Client::Curl;
+    busybox: Client::Busybox;
+}
+
 // ----- atftp (blksize, windowsize, tsize) -----
 
 #[test]
-fn atftp_edge_sizes() {
-    bounded(TEST_LIMIT, || {
-        edge_sizes(Client::Atftp, GetOpts::default());
-        edge_sizes(Client::Atftp, GetOpts::blksize(1468));
-    });
-}
-
-#[test]
-fn atftp_blksizes() {
-    bounded(TEST_LIMIT, || blksizes(Client::Atftp, &BLKSIZES));
-}
-
-#[test]
 fn atftp_windowsizes() {
-    bounded(TEST_LIMIT, || {
-        if !Client::Atftp.available() {
-            return;
-        }
+    when_installed(Client::Atftp, || {
         let root = TestRoot::new();
         let odd = root.add_random("odd.bin", 2 * 1024 * 1024 + 5);
         // Ends on a window boundary with a full block: the zero-length final block opens a window.
@@ -172,29 +202,15 @@ fn atftp_windowsizes() {
 
 #[test]
 fn atftp_rollover_windowed() {
-    bounded(TEST_LIMIT, || {
-        if !Client::Atftp.available() {
-            return;
-        }
-        let (srv, big) = Server::with_random("big.bin", 33 * 1024 * 1024 + 17, &[]);
-        let opts = GetOpts {
-            blksize: Some(512),
-            windowsize: Some(16),
-            ..Default::default()
-        };
-        check_get(Client::Atftp, &srv, "big.bin", &opts, &big);
-    });
+    let opts = GetOpts {
+        blksize: Some(512),
+        windowsize: Some(16),
+        ..Default::default()
+    };
+    bounded(TEST_LIMIT, move || rollover(Client::Atftp, &opts));
 }
 
 // ----- curl (blksize, tsize; or no options at all) -----
-
-#[test]
-fn curl_edge_sizes() {
-    bounded(TEST_LIMIT, || {
-        edge_sizes(Client::Curl, GetOpts::default());
-        edge_sizes(Client::Curl, GetOpts::blksize(1468));
-    });
-}
 
 #[test]
 fn curl_no_options() {
@@ -208,40 +224,15 @@ fn curl_no_options() {
 }
 
 #[test]
-fn curl_blksizes() {
-    bounded(TEST_LIMIT, || blksizes(Client::Curl, &BLKSIZES));
-}
-
-/// 33 MiB + 17 bytes in 512-byte blocks is 67,585 blocks: the block number wraps past 65535.
-#[test]
 fn curl_rollover_33mib() {
     bounded(TEST_LIMIT, || {
-        if !Client::Curl.available() {
-            return;
-        }
-        let (srv, big) = Server::with_random("big.bin", 33 * 1024 * 1024 + 17, &[]);
-        check_get(Client::Curl, &srv, "big.bin", &GetOpts::blksize(512), &big);
+        rollover(Client::Curl, &GetOpts::blksize(512))
     });
 }
 
 #[test]
 fn curl_windows_style_names() {
     bounded(TEST_LIMIT, || windows_style_names(Some(Client::Curl)));
-}
-
-// ----- busybox (blksize) -----
-
-#[test]
-fn busybox_edge_sizes() {
-    bounded(TEST_LIMIT, || {
-        edge_sizes(Client::Busybox, GetOpts::default());
-        edge_sizes(Client::Busybox, GetOpts::blksize(1468));
-    });
-}
-
-#[test]
-fn busybox_blksizes() {
-    bounded(TEST_LIMIT, || blksizes(Client::Busybox, &BLKSIZES));
 }
 
 // ----- raw client: what no installed client can ask for -----
