@@ -30,6 +30,16 @@ fn exits(code: i32, args: &[&str]) -> ClientRun {
     r
 }
 
+/// `r`'s standard error holds `part`.
+fn says(r: &ClientRun, part: &str) {
+    assert!(r.stderr.contains(part), "{}", r.output());
+}
+
+/// `r`'s standard error starts with `start`.
+fn starts_saying(r: &ClientRun, start: &str) {
+    assert!(r.stderr.starts_with(start), "{}", r.output());
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -39,41 +49,25 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 #[test]
 fn file_keys_apply_and_flags_win() {
     bounded(LIMIT, || {
-        let files = TestRoot::new();
-        let src = files.add_random("f.bin", 40_000);
-        let cfg = write(
-            files.base(),
-            "ringboot.toml",
-            "# from the file\nmax_blksize = 1024\nmax_window = 4\n",
-        );
-        let srv = Server::start(files, &["--config", &cfg]);
-        let d = raw_get(
-            &srv,
-            &DownloadSpec::new("f.bin").blksize(1468).windowsize(16),
-        );
-        assert_same("f.bin", &d.data, &src);
-        let oack = d.oack.expect("OACK");
-        assert_eq!(oack_get(&oack, "blksize"), Some("1024"), "{oack:?}");
-        assert_eq!(oack_get(&oack, "windowsize"), Some("4"), "{oack:?}");
-        drop(srv);
-
-        // The same file with a flag over one of its keys.
-        let files = TestRoot::new();
-        files.add_random("f.bin", 40_000);
-        let cfg = write(
-            files.base(),
-            "ringboot.toml",
-            "# from the file\nmax_blksize = 1024\nmax_window = 4\n",
-        );
-        let srv = Server::start(files, &["--config", &cfg, "--max-blksize", "512"]);
-        let d = raw_get(
-            &srv,
-            &DownloadSpec::new("f.bin").blksize(1468).windowsize(16),
-        );
-        assert_same("f.bin", &d.data, &src);
-        let oack = d.oack.expect("OACK");
-        assert_eq!(oack_get(&oack, "blksize"), Some("512"), "{oack:?}");
-        assert_eq!(oack_get(&oack, "windowsize"), Some("4"), "{oack:?}");
+        // The file's keys alone, then with a flag over one of them.
+        for (flags, blksize) in [(&[][..], "1024"), (&["--max-blksize", "512"][..], "512")] {
+            let files = TestRoot::new();
+            let src = files.add_random("f.bin", 40_000);
+            let cfg = write(
+                files.base(),
+                "ringboot.toml",
+                "# from the file\nmax_blksize = 1024\nmax_window = 4\n",
+            );
+            let srv = Server::start(files, &[&["--config", &cfg][..], flags].concat());
+            let d = raw_get(
+                &srv,
+                &DownloadSpec::new("f.bin").blksize(1468).windowsize(16),
+            );
+            assert_same("f.bin", &d.data, &src);
+            let oack = d.oack.expect("OACK");
+            assert_eq!(oack_get(&oack, "blksize"), Some(blksize), "{oack:?}");
+            assert_eq!(oack_get(&oack, "windowsize"), Some("4"), "{oack:?}");
+        }
     });
 }
 
@@ -184,11 +178,7 @@ fn a_syntax_error_names_the_line() {
         "root = \"/srv\"\nlisten = [\"0.0.0.0:69\"\nmax_blksize = 1468\n",
     );
     let r = exits(1, &["--config", &cfg]);
-    assert!(
-        r.stderr.starts_with(&format!("ringboot: {cfg}:")),
-        "{}",
-        r.output()
-    );
+    starts_saying(&r, &format!("ringboot: {cfg}:"));
 }
 
 #[test]
@@ -222,11 +212,9 @@ fn whole_config_problems_are_listed_and_exit_1() {
         1,
         &["--config", "/nonexistent/ringboot.toml", "--root", root],
     );
-    assert!(
-        r.stderr
-            .starts_with("ringboot: cannot read the config file /nonexistent/ringboot.toml: "),
-        "{}",
-        r.output()
+    starts_saying(
+        &r,
+        "ringboot: cannot read the config file /nonexistent/ringboot.toml: ",
     );
 }
 
@@ -239,17 +227,14 @@ fn command_line_errors_keep_clap_format_and_exit_2() {
         2,
         &["--config", &cfg, "--root", root, "--max-blksize", "70000"],
     );
-    assert!(
-        r.stderr.contains(
-            "error: invalid value '70000' for '--max-blksize <N>': 70000 is not in 8..=65464"
-        ),
-        "{}",
-        r.output()
+    says(
+        &r,
+        "error: invalid value '70000' for '--max-blksize <N>': 70000 is not in 8..=65464",
     );
     let r = exits(2, &["--root", root, "--allow-fragmentation", "yes"]);
-    assert!(r.stderr.contains("--allow-fragmentation"), "{}", r.output());
+    says(&r, "--allow-fragmentation");
     let r = exits(2, &["--root", root, "--listen", "127.0.0.1"]);
-    assert!(r.stderr.contains("127.0.0.1:69"), "{}", r.output());
+    says(&r, "127.0.0.1:69");
     let r = exits(2, &[]);
-    assert!(r.stderr.contains("--root <DIR>"), "{}", r.output());
+    says(&r, "--root <DIR>");
 }
