@@ -31,6 +31,20 @@ fn run(conn: &mut Connection, now: Instant, input: &[u8], chunk: usize) -> Vec<u
     out
 }
 
+/// A new connection with the default limits, the instant it opened and those limits.
+fn fresh() -> (Instant, Limits, Connection) {
+    let now = Instant::now();
+    let limits = Limits::default();
+    (now, limits, Connection::new(now, limits))
+}
+
+/// The responses `conn` sends at `now` to a reader that takes everything.
+fn answers(conn: &mut Connection, now: Instant) -> Vec<Parsed> {
+    let mut out = Vec::new();
+    drain(conn, now, &mut out, usize::MAX);
+    responses(&out)
+}
+
 fn drain(conn: &mut Connection, now: Instant, out: &mut Vec<u8>, max_write: usize) {
     loop {
         conn.serve(now, &mut Echo);
@@ -236,29 +250,29 @@ fn oversized_heads_get_431_at_the_limit() {
 
 #[test]
 fn http10_closes_unless_asked_and_close_is_honoured() {
-    let now = Instant::now();
-    let mut c = Connection::new(now, Limits::default());
-    let r = responses(&run(&mut c, now, b"GET / HTTP/1.0\r\n\r\n", usize::MAX));
-    assert_eq!(header(&r[0].1, "connection"), Some("close"));
-    assert!(c.is_closed());
-    let mut c = Connection::new(now, Limits::default());
-    let r = responses(&run(
-        &mut c,
-        now,
-        b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
-        usize::MAX,
-    ));
-    assert_eq!(header(&r[0].1, "connection"), Some("keep-alive"));
-    assert!(!c.is_closed());
-    let mut c = Connection::new(now, Limits::default());
-    let r = responses(&run(
-        &mut c,
-        now,
-        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, close\r\n\r\n",
-        usize::MAX,
-    ));
-    assert_eq!(header(&r[0].1, "connection"), Some("close"));
-    assert!(c.is_closed());
+    // (request, the response's Connection header, whether the connection is closed after it)
+    for (request, connection, closed) in [
+        (&b"GET / HTTP/1.0\r\n\r\n"[..], "close", true),
+        (
+            b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+            "keep-alive",
+            false,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, close\r\n\r\n",
+            "close",
+            true,
+        ),
+    ] {
+        let (now, _, mut c) = fresh();
+        let r = responses(&run(&mut c, now, request, usize::MAX));
+        assert_eq!(
+            header(&r[0].1, "connection"),
+            Some(connection),
+            "{request:?}"
+        );
+        assert_eq!(c.is_closed(), closed, "{request:?}");
+    }
 }
 
 #[test]
@@ -281,10 +295,8 @@ fn the_request_cap_closes_after_the_last() {
 
 #[test]
 fn slow_heads_get_408_and_silent_ones_are_closed() {
-    let t0 = Instant::now();
-    let limits = Limits::default();
     // Nothing at all: closed without a word.
-    let mut c = Connection::new(t0, limits);
+    let (t0, limits, mut c) = fresh();
     assert_eq!(c.poll_timeout(), Some(t0 + limits.header_timeout));
     c.handle_timeout(t0 + limits.header_timeout - Duration::from_millis(1));
     assert!(!c.is_closed());
@@ -296,9 +308,7 @@ fn slow_heads_get_408_and_silent_ones_are_closed() {
     c.handle_bytes(t0, b"GET / HTTP/1.1\r\nHo");
     let late = t0 + limits.header_timeout;
     c.handle_timeout(late);
-    let mut out = Vec::new();
-    drain(&mut c, late, &mut out, usize::MAX);
-    assert_eq!(responses(&out)[0].0, 408);
+    assert_eq!(answers(&mut c, late)[0].0, 408);
     assert!(c.is_closed());
     // Dribbling a byte at a time does not move the head deadline.
     let mut c = Connection::new(t0, limits);
@@ -310,9 +320,7 @@ fn slow_heads_get_408_and_silent_ones_are_closed() {
 
 #[test]
 fn a_reader_that_stops_is_closed() {
-    let t0 = Instant::now();
-    let limits = Limits::default();
-    let mut c = Connection::new(t0, limits);
+    let (t0, limits, mut c) = fresh();
     c.handle_bytes(t0, b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n");
     c.serve(t0, &mut Echo);
     let n = 1000;
@@ -336,35 +344,27 @@ fn eof_mid_request_closes_and_after_a_request_still_answers() {
     let mut c = Connection::new(now, Limits::default());
     c.handle_bytes(now, GET);
     c.handle_eof(now);
-    let mut out = Vec::new();
-    drain(&mut c, now, &mut out, usize::MAX);
-    let r = responses(&out);
+    let r = answers(&mut c, now);
     assert_eq!(r[0].0, 200);
     assert!(c.is_closed());
 }
 
 #[test]
 fn input_far_ahead_of_the_responses_closes_after_the_current_one() {
-    let now = Instant::now();
-    let limits = Limits::default();
-    let mut c = Connection::new(now, limits);
+    let (now, limits, mut c) = fresh();
     c.handle_bytes(now, GET);
     c.serve(now, &mut Echo);
     // While the response waits to be written, the client sends more than the buffer holds.
     let flood = GET.repeat(limits.max_head / GET.len() + 10);
     c.handle_bytes(now, &flood);
-    let mut out = Vec::new();
-    drain(&mut c, now, &mut out, usize::MAX);
-    assert_eq!(responses(&out).len(), 1);
+    assert_eq!(answers(&mut c, now).len(), 1);
     assert!(c.is_closed());
     // Arriving before the first response is built, the flood makes it say close.
     let mut c = Connection::new(now, limits);
     let mut input = GET.to_vec();
     input.extend_from_slice(&flood);
     c.handle_bytes(now, &input);
-    let mut out = Vec::new();
-    drain(&mut c, now, &mut out, usize::MAX);
-    let r = responses(&out);
+    let r = answers(&mut c, now);
     assert_eq!(r.len(), 1);
     assert_eq!(header(&r[0].1, "connection"), Some("close"));
     assert!(c.is_closed());
