@@ -365,26 +365,26 @@ mod tests {
         assert!(e.iter().any(|l| l.contains(":3:")), "{e:#?}");
     }
 
+    /// The README's ```toml blocks, in order.
+    fn readme_examples() -> Vec<&'static str> {
+        include_str!("../../README.md")
+            .split("```toml\n")
+            .skip(1)
+            .map(|block| block.split("```").next().unwrap_or_default())
+            .collect()
+    }
+
     #[test]
-    fn readme_example_reads() {
-        let f = p(r#"
-root = "/srv/tftp"
-listen = ["0.0.0.0:69"]
-max_blksize = 1468
-mtftp = ["boot/x64/boot.wim@239.255.1.1:3001"]
-multicast_groups = "239.255.42.0/24"
-
-[dhcp]
-mode = "proxy"
-interface = "eth0"
-boot_file = "pxelinux.0"
-
-[[dhcp.rule]]
-arch = ["efi-x64"]
-boot_file = "ipxe.efi"
-ipxe_script = "http://10.0.0.1/boot.ipxe"
-"#)
-        .unwrap();
+    fn readme_examples_read() {
+        let examples = readme_examples();
+        assert!(examples.len() >= 3, "{examples:#?}");
+        for text in &examples {
+            if let Err(e) = p(text) {
+                panic!("README example does not read: {e:?}\n{text}");
+            }
+        }
+        // The first is the whole example of the configuration section.
+        let f = p(examples[0]).unwrap();
         assert_eq!(f.root, Some(PathBuf::from("/srv/tftp")));
         assert_eq!(f.listen, Some(vec!["0.0.0.0:69".parse().unwrap()]));
         assert_eq!(f.max_blksize, Some(Ranged::of(1468)));
