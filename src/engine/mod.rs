@@ -30,6 +30,7 @@
 //!   the same engine on its own thread.
 
 pub mod ctl;
+pub mod dhcp;
 pub(crate) mod links;
 pub mod mcast;
 pub mod reactor;
