@@ -1,6 +1,7 @@
 //! The one engine of the load tester: many emulated machines on one thread, over ringboot's
 //! [`Poller`] and the core's one [`TimerQueue`], for every kind of storm (unicast in
-//! [`crate::engine`], multicast in [`crate::mcast`]).
+//! [`crate::engine`], with the `--dhcp` phase's machines beside it; multicast in
+//! [`crate::mcast`]).
 //!
 //! Contract:
 //! - A [`Fleet`] is the set of machines of one thread. It never waits: [`run`] waits for the

@@ -11,6 +11,7 @@
 use crate::dhcp::{DhcpClient, DhcpPort};
 use crate::drive::{self, Counters, Fleet, Live, MachineResult, Outcome};
 use crate::plan::{Expect, Step};
+use dhcp_phase::{dhcp_slot, DhcpPhase};
 use ringboot::proto::rng::Rng;
 use ringboot::proto::tftp::client::{Client, ClientError, Event};
 use ringboot::proto::tftp::packet::ErrorCode;
@@ -122,8 +123,8 @@ struct Machine {
     ended: Option<Instant>,
     bytes: u64,
     counters: Counters,
-    // The --dhcp phase: running exchange, its outcome, and the TFTP server it named.
-    dhcp: Option<DhcpClient>,
+    // The --dhcp phase (a machine of its own, in `Engine::dhcp`): its outcome, and the TFTP
+    // server it named.
     dhcp_out: Option<crate::dhcp::Outcome>,
     server: Option<SocketAddr>,
 }
@@ -139,7 +140,6 @@ impl Machine {
         take(self.client.as_ref().and_then(|c| c.poll_timeout()));
         take(self.inbound.front().map(|p| p.0));
         take(self.held.as_ref().map(|h| h.0));
-        take(self.dhcp.as_ref().and_then(|d| d.poll_timeout()));
         t
     }
 
@@ -167,8 +167,8 @@ struct Engine {
     tx: Vec<u8>,
     running: usize,
     bytes_unreported: u64,
-    /// The shared DHCP sockets (`--dhcp`), or why they could not be opened.
-    dhcp: Option<Result<DhcpPort, String>>,
+    /// The DHCP machines (`--dhcp`).
+    dhcp: Option<DhcpPhase>,
 }
 
 /// The epoll token of the DHCP sockets (machines use their slot).
@@ -210,7 +210,6 @@ pub fn run_thread(shared: Arc<Shared>, mut specs: Vec<MachineSpec>) -> Vec<Machi
                 ended: None,
                 bytes: 0,
                 counters: Counters::default(),
-                dhcp: None,
                 dhcp_out: None,
                 server: None,
                 spec,
@@ -228,7 +227,9 @@ pub fn run_thread(shared: Arc<Shared>, mut specs: Vec<MachineSpec>) -> Vec<Machi
         bytes_unreported: 0,
         dhcp: None,
     };
-    e.open_dhcp();
+    if let Some(setup) = e.shared.dhcp.clone() {
+        e.dhcp = Some(DhcpPhase::open(setup, &e.machines, &e.poller, DHCP_TOKEN));
+    }
     for i in 0..e.machines.len() {
         e.rearm(i);
     }
@@ -323,16 +324,23 @@ impl Engine {
         }
     }
 
-    /// Arm the machine's timer at its earliest wake-up (or disarm it).
+    /// Arm the machine's timer at its earliest wake-up (or disarm it). A DHCP machine's key
+    /// ([`dhcp_slot`]) is armed where its exchange goes on.
     fn rearm(&mut self, i: usize) {
+        if dhcp_slot(i).is_some() {
+            return;
+        }
         match self.machines[i].next_wake() {
             Some(t) => self.timers.arm(i as u32, t),
             None => self.timers.cancel(i as u32),
         }
     }
 
-    /// Everything due for machine `i` at `now`.
+    /// Everything due for machine `i` at `now` (or for the DHCP machine of a [`dhcp_slot`]).
     fn service(&mut self, i: usize, now: Instant) {
+        if let Some(j) = dhcp_slot(i) {
+            return self.dhcp_timer(j, now);
+        }
         if self.machines[i].next_phase_at.is_some_and(|t| t <= now) {
             self.start_phase(i, now);
         }
@@ -345,12 +353,6 @@ impl Engine {
             let (_, src, b) = self.machines[i].inbound.pop_front().unwrap();
             self.feed(i, src, &b, now);
             self.machines[i].recycle(b);
-        }
-        if let Some(d) = self.machines[i].dhcp.as_mut() {
-            if d.poll_timeout().is_some_and(|t| t <= now) {
-                d.handle_timeout(now);
-                self.dhcp_progress(i, now);
-            }
         }
         let m = &mut self.machines[i];
         if let Some(c) = m.client.as_mut() {
@@ -783,6 +785,10 @@ impl Engine {
 
     fn finish(&mut self, i: usize, now: Instant, outcome: Outcome) {
         self.close(i);
+        if let Some(p) = self.dhcp.as_mut() {
+            p.forget(i);
+            self.timers.cancel((dhcp_phase::DHCP_KEY | i) as u32);
+        }
         let m = &mut self.machines[i];
         if matches!(m.run, Run::Done(_)) {
             return;
@@ -815,6 +821,7 @@ impl Machine {
     }
 }
 
-/// The `--dhcp` phase: machines share this thread's [`DhcpPort`]; each runs its own
-/// [`DhcpClient`] and starts its TFTP steps, to the server the answer named, once it has a lease.
+/// The `--dhcp` phase: DHCP machines of their own on this engine, sharing this thread's
+/// [`DhcpPort`]; a machine starts its TFTP steps, to the server the answer named, once its DHCP
+/// machine has a lease.
 mod dhcp_phase;

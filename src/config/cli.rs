@@ -5,12 +5,11 @@
 //! [`super::DEFAULTS`]), plus `--config`, `-v`, the DHCP flags (keys of the `[dhcp]` table) and
 //! a hidden `--fault` for tests. Errors are clap's (exit code 2).
 
+use super::dhcp::{DhcpConfig, DhcpMode, PoolRange};
 use super::value::{self, value_name};
 use super::{LogFormat, DEFAULTS};
 use super::{MaxBlksize, MaxWindow, MaxWindowBytes, McCap, McTimeout, McWindow, MinRto};
 use super::{Retries, Timeout, TransferCap, Ttl, Workers};
-use crate::dhcp::config::PoolRange;
-use crate::dhcp::{DhcpConfig, DhcpMode};
 use crate::engine::mcast::{GroupPool, MtftpFile};
 use crate::engine::workers::{BackendChoice, PortRange};
 use crate::proto::mtftp::session::SlowPolicy;

@@ -13,11 +13,11 @@
 //!   [`MAX_PROBLEMS`]). Each problem names the key (`dhcp.rule[0].arch`), the line and column, and
 //!   what was expected. Pure: the caller reads the file.
 
+use super::dhcp::DhcpConfig;
 use super::value;
 use super::{LogFormat, Problem};
 use super::{MaxBlksize, MaxWindow, MaxWindowBytes, McCap, McTimeout, McWindow, MinRto};
 use super::{Retries, Timeout, TransferCap, Ttl, Workers};
-use crate::dhcp::DhcpConfig;
 use crate::engine::mcast::{GroupPool, MtftpFile};
 use crate::engine::workers::{BackendChoice, PortRange};
 use crate::proto::mtftp::session::SlowPolicy;
@@ -246,8 +246,8 @@ fn close(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::dhcp::DhcpMode;
     use crate::config::value::Ranged;
-    use crate::dhcp::DhcpMode;
     use std::time::Duration;
 
     fn p(text: &str) -> Result<FileConfig, Vec<Problem>> {

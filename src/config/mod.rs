@@ -17,16 +17,17 @@
 //!   binary. [`load`] may be called again at run time (reload, `ringboot check`).
 
 pub mod cli;
+pub mod dhcp;
 pub mod file;
 pub mod value;
 
-use crate::dhcp::{config::MtftpConfig, DhcpConfig, DhcpMode};
 use crate::engine::mcast::{self, McConfig};
 use crate::engine::workers::{BackendChoice, ListenAddr, PortRange};
 use crate::proto::mtftp::session::SlowPolicy;
 use crate::proto::tftp::options::{BlockSize, Limits, WindowSize, MAX_BLKSIZE, MIN_BLKSIZE};
 use crate::store::StoreOptions;
 use cli::ServeArgs;
+use dhcp::{DhcpConfig, DhcpMode, MtftpConfig};
 use file::FileConfig;
 use serde::Deserialize;
 use std::fmt;

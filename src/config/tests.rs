@@ -1,8 +1,8 @@
 //! The config model as a whole: defaults, the merge of file and flags, validation, messages.
 
 use super::cli::{self, Cmd, ServeArgs};
+use super::dhcp::PoolRange;
 use super::*;
-use crate::dhcp::config::PoolRange;
 use crate::sys::iface::IfAddr;
 
 /// `ringboot serve ARGS`, parsed as the binary parses it.

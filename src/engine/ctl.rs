@@ -75,7 +75,7 @@ impl Service for Signals {
 /// The services of the control engine.
 pub enum CtlService {
     Signals(Signals),
-    Dhcp(Box<crate::dhcp::Responder>),
+    Dhcp(Box<super::dhcp::Responder>),
     Multicast(Box<crate::engine::mcast::McService>),
     /// The metrics/status HTTP listener (`--metrics`).
     Http(Box<crate::metrics::serve::HttpService>),

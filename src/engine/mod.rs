@@ -1,45 +1,63 @@
 //! The engine: one event loop, instantiated per thread, running the services that thread hosts
-//! over one [`Poller`] and one [`TimerQueue`].
+//! over one [`Reactor`] (how it waits: [`Epoll`] readiness, or the io_uring
+//! [`Ring`](uring::Ring)) and one [`TimerQueue`].
 //!
 //! Contract:
-//! - A [`Service`] never waits: it registers descriptors and arms timers through [`Io`], and the
-//!   engine calls it back when one is readable ([`Service::on_readable`]) or due
-//!   ([`Service::on_timer`]). The clock is read once per wake-up and handed to every callback.
-//! - Tokens and timer keys are the service's own; the engine tags them with the service's place,
-//!   so two services never see each other's events.
-//! - A service that fails stops its engine: on an error the services are shut down
-//!   ([`Service::shutdown`]) and [`Engine::run`] returns the failure, named after the service; a
-//!   panic is logged with the service's name and carried on, so the thread's watcher reports its
-//!   place. Either way the process stops with one clear line (issue 8).
+//! - One turn ([`Engine::run`]): the reactor submits what the services queued and waits for
+//!   events or the earliest deadline of the queue (one system call); the clock is read once;
+//!   every event goes to its service ([`Service::on_event`]; readiness by default to
+//!   [`Service::on_readable`]), in the reactor's two passes; then every due timer
+//!   ([`Service::on_timer`]); then the [`Control`]s. So input that arrived before a deadline is
+//!   handled before its timer fires, and timers are never starved (they run every turn).
+//! - A [`Service`] never waits: it registers descriptors, queues operations (on io_uring) and
+//!   arms timers through [`Io`]. Tokens and timer keys are the service's own; the engine tags
+//!   them with the service's place, so two services never see each other's events.
+//! - A service that fails stops its engine: on an error the services are wound down
+//!   ([`Service::wind_down`], by default [`Service::shutdown`]) and [`Engine::run`] returns the
+//!   failure, named after the service; a panic is logged (WARN) with the service's name and
+//!   carried on, so the thread's watcher reports its place. Either way the process stops with
+//!   one clear ERROR line (issue 8).
+//! - Stopping: each service's [`Service::wind_down`] does its last I/O (the TFTP service sends
+//!   an ERROR to each client); operations still in flight are awaited for at most [`LINGER`];
+//!   then the reactor goes (io_uring: cancelling what is armed) before the services' memory.
 //! - Services ask the process for things (stop, later reload) by pushing a [`Control`] through
 //!   [`Io::control`]; the engine hands each to the caller's callback in [`Engine::run`], which says
-//!   whether to go on. [`Stopper`] stops an engine from another thread.
-//! - Threads: `ringboot-w0..` run the TFTP workers (the io_uring backend, or the epoll fallback
-//!   in [`crate::engine::workers`]); `ringboot-ctl` runs [`ctl`]: signals, the multicast
-//!   service, the DHCP responder and the metrics/status HTTP listener; the file watcher of
-//!   [`crate::store`] runs the same engine on its own thread.
+//!   whether to go on. [`Stopper`] stops an engine (or several sharing it) from another thread.
+//! - Threads: `ringboot-w0..` each run an engine hosting the TFTP service
+//!   ([`tftp::uring::TftpRing`] on the ring, [`tftp::epoll::TftpEpoll`] on the fallback; see
+//!   [`workers`]); `ringboot-ctl` runs [`ctl`]: signals, the multicast service, the DHCP
+//!   responder and the metrics/status HTTP listener; the file watcher of [`crate::store`] runs
+//!   the same engine on its own thread.
 
 pub mod ctl;
-mod epoll;
+pub mod dhcp;
 pub(crate) mod links;
 pub mod mcast;
+pub mod reactor;
 mod send;
 pub mod settings;
 pub mod tftp;
-mod uring;
+pub(crate) mod uring;
 pub mod workers;
 
+pub use reactor::{Epoll, Pass, Reactor};
+
 use crate::proto::timer::TimerQueue;
-use crate::sys::poll::{self, EventFd, Events, Poller};
+use crate::sys::poll::EventFd;
+use reactor::ENGINE_PLACE;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-/// Tokens of the engine itself (above every service's place).
-const STOP_TOKEN: u64 = u64::MAX;
+/// The token of the engine's own stop event.
+const STOP_TOKEN: u64 = reactor::engine_token(0);
+/// How long a stopping engine waits for the operations its services still have in flight.
+pub const LINGER: Duration = Duration::from_millis(500);
+/// Ready descriptors per wait of a readiness engine.
+const EVENTS: usize = 256;
 
 /// Something a service asks of the process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,23 +87,41 @@ pub enum Failure {
     Wait(#[source] io::Error),
 }
 
-/// What a service may do during a callback.
-pub struct Io<'a> {
-    poller: &'a Poller,
+/// What a service may do during a callback: watch descriptors and queue operations on the
+/// engine's reactor, arm timers on its one queue, ask the process for things.
+pub struct Io<'a, R: Reactor = Epoll> {
+    ops: &'a mut R::Ops,
     timers: &'a mut TimerQueue<(u16, u64)>,
     controls: &'a mut Vec<Control>,
     place: u16,
 }
 
-impl Io<'_> {
+impl<R: Reactor> Io<'_, R> {
     /// Watch `fd` for input; readiness comes back as [`Service::on_readable`] with `sub`.
     pub fn watch(&mut self, fd: RawFd, sub: u32) -> io::Result<()> {
-        self.poller.add(fd, token(self.place, sub))
+        self.watch_as(fd, sub as u64, Pass::First)
+    }
+
+    /// Watch `fd` for input under a sub-token of up to [`reactor::SUB_BITS`] bits, handed in
+    /// `pass`; readiness comes back as [`Service::on_event`].
+    pub fn watch_as(&mut self, fd: RawFd, sub: u64, pass: Pass) -> io::Result<()> {
+        let t = self.token(sub, pass);
+        R::watch(self.ops, fd, t)
     }
 
     /// Stop watching `fd` (closing it does so too).
     pub fn unwatch(&mut self, fd: RawFd) {
-        let _ = self.poller.delete(fd);
+        R::unwatch(self.ops, fd);
+    }
+
+    /// The reactor token of this service's `sub` (for operations it queues itself).
+    pub fn token(&self, sub: u64, pass: Pass) -> u64 {
+        reactor::token(self.place, sub, pass)
+    }
+
+    /// The reactor, to queue operations on it.
+    pub fn ops(&mut self) -> &mut R::Ops {
+        self.ops
     }
 
     /// Call [`Service::on_timer`] with `key` at `at` (replacing the key's earlier deadline).
@@ -103,22 +139,52 @@ impl Io<'_> {
     }
 }
 
-fn token(place: u16, sub: u32) -> u64 {
-    ((place as u64) << 32) | sub as u64
-}
-
-/// A service an engine hosts. Callbacks get the clock of the wake-up.
-pub trait Service {
+/// A service an engine hosts. Callbacks get the clock of the wake-up. Services of the
+/// readiness reactor ([`Epoll`], the default) implement the required methods; a service that
+/// queues operations of its own (the TFTP service on io_uring) or needs wide tokens reads
+/// every event in [`on_event`](Service::on_event).
+pub trait Service<R: Reactor = Epoll> {
     /// Its name in log lines and failures ("DHCP responder", "multicast service").
     fn name(&self) -> &'static str;
     /// Register descriptors and arm the first timers.
-    fn start(&mut self, io: &mut Io<'_>, now: Instant) -> io::Result<()>;
+    fn start(&mut self, io: &mut Io<'_, R>, now: Instant) -> io::Result<()>;
     /// A descriptor registered with `sub` is readable.
-    fn on_readable(&mut self, io: &mut Io<'_>, sub: u32, now: Instant) -> io::Result<()>;
+    fn on_readable(&mut self, io: &mut Io<'_, R>, sub: u32, now: Instant) -> io::Result<()>;
     /// Timer `key` is due.
-    fn on_timer(&mut self, io: &mut Io<'_>, key: u64, now: Instant) -> io::Result<()>;
+    fn on_timer(&mut self, io: &mut Io<'_, R>, key: u64, now: Instant) -> io::Result<()>;
     /// The engine stops: last words (a final save, ...).
     fn shutdown(&mut self, now: Instant);
+
+    /// An event of the reactor for one of this service's tokens. By default readiness goes to
+    /// [`on_readable`](Service::on_readable).
+    fn on_event(
+        &mut self,
+        io: &mut Io<'_, R>,
+        sub: u64,
+        ev: R::Event<'_>,
+        now: Instant,
+    ) -> io::Result<()> {
+        if R::is_readiness(&ev) {
+            self.on_readable(io, sub as u32, now)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The engine stops, with I/O still at hand: what the service sends last (e.g. an ERROR to
+    /// each client). Returns whether operations of its own are still in flight: the engine
+    /// then goes on handing their events to [`on_event`](Service::on_event) until
+    /// [`in_flight`](Service::in_flight) says none remain, for at most [`LINGER`]. The default
+    /// is [`shutdown`](Service::shutdown).
+    fn wind_down(&mut self, _io: &mut Io<'_, R>, now: Instant) -> bool {
+        self.shutdown(now);
+        false
+    }
+
+    /// Operations of its own are still in flight (see [`wind_down`](Service::wind_down)).
+    fn in_flight(&self) -> bool {
+        false
+    }
 }
 
 /// Stops an engine from another thread.
@@ -126,6 +192,10 @@ pub trait Service {
 pub struct Stopper(Arc<(AtomicBool, EventFd)>);
 
 impl Stopper {
+    pub fn new() -> io::Result<Self> {
+        Ok(Stopper(Arc::new((AtomicBool::new(false), EventFd::new()?))))
+    }
+
     pub fn stop(&self) {
         self.0 .0.store(true, Ordering::SeqCst);
         self.0 .1.notify();
@@ -141,10 +211,11 @@ impl Stopper {
 }
 
 /// One event loop over the services `S` (an enum of the services a thread hosts: static
-/// dispatch).
-pub struct Engine<S: Service> {
-    poller: Poller,
-    events: Events,
+/// dispatch), waiting with the reactor `R`.
+pub struct Engine<S: Service<R>, R: Reactor = Epoll> {
+    // Declared first: dropped (its pending operations cancelled) before the services whose
+    // memory they name.
+    reactor: R,
     timers: TimerQueue<(u16, u64)>,
     controls: Vec<Control>,
     services: Vec<S>,
@@ -158,14 +229,55 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "(no message)".into())
 }
 
-impl<S: Service> Engine<S> {
+impl<S: Service> Engine<S, Epoll> {
+    /// A readiness engine with a stopper of its own.
     pub fn new() -> io::Result<Self> {
-        let poller = Poller::new()?;
-        let stopper = Stopper(Arc::new((AtomicBool::new(false), EventFd::new()?)));
-        poller.add(stopper.fd(), STOP_TOKEN)?;
+        Engine::with_reactor(Epoll::new(EVENTS)?, Stopper::new()?)
+    }
+}
+
+/// Run `f` on service `place` with an [`Io`] over the engine's parts, catching a panic to name
+/// the service (then carried on) and naming it in an error.
+fn call<S: Service<R>, R: Reactor>(
+    services: &mut [S],
+    ops: &mut R::Ops,
+    timers: &mut TimerQueue<(u16, u64)>,
+    controls: &mut Vec<Control>,
+    place: u16,
+    f: impl FnOnce(&mut S, &mut Io<'_, R>) -> io::Result<()>,
+) -> Result<(), Failure> {
+    let Some(s) = services.get_mut(place as usize) else {
+        return Ok(());
+    };
+    let mut io = Io {
+        ops,
+        timers,
+        controls,
+        place,
+    };
+    let service = s.name();
+    match std::panic::catch_unwind(AssertUnwindSafe(|| f(s, &mut io))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Failure::Error {
+            service,
+            error: e.to_string(),
+        }),
+        Err(p) => {
+            // Carried on unchanged, so the thread's watcher reports its place in the one ERROR
+            // line of the stop; this line names the service.
+            tracing::warn!("the {service} panicked: {}", panic_message(&*p));
+            std::panic::resume_unwind(p)
+        }
+    }
+}
+
+impl<S: Service<R>, R: Reactor> Engine<S, R> {
+    /// An engine waiting with `reactor`, stopped by `stopper` (which several engines may
+    /// share: the TFTP workers stop together).
+    pub fn with_reactor(mut reactor: R, stopper: Stopper) -> io::Result<Self> {
+        R::watch(reactor.ops(), stopper.fd(), STOP_TOKEN)?;
         Ok(Engine {
-            poller,
-            events: Events::with_capacity(64),
+            reactor,
             timers: TimerQueue::new(),
             controls: Vec::new(),
             services: Vec::new(),
@@ -180,8 +292,11 @@ impl<S: Service> Engine<S> {
     /// Host `service`: it registers its descriptors and timers now.
     pub fn add(&mut self, mut service: S) -> io::Result<()> {
         let place = self.services.len() as u16;
+        if place >= ENGINE_PLACE {
+            return Err(io::Error::other("too many services on one engine"));
+        }
         let mut io = Io {
-            poller: &self.poller,
+            ops: self.reactor.ops(),
             timers: &mut self.timers,
             controls: &mut self.controls,
             place,
@@ -195,36 +310,36 @@ impl<S: Service> Engine<S> {
     /// service fails (then every service is shut down and the failure returned).
     pub fn run(&mut self, mut on_control: impl FnMut(Control) -> Flow) -> Result<(), Failure> {
         let r = self.turns(&mut on_control);
-        let now = Instant::now();
-        for s in &mut self.services {
-            s.shutdown(now);
-        }
+        self.wind_down();
         r
     }
 
+    /// One turn: wait (one system call), read the clock, hand the events to their services,
+    /// then the due timers, then the controls to the caller.
     fn turns(&mut self, on_control: &mut impl FnMut(Control) -> Flow) -> Result<(), Failure> {
         loop {
             if self.stopper.is_stopped() {
                 return Ok(());
             }
-            let wait = poll::timeout_ms(self.timers.next_deadline(), Instant::now());
-            self.poller
-                .wait(&mut self.events, wait)
-                .map_err(Failure::Wait)?;
+            let deadline = self.timers.next_deadline();
+            self.reactor.wait(deadline).map_err(Failure::Wait)?;
+            if self.stopper.is_stopped() {
+                return Ok(());
+            }
             // The clock, once per wake-up.
             let now = Instant::now();
-            for i in 0..self.events.len() {
-                let Some(ev) = self.events.get(i) else {
-                    break;
-                };
-                if ev.token == STOP_TOKEN {
-                    return Ok(());
-                }
-                let (place, sub) = ((ev.token >> 32) as u16, ev.token as u32);
-                self.call(place, |s, io| s.on_readable(io, sub, now))?;
-            }
+            self.dispatch(now)?;
             while let Some((place, key)) = self.timers.pop_expired(now) {
-                self.call(place, |s, io| s.on_timer(io, key, now))?;
+                let Engine {
+                    reactor,
+                    timers,
+                    controls,
+                    services,
+                    ..
+                } = self;
+                call(services, reactor.ops(), timers, controls, place, |s, io| {
+                    s.on_timer(io, key, now)
+                })?;
             }
             for c in std::mem::take(&mut self.controls) {
                 if on_control(c) == Flow::Stop {
@@ -234,31 +349,50 @@ impl<S: Service> Engine<S> {
         }
     }
 
-    fn call(
-        &mut self,
-        place: u16,
-        f: impl FnOnce(&mut S, &mut Io<'_>) -> io::Result<()>,
-    ) -> Result<(), Failure> {
-        let Some(s) = self.services.get_mut(place as usize) else {
-            return Ok(());
-        };
-        let mut io = Io {
-            poller: &self.poller,
-            timers: &mut self.timers,
-            controls: &mut self.controls,
-            place,
-        };
-        let service = s.name();
-        match std::panic::catch_unwind(AssertUnwindSafe(|| f(s, &mut io))) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Failure::Error {
-                service,
-                error: e.to_string(),
-            }),
-            Err(p) => {
-                // Carried on unchanged, so the thread's watcher reports its place.
-                tracing::error!("the {service} panicked: {}", panic_message(&*p));
-                std::panic::resume_unwind(p)
+    /// Hand the events of the last wait to their services.
+    fn dispatch(&mut self, now: Instant) -> Result<(), Failure> {
+        let Engine {
+            reactor,
+            timers,
+            controls,
+            services,
+            ..
+        } = self;
+        reactor.dispatch(|ops, token, ev| {
+            let (place, sub) = reactor::split(token);
+            if place == ENGINE_PLACE {
+                return Ok(());
+            }
+            call(services, ops, timers, controls, place, |s, io| {
+                s.on_event(io, sub, ev, now)
+            })
+        })
+    }
+
+    /// The services' last I/O, then their operations in flight for at most [`LINGER`].
+    fn wind_down(&mut self) {
+        let now = Instant::now();
+        let mut lingering = false;
+        for (place, s) in self.services.iter_mut().enumerate() {
+            let mut io = Io {
+                ops: self.reactor.ops(),
+                timers: &mut self.timers,
+                controls: &mut self.controls,
+                place: place as u16,
+            };
+            lingering |= s.wind_down(&mut io, now);
+        }
+        // The stop event stays readable: no longer a reason to wake.
+        R::unwatch(self.reactor.ops(), self.stopper.fd());
+        let until = now + LINGER;
+        while lingering && self.services.iter().any(|s| s.in_flight()) {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            let step = until.min(now + Duration::from_millis(50));
+            if self.reactor.wait(Some(step)).is_err() || self.dispatch(now).is_err() {
+                break;
             }
         }
     }
@@ -266,12 +400,12 @@ impl<S: Service> Engine<S> {
 
 /// Run `f` with an [`Io`] of a throwaway engine (unit tests of services).
 #[cfg(test)]
-pub(crate) fn with_test_io<R>(f: impl FnOnce(&mut Io<'_>) -> R) -> R {
-    let poller = Poller::new().expect("epoll");
+pub(crate) fn with_test_io<T>(f: impl FnOnce(&mut Io<'_>) -> T) -> T {
+    let mut epoll = Epoll::new(1).expect("epoll");
     let mut timers = TimerQueue::new();
     let mut controls = Vec::new();
     let mut io = Io {
-        poller: &poller,
+        ops: epoll.ops(),
         timers: &mut timers,
         controls: &mut controls,
         place: 0,

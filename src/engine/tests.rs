@@ -14,16 +14,16 @@ struct Probe {
     shut: mpsc::Sender<&'static str>,
 }
 
-impl Service for Probe {
+impl<R: Reactor> Service<R> for Probe {
     fn name(&self) -> &'static str {
         "probe"
     }
-    fn start(&mut self, io: &mut Io<'_>, now: Instant) -> io::Result<()> {
+    fn start(&mut self, io: &mut Io<'_, R>, now: Instant) -> io::Result<()> {
         io.watch(self.fd.as_raw_fd(), 7)?;
         io.arm(1, now + Duration::from_millis(1));
         Ok(())
     }
-    fn on_readable(&mut self, _io: &mut Io<'_>, sub: u32, _now: Instant) -> io::Result<()> {
+    fn on_readable(&mut self, _io: &mut Io<'_, R>, sub: u32, _now: Instant) -> io::Result<()> {
         assert_eq!(sub, 7);
         self.fd.drain();
         self.reads += 1;
@@ -32,7 +32,7 @@ impl Service for Probe {
         }
         Ok(())
     }
-    fn on_timer(&mut self, io: &mut Io<'_>, key: u64, now: Instant) -> io::Result<()> {
+    fn on_timer(&mut self, io: &mut Io<'_, R>, key: u64, now: Instant) -> io::Result<()> {
         assert_eq!(key, 1);
         self.ticks += 1;
         if self.ticks == self.stop_at {
@@ -102,4 +102,77 @@ fn a_stopper_stops_it_from_another_thread() {
     e.run(|_| Flow::Continue).unwrap();
     t.join().unwrap();
     assert!(e.services[0].ticks >= 1);
+}
+
+/// The same engine over the io_uring reactor: readiness (multishot poll), timers, controls, and
+/// a failure, as on epoll.
+#[test]
+fn the_engine_runs_on_the_ring_too() {
+    if super::uring::probe().is_err() {
+        eprintln!("io_uring unavailable here; skipped");
+        return;
+    }
+    let ring = || super::uring::Ring::new(super::uring::new_ring().unwrap());
+    let mut e = Engine::<Probe, _>::with_reactor(ring().unwrap(), Stopper::new().unwrap()).unwrap();
+    let (p, shut) = probe(5, false);
+    p.fd.notify();
+    e.add(p).unwrap();
+    let mut seen = Vec::new();
+    e.run(|c| {
+        seen.push(c);
+        Flow::Stop
+    })
+    .unwrap();
+    assert_eq!(seen, vec![Control::Stop("test")]);
+    assert_eq!(e.services[0].ticks, 5);
+    assert_eq!(e.services[0].reads, 1);
+    assert_eq!(shut.try_recv(), Ok("shut"));
+
+    let mut e = Engine::<Probe, _>::with_reactor(ring().unwrap(), Stopper::new().unwrap()).unwrap();
+    let (p, _shut) = probe(usize::MAX, true);
+    p.fd.notify();
+    e.add(p).unwrap();
+    let err = e.run(|_| Flow::Continue).unwrap_err();
+    assert_eq!(err.to_string(), "the probe stopped: boom");
+}
+
+/// First-pass events of one wait are handed before late ones, whatever their order.
+#[test]
+fn late_tokens_come_in_the_second_pass() {
+    use crate::sys::poll::EventFd;
+    struct Order {
+        fds: [EventFd; 2],
+        seen: Vec<u64>,
+    }
+    impl Service for Order {
+        fn name(&self) -> &'static str {
+            "order"
+        }
+        fn start(&mut self, io: &mut Io<'_>, _now: Instant) -> io::Result<()> {
+            io.watch_as(self.fds[0].as_raw_fd(), 1, Pass::Late)?;
+            io.watch_as(self.fds[1].as_raw_fd(), 2, Pass::First)
+        }
+        fn on_readable(&mut self, io: &mut Io<'_>, sub: u32, _now: Instant) -> io::Result<()> {
+            self.seen.push(sub as u64);
+            self.fds[sub as usize - 1].drain();
+            if self.seen.len() == 2 {
+                io.control(Control::Stop("test"));
+            }
+            Ok(())
+        }
+        fn on_timer(&mut self, _io: &mut Io<'_>, _key: u64, _now: Instant) -> io::Result<()> {
+            Ok(())
+        }
+        fn shutdown(&mut self, _now: Instant) {}
+    }
+    let mut e = Engine::<Order>::new().unwrap();
+    let o = Order {
+        fds: [EventFd::new().unwrap(), EventFd::new().unwrap()],
+        seen: Vec::new(),
+    };
+    o.fds[0].notify();
+    o.fds[1].notify();
+    e.add(o).unwrap();
+    e.run(|_| Flow::Stop).unwrap();
+    assert_eq!(e.services[0].seen, vec![2, 1]);
 }

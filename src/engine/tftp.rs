@@ -1,6 +1,7 @@
-//! The TFTP service of a worker, shared by both I/O backends ([`super::uring`],
-//! [`super::epoll`]): the endpoint's I/O, transfer sockets, timers, sends. The request path is in
-//! [`request`], the driving of transfers (windows, control datagrams, close) in [`drive`].
+//! The TFTP service of a worker: its [`Core`], shared by the service on each reactor
+//! ([`uring::TftpRing`] on io_uring, [`epoll::TftpEpoll`] on the fallback): the endpoint's I/O,
+//! transfer sockets, timers, sends. The request path is in [`request`], the driving of
+//! transfers (windows, control datagrams, close) in [`drive`].
 //!
 //! Contract:
 //! - A [`Core`] belongs to one worker thread. It owns the worker's listening sockets (for replies
@@ -9,13 +10,16 @@
 //!   its I/O: a connected socket, the `Arc<Content>` and preallocated [`TxBufs`]. It performs no
 //!   waiting and receives nothing itself: a backend feeds it what arrived ([`Core::on_request`],
 //!   [`Core::on_transfer_datagram`], [`Core::on_transfer_error`], [`Core::on_send_complete`]) and
-//!   calls [`Core::run_timers`] before waiting until [`Core::next_deadline`].
+//!   its timers come due on the engine's one queue ([`Core::on_timer`]): each transfer's deadline
+//!   under its [`timer_key`], the core's own (reports of suppressed log lines, status batches)
+//!   under [`AUX_KEY`], kept armed by [`Core::sync_aux`] after every input.
 //! - What the core does with a request is only I/O: on [`Decision::Lookup`] it looks the file up
 //!   in the store, asks the endpoint to [`accept`](Endpoint::accept) it (offering RFC 2090
 //!   requests to the multicast service), opens the transfer socket and drives the transfer; every
 //!   refusal is the endpoint's or the store's, sent from the listening socket.
 //! - Everything the core asks of the I/O goes through the small [`Driver`] trait: start and stop
-//!   receiving on a transfer socket, and send the `sendmsg` calls of one window. A synchronous
+//!   receiving on a transfer socket, send the `sendmsg` calls of one window, arm and cancel
+//!   timers. A synchronous
 //!   driver (epoll) reports the result at once; an asynchronous one (io_uring) reports each call's
 //!   completion later through `on_send_complete`. A transfer's control datagrams (OACK, ERROR) go
 //!   through the same driver ([`Driver::send_ctrl`], one call over the transfer's `TxBufs`), and
@@ -23,7 +27,7 @@
 //!   for it (and its remaining builds), so an ERROR never overtakes DATA; nothing more is polled
 //!   while it waits or is in flight. Refusals (from the listening socket) are sent directly.
 //! - After every input to a transfer, the core drains `poll_transmit`, arms the transfer's
-//!   deadline in the worker's [`TimerQueue`], and when `poll_event` says it is over, closes it.
+//!   deadline on the engine's timer queue, and when `poll_event` says it is over, closes it.
 //! - A transfer's socket is closed (its descriptor number freed for reuse) only when no operation
 //!   that names it can still be issued: no send of it in flight (io_uring resolves the descriptor
 //!   of a linked send only when it issues it) and its receive ended (the driver says so at once, or
@@ -49,7 +53,6 @@ use crate::proto::tftp::endpoint::{
     self, CloseReason, Endpoint, Event as EndpointEvent, TransferId,
 };
 use crate::proto::tftp::options::Limits;
-use crate::proto::timer::TimerQueue;
 use crate::store::Store;
 use crate::sys::socket::{PortRange, PortRng};
 use socket2::Socket;
@@ -132,6 +135,25 @@ pub(crate) trait Driver {
     /// it. `msg` stays valid until it completes; an asynchronous driver reports that completion
     /// with call [`CTRL_CALL`]; a failure is reported with call `CTRL_CALL` too.
     fn send_ctrl(&mut self, id: SlotId, fd: RawFd, msg: &mut libc::mmsghdr) -> SendStatus;
+    /// Call [`Core::on_timer`] with `key` at `at` (replacing the key's earlier deadline): the
+    /// engine's one timer queue.
+    fn arm(&mut self, key: u64, at: Instant);
+    /// Disarm timer `key`.
+    fn cancel(&mut self, key: u64);
+}
+
+/// The timer key of the core's own deadlines (the report of suppressed log lines, the status
+/// batch); every other key is a transfer's ([`timer_key`]).
+pub(crate) const AUX_KEY: u64 = u64::MAX;
+
+/// The timer key of a transfer.
+pub(crate) fn timer_key(id: TransferId) -> u64 {
+    let (idx, gen) = id.to_raw();
+    (u64::from(gen) << 32) | u64::from(idx)
+}
+
+fn key_transfer(key: u64) -> TransferId {
+    TransferId::from_raw(key as u32, (key >> 32) as u16)
 }
 
 /// The call number of a control datagram's send (window calls are numbered from 0, below
@@ -205,7 +227,7 @@ struct Slot {
 pub(crate) const fn transfer_memory_bound() -> usize {
     std::mem::size_of::<Io>()
         + TxBufs::heap_bytes(super::send::MAX_TX_BLOCKS)
-        + super::epoll::RX_BUF
+        + epoll::RX_BUF
         + std::mem::size_of::<Slot>()
         + endpoint::transfer_memory_bound()
         + 64
@@ -301,7 +323,8 @@ pub(crate) struct Core {
     endpoint: Endpoint,
     /// The I/O of each transfer, at its id's index.
     slots: Vec<Option<Slot>>,
-    timers: TimerQueue<TransferId>,
+    /// The deadline of [`AUX_KEY`] last armed.
+    aux_armed: Option<Instant>,
     mtu_cache: HashMap<u32, (Option<u32>, Instant)>,
     gso: bool,
     port_rng: PortRng,
@@ -340,7 +363,7 @@ impl Core {
             listeners,
             endpoint,
             slots: Vec::new(),
-            timers: TimerQueue::new(),
+            aux_armed: None,
             mtu_cache: HashMap::new(),
             gso,
             port_rng: PortRng::new(),
@@ -424,27 +447,35 @@ impl Core {
             .any(|s| s.io.as_deref().is_some_and(|io| io.in_flight > 0))
     }
 
-    /// The earliest transfer deadline, or the next report of suppressed log lines.
-    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
-        let publish = self.observer.as_ref().and_then(|o| o.next_due());
-        [self.timers.next_deadline(), self.logs.flush_at, publish]
-            .into_iter()
-            .flatten()
-            .min()
+    /// A timer armed through [`Driver::arm`] is due.
+    pub(crate) fn on_timer(&mut self, key: u64, now: Instant, drv: &mut impl Driver) {
+        if key == AUX_KEY {
+            self.aux_armed = None;
+            self.logs.flush(self.worker, now);
+            self.publish(now);
+            return;
+        }
+        let id = key_transfer(key);
+        if self.io(id).is_none_or(|io| io.closed) {
+            return;
+        }
+        if let Some(t) = self.endpoint.transfer_mut(id) {
+            t.handle_timeout(now);
+        }
+        self.drive(id, now, drv);
     }
 
-    /// Fire every transfer timer due at `now` (and report suppressed log lines when due).
-    pub(crate) fn run_timers(&mut self, now: Instant, drv: &mut impl Driver) {
-        self.logs.flush(self.worker, now);
-        self.publish(now);
-        while let Some(id) = self.timers.pop_expired(now) {
-            if self.io(id).is_none_or(|io| io.closed) {
-                continue;
+    /// Arm [`AUX_KEY`] at the next report of suppressed log lines or status batch, if that
+    /// changed (call after every input; a comparison when nothing did).
+    pub(crate) fn sync_aux(&mut self, now: Instant, drv: &mut impl Driver) {
+        let publish = self.observer.as_ref().map(|o| o.next_due().unwrap_or(now));
+        let want = [self.logs.flush_at, publish].into_iter().flatten().min();
+        if want != self.aux_armed {
+            match want {
+                Some(t) => drv.arm(AUX_KEY, t),
+                None => drv.cancel(AUX_KEY),
             }
-            if let Some(t) = self.endpoint.transfer_mut(id) {
-                t.handle_timeout(now);
-            }
-            self.drive(id, now, drv);
+            self.aux_armed = want;
         }
     }
 
@@ -473,7 +504,7 @@ impl Core {
             }
             drop(io);
         }
-        self.timers.cancel(id);
+        // Its timer went at the close (and a stale one finds no transfer).
         self.endpoint.release(id);
     }
 
@@ -520,8 +551,10 @@ impl Core {
 }
 
 mod drive;
+pub(crate) mod epoll;
 mod observe;
 mod request;
+pub(crate) mod uring;
 
 #[cfg(test)]
 mod tests;

@@ -1,34 +1,28 @@
-//! The io_uring backend (the `io-uring` crate, no async runtime).
+//! The io_uring reactor ([`Ring`], the `io-uring` crate, no async runtime): the wait of an
+//! [`Engine`](super::Engine) whose services queue operations of their own (the TFTP workers).
 //!
 //! Contract:
-//! - One ring per worker, created in the worker thread. Every socket the worker reads (its
-//!   listening sockets and each transfer socket) has one multishot `RecvMsg` armed on it, drawing
-//!   buffers from one provided-buffer ring ([`BufRing`]); a multishot that ends (no `F_MORE`, e.g.
-//!   `ENOBUFS`) is re-armed. Buffers go back to the ring once their completion is handled.
-//! - Windows go out as `SendMsg` SQEs built by the shared [`Core`] (one per GSO call, linked so they
-//!   leave in order). A transfer's control datagrams (OACK, ERROR) go out as a `SendMsg` too (call
-//!   [`CTRL_CALL`]), over its `TxBufs`; the core submits one only once the transfer's window has
-//!   completed, so an ERROR never overtakes DATA. The `mmsghdr`s stay valid until their completions because the core keeps a
-//!   transfer's memory while any of its sends is in flight, and queues a newer window meanwhile.
-//! - A closed transfer's multishot receive is cancelled with `AsyncCancel`. The core closes the
-//!   socket only once every operation naming its descriptor has completed: each send's completion
-//!   (with `DEFER_TASKRUN`, a linked send looks its descriptor up only when the kernel issues it,
-//!   which may be after the `io_uring_enter` that submitted it) and the receive's final completion
-//!   (no `F_MORE`), reported through [`Core::on_recv_ended`]. So a descriptor number is never
-//!   reused while an SQE that names it can still be issued. (Registered files would move the same
-//!   problem to the registered slot, and need a register call per transfer: owning the socket
-//!   until the last completion is simpler and covers both backends.) Completions of stale
-//!   generations are dropped (their buffers still recycled).
-//! - One `io_uring_enter` per loop: push everything produced by a batch of completions, publish the
-//!   returned buffers, then submit and wait for at least one completion or the earliest timer
-//!   deadline (`IORING_ENTER_EXT_ARG` timeout). Transfer completions of a batch are handled before
-//!   listener completions. Shutdown arrives as a completed poll on the shutdown eventfd.
+//! - One ring per engine, created in its thread, with one provided-buffer ring ([`BufRing`],
+//!   group [`BGID`]) that multishot receives draw from. A completion that carries a buffer lends
+//!   it to the service for the call ([`Cqe::buf`]); it goes back to the kernel when the call
+//!   returns (published at the next wait).
+//! - One `io_uring_enter` per turn ([`Ring::wait`](super::Reactor::wait)): it submits what the
+//!   services queued and waits for at least one completion or the engine's earliest deadline
+//!   (`IORING_ENTER_EXT_ARG` timeout). A deadline already past waits zero but still asks for
+//!   completions (`GETEVENTS`: with `DEFER_TASKRUN` that is what runs the deferred work), so
+//!   input that arrived before a deadline is handed out before its timer fires.
+//! - Services queue operations through [`RingOps::push`] with tokens from
+//!   [`Io::token`](super::Io::token) (bit 62 is the ring's: readiness). Readiness watches
+//!   ([`Reactor::watch`](super::Reactor::watch): the engine's stop event) are multishot polls,
+//!   re-armed when one ends; [`Reactor::unwatch`](super::Reactor::unwatch) cancels them by
+//!   descriptor.
+//! - A service must keep the memory an operation names (its `msghdr`, iovecs) until that
+//!   operation's completion. When the ring goes, every operation still armed is cancelled and
+//!   the cancel awaited (at most 200 ms) before the ring, then the buffers, are freed; the engine
+//!   drops its reactor before its services.
 
-use super::tftp::{Core, Driver, SendStatus, SlotId, CTRL_CALL};
-use super::workers::Shutdown;
-use crate::proto::ratelog::LogLimit;
-use crate::sys::{self, cmsg::PKTINFO_CMSG_SPACE};
-use io_uring::types::{self, BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
+use super::reactor::{self, Reactor, REACTOR_BIT};
+use io_uring::types::{self, BufRingEntry, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -36,41 +30,16 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
-use tracing::{debug, trace, warn};
 
 /// Submission queue entries per ring.
 pub(crate) const RING_ENTRIES: u32 = 1024;
-/// Provided receive buffers per worker (a power of two) and their size.
+/// Provided receive buffers per ring (a power of two) and their size.
 const BUFFERS: u16 = 1024;
 const BUF_SIZE: usize = 2048;
-const BGID: u16 = 0;
+/// The buffer group that multishot receives name.
+pub(crate) const BGID: u16 = 0;
 /// Name space reserved in each receive buffer (a `sockaddr_in6`, rounded up).
-const NAME_LEN: u32 = 32;
-
-const KIND_LISTEN: u8 = 1;
-const KIND_RECV: u8 = 2;
-const KIND_SEND: u8 = 3;
-const KIND_CANCEL: u8 = 4;
-const KIND_WAKE: u8 = 5;
-
-/// `user_data`: kind (8 bits) | call (16) | generation (16) | slot (24).
-fn ud(kind: u8, call: u16, id: SlotId) -> u64 {
-    ((kind as u64) << 56)
-        | ((call as u64) << 40)
-        | ((id.gen as u64) << 24)
-        | (id.idx as u64 & 0xff_ffff)
-}
-
-fn un_ud(u: u64) -> (u8, u16, SlotId) {
-    (
-        (u >> 56) as u8,
-        (u >> 40) as u16,
-        SlotId {
-            idx: (u & 0xff_ffff) as u32,
-            gen: (u >> 24) as u16,
-        },
-    )
-}
+pub(crate) const NAME_LEN: u32 = 32;
 
 /// A provided-buffer ring (`IORING_REGISTER_PBUF_RING`) and the buffers it hands out.
 struct BufRing {
@@ -163,7 +132,7 @@ impl Drop for BufRing {
 }
 
 /// A `msghdr` template for multishot receives, kept at a fixed heap address.
-fn recv_template(namelen: u32, controllen: usize) -> Box<libc::msghdr> {
+pub(crate) fn recv_template(namelen: u32, controllen: usize) -> Box<libc::msghdr> {
     // SAFETY: all-zero is a valid msghdr.
     let mut m: Box<libc::msghdr> = Box::new(unsafe { zeroed() });
     m.msg_namelen = namelen;
@@ -171,15 +140,18 @@ fn recv_template(namelen: u32, controllen: usize) -> Box<libc::msghdr> {
     m
 }
 
-struct UringDriver {
+/// What services use of a [`Ring`] during a callback.
+pub(crate) struct RingOps {
     ring: IoUring,
-    xfer_msg: Box<libc::msghdr>,
+    /// Readiness watches (token, descriptor), re-armed when their multishot poll ends.
+    watches: Vec<(u64, RawFd)>,
 }
 
-impl UringDriver {
-    fn push(&mut self, e: &squeue::Entry) -> io::Result<()> {
+impl RingOps {
+    /// Queue `e` (submitting first when the queue is full).
+    pub(crate) fn push(&mut self, e: &squeue::Entry) -> io::Result<()> {
         loop {
-            // SAFETY: every entry's buffers outlive its completion (see the module contract).
+            // SAFETY: every entry's memory outlives its completion (see the module contract).
             if unsafe { self.ring.submission().push(e) }.is_ok() {
                 return Ok(());
             }
@@ -187,83 +159,193 @@ impl UringDriver {
         }
     }
 
-    /// Replace `cqes` with up to `cap` completions taken from the ring: (user data, result,
-    /// flags), so the ring is free to the handlers while they run.
-    #[inline]
-    fn reap(&mut self, cqes: &mut Vec<(u64, i32, u32)>, cap: usize) {
-        cqes.clear();
-        cqes.extend(
-            self.ring
-                .completion()
-                .take(cap)
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
-    }
-
-    fn room(&mut self) -> usize {
+    /// Free entries in the submission queue.
+    pub(crate) fn room(&mut self) -> usize {
         let sq = self.ring.submission();
         sq.capacity() - sq.len()
     }
-}
 
-impl Driver for UringDriver {
-    fn watch(&mut self, id: SlotId, fd: RawFd) -> io::Result<()> {
-        let e = opcode::RecvMsgMulti::new(Fd(fd), &*self.xfer_msg, BGID)
+    /// Submit what is queued now, without waiting.
+    pub(crate) fn submit(&mut self) -> io::Result<()> {
+        self.ring.submit().map(|_| ())
+    }
+
+    fn poll(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
+        let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .multi(true)
             .build()
-            .user_data(ud(KIND_RECV, 0, id));
+            .user_data(token | REACTOR_BIT);
         self.push(&e)
     }
+}
 
-    fn unwatch(&mut self, id: SlotId, _fd: RawFd) -> bool {
-        let e = opcode::AsyncCancel::new(ud(KIND_RECV, 0, id))
-            .build()
-            .user_data(ud(KIND_CANCEL, 0, id));
-        if let Err(err) = self.push(&e) {
-            // The receive stays armed until the ring goes; the slot (and socket) wait for it.
-            debug!(reason = %err, "cannot queue a cancel");
-        }
-        false
+/// An event of the ring for a service.
+pub(crate) enum RingEvent<'a> {
+    /// A watched descriptor is readable.
+    Readable,
+    /// An operation of the service completed.
+    Done(Cqe<'a>),
+}
+
+/// A completion: the operation's result (bytes, or `-errno`), its flags, and the provided
+/// buffer it filled, lent for the call.
+pub(crate) struct Cqe<'a> {
+    pub res: i32,
+    pub flags: u32,
+    pub buf: Option<&'a [u8]>,
+}
+
+/// The io_uring reactor. See the module docs.
+pub(crate) struct Ring {
+    // Field order is drop order: the ring goes before the buffers it names.
+    ops: RingOps,
+    bufs: BufRing,
+    /// The completions of the last wait: (token, result, flags).
+    cqes: Vec<(u64, i32, u32)>,
+}
+
+/// The token of the ring's own operations (the cancels of `unwatch` and of the drop).
+const OWN: u64 = reactor::engine_token(1);
+
+impl Ring {
+    /// A reactor over `ring` (from [`new_ring`]), registering its provided buffers.
+    pub(crate) fn new(mut ring: IoUring) -> io::Result<Ring> {
+        let bufs = BufRing::new(&ring, BUFFERS, BGID)?;
+        let cap = ring.completion().capacity();
+        Ok(Ring {
+            ops: RingOps {
+                ring,
+                watches: Vec::new(),
+            },
+            bufs,
+            cqes: Vec::with_capacity(cap),
+        })
+    }
+}
+
+impl Reactor for Ring {
+    type Ops = RingOps;
+    type Event<'a> = RingEvent<'a>;
+
+    fn watch(ops: &mut RingOps, fd: RawFd, token: u64) -> io::Result<()> {
+        ops.poll(fd, token)?;
+        ops.watches.push((token, fd));
+        Ok(())
     }
 
-    fn send(&mut self, id: SlotId, fd: RawFd, msgs: &mut [libc::mmsghdr]) -> SendStatus {
-        let n = msgs.len();
-        if n > self.room() {
-            if let Err(e) = self.ring.submit() {
-                return SendStatus::Done(Some((0, e.raw_os_error().unwrap_or(libc::EAGAIN))));
+    fn unwatch(ops: &mut RingOps, fd: RawFd) {
+        ops.watches.retain(|&(_, f)| f != fd);
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(Fd(fd)).all())
+            .build()
+            .user_data(OWN);
+        let _ = ops.push(&e);
+    }
+
+    fn is_readiness(ev: &RingEvent<'_>) -> bool {
+        matches!(ev, RingEvent::Readable)
+    }
+
+    fn ops(&mut self) -> &mut RingOps {
+        &mut self.ops
+    }
+
+    fn wait(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        self.bufs.publish();
+        let ring = &mut self.ops.ring;
+        let r = if !ring.completion().is_empty() {
+            ring.submit()
+        } else {
+            match deadline {
+                None => ring.submit_and_wait(1),
+                Some(t) => {
+                    let ts = Timespec::from(t.saturating_duration_since(Instant::now()));
+                    ring.submitter()
+                        .submit_with_args(1, &SubmitArgs::new().timespec(&ts))
+                }
+            }
+        };
+        if let Err(e) = r {
+            match e.raw_os_error() {
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
+                _ => return Err(e),
             }
         }
-        for (i, m) in msgs.iter().enumerate() {
-            let mut e = opcode::SendMsg::new(Fd(fd), &m.msg_hdr)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
-                .user_data(ud(KIND_SEND, i as u16, id));
-            if i + 1 < n {
-                e = e.flags(squeue::Flags::IO_LINK);
-            }
-            if let Err(err) = self.push(&e) {
-                // Nothing after `i` was queued; what was queued completes normally.
-                let e = err.raw_os_error().unwrap_or(libc::EAGAIN);
-                return if i == 0 {
-                    SendStatus::Done(Some((0, e)))
+        let cap = self.cqes.capacity();
+        self.cqes.clear();
+        self.cqes.extend(
+            ring.completion()
+                .take(cap)
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        Ok(())
+    }
+
+    fn dispatch<E>(
+        &mut self,
+        mut f: impl FnMut(&mut RingOps, u64, RingEvent<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut r = Ok(());
+        'passes: for late in [false, true] {
+            for &(token, res, flags) in &self.cqes {
+                if reactor::is_late(token) != late || token == OWN {
+                    continue;
+                }
+                let ev = if token & REACTOR_BIT != 0 {
+                    let token = token & !REACTOR_BIT;
+                    if !cqueue::more(flags) && res != -libc::ECANCELED {
+                        // The multishot poll ended (an overflow, say): arm it again.
+                        if let Some(&(_, fd)) = self.ops.watches.iter().find(|w| w.0 == token) {
+                            let _ = self.ops.poll(fd, token);
+                        }
+                    }
+                    if res < 0 {
+                        continue;
+                    }
+                    (token, RingEvent::Readable)
                 } else {
-                    SendStatus::InFlight(i as u32)
+                    let buf = cqueue::buffer_select(flags)
+                        .map(|bid| self.bufs.get(bid, res.max(0) as usize));
+                    (token, RingEvent::Done(Cqe { res, flags, buf }))
                 };
+                if let Err(e) = f(&mut self.ops, ev.0, ev.1) {
+                    r = Err(e);
+                    break 'passes;
+                }
             }
         }
-        SendStatus::InFlight(n as u32)
+        // Every buffer goes back, handed out or not.
+        for &(_, _, flags) in &self.cqes {
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                self.bufs.recycle(bid);
+            }
+        }
+        self.cqes.clear();
+        r
     }
+}
 
-    fn send_ctrl(&mut self, id: SlotId, fd: RawFd, msg: &mut libc::mmsghdr) -> SendStatus {
-        let e = opcode::SendMsg::new(Fd(fd), &msg.msg_hdr)
-            .flags(libc::MSG_NOSIGNAL as u32)
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Cancel every operation still armed (the multishot receives) and wait for that to
+        // complete, so that none touches the buffers or a service's memory once freed.
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
             .build()
-            .user_data(ud(KIND_SEND, CTRL_CALL as u16, id));
-        match self.push(&e) {
-            Ok(()) => SendStatus::InFlight(1),
-            Err(err) => SendStatus::Done(Some((
-                CTRL_CALL,
-                err.raw_os_error().unwrap_or(libc::EAGAIN),
-            ))),
+            .user_data(OWN | REACTOR_BIT);
+        if self.ops.push(&cancel).is_err() {
+            return;
+        }
+        let ring = &mut self.ops.ring;
+        let deadline = Instant::now() + Duration::from_millis(200);
+        'wait: while Instant::now() < deadline {
+            let ts = Timespec::from(Duration::from_millis(20));
+            let _ = ring
+                .submitter()
+                .submit_with_args(1, &SubmitArgs::new().timespec(&ts));
+            for c in ring.completion() {
+                if c.user_data() == OWN | REACTOR_BIT {
+                    break 'wait;
+                }
+            }
         }
     }
 }
@@ -370,243 +452,4 @@ pub(crate) fn probe() -> io::Result<()> {
     drop(ring);
     drop(bufs);
     result
-}
-
-/// Run one worker on io_uring until `shutdown`.
-pub(crate) fn run(mut core: Core, ring: IoUring, shutdown: &Shutdown) -> io::Result<()> {
-    let mut bufs = BufRing::new(&ring, BUFFERS, BGID)?;
-    let listen_msg = recv_template(NAME_LEN, PKTINFO_CMSG_SPACE);
-    let mut drv = UringDriver {
-        ring,
-        xfer_msg: recv_template(0, 0),
-    };
-    let nl = core.listeners().len();
-    for li in 0..nl {
-        arm_listener(&mut drv, &core, &listen_msg, li)?;
-    }
-    let wake = opcode::PollAdd::new(Fd(shutdown.fd()), libc::POLLIN as u32)
-        .build()
-        .user_data(ud(KIND_WAKE, 0, SlotId { idx: 0, gen: 0 }));
-    drv.push(&wake)?;
-    let cap = drv.ring.completion().capacity();
-    let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(cap);
-    let mut listen_errors = LogLimit::default();
-    // Timers were held back last round for input that was already there.
-    let mut held = false;
-    loop {
-        if let Some(e) = core.take_injected_error() {
-            return Err(e);
-        }
-        let now = Instant::now();
-        // Input before timers: on a busy worker, ACKs that arrived before a deadline may sit in
-        // the ring's deferred work; surface them and handle them first, so the server does not
-        // take its own backlog for a lost packet (a spurious probe or resend). Once in a row at
-        // most, so timers are never starved.
-        held = !held && core.next_deadline().is_some_and(|t| t <= now) && {
-            let zero = Timespec::new();
-            let _ = drv
-                .ring
-                .submitter()
-                .submit_with_args(1, &SubmitArgs::new().timespec(&zero));
-            !drv.ring.completion().is_empty()
-        };
-        if !held {
-            core.run_timers(now, &mut drv);
-        }
-        bufs.publish();
-        let r = if !drv.ring.completion().is_empty() {
-            drv.ring.submit()
-        } else {
-            match core.next_deadline() {
-                None => drv.ring.submit_and_wait(1),
-                Some(t) => {
-                    let d = t.saturating_duration_since(Instant::now());
-                    if d.is_zero() {
-                        drv.ring.submit()
-                    } else {
-                        let ts = Timespec::from(d);
-                        drv.ring
-                            .submitter()
-                            .submit_with_args(1, &SubmitArgs::new().timespec(&ts))
-                    }
-                }
-            }
-        };
-        match r {
-            Ok(_) => {}
-            Err(e) => match e.raw_os_error() {
-                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
-                _ => return Err(e),
-            },
-        }
-        if shutdown.is_triggered() {
-            break;
-        }
-        drv.reap(&mut cqes, cap);
-        // Transfers first, listeners second.
-        for &(u, res, flags) in &cqes {
-            let (kind, call, id) = un_ud(u);
-            let now = Instant::now();
-            match kind {
-                KIND_RECV => {
-                    if let Some(bid) = cqueue::buffer_select(flags) {
-                        if res >= 0 && core.is_live(id) {
-                            let data = bufs.get(bid, res as usize);
-                            match RecvMsgOut::parse(data, &drv.xfer_msg) {
-                                Ok(out) => core.on_transfer_datagram(
-                                    id,
-                                    out.payload_data(),
-                                    out.is_payload_truncated(),
-                                    now,
-                                    &mut drv,
-                                ),
-                                Err(()) => trace!("unparsable receive buffer"),
-                            }
-                        }
-                        bufs.recycle(bid);
-                    } else if res < 0 {
-                        match -res {
-                            libc::ENOBUFS | libc::ECANCELED => {}
-                            e => core.on_transfer_error(id, e, now, &mut drv),
-                        }
-                    }
-                    if !cqueue::more(flags) {
-                        // The multishot ended: re-arm it on a live transfer; otherwise no
-                        // receive names the socket any more and the core may close it.
-                        match core.fd_of(id) {
-                            Some(fd) if res != -libc::ECANCELED => drv.watch(id, fd)?,
-                            _ => core.on_recv_ended(id),
-                        }
-                    }
-                }
-                KIND_SEND => core.on_send_complete(id, call as usize, res, now, &mut drv),
-                _ => {}
-            }
-        }
-        for &(u, res, flags) in &cqes {
-            let (kind, _, id) = un_ud(u);
-            if kind != KIND_LISTEN {
-                continue;
-            }
-            let li = id.idx as usize;
-            let now = Instant::now();
-            if let Some(bid) = cqueue::buffer_select(flags) {
-                if res >= 0 {
-                    let data = bufs.get(bid, res as usize);
-                    match RecvMsgOut::parse(data, &listen_msg) {
-                        Ok(out) => {
-                            let peer = sys::cmsg::parse_sockaddr(out.name_data());
-                            let info = sys::cmsg::parse_pktinfo(out.control_data());
-                            core.on_request(
-                                li,
-                                out.payload_data(),
-                                out.is_payload_truncated(),
-                                peer,
-                                info,
-                                now,
-                                &mut drv,
-                            );
-                        }
-                        Err(()) => trace!("unparsable receive buffer"),
-                    }
-                }
-                bufs.recycle(bid);
-            } else if res < 0 && res != -libc::ENOBUFS && res != -libc::ECANCELED {
-                if let Some(n) = listen_errors.allow(now) {
-                    warn!(worker = core.worker(), suppressed = n, reason = %io::Error::from_raw_os_error(-res), "receive error on a listening socket (one line a second)");
-                }
-            }
-            if !cqueue::more(flags) {
-                arm_listener(&mut drv, &core, &listen_msg, li)?;
-            }
-        }
-    }
-    // Shutdown: tell the clients, then let in-flight sends finish before the memory goes.
-    core.shutdown(Instant::now(), &mut drv);
-    bufs.publish();
-    let deadline = Instant::now() + Duration::from_millis(500);
-    loop {
-        let _ = drv.ring.submit();
-        if !core.sends_in_flight() || Instant::now() >= deadline {
-            break;
-        }
-        let ts = Timespec::from(Duration::from_millis(50));
-        let _ = drv
-            .ring
-            .submitter()
-            .submit_with_args(1, &SubmitArgs::new().timespec(&ts));
-        drv.reap(&mut cqes, cap);
-        for &(u, res, flags) in &cqes {
-            let (kind, call, id) = un_ud(u);
-            if let Some(bid) = cqueue::buffer_select(flags) {
-                bufs.recycle(bid);
-            }
-            if kind == KIND_SEND {
-                core.on_send_complete(id, call as usize, res, Instant::now(), &mut drv);
-            }
-        }
-    }
-    // Cancel every request still armed (the multishot receives) and wait for that to complete, so
-    // that no request touches the buffers after they are freed; then the ring, then the buffers.
-    let cancel_ud = ud(KIND_CANCEL, 1, SlotId { idx: 0, gen: 0 });
-    let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-        .build()
-        .user_data(cancel_ud);
-    if drv.push(&cancel).is_ok() {
-        let deadline = Instant::now() + Duration::from_millis(200);
-        'wait: while Instant::now() < deadline {
-            let ts = Timespec::from(Duration::from_millis(20));
-            let _ = drv
-                .ring
-                .submitter()
-                .submit_with_args(1, &SubmitArgs::new().timespec(&ts));
-            for c in drv.ring.completion() {
-                if c.user_data() == cancel_ud {
-                    break 'wait;
-                }
-            }
-        }
-    }
-    drop(drv);
-    drop(bufs);
-    Ok(())
-}
-
-fn arm_listener(
-    drv: &mut UringDriver,
-    core: &Core,
-    msg: &libc::msghdr,
-    li: usize,
-) -> io::Result<()> {
-    let Some(l) = core.listeners().get(li) else {
-        return Ok(());
-    };
-    let e = opcode::RecvMsgMulti::new(Fd(l.sock.as_raw_fd()), msg, BGID)
-        .build()
-        .user_data(ud(
-            KIND_LISTEN,
-            0,
-            SlotId {
-                idx: li as u32,
-                gen: 0,
-            },
-        ));
-    drv.push(&e)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn user_data_round_trip() {
-        for (kind, call, idx, gen) in [
-            (KIND_SEND, 0u16, 0u32, 0u16),
-            (KIND_RECV, 65535, 0xff_ffff, 65535),
-            (KIND_LISTEN, 7, 3, 1),
-        ] {
-            let id = SlotId { idx, gen };
-            assert_eq!(un_ud(ud(kind, call, id)), (kind, call, id));
-        }
-    }
 }

@@ -1,6 +1,7 @@
-//! The TFTP workers (`ringboot-w0..`): one engine thread per core, over io_uring, or over epoll
-//! where io_uring is unavailable (the engine's two backends, [`super::uring`] and
-//! [`super::epoll`]), each running the TFTP service ([`super::tftp::Core`]).
+//! The TFTP workers (`ringboot-w0..`): one [`Engine`] thread per core, waiting on io_uring
+//! ([`uring::Ring`]), or on epoll ([`Epoll`]) where io_uring is unavailable, each hosting the
+//! TFTP service of that reactor ([`tftp::uring::TftpRing`], [`tftp::epoll::TftpEpoll`], both
+//! over one [`tftp::Core`]). All workers share one [`Shutdown`] (the engines' stopper).
 //!
 //! Contract:
 //! - [`Server::bind`] opens every listening socket (one per worker per listen address, all
@@ -13,7 +14,7 @@
 //!   whose listening socket received it.
 //! - What a request means is the sans-IO endpoint's ([`crate::proto::tftp::endpoint`]); its
 //!   I/O, the transfer sockets, timers and send building are one code path ([`tftp::Core`](super::tftp::Core));
-//!   the backends ([`uring`], [`epoll`]) only wait, receive and submit.
+//!   the two services only receive and submit, and the engine only waits.
 //! - Transfers are capped for the whole server ([`admit`]): in all, per client address, and in new
 //!   transfers per second per address. The defaults follow the descriptor limit
 //!   ([`descriptor_budget`]): each transfer holds one socket, and half of the descriptors left
@@ -25,19 +26,16 @@
 /// their logic in the endpoint's [`admit`] module).
 pub use crate::proto::tftp::admit::AdmissionConfig;
 use crate::sys;
-use crate::sys::poll::EventFd;
 pub use crate::sys::socket::PortRange;
 
 use super::tftp::{Core, Listener, Shared};
-use super::{epoll, mcast, tftp, uring};
+use super::{mcast, tftp, uring, Engine, Epoll, Failure, Flow, Stopper};
 use crate::proto::tftp::admit;
 use crate::proto::tftp::options::Limits;
 use crate::store::Store;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -200,32 +198,21 @@ fn bind_reason(addr: &SocketAddr, e: &io::Error) -> String {
     }
 }
 
-/// The shutdown flag and the eventfd that wakes every worker to see it.
-pub struct Shutdown {
-    flag: AtomicBool,
-    efd: EventFd,
-}
+/// The stopper every worker's engine shares: one trigger stops them all.
+pub struct Shutdown(Stopper);
 
 impl Shutdown {
     pub fn new() -> io::Result<Arc<Shutdown>> {
-        Ok(Arc::new(Shutdown {
-            flag: AtomicBool::new(false),
-            efd: EventFd::new()?,
-        }))
+        Ok(Arc::new(Shutdown(Stopper::new()?)))
     }
 
     /// Ask every worker to stop (they finish within one loop turn).
     pub fn trigger(&self) {
-        self.flag.store(true, Ordering::SeqCst);
-        self.efd.notify();
+        self.0.stop();
     }
 
     pub fn is_triggered(&self) -> bool {
-        self.flag.load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn fd(&self) -> RawFd {
-        self.efd.as_raw_fd()
+        self.0.is_stopped()
     }
 }
 
@@ -482,11 +469,30 @@ fn worker_main(
     };
     let _ = ready.send((w, Ok(used)));
     drop(ready);
+    let stopper = shutdown.0.clone();
     let r = match ring {
-        Some(ring) => uring::run(core, ring, shutdown),
-        None => epoll::run(core, shutdown),
+        Some(ring) => run(
+            uring::Ring::new(ring),
+            stopper,
+            tftp::uring::TftpRing::new(core),
+        ),
+        None => run(Epoll::new(256), stopper, tftp::epoll::TftpEpoll::new(core)),
     };
     r.map_err(|source| ServerError::Worker { worker: w, source })
+}
+
+/// Run one worker: the engine over `reactor` hosting the TFTP service, until the shutdown.
+fn run<R: super::Reactor, S: super::Service<R>>(
+    reactor: io::Result<R>,
+    stopper: Stopper,
+    service: S,
+) -> io::Result<()> {
+    let mut engine = Engine::with_reactor(reactor?, stopper)?;
+    engine.add(service)?;
+    engine.run(|_| Flow::Continue).map_err(|f| match f {
+        Failure::Wait(e) => e,
+        e @ Failure::Error { .. } => io::Error::other(e.to_string()),
+    })
 }
 
 /// Running workers.

@@ -8,8 +8,8 @@
 //! `--user` and `--group` exist. Errors stop `serve` too; warnings are logged. One [`Problem`]
 //! per line.
 
+use crate::config::dhcp::DhcpMode;
 use crate::config::{Config, Problem};
-use crate::dhcp::DhcpMode;
 use crate::proto::tftp::packet::Mode;
 use crate::store::{LookupError, Store};
 

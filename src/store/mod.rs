@@ -1,4 +1,5 @@
-//! The file store: wire filename -> shared file content below one root directory.
+//! The file store: wire filename -> shared file content below one root directory. Beside it,
+//! [`dhcp`]: the DHCP responder's lease file.
 //!
 //! Lookup: [`Store::lookup`] decodes the raw filename (rules in `path.rs`), opens it through the
 //! jail (`jail.rs`: `openat2` `RESOLVE_BENEATH`; symlinks may not leave the root) as an `O_PATH`
@@ -64,6 +65,7 @@
 //! through [`LogLimit`].
 
 mod content;
+pub mod dhcp;
 mod dirindex;
 mod jail;
 mod lease;

@@ -376,8 +376,8 @@ impl Core {
             return;
         }
         match transfer.poll_timeout() {
-            Some(d) => self.timers.arm(id, d),
-            None => self.timers.cancel(id),
+            Some(d) => drv.arm(super::timer_key(id), d),
+            None => drv.cancel(super::timer_key(id)),
         }
     }
 
@@ -385,7 +385,7 @@ impl Core {
     /// socket) once no send is in flight and the receive has ended (see the module docs).
     pub(super) fn close(&mut self, id: TransferId, now: Instant, drv: &mut impl Driver) {
         let worker = self.worker;
-        self.timers.cancel(id);
+        drv.cancel(super::timer_key(id));
         self.endpoint.close(id);
         let Some(io) = self.io_mut(id) else {
             // Never opened (accept, then no socket): nothing to close.

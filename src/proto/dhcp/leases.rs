@@ -21,7 +21,7 @@
 //! - The file format is pure text in and out: [`LeaseState::write_text`] (into a reused buffer)
 //!   and [`LeaseState::from_text`], which names the first bad line ([`ParseError`]). Reading and
 //!   writing the file (spare file, fsync, atomic exchange) is the driver's
-//!   (`crate::dhcp::store`).
+//!   (`crate::store::dhcp`).
 
 use super::policy::PoolRange;
 use std::collections::{BTreeMap, BTreeSet};

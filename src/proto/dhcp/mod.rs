@@ -4,8 +4,8 @@
 //! Contract:
 //! - Nothing here opens a socket or a file, reads a clock or starts a thread: time comes in as
 //!   `now`, datagrams as byte slices, and what to send goes out as values or into the caller's
-//!   buffer. The driver is `crate::dhcp` (sockets, the lease file, the clock); this module never
-//!   uses it.
+//!   buffer. The driver is `crate::engine::dhcp` (sockets, the clock), the lease file
+//!   `crate::store::dhcp`; this module never uses them.
 //! - [`wire`] checks a datagram before dhcproto decodes it ([`wire::parse_request`] never
 //!   panics), builds option 43 (PXE vendor options, at most 255 bytes), holds [`ClientArch`]
 //!   (option 93) and builds the requests PXE firmware sends.

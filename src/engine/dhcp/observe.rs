@@ -1,7 +1,7 @@
 //! What the DHCP responder tells the log, the metrics and the status page, and how a reloaded
 //! configuration reaches it.
 //!
-//! Contract: [`Hooks`] come with [`super::spawn_with`]: an optional status model (metrics and
+//! Contract: [`Hooks`] come with [`super::bind_with`]: an optional status model (metrics and
 //! the page) and a [`PolicySlot`] through which the binary hands a new decision policy (SIGHUP).
 //! The responder checks the slot's generation (one relaxed load) before each decision and takes
 //! the new policy when it changed: no lock per datagram. Every answered request gives one INFO
@@ -123,7 +123,7 @@ impl Driver {
             .take();
         if let Some(p) = next {
             self.policy = p;
-            tracing::info!("DHCP boot rules reloaded");
+            tracing::info!(target: super::LOG_TARGET, "DHCP boot rules reloaded");
         }
     }
 
@@ -174,7 +174,7 @@ impl Driver {
                 },
             );
         }
-        tracing::info!(
+        tracing::info!(target: super::LOG_TARGET,
             mac = %mac_str(req.chaddr()),
             ip = ip.map_or_else(|| "-".to_owned(), |a| a.to_string()).as_str(),
             arch = class.as_str(),

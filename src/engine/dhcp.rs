@@ -1,8 +1,12 @@
-//! The DHCP driver: sockets, the lease file and the clock around [`decide_noted`].
+//! The DHCP driver: sockets, the lease file and the clock around [`decide_noted`]. The layers
+//! below it: the wire format, decision, lease table and admission in [`crate::proto::dhcp`], the
+//! lease file in [`crate::store::dhcp`], the `[dhcp]` section in [`crate::config::dhcp`]; none
+//! of them imports this module. [`crate::dhcp`] re-exports its public face.
 //!
 //! Contract:
 //! - A [`Service`] of the control engine (`ringboot-ctl`, [`crate::engine::ctl`]): it never
-//!   waits itself; the engine calls it when a socket is readable and every 250 ms. UDP sockets on `0.0.0.0:67` (always), `0.0.0.0:4011` (proxy mode) and
+//!   waits itself; the engine calls it when a socket is readable and every 250 ms. UDP sockets
+//!   on `0.0.0.0:67` (always), `0.0.0.0:4011` (proxy mode) and
 //!   `0.0.0.0:68` (full mode, to notice other DHCP servers), each with `SO_BROADCAST`,
 //!   `IP_PKTINFO` and `SO_BINDTODEVICE` when an interface is configured.
 //! - A broadcast reply leaves by the interface the request came in on (`IP_PKTINFO` with
@@ -18,8 +22,8 @@
 //!   (a full disk, no descriptor left) they are dropped, the client retries, the failure is
 //!   logged at most once a second and the save is tried again next turn; everything that needs no
 //!   save keeps being answered. A crash therefore never leaves an ACKed lease off the disk.
-//! - Logs: every line a peer can cause once per datagram goes through a
-//!   [`LogLimit`](crate::proto::ratelog::LogLimit): dropped datagrams (one summary every 10 s with a
+//! - Logs (target `ringboot::dhcp`, as the decision's): every line a peer can cause once per
+//!   datagram goes through a [`LogLimit`](crate::proto::ratelog::LogLimit): dropped datagrams (one summary every 10 s with a
 //!   count per reason), a full pool, the iPXE loop, DECLINEs, replies from other DHCP servers,
 //!   failed saves and sends. DEBUG shows every reply (a diagnostic switch, not rate-limited).
 //! - Full mode probes for other DHCP servers at start and every 10 minutes and warns about any
@@ -32,9 +36,9 @@
 //!   engine names it in the failure that stops the process, and a panic is logged at ERROR and
 //!   carried on to the thread's watcher.
 
-use super::config::{ConfigError, DhcpConfig};
-use super::store::{LeaseFileError, LeaseStore};
-use crate::engine::{Io, Service};
+use crate::config::dhcp::{ConfigError, DhcpConfig};
+use crate::engine::ctl::{self, Ctl, CtlService};
+use crate::engine::{Flow, Io, Service};
 use crate::proto::dhcp::decide::{
     client_key, decide_noted, mac_str, Context, Destination, Note, ServerPort,
 };
@@ -43,6 +47,7 @@ use crate::proto::dhcp::limit::{Admission, Refused};
 use crate::proto::dhcp::policy::{same_subnet, DhcpMode, Policy};
 use crate::proto::dhcp::wire::{self, Malformed};
 use crate::proto::ratelog::LogLimit;
+use crate::store::dhcp::{LeaseFileError, LeaseStore};
 pub use observe::{Hooks, PolicySlot};
 
 mod observe;
@@ -53,6 +58,10 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime};
+
+/// The target of the responder's log lines (`RUST_LOG=ringboot::dhcp=debug`), the same as
+/// the decision's, wherever the code lives.
+const LOG_TARGET: &str = "ringboot::dhcp";
 
 /// How often full mode looks for another DHCP server.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(600);
@@ -66,6 +75,16 @@ pub const MAX_PENDING: usize = 64;
 pub const OTHER_SERVERS: usize = 16;
 /// The drop summary's interval.
 pub const DROP_SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Run the responder alone on a control engine (for an embedder without the binary, and the
+/// tests); [`Ctl::join`] stops it after a last save.
+pub fn spawn(cfg: DhcpConfig) -> Result<Ctl, SpawnError> {
+    let responder = bind(cfg)?;
+    ctl::spawn(vec![CtlService::Dhcp(Box::new(responder))], |_| {
+        Flow::Continue
+    })
+    .map_err(SpawnError::Engine)
+}
 
 /// Bind the responder's sockets and load its leases: a [`Responder`] for an engine to host
 /// (`ringboot-ctl`, see [`crate::engine::ctl`]). `Off` is the caller's to skip. Errors name what
@@ -101,7 +120,7 @@ pub fn bind_with(cfg: DhcpConfig, hooks: Hooks) -> Result<Responder, SpawnError>
         match sys::socket::dhcp_socket(68, dev) {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!("cannot listen on UDP port 68 to watch for other DHCP servers ({e}); going on without");
+                tracing::warn!(target: LOG_TARGET, "cannot listen on UDP port 68 to watch for other DHCP servers ({e}); going on without");
                 None
             }
         }
@@ -111,12 +130,12 @@ pub fn bind_with(cfg: DhcpConfig, hooks: Hooks) -> Result<Responder, SpawnError>
     let (store, state) = if cfg.mode == DhcpMode::Full {
         let mut store = LeaseStore::new(cfg.lease_path());
         let state = store.load()?;
-        tracing::info!(file = %store.path().display(), leases = state.len(), "DHCP leases loaded");
+        tracing::info!(target: LOG_TARGET, file = %store.path().display(), leases = state.len(), "DHCP leases loaded");
         (Some(store), state)
     } else {
         (None, LeaseState::new())
     };
-    tracing::info!(
+    tracing::info!(target: LOG_TARGET,
         mode = %cfg.mode,
         interface = dev.unwrap_or("*"),
         boot_file = cfg.boot_file.as_deref().unwrap_or("-"),
@@ -262,7 +281,7 @@ impl Drops {
             .filter(|(_, n)| **n > 0)
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
-        tracing::warn!(
+        tracing::warn!(target: LOG_TARGET,
             total = self.total,
             "dropped DHCP datagrams: {}",
             parts.join(" ")
@@ -313,7 +332,7 @@ impl Logs {
     fn tick(&mut self, now: Instant) {
         for (l, what) in self.0.iter_mut().zip(KIND_SUMMARY) {
             if let Some(n) = l.flush(now) {
-                tracing::warn!("{n} {what} in the last interval");
+                tracing::warn!(target: LOG_TARGET, "{n} {what} in the last interval");
             }
         }
     }
@@ -411,7 +430,7 @@ fn send_on(s67: &Socket, s4011: Option<&Socket>, logs: &mut Logs, out: &Outgoing
     };
     if let Err(e) = sys::socket::send_v4(sock, &out.bytes, out.dest, out.ifindex, out.src) {
         if let Some(n) = logs.allow(Kind::SendFailed, now) {
-            tracing::warn!(to = %out.dest, suppressed = n, "sending a DHCP reply failed: {e}");
+            tracing::warn!(target: LOG_TARGET, to = %out.dest, suppressed = n, "sending a DHCP reply failed: {e}");
         }
     }
 }
@@ -449,7 +468,7 @@ fn log_note(logs: &mut Logs, note: Note, req: &Message, now: Instant) {
     match note {
         Note::PoolFull { range } => {
             if let Some(n) = logs.allow(Kind::PoolFull, now) {
-                tracing::warn!(
+                tracing::warn!(target: LOG_TARGET,
                     client = %mac_str(req.chaddr()),
                     suppressed = n,
                     "DHCP pool {}-{} is full: no address to offer",
@@ -460,7 +479,7 @@ fn log_note(logs: &mut Logs, note: Note, req: &Message, now: Instant) {
         }
         Note::IpxeLoop { file } => {
             if let Some(n) = logs.allow(Kind::IpxeLoop, now) {
-                tracing::warn!(
+                tracing::warn!(target: LOG_TARGET,
                     client = %mac_str(req.chaddr()),
                     file,
                     suppressed = n,
@@ -470,7 +489,7 @@ fn log_note(logs: &mut Logs, note: Note, req: &Message, now: Instant) {
         }
         Note::Declined { ip, hold } => {
             if let Some(n) = logs.allow(Kind::Declined, now) {
-                tracing::warn!(
+                tracing::warn!(target: LOG_TARGET,
                     client = %mac_str(req.chaddr()),
                     suppressed = n,
                     "DHCPDECLINE {ip} from its holder: someone else uses it; out of the pool for {} s",
@@ -481,7 +500,7 @@ fn log_note(logs: &mut Logs, note: Note, req: &Message, now: Instant) {
         Note::ForeignDecline { ip } => {
             if let Some(n) = logs.allow(Kind::ForeignDecline, now) {
                 let ip = ip.map_or_else(|| "no address".to_owned(), |i| i.to_string());
-                tracing::warn!(
+                tracing::warn!(target: LOG_TARGET,
                     client = %mac_str(req.chaddr()),
                     suppressed = n,
                     "ignored a DHCPDECLINE for {ip}: this client holds no offer or lease of it (a forged DECLINE would take the address from its holder)"
@@ -489,7 +508,7 @@ fn log_note(logs: &mut Logs, note: Note, req: &Message, now: Instant) {
             }
         }
         Note::Reclaimed { ip } => {
-            tracing::debug!(client = %mac_str(req.chaddr()), "DHCP pool full: offering {ip}, softly offered before, again");
+            tracing::debug!(target: LOG_TARGET, client = %mac_str(req.chaddr()), "DHCP pool full: offering {ip}, softly offered before, again");
         }
     }
 }
@@ -544,7 +563,7 @@ impl Responder {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     if let Some(n) = self.logs.allow(Kind::RecvFailed, Instant::now()) {
-                        tracing::warn!(suppressed = n, "DHCP receive failed: {e}");
+                        tracing::warn!(target: LOG_TARGET, suppressed = n, "DHCP receive failed: {e}");
                     }
                     break;
                 }
@@ -632,7 +651,7 @@ impl Responder {
         }
         let Some(reply) = decision.reply else {
             self.note_unanswered(&req, decision.note.as_ref());
-            tracing::trace!(client = %mac_str(req.chaddr()), msg_type = req.opts().msg_type().map_or(0, u8::from), "DHCP request not answered");
+            tracing::trace!(target: LOG_TARGET, client = %mac_str(req.chaddr()), msg_type = req.opts().msg_type().map_or(0, u8::from), "DHCP request not answered");
             return;
         };
         self.note_decision(&req, &reply.message, server_ip);
@@ -647,7 +666,7 @@ impl Responder {
             Destination::Broadcast => (SocketAddrV4::new(Ipv4Addr::BROADCAST, 68), info.ifindex),
             Destination::Unicast(ip, p) => (SocketAddrV4::new(ip, p), 0),
         };
-        tracing::debug!(
+        tracing::debug!(target: LOG_TARGET,
             client = %mac_str(req.chaddr()),
             request = req.opts().msg_type().map_or(0, u8::from),
             reply = ty.map_or(0, u8::from),
@@ -697,7 +716,7 @@ impl Responder {
         );
         match saved {
             Some(Ok(())) if std::mem::take(&mut self.save_failing) => {
-                tracing::info!("the lease file is written again; ACKs go out again");
+                tracing::info!(target: LOG_TARGET, "the lease file is written again; ACKs go out again");
             }
             Some(Err(e)) => {
                 self.save_failing = true;
@@ -707,7 +726,7 @@ impl Responder {
                     } else {
                         ""
                     };
-                    tracing::error!(
+                    tracing::error!(target: LOG_TARGET,
                         suppressed = n,
                         "cannot save the DHCP leases: {e}{hint}; ACKs are held back until a save works (offers and other replies go on)"
                     );
@@ -749,7 +768,7 @@ impl Responder {
             .iter()
             .find(|i| i.index == info.ifindex)
             .map_or("?", |i| i.name.as_str());
-        tracing::warn!(
+        tracing::warn!(target: LOG_TARGET,
             other_server = %sid,
             interface = %iface,
             offered = %msg.yiaddr(),
@@ -782,9 +801,9 @@ impl Responder {
         for i in targets {
             let dest = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
             if let Err(e) = sys::socket::send_v4(s68, &bytes, dest, i.index, i.addr) {
-                tracing::debug!(interface = %i.name, "DHCP probe not sent: {e}");
+                tracing::debug!(target: LOG_TARGET, interface = %i.name, "DHCP probe not sent: {e}");
             } else {
-                tracing::debug!(interface = %i.name, "probing for other DHCP servers");
+                tracing::debug!(target: LOG_TARGET, interface = %i.name, "probing for other DHCP servers");
             }
         }
     }
@@ -840,6 +859,6 @@ impl Service for Responder {
 
     fn shutdown(&mut self, now: Instant) {
         self.commit(now);
-        tracing::info!("DHCP responder stopped");
+        tracing::info!(target: LOG_TARGET, "DHCP responder stopped");
     }
 }

@@ -1,17 +1,19 @@
-//! The portable backend: nonblocking sockets, `epoll`, `recvmsg` and `sendmmsg`.
+//! The TFTP service on the readiness reactor ([`Epoll`]): the fallback where io_uring cannot be
+//! set up (or when forced with `--io-backend fallback`), with nonblocking sockets, `recvmsg` and
+//! `sendmmsg`.
 //!
-//! Contract: used where io_uring cannot be set up (or when forced with `--io-backend fallback`).
-//! It drives the same [`Core`] as the io_uring backend and sends the same GSO `mmsghdr`s, built by
-//! the shared code; only waiting and receiving differ. Per wake-up it handles the ready transfer
-//! sockets before the listening sockets (so a client's ERROR that ends a size probe is seen before
-//! its next RRQ), reads each ready socket until `EAGAIN` (at most [`READ_BUDGET`] datagrams, for
-//! fairness) and fires due timers. The wait ends at the earliest timer deadline or when the
-//! shutdown eventfd becomes readable.
+//! Contract: it drives the same [`Core`] as the io_uring service and sends the same GSO
+//! `mmsghdr`s, built by the shared code; only receiving differs. Transfer sockets are watched in
+//! the engine's first pass and the listening sockets in its late pass ([`Pass::Late`]), so per
+//! wake-up the ready transfer sockets are read before the listening sockets (a client's ERROR
+//! that ends a size probe is seen before its next RRQ). Each ready socket is read until `EAGAIN`
+//! (at most [`READ_BUDGET`] datagrams, for fairness). Sends are synchronous: nothing is in
+//! flight when a callback returns.
 
-use super::tftp::{Core, Driver, SendStatus, SlotId, CTRL_CALL};
-use super::workers::Shutdown;
+use super::{Core, Driver, SendStatus, SlotId, CTRL_CALL};
+use crate::engine::reactor::Ready;
+use crate::engine::{Epoll, Io, Pass, Service};
 use crate::proto::ratelog::LogLimit;
-use crate::sys::poll::{self, Events, Poller};
 use crate::sys::{self, cmsg::CmsgBuf, cmsg::PKTINFO_CMSG_SPACE};
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -26,32 +28,34 @@ pub(crate) const RX_BUF: usize = 4096;
 
 const KIND_LISTEN: u64 = 1;
 const KIND_XFER: u64 = 2;
-const KIND_WAKE: u64 = 3;
 
+/// Sub-token: kind (2 bits) | generation (16) | slot (32).
 fn tag(kind: u64, gen: u16, idx: u32) -> u64 {
-    (kind << 56) | ((gen as u64) << 32) | idx as u64
+    (kind << 48) | ((gen as u64) << 32) | idx as u64
 }
 
 fn untag(t: u64) -> (u64, u16, u32) {
-    (t >> 56, (t >> 32) as u16, t as u32)
+    (t >> 48, (t >> 32) as u16, t as u32)
 }
 
-struct EpollDriver {
-    ep: Poller,
+/// The core's I/O on epoll, during one callback.
+struct EpollDriver<'a, 'b> {
+    io: &'a mut Io<'b, Epoll>,
 }
 
-impl Driver for EpollDriver {
+impl Driver for EpollDriver<'_, '_> {
     fn watch(&mut self, id: SlotId, fd: RawFd) -> io::Result<()> {
-        self.ep.add(fd, tag(KIND_XFER, id.gen, id.idx))
+        self.io
+            .watch_as(fd, tag(KIND_XFER, id.gen, id.idx), Pass::First)
     }
 
     fn unwatch(&mut self, _id: SlotId, fd: RawFd) -> bool {
-        let _ = self.ep.delete(fd);
+        self.io.unwatch(fd);
         true
     }
 
     fn send(&mut self, _id: SlotId, fd: RawFd, msgs: &mut [libc::mmsghdr]) -> SendStatus {
-        SendStatus::Done(super::send::sendmmsg_all(fd, msgs).err())
+        SendStatus::Done(crate::engine::send::sendmmsg_all(fd, msgs).err())
     }
 
     fn send_ctrl(&mut self, _id: SlotId, fd: RawFd, msg: &mut libc::mmsghdr) -> SendStatus {
@@ -68,6 +72,14 @@ impl Driver for EpollDriver {
             }
         }
     }
+
+    fn arm(&mut self, key: u64, at: Instant) {
+        self.io.arm(key, at);
+    }
+
+    fn cancel(&mut self, key: u64) {
+        self.io.cancel(key);
+    }
 }
 
 /// Receive buffers of the worker, preallocated.
@@ -77,58 +89,101 @@ struct Rx {
     name: libc::sockaddr_storage,
 }
 
-/// Run one worker on epoll until `shutdown`.
-pub(crate) fn run(mut core: Core, shutdown: &Shutdown) -> io::Result<()> {
-    let mut drv = EpollDriver { ep: Poller::new()? };
-    for (i, l) in core.listeners().iter().enumerate() {
-        drv.ep
-            .add(l.sock.as_raw_fd(), tag(KIND_LISTEN, 0, i as u32))?;
-    }
-    drv.ep.add(shutdown.fd(), tag(KIND_WAKE, 0, 0))?;
-    let mut rx = Rx {
-        buf: Box::new([0; RX_BUF]),
-        control: CmsgBuf::new(),
-        // SAFETY: all-zero is a valid sockaddr_storage.
-        name: unsafe { zeroed() },
-    };
-    let mut events = Events::with_capacity(256);
-    let mut listen_errors = LogLimit::default();
-    loop {
-        if shutdown.is_triggered() {
-            break;
-        }
-        if let Some(e) = core.take_injected_error() {
-            return Err(e);
-        }
-        let now = Instant::now();
-        core.run_timers(now, &mut drv);
-        let timeout_ms = poll::timeout_ms(core.next_deadline(), Instant::now());
-        drv.ep.wait(&mut events, timeout_ms)?;
-        // Transfer sockets first, then the listeners.
-        for ev in events.iter() {
-            let (kind, gen, idx) = untag(ev.token);
-            if kind == KIND_XFER {
-                read_transfer(&mut core, &mut drv, &mut rx, SlotId { idx, gen });
-            }
-        }
-        for ev in events.iter() {
-            let (kind, _, idx) = untag(ev.token);
-            if kind == KIND_LISTEN {
-                read_listener(
-                    &mut core,
-                    &mut drv,
-                    &mut rx,
-                    idx as usize,
-                    &mut listen_errors,
-                );
-            }
-        }
-    }
-    core.shutdown(Instant::now(), &mut drv);
-    Ok(())
+/// The TFTP service of a worker on epoll.
+pub(crate) struct TftpEpoll {
+    core: Core,
+    rx: Rx,
+    listen_errors: LogLimit,
 }
 
-fn read_transfer(core: &mut Core, drv: &mut EpollDriver, rx: &mut Rx, id: SlotId) {
+impl TftpEpoll {
+    pub(crate) fn new(core: Core) -> Self {
+        TftpEpoll {
+            core,
+            rx: Rx {
+                buf: Box::new([0; RX_BUF]),
+                control: CmsgBuf::new(),
+                // SAFETY: all-zero is a valid sockaddr_storage.
+                name: unsafe { zeroed() },
+            },
+            listen_errors: LogLimit::default(),
+        }
+    }
+}
+
+impl Service<Epoll> for TftpEpoll {
+    fn name(&self) -> &'static str {
+        "TFTP worker"
+    }
+
+    fn start(&mut self, io: &mut Io<'_, Epoll>, now: Instant) -> io::Result<()> {
+        for (i, l) in self.core.listeners().iter().enumerate() {
+            io.watch_as(
+                l.sock.as_raw_fd(),
+                tag(KIND_LISTEN, 0, i as u32),
+                Pass::Late,
+            )?;
+        }
+        let mut drv = EpollDriver { io };
+        self.core.on_timer(super::AUX_KEY, now, &mut drv);
+        self.core.sync_aux(now, &mut drv);
+        Ok(())
+    }
+
+    fn on_readable(&mut self, _io: &mut Io<'_, Epoll>, _sub: u32, _now: Instant) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn on_event(
+        &mut self,
+        io: &mut Io<'_, Epoll>,
+        sub: u64,
+        _: Ready,
+        now: Instant,
+    ) -> io::Result<()> {
+        let mut drv = EpollDriver { io };
+        let (kind, gen, idx) = untag(sub);
+        match kind {
+            KIND_XFER => read_transfer(
+                &mut self.core,
+                &mut drv,
+                &mut self.rx,
+                SlotId { idx, gen },
+                now,
+            ),
+            KIND_LISTEN => read_listener(
+                &mut self.core,
+                &mut drv,
+                &mut self.rx,
+                idx as usize,
+                &mut self.listen_errors,
+                now,
+            ),
+            _ => {}
+        }
+        if let Some(e) = self.core.take_injected_error() {
+            return Err(e);
+        }
+        self.core.sync_aux(now, &mut drv);
+        Ok(())
+    }
+
+    fn on_timer(&mut self, io: &mut Io<'_, Epoll>, key: u64, now: Instant) -> io::Result<()> {
+        let mut drv = EpollDriver { io };
+        self.core.on_timer(key, now, &mut drv);
+        self.core.sync_aux(now, &mut drv);
+        Ok(())
+    }
+
+    fn shutdown(&mut self, _now: Instant) {}
+
+    fn wind_down(&mut self, io: &mut Io<'_, Epoll>, now: Instant) -> bool {
+        self.core.shutdown(now, &mut EpollDriver { io });
+        false
+    }
+}
+
+fn read_transfer(core: &mut Core, drv: &mut EpollDriver, rx: &mut Rx, id: SlotId, now: Instant) {
     for _ in 0..READ_BUDGET {
         let Some(fd) = core.fd_of(id) else {
             return;
@@ -142,7 +197,6 @@ fn read_transfer(core: &mut Core, drv: &mut EpollDriver, rx: &mut Rx, id: SlotId
                 libc::MSG_DONTWAIT | libc::MSG_TRUNC,
             )
         };
-        let now = Instant::now();
         if r < 0 {
             match sys::socket::errno() {
                 libc::EAGAIN | libc::EINTR => return,
@@ -164,6 +218,7 @@ fn read_listener(
     rx: &mut Rx,
     li: usize,
     errors: &mut LogLimit,
+    now: Instant,
 ) {
     let Some(fd) = core.listeners().get(li).map(|l| l.sock.as_raw_fd()) else {
         return;
@@ -189,14 +244,13 @@ fn read_listener(
             match sys::socket::errno() {
                 libc::EAGAIN | libc::EINTR => return,
                 e => {
-                    if let Some(n) = errors.allow(Instant::now()) {
+                    if let Some(n) = errors.allow(now) {
                         warn!(worker = core.worker(), suppressed = n, reason = %io::Error::from_raw_os_error(e), "receive error on a listening socket (one line a second)");
                     }
                     return;
                 }
             }
         }
-        let now = Instant::now();
         // SAFETY: sockaddr_storage is plain bytes; namelen is clamped to its size.
         let name = unsafe {
             std::slice::from_raw_parts(

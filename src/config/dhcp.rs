@@ -10,6 +10,7 @@
 //! - No I/O: [`DhcpConfig::resolve_addresses`] fills the server address, mask and router from a
 //!   list of interface addresses that the caller read from the system at start.
 
+use crate::proto::dhcp::Policy;
 use crate::sys::iface::IfAddr;
 use serde::Deserialize;
 use std::net::Ipv4Addr;
@@ -302,6 +303,29 @@ impl DhcpConfig {
     }
 }
 
+impl From<&DhcpConfig> for Policy {
+    /// The decision's part of a (validated) `[dhcp]` configuration.
+    fn from(c: &DhcpConfig) -> Policy {
+        Policy {
+            mode: c.mode,
+            next_server: c.next_server,
+            boot_file: c.boot_file.clone(),
+            ipxe_script: c.ipxe_script.clone(),
+            boot_non_pxe: c.boot_non_pxe,
+            rules: c.rules.clone(),
+            mtftp: c.mtftp.clone(),
+            pxe_prompt: c.pxe_prompt.clone(),
+            range: c.range,
+            netmask: c.netmask,
+            router: c.router,
+            dns: c.dns.clone(),
+            domain_name: c.domain_name.clone(),
+            lease_time: c.lease_time,
+            decline_hold: c.decline_hold,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,5 +531,49 @@ mod tests {
         proxy.resolve_addresses(&[]).unwrap();
         assert_eq!(proxy.server_ip, None);
         assert!(!DhcpConfig::default().needs_addresses());
+    }
+
+    #[test]
+    fn the_policy_is_the_config_s_decision_part() {
+        let text = r#"
+            [dhcp]
+            mode = "full"
+            boot_file = "pxelinux.0"
+            ipxe_script = "boot.ipxe"
+            range = "10.0.0.100,10.0.0.150"
+            netmask = "255.255.255.0"
+            router = "10.0.0.1"
+            dns = ["10.0.0.53"]
+            domain_name = "lab"
+            lease_time = 7200
+            decline_hold = 60
+            pxe_prompt = "boot"
+            boot_non_pxe = true
+            next_server = "10.0.0.9"
+            [[dhcp.rule]]
+            arch = ["efi-x64"]
+            boot_file = "grubx64.efi"
+            [[dhcp.mtftp]]
+            file = "pxelinux.0"
+        "#;
+        let cfg = DhcpConfig::from_toml_document(text).unwrap();
+        let p = Policy::from(&cfg);
+        assert_eq!(p.mode, DhcpMode::Full);
+        assert_eq!(p.boot_file.as_deref(), Some("pxelinux.0"));
+        assert_eq!(p.ipxe_script.as_deref(), Some("boot.ipxe"));
+        assert_eq!(p.range, cfg.range);
+        assert_eq!(p.netmask, cfg.netmask);
+        assert_eq!(p.router, cfg.router);
+        assert_eq!(p.dns, cfg.dns);
+        assert_eq!(p.domain_name.as_deref(), Some("lab"));
+        assert_eq!(p.lease_time, std::time::Duration::from_secs(7200));
+        assert_eq!(p.decline_hold, std::time::Duration::from_secs(60));
+        assert_eq!(p.pxe_prompt, "boot");
+        assert!(p.boot_non_pxe);
+        assert_eq!(p.next_server, cfg.next_server);
+        assert_eq!(p.rules, cfg.rules);
+        assert_eq!(p.mtftp, cfg.mtftp);
+        // The defaults agree too.
+        assert_eq!(Policy::from(&DhcpConfig::default()), Policy::default());
     }
 }
