@@ -5,7 +5,9 @@
 //! - A reactor makes one system call per turn of its engine: [`Reactor::wait`] submits what the
 //!   services queued (io_uring) and waits for events or the engine's earliest timer deadline; a
 //!   deadline already past does not block, but still collects what is ready (so input that
-//!   arrived before a deadline is handled before its timer fires).
+//!   arrived before a deadline is handled before its timer fires). Events of a wait that were
+//!   not dispatched (the engine stopped first) are not lost: the io_uring reactor keeps them for
+//!   the next dispatch, epoll reports them again (level-triggered).
 //! - [`Reactor::dispatch`] hands each event of that wait, with its token, to the engine, in two
 //!   passes: first the tokens without [`Pass::Late`], then those with it (the TFTP service reads
 //!   its running transfers before new requests). Every event is handed exactly once; whatever a

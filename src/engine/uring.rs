@@ -252,7 +252,10 @@ impl Reactor for Ring {
     fn wait(&mut self, deadline: Option<Instant>) -> io::Result<()> {
         self.bufs.publish();
         let ring = &mut self.ops.ring;
-        let r = if !ring.completion().is_empty() {
+        // Completions of the last wait not handed out yet (the engine stopped before its
+        // dispatch) stay first in line: submit only.
+        let pending = !self.cqes.is_empty();
+        let r = if pending || !ring.completion().is_empty() {
             ring.submit()
         } else {
             match deadline {
@@ -270,8 +273,10 @@ impl Reactor for Ring {
                 _ => return Err(e),
             }
         }
+        if pending {
+            return Ok(());
+        }
         let cap = self.cqes.capacity();
-        self.cqes.clear();
         self.cqes.extend(
             ring.completion()
                 .take(cap)
