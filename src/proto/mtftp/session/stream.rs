@@ -427,8 +427,14 @@ impl Session {
         self.recent.push_back((first, count, now));
         let resent = self.sent_hi.saturating_sub(first - 1).min(count);
         if resent == 0 {
-            // Only fresh blocks are timed (Karn).
             self.ctl.on_send(now, first + count - 1);
+        } else if first == self.acked + 1 && self.tries == 0 {
+            // A repair of the master's first gap, whose last copy went more than a wait ago
+            // (`in_flight`) and not right after a timeout: the ACK that covers it answers this
+            // copy, so it is timed too (Karn's ambiguity does not arise). After the pass only
+            // repairs go out: untimed, the wait kept whatever the pass's last round trips were
+            // (a busy moment: 50+ ms for every lost repair of every later master).
+            self.ctl.on_send(now, first);
         }
         self.sent_hi = self.sent_hi.max(first + count - 1);
         self.stats.blocks_sent += count;
