@@ -403,6 +403,8 @@ pub struct Session {
     ctl: RateCtl,
     /// The stream's end when the master was named: its gaps past it are its own losses.
     named_hi: u64,
+    /// The uplink's share ([`pace`]): the session as one flow of its interface's controller.
+    cc: pace::CcState,
 }
 
 impl Session {
@@ -445,6 +447,7 @@ impl Session {
             stats: SessionStats::default(),
             ctl: RateCtl::new(&cfg, now),
             named_hi: 0,
+            cc: pace::CcState::default(),
         }
     }
 
@@ -776,7 +779,10 @@ impl Session {
         if self.over {
             return None;
         }
-        let pace = self.can_send().then_some(self.next_send_at);
+        let pace = self.can_send().then(|| {
+            self.next_send_at
+                .max(self.cc.pace_at.unwrap_or(self.next_send_at))
+        });
         match (self.deadline, pace) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -785,6 +791,12 @@ impl Session {
 
     /// Next thing to send; control datagrams are written into `buf` (>= 512 bytes).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.poll_control(buf)
+            .or_else(|| self.send_blocks(now, u64::MAX))
+    }
+
+    /// The next control datagram (OACK, PXE block 1, ERROR), never paced.
+    fn poll_control(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         if self.over {
             return None;
         }
@@ -797,7 +809,7 @@ impl Session {
                 Pending::OackAgain { to } => {
                     // After the others' first OACKs: the copy of a passive member's.
                     self.pending.push_back(Pending::Oack { to, master: false });
-                    return self.poll_transmit(now, buf);
+                    return self.poll_control(buf);
                 }
                 Pending::FirstBlock { to } => Transmit {
                     dest: to,
@@ -809,7 +821,7 @@ impl Session {
                 },
             });
         }
-        self.send_blocks(now)
+        None
     }
 
     fn write_oack(&self, buf: &mut [u8], master: bool) -> usize {
@@ -844,6 +856,7 @@ fn format_mc(buf: &mut [u8; 64], group: SocketAddr, master: bool) -> &[u8] {
     &buf[..n]
 }
 
+mod pace;
 mod rate;
 mod stream;
 
@@ -855,6 +868,8 @@ pub use rate::{
 
 #[cfg(test)]
 mod bottleneck_tests;
+#[cfg(test)]
+mod pace_tests;
 #[cfg(test)]
 mod recovery_tests;
 #[cfg(test)]

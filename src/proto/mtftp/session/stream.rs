@@ -103,6 +103,7 @@ impl Session {
         self.recent.clear();
         self.rto = self.rto_base() * (1 << self.tries.min(MAX_BACKOFF_SHIFT));
         self.ctl.on_timeout();
+        self.cc.loss = true;
         if self.ctl.is_slow() && self.send_away_slow(now) {
             return;
         }
@@ -248,8 +249,9 @@ impl Session {
     /// The master's ACK of `index` (its highest contiguous block, iPXE, EDK2 and atftp alike).
     pub(super) fn master_ack(&mut self, index: u64, now: Instant) {
         let slow = self.ctl.on_ack(now, index, self.srtt);
-        self.sample_rtt();
+        let rtt = self.sample_rtt();
         self.heard_at = now;
+        self.note_cc_ack(index.saturating_sub(self.acked), rtt, now);
         // Flow control: an ACK is at least one block out of the network; progress says how many.
         let progress = index.saturating_sub(self.acked).max(1);
         self.inflight = self.inflight.saturating_sub(progress);
@@ -260,6 +262,7 @@ impl Session {
         // A gap in what went out while it was master is its own loss (not a late start).
         if self.queue_repair(now) && self.acked >= self.named_hi {
             self.ctl.on_loss(self.acked + 1);
+            self.cc.gap();
         }
         if slow {
             self.send_away_slow(now);
@@ -388,8 +391,9 @@ impl Session {
     }
 
     /// Blocks to the group: repairs first, then the stream; never more than the window's credit.
-    pub(super) fn send_blocks(&mut self, now: Instant) -> Option<Transmit> {
-        if !self.can_send() || now < self.next_send_at {
+    /// At most `limit` blocks (the uplink's grant, [`super::pace`]).
+    pub(super) fn send_blocks(&mut self, now: Instant, limit: u64) -> Option<Transmit> {
+        if !self.can_send() || now < self.next_send_at || limit == 0 {
             return None;
         }
         // Repairs first, then the stream; never more than the window's credit.
@@ -397,7 +401,9 @@ impl Session {
             Some(&r) => r,
             None => (self.cursor, self.total_blocks + 1 - self.cursor),
         };
-        let mut count = avail.min(self.cfg.window.get() as u64 - self.inflight);
+        let mut count = avail
+            .min(self.cfg.window.get() as u64 - self.inflight)
+            .min(limit);
         // Token bucket: as many blocks as the rate allows by `now`, with at most 1 ms of burst credit.
         let rate = self.ctl.rate();
         if rate > 0 {
@@ -421,6 +427,7 @@ impl Session {
             None => self.cursor += count,
         }
         self.inflight += count;
+        self.cc.last_send = Some(now);
         if self.recent.len() >= RECENT_RUNS {
             self.recent.pop_front();
         }
