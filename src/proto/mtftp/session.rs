@@ -54,7 +54,10 @@
 //!   [`UNCONFIRMED_RETRIES`] times, `timeout` apart (each new opener restarts that count), then
 //!   the session ends. A re-open by an opener repeats its block 1 at most once per `timeout`.
 //!   Once a master has acknowledged, opens are not answered ([`JoinError::Busy`]): those clients
-//!   hear the stream and are remembered as listeners (at most [`MAX_LISTENERS`]). When the master
+//!   hear the stream and are remembered as listeners (at most [`MAX_LISTENERS`]); but while the
+//!   master is silent (a wait passed without its ACK, so the group hears nothing) an opener is
+//!   asked to be master at once (iPXE falls back to plain TFTP after four re-opens that no
+//!   packet follows, and then completes with a corrupt image if it had heard the last block). When the master
 //!   is done or vanished, the next listener is asked to be master (block 1 unicast, a short wait
 //!   from the RTT, [`UNCONFIRMED_RETRIES`] resends): it acknowledges its first gap and the
 //!   repairs go on in the same session, rather than a new pass from block 1. A listener that does

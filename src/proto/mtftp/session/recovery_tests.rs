@@ -185,3 +185,42 @@ fn rfc2090_joiner_takes_the_master_role_from_a_named_member_that_does_not_answer
     s3.join(now, addr(1)).unwrap();
     assert_eq!(s3.master(), Some(addr(0)));
 }
+
+#[test]
+fn pxe_reopen_while_the_master_is_silent_is_answered_not_left_listening() {
+    // iPXE counts every re-open that no packet follows within its timer; after four it falls
+    // back to plain TFTP, and iPXE (2019 and today) then keeps the file size it learned but not
+    // the block map, so a listener that had heard the last block "completes" after one TFTP
+    // block with the holes of its MTFTP phase in the image (the corrupt image of a starved QEMU
+    // guest). A re-open while the master is silent (a timeout passed without its ACK: the group
+    // hears nothing) is answered at once with block 1: that client is alive and becomes master.
+    let now = crate::sim_origin();
+    let mut c = cfg(512 * 300 + 7);
+    c.protocol = Protocol::PxeMtftp;
+    c.blksize = BlockSize::new(512).unwrap();
+    let mut s = Session::new(c, now);
+    let (m, l) = (addr(0), addr(1));
+    assert_eq!(s.join(now, m), Ok(Joined::New));
+    sends(&mut s, now);
+    s.handle_datagram(now, m, &ack(1));
+    let (blocks, _) = sends(&mut s, now);
+    assert!(!blocks.is_empty(), "the stream started");
+    // While the master acknowledges, another open is a listener's (it hears the stream).
+    let t = now + Duration::from_millis(1);
+    s.handle_datagram(t, m, &ack(blocks[blocks.len() - 1]));
+    assert_eq!(s.join(t, l), Err(JoinError::Busy));
+    sends(&mut s, t);
+    // The master goes silent: one wait passes, the group hears nothing new.
+    let at = s.poll_timeout().unwrap();
+    s.handle_timeout(at);
+    sends(&mut s, at);
+    let (_, control) = {
+        assert_eq!(s.join(at, l), Ok(Joined::New), "the re-open is answered");
+        sends(&mut s, at)
+    };
+    assert_eq!(control, [l], "block 1 unicast to it");
+    s.handle_datagram(at, l, &ack(5));
+    assert_eq!(s.master(), Some(l));
+    let (blocks, _) = sends(&mut s, at);
+    assert_eq!(blocks.first(), Some(&6), "its first gap, at once");
+}

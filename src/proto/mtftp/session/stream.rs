@@ -136,6 +136,19 @@ impl Session {
                 return Err(JoinError::Late);
             }
             self.remember(addr);
+            if self.tries >= 1 && !self.awaiting_master {
+                // The master is silent (a wait passed without its ACK) and so is the group: an
+                // opener left unanswered now hears nothing, and iPXE falls back to plain TFTP
+                // after four such re-opens, with a corrupt image when it had heard the last
+                // block (it keeps the file size, not the block map). It is alive: ask it.
+                self.listeners.retain(|&a| a != addr);
+                self.listeners.push_front(addr);
+                self.members.clear();
+                self.master = None;
+                self.pending.clear();
+                self.promote(now);
+                return Ok(Joined::New);
+            }
             return Err(JoinError::Busy);
         }
         if let Some(i) = self.members.iter().position(|m| m.addr == addr) {
