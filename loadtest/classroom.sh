@@ -9,7 +9,8 @@
 #
 # Usage: loadtest/classroom.sh [--size BYTES] [--receivers "20 200 1000"] [--loss "0 0.001 0.01 0.05"]
 #        [--protocols "pxe rfc2090 unicast atftpd"] [--unicast-clients N] [--shape-mbit M]
-#        [--seconds S] [--rate MBIT] [--link MBIT[:QUEUE_PKTS]]
+#        [--seconds S] [--rate MBIT] [--link MBIT[:QUEUE_PKTS]] [--server-args "ARGS"]
+# --server-args: more arguments for `ringboot serve` (e.g. "--multicast-window 64"), split on spaces.
 # --link: the server in one namespace, the receivers in another, joined by a veth pair whose
 # server-side egress is shaped with tbf (MBIT Mbit/s of frames, headers included; a queue of
 # QUEUE_PKTS full frames, default 64; bucket 32000 bytes as loadtest/bottleneck.sh). The server's
@@ -38,6 +39,7 @@ SHAPE=""
 SECS=120
 RATE=0
 LINK=""
+SERVER_ARGS=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --size) SIZE=$2; shift 2 ;;
@@ -49,6 +51,7 @@ while [[ $# -gt 0 ]]; do
         --seconds) SECS=$2; shift 2 ;;
         --rate) RATE=$2; shift 2 ;;
         --link) LINK=$2; shift 2 ;;
+        --server-args) SERVER_ARGS=$2; shift 2 ;;
         *) echo "classroom.sh: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
@@ -131,7 +134,7 @@ fi
 start_ringboot() {
     $E "$RB" serve --root "$R" --listen "$SRV:69" --mtftp img@239.255.1.1:3001 --mtftp-port 1759 \
         --multicast-groups 239.255.42.0/24 --multicast-rate "$RATE" --max-transfers 4096 \
-        --max-transfers-per-client 4096 >"$O/ringboot.log" 2>&1 &
+        --max-transfers-per-client 4096 $SERVER_ARGS >>"$O/ringboot.log" 2>&1 &
     SPID=$!
     sleep 1
 }
@@ -168,6 +171,8 @@ run() {
         --deadline "$SECS" --json "$O/$name.json" "${SRCS[@]+"${SRCS[@]}"}" "$@" >"$O/$name.out" 2>&1
     rc=$?
     t1=$(txb)
+    # The kernel's UDP counters of the server's namespace (receive-buffer drops: RcvbufErrors).
+    $E grep '^Udp:' /proc/net/snmp >>"$O/$name.out"
     [[ -n $LINK ]] && read -r b1 d1 < <(linkc)
     python3 - "$O/$name.json" "$rc" "$t0" "$t1" "$SIZE" "$name" "$n" "$loss" "${LMBIT:-}" \
         $((b1 - b0)) $((d1 - d0)) "$LISTEN_MS" <<'PY'
@@ -195,7 +200,7 @@ PY
 LISTEN_MS=1000
 PXE=(--mtftp-listen-ms "$LISTEN_MS" --server "$SRV:1759" --multicast pxe --mtftp-group 239.255.1.1:3001 --mtftp-port 1759)
 RFC=(--server "$SRV:69" --multicast rfc2090 --blksize 1428)
-echo "classroom.sh: $(nproc) CPUs, file $SIZE bytes, shape ${SHAPE:-none}, link ${LINK:-none}, --multicast-rate $RATE, bound ${SECS}s per run" >&2
+echo "classroom.sh: $(nproc) CPUs, file $SIZE bytes, shape ${SHAPE:-none}, link ${LINK:-none}, --multicast-rate $RATE, server args '${SERVER_ARGS}', bound ${SECS}s per run" >&2
 if [[ -n $LINK ]]; then
     echo "| protocol | receivers | loss | wall s | link Mbit/s | goodput / link | data goodput / link | server UDP bytes / file | tbf drops | completed | master turns | rc |"
     echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"

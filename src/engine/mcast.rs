@@ -73,6 +73,10 @@ const MAX_GROUPS: u32 = 4096;
 const CHANNEL_CAP: usize = 1024;
 /// Datagrams read from one socket per wake-up (level-triggered: the rest wait for the next turn).
 const RECV_BATCH: usize = 256;
+/// Receive buffer of a session's socket: room for every member's ACK at once (kernel
+/// accounting, about 1 KiB per small datagram, for [`DEFAULT_MAX_MEMBERS`] and more).
+const SESSION_RCVBUF: i32 = 2 << 20;
+
 /// Default of `--multicast-max-members`.
 pub const DEFAULT_MAX_MEMBERS: usize = crate::proto::mtftp::session::DEFAULT_MAX_MEMBERS;
 /// Default of `--multicast-max-per-source`.
@@ -334,6 +338,10 @@ impl McService {
             s.set_multicast_if_v4(&i)?;
         }
         let _ = s.set_send_buffer_size(1 << 20);
+        // Every member's last ACK may come at once (a room finishing the pass together): the
+        // default buffer (~200 small datagrams) dropped most of 1,000, and each member whose
+        // ACK was lost was later named master and waited out while the room heard nothing.
+        crate::sys::socket::set_recv_buffer(&s, SESSION_RCVBUF);
         let bind = match local {
             IpAddr::V4(a) => a,
             IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,

@@ -348,10 +348,15 @@ pub(crate) fn errno() -> i32 {
 /// A big receive buffer (8 MiB): a window of blocks arrives in one burst. `SO_RCVBUFFORCE` first
 /// (root may exceed `net.core.rmem_max`), else `SO_RCVBUF` (clamped by the kernel).
 pub fn set_big_recv_buffer(sock: &impl AsRawFd) {
-    let want = 8 << 20;
+    set_recv_buffer(sock, 8 << 20);
+}
+
+/// A receive buffer of `bytes`: `SO_RCVBUFFORCE` first (root may exceed `net.core.rmem_max`),
+/// else `SO_RCVBUF` (clamped by the kernel).
+pub fn set_recv_buffer(sock: &impl AsRawFd, bytes: i32) {
     let fd = sock.as_raw_fd();
-    if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want).is_err() {
-        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, want);
+    if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes).is_err() {
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes);
     }
 }
 

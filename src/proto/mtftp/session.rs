@@ -35,6 +35,8 @@
 //!   others are passive (mc=0). When the master is done (ACKs the last block) or vanishes (silent for
 //!   the retry budget; a newly named master is asked at a steady pace, without backoff), the next
 //!   member is named master with a new OACK and ACKs its first gap; the session resumes from there.
+//!   A named master that has not answered within a wait loses the role to the next member that
+//!   asks (a joiner, or a member resending its request: it is alive; the silent one may be gone).
 //!   A passive member that ACKs the last block is done. The session is over when no member is left.
 //!   At most `max_members` members: a join past that is refused ([`JoinError::Full`]) and the
 //!   driver serves the client some other way (unicast, or an ERROR).
@@ -52,7 +54,10 @@
 //!   [`UNCONFIRMED_RETRIES`] times, `timeout` apart (each new opener restarts that count), then
 //!   the session ends. A re-open by an opener repeats its block 1 at most once per `timeout`.
 //!   Once a master has acknowledged, opens are not answered ([`JoinError::Busy`]): those clients
-//!   hear the stream and are remembered as listeners (at most [`MAX_LISTENERS`]). When the master
+//!   hear the stream and are remembered as listeners (at most [`MAX_LISTENERS`]); but while the
+//!   master is silent (a wait passed without its ACK, so the group hears nothing) an opener is
+//!   asked to be master at once (iPXE falls back to plain TFTP after four re-opens that no
+//!   packet follows, and then completes with a corrupt image if it had heard the last block). When the master
 //!   is done or vanished, the next listener is asked to be master (block 1 unicast, a short wait
 //!   from the RTT, [`UNCONFIRMED_RETRIES`] resends): it acknowledges its first gap and the
 //!   repairs go on in the same session, rather than a new pass from block 1. A listener that does
@@ -105,8 +110,12 @@ pub const WINDOW: WindowSize = match WindowSize::new(16) {
     None => WindowSize::ONE,
 };
 
-/// Default of [`SessionConfig::max_members`].
-pub const DEFAULT_MAX_MEMBERS: usize = 256;
+/// Default of [`SessionConfig::max_members`]: a lecture hall on one stream (1,000 receivers
+/// complete in one session). A member costs about 150 bytes here (its entry and at most two
+/// queued OACKs) and a membership in the service's tables; the cap is against a hostile segment
+/// that fakes requests from many addresses, which the per-source cap alone does not stop: a
+/// full pool of 256 groups holds at most 256 x 1024 members, about 40 MiB.
+pub const DEFAULT_MAX_MEMBERS: usize = 1024;
 
 /// PXE MTFTP: openers that may claim the master role at once, before one of them acknowledges.
 pub const MAX_CANDIDATES: usize = 4;
@@ -397,6 +406,8 @@ pub struct Session {
     ctl: RateCtl,
     /// The stream's end when the master was named: its gaps past it are its own losses.
     named_hi: u64,
+    /// The uplink's share ([`pace`]): the session as one flow of its interface's controller.
+    cc: pace::CcState,
 }
 
 impl Session {
@@ -439,6 +450,7 @@ impl Session {
             stats: SessionStats::default(),
             ctl: RateCtl::new(&cfg, now),
             named_hi: 0,
+            cc: pace::CcState::default(),
         }
     }
 
@@ -519,6 +531,12 @@ impl Session {
             Protocol::PxeMtftp => self.open(addr, now),
             Protocol::Rfc2090 => {
                 if let Some(m) = self.members.iter().find(|m| m.addr == addr) {
+                    if self.master != Some(addr) && self.named_master_silent() {
+                        // It asks, so it is alive: master, rather than the room waiting on.
+                        self.stats.master_changes += 1;
+                        self.name_master(addr, now);
+                        return Ok(Joined::Again);
+                    }
                     // A resent RRQ: answer again with the same role (once: one OACK queued).
                     let master = self.master == Some(m.addr);
                     if !self.pending.iter().any(|p| p.to() == addr) {
@@ -543,6 +561,9 @@ impl Session {
                 self.event(SessionEvent::Joined(addr));
                 if self.master.is_none() {
                     self.name_master(addr, now);
+                } else if self.named_master_silent() {
+                    self.stats.master_changes += 1;
+                    self.name_master(addr, now);
                 } else {
                     // Twice: a passive member whose OACK is lost hears nothing of the pass until
                     // it asks again (seconds later): all of the file would go again for it.
@@ -557,6 +578,14 @@ impl Session {
         }
     }
 
+    /// RFC 2090: the member named master has not answered its OACK within a wait (it may have
+    /// left without a word, as passive members do). A member that asks now (a joiner, or one
+    /// resending its request) is alive and takes the role: the room does not wait out the
+    /// silent one's retry budget, nor every other silent member's after it.
+    fn named_master_silent(&self) -> bool {
+        self.master.is_some() && self.awaiting_master && self.tries >= 1
+    }
+
     fn name_master(&mut self, addr: SocketAddr, now: Instant) {
         self.master = Some(addr);
         if let Some(m) = self.members.iter_mut().find(|m| m.addr == addr) {
@@ -564,7 +593,9 @@ impl Session {
         }
         self.event(SessionEvent::Master(addr));
         self.new_master();
-        self.pending.retain(|p| p.to() != addr);
+        // One master at a time: an OACK still queued for the one before names nobody now.
+        self.pending
+            .retain(|p| p.to() != addr && !matches!(p, Pending::Oack { master: true, .. }));
         self.pending.push_back(Pending::Oack {
             to: addr,
             master: true,
@@ -751,7 +782,10 @@ impl Session {
         if self.over {
             return None;
         }
-        let pace = self.can_send().then_some(self.next_send_at);
+        let pace = self.can_send().then(|| {
+            self.next_send_at
+                .max(self.cc.pace_at.unwrap_or(self.next_send_at))
+        });
         match (self.deadline, pace) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -760,6 +794,12 @@ impl Session {
 
     /// Next thing to send; control datagrams are written into `buf` (>= 512 bytes).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.poll_control(buf)
+            .or_else(|| self.send_blocks(now, u64::MAX))
+    }
+
+    /// The next control datagram (OACK, PXE block 1, ERROR), never paced.
+    fn poll_control(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         if self.over {
             return None;
         }
@@ -772,7 +812,7 @@ impl Session {
                 Pending::OackAgain { to } => {
                     // After the others' first OACKs: the copy of a passive member's.
                     self.pending.push_back(Pending::Oack { to, master: false });
-                    return self.poll_transmit(now, buf);
+                    return self.poll_control(buf);
                 }
                 Pending::FirstBlock { to } => Transmit {
                     dest: to,
@@ -784,7 +824,7 @@ impl Session {
                 },
             });
         }
-        self.send_blocks(now)
+        None
     }
 
     fn write_oack(&self, buf: &mut [u8], master: bool) -> usize {
@@ -819,6 +859,7 @@ fn format_mc(buf: &mut [u8; 64], group: SocketAddr, master: bool) -> &[u8] {
     &buf[..n]
 }
 
+mod pace;
 mod rate;
 mod stream;
 
@@ -830,5 +871,9 @@ pub use rate::{
 
 #[cfg(test)]
 mod bottleneck_tests;
+#[cfg(test)]
+mod pace_tests;
+#[cfg(test)]
+mod recovery_tests;
 #[cfg(test)]
 mod tests;

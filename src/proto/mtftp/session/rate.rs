@@ -4,7 +4,8 @@
 //! The master's ACKs are the only feedback a multicast session has (passive members are silent),
 //! so the rate follows the master, in periods of one smoothed round trip (at least
 //! [`MIN_PERIOD`]), each closed by the first master ACK after it ends. Round trips are timed
-//! from the send of a fresh block to the first ACK that covers it, one at a time, none across a
+//! from the send of a fresh block (or of a repair of the master's first gap, whose last copy
+//! went more than a wait ago) to the first ACK that covers it, one at a time, none across a
 //! timeout (Karn).
 //! - **Queue**: the shortest round trip of the period above the shortest the session has seen by
 //!   more than the target ([`QUEUE_TARGET`] at first) means a queue builds on the path: the rate

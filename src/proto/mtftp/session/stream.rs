@@ -103,6 +103,7 @@ impl Session {
         self.recent.clear();
         self.rto = self.rto_base() * (1 << self.tries.min(MAX_BACKOFF_SHIFT));
         self.ctl.on_timeout();
+        self.cc.loss = true;
         if self.ctl.is_slow() && self.send_away_slow(now) {
             return;
         }
@@ -135,6 +136,19 @@ impl Session {
                 return Err(JoinError::Late);
             }
             self.remember(addr);
+            if self.tries >= 1 && !self.awaiting_master {
+                // The master is silent (a wait passed without its ACK) and so is the group: an
+                // opener left unanswered now hears nothing, and iPXE falls back to plain TFTP
+                // after four such re-opens, with a corrupt image when it had heard the last
+                // block (it keeps the file size, not the block map). It is alive: ask it.
+                self.listeners.retain(|&a| a != addr);
+                self.listeners.push_front(addr);
+                self.members.clear();
+                self.master = None;
+                self.pending.clear();
+                self.promote(now);
+                return Ok(Joined::New);
+            }
             return Err(JoinError::Busy);
         }
         if let Some(i) = self.members.iter().position(|m| m.addr == addr) {
@@ -248,8 +262,9 @@ impl Session {
     /// The master's ACK of `index` (its highest contiguous block, iPXE, EDK2 and atftp alike).
     pub(super) fn master_ack(&mut self, index: u64, now: Instant) {
         let slow = self.ctl.on_ack(now, index, self.srtt);
-        self.sample_rtt();
+        let rtt = self.sample_rtt();
         self.heard_at = now;
+        self.note_cc_ack(index.saturating_sub(self.acked), rtt, now);
         // Flow control: an ACK is at least one block out of the network; progress says how many.
         let progress = index.saturating_sub(self.acked).max(1);
         self.inflight = self.inflight.saturating_sub(progress);
@@ -260,6 +275,7 @@ impl Session {
         // A gap in what went out while it was master is its own loss (not a late start).
         if self.queue_repair(now) && self.acked >= self.named_hi {
             self.ctl.on_loss(self.acked + 1);
+            self.cc.gap();
         }
         if slow {
             self.send_away_slow(now);
@@ -388,8 +404,9 @@ impl Session {
     }
 
     /// Blocks to the group: repairs first, then the stream; never more than the window's credit.
-    pub(super) fn send_blocks(&mut self, now: Instant) -> Option<Transmit> {
-        if !self.can_send() || now < self.next_send_at {
+    /// At most `limit` blocks (the uplink's grant, [`super::pace`]).
+    pub(super) fn send_blocks(&mut self, now: Instant, limit: u64) -> Option<Transmit> {
+        if !self.can_send() || now < self.next_send_at || limit == 0 {
             return None;
         }
         // Repairs first, then the stream; never more than the window's credit.
@@ -397,7 +414,9 @@ impl Session {
             Some(&r) => r,
             None => (self.cursor, self.total_blocks + 1 - self.cursor),
         };
-        let mut count = avail.min(self.cfg.window.get() as u64 - self.inflight);
+        let mut count = avail
+            .min(self.cfg.window.get() as u64 - self.inflight)
+            .min(limit);
         // Token bucket: as many blocks as the rate allows by `now`, with at most 1 ms of burst credit.
         let rate = self.ctl.rate();
         if rate > 0 {
@@ -421,14 +440,21 @@ impl Session {
             None => self.cursor += count,
         }
         self.inflight += count;
+        self.cc.last_send = Some(now);
         if self.recent.len() >= RECENT_RUNS {
             self.recent.pop_front();
         }
         self.recent.push_back((first, count, now));
         let resent = self.sent_hi.saturating_sub(first - 1).min(count);
         if resent == 0 {
-            // Only fresh blocks are timed (Karn).
             self.ctl.on_send(now, first + count - 1);
+        } else if first == self.acked + 1 && self.tries == 0 {
+            // A repair of the master's first gap, whose last copy went more than a wait ago
+            // (`in_flight`) and not right after a timeout: the ACK that covers it answers this
+            // copy, so it is timed too (Karn's ambiguity does not arise). After the pass only
+            // repairs go out: untimed, the wait kept whatever the pass's last round trips were
+            // (a busy moment: 50+ ms for every lost repair of every later master).
+            self.ctl.on_send(now, first);
         }
         self.sent_hi = self.sent_hi.max(first + count - 1);
         self.stats.blocks_sent += count;
