@@ -122,15 +122,17 @@ impl FlowCc {
             // link idled; 200 x 4 MB through 100 Mbit/s fell to 25% of the link).
             if now.saturating_duration_since(promised) <= LATE_CLAIM {
                 // The link's count ran past this slot while the flow slept to the instant it was
-                // given (the rate rose): the slot's bytes leave now, so the link is at its start
-                // now. Without this, reservations made meanwhile would come due at once and go
-                // out together with the sleepers' (measured: bursts of 20+ frames after every
-                // rise with 200 flows).
+                // given (the rate rose): it counted bytes as served that leave only now. Take
+                // them back (at most this piece's bytes, beyond what the driver's own lateness
+                // explains), or reservations made meanwhile would come due at once and go out
+                // together with the sleepers' (measured: bursts of 20+ frames after every rise
+                // with 200 flows).
+                let n = n.min(blocks);
                 let slack = link
                     .pacing_rate()
                     .map_or(0, |r| r.bytes_in(now.saturating_duration_since(promised)));
-                link.v_served = link.v_served.min(start + slack);
-                let n = n.min(blocks);
+                let ahead = link.v_served.saturating_sub(start + slack);
+                link.v_served -= ahead.min(u64::from(n) * block_bytes);
                 return self.granted(now, link, n, block_bytes);
             }
         }
