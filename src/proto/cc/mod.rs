@@ -121,8 +121,9 @@ const LOSS_CUT: (u64, u64) = (17, 20);
 /// Pacing quantum: the bytes one grant may carry are what the rate sends in this time (at least
 /// two blocks, at most [`MAX_QUANTUM`]).
 pub const QUANTUM_TIME: Duration = Duration::from_micros(250);
-/// A pacer slot claimed later than this after it came due is given up and queued again (see
-/// [`FlowCc::poll_send`]): bounds the burst after a driver was starved.
+/// A pacer slot claimed later than this after the instant the flow was told to come back is
+/// given up and queued again (see [`FlowCc::poll_send`]): bounds the burst after a driver was
+/// starved.
 pub const LATE_CLAIM: Duration = Duration::from_millis(1);
 /// Largest quantum in bytes (one GSO call is at most 64 KiB anyway).
 pub const MAX_QUANTUM: u64 = 64 * 1024;
