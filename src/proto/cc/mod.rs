@@ -387,6 +387,18 @@ impl LinkCc {
         Some((bytes / block_bytes.max(1)).clamp(1, u64::from(u16::MAX)) as u16)
     }
 
+    /// Bytes a newly negotiated window may hold, for the OACK (RFC 7440 lets the server grant
+    /// less than asked): the bytes the path held when it last overflowed ([`Self::window_hint`]'s
+    /// measure) shared by the active flows and the new one. `None` while the path has not
+    /// overflowed in the last [`HINT_TTL`] (an open link grants what is asked).
+    pub fn oack_window_bytes(&self, now: Instant) -> Option<u64> {
+        let (bytes, at) = self.held?;
+        if now.saturating_duration_since(at) > HINT_TTL {
+            return None;
+        }
+        Some(bytes / (u64::from(self.active_flows()) + 1))
+    }
+
     fn phase_len(&self) -> Duration {
         let rtt2 = self.min_rtt.map_or(Duration::ZERO, |r| r * 2);
         rtt2.clamp(MIN_PHASE, MAX_PHASE)
