@@ -67,8 +67,9 @@
 //! 16 to 64 frames converge to 95-99% of the link with no resends in steady state and Jain's
 //! index above 0.99; 200 flows whose fair share is less than a window per round trip (window 4
 //! through 100 Mbit/s) hold about 93% with no steady resends; windows as large as the whole queue (64 blocks into 64 frames at
-//! 100 Mbit/s, or 200 x 16 into 256) stay near 72-74% with 8-34% of resends: those need the
-//! OACK window policy ([`LinkCc::window_hint`]).
+//! 100 Mbit/s, or 200 x 16 into 256) stay near 72-74% with 8-34% of resends: for transfers that
+//! start once the path has overflowed, the OACK window policy ([`LinkCc::oack_window_bytes`],
+//! applied by `proto::tftp::endpoint`) grants a window that fits the path.
 //!
 //! # Calling contract (what the engine and the machines do)
 //! - One [`LinkCc`] per outgoing interface for the whole server, shared by every worker thread
