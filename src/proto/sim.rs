@@ -476,9 +476,9 @@ impl TftpServer {
             return;
         };
         let len = self.files[file].1.len() as u64;
-        let accepted = self
-            .endpoint
-            .accept(now, incoming, Some(len), self.mtu, &mut NoMulticast);
+        let accepted =
+            self.endpoint
+                .accept(now, incoming, Some(len), self.mtu, None, &mut NoMulticast);
         self.drain_endpoint_events();
         match accepted {
             Accept::Unicast(a) => {

@@ -153,6 +153,11 @@ impl Core {
         let ifindex = info.map_or(0, |i| i.ifindex);
         let mtu = self.mtu(ifindex, listen_fd, now);
         let mode = incoming.mode();
+        // The OACK's window fits what the path has shown it holds (proto::tftp::endpoint).
+        let link = self.shared.links.get(ifindex, local);
+        let path_bytes = link
+            .as_deref()
+            .and_then(|l| crate::engine::links::lock(l).oack_window_bytes(now));
         let observer = &self.observer;
         let accepted = match &self.shared.multicast {
             Some(mc) => {
@@ -172,13 +177,23 @@ impl Core {
                         .is_ok()
                 };
                 let offer: &mut dyn Multicast = &mut offer;
-                self.endpoint
-                    .accept(now, incoming, content.transfer_len(), mtu, offer)
+                self.endpoint.accept(
+                    now,
+                    incoming,
+                    content.transfer_len(),
+                    mtu,
+                    path_bytes,
+                    offer,
+                )
             }
-            None => {
-                self.endpoint
-                    .accept(now, incoming, content.transfer_len(), mtu, &mut NoMulticast)
-            }
+            None => self.endpoint.accept(
+                now,
+                incoming,
+                content.transfer_len(),
+                mtu,
+                path_bytes,
+                &mut NoMulticast,
+            ),
         };
         // An evicted transfer's socket closes before the new one opens.
         self.drain_endpoint(now, drv);
@@ -262,7 +277,7 @@ impl Core {
         let window = (negotiated.windowsize.get() as usize).min(0x7fff);
         let io = Box::new(Io {
             content,
-            link: self.shared.links.get(ifindex, local),
+            link,
             sock: Some(sock),
             peer,
             tx: TxBufs::new(window),

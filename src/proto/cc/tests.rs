@@ -170,3 +170,32 @@ fn a_ceiling_paces_one_flow_alone() {
     );
     assert!(!link.is_bound());
 }
+
+#[test]
+fn the_oack_window_shares_what_the_path_held_among_its_flows() {
+    let t0 = epoch();
+    let mut link = LinkCc::new(LinkConfig::default());
+    let mut flows: Vec<FlowCc> = (0..4).map(|_| FlowCc::new()).collect();
+    let rtt = Duration::from_micros(500);
+    // An open link (never overflowed) grants what is asked.
+    assert_eq!(link.oack_window_bytes(t0), None);
+    for k in 0..100u64 {
+        let now = t0 + Duration::from_micros(100 * k);
+        let f = &mut flows[(k % 4) as usize];
+        f.on_ack(now, &mut link, ack(5_000, Some(rtt), false));
+    }
+    assert_eq!(link.oack_window_bytes(t0 + Duration::from_millis(10)), None);
+    let now = t0 + Duration::from_millis(10);
+    flows[0].on_ack(now, &mut link, ack(1514, Some(rtt), true));
+    flows[1].on_ack(now, &mut link, ack(1514, Some(rtt), true));
+    assert_eq!(link.stats().congestion_events, 1);
+    // The path's overflow is shared by the 4 active flows and the new one.
+    let held = u64::from(link.window_hint(now, 1).expect("overflowed"));
+    let share = link.oack_window_bytes(now).expect("overflowed");
+    assert_eq!(link.active_flows(), 4);
+    assert_eq!(share, held / 5);
+    assert!(share > 0);
+    // Forgotten after HINT_TTL.
+    let later = now + HINT_TTL + Duration::from_millis(1);
+    assert_eq!(link.oack_window_bytes(later), None);
+}

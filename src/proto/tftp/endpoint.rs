@@ -21,7 +21,10 @@
 //!     datagram that is no request); both say why, for the driver's rate-limited log.
 //! - Negotiation is here: options (never more than asked), the interface MTU to blksize (unless
 //!   fragmentation is allowed), no tsize for a length learned while sending, and whether GSO
-//!   segments of the granted blksize fit the interface ([`Accepted::gso`]).
+//!   segments of the granted blksize fit the interface ([`Accepted::gso`]). The window asked is
+//!   reduced to the bytes the driver says the path holds for it (`path_bytes`: the link
+//!   controller's share of what the path held when it last overflowed), never below
+//!   [`MIN_PATH_WINDOW`](super::options::MIN_PATH_WINDOW) (RFC 7440: the server may grant less).
 //! - RFC 2090: an octet-mode IPv4 request with the `multicast` option is offered to the
 //!   multicast service first, through the [`Multicast`] the driver passes to `accept`: the
 //!   service decides its own admission (groups, members, sources) synchronously and answers the
@@ -449,13 +452,16 @@ impl Endpoint {
     }
 
     /// Accept a looked-up request for content of `len` bytes (`None`: learned while sending),
-    /// on an interface of `mtu` bytes (`None`: unknown). See the module docs.
+    /// on an interface of `mtu` bytes (`None`: unknown), whose path holds `path_bytes` for this
+    /// window (the link controller's [`crate::proto::cc::LinkCc::oack_window_bytes`]; `None`:
+    /// open, the window asked is granted). See the module docs.
     pub fn accept(
         &mut self,
         now: Instant,
         incoming: Incoming<'_>,
         len: Option<u64>,
         mtu: Option<u32>,
+        path_bytes: Option<u64>,
         multicast: &mut dyn Multicast,
     ) -> Accept {
         let peer = incoming.peer;
@@ -472,6 +478,9 @@ impl Endpoint {
             mtu.map(|m| blksize_for_mtu(m, ip)),
             len.unwrap_or(0),
         );
+        if let Some(b) = path_bytes {
+            negotiated.cap_window_to_path(b, ip == IpVersion::V6);
+        }
         // A length learned while sending (netascii) cannot be announced: no tsize (as tftpd-hpa).
         if len.is_none() {
             negotiated.tsize = None;

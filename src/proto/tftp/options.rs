@@ -230,6 +230,26 @@ impl Negotiated {
     }
 }
 
+/// The smallest window the path policy grants (a client asking less gets what it asked): the
+/// pacer serves windows of 4 blocks from hundreds of flows without steady resends
+/// (docs/benchmarks.md), and fewer blocks per round trip would cap a lone flow's rate.
+pub const MIN_PATH_WINDOW: WindowSize = WindowSize(4);
+
+impl Negotiated {
+    /// Reduce a negotiated window to what the path holds: `path_bytes` of frames (headers
+    /// included, as [`crate::proto::cc::wire_bytes`] counts), never below [`MIN_PATH_WINDOW`]
+    /// nor above what was negotiated. A window the client did not ask stays 1.
+    pub fn cap_window_to_path(&mut self, path_bytes: u64, ipv6: bool) {
+        if !self.ack_windowsize {
+            return;
+        }
+        let frame = crate::proto::cc::wire_bytes(self.blksize.bytes() + 4, ipv6);
+        let fits = (path_bytes / frame.max(1)).min(u64::from(u16::MAX)) as u16;
+        let w = fits.max(MIN_PATH_WINDOW.get()).min(self.windowsize.get());
+        self.windowsize = WindowSize(w.max(1));
+    }
+}
+
 /// Negotiate a read transfer.
 ///
 /// `mtu_blksize` is the largest block that fits the MTU of the interface the request came in on

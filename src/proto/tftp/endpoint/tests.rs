@@ -47,7 +47,7 @@ fn local() -> IpAddr {
 /// A request from `peer`, looked up as a file of `len` bytes and accepted.
 fn accept(e: &mut Endpoint, now: Instant, peer: SocketAddr, dg: &[u8], len: u64) -> Accept {
     match e.handle_request(now, peer, local(), dg, false) {
-        Decision::Lookup(i) => e.accept(now, i, Some(len), None, &mut NoMulticast),
+        Decision::Lookup(i) => e.accept(now, i, Some(len), None, None, &mut NoMulticast),
         d => panic!("{d:?}"),
     }
 }
@@ -181,7 +181,7 @@ fn negotiation_fits_the_mtu_and_decides_gso() {
         let Decision::Lookup(i) = e.handle_request(now, peer, local(), &big, false) else {
             panic!()
         };
-        let a = unicast(e.accept(now, i, len, mtu, &mut NoMulticast));
+        let a = unicast(e.accept(now, i, len, mtu, None, &mut NoMulticast));
         let n = *e.transfer(a.id).unwrap().negotiated();
         assert_eq!((n.blksize.get(), a.gso, n.tsize), (blksize, gso, tsize));
     }
@@ -194,7 +194,7 @@ fn negotiation_fits_the_mtu_and_decides_gso() {
     let Decision::Lookup(i) = e.handle_request(now, addr(2, 4), local(), &big, false) else {
         panic!()
     };
-    let a = unicast(e.accept(now, i, Some(1), Some(1500), &mut NoMulticast));
+    let a = unicast(e.accept(now, i, Some(1), Some(1500), None, &mut NoMulticast));
     assert_eq!(e.transfer(a.id).unwrap().negotiated().blksize.get(), 65464);
     assert!(!a.gso);
 }
@@ -217,7 +217,7 @@ fn rfc2090_requests_are_offered_to_the_multicast_service_first() {
         true
     };
     assert!(matches!(
-        e.accept(now, i, Some(5000), None, &mut take),
+        e.accept(now, i, Some(5000), None, None, &mut take),
         Accept::Multicast
     ));
     let want = McRequest {
@@ -232,7 +232,11 @@ fn rfc2090_requests_are_offered_to_the_multicast_service_first() {
     let Decision::Lookup(i) = e.handle_request(now, peer, local(), &mc, false) else {
         panic!()
     };
-    let a = unicast(e.accept(now, i, Some(5000), None, &mut |_: &McRequest, _| false));
+    let a = unicast(
+        e.accept(now, i, Some(5000), None, None, &mut |_: &McRequest, _| {
+            false
+        }),
+    );
     let mut buf = [0u8; 512];
     let t = e.transfer_mut(a.id).unwrap();
     let Some(crate::proto::Transmit {
@@ -254,7 +258,7 @@ fn rfc2090_requests_are_offered_to_the_multicast_service_first() {
         let Decision::Lookup(i) = e.handle_request(now, peer, local(), dg, false) else {
             panic!()
         };
-        unicast(e.accept(now, i, Some(5000), None, &mut { never }));
+        unicast(e.accept(now, i, Some(5000), None, None, &mut { never }));
     }
 }
 
@@ -546,4 +550,55 @@ fn reconfigure_applies_to_the_next_request_and_resends_are_recognised() {
     .id;
     assert_eq!(e.transfer(second).unwrap().negotiated().blksize.get(), 512);
     assert_eq!(e.transfer(id).unwrap().negotiated().blksize.get(), 1400);
+}
+
+#[test]
+fn the_oack_window_fits_what_the_path_holds() {
+    let now = crate::sim_origin();
+    let mut e = endpoint_with(8, 8, 0, Limits::default());
+    let ask = |w: &str| {
+        rrq(
+            "f",
+            &[("blksize", "1468"), ("windowsize", w), ("tsize", "0")],
+        )
+    };
+    // Frame bytes of one 1468-byte block over IPv4.
+    let frame = crate::proto::cc::wire_bytes(1468 + 4, false);
+    let cases = [
+        // Open path (loopback, or a link that never overflowed): what was asked.
+        (addr(3, 1), "64", None, 64),
+        // A path that held 10 frames for this flow: 10.
+        (addr(3, 2), "64", Some(10 * frame + frame / 2), 10),
+        // Never below 4 blocks, never above what was asked.
+        (addr(3, 3), "64", Some(frame), 4),
+        (addr(3, 4), "2", Some(frame), 2),
+        (addr(3, 5), "16", Some(1000 * frame), 16),
+    ];
+    for (peer, w, path, granted) in cases {
+        let dg = ask(w);
+        let Decision::Lookup(i) = e.handle_request(now, peer, local(), &dg, false) else {
+            panic!()
+        };
+        let a = unicast(e.accept(now, i, Some(1 << 20), Some(1500), path, &mut NoMulticast));
+        let n = *e.transfer(a.id).unwrap().negotiated();
+        assert_eq!(
+            n.windowsize.get(),
+            granted,
+            "{peer} asked {w} path {path:?}"
+        );
+    }
+    // A client that asked no window stays lockstep whatever the path.
+    let plain = rrq("f", &[("blksize", "1468")]);
+    let Decision::Lookup(i) = e.handle_request(now, addr(3, 6), local(), &plain, false) else {
+        panic!()
+    };
+    let a = unicast(e.accept(
+        now,
+        i,
+        Some(1 << 20),
+        Some(1500),
+        Some(frame),
+        &mut NoMulticast,
+    ));
+    assert_eq!(e.transfer(a.id).unwrap().negotiated().windowsize.get(), 1);
 }
