@@ -512,8 +512,10 @@ fn serve(
         Signals::new(&[libc::SIGHUP]).context("cannot create a signalfd")?,
     )];
     if mc.enabled() {
-        let (handle, mc_svc) = mcast::bind_with(mc, store, Some(status.clone()))
+        let (handle, mut mc_svc) = mcast::bind_with(mc, store, Some(status.clone()))
             .context("cannot start the multicast service")?;
+        // Sessions and unicast transfers share each interface's controller (and its cap).
+        mc_svc.share_uplink(&server);
         mc_handle = Some(handle.clone());
         server.set_multicast(handle);
         hosted.push(CtlService::Multicast(Box::new(mc_svc)));

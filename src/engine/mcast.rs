@@ -44,6 +44,7 @@
 //!   refuses (`EINVAL`, `EIO`, `EOPNOTSUPP`) turns GSO off for the service and the window is sent
 //!   again from that call, one datagram per block.
 
+use crate::engine::links::{Links, Locked, SharedLink};
 use crate::engine::send::{sendmmsg_all, TxBufs, MAX_TX_BLOCKS};
 use crate::engine::{Io, Service};
 use crate::proto::mtftp::session::{
@@ -112,6 +113,9 @@ struct Running {
     /// RFC 2090: the admission was told the session takes no new member (block numbers wrap and
     /// the stream started: [`JoinError::Late`]); later requests go to unicast.
     closed: bool,
+    /// The controller of the interface the group leaves by (shared with the unicast transfers
+    /// of that interface); `None` on an uncapped loopback, as for unicast.
+    link: Option<SharedLink>,
 }
 
 impl Running {
@@ -123,6 +127,7 @@ impl Running {
         content: Arc<Content>,
         group: SocketAddr,
         key: Key,
+        link: Option<SharedLink>,
     ) -> Running {
         Running {
             session: Session::new(cfg, now),
@@ -133,6 +138,7 @@ impl Running {
             started: now,
             failed: false,
             closed: false,
+            link,
         }
     }
 }
@@ -228,6 +234,7 @@ pub fn bind_with(
         observer: status.as_deref().map(observe::Observer::new),
         tx: TxBufs::new(MAX_TX_BLOCKS),
         gso: crate::sys::socket::gso_supported(),
+        links: None,
     };
     Ok((handle, svc))
 }
@@ -305,6 +312,9 @@ pub struct McService {
     tx: TxBufs,
     /// UDP GSO for windows (cleared for good when a GSO send is refused).
     gso: bool,
+    /// The server-wide interface controllers ([`McService::share_uplink`]); `None`: sessions
+    /// are paced by their own rate only.
+    links: Option<Arc<Links>>,
 }
 
 impl McService {
@@ -450,7 +460,8 @@ impl McService {
                         group,
                         j.tsize,
                     );
-                    let r = Running::new(cfg, now, sock, j.content.clone(), group, key);
+                    let link = self.link_for(j.local);
+                    let r = Running::new(cfg, now, sock, j.content.clone(), group, key, link);
                     self.add_session(io, r)
                 });
                 match started {
@@ -613,7 +624,8 @@ impl McService {
                         false,
                     );
                     let started = self.session_socket(local).and_then(|sock| {
-                        let r = Running::new(cfg, now, sock, content, group, key);
+                        let link = self.link_for(local);
+                        let r = Running::new(cfg, now, sock, content, group, key, link);
                         self.add_session(io, r)
                     });
                     match started {
@@ -693,7 +705,14 @@ impl McService {
         };
         r.session.handle_timeout(now);
         let mut ctrl = [0u8; 512];
-        while let Some(tx) = r.session.poll_transmit(now, &mut ctrl) {
+        loop {
+            let tx = match &r.link {
+                Some(l) => r
+                    .session
+                    .poll_transmit_paced(now, &mut ctrl, &mut Locked(l)),
+                None => r.session.poll_transmit(now, &mut ctrl),
+            };
+            let Some(tx) = tx else { break };
             let Transmit { dest: to, payload } = tx;
             match payload {
                 Payload::Datagram(len) => {
@@ -827,6 +846,7 @@ mod observe;
 mod reload;
 #[cfg(test)]
 mod tests;
+mod uplink;
 
 impl Service for McService {
     fn name(&self) -> &'static str {

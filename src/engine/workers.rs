@@ -347,6 +347,12 @@ impl Server {
         self.shared.settings.clone()
     }
 
+    /// The interface controllers the workers share (the multicast service joins them:
+    /// [`McService::share_uplink`](mcast::McService::share_uplink)).
+    pub(crate) fn links(&self) -> Arc<super::links::Links> {
+        self.shared.links.clone()
+    }
+
     /// Hand requests carrying the RFC 2090 `multicast` option to this multicast service. Call
     /// before [`start`](Self::start).
     pub fn set_multicast(&mut self, handle: mcast::McHandle) {

@@ -129,24 +129,7 @@ fn a_request_handed_over_that_the_service_cannot_place_gets_an_error_and_its_pla
     std::fs::write(dir.path().join("f"), vec![7u8; 5000]).unwrap();
     let store = Store::new(dir.path(), crate::store::StoreOptions::default()).unwrap();
     let content = store.lookup(b"f", Mode::Octet).unwrap();
-    let cfg = McConfig {
-        mtftp: vec![],
-        mtftp_port: 0,
-        groups: pool("239.255.42.0/30"),
-        multicast_port: 1758,
-        ttl: 1,
-        interface: None,
-        loopback: true,
-        rate: 0,
-        min_rate: 1_000_000,
-        slow: SlowPolicy::Pace,
-        window: 16,
-        timeout: Duration::from_millis(200),
-        retries: 5,
-        listen: vec![],
-        max_members: 256,
-        max_per_source: 4,
-    };
+    let cfg = test_config();
     let (tx, rx) = channel::bounded(4);
     let admission = Arc::new(Mutex::new(Admission::new(cfg.groups, 256, 4)));
     let wake = Arc::new(crate::sys::poll::EventFd::new().unwrap());
@@ -166,23 +149,7 @@ fn a_request_handed_over_that_the_service_cannot_place_gets_an_error_and_its_pla
     };
     assert!(handle.submit(join, Instant::now()).is_ok());
     assert_eq!(lock(&admission).groups_in_use(), 1);
-    let mut svc = McService {
-        cfg,
-        store,
-        rx,
-        wake,
-        listeners: vec![],
-        ctrl: UdpSocket::bind("127.0.0.1:0").unwrap(),
-        admission: admission.clone(),
-        sessions: HashMap::new(),
-        next_token: 0,
-        buf: vec![0u8; 2048],
-        logs: Logs::default(),
-        observer: None,
-        tokens: Vec::new(),
-        tx: crate::engine::send::TxBufs::new(crate::engine::send::MAX_TX_BLOCKS),
-        gso: true,
-    };
+    let mut svc = service(cfg, store, rx, wake, admission.clone());
     let h = svc.rx.try_recv().unwrap();
     crate::engine::with_test_io(|io| svc.join_rfc2090(io, h));
     client_sock
@@ -236,4 +203,92 @@ fn admission_sends_joiners_of_a_closed_session_to_unicast_but_keeps_its_members(
     // When it ends, the next session of the file admits again.
     a.release(x.slot, x.gen, client(1, 1000));
     assert!(a.admit(client(2, 1000), 1, 1468).unwrap().counted);
+}
+
+#[test]
+fn a_session_takes_the_controller_of_the_interface_it_sends_by() {
+    // As for unicast: an uncapped loopback has no controller; a capped one (or any other
+    // interface) gives the session the same shared controller the transfers there use.
+    let lo = crate::sys::iface::interfaces()
+        .unwrap()
+        .into_iter()
+        .find(|i| i.addr == Ipv4Addr::LOCALHOST)
+        .expect("lo is up");
+    let mut svc = test_service();
+    let local: IpAddr = Ipv4Addr::LOCALHOST.into();
+    assert!(svc.link_for(local).is_none(), "no table: not paced");
+    svc.links = Some(Arc::new(Links::new([])));
+    assert!(
+        svc.link_for(local).is_none(),
+        "uncapped loopback: not paced"
+    );
+    let cap = crate::proto::cc::Rate::from_bits_per_sec(80_000_000);
+    let links = Arc::new(Links::new([(lo.index, cap)]));
+    svc.links = Some(links.clone());
+    let a = svc.link_for(local).expect("capped loopback: paced");
+    let b = links.get(lo.index, local).unwrap();
+    assert!(
+        Arc::ptr_eq(&a, &b),
+        "the transfers' controller, not one of its own"
+    );
+}
+
+/// The service settings of these tests (RFC 2090 groups, no MTFTP files).
+fn test_config() -> McConfig {
+    McConfig {
+        mtftp: vec![],
+        mtftp_port: 0,
+        groups: pool("239.255.42.0/30"),
+        multicast_port: 1758,
+        ttl: 1,
+        interface: None,
+        loopback: true,
+        rate: 0,
+        min_rate: 1_000_000,
+        slow: SlowPolicy::Pace,
+        window: 16,
+        timeout: Duration::from_millis(200),
+        retries: 5,
+        listen: vec![],
+        max_members: 256,
+        max_per_source: 4,
+    }
+}
+
+/// A service built around its parts, without sockets of its own beyond the control one.
+fn service(
+    cfg: McConfig,
+    store: Arc<Store>,
+    rx: Receiver<Handoff>,
+    wake: Arc<crate::sys::poll::EventFd>,
+    admission: Arc<Mutex<Admission>>,
+) -> McService {
+    McService {
+        cfg,
+        store,
+        rx,
+        wake,
+        listeners: vec![],
+        ctrl: UdpSocket::bind("127.0.0.1:0").unwrap(),
+        admission,
+        sessions: HashMap::new(),
+        next_token: 0,
+        buf: vec![0u8; 2048],
+        logs: Logs::default(),
+        observer: None,
+        tokens: Vec::new(),
+        tx: crate::engine::send::TxBufs::new(crate::engine::send::MAX_TX_BLOCKS),
+        gso: true,
+        links: None,
+    }
+}
+
+fn test_service() -> McService {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path(), crate::store::StoreOptions::default()).unwrap();
+    let cfg = test_config();
+    let admission = Arc::new(Mutex::new(Admission::new(cfg.groups, 256, 4)));
+    let (_tx, rx) = channel::bounded(1);
+    let wake = Arc::new(crate::sys::poll::EventFd::new().unwrap());
+    service(cfg, store, rx, wake, admission)
 }
