@@ -328,19 +328,7 @@ impl<S: Service<R>, R: Reactor> Engine<S, R> {
             }
             // The clock, once per wake-up.
             let now = Instant::now();
-            self.dispatch(now)?;
-            while let Some((place, key)) = self.timers.pop_expired(now) {
-                let Engine {
-                    reactor,
-                    timers,
-                    controls,
-                    services,
-                    ..
-                } = self;
-                call(services, reactor.ops(), timers, controls, place, |s, io| {
-                    s.on_timer(io, key, now)
-                })?;
-            }
+            self.deliver(now, true)?;
             for c in std::mem::take(&mut self.controls) {
                 if on_control(c) == Flow::Stop {
                     return Ok(());
@@ -349,8 +337,9 @@ impl<S: Service<R>, R: Reactor> Engine<S, R> {
         }
     }
 
-    /// Hand the events of the last wait to their services.
-    fn dispatch(&mut self, now: Instant) -> Result<(), Failure> {
+    /// Hand the events of the last wait to their services, then (`with_timers`) the timers due
+    /// at `now` (winding down hands events only).
+    fn deliver(&mut self, now: Instant, with_timers: bool) -> Result<(), Failure> {
         let Engine {
             reactor,
             timers,
@@ -366,7 +355,13 @@ impl<S: Service<R>, R: Reactor> Engine<S, R> {
             call(services, ops, timers, controls, place, |s, io| {
                 s.on_event(io, sub, ev, now)
             })
-        })
+        })?;
+        while let Some((place, key)) = with_timers.then(|| timers.pop_expired(now)).flatten() {
+            call(services, reactor.ops(), timers, controls, place, |s, io| {
+                s.on_timer(io, key, now)
+            })?;
+        }
+        Ok(())
     }
 
     /// The services' last I/O, then their operations in flight for at most [`LINGER`].
@@ -391,7 +386,7 @@ impl<S: Service<R>, R: Reactor> Engine<S, R> {
                 break;
             }
             let step = until.min(now + Duration::from_millis(50));
-            if self.reactor.wait(Some(step)).is_err() || self.dispatch(now).is_err() {
+            if self.reactor.wait(Some(step)).is_err() || self.deliver(now, false).is_err() {
                 break;
             }
         }

@@ -62,10 +62,13 @@ fn probe(stop_at: usize, fail_on_read: bool) -> (Probe, mpsc::Receiver<&'static 
     )
 }
 
-#[test]
-fn timers_fire_and_a_control_stops_the_engine() {
-    let mut e = Engine::<Probe>::new().unwrap();
+/// A probe that stops after five ticks (and, with `notified`, reads its eventfd once) runs to
+/// its control on engine `e`, and is shut down.
+fn five_ticks_then_a_stop<R: Reactor>(mut e: Engine<Probe, R>, notified: bool) {
     let (p, shut) = probe(5, false);
+    if notified {
+        p.fd.notify();
+    }
     e.add(p).unwrap();
     let mut seen = Vec::new();
     e.run(|c| {
@@ -75,7 +78,14 @@ fn timers_fire_and_a_control_stops_the_engine() {
     .unwrap();
     assert_eq!(seen, vec![Control::Stop("test")]);
     assert_eq!(e.services[0].ticks, 5);
+    assert_eq!(e.services[0].reads, usize::from(notified));
     assert_eq!(shut.try_recv(), Ok("shut"));
+}
+
+#[test]
+fn timers_fire_and_a_control_stops_the_engine() {
+    let e = Engine::<Probe>::new().unwrap();
+    five_ticks_then_a_stop(e, false);
 }
 
 #[test]
@@ -113,20 +123,8 @@ fn the_engine_runs_on_the_ring_too() {
         return;
     }
     let ring = || super::uring::Ring::new(super::uring::new_ring().unwrap());
-    let mut e = Engine::<Probe, _>::with_reactor(ring().unwrap(), Stopper::new().unwrap()).unwrap();
-    let (p, shut) = probe(5, false);
-    p.fd.notify();
-    e.add(p).unwrap();
-    let mut seen = Vec::new();
-    e.run(|c| {
-        seen.push(c);
-        Flow::Stop
-    })
-    .unwrap();
-    assert_eq!(seen, vec![Control::Stop("test")]);
-    assert_eq!(e.services[0].ticks, 5);
-    assert_eq!(e.services[0].reads, 1);
-    assert_eq!(shut.try_recv(), Ok("shut"));
+    let e = Engine::<Probe, _>::with_reactor(ring().unwrap(), Stopper::new().unwrap()).unwrap();
+    five_ticks_then_a_stop(e, true);
 
     let mut e = Engine::<Probe, _>::with_reactor(ring().unwrap(), Stopper::new().unwrap()).unwrap();
     let (p, _shut) = probe(usize::MAX, true);
