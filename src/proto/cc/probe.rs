@@ -287,6 +287,21 @@ mod tests {
     }
 
     #[test]
+    fn the_re_ack_of_a_replaced_probe_is_not_a_loss() {
+        // Lockstep: probe of 5, late ACK of 5, then 6's timer fires before the re-ACK of 5.
+        let t0 = crate::proto::cc::tests::epoch();
+        let mut p = ProbeCheck::new();
+        p.on_probe(t0 + ms(20), 5, t0);
+        assert_eq!(p.on_ack(t0 + ms(25), 5, Some(ms(1))), Verdict::Pending);
+        p.on_probe(t0 + ms(45), 6, t0 + ms(25));
+        assert_eq!(p.on_ack(t0 + ms(46), 5, Some(ms(1))), Verdict::Pending);
+        assert_eq!(p.counts(), (1, 0));
+        assert!(p.is_watching());
+        // A second ACK of 5 is below the new probe again: the client lacks 6.
+        assert_eq!(p.on_ack(t0 + ms(47), 5, Some(ms(1))), Verdict::Genuine);
+    }
+
+    #[test]
     fn eifel_raises_the_estimator_to_the_late_sample() {
         assert_eq!(eifel_response(ms(2), ms(1), ms(30)), (ms(30), ms(15)));
         assert_eq!(eifel_response(ms(40), ms(30), ms(30)), (ms(40), ms(30)));
