@@ -27,7 +27,10 @@
 //! - Genuine: report a loss to the flow's controller ([`super::FlowCc::on_loss`]).
 //!
 //! Pure state: no clock, no allocation; one probe is watched at a time (a new probe replaces the
-//! old one's watch, whose verdict then stays unknown).
+//! old one's watch, whose verdict then stays unknown). One exception: a probe replaced while it
+//! awaited its duplicate (lockstep through a queue: the late ACK came, the next block's timer
+//! fired before the re-ACK did) leaves that re-ACK expected, so it counts the old probe spurious
+//! instead of reading as an ACK below the new probe (a loss).
 
 use std::time::{Duration, Instant};
 
@@ -54,6 +57,9 @@ enum State {
         index: u64,
         probe_at: Instant,
         orig_at: Instant,
+        /// The block of the probe this one replaced while it awaited its duplicate: that
+        /// duplicate may still be on its way, and is no ACK below `index`.
+        stale: Option<u64>,
     },
     /// The ACK of `index` came (at `acked_at`); a duplicate of it before anything newer means the
     /// probe was a duplicate to the client.
@@ -92,10 +98,15 @@ impl ProbeCheck {
     /// A probe of block `index` (absolute, 1-based) was sent at `now`; the block was first sent at
     /// `original_sent_at` (the send time of the window it ended).
     pub fn on_probe(&mut self, now: Instant, index: u64, original_sent_at: Instant) {
+        let stale = match self.state {
+            State::AwaitDup { index: e, .. } if e < index => Some(e),
+            _ => None,
+        };
         self.state = State::Probed {
             index,
             probe_at: now,
             orig_at: original_sent_at,
+            stale,
         };
     }
 
@@ -117,7 +128,21 @@ impl ProbeCheck {
                 index: e,
                 probe_at,
                 orig_at,
+                stale,
             } => {
+                if stale == Some(index) {
+                    // The re-ACK of the duplicate the replaced probe drew: that probe was
+                    // spurious; this one is still to be judged.
+                    self.state = State::Probed {
+                        index: e,
+                        probe_at,
+                        orig_at,
+                        stale: None,
+                    };
+                    self.streak = self.streak.saturating_add(1);
+                    self.spurious += 1;
+                    return Verdict::Pending;
+                }
                 if index < e {
                     return self.genuine();
                 }
@@ -259,6 +284,21 @@ mod tests {
         assert_eq!(p.pto_factor(), 1);
         assert_eq!(p.counts(), (6, 1));
         assert!(!p.is_watching());
+    }
+
+    #[test]
+    fn the_re_ack_of_a_replaced_probe_is_not_a_loss() {
+        // Lockstep: probe of 5, late ACK of 5, then 6's timer fires before the re-ACK of 5.
+        let t0 = crate::proto::cc::tests::epoch();
+        let mut p = ProbeCheck::new();
+        p.on_probe(t0 + ms(20), 5, t0);
+        assert_eq!(p.on_ack(t0 + ms(25), 5, Some(ms(1))), Verdict::Pending);
+        p.on_probe(t0 + ms(45), 6, t0 + ms(25));
+        assert_eq!(p.on_ack(t0 + ms(46), 5, Some(ms(1))), Verdict::Pending);
+        assert_eq!(p.counts(), (1, 0));
+        assert!(p.is_watching());
+        // A second ACK of 5 is below the new probe again: the client lacks 6.
+        assert_eq!(p.on_ack(t0 + ms(47), 5, Some(ms(1))), Verdict::Genuine);
     }
 
     #[test]
