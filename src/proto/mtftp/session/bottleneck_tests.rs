@@ -121,22 +121,30 @@ fn through_bottleneck(
     out
 }
 
-#[test]
-fn the_session_converges_under_a_bottleneck_without_loss_of_its_own() {
-    // 100 Mbit/s (12.5 MB/s of payload), a queue of 24 blocks, 100 µs each way; the ceiling is
-    // 8x the link. The window (16) fits the queue: the master's ACKs clock the stream at the
-    // link's rate, and the rate must not fall from what the link carries.
+/// A session of `window` through 100 Mbit/s (12.5 MB/s of payload) with a queue of `queue`
+/// blocks, 100 µs each way, its ceiling 8x the link; with the share of the link it used in the
+/// second half.
+fn through_100_mbit(window: u16, queue: usize) -> (Outcome, f64) {
     let link = 12_500_000;
     let o = through_bottleneck(
         100_000_000,
-        16,
+        window,
         link,
-        24,
+        queue,
         Duration::from_micros(100),
         1_000_000,
     );
     let used = o.through_late as f64 * 1428.0 / o.late.as_secs_f64() / link as f64;
     eprintln!("{:.1}% of the link: {o:?}", used * 100.0);
+    (o, used)
+}
+
+#[test]
+fn the_session_converges_under_a_bottleneck_without_loss_of_its_own() {
+    // 100 Mbit/s (12.5 MB/s of payload), a queue of 24 blocks, 100 µs each way; the ceiling is
+    // 8x the link. The window (16) fits the queue: the master's ACKs clock the stream at the
+    // link's rate, and the rate must not fall from what the link carries.
+    let (o, used) = through_100_mbit(16, 24);
     assert!(used >= 0.9, "{:.0}% of the link: {o:?}", used * 100.0);
     assert_eq!(o.drops, 0, "{o:?}");
 }
@@ -148,16 +156,6 @@ fn the_session_converges_under_a_bottleneck_without_loss_of_its_own() {
 /// gap (each ACK frees a block of credit). Measured, not asserted beyond completing.
 #[test]
 fn a_window_larger_than_the_queue_still_completes() {
-    let link = 12_500_000;
-    let o = through_bottleneck(
-        100_000_000,
-        64,
-        link,
-        16,
-        Duration::from_micros(100),
-        1_000_000,
-    );
-    let used = o.through_late as f64 * 1428.0 / o.late.as_secs_f64() / link as f64;
-    eprintln!("{:.1}% of the link: {o:?}", used * 100.0);
+    let (o, _) = through_100_mbit(64, 16);
     assert!(o.through_late > 0);
 }
